@@ -1,0 +1,27 @@
+# shiftlens: how instruction tuning changes a model, after Wu et al. (NAACL 2024).
+# Targets: all (default), table1, table2. See README.md; formats and methods in DESIGN.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# config.yaml (the demo) is the default; a --configfile replaces it instead of being merged into
+# it, so a paper config never inherits the demo's models. --config key=value applies on top.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"  # config checks, enumerations, wildcard constraints
+include: "rules/data.smk"  # paper data (copy or download, checksummed), demo model pair
+include: "rules/attribution.smk"  # per-shard gradient x input (GPU), released attributions, merge
+include: "rules/tables.smk"  # Tables 1 and 2
+
+
+rule all:
+    default_target: True
+    input:
+        rules.table1.input,
+        rules.table2.input,

@@ -1,0 +1,23 @@
+# Config access and enumerations; the logic lives in workflow_scripts.dag (unit-tested).
+import json
+
+from workflow_scripts import dag
+
+dag.check_config(config)
+
+PAIRS = list(config["pairs"])
+MODELS = list(config["models"])
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)),
+    pair="|".join(map(re.escape, PAIRS)),
+    shard=r"\d+",
+
+
+def model_setting(model, key, default=None):
+    return dag.model_config(config, model).get(key, default)
+
+
+def groups_arg():
+    return ",".join(f"{prefix}={group}" for prefix, group in config["dataset"]["groups"].items())

@@ -1,0 +1,94 @@
+# The paper's released data and the offline demo model pair.
+
+PAPER_DATASETS = ["datasets/FinalDataset.tsv", "datasets/AnnotatedDataset.tsv"]
+PAPER_SOURCE = f"--source {config['paper_data']}" if config.get("paper_data") else ""
+
+
+rule paper_datasets:
+    """The paper's prompts and human ratings, copied from paper_data or downloaded, checksummed."""
+    output:
+        expand("resources/paper/{name}", name=PAPER_DATASETS),
+    params:
+        source=PAPER_SOURCE,
+        commit=config["paper_commit"],
+    localrule: True
+    log:
+        "logs/paper_datasets.log",
+    shell:
+        "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
+        " --destination resources/paper {params.source} --commit {params.commit}"
+        " --files {PAPER_DATASETS} > {log} 2>&1"
+
+
+rule paper_released_attributions:
+    """One released attribution folder (one pickle per sample), checksummed file by file."""
+    output:
+        directory("resources/paper/results/attribution_interpret/{release}"),
+    params:
+        source=PAPER_SOURCE,
+        commit=config["paper_commit"],
+    localrule: True
+    log:
+        "logs/paper_released_attributions/{release}.log",
+    shell:
+        "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
+        " --destination resources/paper {params.source} --commit {params.commit}"
+        " --folder results/attribution_interpret/{wildcards.release} > {log} 2>&1"
+
+
+# The demo models are trained once on the demo dataset as it was then (ancient): adding a sample
+# must rerun only that sample's shard, not retrain both models. Delete resources/models/ to retrain.
+rule demo_corpus:
+    """Plain English for the demo pre-training: standard-library docstrings and the demo prompts."""
+    input:
+        dataset=ancient(config["dataset"]["samples"]),
+    output:
+        "resources/demo/corpus.txt",
+    log:
+        "logs/demo_corpus.log",
+    shell:
+        "python -m workflow_scripts.demo_models corpus {output} --dataset {input.dataset} > {log} 2>&1"
+
+
+rule demo_tokenizer:
+    """A LLaMA-style BPE tokenizer (byte fallback, metaspace) trained on the demo corpus."""
+    input:
+        "resources/demo/corpus.txt",
+    output:
+        directory("resources/demo/tokenizer"),
+    log:
+        "logs/demo_tokenizer.log",
+    shell:
+        "python -m workflow_scripts.demo_models tokenizer {input} {output} > {log} 2>&1"
+
+
+rule demo_base_model:
+    """The demo's pre-trained model: a tiny LLaMA with grouped-query attention."""
+    input:
+        corpus="resources/demo/corpus.txt",
+        tokenizer="resources/demo/tokenizer",
+    output:
+        directory("resources/models/demo-base"),
+    threads: 2
+    log:
+        "logs/demo_base_model.log",
+    benchmark:
+        "benchmarks/demo_base_model.tsv"
+    shell:
+        "python -m workflow_scripts.demo_models pretrain {input.corpus} {input.tokenizer} {output} > {log} 2>&1"
+
+
+rule demo_tuned_model:
+    """The demo's instruction-tuned twin: the base fine-tuned on the demo prompt -> response pairs."""
+    input:
+        base="resources/models/demo-base",
+        dataset=ancient(config["dataset"]["samples"]),
+    output:
+        directory("resources/models/demo-tuned"),
+    threads: 2
+    log:
+        "logs/demo_tuned_model.log",
+    benchmark:
+        "benchmarks/demo_tuned_model.tsv"
+    shell:
+        "python -m workflow_scripts.demo_models finetune {input.base} {output} --dataset {input.dataset} > {log} 2>&1"

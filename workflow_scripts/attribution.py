@@ -1,0 +1,216 @@
+"""Input-output attribution: gradient x input of every prompt token for every response token.
+
+DESIGN.md 3.1. For response token j at position t_j, the objective is its softmax probability
+p(y_j | y_<j, x); the attribution of prompt token i is grad_{e_i}(objective_j) . e_i. The model
+is frozen (only the input embeddings need gradients), the forward pass runs once per sample,
+and the m backward passes are batched over response tokens (`torch.autograd.grad` with
+`is_grads_batched`, in chunks), which equals one backward per token to float precision.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .dataset import read_dataset, shard_samples
+from .shards import SampleAttribution, Shard, save_shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tokenized:
+    """A prompt + response token sequence with the character offsets of both parts."""
+
+    input_ids: torch.Tensor  # (T,)
+    prompt_rows: np.ndarray  # positions of the real (non-special) prompt tokens
+    n_prompt: int  # the response starts at this position
+    prompt_offsets: np.ndarray
+    response_text: str
+    response_offsets: np.ndarray
+
+
+def _objectives(model, embeddings: torch.Tensor, input_ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
+    """Probability of each response token at its position (teacher forcing)."""
+    logits = model(inputs_embeds=embeddings.unsqueeze(0)).logits[0]
+    probs = torch.softmax(logits[n_prompt - 1 : -1].float(), dim=-1)
+    return probs.gather(1, input_ids[n_prompt:, None]).squeeze(1)
+
+
+def _embed(model, input_ids: torch.Tensor) -> torch.Tensor:
+    return model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+
+
+def attribute_ids(model, input_ids: torch.Tensor, n_prompt: int, chunk_size: int = 64) -> np.ndarray:
+    """(n_prompt x m) gradient x input matrix, one forward and batched backward passes."""
+    m = input_ids.numel() - n_prompt
+    if m <= 0:
+        return np.zeros((n_prompt, 0), dtype=np.float32)
+    embeddings = _embed(model, input_ids)
+    objectives = _objectives(model, embeddings, input_ids, n_prompt)
+    columns = []
+    eye = torch.eye(m, device=objectives.device, dtype=objectives.dtype)
+    for start in range(0, m, chunk_size):
+        cotangents = eye[start : start + chunk_size]
+        last = start + chunk_size >= m
+        (grads,) = torch.autograd.grad(
+            objectives, embeddings, grad_outputs=cotangents, is_grads_batched=True, retain_graph=not last
+        )  # (chunk, T, d)
+        columns.append((grads[:, :n_prompt] * embeddings[:n_prompt].detach()).sum(-1).T.float())
+    return torch.cat(columns, dim=1).cpu().numpy().astype(np.float32)
+
+
+def attribute_ids_reference(model, input_ids: torch.Tensor, n_prompt: int) -> np.ndarray:
+    """The straightforward definition: a fresh forward and one backward per response token."""
+    m = input_ids.numel() - n_prompt
+    matrix = np.zeros((n_prompt, m), dtype=np.float32)
+    for j in range(m):
+        embeddings = _embed(model, input_ids)
+        objective = _objectives(model, embeddings, input_ids, n_prompt)[j]
+        (grad,) = torch.autograd.grad(objective, embeddings)
+        matrix[:, j] = (grad[:n_prompt] * embeddings[:n_prompt].detach()).sum(-1).float().cpu().numpy()
+    return matrix
+
+
+def tokenize_pair(tokenizer, prompt: str, response: str) -> Tokenized:
+    """Tokenize prompt + " " + response once, and split the tokens at the prompt's end."""
+    text = prompt + " " + response
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids, offsets = np.asarray(enc["input_ids"]), np.asarray(enc["offset_mapping"], dtype=np.int64)
+    special = np.asarray(tokenizer.get_special_tokens_mask(ids.tolist(), already_has_special_tokens=True), bool)
+    in_response = (offsets[:, 0] >= len(prompt)) & ~special
+    if not in_response.any():
+        raise ValueError(f"the response {response[:40]!r} gave no tokens")
+    n_prompt = int(np.argmax(in_response))
+    if not in_response[n_prompt:].all():
+        raise ValueError(f"prompt and response tokens interleave for {prompt[:40]!r}")
+    prompt_rows = np.flatnonzero(~special[:n_prompt])
+    response_offsets = np.clip(offsets[n_prompt:] - (len(prompt) + 1), 0, None)
+    return Tokenized(
+        torch.as_tensor(ids), prompt_rows, n_prompt, offsets[prompt_rows], response, response_offsets
+    )
+
+
+def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tokenized:
+    """The model's own greedy response to the raw prompt (no chat template), as in the paper."""
+    enc = tokenizer(prompt, return_offsets_mapping=True, return_tensors="pt")
+    prompt_ids = enc["input_ids"].to(model.device)
+    with torch.no_grad():
+        out = model.generate(
+            prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )[0]
+    new = out[prompt_ids.shape[1] :]
+    special = set(tokenizer.all_special_ids)
+    keep = len(new)
+    for k, token in enumerate(new.tolist()):
+        if token in special:
+            keep = k
+            break
+    new = new[:keep]
+    text, offsets, previous = "", np.zeros((len(new), 2), np.int64), ""
+    for k in range(len(new)):
+        text = tokenizer.decode(new[: k + 1], skip_special_tokens=True)
+        start = min(len(previous), len(text))
+        offsets[k] = (start, len(text))
+        previous = text
+    ids = out[: prompt_ids.shape[1] + keep].cpu()
+    prompt_offsets = enc["offset_mapping"][0].numpy().astype(np.int64)
+    special_prompt = np.isin(enc["input_ids"][0].numpy(), list(special))
+    prompt_rows = np.flatnonzero(~special_prompt)
+    return Tokenized(ids, prompt_rows, prompt_ids.shape[1], prompt_offsets[prompt_rows], text, offsets)
+
+
+def attribute_sample(model, tokenizer, sample_id: str, prompt: str, tokens: Tokenized, chunk_size: int) -> SampleAttribution:
+    ids = tokens.input_ids.to(model.get_input_embeddings().weight.device)
+    full = attribute_ids(model, ids, tokens.n_prompt, chunk_size)
+    all_tokens = tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist())
+    return SampleAttribution(
+        id=sample_id,
+        prompt=prompt,
+        response=tokens.response_text,
+        prompt_tokens=[all_tokens[i] for i in tokens.prompt_rows],
+        prompt_offsets=tokens.prompt_offsets,
+        response_tokens=all_tokens[tokens.n_prompt :],
+        response_offsets=tokens.response_offsets,
+        matrix=full[tokens.prompt_rows],
+    )
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    log.info("no GPU visible: running on the CPU")
+    return torch.device("cpu")
+
+
+def load_model(path: str, dtype: str = "float32", gpus: int = 1):
+    """A frozen causal LM and its tokenizer; spread over the job's GPUs when it has several."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(path).exists() and "/" not in path:
+        raise FileNotFoundError(f"model directory not found: {path}")
+    device = pick_device()
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if device.type == "cuda" and gpus > 1:
+        kwargs["device_map"] = "auto"
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def attribute_shard(
+    model_dir: str, dataset: str, shard: int, shard_size: int, output: str, model_id: str,
+    response: str = "reference", max_new_tokens: int = 300, dtype: str = "float32", gpus: int = 1,
+    chunk_size: int = 64,
+) -> Shard:
+    samples = shard_samples(read_dataset(dataset), shard_size)
+    if not 0 <= shard < len(samples):
+        raise ValueError(f"{dataset}: shard {shard} does not exist ({len(samples)} shards of {shard_size})")
+    started = time.perf_counter()
+    model, tokenizer = load_model(model_dir, dtype, gpus)
+    log.info("loaded %s (%s) in %.1f s on %s", model_id, model_dir, time.perf_counter() - started, model.device)
+    results = []
+    for sample in tqdm(samples[shard], desc=f"{model_id} shard {shard}", unit="sample"):
+        if response == "generate":
+            tokens = generate_response(model, tokenizer, sample.prompt, max_new_tokens)
+        else:
+            tokens = tokenize_pair(tokenizer, sample.prompt, sample.response)
+        results.append(attribute_sample(model, tokenizer, sample.id, sample.prompt, tokens, chunk_size))
+    out = Shard(results, {"model": model_id, "source": f"computed:{response}", "binned_levels": 0})
+    save_shard(out, output)
+    log.info("attributed %d samples in %.1f s -> %s", len(results), time.perf_counter() - started, output)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Gradient x input attribution of one shard of samples.")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--model-id", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--shard", type=int, required=True)
+    parser.add_argument("--shard-size", type=int, required=True)
+    parser.add_argument("--response", choices=("reference", "generate"), default="reference")
+    parser.add_argument("--max-new-tokens", type=int, default=300)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    attribute_shard(
+        args.model_dir, args.dataset, args.shard, args.shard_size, args.output, args.model_id,
+        args.response, args.max_new_tokens, args.dtype, args.gpus, args.chunk_size,
+    )
+
+
+if __name__ == "__main__":
+    main()

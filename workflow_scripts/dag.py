@@ -1,0 +1,97 @@
+"""What the Snakemake rules need to know before any job runs: shards, model sources, pairs.
+
+Kept out of the .smk files so it is unit-tested without Snakemake. Everything here is cheap:
+the dataset is read once per process and cached, and no model is touched.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+from .dataset import Sample, read_dataset, shard_samples
+
+
+class ConfigError(ValueError):
+    """A config that is valid JSON Schema but inconsistent; the message names the key."""
+
+
+@functools.lru_cache(maxsize=8)
+def _samples(path: str, mtime_ns: int) -> tuple[Sample, ...]:
+    return tuple(read_dataset(path))
+
+
+def dataset_samples(config: dict) -> tuple[Sample, ...]:
+    """The dataset's samples, read from the fetched copy or, before the fetch, from its source."""
+    for path in dataset_candidates(config):
+        if Path(path).is_file():
+            return _samples(str(path), Path(path).stat().st_mtime_ns)
+    raise ConfigError(
+        f"dataset.samples: {config['dataset']['samples']} does not exist yet and its shards are needed to "
+        "plan the attribution jobs; run `snakemake --cores 1 paper_datasets` first (it downloads the "
+        "paper data), or set paper_data to a local copy of it"
+    )
+
+
+def dataset_candidates(config: dict) -> list[str]:
+    path = config["dataset"]["samples"]
+    candidates = [path]
+    fetched = "resources/paper/"
+    if config.get("paper_data") and path.startswith(fetched):
+        candidates.append(str(Path(config["paper_data"]) / path[len(fetched) :]))
+    return candidates
+
+
+def shard_ids(config: dict) -> list[int]:
+    return list(range(len(_shards(config))))
+
+
+def _shards(config: dict) -> list[list[Sample]]:
+    return shard_samples(list(dataset_samples(config)), config["attribution"]["shard_size"])
+
+
+def shard_digest(config: dict, shard: int) -> str:
+    """Changes exactly when a sample of this shard changes (a rule param: Snakemake reruns on it)."""
+    samples = _shards(config)[int(shard)]
+    return hashlib.sha256("".join(s.digest() for s in samples).encode()).hexdigest()[:16]
+
+
+def model_config(config: dict, model: str) -> dict:
+    try:
+        return config["models"][model]
+    except KeyError:
+        raise ConfigError(f"models: no model {model!r} (known: {', '.join(config['models'])})") from None
+
+
+def check_config(config: dict) -> None:
+    """Cross-key checks the schema cannot express."""
+    for pair, members in config["pairs"].items():
+        for role in ("pretrained", "tuned"):
+            if members[role] not in config["models"]:
+                raise ConfigError(f"pairs.{pair}.{role}: {members[role]!r} is not a key of models")
+    for model, settings in config["models"].items():
+        if settings.get("attribution") == "released" and not settings.get("released"):
+            raise ConfigError(f"models.{model}.released: required when attribution is 'released'")
+        path = settings["path"]
+        looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
+        needs_weights = settings.get("attribution", "computed") == "computed"
+        if needs_weights and looks_local and not settings.get("build") and not Path(path).expanduser().exists():
+            raise ConfigError(f"models.{model}.path: model directory {path} not found")
+    ratings = config.get("ratings")
+    if ratings and ratings["model"] not in config["models"]:
+        raise ConfigError(f"ratings.model: {ratings['model']!r} is not a key of models")
+
+
+def table1_pairs(config: dict) -> list[str]:
+    """Pairs whose tuned model's responses have human ratings (Table 1 needs them)."""
+    rated = (config.get("ratings") or {}).get("model")
+    return [p for p, m in config["pairs"].items() if m["tuned"] == rated]
+
+
+def model_dir_input(config: dict, model: str) -> list[str]:
+    """The model directory as a job input when the workflow builds it or it is local."""
+    settings = model_config(config, model)
+    path = settings["path"]
+    if settings.get("build") or Path(path).exists():
+        return [path]
+    return []

@@ -1,0 +1,118 @@
+"""Prompt datasets in the paper's TSV layout, and the human ratings of model responses.
+
+The paper's files (`FinalDataset.tsv`, `AnnotatedDataset.tsv`) write tabs and newlines inside a
+field as the two characters `/t` and `/n`, and sometimes wrap a field in double quotes with `""`
+escapes; `decode_field` undoes both exactly as the paper's loader does.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+DATASET_COLUMNS = ("ID", "Prompt", "Response", "Instruct&Context")
+RATING_COLUMNS = ("File", "Model", "Prompt", "Reference", "Instruct", "Response", "Rating")
+
+
+class DatasetError(ValueError):
+    """A dataset or ratings file that cannot be read as it stands; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    prompt: str
+    response: str
+    annotation: str  # instruction fragments separated by `|||`, the context after `&&&`
+    line: int  # 1-based line in the source file, for error messages
+
+    def digest(self) -> str:
+        """Content hash: a shard reruns when (and only when) one of its samples changes."""
+        text = "\x1f".join((self.id, self.prompt, self.response, self.annotation))
+        return hashlib.sha256(text.encode("utf8")).hexdigest()[:16]
+
+
+def decode_field(text: str) -> str:
+    text = text.replace("/t", "\t").replace("/n", "\n")
+    if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
+        text = text[1:-1]
+    return text.replace('""', '"')
+
+
+def encode_field(text: str) -> str:
+    return text.replace("\t", "/t").replace("\n", "/n")
+
+
+def _rows(path: Path, columns: tuple[str, ...]):
+    """Yield (line number, fields) of a TSV file whose header must be `columns`."""
+    with open(path, encoding="utf8") as handle:
+        header = handle.readline().rstrip("\r\n").split("\t")
+        if tuple(header) != columns:
+            raise DatasetError(
+                f"{path}:1: expected the columns {' '.join(columns)!r}, found {' '.join(header)!r}"
+            )
+        for number, line in enumerate(handle, start=2):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != len(columns):
+                raise DatasetError(
+                    f"{path}:{number}: expected {len(columns)} tab-separated fields "
+                    f"({', '.join(columns)}), found {len(fields)}"
+                )
+            yield number, fields
+
+
+def read_dataset(path: str | Path) -> list[Sample]:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file not found: {path}")
+    samples, seen = [], {}
+    for number, (sample_id, prompt, response, annotation) in _rows(path, DATASET_COLUMNS):
+        sample_id = sample_id.strip()
+        if not sample_id:
+            raise DatasetError(f"{path}:{number}: empty ID")
+        if sample_id in seen:
+            raise DatasetError(f"{path}:{number}: duplicate ID {sample_id!r} (first on line {seen[sample_id]})")
+        prompt = decode_field(prompt)
+        if not prompt.strip():
+            raise DatasetError(f"{path}:{number}: empty Prompt for {sample_id!r}")
+        seen[sample_id] = number
+        samples.append(Sample(sample_id, prompt, decode_field(response), decode_field(annotation), number))
+    if not samples:
+        raise DatasetError(f"{path}: no samples")
+    return samples
+
+
+def read_ratings(path: str | Path, rated_model: str) -> dict[str, int]:
+    """Human ratings (1-4; <= 0 means not rated) of `rated_model`'s responses, by sample id."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"ratings file not found: {path}")
+    ratings: dict[str, int] = {}
+    for number, fields in _rows(path, RATING_COLUMNS):
+        if fields[1] != rated_model:
+            continue
+        sample_id = fields[0].removesuffix(".pkl")
+        try:
+            rating = int(float(fields[6]))
+        except ValueError:
+            raise DatasetError(f"{path}:{number}: Rating {fields[6]!r} is not a number") from None
+        if rating > 4:
+            raise DatasetError(f"{path}:{number}: Rating {rating} is outside -1..4")
+        ratings[sample_id] = rating
+    if not ratings:
+        raise DatasetError(f"{path}: no ratings for the model {rated_model!r} (column Model)")
+    return ratings
+
+
+def dataset_group(sample_id: str, groups: dict[str, str]) -> str:
+    """The dataset a sample comes from, by the longest matching id prefix (`other` if none)."""
+    best = max((p for p in groups if sample_id.startswith(p)), key=len, default=None)
+    return groups[best] if best is not None else "other"
+
+
+def shard_samples(samples: list[Sample], shard_size: int) -> list[list[Sample]]:
+    """Consecutive blocks in file order: appending samples touches only the last shard(s)."""
+    return [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]

@@ -1,0 +1,204 @@
+"""The paper's released attributions (one pickle per sample) as attribution shards.
+
+The pickles are untrusted input: `safe_load_pickle` admits only plain containers, strings,
+numbers and numeric NumPy arrays, and refuses anything else with an error naming the file.
+They hold SentencePiece token strings without character offsets; `align_pieces` recovers the
+offsets by walking the token strings along the prompt text.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .dataset import read_dataset
+from .shards import SampleAttribution, Shard, save_shard
+
+log = logging.getLogger(__name__)
+
+# Everything a pickle of dicts, lists, strings, numbers and NumPy arrays needs, and nothing more.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("__builtin__", "set"),
+    ("__builtin__", "frozenset"),
+}
+_PLAIN = (dict, list, tuple, set, frozenset, str, bytes, int, float, bool, complex, type(None), np.generic)
+RELEASED_KEYS = ("ID", "Input", "Output", "Explain")
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle that asks for something other than plain data."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"{self.source}: refused to load {module}.{name} (only plain data is allowed)")
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(f"{self.source}: refused a persistent reference")
+
+
+def _check_plain(value, source: str):
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise UnsafePickleError(f"{source}: refused an object-dtype array")
+        return
+    if not isinstance(value, _PLAIN):
+        raise UnsafePickleError(f"{source}: refused a {type(value).__name__} object")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(k, source)
+            _check_plain(v, source)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for v in value:
+            _check_plain(v, source)
+
+
+def safe_load_pickle(path: str | Path):
+    data = Path(path).read_bytes()
+    value = _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
+    _check_plain(value, str(path))
+    return value
+
+
+def _piece_text(piece: str) -> str | bytes:
+    """A SentencePiece token as text, or as one raw byte for byte-fallback tokens like <0x0A>."""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return bytes([int(piece[3:5], 16)])
+    if piece in ("<s>", "</s>", "<unk>", "<pad>"):
+        return ""
+    return piece.replace("\u2581", " ")
+
+
+def _pieces_to_chars(pieces: list[str]) -> list[str]:
+    """Each piece's characters, with a multi-byte character given to the byte piece that completes it."""
+    out, pending, owners = [], b"", []
+    for i, piece in enumerate(pieces):
+        text = _piece_text(piece)
+        out.append("")
+        if isinstance(text, bytes):
+            pending += text
+            owners.append(i)
+            try:
+                char = pending.decode("utf8")
+            except UnicodeDecodeError:
+                if len(pending) >= 4:  # not UTF-8: give up on these bytes
+                    pending, owners = b"", []
+                continue
+            out[owners[0]] = char  # the first byte piece owns the character, the rest are zero-width
+            pending, owners = b"", []
+        else:
+            out[i] = text
+    return out
+
+
+def detokenize(pieces: list[str]) -> str:
+    text = "".join(_pieces_to_chars(pieces))
+    return text[1:] if text.startswith(" ") else text
+
+
+def align_pieces(pieces: list[str], text: str, context: str = "?") -> np.ndarray:
+    """Character [start, end) of each SentencePiece token in `text`.
+
+    The word-boundary marker may stand for a space that `text` lacks (SentencePiece's dummy
+    prefix, or a space after a newline), so spaces that do not match are skipped. Byte-fallback
+    pieces of one character share that character's span on the first piece.
+    """
+    chars = _pieces_to_chars(pieces)
+    offsets = np.zeros((len(pieces), 2), dtype=np.int64)
+    pos = 0
+    for i, piece_text in enumerate(chars):
+        start = pos
+        for ch in piece_text:
+            if pos < len(text) and text[pos] == ch:
+                pos += 1
+            elif ch == " ":
+                continue  # a marker space absent from the text
+            elif pos < len(text) and text[pos].isspace():
+                # white space the tokenizer normalised away (e.g. a tab or a double space)
+                while pos < len(text) and text[pos].isspace() and text[pos] != ch:
+                    pos += 1
+                if pos < len(text) and text[pos] == ch:
+                    pos += 1
+                else:
+                    raise ValueError(f"{context}: token {i} {pieces[i]!r} does not match the text at {pos}")
+            else:
+                raise ValueError(
+                    f"{context}: token {i} {pieces[i]!r} does not match the text at character {pos} "
+                    f"({text[pos:pos + 20]!r})"
+                )
+        offsets[i] = (start, pos)
+    return offsets
+
+
+def released_sample(path: Path, prompt: str, sample_id: str) -> SampleAttribution:
+    record = safe_load_pickle(path)
+    if not isinstance(record, dict) or any(k not in record for k in RELEASED_KEYS):
+        raise ValueError(f"{path}: expected a dict with the keys {', '.join(RELEASED_KEYS)}")
+    if str(record["ID"]) != sample_id:
+        raise ValueError(f"{path}: holds sample {record['ID']!r}, expected {sample_id!r}")
+    inputs, outputs = [str(t) for t in record["Input"]], [str(t) for t in record["Output"]]
+    matrix = np.asarray(record["Explain"], dtype=np.float32).reshape(len(inputs), len(outputs))
+    response = detokenize(outputs)
+    return SampleAttribution(
+        id=sample_id,
+        prompt=prompt,
+        response=response,
+        prompt_tokens=inputs,
+        prompt_offsets=align_pieces(inputs, prompt, f"{path} (Input)"),
+        response_tokens=outputs,
+        response_offsets=align_pieces(outputs, response, f"{path} (Output)"),
+        matrix=matrix,
+    )
+
+
+def convert_released(dataset: str | Path, released_dir: str | Path, output: str | Path, model: str) -> Shard:
+    """One attribution file for every dataset sample; a sample without its pickle is an error."""
+    released_dir = Path(released_dir)
+    samples = read_dataset(dataset)
+    missing = [s.id for s in samples if not (released_dir / f"{s.id}.pkl").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{released_dir}: no released attribution for {len(missing)} dataset samples, e.g. {missing[:3]}"
+        )
+    converted = [
+        released_sample(released_dir / f"{s.id}.pkl", s.prompt, s.id)
+        for s in tqdm(samples, desc=f"convert {model}", unit="sample")
+    ]
+    shard = Shard(converted, {"model": model, "source": "released", "binned_levels": 10})
+    save_shard(shard, output)
+    log.info("converted %d released attributions of %s to %s", len(converted), model, output)
+    return shard
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--released-dir", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    convert_released(args.dataset, args.released_dir, args.output, args.model)
+
+
+if __name__ == "__main__":
+    main()

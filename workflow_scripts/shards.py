@@ -1,0 +1,136 @@
+"""The attribution shard format: a NumPy `.npz` archive with no pickled objects.
+
+Ragged per-sample data are stored flat with per-sample lengths, strings as fixed-width unicode
+arrays, and a JSON header; `load_shard` opens the file with `allow_pickle=False`, so a shard
+from anywhere is safe to read. The same format holds one shard and a merged model file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "shiftlens-attribution/1"
+
+
+@dataclass
+class SampleAttribution:
+    id: str
+    prompt: str
+    response: str
+    prompt_tokens: list[str]
+    prompt_offsets: np.ndarray  # (n, 2) character [start, end) in `prompt`
+    response_tokens: list[str]
+    response_offsets: np.ndarray  # (m, 2) character [start, end) in `response`
+    matrix: np.ndarray  # (n, m) float32: prompt token i -> response token j
+
+
+@dataclass
+class Shard:
+    samples: list[SampleAttribution]
+    meta: dict = field(default_factory=dict)  # model, source, binned_levels (0 = raw)
+
+
+def _strings(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=np.str_) if values else np.zeros(0, dtype="<U1")
+
+
+def save_shard(shard: Shard, path: str | Path) -> None:
+    """Write atomically (temp file + rename), so a crash never leaves a half-written shard."""
+    s = shard.samples
+    arrays = {
+        "header": np.array(json.dumps({"format": FORMAT, **shard.meta})),
+        "ids": _strings([x.id for x in s]),
+        "prompts": _strings([x.prompt for x in s]),
+        "responses": _strings([x.response for x in s]),
+        "prompt_lengths": np.array([len(x.prompt_tokens) for x in s], dtype=np.int64),
+        "response_lengths": np.array([len(x.response_tokens) for x in s], dtype=np.int64),
+        "prompt_tokens": _strings([t for x in s for t in x.prompt_tokens]),
+        "response_tokens": _strings([t for x in s for t in x.response_tokens]),
+        "prompt_offsets": np.concatenate([np.asarray(x.prompt_offsets, np.int64).reshape(-1, 2) for x in s])
+        if s else np.zeros((0, 2), np.int64),
+        "response_offsets": np.concatenate([np.asarray(x.response_offsets, np.int64).reshape(-1, 2) for x in s])
+        if s else np.zeros((0, 2), np.int64),
+        "matrices": np.concatenate([np.asarray(x.matrix, np.float32).ravel() for x in s])
+        if s else np.zeros(0, np.float32),
+    }
+    for x in s:
+        if np.shape(x.matrix) != (len(x.prompt_tokens), len(x.response_tokens)):
+            raise ValueError(
+                f"sample {x.id}: matrix shape {np.shape(x.matrix)} does not match "
+                f"{len(x.prompt_tokens)} prompt x {len(x.response_tokens)} response tokens"
+            )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_shard(path: str | Path) -> Shard:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            if header.pop("format", None) != FORMAT:
+                raise ValueError(f"{path}: not a {FORMAT} file")
+            a = {k: data[k] for k in data.files}
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read attribution shard: {error}") from error
+    samples, p0, r0, m0 = [], 0, 0, 0
+    for i, sample_id in enumerate(a["ids"]):
+        n, m = int(a["prompt_lengths"][i]), int(a["response_lengths"][i])
+        samples.append(
+            SampleAttribution(
+                id=str(sample_id),
+                prompt=str(a["prompts"][i]),
+                response=str(a["responses"][i]),
+                prompt_tokens=[str(t) for t in a["prompt_tokens"][p0 : p0 + n]],
+                prompt_offsets=a["prompt_offsets"][p0 : p0 + n],
+                response_tokens=[str(t) for t in a["response_tokens"][r0 : r0 + m]],
+                response_offsets=a["response_offsets"][r0 : r0 + m],
+                matrix=a["matrices"][m0 : m0 + n * m].reshape(n, m),
+            )
+        )
+        p0, r0, m0 = p0 + n, r0 + m, m0 + n * m
+    return Shard(samples, header)
+
+
+def merge_shards(paths: list[str | Path], output: str | Path) -> Shard:
+    """Concatenate shards of one model; the same sample id twice is an error, not a silent overwrite."""
+    shards = [load_shard(p) for p in paths]
+    seen: dict[str, str] = {}
+    for path, shard in zip(paths, shards):
+        for sample in shard.samples:
+            if sample.id in seen:
+                raise ValueError(f"sample {sample.id} is in both {seen[sample.id]} and {path}")
+            seen[sample.id] = str(path)
+    meta = shards[0].meta if shards else {}
+    merged = Shard([x for s in shards for x in s.samples], meta)
+    save_shard(merged, output)
+    return merged
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Attribution shard files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("merge", help="concatenate shards of one model")
+    merge.add_argument("output")
+    merge.add_argument("inputs", nargs="+")
+    args = parser.parse_args(argv)
+    merged = merge_shards(args.inputs, args.output)
+    print(f"merged {len(args.inputs)} files, {len(merged.samples)} samples -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Tables 1 and 2: instruction scores of samples, by dataset group (DESIGN.md 3.1 and 4).
+
+Table 1 compares the tuned model's responses that humans rated as not following the
+instruction (rating 1) with those rated as following it (2-4); Table 2 compares the pre-trained
+and the tuned model on all samples. Both use one-sided Welch t-tests and population std.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .dataset import dataset_group, read_dataset, read_ratings
+from .importance import sample_score
+from .instructions import instruction_mask, instruction_spans
+from .shards import load_shard
+
+log = logging.getLogger(__name__)
+
+TABLE1_COLUMNS = ["dataset", "n_unfollowed", "n_followed", "mean_unfollowed", "std_unfollowed",
+                  "mean_followed", "std_followed", "t", "p_value"]
+TABLE2_COLUMNS = ["dataset", "n", "mean_pretrained", "std_pretrained", "mean_tuned", "std_tuned", "t", "p_value"]
+
+
+def instruction_scores(attributions: str | Path, dataset: str | Path, groups: dict, analysis: dict) -> pd.DataFrame:
+    """One row per sample: id, group, instruction score and response length.
+
+    Every dataset sample must have an attribution and vice versa: a mismatch means a stale
+    or foreign attribution file, and is an error rather than a table over fewer samples.
+    """
+    shard = load_shard(attributions)
+    samples = {s.id: s for s in read_dataset(dataset)}
+    attributed = {a.id for a in shard.samples}
+    if attributed != set(samples):
+        missing, extra = sorted(set(samples) - attributed), sorted(attributed - set(samples))
+        raise ValueError(
+            f"{attributions}: attributions do not match {dataset}: "
+            f"{len(missing)} samples without attribution {missing[:3]}, {len(extra)} unknown {extra[:3]}"
+        )
+    binned = int(shard.meta.get("binned_levels", 0))
+    if binned and binned != analysis["levels"]:
+        raise ValueError(f"{attributions}: attributions are binned to L={binned}, analysis.levels is {analysis['levels']}")
+    rows = []
+    for a in shard.samples:
+        sample = samples[a.id]
+        if a.prompt != sample.prompt:
+            raise ValueError(f"{attributions}: sample {a.id} was attributed on a different prompt than {dataset}'s")
+        mask = instruction_mask(a.prompt_offsets, instruction_spans(sample.prompt, sample.annotation, a.id))
+        score = sample_score(a.matrix, mask, analysis["levels"], analysis["threshold"], analysis["p"])
+        rows.append((a.id, dataset_group(a.id, groups), score, len(a.response_tokens), int(mask.sum())))
+    return pd.DataFrame(rows, columns=["id", "group", "score", "response_tokens", "instruction_tokens"])
+
+
+def _welch_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """One-sided Welch t-test of mean(x) < mean(y); NaN when a side has fewer than 2 values."""
+    if len(x) < 2 or len(y) < 2:
+        return float("nan"), float("nan")
+    result = stats.ttest_ind(x, y, equal_var=False, alternative="less")
+    return float(result.statistic), float(result.pvalue)
+
+
+def _groups_in_order(groups: pd.Series, configured: dict) -> list[str]:
+    order = list(dict.fromkeys(configured.values())) + ["other"]
+    return [g for g in order if g in set(groups)]
+
+
+def table1(scores: pd.DataFrame, ratings: dict[str, int], groups: dict, min_response_tokens: int) -> pd.DataFrame:
+    scores = scores.assign(rating=scores["id"].map(ratings).fillna(-1).astype(int))
+    rated = scores[(scores["rating"] > 0) & (scores["response_tokens"] >= min_response_tokens)]
+    rows = []
+    for group in _groups_in_order(rated["group"], groups):
+        g = rated[rated["group"] == group]
+        unfollowed, followed = g.loc[g["rating"] == 1, "score"].to_numpy(), g.loc[g["rating"] >= 2, "score"].to_numpy()
+        t, p = _welch_less(unfollowed, followed)
+        rows.append((group, len(unfollowed), len(followed), _mean(unfollowed), _std(unfollowed),
+                     _mean(followed), _std(followed), t, p))
+    return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+
+
+def table2(pretrained: pd.DataFrame, tuned: pd.DataFrame, groups: dict) -> pd.DataFrame:
+    merged = pretrained.merge(tuned, on=["id", "group"], suffixes=("_pre", "_tuned"))
+    rows = []
+    for group in _groups_in_order(merged["group"], groups):
+        g = merged[merged["group"] == group]
+        x, y = g["score_pre"].to_numpy(), g["score_tuned"].to_numpy()
+        t, p = _welch_less(x, y)
+        rows.append((group, len(g), _mean(x), _std(x), _mean(y), _std(y), t, p))
+    return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
+def _std(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=0)) if len(x) else float("nan")
+
+
+def write_table(table: pd.DataFrame, tsv: str | Path, title: str) -> None:
+    """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side."""
+    tsv = Path(tsv)
+    tsv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
+    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+    tsv.with_suffix(".md").write_text(f"# {title}\n\n{header}{body}")
+
+
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return "n/a"
+        return f"{value:.2g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=("table1", "table2"))
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--attributions", nargs="+", required=True, help="table1: tuned; table2: pretrained tuned")
+    parser.add_argument("--ratings")
+    parser.add_argument("--rated-model", help="the ratings file's Model column value")
+    parser.add_argument("--groups", required=True, help="prefix=group,prefix=group")
+    parser.add_argument("--levels", type=int, default=10)
+    parser.add_argument("--threshold", type=int, default=7)
+    parser.add_argument("--p", type=float, default=4.0)
+    parser.add_argument("--min-response-tokens", type=int, default=5)
+    parser.add_argument("--title", default="")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    groups = dict(item.split("=", 1) for item in args.groups.split(",") if item)
+    analysis = {"levels": args.levels, "threshold": args.threshold, "p": args.p}
+    scores = [instruction_scores(a, args.dataset, groups, analysis) for a in args.attributions]
+    if args.table == "table1":
+        if not (args.ratings and args.rated_model) or len(scores) != 1:
+            parser.error("table1 needs one --attributions file, --ratings and --rated-model")
+        ratings = read_ratings(args.ratings, args.rated_model)
+        table = table1(scores[0], ratings, groups, args.min_response_tokens)
+    else:
+        if len(scores) != 2:
+            parser.error("table2 needs two --attributions files: pretrained, tuned")
+        table = table2(scores[0], scores[1], groups)
+    write_table(table, args.output, args.title)
+    log.info("%s:\n%s", args.output, table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
