@@ -10,6 +10,8 @@ import hashlib
 from pathlib import Path
 
 from .dataset import Sample, read_dataset, shard_samples
+from .instructions import instruction_spans
+from .model_paths import looks_local
 
 
 class ConfigError(ValueError):
@@ -18,7 +20,11 @@ class ConfigError(ValueError):
 
 @functools.lru_cache(maxsize=8)
 def _samples(path: str, mtime_ns: int) -> tuple[Sample, ...]:
-    return tuple(read_dataset(path))
+    """Read and check once: an annotation that misses its prompt fails the plan, not a table job."""
+    samples = tuple(read_dataset(path))
+    for sample in samples:
+        instruction_spans(sample.prompt, sample.annotation, sample.id)
+    return samples
 
 
 def dataset_samples(config: dict) -> tuple[Sample, ...]:
@@ -73,9 +79,8 @@ def check_config(config: dict) -> None:
         if settings.get("attribution") == "released" and not settings.get("released"):
             raise ConfigError(f"models.{model}.released: required when attribution is 'released'")
         path = settings["path"]
-        looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
         needs_weights = settings.get("attribution", "computed") == "computed"
-        if needs_weights and looks_local and not settings.get("build") and not Path(path).expanduser().exists():
+        if needs_weights and looks_local(path) and not settings.get("build") and not Path(path).expanduser().exists():
             raise ConfigError(f"models.{model}.path: model directory {path} not found")
     ratings = config.get("ratings")
     if ratings and ratings["model"] not in config["models"]:

@@ -91,17 +91,20 @@ def read_ratings(path: str | Path, rated_model: str) -> dict[str, int]:
     if not path.is_file():
         raise DatasetError(f"ratings file not found: {path}")
     ratings: dict[str, int] = {}
+    lines: dict[str, int] = {}
     for number, fields in _rows(path, RATING_COLUMNS):
         if fields[1] != rated_model:
             continue
         sample_id = fields[0].removesuffix(".pkl")
         try:
             rating = int(float(fields[6]))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise DatasetError(f"{path}:{number}: Rating {fields[6]!r} is not a number") from None
         if rating > 4:
             raise DatasetError(f"{path}:{number}: Rating {rating} is outside -1..4")
-        ratings[sample_id] = rating
+        if sample_id in lines:
+            raise DatasetError(f"{path}:{number}: a second rating of {sample_id} by {rated_model} (first on line {lines[sample_id]})")
+        ratings[sample_id], lines[sample_id] = rating, number
     if not ratings:
         raise DatasetError(f"{path}: no ratings for the model {rated_model!r} (column Model)")
     return ratings

@@ -8,6 +8,8 @@ offsets by walking the token strings along the prompt text.
 from __future__ import annotations
 
 import argparse
+import builtins
+import codecs
 import io
 import logging
 import pickle
@@ -17,29 +19,68 @@ import numpy as np
 from tqdm import tqdm
 
 from .dataset import read_dataset
+
+try:
+    from numpy._core.multiarray import scalar as _np_scalar
+except ImportError:  # NumPy 1
+    from numpy.core.multiarray import scalar as _np_scalar
 from .shards import SampleAttribution, Shard, save_shard
 
 log = logging.getLogger(__name__)
 
-# Everything a pickle of dicts, lists, strings, numbers and NumPy arrays needs, and nothing more.
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("__builtin__", "set"),
-    ("__builtin__", "frozenset"),
-}
-_PLAIN = (dict, list, tuple, set, frozenset, str, bytes, int, float, bool, complex, type(None), np.generic)
-RELEASED_KEYS = ("ID", "Input", "Output", "Explain")
-
 
 class UnsafePickleError(pickle.UnpicklingError):
     """A pickle that asks for something other than plain data."""
+
+
+def _numeric_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise UnsafePickleError("refused an object-dtype array")
+    return dtype
+
+
+class _ArrayClass:
+    """Stands for numpy.ndarray inside a pickle: usable only as `_reconstruct`'s class argument.
+
+    Calling ndarray directly with an object dtype and a raw buffer forges object pointers (and
+    crashes the interpreter as soon as they are read), so the constructor itself is never exposed.
+    """
+
+    def __call__(self, *args, **kwargs):
+        raise UnsafePickleError("refused a direct numpy.ndarray construction")
+
+
+_ARRAY_CLASS = _ArrayClass()
+
+
+def _reconstruct(cls, shape, dtype):
+    if cls is not _ARRAY_CLASS:
+        raise UnsafePickleError("refused to reconstruct something other than a plain ndarray")
+    return np.ndarray.__new__(np.ndarray, shape, _numeric_dtype(dtype))
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    return np.frombuffer(buffer, dtype=_numeric_dtype(dtype)).reshape(shape, order=order)
+
+
+def _scalar(dtype, *args):
+    return _np_scalar(_numeric_dtype(dtype), *args)
+
+
+# What a pickle of dicts, lists, strings, numbers and numeric NumPy arrays needs (protocols 2-5,
+# NumPy 1 and 2 module names), each mapped to a checked stand-in; nothing else is found.
+_SAFE_GLOBALS = {
+    **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    **{(m, "scalar"): _scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): _ARRAY_CLASS,
+    ("numpy", "dtype"): _numeric_dtype,
+    ("_codecs", "encode"): codecs.encode,  # protocol 2 writes bytes as encode(str, "latin1")
+    **{(m, n): getattr(builtins, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset")},
+}
+_PLAIN = (dict, list, tuple, set, frozenset, str, bytes, int, float, bool, complex, type(None), np.generic)
+RELEASED_KEYS = ("ID", "Input", "Output", "Explain")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -48,8 +89,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
         raise UnsafePickleError(f"{self.source}: refused to load {module}.{name} (only plain data is allowed)")
 
     def persistent_load(self, pid):
@@ -74,7 +115,11 @@ def _check_plain(value, source: str):
 
 def safe_load_pickle(path: str | Path):
     data = Path(path).read_bytes()
-    value = _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
+    try:
+        value = _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
+    except UnsafePickleError as error:
+        message = str(error)
+        raise UnsafePickleError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     _check_plain(value, str(path))
     return value
 

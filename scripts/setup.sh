@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up (idempotently) the project's virtual environment in .venv: torch, then shiftlens with
+# its test extras. A second run with nothing changed takes about a second.
+#   TORCH_SPEC  what to install for torch when it is missing (default torch==2.13.0; on a CUDA
+#               machine e.g. TORCH_SPEC="torch>=2.4" to let pip pick the CUDA build)
+#   PYTHON      the interpreter to create .venv with (default python3, 3.11 or newer)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "setup: installing ${TORCH_SPEC:-torch==2.13.0}"
+    .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
+stamp=.venv/.shiftlens-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup: installing shiftlens and its dependencies into .venv"
+    .venv/bin/python -m pip install -q -e ".[test]"
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,140 @@
+"""Attribution equals its definition, on tiny random LLaMA and Mistral models with GQA."""
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
+
+from workflow_scripts.attribution import (
+    attribute_ids,
+    attribute_ids_reference,
+    attribute_shard,
+    generate_response,
+    tokenize_pair,
+)
+from workflow_scripts.demo_models import train_tokenizer
+from workflow_scripts.shards import load_shard
+
+ARCHITECTURES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+
+
+def tiny_model(kind: str, vocab_size: int = 300, seed: int = 0):
+    config_class, model_class = ARCHITECTURES[kind]
+    torch.manual_seed(seed)
+    config = config_class(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return model_class(config).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    corpus = root / "corpus.txt"
+    corpus.write_text(
+        "Rewrite the sentence to be shorter.\nThe meeting was moved to Monday.\n"
+        "Write a short poem about the sea.\nThe café on the corner — naïve art.\n" * 20
+    )
+    train_tokenizer(corpus, root / "tokenizer", vocab_size=300)
+    return root / "tokenizer"
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+@pytest.mark.parametrize("chunk_size", [0, 1, 4, 64])
+def test_batched_attribution_equals_one_backward_per_response_token(kind, chunk_size):
+    model = tiny_model(kind)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA path
+    ids = torch.randint(3, 300, (24,), generator=torch.Generator().manual_seed(1))
+    fast = attribute_ids(model, ids, n_prompt=15, chunk_size=chunk_size)
+    reference = attribute_ids_reference(model, ids, n_prompt=15)
+    assert fast.shape == (15, 9)
+    assert np.abs(reference).max() > 0
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-7 * np.abs(reference).max())
+
+
+def test_attribution_is_gradient_times_input_of_the_token_probability():
+    """Check one entry against autograd on the textbook formula, written out independently."""
+    model = tiny_model("llama")
+    ids = torch.tensor([1, 5, 17, 42, 8, 99, 23])
+    n_prompt, j = 4, 1  # response token j=1 sits at position 5, predicted from position 4
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    prob = torch.softmax(model(inputs_embeds=emb[None]).logits[0, n_prompt + j - 1], -1)[ids[n_prompt + j]]
+    prob.backward()
+    expected = (emb.grad * emb.detach()).sum(-1)[:n_prompt].numpy()
+    np.testing.assert_allclose(attribute_ids(model, ids, n_prompt)[:, j], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_causality_later_response_tokens_do_not_feed_earlier_objectives():
+    model = tiny_model("mistral")
+    ids = torch.randint(3, 300, (12,), generator=torch.Generator().manual_seed(2))
+    a = attribute_ids(model, ids, n_prompt=8)
+    b = attribute_ids(model, torch.cat([ids[:10], torch.tensor([7, 7])]), n_prompt=8)
+    np.testing.assert_allclose(a[:, :2], b[:, :2], rtol=1e-5, atol=1e-9)
+
+
+def test_tokenize_pair_splits_prompt_and_response_with_character_offsets(tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt, response = "Rewrite the café sentence.\nInput: The meeting was moved.", "The meeting moved."
+    tokens = tokenize_pair(tokenizer, prompt, response)
+    pieces = tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist())
+    assert pieces[0] == "<s>" and 0 not in tokens.prompt_rows  # BOS is not a prompt token row
+    assert tokens.input_ids.numel() - tokens.n_prompt == len(tokens.response_offsets)
+    for text, offsets in ((prompt, tokens.prompt_offsets), (response, tokens.response_offsets)):
+        assert (np.diff(offsets[:, 0]) >= 0).all() and offsets.min() >= 0 and offsets.max() <= len(text)
+        covered = {i for s, e in offsets for i in range(s, e)}
+        assert covered >= {i for i, ch in enumerate(text) if not ch.isspace()}  # every character has a token
+
+
+def test_generated_response_is_greedy_and_its_offsets_slice_its_text(tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    tokens = generate_response(model, tokenizer, "Write a short poem about the sea.", max_new_tokens=6)
+    n_new = tokens.input_ids.numel() - tokens.n_prompt
+    assert 0 < n_new <= 6
+    prompt_ids = tokens.input_ids[: tokens.n_prompt]
+    with torch.no_grad():  # greedy: each new token is the argmax after the previous ones
+        logits = model(tokens.input_ids[None]).logits[0]
+    assert torch.equal(logits[tokens.n_prompt - 1 : -1].argmax(-1), tokens.input_ids[tokens.n_prompt :])
+    assert prompt_ids[0].item() == tokenizer.bos_token_id
+    assert tokens.response_offsets[-1][1] == len(tokens.response_text)
+    assert (np.diff(tokens.response_offsets[:, 0]) >= 0).all()
+
+
+@pytest.mark.parametrize("response", ["reference", "generate"])
+def test_attribute_shard_writes_the_shard_samples_in_the_safe_format(tmp_path, tokenizer_dir, response):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    dataset = tmp_path / "data.tsv"
+    rows = [f"s{i}\tRewrite the sentence {i}./nInput: The meeting was moved.\tThe meeting moved {i}.\t"
+            f"Rewrite the sentence {i}.&&&The meeting was moved." for i in range(5)]
+    dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "shard-1.npz"
+    attribute_shard(str(model_dir), str(dataset), 1, 2, str(out), "tiny", response=response, max_new_tokens=4)
+    shard = load_shard(out)
+    assert [s.id for s in shard.samples] == ["s2", "s3"]
+    assert shard.meta["model"] == "tiny" and shard.meta["binned_levels"] == 0
+    for sample in shard.samples:
+        assert sample.matrix.shape == (len(sample.prompt_tokens), len(sample.response_tokens))
+        assert sample.matrix.dtype == np.float32 and np.isfinite(sample.matrix).all()
+    with pytest.raises(ValueError, match="shard 9 does not exist"):
+        attribute_shard(str(model_dir), str(dataset), 9, 2, str(out), "tiny")
+
+
+def test_missing_model_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        from workflow_scripts.attribution import load_model
+
+        load_model(str(tmp_path / "nope"))

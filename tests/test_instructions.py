@@ -1,0 +1,162 @@
+"""Instruction tokens (DESIGN.md 3.1): prompt sentences, instruction sentence spans, token masks.
+
+Token offsets are written by hand (character [start, end) as a Hugging Face fast tokenizer
+reports them, with special tokens zero-width): no tokenizer is downloaded offline.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workflow_scripts.instructions import (
+    InstructionError,
+    instruction_fragments,
+    instruction_mask,
+    instruction_spans,
+    split_sentences,
+)
+
+
+def texts(prompt, spans):
+    return [prompt[start:end] for start, end in spans]
+
+
+# --- split_sentences ---------------------------------------------------------------------------
+
+
+def test_split_sentences_breaks_on_newlines_and_after_punctuation_followed_by_space():
+    prompt = "Read this. Is it true? Yes!\n\nInput: The sky: blue.\nOutput:"
+    spans = split_sentences(prompt)
+    # R=0 ... "Read this." ends at 10; "Is it true?" 11-22; "Yes!" 23-27; "\n" at 27;
+    # the empty line is the empty span (28, 28); "Input:" 29-35; "The sky:" 36-44; "blue." 45-50;
+    # "\n" at 50; "Output:" 51-58 (the prompt has 58 characters).
+    assert spans == [(0, 10), (11, 22), (23, 27), (28, 28), (29, 35), (36, 44), (45, 50), (51, 58)]
+    assert texts(prompt, spans) == [
+        "Read this.", "Is it true?", "Yes!", "", "Input:", "The sky:", "blue.", "Output:",
+    ]
+
+
+def test_split_sentences_needs_white_space_after_the_punctuation():
+    prompt = "At 12:30 go.Then stop. Done.  "
+    # "12:30" and "go.Then" do not break; the trailing spaces end the line with an empty sentence.
+    assert split_sentences(prompt) == [(0, 22), (23, 28), (30, 30)]
+    assert texts(prompt, split_sentences(prompt)) == ["At 12:30 go.Then stop.", "Done.", ""]
+
+
+def test_split_sentences_of_empty_lines_are_empty_spans():
+    assert split_sentences("\n\n") == [(0, 0), (1, 1), (2, 2)]
+    assert split_sentences("") == [(0, 0)]
+
+
+# --- instruction_fragments / instruction_spans --------------------------------------------------
+
+
+def test_fragments_are_the_sentences_before_the_context_marker():
+    assert instruction_fragments("Do it. Then stop.|||Be kind\nNow&&&Ignored. Context.") == [
+        "Do it.", "Then stop.", "Be kind", "Now",
+    ]
+
+
+def test_a_repeated_sentence_is_marked_only_at_its_first_occurrence():
+    prompt = "Do it. Then check. Do it."
+    assert instruction_spans(prompt, "Do it.") == [(0, 6)]
+
+
+def test_sentences_on_separate_lines_are_marked_separately():
+    prompt = "Write a poem.\nAbout cats.\nThe context."
+    # "Write a poem." 0-13, "\n" 13, "About cats." 14-25, "\n" 25, "The context." 26-38
+    assert instruction_spans(prompt, "Write a poem.\nAbout cats.&&&The context.") == [(0, 13), (14, 25)]
+
+
+def test_an_input_line_is_marked_without_its_input_prefix():
+    prompt = "Summarize the story.\nInput: The cat sat."
+    # "Input:" is a sentence of its own (21-27) and marks nothing once its prefix is dropped;
+    # "The cat sat." is 28-40.
+    spans = instruction_spans(prompt, "Summarize the story.|||Input: The cat sat.")
+    assert spans == [(0, 20), (28, 40)]
+    assert texts(prompt, spans) == ["Summarize the story.", "The cat sat."]
+
+
+def test_the_input_prefix_is_dropped_from_a_sentence_that_starts_with_it():
+    prompt = "Summarize the story.\nInput:The cat sat."
+    # the sentence "Input:The cat sat." is 21-39; without "Input:" it is 27-39
+    assert instruction_spans(prompt, "The cat sat.") == [(27, 39)]
+
+
+def test_a_bare_input_fragment_marks_nothing():
+    # The released annotations list "Input:" as a fragment (user_oriented_task_0): no error, no span.
+    assert instruction_spans("Fix it.\n\nInput: x = 1", "Fix it.|||Input: &&&x = 1") == [(0, 7)]
+
+
+def test_spans_count_characters_not_bytes_for_non_ascii_prompts():
+    prompt = "Écris un poème — court. “Sois bref!” dit-il. Merci 🙂."
+    # sentences: "Écris un poème — court." 0-23, "“Sois bref!” dit-il." 24-44 ("!" is followed by "”",
+    # not by white space, so it does not break), "Merci 🙂." 45-53 (the emoji is one character).
+    spans = instruction_spans(prompt, "“Sois bref!”|||Merci 🙂.")
+    assert spans == [(24, 44), (45, 53)]
+    assert texts(prompt, spans) == ["“Sois bref!” dit-il.", "Merci 🙂."]
+
+
+def test_a_fragment_that_is_part_of_a_sentence_marks_the_whole_sentence():
+    prompt = "Please translate the text below into French. The text: hello."
+    assert instruction_spans(prompt, "translate the text") == [(0, 44)]
+
+
+def test_a_fragment_spanning_two_sentences_marks_both():
+    prompt = "Read it. Then answer the question. Context here."
+    spans = instruction_spans(prompt, "Read it. Then answer&&&Context here.")
+    assert spans == [(0, 8), (9, 34)]
+    assert texts(prompt, spans) == ["Read it.", "Then answer the question."]
+
+
+def test_the_context_after_the_marker_is_never_marked_nor_checked():
+    prompt = "Summarize the text. The text is long."
+    assert instruction_spans(prompt, "Summarize the text.&&&The text is long.") == [(0, 19)]
+    # a context absent from the prompt is no error: only instruction fragments are looked up
+    assert instruction_spans(prompt, "Summarize the text.&&&Not in the prompt at all.") == [(0, 19)]
+
+
+def test_spans_are_sorted_and_deduplicated():
+    prompt = "One. Two. Three."
+    assert instruction_spans(prompt, "Three.|||One.|||One.|||Thr") == [(0, 4), (10, 16)]
+
+
+def test_a_fragment_missing_from_the_prompt_raises_naming_the_sample_and_fragment():
+    with pytest.raises(InstructionError) as error:
+        instruction_spans("Say hello.", "Say goodbye.", sample_id="lima_author_7")
+    message = str(error.value)
+    assert "lima_author_7" in message
+    assert "'Say goodbye.'" in message
+    assert isinstance(error.value, ValueError)
+
+
+# --- instruction_mask ----------------------------------------------------------------------------
+
+
+def test_mask_marks_tokens_overlapping_a_span_even_partially():
+    offsets = np.array([[0, 0], [0, 3], [3, 9], [9, 12], [12, 12], [12, 20], [10, 12]])
+    # span [2, 10): (0,3) overlaps 2, (3,9) inside, (9,12) overlaps 9; (10,12) starts at the end
+    # (end-exclusive), (12,20) after; (0,0) and (12,12) are zero-width special tokens.
+    mask = instruction_mask(offsets, [(2, 10)])
+    assert mask.dtype == bool
+    assert mask.tolist() == [False, True, True, True, False, False, False]
+
+
+def test_mask_never_marks_zero_width_tokens_even_inside_a_span():
+    offsets = [[0, 0], [0, 4], [4, 4], [4, 8], [8, 8]]
+    assert instruction_mask(offsets, [(0, 8)]).tolist() == [False, True, False, True, False]
+
+
+def test_mask_is_the_union_of_several_spans_and_empty_without_spans():
+    offsets = [[0, 4], [4, 9], [9, 15], [15, 20]]
+    assert instruction_mask(offsets, [(0, 4), (15, 20)]).tolist() == [True, False, False, True]
+    assert instruction_mask(offsets, []).tolist() == [False, False, False, False]
+
+
+def test_mask_of_a_prompt_marks_the_instruction_sentence_tokens():
+    prompt = "Be brief. Say hi."
+    # <s>, "▁Be", "▁brief", ".", "▁Say", "▁hi", "." with the marker space in the offsets
+    offsets = [[0, 0], [0, 2], [2, 8], [8, 9], [9, 13], [13, 16], [16, 17]]
+    spans = instruction_spans(prompt, "Be brief.&&&Say hi.")
+    assert spans == [(0, 9)]
+    assert instruction_mask(offsets, spans).tolist() == [False, True, True, True, False, False, False]

@@ -1,0 +1,244 @@
+"""The paper's released attributions: restricted unpickling, SentencePiece alignment, conversion."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workflow_scripts.dataset import read_dataset
+from workflow_scripts.released import (
+    UnsafePickleError,
+    align_pieces,
+    detokenize,
+    released_sample,
+    safe_load_pickle,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_pickle(path: Path, value, protocol: int = 4) -> Path:
+    path.write_bytes(pickle.dumps(value, protocol=protocol))
+    return path
+
+
+# --- the restricted unpickler: plain data loads -------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_plain_strings_and_lists_load_under_every_protocol(tmp_path, protocol):
+    record = {"ID": "s1", "Input": ["▁The", "▁café", "<0x0A>"], "n": 3, "x": 0.5, "ok": True, "none": None}
+    assert safe_load_pickle(write_pickle(tmp_path / "a.pkl", record, protocol)) == record
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_dict_of_strings_and_a_float32_array_loads(tmp_path, protocol):
+    explain = np.array([[0, 10, 7.5], [10, 0, 1]], dtype=np.float32)
+    record = {"ID": "user_oriented_task_0", "Input": ["▁The", "▁sentence", "."], "Explain": explain}
+    loaded = safe_load_pickle(write_pickle(tmp_path / "a.pkl", record, protocol))
+    assert loaded["ID"] == "user_oriented_task_0"
+    assert loaded["Input"] == ["▁The", "▁sentence", "."]
+    assert loaded["Explain"].dtype == np.float32
+    assert loaded["Explain"].tolist() == [[0, 10, 7.5], [10, 0, 1]]
+
+
+# --- the restricted unpickler: anything else is refused -------------------------------------------
+
+
+class RunsShell:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {self.target}",))
+
+
+class CallsEval:
+    def __reduce__(self):
+        return (eval, ("__import__('os').getcwd()",))
+
+
+class StartsProcess:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (subprocess.Popen, (["touch", str(self.target)],))
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def assert_refused(path: Path, *fragments: str):
+    with pytest.raises(UnsafePickleError) as error:
+        safe_load_pickle(path)
+    assert str(path) in str(error.value)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_pickle_calling_os_system_is_refused_and_runs_nothing(tmp_path, protocol):
+    target = tmp_path / "pwned.txt"
+    path = write_pickle(tmp_path / "evil.pkl", {"ID": "x", "Explain": RunsShell(target)}, protocol)
+    assert_refused(path, "system")
+    assert not target.exists()
+    # control: the same kind of payload is live under the ordinary unpickler
+    control = tmp_path / "control.txt"
+    pickle.loads(pickle.dumps(RunsShell(control), protocol=protocol))
+    assert control.read_text().strip() == "pwned"
+
+
+def test_a_pickle_referencing_builtins_eval_is_refused(tmp_path):
+    assert_refused(write_pickle(tmp_path / "eval.pkl", [CallsEval()]), "builtins.eval")
+
+
+def test_a_pickle_starting_a_subprocess_is_refused_and_runs_nothing(tmp_path):
+    target = tmp_path / "touched.txt"
+    assert_refused(write_pickle(tmp_path / "popen.pkl", StartsProcess(target)), "subprocess.Popen")
+    assert not target.exists()
+
+
+def test_a_pickled_instance_of_a_user_class_is_refused(tmp_path):
+    assert_refused(write_pickle(tmp_path / "point.pkl", {"p": Point(1, 2)}), "Point")
+
+
+def test_an_object_dtype_array_is_refused_even_when_nested(tmp_path):
+    array = np.array([1, "a"], dtype=object)
+    assert_refused(write_pickle(tmp_path / "obj.pkl", array), "object-dtype")
+    assert_refused(write_pickle(tmp_path / "nested.pkl", {"Explain": [array]}), "object-dtype")
+
+
+# set(numpy.ndarray((1,), 'O', b'AAAAAAAA')) in raw protocol 2 opcodes: it names only allowed globals
+# (builtins set, numpy ndarray), but numpy.ndarray called with an object dtype and a bytes buffer
+# makes an object array whose element "pointers" are the attacker's bytes; iterating it (set(...))
+# dereferences 0x4141414141414141.
+FORGED_OBJECT_ARRAY = (
+    b"\x80\x02"
+    b"c__builtin__\nset\n"
+    b"cnumpy\nndarray\n"
+    b"K\x01\x85" b"X\x01\x00\x00\x00O" b"C\x08AAAAAAAA" b"\x87R"
+    b"\x85R."
+)
+
+
+def test_a_pickle_forging_an_object_array_from_bytes_is_refused_without_crashing(tmp_path):
+    path = tmp_path / "forged.pkl"
+    path.write_bytes(FORGED_OBJECT_ARRAY)
+    script = (
+        "import sys\n"
+        "from workflow_scripts.released import safe_load_pickle, UnsafePickleError\n"
+        "try:\n"
+        "    safe_load_pickle(sys.argv[1])\n"
+        "except UnsafePickleError as error:\n"
+        "    print('refused:', error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"the interpreter died with {result.returncode}: {result.stderr[-500:]}"
+    assert result.stdout.startswith("refused:")
+    assert str(path) in result.stdout
+
+
+# --- align_pieces / detokenize ---------------------------------------------------------------
+
+
+def test_align_pieces_gives_character_offsets_with_the_marker_space_in_the_token():
+    text = "The sentence.\nInput: café"
+    pieces = ["▁The", "▁sentence", ".", "<0x0A>", "Input", ":", "▁café"]
+    # "▁The": the dummy-prefix space is absent from the text -> (0, 3); "▁sentence" takes the
+    # space before it -> (3, 12), as a Hugging Face Metaspace tokenizer reports; "." (12, 13);
+    # the byte piece <0x0A> is the newline (13, 14); "Input" (14, 19); ":" (19, 20); "▁café" (20, 25).
+    offsets = align_pieces(pieces, text)
+    assert offsets.dtype == np.int64
+    assert offsets.tolist() == [[0, 3], [3, 12], [12, 13], [13, 14], [14, 19], [19, 20], [20, 25]]
+    assert [text[s:e] for s, e in offsets] == ["The", " sentence", ".", "\n", "Input", ":", " café"]
+
+
+def test_align_pieces_gives_a_multibyte_character_to_its_first_byte_piece():
+    # "—" is U+2014, UTF-8 E2 80 94: the first byte piece spans the character, the others are
+    # zero-width at its end.
+    offsets = align_pieces(["▁a", "<0xE2>", "<0x80>", "<0x94>", "b"], "a—b")
+    assert offsets.tolist() == [[0, 1], [1, 2], [2, 2], [2, 2], [2, 3]]
+
+
+def test_align_pieces_gives_special_tokens_zero_width():
+    offsets = align_pieces(["<s>", "▁Hi", "</s>"], "Hi")
+    assert offsets.tolist() == [[0, 0], [0, 2], [2, 2]]
+
+
+def test_align_pieces_skips_white_space_the_tokenizer_normalised_away():
+    # "a \t b": "▁b" matches the space at 1, then skips the tab and the second space to reach "b"
+    assert align_pieces(["▁a", "▁b"], "a \t b").tolist() == [[0, 1], [1, 5]]
+    # a space after a newline may be present in the text or not
+    assert align_pieces(["<0x0A>", "▁x"], "\n x").tolist() == [[0, 1], [1, 3]]
+    assert align_pieces(["<0x0A>", "▁x"], "\nx").tolist() == [[0, 1], [1, 2]]
+
+
+def test_align_pieces_raises_naming_the_context_and_token_on_a_mismatch():
+    with pytest.raises(ValueError) as error:
+        align_pieces(["▁The", "▁dog"], "The cat", "sample.pkl (Input)")
+    message = str(error.value)
+    assert message.startswith("sample.pkl (Input): token 1 '▁dog'")
+    assert "character 4" in message
+
+
+def test_align_pieces_raises_when_the_tokens_run_past_the_text():
+    with pytest.raises(ValueError, match=r"sample.pkl \(Output\): token 2 '▁sat'"):
+        align_pieces(["▁The", "▁cat", "▁sat"], "The cat", "sample.pkl (Output)")
+
+
+def test_detokenize_joins_pieces_decodes_bytes_and_drops_the_leading_space():
+    assert detokenize(["▁The", "▁sentence", ".", "<0x0A>", "Input", ":", "▁café"]) == "The sentence.\nInput: café"
+    assert detokenize(["<s>", "▁a", "<0xE2>", "<0x80>", "<0x94>", "b", "</s>"]) == "a—b"
+    assert detokenize([]) == ""
+
+
+# --- the released files -------------------------------------------------------------------------
+
+
+@pytest.mark.paper
+def test_released_sample_aligns_every_token_of_user_oriented_task_0(paper_dir):
+    samples = {s.id: s for s in read_dataset(paper_dir / "datasets" / "FinalDataset.tsv")}
+    prompt = samples["user_oriented_task_0"].prompt
+    path = paper_dir / "results" / "attribution_interpret" / "ifa_vicuna_7b" / "user_oriented_task_0.pkl"
+    a = released_sample(path, prompt, "user_oriented_task_0")
+
+    assert a.id == "user_oriented_task_0"
+    assert a.prompt == prompt
+    assert a.matrix.shape == (82, 23)
+    assert a.matrix.dtype == np.float32
+    assert set(np.unique(a.matrix)) <= set(range(11))
+    assert len(a.prompt_tokens) == len(a.prompt_offsets) == 82
+    assert len(a.response_tokens) == len(a.response_offsets) == 23
+    assert a.response.startswith("Do you have any questions about my rate")
+
+    for token, (start, end) in zip(a.prompt_tokens, a.prompt_offsets.tolist()):
+        piece = prompt[start:end]
+        if token.startswith("<0x"):
+            assert piece == bytes([int(token[3:5], 16)]).decode("utf8")
+        else:
+            # the token text without its "▁"; the space the marker stands for is in the span
+            # whenever the prompt has it (all but the first token here)
+            assert piece.removeprefix(" ") == token.removeprefix("▁")
+            assert piece == token.replace("▁", " ") or (start == 0 and piece == token[1:])
+    # the tokens tile the prompt
+    offsets = a.prompt_offsets
+    assert offsets[0, 0] == 0 and offsets[-1, 1] == len(prompt)
+    assert (offsets[1:, 0] == offsets[:-1, 1]).all()
+    assert "".join(a.response[s:e] for s, e in a.response_offsets.tolist()) == a.response
+
+
+@pytest.mark.paper
+def test_released_sample_refuses_a_pickle_of_another_sample(paper_dir):
+    path = paper_dir / "results" / "attribution_interpret" / "ifa_vicuna_7b" / "user_oriented_task_0.pkl"
+    with pytest.raises(ValueError, match="expected 'user_oriented_task_1'"):
+        released_sample(path, "irrelevant", "user_oriented_task_1")

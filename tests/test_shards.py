@@ -1,0 +1,133 @@
+"""The attribution shard format (DESIGN.md 4): safe .npz, exact round trip, merging."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from workflow_scripts.shards import SampleAttribution, Shard, load_shard, merge_shards, save_shard
+
+
+def with_answer() -> SampleAttribution:
+    return SampleAttribution(
+        id="user_oriented_task_0",
+        prompt="Écris “vite” — 🙂",
+        response="Oui, café.",
+        prompt_tokens=["<s>", "▁É", "cris", "▁“", "vite", "”", "▁—", "▁", "<0xF0>", "<0x9F>", "<0x99>", "<0x82>"],
+        prompt_offsets=np.array([[0, 0], [0, 1], [1, 5], [5, 7], [7, 11], [11, 12], [12, 14], [14, 15],
+                                 [15, 16], [16, 16], [16, 16], [16, 16]]),
+        response_tokens=["▁Oui", ",", "▁café", "."],
+        response_offsets=np.array([[0, 3], [3, 4], [4, 9], [9, 10]]),
+        matrix=np.arange(48, dtype=np.float32).reshape(12, 4) * np.float32(0.1) - np.float32(1.7),
+    )
+
+
+def empty_answer() -> SampleAttribution:
+    return SampleAttribution(
+        id="lima_author_2",
+        prompt="Say nothing.",
+        response="",
+        prompt_tokens=["▁Say", "▁nothing", "."],
+        prompt_offsets=np.array([[0, 3], [3, 11], [11, 12]]),
+        response_tokens=[],
+        response_offsets=np.zeros((0, 2), dtype=np.int64),
+        matrix=np.zeros((3, 0), dtype=np.float32),
+    )
+
+
+def one(sample_id: str) -> SampleAttribution:
+    return SampleAttribution(sample_id, "Hi.", "Yo", ["▁Hi", "."], np.array([[0, 2], [2, 3]]),
+                             ["▁Yo"], np.array([[0, 2]]), np.array([[1.5], [-0.25]], dtype=np.float32))
+
+
+def assert_same(a: SampleAttribution, b: SampleAttribution):
+    assert (a.id, a.prompt, a.response) == (b.id, b.prompt, b.response)
+    assert a.prompt_tokens == b.prompt_tokens and a.response_tokens == b.response_tokens
+    assert np.array_equal(a.prompt_offsets, np.asarray(b.prompt_offsets).reshape(-1, 2))
+    assert np.array_equal(a.response_offsets, np.asarray(b.response_offsets).reshape(-1, 2))
+    assert a.matrix.dtype == np.float32 and a.matrix.shape == b.matrix.shape
+    assert a.matrix.tobytes() == np.asarray(b.matrix, np.float32).tobytes()  # bit for bit
+
+
+def test_a_shard_round_trips_exactly_including_an_empty_response(tmp_path):
+    path = tmp_path / "shard-0.npz"
+    shard = Shard([with_answer(), empty_answer()], {"model": "vicuna-7b", "source": "demo", "binned_levels": 0})
+    save_shard(shard, path)
+    loaded = load_shard(path)
+    assert loaded.meta == {"model": "vicuna-7b", "source": "demo", "binned_levels": 0}
+    assert [s.id for s in loaded.samples] == ["user_oriented_task_0", "lima_author_2"]
+    assert_same(loaded.samples[0], with_answer())
+    assert_same(loaded.samples[1], empty_answer())
+    assert loaded.samples[1].matrix.shape == (3, 0)
+    assert loaded.samples[1].response_offsets.shape == (0, 2)
+
+
+def test_an_empty_shard_round_trips(tmp_path):
+    save_shard(Shard([], {"model": "m"}), tmp_path / "empty.npz")
+    loaded = load_shard(tmp_path / "empty.npz")
+    assert loaded.samples == [] and loaded.meta == {"model": "m"}
+
+
+def test_a_shard_opens_without_pickle(tmp_path):
+    path = tmp_path / "shard.npz"
+    save_shard(Shard([with_answer(), empty_answer()]), path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    assert all(a.dtype != object for a in arrays.values())
+    assert arrays["ids"].tolist() == ["user_oriented_task_0", "lima_author_2"]
+    assert arrays["prompt_lengths"].tolist() == [12, 3]
+    assert arrays["response_lengths"].tolist() == [4, 0]
+    assert arrays["matrices"].shape == (48,)
+
+
+def test_saving_a_matrix_that_does_not_match_its_tokens_raises_and_writes_nothing(tmp_path):
+    sample = with_answer()
+    sample.matrix = sample.matrix[:, :3]
+    path = tmp_path / "bad.npz"
+    with pytest.raises(ValueError, match=re.escape("sample user_oriented_task_0: matrix shape (12, 3)")):
+        save_shard(Shard([sample]), path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_merge_concatenates_shards_in_the_order_given(tmp_path):
+    save_shard(Shard([one("c"), one("a")], {"model": "m"}), tmp_path / "shard-1.npz")
+    save_shard(Shard([one("b")], {"model": "m"}), tmp_path / "shard-0.npz")
+    merged = merge_shards([tmp_path / "shard-1.npz", tmp_path / "shard-0.npz"], tmp_path / "merged.npz")
+    assert [s.id for s in merged.samples] == ["c", "a", "b"]
+    loaded = load_shard(tmp_path / "merged.npz")
+    assert [s.id for s in loaded.samples] == ["c", "a", "b"]
+    assert loaded.meta == {"model": "m"}
+    for sample in loaded.samples:
+        assert_same(sample, one(sample.id))
+
+
+def test_merge_rejects_a_sample_in_two_shards_naming_both_files(tmp_path):
+    first, second = tmp_path / "shard-0.npz", tmp_path / "shard-1.npz"
+    save_shard(Shard([one("a"), one("b")]), first)
+    save_shard(Shard([one("c"), one("b")]), second)
+    with pytest.raises(ValueError) as error:
+        merge_shards([first, second], tmp_path / "merged.npz")
+    assert str(error.value) == f"sample b is in both {first} and {second}"
+    assert not (tmp_path / "merged.npz").exists()
+
+
+def test_loading_an_npz_that_is_not_a_shard_raises_naming_the_file(tmp_path):
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.arange(3))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(other))}: cannot read attribution shard"):
+        load_shard(other)
+
+
+def test_loading_a_shard_of_another_format_raises_naming_the_file(tmp_path):
+    other = tmp_path / "future.npz"
+    np.savez(other, header=np.array('{"format": "shiftlens-attribution/2"}'))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(other))}: .*not a shiftlens-attribution/1 file"):
+        load_shard(other)
+
+
+def test_loading_a_file_that_is_not_npz_raises_naming_the_file(tmp_path):
+    text = tmp_path / "notes.npz"
+    text.write_text("not an archive")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(text))}: cannot read attribution shard"):
+        load_shard(text)

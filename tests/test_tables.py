@@ -1,0 +1,313 @@
+"""Tables 1 and 2 (DESIGN.md 3.1 and 4) against numbers computed by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from workflow_scripts.released import convert_released
+from workflow_scripts.shards import SampleAttribution, Shard, save_shard
+from workflow_scripts.tables import instruction_scores, table1, table2, write_table
+
+GROUPS = {"user_oriented_task_": "self_instruct", "lima_author_": "lima", "mtbench_": "mtbench"}
+ANALYSIS = {"levels": 10, "threshold": 7, "p": 4}
+SCORE_COLUMNS = ["id", "group", "score", "response_tokens", "instruction_tokens"]
+
+
+def welch_less(x, y):
+    """The one-sided Welch test written out: t, Welch-Satterthwaite df, p = P(T <= t)."""
+    n1, n2 = len(x), len(y)
+    m1, m2 = sum(x) / n1, sum(y) / n2
+    v1 = sum((a - m1) ** 2 for a in x) / (n1 - 1)
+    v2 = sum((b - m2) ** 2 for b in y) / (n2 - 1)
+    se2 = v1 / n1 + v2 / n2
+    t = (m1 - m2) / math.sqrt(se2)
+    df = se2**2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
+    return t, df, stats.t.cdf(t, df)
+
+
+# --- Table 1 -----------------------------------------------------------------------------------
+
+SCORES = pd.DataFrame(
+    [
+        ("user_oriented_task_0", "self_instruct", 0.2, 10, 3),
+        ("user_oriented_task_1", "self_instruct", 0.4, 10, 3),
+        ("user_oriented_task_2", "self_instruct", 0.3, 5, 3),    # exactly min_response_tokens: kept
+        ("user_oriented_task_3", "self_instruct", 0.9, 10, 3),
+        ("user_oriented_task_4", "self_instruct", 0.5, 10, 3),
+        ("user_oriented_task_5", "self_instruct", 1.3, 10, 3),
+        ("user_oriented_task_6", "self_instruct", 1.1, 10, 3),
+        ("user_oriented_task_7", "self_instruct", 5.0, 4, 3),    # too short: dropped
+        ("user_oriented_task_8", "self_instruct", 9.0, 10, 3),   # rating 0: dropped
+        ("user_oriented_task_9", "self_instruct", 9.0, 10, 3),   # rating -1: dropped
+        ("user_oriented_task_10", "self_instruct", 9.0, 10, 3),  # not rated at all: dropped
+        ("lima_author_0", "lima", 0.5, 20, 2),
+        ("lima_author_1", "lima", 0.8, 20, 2),
+        ("lima_author_2", "lima", 0.6, 20, 2),
+        ("other_0", "other", 0.1, 20, 1),
+        ("other_1", "other", 0.2, 20, 1),
+    ],
+    columns=SCORE_COLUMNS,
+)
+RATINGS = {
+    "user_oriented_task_0": 1, "user_oriented_task_1": 1, "user_oriented_task_2": 1,
+    "user_oriented_task_3": 2, "user_oriented_task_4": 3, "user_oriented_task_5": 4, "user_oriented_task_6": 4,
+    "user_oriented_task_7": 4, "user_oriented_task_8": 0, "user_oriented_task_9": -1,
+    "lima_author_0": 1, "lima_author_1": 2, "lima_author_2": 3,
+    "other_0": 4, "other_1": 2,
+    "mtbench_0": 3,  # a rating without a score is ignored
+}
+
+
+def test_table1_has_the_design_columns():
+    table = table1(SCORES, RATINGS, GROUPS, min_response_tokens=5)
+    assert list(table.columns) == ["dataset", "n_unfollowed", "n_followed", "mean_unfollowed",
+                                   "std_unfollowed", "mean_followed", "std_followed", "t", "p_value"]
+
+
+def test_table1_compares_unfollowed_with_pooled_followed_ratings_by_group():
+    table = table1(SCORES, RATINGS, GROUPS, min_response_tokens=5).set_index("dataset")
+    # groups in configured order, then "other"; mtbench has no rated scores and no row
+    assert list(table.index) == ["self_instruct", "lima", "other"]
+
+    si = table.loc["self_instruct"]
+    # unfollowed (rating 1): 0.2 0.4 0.3 -> mean 0.3, population std sqrt((0.01 + 0.01 + 0) / 3)
+    # followed (ratings 2, 3, 4, 4): 0.9 0.5 1.3 1.1 -> mean 0.95,
+    #   population std sqrt((0.0025 + 0.2025 + 0.1225 + 0.0225) / 4) = sqrt(0.0875)
+    assert (si.n_unfollowed, si.n_followed) == (3, 4)
+    assert si.mean_unfollowed == pytest.approx(0.3)
+    assert si.std_unfollowed == pytest.approx(0.0816497, abs=1e-7)
+    assert si.mean_followed == pytest.approx(0.95)
+    assert si.std_followed == pytest.approx(0.2958040, abs=1e-7)
+    # sample variances 0.01 and 0.35 / 3: t = -0.65 / sqrt(0.01/3 + 0.35/12) = -3.605551,
+    # df = 0.0325^2 / ((0.01/3)^2 / 2 + (0.35/12)^2 / 3) = 3.653323
+    t, df, p = welch_less([0.2, 0.4, 0.3], [0.9, 0.5, 1.3, 1.1])
+    assert t == pytest.approx(-3.605551, abs=1e-6)
+    assert df == pytest.approx(3.653323, abs=1e-6)
+    assert si.t == pytest.approx(t, rel=1e-9)
+    assert si.p_value == pytest.approx(p, rel=1e-9)
+    assert si.p_value == pytest.approx(0.0132002, abs=1e-7)
+
+
+def test_table1_gives_nan_t_and_p_for_a_side_with_fewer_than_two_values():
+    table = table1(SCORES, RATINGS, GROUPS, min_response_tokens=5).set_index("dataset")
+    lima = table.loc["lima"]
+    # one unfollowed (0.5), two followed (0.8, 0.6)
+    assert (lima.n_unfollowed, lima.n_followed) == (1, 2)
+    assert lima.mean_unfollowed == pytest.approx(0.5) and lima.std_unfollowed == 0.0
+    assert lima.mean_followed == pytest.approx(0.7) and lima.std_followed == pytest.approx(0.1)
+    assert math.isnan(lima.t) and math.isnan(lima.p_value)
+    other = table.loc["other"]
+    # nothing unfollowed: n 0, mean and std NaN
+    assert (other.n_unfollowed, other.n_followed) == (0, 2)
+    assert math.isnan(other.mean_unfollowed) and math.isnan(other.std_unfollowed)
+    assert math.isnan(other.t) and math.isnan(other.p_value)
+
+
+def test_table1_minimum_response_length_is_a_parameter():
+    table = table1(SCORES, RATINGS, GROUPS, min_response_tokens=4).set_index("dataset")
+    # user_oriented_task_7 (4 tokens, rating 4, score 5.0) now counts as followed
+    assert table.loc["self_instruct", "n_followed"] == 5
+    assert table.loc["self_instruct", "mean_followed"] == pytest.approx((0.9 + 0.5 + 1.3 + 1.1 + 5.0) / 5)
+
+
+# --- Table 2 -------------------------------------------------------------------------------------
+
+
+def scores_frame(rows):
+    return pd.DataFrame([(i, g, s, 10, 2) for i, g, s in rows], columns=SCORE_COLUMNS)
+
+
+PRETRAINED = scores_frame([
+    ("user_oriented_task_0", "self_instruct", 0.2), ("user_oriented_task_1", "self_instruct", 0.4),
+    ("user_oriented_task_2", "self_instruct", 0.3), ("user_oriented_task_3", "self_instruct", 0.5),
+    ("lima_author_0", "lima", 0.7),
+])
+TUNED = scores_frame([
+    ("lima_author_0", "lima", 0.9),
+    ("user_oriented_task_3", "self_instruct", 1.1), ("user_oriented_task_2", "self_instruct", 1.3),
+    ("user_oriented_task_1", "self_instruct", 0.5), ("user_oriented_task_0", "self_instruct", 0.9),
+])
+
+
+def test_table2_has_the_design_columns():
+    assert list(table2(PRETRAINED, TUNED, GROUPS).columns) == [
+        "dataset", "n", "mean_pretrained", "std_pretrained", "mean_tuned", "std_tuned", "t", "p_value",
+    ]
+
+
+def test_table2_compares_pretrained_with_tuned_scores_by_group():
+    table = table2(PRETRAINED, TUNED, GROUPS).set_index("dataset")
+    assert list(table.index) == ["self_instruct", "lima"]
+    si = table.loc["self_instruct"]
+    # pre-trained 0.2 0.4 0.3 0.5: mean 0.35, population std sqrt(0.05 / 4) = 0.111803
+    # tuned 0.9 0.5 1.3 1.1: mean 0.95, population std sqrt(0.35 / 4) = 0.295804
+    assert si.n == 4
+    assert si.mean_pretrained == pytest.approx(0.35)
+    assert si.std_pretrained == pytest.approx(0.1118034, abs=1e-7)
+    assert si.mean_tuned == pytest.approx(0.95)
+    assert si.std_tuned == pytest.approx(0.2958040, abs=1e-7)
+    # sample variances 0.05/3 and 0.35/3: t = -0.6 / sqrt(0.4/12) = -3.286335; df = 3.84
+    t, df, p = welch_less([0.2, 0.4, 0.3, 0.5], [0.9, 0.5, 1.3, 1.1])
+    assert t == pytest.approx(-3.286335, abs=1e-6)
+    assert df == pytest.approx(3.84, abs=1e-9)
+    assert si.t == pytest.approx(t, rel=1e-9)
+    assert si.p_value == pytest.approx(p, rel=1e-9)
+    assert si.p_value == pytest.approx(0.0161016, abs=1e-7)
+
+
+def test_table2_gives_nan_t_and_p_for_a_group_of_one_sample():
+    lima = table2(PRETRAINED, TUNED, GROUPS).set_index("dataset").loc["lima"]
+    assert lima.n == 1
+    assert lima.mean_pretrained == pytest.approx(0.7) and lima.mean_tuned == pytest.approx(0.9)
+    assert lima.std_pretrained == 0.0 and lima.std_tuned == 0.0
+    assert math.isnan(lima.t) and math.isnan(lima.p_value)
+
+
+# --- write_table ---------------------------------------------------------------------------------
+
+
+def test_write_table_writes_the_tsv_and_a_markdown_twin(tmp_path):
+    table = pd.DataFrame(
+        [("self_instruct", 4, 0.35, 0.111803, 0.95, 0.295804, -3.286335, 0.0161016),
+         ("lima", 1, 0.7, 0.0, 0.9, 0.0, float("nan"), 1.8e-5)],
+        columns=["dataset", "n", "mean_pretrained", "std_pretrained", "mean_tuned", "std_tuned", "t", "p_value"],
+    )
+    tsv = tmp_path / "tables" / "pair" / "table2.tsv"
+    write_table(table, tsv, "Table 2")
+
+    # six significant digits, NaN as an empty cell
+    assert tsv.read_text().splitlines() == [
+        "dataset\tn\tmean_pretrained\tstd_pretrained\tmean_tuned\tstd_tuned\tt\tp_value",
+        "self_instruct\t4\t0.35\t0.111803\t0.95\t0.295804\t-3.28633\t0.0161016",
+        "lima\t1\t0.7\t0\t0.9\t0\t\t1.8e-05",
+    ]
+    back = pd.read_csv(tsv, sep="\t")
+    assert list(back.columns) == list(table.columns)
+    assert math.isnan(back["t"].iloc[1])
+
+    lines = tsv.with_suffix(".md").read_text().splitlines()
+    assert lines[0] == "# Table 2"
+    assert lines[2] == "| dataset | n | mean_pretrained | std_pretrained | mean_tuned | std_tuned | t | p_value |"
+    assert lines[3] == "|" + "---|" * 8
+    assert lines[4] == "| self_instruct | 4 | 0.3500 | 0.1118 | 0.9500 | 0.2958 | -3.2863 | 0.0161 |"
+    assert lines[5] == "| lima | 1 | 0.7000 | 0.0000 | 0.9000 | 0.0000 | n/a | 1.8e-05 |"
+
+
+# --- instruction_scores ------------------------------------------------------------------------
+
+
+def attribution(sample_id, prompt, tokens, offsets, matrix):
+    matrix = np.asarray(matrix, dtype=np.float32).reshape(len(tokens), -1)
+    m = matrix.shape[1]
+    return SampleAttribution(sample_id, prompt, "r" * m, tokens, np.array(offsets).reshape(-1, 2),
+                             ["▁r"] * m, np.array([[j, j + 1] for j in range(m)]).reshape(-1, 2), matrix)
+
+
+def tiny_shard():
+    return Shard([
+        # <s> ▁Be ▁brief . ▁Say ▁hi . ; binned (L 10, b 7): Be [10, 0], brief [10, 10], "." [0, 10]
+        # ("-0.5" clipped, 0.95 -> 10), Say [0, 10] (0.5 -> 5 -> 0)
+        attribution("user_oriented_task_0", "Be brief. Say hi.",
+                    ["<s>", "▁Be", "▁brief", ".", "▁Say", "▁hi", "."],
+                    [[0, 0], [0, 2], [2, 8], [8, 9], [9, 13], [13, 16], [16, 17]],
+                    [[0, 0], [1, 0], [1, 1], [-0.5, 0.95], [0.5, 1], [0, 0], [0, 0]]),
+        attribution("lima_author_1", "Hi.", ["▁Hi", "."], [[0, 2], [2, 3]], [[1.0], [0.5]]),
+        attribution("mtbench_1", "Go.", ["▁Go", "."], [[0, 2], [2, 3]], np.zeros((2, 0))),
+        attribution("zzz_1", "Stop now!", ["▁Stop", "▁now", "!"], [[0, 4], [4, 8], [8, 9]], [[2.0], [1.0], [0.0]]),
+    ], {"model": "demo", "binned_levels": 0})
+
+
+DATASET_ROWS = [
+    ("user_oriented_task_0", "Be brief. Say hi.", "ok", "Be brief.&&&Say hi."),
+    ("lima_author_1", "Hi.", "ok", "Hi."),
+    ("mtbench_1", "Go.", "ok", "Go."),
+    ("zzz_1", "Stop now!", "ok", "Stop now!"),
+]
+
+
+def test_instruction_scores_of_a_tiny_shard_match_the_hand_computation(tmp_path, write_tsv):
+    save_shard(tiny_shard(), tmp_path / "demo.npz")
+    scores = instruction_scores(tmp_path / "demo.npz", write_tsv(DATASET_ROWS), GROUPS, ANALYSIS)
+    assert list(scores.columns) == SCORE_COLUMNS
+    assert scores["id"].tolist() == ["user_oriented_task_0", "lima_author_1", "mtbench_1", "zzz_1"]
+    assert scores["group"].tolist() == ["self_instruct", "lima", "mtbench", "other"]
+    assert scores["response_tokens"].tolist() == [2, 1, 0, 1]
+    # instruction sentence "Be brief." (0, 9): ▁Be ▁brief . ; ▁Say starts at 9 and is not marked
+    assert scores["instruction_tokens"].tolist() == [3, 2, 2, 3]
+    expected = [
+        # densities Be 1, brief 2^(3/4), "." 1, Say 1; / 2^(3/4) -> 2^(-3/4) = 0.594604 and 1;
+        # (0.594604 + 1 + 0.594604) / log2(5) = 2.189207 / 2.321928
+        0.9428402,
+        # binned [10], [0] -> densities 1, 0: 1 / log2(4)
+        0.5,
+        # empty response: densities 0
+        0.0,
+        # binned [10], [0], [0]: 1 / log2(5)
+        0.4306766,
+    ]
+    assert scores["score"].tolist() == pytest.approx(expected, abs=1e-7)
+
+
+def test_instruction_scores_rejects_a_dataset_sample_without_attribution(tmp_path, write_tsv):
+    save_shard(tiny_shard(), tmp_path / "demo.npz")
+    dataset = write_tsv(DATASET_ROWS + [("lima_author_9", "Extra.", "ok", "Extra.")])
+    with pytest.raises(ValueError, match=r"1 samples without attribution \['lima_author_9'\]"):
+        instruction_scores(tmp_path / "demo.npz", dataset, GROUPS, ANALYSIS)
+
+
+def test_instruction_scores_rejects_an_attribution_without_dataset_sample(tmp_path, write_tsv):
+    save_shard(tiny_shard(), tmp_path / "demo.npz")
+    with pytest.raises(ValueError, match=r"1 unknown \['zzz_1'\]"):
+        instruction_scores(tmp_path / "demo.npz", write_tsv(DATASET_ROWS[:3]), GROUPS, ANALYSIS)
+
+
+def test_instruction_scores_rejects_an_attribution_made_on_another_prompt(tmp_path, write_tsv):
+    save_shard(tiny_shard(), tmp_path / "demo.npz")
+    rows = list(DATASET_ROWS)
+    rows[1] = ("lima_author_1", "Hi!", "ok", "Hi!")
+    with pytest.raises(ValueError, match="sample lima_author_1 was attributed on a different prompt"):
+        instruction_scores(tmp_path / "demo.npz", write_tsv(rows), GROUPS, ANALYSIS)
+
+
+def test_instruction_scores_rejects_attributions_binned_to_other_levels(tmp_path, write_tsv):
+    shard = tiny_shard()
+    shard.meta["binned_levels"] = 10
+    save_shard(shard, tmp_path / "demo.npz")
+    with pytest.raises(ValueError, match="binned to L=10, analysis.levels is 5"):
+        instruction_scores(tmp_path / "demo.npz", write_tsv(DATASET_ROWS), GROUPS, {**ANALYSIS, "levels": 5})
+
+
+# --- the paper's released attributions ------------------------------------------------------
+
+
+@pytest.mark.paper
+def test_table2_of_the_released_attributions_matches_the_paper_code(paper_dir, tmp_path):
+    dataset = paper_dir / "datasets" / "FinalDataset.tsv"
+    released = paper_dir / "results" / "attribution_interpret"
+    scores = {}
+    for model in ("llama", "vicuna"):
+        output = tmp_path / f"{model}.npz"
+        convert_released(dataset, released / f"ifa_{model}_7b", output, model)
+        scores[model] = instruction_scores(output, dataset, GROUPS, ANALYSIS)
+    table = table2(scores["llama"], scores["vicuna"], GROUPS).set_index("dataset")
+
+    # These are the values the paper's own released code gives on its released data. The paper's
+    # printed Table 2 reads 0.9394 vs 1.1302, 1.2683 vs 1.5579, 1.1777 vs 1.3440: the gap is
+    # between the released data and the printed table, not in this reimplementation.
+    expected = {  # dataset: (n, mean pre-trained, mean tuned, p-value)
+        "self_instruct": (252, 0.9515, 1.1487, 1.8e-5),
+        "lima": (300, 1.2729, 1.5707, 1.6e-14),
+        "mtbench": (80, 1.1871, 1.3748, 0.024),
+    }
+    assert list(table.index) == list(expected)
+    for group, (n, mean_pre, mean_tuned, p) in expected.items():
+        row = table.loc[group]
+        assert row.n == n, group
+        assert row.mean_pretrained == pytest.approx(mean_pre, abs=1e-3), group
+        assert row.mean_tuned == pytest.approx(mean_tuned, abs=1e-3), group
+        assert row.p_value == pytest.approx(p, rel=0.1), group
+        assert row.t < 0, group

@@ -1,0 +1,159 @@
+"""Real Snakemake runs of the offline demo, and what a dry run plans after each kind of edit."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "datasets", "profiles"]
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=1800,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Rule -> job count of a dry run (empty when nothing is to be done)."""
+    out = snakemake(workdir, "--dry-run", *args)
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}
+    block = text.split("Job stats:", 1)[1]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", block, re.M) if rule != "total"}
+
+
+def copy_workflow(target: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name)
+        else:
+            shutil.copy(source, target / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo workflow, run to completion once in a scratch copy of the project."""
+    work = copy_workflow(tmp_path_factory.mktemp("demo"))
+    snakemake(work)
+    return work
+
+
+def test_demo_produces_both_tables_with_both_groups_populated(demo):
+    table1 = pd.read_csv(demo / "results/tables/demo/table1.tsv", sep="\t")
+    table2 = pd.read_csv(demo / "results/tables/demo/table2.tsv", sep="\t")
+    assert list(table1["dataset"]) == ["self_instruct", "lima", "mtbench"]
+    assert (table1["n_unfollowed"] >= 3).all() and (table1["n_followed"] >= 3).all()
+    assert table1[["mean_unfollowed", "mean_followed", "p_value"]].notna().all().all()
+    assert list(table2["n"]) == [14, 14, 16]
+    assert table2[["mean_pretrained", "mean_tuned", "t", "p_value"]].notna().all().all()
+    assert (demo / "results/tables/demo/table1.md").read_text().startswith("# Table 1")
+    for log in ("logs/attribute_shard/demo-base/shard-0.log", "logs/table2/demo.log"):
+        assert (demo / log).stat().st_size > 0
+    assert "no GPU visible: running on the CPU" in (demo / "logs/attribute_shard/demo-base/shard-0.log").read_text()
+
+
+def test_a_finished_run_plans_nothing(demo):
+    assert planned_jobs(demo) == {}
+
+
+@pytest.mark.parametrize("edit", ["threshold: 6", "levels: 20", "p: 3"])
+def test_changing_an_analysis_parameter_plans_only_the_tables(demo, edit):
+    assert planned_jobs(demo, "--config", f"analysis={{{edit}}}") == {"table1_pair": 1, "table2_pair": 1, "all": 1}
+
+
+def test_changing_min_response_tokens_plans_only_table1(demo):
+    assert planned_jobs(demo, "--config", "analysis={min_response_tokens: 8}") == {"table1_pair": 1, "all": 1}
+
+
+def test_appending_a_sample_plans_only_its_shard_of_each_model(demo):
+    dataset = demo / "datasets/demo.tsv"
+    original = dataset.read_text()
+    try:
+        dataset.write_text(
+            original.rstrip("\n")
+            + "\nlima_author_demo_99\tName three colours of the sea.\tBlue, green and grey are colours of the sea.\t"
+            "Name three colours of the sea.\n"
+        )
+        jobs = planned_jobs(demo)
+    finally:
+        dataset.write_text(original)
+    # 44 samples in shards of 8: the new one joins shard 5, of each of the two models
+    assert jobs == {"attribute_shard": 2, "merge_attributions": 2, "table1_pair": 1, "table2_pair": 1, "all": 1}
+    assert planned_jobs(demo) == {}
+
+
+def test_editing_a_sample_plans_only_the_shard_holding_it(demo):
+    dataset = demo / "datasets/demo.tsv"
+    original = dataset.read_text()
+    lines = original.splitlines(keepends=True)
+    try:
+        lines[1] = lines[1].replace("\t", " Please.\t", 2).replace(" Please.\t", "\t", 1)  # edit sample 1's response
+        dataset.write_text("".join(lines))
+        jobs = planned_jobs(demo)
+    finally:
+        dataset.write_text(original)
+    assert jobs.get("attribute_shard") == 2 and "demo_base_model" not in jobs
+
+
+def test_paper_config_dry_runs_with_gpu_resources(tmp_path):
+    work = copy_workflow(tmp_path)
+    paper = REPO.parent / "shared" / "paper"
+    if not paper.is_dir():
+        pytest.skip("the paper data (../shared/paper) is not beside the repository")
+    out = snakemake(work, "--dry-run", "--configfile", "config/paper.yaml", "--config", f"paper_data={paper}",
+                    "--resources", "gpu=2", "table1", "table2")
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout.split("Job stats:", 1)[1], re.M))
+    assert jobs["attribute_shard"] == str(2 * 40)  # 632 samples in shards of 16, two models
+    assert re.search(r"resources: .*gpu=2", out.stdout)
+
+
+def test_bad_config_type_is_reported_with_its_key(tmp_path):
+    work = copy_workflow(tmp_path)
+    out = snakemake(work, "--dry-run", "--config", "attribution={shard_size: eight}", check=False)
+    assert out.returncode != 0
+    assert "shard_size" in out.stdout + out.stderr and "'eight' is not of type 'integer'" in out.stdout + out.stderr
+
+
+def test_missing_model_directory_is_reported_before_any_job(tmp_path):
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["models"]["demo-base"] = {"path": "./no/such/model"}
+    (work / "moved.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(work, "--dry-run", "--configfile", "moved.yaml", check=False)
+    assert out.returncode != 0
+    assert "models.demo-base.path: model directory ./no/such/model not found" in out.stdout + out.stderr
+
+
+def test_malformed_dataset_row_is_reported_with_file_and_line(tmp_path):
+    work = copy_workflow(tmp_path)
+    dataset = work / "datasets/demo.tsv"
+    dataset.write_text(dataset.read_text() + "broken_row\tonly two fields\n")
+    out = snakemake(work, "--dry-run", check=False)
+    assert out.returncode != 0
+    assert re.search(r"datasets/demo.tsv:46: expected 4 tab-separated fields", out.stdout + out.stderr)
+
+
+def test_instruction_fragment_missing_from_its_prompt_is_reported_at_planning(tmp_path):
+    work = copy_workflow(tmp_path)
+    dataset = work / "datasets/demo.tsv"
+    dataset.write_text(dataset.read_text() + "mtbench_math_demo_77\tAdd two and two.\tFour.\tMultiply them.\n")
+    out = snakemake(work, "--dry-run", check=False)
+    assert out.returncode != 0
+    assert "mtbench_math_demo_77" in out.stdout + out.stderr and "'Multiply them.'" in out.stdout + out.stderr
