@@ -16,7 +16,11 @@ rule attribute_shard:
         path=lambda w: model_setting(w.model, "path"),
         dtype=lambda w: model_setting(w.model, "dtype", "float32"),
         gpus=lambda w: model_setting(w.model, "gpus", 1),
-        method=config["attribution"],
+        # scalars, not the config dict: reordering config keys must not rerun a shard; the
+        # chunk size only trades memory for speed, so it is read in the command, not a param
+        response=config["attribution"]["response"],
+        max_new_tokens=config["attribution"]["max_new_tokens"],
+        shard_size=config["attribution"]["shard_size"],
     resources:
         gpu=lambda w: model_setting(w.model, "gpus", 1),
     log:
@@ -25,9 +29,9 @@ rule attribute_shard:
         "benchmarks/attribute_shard/{model}/shard-{shard}.tsv"
     shell:
         "python -m workflow_scripts.attribution --model-dir {params.path} --model-id {wildcards.model}"
-        " --dataset {input.dataset} --shard {wildcards.shard} --shard-size {params.method[shard_size]}"
-        " --response {params.method[response]} --max-new-tokens {params.method[max_new_tokens]}"
-        " --chunk-size {params.method[chunk_size]} --dtype {params.dtype} --gpus {params.gpus}"
+        " --dataset {input.dataset} --shard {wildcards.shard} --shard-size {params.shard_size}"
+        " --response {params.response} --max-new-tokens {params.max_new_tokens}"
+        " --chunk-size {config[attribution][chunk_size]} --dtype {params.dtype} --gpus {params.gpus}"
         " --output {output} > {log} 2>&1"
 
 

@@ -20,4 +20,5 @@ def model_setting(model, key, default=None):
 
 
 def groups_arg():
-    return ",".join(f"{prefix}={group}" for prefix, group in config["dataset"]["groups"].items())
+    """Sorted, so that reordering the config's keys changes no param (and reruns nothing)."""
+    return ",".join(f"{prefix}={group}" for prefix, group in sorted(config["dataset"]["groups"].items()))

@@ -16,7 +16,10 @@ rule table1_pair:
         tsv="results/tables/{pair}/table1.tsv",
         md="results/tables/{pair}/table1.md",
     params:
-        analysis=config["analysis"],
+        levels=config["analysis"]["levels"],
+        threshold=config["analysis"]["threshold"],
+        p=config["analysis"]["p"],
+        min_response_tokens=config["analysis"]["min_response_tokens"],
         groups=groups_arg(),
         rated=config["ratings"]["column_value"] if config.get("ratings") else "",
     log:
@@ -24,8 +27,8 @@ rule table1_pair:
     shell:
         "python -m workflow_scripts.tables table1 --dataset {input.dataset} --attributions {input.tuned}"
         " --ratings {input.ratings} --rated-model {params.rated} --groups '{params.groups}'"
-        " --levels {params.analysis[levels]} --threshold {params.analysis[threshold]} --p {params.analysis[p]}"
-        " --min-response-tokens {params.analysis[min_response_tokens]}"
+        " --levels {params.levels} --threshold {params.threshold} --p {params.p}"
+        " --min-response-tokens {params.min_response_tokens}"
         " --title 'Table 1 ({wildcards.pair}): instruction score of unfollowed vs followed responses'"
         " --output {output.tsv} > {log} 2>&1"
 
@@ -40,14 +43,16 @@ rule table2_pair:
         tsv="results/tables/{pair}/table2.tsv",
         md="results/tables/{pair}/table2.md",
     params:
-        analysis={k: config["analysis"][k] for k in ("levels", "threshold", "p")},
+        levels=config["analysis"]["levels"],
+        threshold=config["analysis"]["threshold"],
+        p=config["analysis"]["p"],
         groups=groups_arg(),
     log:
         "logs/table2/{pair}.log",
     shell:
         "python -m workflow_scripts.tables table2 --dataset {input.dataset}"
         " --attributions {input.pretrained} {input.tuned} --groups '{params.groups}'"
-        " --levels {params.analysis[levels]} --threshold {params.analysis[threshold]} --p {params.analysis[p]}"
+        " --levels {params.levels} --threshold {params.threshold} --p {params.p}"
         " --title 'Table 2 ({wildcards.pair}): instruction score, pre-trained vs instruction-tuned'"
         " --output {output.tsv} > {log} 2>&1"
 

@@ -63,14 +63,14 @@ RATINGS = {
 
 
 def test_table1_has_the_design_columns():
-    table = table1(SCORES, RATINGS, GROUPS, min_response_tokens=5)
+    table = table1(SCORES, RATINGS, min_response_tokens=5)
     assert list(table.columns) == ["dataset", "n_unfollowed", "n_followed", "mean_unfollowed",
                                    "std_unfollowed", "mean_followed", "std_followed", "t", "p_value"]
 
 
 def test_table1_compares_unfollowed_with_pooled_followed_ratings_by_group():
-    table = table1(SCORES, RATINGS, GROUPS, min_response_tokens=5).set_index("dataset")
-    # groups in configured order, then "other"; mtbench has no rated scores and no row
+    table = table1(SCORES, RATINGS, min_response_tokens=5).set_index("dataset")
+    # groups in order of first appearance in the scores; mtbench has no rated scores and no row
     assert list(table.index) == ["self_instruct", "lima", "other"]
 
     si = table.loc["self_instruct"]
@@ -93,7 +93,7 @@ def test_table1_compares_unfollowed_with_pooled_followed_ratings_by_group():
 
 
 def test_table1_gives_nan_t_and_p_for_a_side_with_fewer_than_two_values():
-    table = table1(SCORES, RATINGS, GROUPS, min_response_tokens=5).set_index("dataset")
+    table = table1(SCORES, RATINGS, min_response_tokens=5).set_index("dataset")
     lima = table.loc["lima"]
     # one unfollowed (0.5), two followed (0.8, 0.6)
     assert (lima.n_unfollowed, lima.n_followed) == (1, 2)
@@ -108,7 +108,7 @@ def test_table1_gives_nan_t_and_p_for_a_side_with_fewer_than_two_values():
 
 
 def test_table1_minimum_response_length_is_a_parameter():
-    table = table1(SCORES, RATINGS, GROUPS, min_response_tokens=4).set_index("dataset")
+    table = table1(SCORES, RATINGS, min_response_tokens=4).set_index("dataset")
     # user_oriented_task_7 (4 tokens, rating 4, score 5.0) now counts as followed
     assert table.loc["self_instruct", "n_followed"] == 5
     assert table.loc["self_instruct", "mean_followed"] == pytest.approx((0.9 + 0.5 + 1.3 + 1.1 + 5.0) / 5)
@@ -134,13 +134,13 @@ TUNED = scores_frame([
 
 
 def test_table2_has_the_design_columns():
-    assert list(table2(PRETRAINED, TUNED, GROUPS).columns) == [
+    assert list(table2(PRETRAINED, TUNED).columns) == [
         "dataset", "n", "mean_pretrained", "std_pretrained", "mean_tuned", "std_tuned", "t", "p_value",
     ]
 
 
 def test_table2_compares_pretrained_with_tuned_scores_by_group():
-    table = table2(PRETRAINED, TUNED, GROUPS).set_index("dataset")
+    table = table2(PRETRAINED, TUNED).set_index("dataset")
     assert list(table.index) == ["self_instruct", "lima"]
     si = table.loc["self_instruct"]
     # pre-trained 0.2 0.4 0.3 0.5: mean 0.35, population std sqrt(0.05 / 4) = 0.111803
@@ -160,7 +160,7 @@ def test_table2_compares_pretrained_with_tuned_scores_by_group():
 
 
 def test_table2_gives_nan_t_and_p_for_a_group_of_one_sample():
-    lima = table2(PRETRAINED, TUNED, GROUPS).set_index("dataset").loc["lima"]
+    lima = table2(PRETRAINED, TUNED).set_index("dataset").loc["lima"]
     assert lima.n == 1
     assert lima.mean_pretrained == pytest.approx(0.7) and lima.mean_tuned == pytest.approx(0.9)
     assert lima.std_pretrained == 0.0 and lima.std_tuned == 0.0
@@ -293,7 +293,7 @@ def test_table2_of_the_released_attributions_matches_the_paper_code(paper_dir, t
         output = tmp_path / f"{model}.npz"
         convert_released(dataset, released / f"ifa_{model}_7b", output, model)
         scores[model] = instruction_scores(output, dataset, GROUPS, ANALYSIS)
-    table = table2(scores["llama"], scores["vicuna"], GROUPS).set_index("dataset")
+    table = table2(scores["llama"], scores["vicuna"]).set_index("dataset")
 
     # These are the values the paper's own released code gives on its released data. The paper's
     # printed Table 2 reads 0.9394 vs 1.1302, 1.2683 vs 1.5579, 1.1777 vs 1.3440: the gap is

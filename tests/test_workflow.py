@@ -73,13 +73,29 @@ def test_a_finished_run_plans_nothing(demo):
     assert planned_jobs(demo) == {}
 
 
-@pytest.mark.parametrize("edit", ["threshold: 6", "levels: 20", "p: 3"])
+def edited_config(workdir: Path, section: str, **changes) -> str:
+    """A copy of the demo config with some keys of one section changed, for --configfile."""
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config[section].update(changes)
+    path = workdir / f"edited-{section}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path.name
+
+
+@pytest.mark.parametrize("edit", [{"threshold": 6}, {"levels": 20}, {"p": 3}])
 def test_changing_an_analysis_parameter_plans_only_the_tables(demo, edit):
-    assert planned_jobs(demo, "--config", f"analysis={{{edit}}}") == {"table1_pair": 1, "table2_pair": 1, "all": 1}
+    jobs = planned_jobs(demo, "--configfile", edited_config(demo, "analysis", **edit))
+    assert jobs == {"table1_pair": 1, "table2_pair": 1, "all": 1}
 
 
 def test_changing_min_response_tokens_plans_only_table1(demo):
-    assert planned_jobs(demo, "--config", "analysis={min_response_tokens: 8}") == {"table1_pair": 1, "all": 1}
+    jobs = planned_jobs(demo, "--configfile", edited_config(demo, "analysis", min_response_tokens=8))
+    assert jobs == {"table1_pair": 1, "all": 1}
+
+
+def test_changing_an_attribution_setting_plans_every_shard(demo):
+    jobs = planned_jobs(demo, "--configfile", edited_config(demo, "attribution", max_new_tokens=50))
+    assert jobs["attribute_shard"] == 12 and "demo_base_model" not in jobs
 
 
 def test_appending_a_sample_plans_only_its_shard_of_each_model(demo):
@@ -117,8 +133,8 @@ def test_paper_config_dry_runs_with_gpu_resources(tmp_path):
     paper = REPO.parent / "shared" / "paper"
     if not paper.is_dir():
         pytest.skip("the paper data (../shared/paper) is not beside the repository")
-    out = snakemake(work, "--dry-run", "--configfile", "config/paper.yaml", "--config", f"paper_data={paper}",
-                    "--resources", "gpu=2", "table1", "table2")
+    out = snakemake(work, "table1", "table2", "--dry-run", "--configfile", "config/paper.yaml",
+                    "--resources", "gpu=2", "--config", f"paper_data={paper}")
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout.split("Job stats:", 1)[1], re.M))
     assert jobs["attribute_shard"] == str(2 * 40)  # 632 samples in shards of 16, two models
     assert re.search(r"resources: .*gpu=2", out.stdout)
@@ -126,7 +142,8 @@ def test_paper_config_dry_runs_with_gpu_resources(tmp_path):
 
 def test_bad_config_type_is_reported_with_its_key(tmp_path):
     work = copy_workflow(tmp_path)
-    out = snakemake(work, "--dry-run", "--config", "attribution={shard_size: eight}", check=False)
+    out = snakemake(work, "--dry-run", "--configfile", edited_config(work, "attribution", shard_size="eight"),
+                    check=False)
     assert out.returncode != 0
     assert "shard_size" in out.stdout + out.stderr and "'eight' is not of type 'integer'" in out.stdout + out.stderr
 

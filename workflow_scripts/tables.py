@@ -63,16 +63,17 @@ def _welch_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def _groups_in_order(groups: pd.Series, configured: dict) -> list[str]:
-    order = list(dict.fromkeys(configured.values())) + ["other"]
-    return [g for g in order if g in set(groups)]
+def _groups_in_order(groups: pd.Series) -> list[str]:
+    """Dataset groups in order of first appearance in the data (not of config keys, whose order
+    may change without changing the table)."""
+    return list(dict.fromkeys(groups))
 
 
-def table1(scores: pd.DataFrame, ratings: dict[str, int], groups: dict, min_response_tokens: int) -> pd.DataFrame:
+def table1(scores: pd.DataFrame, ratings: dict[str, int], min_response_tokens: int) -> pd.DataFrame:
     scores = scores.assign(rating=scores["id"].map(ratings).fillna(-1).astype(int))
     rated = scores[(scores["rating"] > 0) & (scores["response_tokens"] >= min_response_tokens)]
     rows = []
-    for group in _groups_in_order(rated["group"], groups):
+    for group in _groups_in_order(rated["group"]):
         g = rated[rated["group"] == group]
         unfollowed, followed = g.loc[g["rating"] == 1, "score"].to_numpy(), g.loc[g["rating"] >= 2, "score"].to_numpy()
         t, p = _welch_less(unfollowed, followed)
@@ -81,10 +82,10 @@ def table1(scores: pd.DataFrame, ratings: dict[str, int], groups: dict, min_resp
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
-def table2(pretrained: pd.DataFrame, tuned: pd.DataFrame, groups: dict) -> pd.DataFrame:
+def table2(pretrained: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
     merged = pretrained.merge(tuned, on=["id", "group"], suffixes=("_pre", "_tuned"))
     rows = []
-    for group in _groups_in_order(merged["group"], groups):
+    for group in _groups_in_order(merged["group"]):
         g = merged[merged["group"] == group]
         x, y = g["score_pre"].to_numpy(), g["score_tuned"].to_numpy()
         t, p = _welch_less(x, y)
@@ -141,11 +142,11 @@ def main(argv=None):
         if not (args.ratings and args.rated_model) or len(scores) != 1:
             parser.error("table1 needs one --attributions file, --ratings and --rated-model")
         ratings = read_ratings(args.ratings, args.rated_model)
-        table = table1(scores[0], ratings, groups, args.min_response_tokens)
+        table = table1(scores[0], ratings, args.min_response_tokens)
     else:
         if len(scores) != 2:
             parser.error("table2 needs two --attributions files: pretrained, tuned")
-        table = table2(scores[0], scores[1], groups)
+        table = table2(scores[0], scores[1])
     write_table(table, args.output, args.title)
     log.info("%s:\n%s", args.output, table.to_string(index=False))
 
