@@ -46,13 +46,16 @@ def main():
             torch.cuda.synchronize()
         return out, time.perf_counter() - start
 
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     fast, t_fast = timed(attribute_ids, model, ids, args.prompt, args.chunk_size)
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if args.device.startswith("cuda") else ""
     slow, t_slow = timed(attribute_ids_reference, model, ids, args.prompt)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: LLaMA {params:.1f}M params, {args.layers} layers, {args.heads} heads / {args.kv_heads} KV heads, "
           f"{args.device}, torch threads {torch.get_num_threads()}")
     print(f"sample: {args.prompt} prompt x {args.response} response tokens")
-    print(f"batched (this project): {t_fast:8.3f} s")
+    print(f"batched (this project): {t_fast:8.3f} s (chunk size {args.chunk_size or 'auto'}{peak})")
     print(f"per-token loop:         {t_slow:8.3f} s")
     print(f"speed-up: {t_slow / t_fast:.2f}x   max |difference|: {np.abs(fast - slow).max():.3g} "
           f"(max |value| {np.abs(slow).max():.3g})")

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One short GPU check of the attribution path (run on a GPU machine from the repo root):
+# equality of the batched GPU attribution with the per-token definition, and timings.
+set -euo pipefail
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+# 1. equality on tiny LLaMA/Mistral GQA models, every chunk size, on the GPU
+python - <<'PY'
+import numpy as np, torch
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from workflow_scripts.attribution import attribute_ids, attribute_ids_reference
+for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralForCausalLM)):
+    torch.manual_seed(0)
+    cfg = cfg_cls(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2)
+    m = cls(cfg).cuda().eval().requires_grad_(False)
+    ids = torch.randint(3, 300, (40,), device="cuda")
+    ref = attribute_ids_reference(m, ids, 25)
+    for chunk in (0, 1, 4, 16):
+        fast = attribute_ids(m, ids, 25, chunk)
+        err = np.abs(fast - ref).max() / np.abs(ref).max()
+        print(f"{cls.__name__} chunk={chunk}: max relative difference {err:.2e}")
+        assert err < 1e-4
+PY
+# 2. timings: a 7B-wide, 4-layer LLaMA (hidden 4096, 32 heads, vocab 32000), 200 + 300 tokens
+for chunk in 1 8 16 32; do
+    python bench/attribution_speed.py --hidden 4096 --layers 4 --heads 32 --kv-heads 32 --vocab 32000 \
+        --prompt 200 --response 300 --chunk-size $chunk --device cuda
+done
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
