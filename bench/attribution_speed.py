@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--prompt", type=int, default=120)
     parser.add_argument("--response", type=int, default=80)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=0, help="0: by device")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
