@@ -22,8 +22,6 @@ for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralFor
         assert err < 1e-4
 PY
 # 2. timings: a 7B-wide, 4-layer LLaMA (hidden 4096, 32 heads, vocab 32000), 200 + 300 tokens
-for chunk in 1 8 16 32; do
-    python bench/attribution_speed.py --hidden 4096 --layers 4 --heads 32 --kv-heads 32 --vocab 32000 \
-        --prompt 200 --response 300 --chunk-size $chunk --device cuda
-done
+python bench/attribution_speed.py --hidden 4096 --layers 4 --heads 32 --kv-heads 32 --vocab 32000 \
+    --prompt 200 --response 300 --chunk-sizes 0,16,32,64 --device cuda
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
