@@ -57,7 +57,7 @@ def main():
             torch.cuda.reset_peak_memory_stats()
         fast, t_fast = timed(attribute_ids, model, ids, args.prompt, chunk_size)
         peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if args.device.startswith("cuda") else ""
-        print(f"this project, chunk size {chunk_size or 'auto':>4}: {t_fast:8.3f} s  speed-up {t_slow / t_fast:5.2f}x  "
+        print(f"this project, chunk size {chunk_size or 'all':>4}: {t_fast:8.3f} s  speed-up {t_slow / t_fast:5.2f}x  "
               f"max |difference| {np.abs(fast - slow).max():.3g} (max |value| {np.abs(slow).max():.3g}){peak}")
 
 
