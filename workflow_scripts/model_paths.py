@@ -1,6 +1,13 @@
-"""Telling a local model directory from a Hugging Face hub id, without touching the network."""
+"""Where a model lives and what shape it has, known before any job runs and without the network.
+
+Per-layer jobs need the layer and head counts when the DAG is built: they come from the model's
+`config.json` (a local directory, or the Hugging Face cache), else from the config's `layers`,
+`heads` and `kv_heads` (so a paper config dry-runs on a machine without the weights).
+"""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -12,3 +19,40 @@ def looks_local(path: str) -> bool:
 def check_model_path(path: str) -> None:
     if looks_local(path) and not (Path(path).expanduser() / "config.json").is_file():
         raise FileNotFoundError(f"model directory not found (no config.json): {path}")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    heads: int
+    kv_heads: int
+
+
+def _cached_config(path: str) -> Path | None:
+    local = Path(path).expanduser() / "config.json"
+    if local.is_file():
+        return local
+    if looks_local(path):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    cached = try_to_load_from_cache(path, "config.json")
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def model_shape(model_id: str, settings: dict) -> ModelShape:
+    """Layer, head and KV-head counts from config.json, else from the model's config entry."""
+    config_json = _cached_config(settings["path"])
+    if config_json is not None:
+        hf = json.loads(config_json.read_text())
+        heads = hf["num_attention_heads"]
+        return ModelShape(hf["num_hidden_layers"], heads, hf.get("num_key_value_heads") or heads)
+    missing = [key for key in ("layers", "heads") if key not in settings]
+    if missing:
+        raise ValueError(
+            f"models.{model_id}: config.json of {settings['path']} cannot be read here; "
+            f"give {' and '.join(f'models.{model_id}.{k}' for k in missing)} in the config"
+        )
+    return ModelShape(settings["layers"], settings["heads"], settings.get("kv_heads", settings["heads"]))

@@ -59,8 +59,8 @@ def _from_local(source: Path, name: str, target: Path) -> None:
         raise FileNotFoundError(f"{source}: has no {name} (nor {name}.gz)")
 
 
-def _download(commit: str, name: str, target: Path, retries: int = 4) -> None:
-    url = f"{REPOSITORY}/{commit}/{name}"
+def _download(base_url: str, commit: str, name: str, target: Path, retries: int = 4) -> None:
+    url = f"{base_url}/{commit}/{name}"
     for attempt in range(retries + 1):
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as dst:
@@ -75,7 +75,10 @@ def _download(commit: str, name: str, target: Path, retries: int = 4) -> None:
             time.sleep(wait)
 
 
-def fetch(names: list[str], destination: str | Path, manifest: dict[str, str], source: str | None, commit: str) -> None:
+def fetch(
+    names: list[str], destination: str | Path, manifest: dict[str, str], source: str | None, commit: str,
+    base_url: str = REPOSITORY,
+) -> None:
     """Put each named file under `destination`, verified; existing verified files are kept."""
     destination = Path(destination)
     for name in tqdm(names, desc="paper data", unit="file", disable=len(names) < 20):
@@ -92,10 +95,10 @@ def fetch(names: list[str], destination: str | Path, manifest: dict[str, str], s
             if source:
                 _from_local(Path(source), name, tmp)
             else:
-                _download(commit, name, tmp)
+                _download(base_url, commit, name, tmp)
             digest = sha256(tmp)
             if digest != manifest[name]:
-                origin = Path(source) / name if source else f"{REPOSITORY}/{commit}/{name}"
+                origin = Path(source) / name if source else f"{base_url}/{commit}/{name}"
                 raise ChecksumError(f"{origin}: SHA-256 {digest} does not match the manifest ({manifest[name]})")
             os.replace(tmp, target)
         finally:
@@ -108,6 +111,7 @@ def main(argv=None):
     parser.add_argument("--destination", required=True)
     parser.add_argument("--source", default=None, help="local copy of the paper data (default: download)")
     parser.add_argument("--commit", default="52508a0a")
+    parser.add_argument("--base-url", default=REPOSITORY, help="a mirror laid out as <base>/<commit>/<path>")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--files", nargs="+", help="paths relative to the repository root")
     what.add_argument("--folder", help="every manifest file under this folder")
@@ -117,7 +121,7 @@ def main(argv=None):
     names = args.files or sorted(n for n in manifest if n.startswith(args.folder.rstrip("/") + "/"))
     if not names:
         raise SystemExit(f"{args.manifest}: no files under {args.folder}")
-    fetch(names, args.destination, manifest, args.source, args.commit)
+    fetch(names, args.destination, manifest, args.source, args.commit, args.base_url)
     log.info("%d files in %s verified", len(names), args.destination)
 
 
