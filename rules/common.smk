@@ -1,5 +1,5 @@
 # Config access and enumerations; the logic lives in workflow_scripts.dag (unit-tested).
-import json
+import re
 
 from workflow_scripts import dag
 
