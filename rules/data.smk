@@ -1,6 +1,10 @@
 # The paper's released data and the offline demo model pair.
 
-PAPER_DATASETS = ["datasets/FinalDataset.tsv", "datasets/AnnotatedDataset.tsv"]
+PAPER_DATASETS = [
+    "datasets/FinalDataset.tsv",
+    "datasets/AnnotatedDataset.tsv",
+    "datasets/SingleShareGPT_Vocab.tsv",
+]
 PAPER_SOURCE = f"--source {config['paper_data']}" if config.get("paper_data") else ""
 
 
@@ -48,6 +52,18 @@ rule demo_corpus:
         "logs/demo_corpus.log",
     shell:
         "python -m workflow_scripts.demo_models corpus {output} --dataset {input.dataset} > {log} 2>&1"
+
+
+rule demo_vocabulary:
+    """The demo's word list for the global explanations: the corpus's most frequent words."""
+    input:
+        "resources/demo/corpus.txt",
+    output:
+        "resources/demo/vocabulary.tsv",
+    log:
+        "logs/demo_vocabulary.log",
+    shell:
+        "python -m workflow_scripts.vocabulary build {input} {output} --max-words 3000 > {log} 2>&1"
 
 
 rule demo_tokenizer:

@@ -69,6 +69,42 @@ def test_demo_produces_both_tables_with_both_groups_populated(demo):
     assert "no GPU visible: running on the CPU" in (demo / "logs/attribute_shard/demo-base/shard-0.log").read_text()
 
 
+def test_demo_explains_every_head_dimension_and_builds_table3(demo):
+    bilinear = pd.read_csv(demo / "results/attention/bilinear_words.tsv", sep="\t", keep_default_na=False)
+    assert list(bilinear.columns) == ["Model", "Size", "Layer", "Type", "Head", "Dim", "Rank", "Score", "TopK"]
+    # one row per (model, layer, head, dimension): 2 models x 4 layers x 4 heads x 16 dimensions
+    assert len(bilinear) == 512 and not bilinear.duplicated(["Model", "Layer", "Head", "Dim"]).any()
+    assert (bilinear["TopK"] != "").mean() > 0.5
+    table3 = pd.read_csv(demo / "results/tables/demo/table3.tsv", sep="\t")
+    assert list(table3["layers"]) == ["0-0", "1-1", "2-2", "3-3"] and (table3["general_n"] > 0).all()
+    log = (demo / "logs/explain_attention_layer/demo-tuned/layer-2.log").read_text()
+    assert "read model.embed_tokens.weight, model.layers.2.self_attn.q_proj.weight" in log
+
+
+def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
+    jobs = planned_jobs(demo, "--configfile", edited_config(demo, "attention", top_k=50))
+    assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "all": 1}
+
+
+def test_released_word_pairs_give_table3_without_any_explanation_job(tmp_path):
+    work = copy_workflow(tmp_path)
+    rows = ["Model\tSize\tLayer\tType\tHead\tDim\tRank\tScore\tTopK"]
+    for model, pairs in (("llama", "write=text|||get=take"), ("vicuna", "write=text|||explain=why|||get=take")):
+        for layer in range(4):
+            for dim in range(2):  # the same pairs in two dimensions: head-level knowledge
+                rows.append(f"{model}\t7B\t{layer}\tQK\t0\t{dim}\t{dim + 1}\t1.0\t{pairs}")
+    (work / "released.tsv").write_text("\n".join(rows) + "\n")
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["attention"]["released"] = {"path": "released.tsv", "models": {"demo-base": "llama", "demo-tuned": "vicuna"}}
+    (work / "released.yaml").write_text(yaml.safe_dump(config))
+    assert planned_jobs(work, "table3", "--configfile", "released.yaml") == {"table3_pair": 1, "table3": 1}
+    snakemake(work, "table3", "--configfile", "released.yaml")
+    table3 = pd.read_csv(work / "results/tables/demo/table3.tsv", sep="\t")
+    # "explain" gains a pair in every layer's only head; general verbs ("get", "take") do not change
+    assert list(table3["instruct_mean"]) == [1.0] * 4 and list(table3["instruct_n"]) == [1] * 4
+    assert list(table3["general_n"]) == [0] * 4
+
+
 def test_a_finished_run_plans_nothing(demo):
     assert planned_jobs(demo) == {}
 
@@ -138,6 +174,16 @@ def test_paper_config_dry_runs_with_gpu_resources(tmp_path):
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout.split("Job stats:", 1)[1], re.M))
     assert jobs["attribute_shard"] == str(2 * 40)  # 632 samples in shards of 16, two models
     assert re.search(r"resources: .*gpu=2", out.stdout)
+
+
+def test_paper_config_plans_one_gpu_job_per_model_and_layer_for_table3(tmp_path):
+    work = copy_workflow(tmp_path)
+    out = snakemake(work, "table3", "--dry-run", "--configfile", "config/paper.yaml", "--resources", "gpu=2")
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout.split("Job stats:", 1)[1], re.M))
+    assert jobs["explain_attention_layer"] == "64"  # 32 layers x 2 models
+    blocks = [b for b in out.stdout.split("\n\n") if "rule explain_attention_layer:" in b]
+    assert len(blocks) == 64 and all(re.search(r"resources: .*gpu=1", b) for b in blocks)
+    assert "attribute_shard" not in jobs
 
 
 def test_bad_config_type_is_reported_with_its_key(tmp_path):

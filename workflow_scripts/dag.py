@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .dataset import Sample, read_dataset, shard_samples
 from .instructions import instruction_spans
-from .model_paths import looks_local
+from .model_paths import ModelShape, looks_local
+from .model_paths import model_shape as shape_of
 
 
 class ConfigError(ValueError):
@@ -100,3 +101,28 @@ def model_dir_input(config: dict, model: str) -> list[str]:
     if settings.get("build") or Path(path).exists():
         return [path]
     return []
+
+
+def model_shape(config: dict, model: str) -> ModelShape:
+    """Layers and heads of a model, known before its weights are (config.json, else the config)."""
+    try:
+        return shape_of(model, model_config(config, model))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def pair_models(config: dict) -> list[str]:
+    """Models that belong to a pair, in config order, each once."""
+    return list(dict.fromkeys(m for pair in config["pairs"].values() for m in (pair["pretrained"], pair["tuned"])))
+
+
+def bilinear_model_names(config: dict) -> dict[str, str]:
+    """Model id -> the Model column value in bilinear_words.tsv (renamed in a released file)."""
+    released = config["attention"].get("released")
+    names = {m: m for m in config["models"]}
+    if released:
+        missing = [m for m in pair_models(config) if m not in released["models"]]
+        if missing:
+            raise ConfigError(f"attention.released.models: no name for {', '.join(missing)}")
+        names.update(released["models"])
+    return names

@@ -1,0 +1,81 @@
+# Self-attention head explanations: one GPU job per (model, layer), merged into
+# bilinear_words.tsv, or the paper's released file in its place; then Table 3.
+ATTENTION = config["attention"]
+
+
+rule explain_attention_layer:
+    """Word pairs of every dimension of every head of one layer (reads that layer's weights only)."""
+    input:
+        model=lambda w: dag.model_dir_input(config, w.model),
+        vocabulary=ATTENTION["vocabulary"] or [],
+    output:
+        "results/attention/{model}/layer-{layer}.tsv",
+    params:
+        path=lambda w: model_setting(w.model, "path"),
+        size=lambda w: model_setting(w.model, "size", "NA"),
+        top_k=ATTENTION["top_k"],
+        baseline_words=ATTENTION["baseline_words"],
+        vectors_kind=ATTENTION["word_vectors"]["kind"],
+        vectors_path=ATTENTION["word_vectors"].get("path") or "",
+    resources:
+        gpu=ATTENTION["gpus"],
+    log:
+        "logs/explain_attention_layer/{model}/layer-{layer}.log",
+    benchmark:
+        "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
+    shell:
+        "python -m workflow_scripts.attention layer --model-dir {params.path} --model-id {wildcards.model}"
+        " --layer {wildcards.layer} --vocabulary {input.vocabulary} --top-k {params.top_k}"
+        " --baseline-words {params.baseline_words} --word-vectors-kind {params.vectors_kind}"
+        " --word-vectors-path '{params.vectors_path}' --size {params.size} --output {output} > {log} 2>&1"
+
+
+def attention_shards(wildcards):
+    return [
+        f"results/attention/{model}/layer-{layer}.tsv"
+        for model in dag.pair_models(config)
+        for layer in range(dag.model_shape(config, model).layers)
+    ]
+
+
+rule merge_bilinear_words:
+    """All layers of all paired models in the paper's bilinear_words.tsv layout."""
+    input:
+        attention_shards,
+    output:
+        "results/attention/bilinear_words.tsv",
+    log:
+        "logs/merge_bilinear_words.log",
+    shell:
+        "python -m workflow_scripts.attention merge {output} {input} > {log} 2>&1"
+
+
+def bilinear_words():
+    released = ATTENTION.get("released")
+    return released["path"] if released else "results/attention/bilinear_words.tsv"
+
+
+rule table3_pair:
+    """Share of heads where tuning added word pairs of instruction verbs vs general verbs."""
+    input:
+        bilinear=bilinear_words(),
+        instruct="datasets/verbs/instruction_verbs.txt",
+        general="datasets/verbs/general_verbs.txt",
+    output:
+        tsv="results/tables/{pair}/table3.tsv",
+        md="results/tables/{pair}/table3.md",
+    params:
+        pretrained=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["pretrained"]],
+        tuned=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["tuned"]],
+        layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["pretrained"]).layers,
+    log:
+        "logs/table3/{pair}.log",
+    shell:
+        "python -m workflow_scripts.table3 --bilinear-words {input.bilinear} --pretrained {params.pretrained}"
+        " --tuned {params.tuned} --layers {params.layers} --instruct {input.instruct} --general {input.general}"
+        " --output {output.tsv} > {log} 2>&1"
+
+
+rule table3:
+    input:
+        expand("results/tables/{pair}/table3.tsv", pair=PAIRS),

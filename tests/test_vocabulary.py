@@ -1,0 +1,106 @@
+"""The vocabulary: the paper's file read with case variants merged, and the demo's own file."""
+import gzip
+from pathlib import Path
+
+import pytest
+
+from workflow_scripts.vocabulary import build_vocabulary, main, read_vocabulary, read_vocabulary_frequencies
+
+PAPER_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "paper" / "datasets" / "SingleShareGPT_Vocab.tsv.gz"
+
+
+def write(tmp_path, text, name="vocab.tsv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf8")
+    return path
+
+
+def test_case_variants_merge_into_the_first_seen_form_in_order_of_first_appearance(tmp_path):
+    path = write(tmp_path, "the\t5\nThe\t3\nTHE\t1\nApple\t2\napple\t1\n")
+    assert read_vocabulary(path) == ["the", "Apple"]
+    assert read_vocabulary_frequencies(path) == {"the": 9.0, "Apple": 3.0}
+
+
+def test_only_lower_upper_and_capitalized_forms_are_variants(tmp_path):
+    # `MCDONALD` is none of lower/upper/capitalize of `McDonald`: kept apart, as in the paper;
+    # `mcdonald` then joins the first form it finds, `MCDONALD` (its upper case)
+    path = write(tmp_path, "McDonald 4\nMCDONALD 2\nmcdonald 1\nUS 3\nus 1\nUs 1\n")
+    assert read_vocabulary_frequencies(path) == {"McDonald": 4.0, "MCDONALD": 3.0, "US": 5.0}
+
+
+def test_whitespace_separated_gzip_and_blank_lines_are_read(tmp_path):
+    path = tmp_path / "vocab.tsv.gz"
+    with gzip.open(path, "wt", encoding="utf8") as f:
+        f.write(",\t0.5\n  the 0.25\n\n.\t1e-3\n\n")
+    assert read_vocabulary(path) == [",", "the", "."]
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("the\t5\textra", "3 fields"),
+        ("lonely", "1 fields"),
+        ("the\tmany", "'many'"),
+        ("the\tnan", "'nan'"),
+        ("a\t-1", "'-1'"),
+    ],
+)
+def test_a_malformed_line_raises_naming_file_and_line(tmp_path, line, problem):
+    path = write(tmp_path, f"ok\t1\n\n{line}\n")
+    with pytest.raises(ValueError, match=rf"vocab\.tsv:3: .*{problem}"):
+        read_vocabulary(path)
+
+
+@pytest.mark.paper
+def test_the_papers_vocabulary_merges_its_case_variants():
+    if not PAPER_VOCAB.is_file():
+        pytest.skip(f"{PAPER_VOCAB} is not there (shared/ is checked out next to the repo)")
+    words = read_vocabulary(PAPER_VOCAB)
+    assert len(words) < 26_498  # the file's lines
+    assert len(words) == 26_473  # what the paper's own reader (utils.load_wiki_words) gives
+    assert words[:3] == [",", "the", "."]
+    assert len(set(words)) == len(words)
+
+
+CORPUS = """The cat sat on the mat. The cat's hat -- the dog's bone!
+Don't stop: the dog ran, the cat ran. A mat; a hat. Dog dog DOG 42 x
+"""
+# 28 word occurrences, case kept: the 4; The, cat, dog, hat, mat, ran 2; 12 words once
+# (`42` is no word; `cat's`, `dog's` and `Don't` are one word each)
+
+
+def test_build_vocabulary_writes_relative_frequencies_by_count_then_word(tmp_path):
+    corpus = write(tmp_path, CORPUS, "corpus.txt")
+    output = tmp_path / "out" / "vocab.tsv"
+    assert build_vocabulary(corpus, output, max_words=4, min_count=2) == 4
+    rows = [line.split("\t") for line in output.read_text().splitlines()]
+    assert [w for w, _ in rows] == ["the", "The", "cat", "dog"]  # 4, 2, 2, 2: ties by word
+    assert [float(f) for _, f in rows] == [4 / 28, 2 / 28, 2 / 28, 2 / 28]
+    assert read_vocabulary(output) == ["the", "cat", "dog"]  # `The` merges into `the`
+    assert [p.name for p in output.parent.iterdir()] == ["vocab.tsv"]  # no temp file left
+
+
+def test_build_vocabulary_keeps_words_seen_at_least_min_count_times(tmp_path):
+    corpus = write(tmp_path, CORPUS, "corpus.txt")
+    output = tmp_path / "vocab.tsv"
+    n = build_vocabulary(corpus, output, max_words=100, min_count=2)
+    words = [line.split("\t")[0] for line in output.read_text().splitlines()]
+    assert n == len(words) == 7
+    assert words == ["the", "The", "cat", "dog", "hat", "mat", "ran"]
+    assert build_vocabulary(corpus, output, max_words=100, min_count=1) == 19  # replaces the file
+    assert "cat's" in output.read_text().split() and "Don't" in output.read_text().split()
+
+
+def test_build_vocabulary_refuses_to_write_an_empty_vocabulary(tmp_path):
+    corpus = write(tmp_path, "one two three 4 5", "corpus.txt")
+    with pytest.raises(ValueError, match="no word occurs at least 2 times"):
+        build_vocabulary(corpus, tmp_path / "vocab.tsv")
+    assert not (tmp_path / "vocab.tsv").exists()
+
+
+def test_cli_builds_a_vocabulary(tmp_path):
+    corpus = write(tmp_path, CORPUS, "corpus.txt")
+    output = tmp_path / "vocab.tsv"
+    main(["build", str(corpus), str(output), "--max-words", "2"])
+    assert output.read_text().splitlines()[0].startswith("the\t")
+    assert len(output.read_text().splitlines()) == 2

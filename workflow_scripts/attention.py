@@ -1,0 +1,199 @@
+"""Self-attention pattern explanation: word-word pairs of every head dimension (DESIGN.md 3.2).
+
+For layer l and head h, Hq = E Wq_h and Hk = E Wk_h project the model-space word vectors E of a
+vocabulary onto the head's query and key dimensions (the layer's input RMSNorm folded into W).
+Each dimension is described by pairs (key word, query word) of its top-K words by |Hq| and |Hk|
+that are related by static word vectors (cosine above both words' thresholds) and activate the
+dimension with the same sign. Everything a dimension needs is computed for all dimensions of a
+head at once; the vocabulary's word vectors and thresholds once per job.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+BILINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Dim", "Rank", "Score", "TopK")
+
+
+@dataclass
+class Vocabulary:
+    """The words, their model-space vectors, and what static word vectors say about them."""
+
+    words: np.ndarray  # (V,) str
+    embeddings: torch.Tensor  # (V, hidden): mean input embedding of each word's sub-tokens
+    static: torch.Tensor  # (V, d) L2-normalised static word vectors (zero rows where missing)
+    thresholds: torch.Tensor  # (V,) cosine a partner must exceed; +inf for words without a vector
+
+
+def word_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
+    """Sub-token ids of " " + word, without special tokens or a lone leading space piece."""
+    ids = []
+    for word in words:
+        tokens = tokenizer.tokenize(" " + word)
+        if len(tokens) > 1 and tokens[0] in ("\u2581", "\u0120"):
+            tokens = tokens[1:]
+        ids.append(tokenizer.convert_tokens_to_ids(tokens))
+    return ids
+
+
+def mean_embeddings(embedding_matrix: torch.Tensor, token_ids: list[list[int]]) -> torch.Tensor:
+    """Row i = mean of the embedding rows of token_ids[i].
+
+    An embedding bag over the flat ids: memory stays at (words x hidden) however many pieces
+    the longest word has (a padded gather would need words x pieces x hidden).
+    """
+    lengths = torch.tensor([len(ids) for ids in token_ids])
+    flat = torch.tensor([i for ids in token_ids for i in ids], dtype=torch.long)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    device = embedding_matrix.device
+    means = torch.nn.functional.embedding_bag(flat.to(device), embedding_matrix, offsets.to(device), mode="mean")
+    return means  # an empty bag (a word with no pieces) gives a zero row
+
+
+def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: int = 100):
+    """Pairs of every dimension of one head, dimensions in decreasing order of activation.
+
+    Returns a list of (dimension index, activation score, [pair strings "key=query" by
+    decreasing cosine]).
+    """
+    hq, hk = vocab.embeddings @ wq, vocab.embeddings @ wk  # (V, hd)
+    activation = (hq**2).sum(0) + (hk**2).sum(0)
+    order = torch.argsort(activation, descending=True, stable=True)
+    k = min(top_k, hq.shape[0])
+    iq = torch.topk(hq[:, order].abs(), k, dim=0).indices.T  # (hd, K) word indices per dimension
+    ik = torch.topk(hk[:, order].abs(), k, dim=0).indices.T
+    vq = torch.gather(hq[:, order].T, 1, iq)  # (hd, K) activations of those words
+    vk = torch.gather(hk[:, order].T, 1, ik)
+    cosine = torch.bmm(vocab.static[iq], vocab.static[ik].transpose(1, 2))  # (hd, Kq, Kk)
+    keep = (
+        (cosine > vocab.thresholds[iq][:, :, None])
+        & (cosine > vocab.thresholds[ik][:, None, :])
+        & (vq[:, :, None] * vk[:, None, :] > 0)  # the pair activates the dimension with one sign
+        & (iq[:, :, None] != ik[:, None, :])
+        & (cosine > 0)
+    )
+    ranked = torch.where(keep, cosine, torch.full_like(cosine, -torch.inf)).flatten(1)
+    counts = keep.flatten(1).sum(1).tolist()
+    ranking = torch.argsort(ranked, dim=1, descending=True, stable=True)
+    iq, ik, ranking = iq.cpu().numpy(), ik.cpu().numpy(), ranking.cpu().numpy()
+    scores = activation[order].tolist()
+    out = []
+    for r, dim in enumerate(order.tolist()):
+        best = ranking[r, : counts[r]]
+        queries, keys = vocab.words[iq[r, best // k]], vocab.words[ik[r, best % k]]
+        out.append((dim, scores[r], [f"{key}={query}" for key, query in zip(keys, queries)]))
+    return out
+
+
+def write_rows(rows: list[tuple], output: str | Path) -> None:
+    """The bilinear_words.tsv layout, written atomically."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+    with os.fdopen(fd, "w", encoding="utf8") as handle:
+        handle.write("\t".join(BILINEAR_COLUMNS) + "\n")
+        for row in rows:
+            handle.write("\t".join(map(str, row)) + "\n")
+    os.replace(tmp, output)
+
+
+def build_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device) -> Vocabulary:
+    from .word_vectors import word_thresholds
+
+    started = time.perf_counter()
+    embeddings = mean_embeddings(weights.input_embeddings().to(device), word_token_ids(tokenizer, words))
+    static, has_vector = word_vectors.lookup(words)
+    baseline = static[:baseline_words][has_vector[:baseline_words]]
+    thresholds = word_thresholds(static, has_vector, baseline)
+    log.info("%d words (%d with a static vector) in %.1f s", len(words), has_vector.sum(), time.perf_counter() - started)
+    return Vocabulary(
+        np.asarray(words, dtype=object),
+        embeddings,
+        torch.as_tensor(static, device=device),
+        torch.as_tensor(thresholds, dtype=torch.float32, device=device),
+    )
+
+
+def explain_layer(
+    model_dir: str, model_id: str, layer: int, vocabulary: str, word_vectors: dict, output: str,
+    top_k: int = 100, baseline_words: int = 3000, size: str = "NA",
+) -> None:
+    from transformers import AutoTokenizer
+
+    from .vocabulary import read_vocabulary
+    from .weights import ModelWeights
+    from .word_vectors import load_word_vectors
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        log.info("no GPU visible: running on the CPU")
+    started = time.perf_counter()
+    weights = ModelWeights(model_dir)
+    if not 0 <= layer < weights.layers:
+        raise ValueError(f"{model_id} has {weights.layers} layers; there is no layer {layer}")
+    tokenizer = AutoTokenizer.from_pretrained(weights.directory)
+    words = read_vocabulary(vocabulary)
+    vectors = load_word_vectors(word_vectors, vocabulary=words)  # a large GloVe file keeps only these rows
+    vocab = build_vocabulary(weights, tokenizer, words, vectors, baseline_words, device)
+    wq, wk = (w.to(device) for w in weights.attention_qk(layer))
+    log.info("read %s", ", ".join(weights.read))
+    rows = []
+    for head in tqdm(range(weights.heads), desc=f"{model_id} layer {layer}", unit="head"):
+        for rank, (dim, score, pairs) in enumerate(explain_head(vocab, wq[head], wk[head], top_k), start=1):
+            rows.append((model_id, size, layer, "QK", head, dim, rank, f"{score:.4f}", "|||".join(pairs)))
+    write_rows(rows, output)
+    log.info("layer %d of %s: %d heads in %.1f s -> %s", layer, model_id, weights.heads, time.perf_counter() - started, output)
+
+
+def merge_bilinear_words(inputs: list[str], output: str) -> None:
+    """Concatenate per-layer shards (one header)."""
+    rows = []
+    for path in inputs:
+        with open(path, encoding="utf8") as handle:
+            header = handle.readline().rstrip("\n").split("\t")
+            if tuple(header) != BILINEAR_COLUMNS:
+                raise ValueError(f"{path}: not a bilinear_words shard (header {header})")
+            rows.extend(line.rstrip("\n").split("\t") for line in handle if line.strip())
+    write_rows(rows, output)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    layer = sub.add_parser("layer", help="explain every head of one layer")
+    layer.add_argument("--model-dir", required=True)
+    layer.add_argument("--model-id", required=True)
+    layer.add_argument("--layer", type=int, required=True)
+    layer.add_argument("--vocabulary", required=True)
+    layer.add_argument("--word-vectors-kind", required=True)
+    layer.add_argument("--word-vectors-path", default="")
+    layer.add_argument("--top-k", type=int, default=100)
+    layer.add_argument("--baseline-words", type=int, default=3000)
+    layer.add_argument("--size", default="NA")
+    layer.add_argument("--output", required=True)
+    merge = sub.add_parser("merge", help="concatenate shards into bilinear_words.tsv")
+    merge.add_argument("output")
+    merge.add_argument("inputs", nargs="+")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "merge":
+        merge_bilinear_words(args.inputs, args.output)
+        return
+    vectors = {"kind": args.word_vectors_kind, "path": args.word_vectors_path or None}
+    explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, vectors, args.output,
+                  args.top_k, args.baseline_words, args.size)
+
+
+if __name__ == "__main__":
+    main()

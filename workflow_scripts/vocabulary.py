@@ -1,0 +1,130 @@
+"""The vocabulary the global explanations describe heads and components with.
+
+The paper uses `SingleShareGPT_Vocab.tsv`: `word<TAB>frequency` lines from ShareGPT, most
+frequent first, read with case variants merged. The offline demo builds a file of the same
+layout from its own corpus (`build`).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
+DEFAULT_MAX_WORDS = 3000
+DEFAULT_MIN_COUNT = 2
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf8") if path.suffix == ".gz" else open(path, encoding="utf8")
+
+
+def read_vocabulary_frequencies(path: str | Path) -> dict[str, float]:
+    """Word -> frequency, in order of first appearance, with case variants merged as the paper
+    does (utils.load_wiki_words): a word whose lower(), upper() or capitalize() form (checked in
+    that order) was already seen adds its frequency to that earlier form; otherwise it is a new
+    word. Blank lines are skipped; any other line that is not exactly two whitespace-separated
+    fields with a finite, non-negative number second raises ValueError naming file and line
+    (the paper skipped such lines silently). `.gz` files are read decompressed."""
+    path = Path(path)
+    words: dict[str, float] = {}
+    with _open_text(path) as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise ValueError(
+                    f"{path}:{number}: expected `word<TAB>frequency`, got {len(fields)} fields: {line[:80]!r}"
+                )
+            word, text = fields
+            try:
+                frequency = float(text)
+            except ValueError:
+                frequency = math.nan
+            if not math.isfinite(frequency) or frequency < 0:
+                raise ValueError(f"{path}:{number}: frequency {text!r} of {word!r} is not a non-negative number")
+            for variant in (word.lower(), word.upper(), word.capitalize()):
+                if variant in words:
+                    word = variant
+                    break
+            words[word] = words.get(word, 0.0) + frequency
+    return words
+
+
+def read_vocabulary(path: str | Path) -> list[str]:
+    """The vocabulary's words in file order (most frequent first), case variants merged; see
+    read_vocabulary_frequencies."""
+    return list(read_vocabulary_frequencies(path))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write through a hidden sibling and rename, so a crash never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_vocabulary(
+    corpus_txt: str | Path,
+    output_tsv: str | Path,
+    max_words: int = DEFAULT_MAX_WORDS,
+    min_count: int = DEFAULT_MIN_COUNT,
+) -> int:
+    """Write a `word<TAB>relative_frequency` vocabulary of a plain-text corpus (the paper's
+    layout) and return the number of words written. Words are `[A-Za-z]+(?:'[a-z]+)?` with their
+    case kept (read_vocabulary merges the variants); the frequency is the word's count over all
+    word occurrences of the corpus; at most `max_words` words with count >= `min_count`, by count
+    descending then word. Written atomically."""
+    if max_words < 1 or min_count < 1:
+        raise ValueError(f"max_words ({max_words}) and min_count ({min_count}) must be >= 1")
+    corpus_txt, output_tsv = Path(corpus_txt), Path(output_tsv)
+    counts: Counter[str] = Counter()
+    with _open_text(corpus_txt) as f:
+        for line in f:
+            counts.update(WORD.findall(line))
+    total = sum(counts.values())
+    kept = sorted((item for item in counts.items() if item[1] >= min_count), key=lambda x: (-x[1], x[0]))[:max_words]
+    if not kept:
+        raise ValueError(f"{corpus_txt}: no word occurs at least {min_count} times ({total} words in all)")
+    _atomic_write_text(output_tsv, "".join(f"{word}\t{count / total!r}\n" for word, count in kept))
+    log.info(
+        "%s: %d of %d distinct words (%d occurrences) -> %s", corpus_txt, len(kept), len(counts), total, output_tsv
+    )
+    return len(kept)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
+    return value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    steps = parser.add_subparsers(dest="step", required=True)
+    p = steps.add_parser("build", help="write a word<TAB>frequency vocabulary of a plain-text corpus")
+    p.add_argument("corpus")
+    p.add_argument("output")
+    p.add_argument("--max-words", type=_positive, default=DEFAULT_MAX_WORDS)
+    p.add_argument("--min-count", type=_positive, default=DEFAULT_MIN_COUNT)
+    p.set_defaults(run=lambda a: build_vocabulary(a.corpus, a.output, a.max_words, a.min_count))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
