@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from .atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,10 @@ def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: i
 
 def write_rows(rows: list[tuple], output: str | Path) -> None:
     """The bilinear_words.tsv layout, written atomically."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
-    with os.fdopen(fd, "w", encoding="utf8") as handle:
+    with atomic_file(output) as tmp, open(tmp, "w", encoding="utf8") as handle:
         handle.write("\t".join(BILINEAR_COLUMNS) + "\n")
         for row in rows:
             handle.write("\t".join(map(str, row)) + "\n")
-    os.replace(tmp, output)
 
 
 def build_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device) -> Vocabulary:

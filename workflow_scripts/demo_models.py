@@ -14,18 +14,16 @@ import ast
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import sysconfig
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .atomic import atomic_dir, atomic_write_text
 from .dataset import read_dataset
 
 log = logging.getLogger(__name__)
@@ -43,40 +41,6 @@ _SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}  # t
 
 
 # --- outputs ---------------------------------------------------------------------------------
-
-
-def _temp_path(output: Path) -> Path:
-    """A hidden sibling of `output`, unique to this process; created with the usual permissions."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return output.with_name(f".{output.name}.tmp-{os.getpid()}")
-
-
-@contextmanager
-def atomic_dir(output: str | Path) -> Iterator[Path]:
-    """Yield a hidden temp dir next to `output` and rename it there on success: a crash leaves no
-    directory under the output's name, only a dot-prefixed leftover."""
-    output = Path(output)
-    tmp = _temp_path(output)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if output.exists():
-            shutil.rmtree(output)
-        os.rename(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write through a temp file and rename, so a crash never leaves a truncated file."""
-    path = Path(path)
-    tmp = _temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- corpus ----------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ from anywhere is safe to read. The same format holds one shard and a merged mode
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_file
 
 FORMAT = "shiftlens-attribution/1"
 
@@ -64,16 +64,8 @@ def save_shard(shard: Shard, path: str | Path) -> None:
                 f"sample {x.id}: matrix shape {np.shape(x.matrix)} does not match "
                 f"{len(x.prompt_tokens)} prompt x {len(x.response_tokens)} response tokens"
             )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:  # a handle: savez would add ".npz"
+        np.savez_compressed(handle, **arrays)
 
 
 def load_shard(path: str | Path) -> Shard:

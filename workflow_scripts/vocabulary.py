@@ -10,10 +10,11 @@ import argparse
 import gzip
 import logging
 import math
-import os
 import re
 from collections import Counter
 from pathlib import Path
+
+from .atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,6 @@ def read_vocabulary(path: str | Path) -> list[str]:
     return list(read_vocabulary_frequencies(path))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a hidden sibling and rename, so a crash never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def build_vocabulary(
     corpus_txt: str | Path,
     output_tsv: str | Path,
@@ -98,7 +88,7 @@ def build_vocabulary(
     kept = sorted((item for item in counts.items() if item[1] >= min_count), key=lambda x: (-x[1], x[0]))[:max_words]
     if not kept:
         raise ValueError(f"{corpus_txt}: no word occurs at least {min_count} times ({total} words in all)")
-    _atomic_write_text(output_tsv, "".join(f"{word}\t{count / total!r}\n" for word, count in kept))
+    atomic_write_text(output_tsv, "".join(f"{word}\t{count / total!r}\n" for word, count in kept))
     log.info(
         "%s: %d of %d distinct words (%d occurrences) -> %s", corpus_txt, len(kept), len(counts), total, output_tsv
     )
