@@ -46,19 +46,22 @@ def main():
     parser.add_argument("--static-dim", type=int, default=50)
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--reference-dims", type=int, default=16, help="time the reference on this many dims, scale up")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
     topics = torch.randn(args.words // 20, args.static_dim, generator=g)
     noisy = topics[torch.arange(args.words) % len(topics)] + 0.3 * torch.randn(args.words, args.static_dim, generator=g)
     static = torch.nn.functional.normalize(noisy, dim=-1)
     cos = static @ static[:3000].T
+    device = torch.device(args.device)
     vocab = Vocabulary(
         torch.arange(args.words).numpy().astype(str).astype(object),
-        torch.randn(args.words, args.hidden, generator=g) / args.hidden**0.5,
-        static, cos.mean(1) + 1.96 * cos.std(1, unbiased=False),
+        (torch.randn(args.words, args.hidden, generator=g) / args.hidden**0.5).to(device),
+        static.to(device), (cos.mean(1) + 1.96 * cos.std(1, unbiased=False)).to(device),
     )
-    wq = torch.randn(args.hidden, args.head_dim, generator=g)
-    wk = torch.randn(args.hidden, args.head_dim, generator=g)
+    wq = torch.randn(args.hidden, args.head_dim, generator=g).to(device)
+    wk = torch.randn(args.hidden, args.head_dim, generator=g).to(device)
+    explain_head(vocab, wq, wk, args.top_k)  # warm-up (kernels, allocator)
     start = time.perf_counter()
     fast = explain_head(vocab, wq, wk, args.top_k)
     t_fast = time.perf_counter() - start
@@ -73,7 +76,7 @@ def main():
                                              sorted([(keep[d], s, p) for d, s, p in slow], key=lambda x: x[0])))
     pairs = sum(len(p) for _, _, p in fast)
     print(f"head: {args.words} words, hidden {args.hidden}, head_dim {args.head_dim}, top-{args.top_k}, "
-          f"torch threads {torch.get_num_threads()}; {pairs} pairs")
+          f"{args.device}, torch threads {torch.get_num_threads()}; {pairs} pairs")
     print(f"vectorised (this project): {t_fast:8.3f} s per head")
     print(f"per-dimension reference:   {t_slow:8.3f} s per head (timed on {len(keep)} dims, scaled)")
     start = time.perf_counter()
