@@ -7,7 +7,7 @@ rule explain_attention_layer:
     """Word pairs of every dimension of every head of one layer (reads that layer's weights only)."""
     input:
         model=lambda w: dag.model_dir_input(config, w.model),
-        vocabulary=ATTENTION["vocabulary"] or [],
+        vocabulary=lambda w: dag.vocabulary(config),
     output:
         "results/attention/{model}/layer-{layer}.tsv",
     params:

@@ -81,6 +81,20 @@ def test_demo_explains_every_head_dimension_and_builds_table3(demo):
     assert "read model.embed_tokens.weight, model.layers.2.self_attn.q_proj.weight" in log
 
 
+def test_demo_describes_every_ffn_component_with_words(demo):
+    linear = pd.read_csv(demo / "results/ffn/linear_words.tsv", sep="\t", keep_default_na=False)
+    assert list(linear.columns) == ["Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "TopK"]
+    assert len(linear) == 2 * 4 * 64  # models x layers x components (rank 64 = the hidden size)
+    assert (linear["TopK"].str.count(r"\|\|\|") == 49).all()  # 50 words each
+    per_layer = linear.groupby(["Model", "Layer"])["Score"].sum()
+    assert ((per_layer > 0.995) & (per_layer < 1.005)).all()  # all components: the whole variance (4 decimals each)
+
+
+def test_changing_an_ffn_setting_plans_only_the_ffn_jobs(demo):
+    jobs = planned_jobs(demo, "--configfile", edited_config(demo, "ffn", top_k=20))
+    assert jobs == {"explain_ffn_layer": 8, "merge_linear_words": 1, "all": 1}
+
+
 def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "attention", top_k=50))
     assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "all": 1}
@@ -184,6 +198,13 @@ def test_paper_config_plans_one_gpu_job_per_model_and_layer_for_table3(tmp_path)
     blocks = [b for b in out.stdout.split("\n\n") if "rule explain_attention_layer:" in b]
     assert len(blocks) == 64 and all(re.search(r"resources: .*gpu=1", b) for b in blocks)
     assert "attribute_shard" not in jobs
+
+
+def test_paper_config_plans_one_gpu_job_per_model_and_layer_for_the_ffn(tmp_path):
+    work = copy_workflow(tmp_path)
+    out = snakemake(work, "ffn", "--dry-run", "--configfile", "config/paper.yaml", "--resources", "gpu=2")
+    blocks = [b for b in out.stdout.split("\n\n") if "rule explain_ffn_layer:" in b]
+    assert len(blocks) == 64 and all(re.search(r"resources: .*gpu=1", b) for b in blocks)
 
 
 def test_bad_config_type_is_reported_with_its_key(tmp_path):

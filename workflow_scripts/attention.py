@@ -13,13 +13,12 @@ import argparse
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_file
+from .tsv import concat_tsv, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +95,6 @@ def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: i
     return out
 
 
-def write_rows(rows: list[tuple], output: str | Path) -> None:
-    """The bilinear_words.tsv layout, written atomically."""
-    with atomic_file(output) as tmp, open(tmp, "w", encoding="utf8") as handle:
-        handle.write("\t".join(BILINEAR_COLUMNS) + "\n")
-        for row in rows:
-            handle.write("\t".join(map(str, row)) + "\n")
-
-
 def build_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device) -> Vocabulary:
     from .word_vectors import word_thresholds
 
@@ -148,20 +139,8 @@ def explain_layer(
     for head in tqdm(range(weights.heads), desc=f"{model_id} layer {layer}", unit="head"):
         for rank, (dim, score, pairs) in enumerate(explain_head(vocab, wq[head], wk[head], top_k), start=1):
             rows.append((model_id, size, layer, "QK", head, dim, rank, f"{score:.4f}", "|||".join(pairs)))
-    write_rows(rows, output)
+    write_tsv(rows, BILINEAR_COLUMNS, output)
     log.info("layer %d of %s: %d heads in %.1f s -> %s", layer, model_id, weights.heads, time.perf_counter() - started, output)
-
-
-def merge_bilinear_words(inputs: list[str], output: str) -> None:
-    """Concatenate per-layer shards (one header)."""
-    rows = []
-    for path in inputs:
-        with open(path, encoding="utf8") as handle:
-            header = handle.readline().rstrip("\n").split("\t")
-            if tuple(header) != BILINEAR_COLUMNS:
-                raise ValueError(f"{path}: not a bilinear_words shard (header {header})")
-            rows.extend(line.rstrip("\n").split("\t") for line in handle if line.strip())
-    write_rows(rows, output)
 
 
 def main(argv=None):
@@ -184,7 +163,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "merge":
-        merge_bilinear_words(args.inputs, args.output)
+        concat_tsv(args.inputs, BILINEAR_COLUMNS, args.output)
         return
     vectors = {"kind": args.word_vectors_kind, "path": args.word_vectors_path or None}
     explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, vectors, args.output,

@@ -126,3 +126,10 @@ def bilinear_model_names(config: dict) -> dict[str, str]:
             raise ConfigError(f"attention.released.models: no name for {', '.join(missing)}")
         names.update(released["models"])
     return names
+
+
+def vocabulary(config: dict) -> str:
+    """The word list of the global explanations; required only when one of them is planned."""
+    if not config.get("vocabulary"):
+        raise ConfigError("vocabulary: a word<TAB>frequency file is needed for the attention and FFN explanations")
+    return config["vocabulary"]

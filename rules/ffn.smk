@@ -1,0 +1,51 @@
+# Feed-forward concept explanations: one GPU job per (model, layer), merged into linear_words.tsv.
+FFN = config["ffn"]
+
+
+rule explain_ffn_layer:
+    """Principal components of one layer's down-projection, each described by its top words."""
+    input:
+        model=lambda w: dag.model_dir_input(config, w.model),
+        vocabulary=lambda w: dag.vocabulary(config),
+    output:
+        "results/ffn/{model}/layer-{layer}.tsv",
+    params:
+        path=lambda w: model_setting(w.model, "path"),
+        size=lambda w: model_setting(w.model, "size", "NA"),
+        rank=FFN["rank"],
+        top_k=FFN["top_k"],
+    resources:
+        gpu=FFN["gpus"],
+    log:
+        "logs/explain_ffn_layer/{model}/layer-{layer}.log",
+    benchmark:
+        "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
+    shell:
+        "python -m workflow_scripts.ffn layer --model-dir {params.path} --model-id {wildcards.model}"
+        " --layer {wildcards.layer} --vocabulary {input.vocabulary} --rank {params.rank}"
+        " --top-k {params.top_k} --size {params.size} --output {output} > {log} 2>&1"
+
+
+def ffn_shards(wildcards):
+    return [
+        f"results/ffn/{model}/layer-{layer}.tsv"
+        for model in dag.pair_models(config)
+        for layer in range(dag.model_shape(config, model).layers)
+    ]
+
+
+rule merge_linear_words:
+    """All layers of all paired models in the paper's linear_words.tsv layout."""
+    input:
+        ffn_shards,
+    output:
+        "results/ffn/linear_words.tsv",
+    log:
+        "logs/merge_linear_words.log",
+    shell:
+        "python -m workflow_scripts.ffn merge {output} {input} > {log} 2>&1"
+
+
+rule ffn:
+    input:
+        "results/ffn/linear_words.tsv",

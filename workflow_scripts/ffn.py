@@ -1,0 +1,112 @@
+"""Feed-forward concept explanation: principal components of a layer's down-projection, each
+described by the words its direction points to (DESIGN.md 3.3).
+
+The rows of the down-projection (one per intermediate neuron, hidden wide) are centred and
+their principal components found from the hidden x hidden covariance (an eigendecomposition of
+4096 x 4096 for LLaMA-7B, instead of an SVD of the 11008 x 4096 matrix); each of the top `rank`
+components is projected on the L2-normalised output-embedding word vectors, and the top-K words
+by absolute projection describe it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from .tsv import concat_tsv, write_tsv
+
+log = logging.getLogger(__name__)
+
+LINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "TopK")
+
+
+def principal_components(rows: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank, hidden) unit principal directions and their explained-variance ratios, largest first.
+
+    The covariance (one float32 product) is decomposed in float64; on the CPU only the top
+    `rank` eigenpairs are computed (LAPACK's MRRR driver), on a GPU all of them. The total
+    variance is the covariance's trace. A direction is defined up to its sign.
+    """
+    centred = rows.float() - rows.float().mean(0, keepdim=True)
+    covariance = (centred.T @ centred / (rows.shape[0] - 1)).double()
+    hidden = covariance.shape[0]
+    rank = min(rank, hidden)
+    if covariance.device.type == "cpu":
+        values, vectors = scipy.linalg.eigh(
+            covariance.numpy(), subset_by_index=[hidden - rank, hidden - 1], driver="evr"
+        )
+        values, vectors = torch.from_numpy(values), torch.from_numpy(vectors)
+    else:
+        values, vectors = torch.linalg.eigh(covariance)
+        values, vectors = values[-rank:], vectors[:, -rank:]
+    order = torch.argsort(values, descending=True)
+    ratios = values[order].clamp_min(0) / torch.trace(covariance)
+    return vectors[:, order].T.float().to(rows.device), ratios.float().to(rows.device)
+
+
+def component_words(components: torch.Tensor, word_vectors: torch.Tensor, words: np.ndarray, top_k: int) -> list[list[str]]:
+    """Top-K words of each component by |projection| on the normalised word vectors."""
+    normalised = torch.nn.functional.normalize(word_vectors.float(), dim=-1)
+    scores = (components @ normalised.T).abs()
+    best = torch.topk(scores, min(top_k, len(words)), dim=1).indices.cpu().numpy()
+    return [list(words[row]) for row in best]
+
+
+def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, output: str,
+                  rank: int = 300, top_k: int = 50, size: str = "NA") -> None:
+    from transformers import AutoTokenizer
+
+    from .attention import mean_embeddings, word_token_ids
+    from .vocabulary import read_vocabulary
+    from .weights import ModelWeights
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        log.info("no GPU visible: running on the CPU")
+    started = time.perf_counter()
+    weights = ModelWeights(model_dir)
+    if not 0 <= layer < weights.layers:
+        raise ValueError(f"{model_id} has {weights.layers} layers; there is no layer {layer}")
+    words = read_vocabulary(vocabulary)
+    tokenizer = AutoTokenizer.from_pretrained(weights.directory)
+    word_vectors = mean_embeddings(weights.output_embeddings().to(device), word_token_ids(tokenizer, words))
+    components, ratios = principal_components(weights.down_projection(layer).to(device), rank)
+    log.info("read %s", ", ".join(weights.read))
+    described = component_words(components, word_vectors, np.asarray(words, dtype=object), top_k)
+    rows = [(model_id, size, layer, "FFN", 0, r, f"{ratio:.4f}", "|||".join(top))
+            for r, (ratio, top) in enumerate(zip(ratios.tolist(), described), start=1)]
+    write_tsv(rows, LINEAR_COLUMNS, output)
+    log.info("layer %d of %s: %d components in %.1f s -> %s", layer, model_id, len(rows),
+             time.perf_counter() - started, output)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    layer = sub.add_parser("layer", help="explain the down-projection of one layer")
+    layer.add_argument("--model-dir", required=True)
+    layer.add_argument("--model-id", required=True)
+    layer.add_argument("--layer", type=int, required=True)
+    layer.add_argument("--vocabulary", required=True)
+    layer.add_argument("--rank", type=int, default=300)
+    layer.add_argument("--top-k", type=int, default=50)
+    layer.add_argument("--size", default="NA")
+    layer.add_argument("--output", required=True)
+    merge = sub.add_parser("merge", help="concatenate shards into linear_words.tsv")
+    merge.add_argument("output")
+    merge.add_argument("inputs", nargs="+")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "merge":
+        concat_tsv(args.inputs, LINEAR_COLUMNS, args.output)
+    else:
+        explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, args.output,
+                      args.rank, args.top_k, args.size)
+
+
+if __name__ == "__main__":
+    main()
