@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from welch import welch_t_df
 
 from workflow_scripts.released import convert_released
 from workflow_scripts.shards import SampleAttribution, Shard, save_shard
@@ -18,14 +19,8 @@ SCORE_COLUMNS = ["id", "group", "score", "response_tokens", "instruction_tokens"
 
 
 def welch_less(x, y):
-    """The one-sided Welch test written out: t, Welch-Satterthwaite df, p = P(T <= t)."""
-    n1, n2 = len(x), len(y)
-    m1, m2 = sum(x) / n1, sum(y) / n2
-    v1 = sum((a - m1) ** 2 for a in x) / (n1 - 1)
-    v2 = sum((b - m2) ** 2 for b in y) / (n2 - 1)
-    se2 = v1 / n1 + v2 / n2
-    t = (m1 - m2) / math.sqrt(se2)
-    df = se2**2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
+    """The one-sided Welch test: t, Welch-Satterthwaite df, p = P(T <= t)."""
+    t, df = welch_t_df(x, y)
     return t, df, stats.t.cdf(t, df)
 
 

@@ -78,7 +78,8 @@ def test_demo_explains_every_head_dimension_and_builds_table3(demo):
     table3 = pd.read_csv(demo / "results/tables/demo/table3.tsv", sep="\t")
     assert list(table3["layers"]) == ["0-0", "1-1", "2-2", "3-3"] and (table3["general_n"] > 0).all()
     log = (demo / "logs/explain_attention_layer/demo-tuned/layer-2.log").read_text()
-    assert "read model.embed_tokens.weight, model.layers.2.self_attn.q_proj.weight" in log
+    assert ("read model.layers.2.self_attn.q_proj.weight, model.layers.2.self_attn.k_proj.weight, "
+            "model.layers.2.input_layernorm.weight, model.embed_tokens.weight\n") in log
 
 
 def test_demo_describes_every_ffn_component_with_words(demo):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .devices import pick_device
 from .tsv import concat_tsv, write_tsv
 
 log = logging.getLogger(__name__)
@@ -122,18 +123,14 @@ def explain_layer(
     from .weights import ModelWeights
     from .word_vectors import load_word_vectors
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        log.info("no GPU visible: running on the CPU")
+    device = pick_device()
     started = time.perf_counter()
     weights = ModelWeights(model_dir)
-    if not 0 <= layer < weights.layers:
-        raise ValueError(f"{model_id} has {weights.layers} layers; there is no layer {layer}")
+    wq, wk = (w.to(device) for w in weights.attention_qk(layer))  # first: a bad layer fails at once
     tokenizer = AutoTokenizer.from_pretrained(weights.directory)
     words = read_vocabulary(vocabulary)
     vectors = load_word_vectors(word_vectors, vocabulary=words)  # a large GloVe file keeps only these rows
     vocab = build_vocabulary(weights, tokenizer, words, vectors, baseline_words, device)
-    wq, wk = (w.to(device) for w in weights.attention_qk(layer))
     log.info("read %s", ", ".join(weights.read))
     rows = []
     for head in tqdm(range(weights.heads), desc=f"{model_id} layer {layer}", unit="head"):

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .dataset import read_dataset, shard_samples
+from .devices import pick_device
 from .model_paths import check_model_path
 from .shards import SampleAttribution, Shard, save_shard
 
@@ -165,13 +166,6 @@ def attribute_sample(model, tokenizer, sample_id: str, prompt: str, tokens: Toke
         response_offsets=tokens.response_offsets,
         matrix=full[tokens.prompt_rows],
     )
-
-
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    log.info("no GPU visible: running on the CPU")
-    return torch.device("cpu")
 
 
 def load_model(path: str, dtype: str = "float32", gpus: int = 1):

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from .devices import pick_device
 from .tsv import concat_tsv, write_tsv
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,13 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
     from .vocabulary import read_vocabulary
     from .weights import ModelWeights
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        log.info("no GPU visible: running on the CPU")
+    device = pick_device()
     started = time.perf_counter()
     weights = ModelWeights(model_dir)
-    if not 0 <= layer < weights.layers:
-        raise ValueError(f"{model_id} has {weights.layers} layers; there is no layer {layer}")
+    components, ratios = principal_components(weights.down_projection(layer).to(device), rank)
     words = read_vocabulary(vocabulary)
     tokenizer = AutoTokenizer.from_pretrained(weights.directory)
     word_vectors = mean_embeddings(weights.output_embeddings().to(device), word_token_ids(tokenizer, words))
-    components, ratios = principal_components(weights.down_projection(layer).to(device), rank)
     log.info("read %s", ", ".join(weights.read))
     described = component_words(components, word_vectors, np.asarray(words, dtype=object), top_k)
     rows = [(model_id, size, layer, "FFN", 0, r, f"{ratio:.4f}", "|||".join(top))
