@@ -1,0 +1,101 @@
+"""Planning-time logic of the rules, without Snakemake."""
+import copy
+
+import pytest
+
+from workflow_scripts import dag
+
+HEADER = "ID\tPrompt\tResponse\tInstruct&Context\n"
+
+
+def row(i, response="An answer."):
+    return f"s{i}\tDo task {i}. Then stop.\t{response}\tDo task {i}.\n"
+
+
+@pytest.fixture
+def config(tmp_path):
+    dataset = tmp_path / "data.tsv"
+    dataset.write_text(HEADER + "".join(row(i) for i in range(5)))
+    return {
+        "dataset": {"samples": str(dataset), "groups": {}},
+        "models": {"base": {"path": "org/base"}, "tuned": {"path": "org/tuned"}},
+        "pairs": {"p": {"pretrained": "base", "tuned": "tuned"}},
+        "ratings": {"path": "r.tsv", "column_value": "tuned_7B", "model": "tuned"},
+        "attribution": {"shard_size": 2},
+        "attention": {},
+    }
+
+
+def test_shards_are_consecutive_blocks_and_only_an_edited_shard_changes_digest(config, tmp_path):
+    assert dag.shard_ids(config) == [0, 1, 2]
+    before = [dag.shard_digest(config, s) for s in range(3)]
+    (tmp_path / "data.tsv").write_text(HEADER + "".join(row(i, "Changed." if i == 3 else "An answer.") for i in range(5)))
+    after = [dag.shard_digest(config, s) for s in range(3)]
+    assert [b == a for b, a in zip(before, after)] == [True, False, True]
+
+
+def test_an_annotation_missing_from_its_prompt_fails_planning(config, tmp_path):
+    (tmp_path / "data.tsv").write_text(HEADER + "s1\tDo it.\tOk.\tDo something else.\n")
+    with pytest.raises(ValueError, match="sample s1: instruction fragment 'Do something else.'"):
+        dag.shard_ids(config)
+
+
+def test_dataset_is_read_from_paper_data_before_it_is_fetched(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the fetched copy (a relative path) does not exist here
+    (tmp_path / "copy" / "datasets").mkdir(parents=True)
+    (tmp_path / "copy" / "datasets" / "FinalDataset.tsv").write_text(HEADER + row(1))
+    config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
+    with pytest.raises(dag.ConfigError, match="run `snakemake --cores 1 paper_datasets` first"):
+        dag.shard_ids(config)
+    config["paper_data"] = str(tmp_path / "copy")
+    assert dag.shard_ids(config) == [0]
+
+
+def test_inconsistent_configs_are_named_by_key(config):
+    bad = copy.deepcopy(config)
+    bad["pairs"]["p"]["tuned"] = "nope"
+    with pytest.raises(dag.ConfigError, match=r"pairs.p.tuned: 'nope' is not a key of models"):
+        dag.check_config(bad)
+    bad = copy.deepcopy(config)
+    bad["models"]["base"] = {"path": "org/base", "attribution": "released"}
+    with pytest.raises(dag.ConfigError, match=r"models.base.released: required"):
+        dag.check_config(bad)
+    bad = copy.deepcopy(config)
+    bad["models"]["base"] = {"path": "./not/here"}
+    with pytest.raises(dag.ConfigError, match=r"models.base.path: model directory ./not/here not found"):
+        dag.check_config(bad)
+    dag.check_config(config)  # hub ids are not checked for existence here
+
+
+def test_table1_is_planned_only_for_pairs_whose_tuned_model_was_rated(config):
+    assert dag.table1_pairs(config) == ["p"]
+    config["ratings"]["model"] = "base"
+    assert dag.table1_pairs(config) == []
+
+
+def test_model_shape_from_the_config_when_config_json_is_absent(config):
+    with pytest.raises(dag.ConfigError, match="give models.base.layers and models.base.heads"):
+        dag.model_shape(config, "base")
+    config["models"]["base"].update(layers=32, heads=32)
+    assert dag.model_shape(config, "base").layers == 32
+
+
+def test_released_word_pairs_need_a_name_for_every_paired_model(config):
+    assert dag.bilinear_model_names(config)["base"] == "base"
+    config["attention"]["released"] = {"path": "x.tsv", "models": {"base": "llama"}}
+    with pytest.raises(dag.ConfigError, match="attention.released.models: no name for tuned"):
+        dag.bilinear_model_names(config)
+    config["attention"]["released"]["models"]["tuned"] = "vicuna"
+    assert dag.bilinear_model_names(config) == {"base": "llama", "tuned": "vicuna"}
+
+
+def test_vocabulary_is_required_only_when_asked_for(config):
+    with pytest.raises(dag.ConfigError, match="vocabulary: a word<TAB>frequency file is needed"):
+        dag.vocabulary(config)
+    config["vocabulary"] = "v.tsv"
+    assert dag.vocabulary(config) == "v.tsv"
+
+
+def test_pair_models_are_listed_once_in_config_order(config):
+    config["pairs"]["q"] = {"pretrained": "base", "tuned": "tuned"}
+    assert dag.pair_models(config) == ["base", "tuned"]
