@@ -179,6 +179,17 @@ def test_editing_a_sample_plans_only_the_shard_holding_it(demo):
     assert jobs.get("attribute_shard") == 2 and "demo_base_model" not in jobs
 
 
+def test_released_paper_config_plans_the_conversion_of_both_models(tmp_path):
+    work = copy_workflow(tmp_path)
+    paper = REPO.parent / "shared" / "paper"
+    if not paper.is_dir():
+        pytest.skip("the paper data (../shared/paper) is not beside the repository")
+    jobs = planned_jobs(work, "table1", "table2", "--configfile", "config/paper-released.yaml",
+                        "--config", f"paper_data={paper}")
+    assert jobs == {"paper_datasets": 1, "paper_released_attributions": 2, "convert_released_attributions": 2,
+                    "merge_attributions": 2, "table1_pair": 1, "table2_pair": 1, "table1": 1, "table2": 1}
+
+
 def test_paper_config_dry_runs_with_gpu_resources(tmp_path):
     work = copy_workflow(tmp_path)
     paper = REPO.parent / "shared" / "paper"
