@@ -1,6 +1,7 @@
 """Benchmark: one head explained by the vectorised code vs the per-dimension reference.
 
-    python bench/attention_speed.py [--words 26000 --hidden 4096 --head-dim 128 --top-k 100]
+    python bench/attention_speed.py                     # the demo model's shape, then LLaMA-7B width
+    python bench/attention_speed.py --words 5000 --hidden 512 --head-dim 128
 
 Same random vocabulary (model-space vectors, clustered static word vectors, thresholds) and the
 same random head for both, in one run; prints the time per head of each, the ratio, and whether
@@ -40,14 +41,23 @@ def paper_style_head(vocab, wq, wk, top_k):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--words", type=int, default=26000)
-    parser.add_argument("--hidden", type=int, default=4096)
-    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--words", type=int, help="default: both presets below")
+    parser.add_argument("--hidden", type=int)
+    parser.add_argument("--head-dim", type=int)
     parser.add_argument("--static-dim", type=int, default=50)
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--reference-dims", type=int, default=16, help="time the reference on this many dims, scale up")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.words and args.hidden and args.head_dim:
+        shapes = [(args.words, args.hidden, args.head_dim)]
+    else:  # the demo model with its vocabulary; LLaMA-7B with the paper's vocabulary size
+        shapes = [(2527, 64, 16), (26000, 4096, 128)]
+    for args.words, args.hidden, args.head_dim in shapes:
+        run(args)
+
+
+def run(args):
     g = torch.Generator().manual_seed(0)
     topics = torch.randn(args.words // 20, args.static_dim, generator=g)
     noisy = topics[torch.arange(args.words) % len(topics)] + 0.3 * torch.randn(args.words, args.static_dim, generator=g)
