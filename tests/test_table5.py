@@ -1,0 +1,94 @@
+"""Table 5 statistics on hand-made seed files, against values computed by hand; Figure 3 files."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from workflow_scripts.table5 import LEVELS, figure3, level_shares_by_group, read_seed_file, table5
+
+HEADER = "{label}\tExplainable\tWords\tSummary\tModel\tSize\tLayer\tType\tHead\tRank\tScore\tTopK\n"
+
+
+def seed_file(path, label, rows):
+    """rows: (label value, explainable, model, layer)."""
+    lines = [HEADER.format(label=label)]
+    for r, (value, explainable, model, layer) in enumerate(rows, start=1):
+        lines.append(f"{value}\t{explainable}\ta, b\tWords are x.\t{model}\t7B\t{layer}\tFFN\t0\t{r}\t0.1\ta|||b\n")
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.fixture
+def task_seeds(tmp_path):
+    # per seed: pre-trained (llama) 4 described concepts + 1 "Cannot Tell"; tuned (vicuna) 4 described
+    seeds = [
+        [("Daily Writing", 1, "llama", 0), ("Math", 1, "llama", 1), ("None", 1, "llama", 2), ("Coding", 1, "llama", 3),
+         ("None", 0, "llama", 3),
+         ("Literary Writing; Math", 1, "vicuna", 0), ("Professional Writing", 1, "vicuna", 1),
+         ("Coding", 1, "vicuna", 2), ("Translation", 1, "vicuna", 3)],
+        [("Math", 1, "llama", 0), ("None", 1, "llama", 1), ("None", 1, "llama", 2), ("Coding", 1, "llama", 3),
+         ("Daily Writing", 1, "vicuna", 0), ("Daily Writing", 1, "vicuna", 1),
+         ("Math", 1, "vicuna", 2), ("None", 1, "vicuna", 3)],
+        [("Daily Writing", 1, "llama", 0), ("Daily Writing", 1, "llama", 1), ("None", 1, "llama", 2),
+         ("None", 1, "llama", 3),
+         ("Literary Writing", 1, "vicuna", 0), ("Coding", 1, "vicuna", 1), ("Coding", 1, "vicuna", 2),
+         ("Math", 1, "vicuna", 3)],
+    ]
+    return [seed_file(tmp_path / f"linear_task_seed{s}.tsv", "Task", rows) for s, rows in enumerate(seeds)]
+
+
+def test_table5_shares_means_stds_and_student_t_by_hand(task_seeds):
+    table = table5(task_seeds, "Task", "llama", "vicuna", ["writing", "math", "none"]).set_index("category")
+    # writing: llama 1/4, 0/4, 2/4 -> mean 0.25, std sqrt(((0)^2 + 0.25^2 + 0.25^2)/3)
+    #          vicuna 2/4, 2/4, 1/4 -> mean 5/12
+    writing = table.loc["writing"]
+    assert writing.mean_pretrained == pytest.approx(0.25)
+    assert writing.std_pretrained == pytest.approx(math.sqrt(0.125 / 3))
+    assert writing.mean_tuned == pytest.approx(5 / 12)
+    # Student's t with pooled variance, two-sided, 4 degrees of freedom
+    x, y = [0.25, 0.0, 0.5], [0.5, 0.5, 0.25]
+    sp2 = (np.var(x, ddof=1) * 2 + np.var(y, ddof=1) * 2) / 4
+    t = (np.mean(x) - np.mean(y)) / math.sqrt(sp2 * (1 / 3 + 1 / 3))
+    assert writing.t == pytest.approx(t, rel=1e-9)
+    assert writing.p_value == pytest.approx(2 * stats.t.cdf(-abs(t), 4), rel=1e-9)
+    # the "Cannot Tell" row (Explainable 0, label None) is not counted: llama none = 1/4, 2/4, 2/4
+    assert table.loc["none"].mean_pretrained == pytest.approx(5 / 12)
+    # math: "Literary Writing; Math" counts for both writing and math
+    assert table.loc["math"].mean_tuned == pytest.approx((1 / 4 + 1 / 4 + 1 / 4) / 3)
+
+
+def test_columns_are_the_design_columns(task_seeds):
+    assert list(table5(task_seeds, "Task", "llama", "vicuna", ["coding"]).columns) == [
+        "category", "mean_pretrained", "std_pretrained", "mean_tuned", "std_tuned", "t", "p_value"]
+
+
+def test_a_single_seed_gives_no_test(task_seeds):
+    row = table5(task_seeds[:1], "Task", "llama", "vicuna", ["coding"]).iloc[0]
+    assert math.isnan(row.t) and math.isnan(row.p_value) and row.std_pretrained == 0
+
+
+def test_bad_files_are_named(tmp_path, task_seeds):
+    with pytest.raises(ValueError, match="no described concepts of the model 'mistral'"):
+        table5(task_seeds, "Task", "mistral", "vicuna", ["coding"])
+    bad = seed_file(tmp_path / "bad.tsv", "Task", [("Math", "yes", "llama", 0)])
+    with pytest.raises(ValueError, match=r"bad.tsv:2: Explainable 'yes' is not a number"):
+        read_seed_file(bad, "Task")
+    with pytest.raises(ValueError, match=r"expected the columns Concept Explainable"):
+        read_seed_file(task_seeds[0], "Concept")
+
+
+def test_level_shares_by_layer_group_and_the_figure_files(tmp_path):
+    files = []
+    for s in range(2):
+        rows = [("Semantic", 1, m, layer) for m in ("llama", "vicuna") for layer in range(8)]
+        rows += [("Syntax", 1, "vicuna", 0), ("Morphology; Semantic", 1, "llama", 7 - s)]
+        files.append(seed_file(tmp_path / f"linear_concept_seed{s}.tsv", "Concept", rows))
+    shares = level_shares_by_group(files, "llama", "vicuna", layers=8, groups=4)
+    semantic, syntax, morphology = LEVELS.index("semantic"), LEVELS.index("syntax"), LEVELS.index("morphology")
+    assert shares["llama"][:, semantic].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert shares["vicuna"][0, syntax] == pytest.approx(1 / 3)  # group 0 = layers 0-1: 1 of 3 concepts
+    assert shares["llama"][3, morphology] == pytest.approx(1 / 3)  # group 3 = layers 6-7, both seeds
+    figure3(shares, "llama", "vicuna", 8, tmp_path / "fig" / "figure3")
+    for suffix in (".pdf", ".png"):
+        assert (tmp_path / "fig" / f"figure3{suffix}").stat().st_size > 1000
