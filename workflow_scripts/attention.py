@@ -9,7 +9,6 @@ head at once; the vocabulary's word vectors and thresholds once per job.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
 from .tsv import concat_tsv, write_tsv
 
@@ -96,7 +96,7 @@ def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: i
     return out
 
 
-def build_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device) -> Vocabulary:
+def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device) -> Vocabulary:
     from .word_vectors import word_thresholds
 
     started = time.perf_counter()
@@ -130,7 +130,7 @@ def explain_layer(
     tokenizer = AutoTokenizer.from_pretrained(weights.directory)
     words = read_vocabulary(vocabulary)
     vectors = load_word_vectors(word_vectors, vocabulary=words)  # a large GloVe file keeps only these rows
-    vocab = build_vocabulary(weights, tokenizer, words, vectors, baseline_words, device)
+    vocab = explanation_vocabulary(weights, tokenizer, words, vectors, baseline_words, device)
     log.info("read %s", ", ".join(weights.read))
     rows = []
     for head in tqdm(range(weights.heads), desc=f"{model_id} layer {layer}", unit="head"):
@@ -141,24 +141,15 @@ def explain_layer(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    layer = sub.add_parser("layer", help="explain every head of one layer")
-    layer.add_argument("--model-dir", required=True)
-    layer.add_argument("--model-id", required=True)
-    layer.add_argument("--layer", type=int, required=True)
-    layer.add_argument("--vocabulary", required=True)
+    parser, layer = layer_job_parser(
+        __doc__.splitlines()[0], "explain every head of one layer", "concatenate shards into bilinear_words.tsv"
+    )
     layer.add_argument("--word-vectors-kind", required=True)
     layer.add_argument("--word-vectors-path", default="")
-    layer.add_argument("--top-k", type=int, default=100)
-    layer.add_argument("--baseline-words", type=int, default=3000)
-    layer.add_argument("--size", default="NA")
-    layer.add_argument("--output", required=True)
-    merge = sub.add_parser("merge", help="concatenate shards into bilinear_words.tsv")
-    merge.add_argument("output")
-    merge.add_argument("inputs", nargs="+")
+    layer.add_argument("--top-k", type=positive_int, default=100)
+    layer.add_argument("--baseline-words", type=positive_int, default=3000)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     if args.command == "merge":
         concat_tsv(args.inputs, BILINEAR_COLUMNS, args.output)
         return

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .atomic import atomic_dir, atomic_write_text
+from .cli import positive_int
 from .dataset import read_dataset
 
 log = logging.getLogger(__name__)
@@ -339,13 +340,6 @@ def finetune(
 # --- command line ----------------------------------------------------------------------------
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     steps = parser.add_subparsers(dest="step", required=True)
@@ -353,20 +347,20 @@ def main(argv=None):
     p = steps.add_parser("corpus", help="write the plain-English pre-training corpus")
     p.add_argument("output")
     p.add_argument("--dataset", default="datasets/demo.tsv")
-    p.add_argument("--max-bytes", type=_positive, default=DEFAULT_CORPUS_BYTES, help="cap on the stdlib part")
+    p.add_argument("--max-bytes", type=positive_int, default=DEFAULT_CORPUS_BYTES, help="cap on the stdlib part")
     p.set_defaults(run=lambda a: build_corpus(a.output, a.dataset, a.max_bytes))
 
     p = steps.add_parser("tokenizer", help="train the BPE tokenizer on the corpus")
     p.add_argument("corpus")
     p.add_argument("output")
-    p.add_argument("--vocab-size", type=_positive, default=DEFAULT_VOCAB_SIZE)
+    p.add_argument("--vocab-size", type=positive_int, default=DEFAULT_VOCAB_SIZE)
     p.set_defaults(run=lambda a: train_tokenizer(a.corpus, a.output, a.vocab_size))
 
     p = steps.add_parser("pretrain", help="train the base model from scratch")
     p.add_argument("corpus")
     p.add_argument("tokenizer")
     p.add_argument("output")
-    p.add_argument("--steps", type=_positive, default=DEFAULT_PRETRAIN_STEPS)
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_PRETRAIN_STEPS)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=lambda a: pretrain(a.corpus, a.tokenizer, a.output, a.steps, a.seed))
 
@@ -374,7 +368,7 @@ def main(argv=None):
     p.add_argument("base")
     p.add_argument("output")
     p.add_argument("--dataset", default="datasets/demo.tsv")
-    p.add_argument("--steps", type=_positive, default=DEFAULT_FINETUNE_STEPS)
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_FINETUNE_STEPS)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=lambda a: finetune(a.base, a.output, a.dataset, a.steps, a.seed))
 

@@ -9,7 +9,6 @@ by absolute projection describe it.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 
@@ -17,6 +16,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
 from .tsv import concat_tsv, write_tsv
 
@@ -82,22 +82,13 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    layer = sub.add_parser("layer", help="explain the down-projection of one layer")
-    layer.add_argument("--model-dir", required=True)
-    layer.add_argument("--model-id", required=True)
-    layer.add_argument("--layer", type=int, required=True)
-    layer.add_argument("--vocabulary", required=True)
-    layer.add_argument("--rank", type=int, default=300)
-    layer.add_argument("--top-k", type=int, default=50)
-    layer.add_argument("--size", default="NA")
-    layer.add_argument("--output", required=True)
-    merge = sub.add_parser("merge", help="concatenate shards into linear_words.tsv")
-    merge.add_argument("output")
-    merge.add_argument("inputs", nargs="+")
+    parser, layer = layer_job_parser(
+        __doc__.splitlines()[0], "explain the down-projection of one layer", "concatenate shards into linear_words.tsv"
+    )
+    layer.add_argument("--rank", type=positive_int, default=300)
+    layer.add_argument("--top-k", type=positive_int, default=50)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     if args.command == "merge":
         concat_tsv(args.inputs, LINEAR_COLUMNS, args.output)
     else:

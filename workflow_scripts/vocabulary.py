@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .cli import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +96,14 @@ def build_vocabulary(
     return len(kept)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
-    return value
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     steps = parser.add_subparsers(dest="step", required=True)
     p = steps.add_parser("build", help="write a word<TAB>frequency vocabulary of a plain-text corpus")
     p.add_argument("corpus")
     p.add_argument("output")
-    p.add_argument("--max-words", type=_positive, default=DEFAULT_MAX_WORDS)
-    p.add_argument("--min-count", type=_positive, default=DEFAULT_MIN_COUNT)
+    p.add_argument("--max-words", type=positive_int, default=DEFAULT_MAX_WORDS)
+    p.add_argument("--min-count", type=positive_int, default=DEFAULT_MIN_COUNT)
     p.set_defaults(run=lambda a: build_vocabulary(a.corpus, a.output, a.max_words, a.min_count))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -1,0 +1,34 @@
+"""Command-line pieces shared by the job scripts (each module keeps a thin `main`)."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
+    return value
+
+
+def layer_job_parser(description: str, layer_help: str, merge_help: str):
+    """`layer` (one model layer -> one TSV shard) and `merge` (shards -> one TSV) subcommands,
+    with the arguments every per-layer explainer takes; returns (parser, layer subparser)."""
+    parser = argparse.ArgumentParser(description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    layer = sub.add_parser("layer", help=layer_help)
+    layer.add_argument("--model-dir", required=True)
+    layer.add_argument("--model-id", required=True)
+    layer.add_argument("--layer", type=int, required=True)
+    layer.add_argument("--vocabulary", required=True)
+    layer.add_argument("--size", default="NA")
+    layer.add_argument("--output", required=True)
+    merge = sub.add_parser("merge", help=merge_help)
+    merge.add_argument("output")
+    merge.add_argument("inputs", nargs="+")
+    return parser, layer
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
