@@ -1,5 +1,5 @@
 # shiftlens: how instruction tuning changes a model, after Wu et al. (NAACL 2024).
-# Targets: all (default), table1, table2, table3, ffn (linear_words.tsv). See README.md; formats and methods in DESIGN.md.
+# Targets: all (default), table1, table2, table3, ffn (linear_words.tsv), table5, figure3. See README.md; formats and methods in DESIGN.md.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -20,6 +20,7 @@ include: "rules/attribution.smk"  # per-shard gradient x input (GPU), released a
 include: "rules/tables.smk"  # Tables 1 and 2
 include: "rules/attention.smk"  # per-layer head explanations (GPU), bilinear_words.tsv, Table 3
 include: "rules/ffn.smk"  # per-layer FFN concepts (GPU), linear_words.tsv
+include: "rules/annotate.smk"  # LLM annotation (seeds x steps), cost report, Table 5, Figure 3
 
 
 rule all:
@@ -29,3 +30,5 @@ rule all:
         rules.table2.input,
         rules.table3.input,
         rules.ffn.input,
+        rules.table5.input,
+        rules.figure3.input,

@@ -13,6 +13,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     pair="|".join(map(re.escape, PAIRS)),
     shard=r"\d+",
+    seed=r"\d+",
 
 
 def model_setting(model, key, default=None):

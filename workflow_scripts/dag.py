@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from pathlib import Path
 
 from .dataset import Sample, read_dataset, shard_samples
@@ -86,6 +87,25 @@ def check_config(config: dict) -> None:
     ratings = config.get("ratings")
     if ratings and ratings["model"] not in config["models"]:
         raise ConfigError(f"ratings.model: {ratings['model']!r} is not a key of models")
+
+
+def check_annotation_provider(provider: dict) -> None:
+    """Checked when an annotation job is planned (a config without annotation needs no provider)."""
+    kind = provider.get("kind", "openai")
+    if kind == "openai" and not provider.get("model"):
+        raise ConfigError("annotation.provider.model: required for the openai provider (e.g. gpt-3.5-turbo-0613)")
+    if kind in ("local", "replay") and not provider.get("path"):
+        raise ConfigError(f"annotation.provider.path: required for the {kind} provider")
+    if kind == "replay" and not Path(provider["path"]).is_dir():
+        raise ConfigError(f"annotation.provider.path: replay folder {provider['path']} not found")
+
+
+def missing_api_key(provider: dict) -> str | None:
+    """The name of the unset environment variable the openai provider needs, else None."""
+    variable = provider.get("api_key_env")
+    if provider.get("kind", "openai") == "openai" and variable and not os.environ.get(variable):
+        return variable
+    return None
 
 
 def table1_pairs(config: dict) -> list[str]:

