@@ -120,14 +120,14 @@ def run(step, seed, inputs, tmp_path, provider, **kwargs):
 
 def test_replay_reproduces_all_three_steps_in_the_paper_layout(tmp_path, shards):
     def words(model_rows, rank):
-        return "Words: %s." % ", ".join(model_rows[rank][:15])
+        return "Words: {}.".format(", ".join(model_rows[rank][:15]))
 
     base = [[f"w{r}x{i}" for i in range(20)] for r in range(3)]
     tuned = [w[::-1] for w in base]
     answers = {}
     for k, row in enumerate(base + tuned):
         summary = ["Dates.", "Cannot Tell.", "Programming Languages"][k % 3]
-        answers["Words: %s." % ", ".join(row[:15])] = (summary, "coding" if k % 3 == 2 else "None", "Semantic")
+        answers["Words: {}.".format(", ".join(row[:15]))] = (summary, "coding" if k % 3 == 2 else "None", "Semantic")
     write_replay(tmp_path / "released", 2, answers)
     provider = {"kind": "replay", "path": str(tmp_path / "released")}
 
@@ -164,10 +164,10 @@ def test_replay_refuses_a_question_its_files_never_asked(tmp_path, shards):
 def test_max_rank_keeps_the_top_components_only(tmp_path, shards):
     answers = {}
     for row in [[f"w{r}x{i}" for i in range(20)] for r in range(3)]:
-        answers["Words: %s." % ", ".join(row[:15])] = ("Dates.", "None", "Semantic")
-        answers["Words: %s." % ", ".join(row[::-1][:15])] = ("Dates.", "None", "Semantic")
+        answers["Words: {}.".format(", ".join(row[:15]))] = ("Dates.", "None", "Semantic")
+        answers["Words: {}.".format(", ".join(row[::-1][:15]))] = ("Dates.", "None", "Semantic")
     write_replay(tmp_path / "released", 0, answers)
-    out, stats = run("describe", 0, shards, tmp_path, {"kind": "replay", "path": str(tmp_path / "released")}, max_rank=2)
+    out, _stats = run("describe", 0, shards, tmp_path, {"kind": "replay", "path": str(tmp_path / "released")}, max_rank=2)
     assert [(r["Model"], r["Rank"]) for r in read(out)] == [("base", "1"), ("base", "2"), ("tuned", "1"), ("tuned", "2")]
 
 

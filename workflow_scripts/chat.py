@@ -48,7 +48,7 @@ class ChatResponse:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "ChatResponse":
+    def from_json(cls, data: dict) -> ChatResponse:
         return cls(**data)
 
 

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Self
 
 from .chat import ChatRequest, ChatResponse, request_key
 
@@ -64,7 +65,7 @@ class ResponseCache:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> "ResponseCache":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -121,7 +121,7 @@ class OpenAIChat:
         for attempt in range(self.max_retries + 1):
             try:
                 return self._create(request)
-            except Exception as error:  # noqa: BLE001 - sorted into transient / fatal below
+            except Exception as error:
                 if not self._transient(error):
                     raise ChatError(f"{self.model}: the endpoint refused the request: {error}") from error
                 if attempt == self.max_retries:

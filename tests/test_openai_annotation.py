@@ -1,0 +1,229 @@
+"""The annotation jobs against a real local HTTP server speaking the OpenAI chat protocol, through
+the real `openai` client: prompts and parameters, the cache, concurrency, injected faults, a
+process killed mid-way, refusals, truncation and keys."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from chat_server import ChatServer
+
+from workflow_scripts import annotate
+from workflow_scripts.annotation_prompts import STEPS
+from workflow_scripts.chat import ChatError
+from workflow_scripts.chat_cache import ResponseCache
+from workflow_scripts.ffn import LINEAR_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY_ENV = "SHIFTLENS_TEST_KEY"
+KEY = "sk-test-secret-123"
+FAST = {"concurrency": 4, "max_retries": 4, "timeout_s": 5.0, "backoff_s": 0.01}
+
+
+def responder(body):
+    """Describe: 'Cannot Tell' for every third component, else a concept; task and level: a label."""
+    user = body["messages"][-1]["content"]
+    system = body["messages"][0]["content"]
+    if "neuron interpreter" in system:
+        rank = int(re.search(r"[bt]r(\d+)x", user).group(1))
+        return "Cannot Tell." if rank % 3 == 2 else f"concept {rank}."
+    return "coding; translation" if "assistant tasks" in system else "Semantic"
+
+
+@pytest.fixture
+def shards(tmp_path):
+    paths = []
+    for model in ("base", "tuned"):
+        lines = ["\t".join(LINEAR_COLUMNS)]
+        for rank in range(1, 7):
+            words = "|||".join(f"{model[0]}r{rank}x{i}" for i in range(20))
+            lines.append(f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t{words}")
+        path = tmp_path / f"{model}.tsv"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with ChatServer(responder=responder, api_key=KEY) as running:
+        yield running
+
+
+def provider(server):
+    return {"kind": "openai", "model": "gpt-test", "base_url": server.url, "api_key_env": KEY_ENV}
+
+
+def run(step, seed, inputs, tmp_path, server, runtime=FAST, name=None):
+    out = tmp_path / "out" / f"{name or step}_seed{seed}.tsv"
+    stats = out.with_suffix(".json")
+    annotate.run_step(step, seed, inputs, str(out), str(stats), provider(server), str(tmp_path / "cache.sqlite"),
+                      words=15, max_tokens=32, runtime=runtime, pair="p")
+    return out, json.loads(stats.read_text())
+
+
+def rows(path):
+    lines = Path(path).read_text().splitlines()
+    return [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
+
+
+def user_messages(requests):
+    return [r["messages"][-1]["content"] for r in requests]
+
+
+def test_prompts_and_parameters_per_step_and_seed(tmp_path, shards, server):
+    described, stats = run("describe", 3, shards, tmp_path, server)
+    first = server.requests[0]
+    assert first["model"] == "gpt-test" and first["seed"] == 3 and first["max_tokens"] == 32
+    assert (first["temperature"], first["top_p"]) == (1.0, 0.9)
+    expected = STEPS["describe"].request("x", 3, 32).messages[:-1]
+    assert first["messages"][:-1] == [dict(m) for m in expected]  # system + few-shot, names included
+    assert sorted(user_messages(server.requests)) == sorted(
+        "Words: {}.".format(", ".join(f"{m}r{r}x{i}" for i in range(15))) for m in "bt" for r in range(1, 7))
+    assert first.headers["authorization"] == f"Bearer {KEY}"
+    out = rows(described)
+    assert len(out) == 12 and stats["requests"] == 12 and stats["described"] == 8
+    assert [r["Explainable"] for r in out[:6]] == ["1", "0", "1", "1", "0", "1"]
+
+    count = len(server.requests)
+    tasks, _ = run("task", 3, [str(described)], tmp_path, server)
+    task_requests = server.requests[count:]
+    assert {(r["temperature"], r["top_p"], r["seed"]) for r in task_requests} == {(0.0, 0.9, 3)}
+    # the task step lower-cases the summary (as the paper); the level step keeps it
+    assert "Concept: Words are concept 1." in user_messages(task_requests)
+    assert "assistant tasks" in task_requests[0]["messages"][0]["content"]
+    assert [r["Task"] for r in rows(tasks)] == ["coding; translation"] * 8
+    count = len(server.requests)
+    levels, _ = run("level", 3, [str(described)], tmp_path, server)
+    assert "linguist" in server.requests[count]["messages"][0]["content"]
+    assert [r["Concept"] for r in rows(levels)] == ["Semantic"] * 8
+    assert list(rows(levels)[0])[:4] == ["Concept", "Explainable", "Words", "Summary"]
+
+
+def test_second_run_makes_zero_requests_and_another_seed_asks_again(tmp_path, shards, server):
+    first, stats = run("describe", 0, shards, tmp_path, server)
+    assert stats["requests"] == 12
+    sent, text = len(server.requests), first.read_text()
+    first.unlink()  # as if results/ were deleted
+    again, stats = run("describe", 0, shards, tmp_path, server)
+    assert len(server.requests) == sent and stats["requests"] == 0 and stats["cache_hits"] == 12
+    assert again.read_text() == text
+    assert stats["prompt_tokens"] > 0  # token counts come from the cached answers
+    _, stats = run("describe", 1, shards, tmp_path, server)
+    assert stats["requests"] == 12 and len(server.requests) == sent + 12
+    with ResponseCache(tmp_path / "cache.sqlite", "x", "y") as cache:
+        assert len(cache) == 24
+
+
+def test_requests_run_concurrently(tmp_path, shards, server):
+    server.latency = 0.15
+    started = time.perf_counter()
+    run("describe", 0, shards, tmp_path, server, runtime={**FAST, "concurrency": 4})
+    assert server.max_in_flight == 4
+    assert time.perf_counter() - started < 12 * 0.15  # faster than one at a time
+
+
+def test_faults_are_retried_without_lost_or_duplicated_rows(tmp_path, shards, server):
+    clean, _ = run("describe", 0, shards, tmp_path, server, name="clean")
+    reference = rows(clean)
+    server.requests.clear()
+    server.completed.clear()
+    server.add_fault("429", times=2, retry_after="0.3")
+    server.add_fault("500", times=2)
+    server.add_fault("503", times=1)
+    server.add_fault("timeout", times=1, delay=3)
+    server.add_fault("malformed", times=1)
+    server.add_fault("malformed", times=1, missing_choices=True)
+    started = time.perf_counter()
+    out, stats = run("describe", 7, shards, tmp_path, server, runtime={**FAST, "timeout_s": 0.5})
+    assert not server.pending_faults()
+    got = rows(out)
+    # the same rows as a clean run, each asked successfully exactly once
+    assert [(r["Model"], r["Rank"], r["Words"]) for r in got] == [(r["Model"], r["Rank"], r["Words"]) for r in reference]
+    assert Counter(user_messages(server.completed)) == Counter(r["Words"] for r in got)
+    assert max(Counter(user_messages(server.completed)).values()) == 1
+    assert stats["requests"] == 12
+    assert time.perf_counter() - started >= 0.3  # the 429's Retry-After was waited
+    retried = [r for r in server.requests if r.fault == "429"]
+    assert retried and all(r.headers.get("x-stainless-retry-count") == "0" for r in retried)  # our retries, not the client's
+
+
+def test_a_request_failing_for_good_fails_the_job_and_keeps_the_answers_it_had(tmp_path, shards, server):
+    doomed = "Words: {}.".format(", ".join(f"tr4x{i}" for i in range(15)))
+    server.add_fault("500", times=100, match=lambda body: body["messages"][-1]["content"] == doomed)
+    with pytest.raises(ChatError, match="still failing after 2 retries"):
+        run("describe", 0, shards, tmp_path, server, runtime={**FAST, "max_retries": 2})
+    assert not (tmp_path / "out" / "describe_seed0.tsv").exists()
+    server.clear_faults()
+    before = len(server.requests)
+    _, stats = run("describe", 0, shards, tmp_path, server)
+    assert user_messages(server.requests[before:]) == [doomed]  # only the failed one is asked again
+    assert stats["cache_hits"] == 11
+
+
+def test_refusals_and_truncated_answers_are_recorded(tmp_path, shards, server):
+    refuse = "Words: {}.".format(", ".join(f"br1x{i}" for i in range(15)))
+    cut = "Words: {}.".format(", ".join(f"br3x{i}" for i in range(15)))
+    server.add_fault("refusal", match=lambda b: b["messages"][-1]["content"] == refuse)
+    server.add_fault("length", match=lambda b: b["messages"][-1]["content"] == cut, content="programming lang")
+    out, stats = run("describe", 0, shards, tmp_path, server)
+    got = {r["Words"]: r for r in rows(out)}
+    assert (got[refuse]["Explainable"], got[refuse]["Summary"]) == ("0", "Refused: I can't help with that.")
+    assert got[cut]["Summary"] == "programming lang"
+    assert (stats["refused"], stats["truncated"]) == (1, 1)
+    log = ResponseCache(tmp_path / "cache.sqlite", f"openai:{server.url}", "gpt-test")
+    assert log.get(STEPS["describe"].request(refuse, 0, 32)).finish_reason == "refusal"
+
+
+def test_bad_or_missing_key_fails_clearly_without_leaking_it(tmp_path, shards, server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-wrong-key-456")
+    with pytest.raises(ChatError, match="refused the request") as failure:
+        run("describe", 0, shards, tmp_path, server)
+    assert "sk-wrong-key-456" not in str(failure.value)
+    assert len(server.requests) <= FAST["concurrency"]  # a 401 is not retried
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(ChatError, match=f"environment variable {KEY_ENV} .* is not set"):
+        run("describe", 0, shards, tmp_path, server)
+
+
+def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, shards, server):
+    held = "Words: {}.".format(", ".join(f"tr5x{i}" for i in range(15)))
+    server.add_fault("hold", match=lambda b: b["messages"][-1]["content"] == held)
+    cache = tmp_path / "cache.sqlite"
+    out = tmp_path / "out" / "describe_seed0.tsv"
+    command = [sys.executable, "-m", "workflow_scripts.annotate", "describe", "--seed", "0", "--inputs", *shards,
+               "--output", str(out), "--stats", str(out.with_suffix(".json")), "--provider", json.dumps(provider(server)),
+               "--cache", str(cache), "--runtime", json.dumps({**FAST, "concurrency": 2})]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert server.wait_held(1, timeout=60)
+        # every other request is answered and cached while one stays held
+        assert server.wait_until(lambda: len(server.completed) == 11, timeout=60)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with ResponseCache(cache, "x", "y") as reader:
+                if len(reader) == 11:
+                    break
+            time.sleep(0.05)
+        job.send_signal(signal.SIGKILL)
+        job.wait(timeout=30)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert not out.exists()
+    completed_before = Counter(user_messages(server.completed))
+    server.release()
+    start = len(server.requests)
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    asked_again = user_messages(server.requests[start:])
+    assert asked_again == [held]
+    assert not set(asked_again) & set(completed_before)
+    assert len(rows(out)) == 12
