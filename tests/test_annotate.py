@@ -13,7 +13,7 @@ from workflow_scripts.annotation_cost import cost_table
 from workflow_scripts.annotation_prompts import STEPS, words_message
 from workflow_scripts.chat import ChatError, ChatRequest, ChatResponse, request_key
 from workflow_scripts.chat_cache import ResponseCache
-from workflow_scripts.ffn import LINEAR_COLUMNS
+from workflow_scripts.tsv import LINEAR_COLUMNS
 from workflow_scripts.table5 import read_seed_file
 
 LINEAR_HEADER = "\t".join(LINEAR_COLUMNS)

@@ -18,7 +18,7 @@ from workflow_scripts import annotate
 from workflow_scripts.annotation_prompts import STEPS
 from workflow_scripts.chat import ChatError
 from workflow_scripts.chat_cache import ResponseCache
-from workflow_scripts.ffn import LINEAR_COLUMNS
+from workflow_scripts.tsv import LINEAR_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "SHIFTLENS_TEST_KEY"

@@ -11,9 +11,16 @@ from scipy import stats
 from welch import welch_t_df
 
 from workflow_scripts.table3 import (
-    BILINEAR_COLUMNS, head_knowledge, layer_groups, main, normalise_pair, parse_pairs,
-    read_bilinear_words, read_word_list, table3,
+    head_knowledge,
+    layer_groups,
+    main,
+    normalise_pair,
+    parse_pairs,
+    read_bilinear_words,
+    read_word_list,
+    table3,
 )
+from workflow_scripts.tsv import BILINEAR_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "\t".join(BILINEAR_COLUMNS)
@@ -101,7 +108,7 @@ def test_head_knowledge_is_the_pairs_of_more_than_one_dimension():
 
 def test_read_bilinear_words_parses_numbers_and_pairs(bilinear_words):
     frame = read_bilinear_words(bilinear_words)
-    assert list(frame.columns) == BILINEAR_COLUMNS + ["pairs"]
+    assert list(frame.columns) == [*BILINEAR_COLUMNS, "pairs"]
     assert len(frame) == sum(len(dims) for dims in TOPK.values())
     first = frame.iloc[0]
     assert (first.Model, first.Layer, first.Head, first.Dim, first.Rank, first.Score) == ("tuned", 0, 0, 0, 1, 0.5)

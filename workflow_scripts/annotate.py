@@ -27,9 +27,8 @@ from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
 from .chat_cache import ResponseCache
 from .cli import positive_int, setup_logging
-from .ffn import LINEAR_COLUMNS
 from .replay import concept_message
-from .tsv import write_tsv
+from .tsv import LINEAR_COLUMNS, write_tsv
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,10 @@ from tqdm import tqdm
 
 from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
-from .tsv import concat_tsv, write_tsv
+from .tsv import BILINEAR_COLUMNS, concat_tsv, write_tsv
 
 log = logging.getLogger(__name__)
 
-BILINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Dim", "Rank", "Score", "TopK")
 
 
 @dataclass

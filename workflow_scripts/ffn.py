@@ -18,11 +18,9 @@ import torch
 
 from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
-from .tsv import concat_tsv, write_tsv
+from .tsv import LINEAR_COLUMNS, concat_tsv, write_tsv
 
 log = logging.getLogger(__name__)
-
-LINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "TopK")
 
 
 def principal_components(rows: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

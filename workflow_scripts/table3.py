@@ -35,10 +35,10 @@ import pandas as pd
 from scipy import stats
 
 from .tables import write_table
+from .tsv import BILINEAR_COLUMNS
 
 log = logging.getLogger(__name__)
 
-BILINEAR_COLUMNS = ["Model", "Size", "Layer", "Type", "Head", "Dim", "Rank", "Score", "TopK"]
 TABLE3_COLUMNS = ["layers", "instruct_mean", "instruct_std", "instruct_n",
                   "general_mean", "general_std", "general_n", "t", "p_value"]
 N_GROUPS = 4
@@ -66,7 +66,7 @@ def read_bilinear_words(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     with open(path, encoding="utf8") as fh:
         lines = fh.read().splitlines()
-    if not lines or lines[0].split("\t") != BILINEAR_COLUMNS:
+    if not lines or tuple(lines[0].split("\t")) != BILINEAR_COLUMNS:
         found = lines[0].split("\t") if lines else "an empty file"
         raise ValueError(f"{path}: line 1: expected the header {' '.join(BILINEAR_COLUMNS)} (tab separated), "
                          f"found {found}")
@@ -92,7 +92,7 @@ def read_bilinear_words(path: str | Path) -> pd.DataFrame:
         seen[key] = number
         row["pairs"] = parse_pairs(row["TopK"])
         rows.append(row)
-    return pd.DataFrame(rows, columns=BILINEAR_COLUMNS + ["pairs"])
+    return pd.DataFrame(rows, columns=[*BILINEAR_COLUMNS, "pairs"])
 
 
 def _check_models(frame: pd.DataFrame, *models: str) -> None:

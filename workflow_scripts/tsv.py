@@ -5,6 +5,10 @@ from pathlib import Path
 
 from .atomic import atomic_file
 
+# The paper's layouts (DESIGN.md 4), so its released files can stand in for computed ones.
+BILINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Dim", "Rank", "Score", "TopK")
+LINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "TopK")
+
 
 def write_tsv(rows, columns: tuple[str, ...], output: str | Path) -> None:
     with atomic_file(output) as tmp, open(tmp, "w", encoding="utf8") as handle:
