@@ -24,7 +24,8 @@ rule explain_attention_layer:
     benchmark:
         "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
     shell:
-        "python -m workflow_scripts.attention layer --model-dir {params.path} --model-id {wildcards.model}"
+        "python -m workflow_scripts.leases {resources.gpu} --"
+        " python -m workflow_scripts.attention layer --model-dir {params.path} --model-id {wildcards.model}"
         " --layer {wildcards.layer} --vocabulary {input.vocabulary} --top-k {params.top_k}"
         " --baseline-words {params.baseline_words} --word-vectors-kind {params.vectors_kind}"
         " --word-vectors-path '{params.vectors_path}' --size {params.size} --output {output} > {log} 2>&1"

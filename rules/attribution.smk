@@ -15,7 +15,6 @@ rule attribute_shard:
         samples=lambda w: dag.shard_digest(config, w.shard),
         path=lambda w: model_setting(w.model, "path"),
         dtype=lambda w: model_setting(w.model, "dtype", "float32"),
-        gpus=lambda w: model_setting(w.model, "gpus", 1),
         # scalars, not the config dict: reordering config keys must not rerun a shard; the
         # chunk size only trades memory for speed, so it is read in the command, not a param
         response=config["attribution"]["response"],
@@ -28,10 +27,11 @@ rule attribute_shard:
     benchmark:
         "benchmarks/attribute_shard/{model}/shard-{shard}.tsv"
     shell:
-        "python -m workflow_scripts.attribution --model-dir {params.path} --model-id {wildcards.model}"
+        "python -m workflow_scripts.leases {resources.gpu} --"
+        " python -m workflow_scripts.attribution --model-dir {params.path} --model-id {wildcards.model}"
         " --dataset {input.dataset} --shard {wildcards.shard} --shard-size {params.shard_size}"
         " --response {params.response} --max-new-tokens {params.max_new_tokens}"
-        " --chunk-size {config[attribution][chunk_size]} --dtype {params.dtype} --gpus {params.gpus}"
+        " --chunk-size {config[attribution][chunk_size]} --dtype {params.dtype}"
         " --output {output} > {log} 2>&1"
 
 

@@ -21,7 +21,8 @@ rule explain_ffn_layer:
     benchmark:
         "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
     shell:
-        "python -m workflow_scripts.ffn layer --model-dir {params.path} --model-id {wildcards.model}"
+        "python -m workflow_scripts.leases {resources.gpu} --"
+        " python -m workflow_scripts.ffn layer --model-dir {params.path} --model-id {wildcards.model}"
         " --layer {wildcards.layer} --vocabulary {input.vocabulary} --rank {params.rank}"
         " --top-k {params.top_k} --size {params.size} --output {output} > {log} 2>&1"
 

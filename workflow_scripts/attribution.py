@@ -168,14 +168,15 @@ def attribute_sample(model, tokenizer, sample_id: str, prompt: str, tokens: Toke
     )
 
 
-def load_model(path: str, dtype: str = "float32", gpus: int = 1):
-    """A frozen causal LM and its tokenizer; spread over the job's GPUs when it has several."""
+def load_model(path: str, dtype: str = "float32"):
+    """A frozen causal LM and its tokenizer; spread over the job's GPUs (those its lease made
+    visible, or its SLURM allocation) when it has several."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_path(path)
     device = pick_device()
     kwargs = {"dtype": getattr(torch, dtype)}
-    if device.type == "cuda" and gpus > 1:
+    if device.type == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if "device_map" not in kwargs:
@@ -186,14 +187,14 @@ def load_model(path: str, dtype: str = "float32", gpus: int = 1):
 
 def attribute_shard(
     model_dir: str, dataset: str, shard: int, shard_size: int, output: str, model_id: str,
-    response: str = "reference", max_new_tokens: int = 300, dtype: str = "float32", gpus: int = 1,
+    response: str = "reference", max_new_tokens: int = 300, dtype: str = "float32",
     chunk_size: int = 32,
 ) -> Shard:
     samples = shard_samples(read_dataset(dataset), shard_size)
     if not 0 <= shard < len(samples):
         raise ValueError(f"{dataset}: shard {shard} does not exist ({len(samples)} shards of {shard_size})")
     started = time.perf_counter()
-    model, tokenizer = load_model(model_dir, dtype, gpus)
+    model, tokenizer = load_model(model_dir, dtype)
     log.info("loaded %s (%s) in %.1f s on %s", model_id, model_dir, time.perf_counter() - started, model.device)
     results = []
     for sample in tqdm(samples[shard], desc=f"{model_id} shard {shard}", unit="sample"):
@@ -218,14 +219,13 @@ def main(argv=None):
     parser.add_argument("--response", choices=("reference", "generate"), default="reference")
     parser.add_argument("--max-new-tokens", type=int, default=300)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=32, help="response tokens per forward pass; 0: all")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     attribute_shard(
         args.model_dir, args.dataset, args.shard, args.shard_size, args.output, args.model_id,
-        args.response, args.max_new_tokens, args.dtype, args.gpus, args.chunk_size,
+        args.response, args.max_new_tokens, args.dtype, args.chunk_size,
     )
 
 

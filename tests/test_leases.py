@@ -1,0 +1,205 @@
+"""GPU leases between real processes (DESIGN.md 5): concurrent jobs get their own devices, and a
+lease lasts exactly as long as the job's process, however that ends.
+
+The machine's GPUs are faked with SHIFTLENS_FAKE_GPUS; the locks are real flocks. Each job is a
+Python process that writes the CUDA_VISIBLE_DEVICES it was given, then holds its lease until the
+test drops its release marker.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOLD = """
+import os, sys, time
+from pathlib import Path
+out, release = Path(sys.argv[1]), Path(sys.argv[2])
+tmp = out.with_suffix(".tmp")
+tmp.write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
+tmp.rename(out)
+while not release.exists():
+    time.sleep(0.01)
+"""
+
+
+def wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def job_env(fake_gpus: int | None = 2, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SHIFTLENS_FAKE_GPUS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if fake_gpus is not None:
+        env["SHIFTLENS_FAKE_GPUS"] = str(fake_gpus)
+    return env | extra
+
+
+class Job:
+    """`python -m workflow_scripts.leases GPUS -- python -c HOLD` running in `work`."""
+
+    def __init__(self, work: Path, name: str, gpus: int, env: dict[str, str]):
+        self.name, self.log = name, work / f"{name}.log"
+        self.out, self.marker = work / f"{name}.devices", work / f"{name}.release"
+        command = [sys.executable, "-m", "workflow_scripts.leases", str(gpus), "--",
+                   sys.executable, "-c", HOLD, str(self.out), str(self.marker)]
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(command, cwd=work, env=env, stderr=log)
+
+    def devices(self) -> str:
+        """The CUDA_VISIBLE_DEVICES the job got, once it has started."""
+        wait_until(lambda: self.out.exists() or self.proc.poll() is not None, f"job {self.name} to start")
+        assert self.out.exists(), f"job {self.name} exited {self.proc.returncode}: {self.stderr()}"
+        return self.out.read_text()
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def finish(self) -> int:
+        self.marker.touch()
+        return self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start(tmp_path):
+    """Start a job in tmp_path; any still running at the end are killed."""
+    jobs: list[Job] = []
+
+    def start_job(name: str, gpus: int = 1, env: dict[str, str] | None = None) -> Job:
+        jobs.append(Job(tmp_path, name, gpus, job_env() if env is None else env))
+        return jobs[-1]
+
+    yield start_job
+    for job in jobs:
+        if job.proc.poll() is None:
+            job.proc.kill()
+            job.proc.wait()
+
+
+def run_now(start, name: str, gpus: int = 1, env: dict[str, str] | None = None) -> Job:
+    """A job that releases its lease as soon as it has started, run to the end."""
+    job = start(name, gpus, env)
+    job.marker.touch()
+    assert job.proc.wait(timeout=10) == 0, job.stderr()
+    return job
+
+
+def test_two_concurrent_one_gpu_jobs_get_different_devices(start):
+    a = start("a")
+    assert a.devices() == "0"
+    b = start("b")
+    assert b.devices() == "1"
+    assert a.finish() == 0 and b.finish() == 0
+    assert "leased GPU(s): CUDA_VISIBLE_DEVICES=" in a.stderr()
+
+
+def test_a_third_job_waits_until_one_finishes_then_gets_the_freed_device(start):
+    a, b = start("a"), start("b")
+    a.devices(), b.devices()
+    c = start("c")
+    wait_until(lambda: "waiting for 1 free GPU(s)" in c.stderr(), "job c to wait")
+    assert not c.out.exists()
+    freed = b.devices()
+    assert b.finish() == 0
+    assert c.devices() == freed
+    assert a.finish() == 0 and c.finish() == 0
+
+
+def test_a_job_killed_with_sigkill_frees_its_device_at_once(start):
+    env = job_env(fake_gpus=1)
+    doomed = start("doomed", env=env)
+    assert doomed.devices() == "0"
+    os.kill(doomed.proc.pid, signal.SIGKILL)  # the launcher exec'd the job: same process
+    assert doomed.proc.wait(timeout=10) == -signal.SIGKILL
+    later = run_now(start, "later", env=env)
+    assert later.devices() == "0" and "waiting" not in later.stderr()
+
+
+def test_a_two_gpu_job_gets_two_distinct_free_devices(start):
+    env = job_env(fake_gpus=3)
+    one = start("one", env=env)
+    assert one.devices() == "0"
+    two = run_now(start, "two", gpus=2, env=env)
+    assert two.devices() == "1,2"
+    assert one.finish() == 0
+
+
+def test_asking_for_more_gpus_than_the_pool_fails_clearly_instead_of_waiting(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "workflow_scripts.leases", "3", "--", "true"],
+                            cwd=tmp_path, env=job_env(fake_gpus=2), capture_output=True, text=True, timeout=10, check=False)
+    assert result.returncode == 2
+    assert "asks for 3 GPUs but only 2 can be leased" in result.stderr
+
+
+@pytest.mark.parametrize("gpus, fake_gpus, reason", [
+    (0, 2, "the job asks for 0 GPUs; 2 could be leased"),
+    (1, 0, "there is no GPU to lease"),
+], ids=["zero-gpus-asked", "no-gpu-on-the-machine"])
+def test_no_gpu_runs_on_the_cpu_with_no_device_visible_and_says_why(start, gpus, fake_gpus, reason):
+    job = run_now(start, "cpu", gpus=gpus, env=job_env(fake_gpus=fake_gpus))
+    assert job.devices() == ""
+    assert f"no GPU leased: running on the CPU ({reason}" in job.stderr()
+
+
+def test_a_users_cuda_visible_devices_is_the_pool_under_the_users_ids(start, tmp_path):
+    env = job_env(fake_gpus=None, CUDA_VISIBLE_DEVICES="3,5")
+    a, b = start("a", env=env), start("b", env=env)
+    assert {a.devices(), b.devices()} == {"3", "5"}
+    assert sorted(p.name for p in (tmp_path / ".snakemake/gpu-leases").iterdir()) == ["gpu-3.lock", "gpu-5.lock"]
+    assert a.finish() == 0 and b.finish() == 0
+
+
+def test_under_slurm_the_allocation_is_kept_and_nothing_is_locked(start, tmp_path):
+    job = run_now(start, "slurm", env=job_env(SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="7"))
+    assert job.devices() == "7"
+    assert "SLURM job 42" in job.stderr()
+    assert not (tmp_path / ".snakemake").exists()
+
+
+def test_the_lock_file_names_the_holder_while_the_job_runs(start, tmp_path):
+    job = start("held", env=job_env(fake_gpus=1))
+    job.devices()
+    note = (tmp_path / ".snakemake/gpu-leases/gpu-0.lock").read_text()
+    assert f"pid {job.proc.pid}\n" in note and "command " in note and str(job.marker) in note
+    assert job.finish() == 0
+
+
+def test_the_launcher_exits_with_the_commands_status(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "workflow_scripts.leases", "1", "--",
+                             sys.executable, "-c", "raise SystemExit(3)"],
+                            cwd=tmp_path, env=job_env(), timeout=10, check=False)
+    assert result.returncode == 3
+
+
+def fake_nvidia_smi(tmp_path: Path, script: str) -> dict[str, str]:
+    """An environment whose nvidia-smi is `script` (and no fake GPU count)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = job_env(fake_gpus=None)
+    return env | {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+
+
+def test_without_cuda_visible_devices_the_pool_is_the_gpus_nvidia_smi_lists(start, tmp_path):
+    env = fake_nvidia_smi(tmp_path, 'test "$*" = "--query-gpu=index --format=csv,noheader" && printf "0\\n1\\n"')
+    assert run_now(start, "both", gpus=2, env=env).devices() == "0,1"
+
+
+def test_a_failing_nvidia_smi_means_the_cpu_not_a_crash(start, tmp_path):
+    env = fake_nvidia_smi(tmp_path, 'echo "NVIDIA-SMI has failed because it could not communicate with the driver"; exit 9')
+    job = run_now(start, "cpu", env=env)
+    assert job.devices() == ""
+    assert "could not communicate with the driver" in job.stderr() and "running on the CPU" in job.stderr()

@@ -1,0 +1,203 @@
+"""Local GPU leases: each running job computes on its own devices.
+
+Snakemake counts the `gpu` resource but never says which device a job gets, so concurrent GPU
+jobs would all pile onto GPU 0. The rules therefore run their command as
+
+    python -m workflow_scripts.leases GPUS -- COMMAND...
+
+which locks GPUS free devices (one `flock`ed file per device under `.snakemake/gpu-leases/`),
+sets CUDA_VISIBLE_DEVICES to them and execs COMMAND with the lock descriptors inherited. A lease
+thus lives exactly as long as the job's process (and any children it leaves running), and the
+kernel frees it however the job ends, kill -9 included: there are no stale locks to clean up.
+The lock file holds the last holder's pid and command, for humans; whether it is still held is
+what `flock -n FILE true` answers.
+
+The pool of devices is the user's CUDA_VISIBLE_DEVICES when set (leases go to its entries, under
+the user's ids), else the machine's GPUs as nvidia-smi lists them (or the driver's
+/proc/driver/nvidia/gpus where nvidia-smi is missing; none if neither answers). CUDA is never
+initialised here, so the launcher costs no GPU memory and no seconds. SHIFTLENS_FAKE_GPUS=N pretends the
+machine has GPUs 0..N-1 (tests, rehearsals on a CPU box). Under SLURM (SLURM_JOB_ID set) the
+allocation already chose the job's devices, so nothing is locked.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cli import setup_logging
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR = Path(".snakemake/gpu-leases")
+POLL_SECONDS = 0.5
+CPU_LINE = "no GPU leased: running on the CPU"
+
+
+def machine_gpus() -> list[str]:
+    """This machine's GPU indices, without initialising CUDA in this process (empty if none)."""
+    fake = os.environ.get("SHIFTLENS_FAKE_GPUS")
+    if fake is not None:
+        if not fake.isdigit():
+            raise ValueError(f"SHIFTLENS_FAKE_GPUS={fake!r}: must be a GPU count")
+        return [str(index) for index in range(int(fake))]
+    if shutil.which("nvidia-smi") is None:
+        # a container may have the driver but not its tools: the driver still lists the GPUs
+        try:
+            return [str(index) for index in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
+        except OSError:
+            return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("nvidia-smi failed (%s): treating this machine as having no GPU", err)
+        return []
+    if out.returncode != 0:
+        # nvidia-smi without a driver, or a driver without GPUs: the CPU still works
+        log.warning("nvidia-smi failed (%s): treating this machine as having no GPU",
+                    (out.stderr or out.stdout).strip() or f"exit status {out.returncode}")
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def device_pool() -> list[str]:
+    """The device ids jobs may lease, as CUDA_VISIBLE_DEVICES entries of the launcher's caller."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [entry.strip() for entry in visible.split(",") if entry.strip()]
+    return machine_gpus()
+
+
+def lock_path(lock_dir: Path, device: str) -> Path:
+    # ids may be UUIDs or MIG names: keep the file name tame but still one file per device
+    return Path(lock_dir) / f"gpu-{re.sub(r'[^A-Za-z0-9._-]', '_', device)}.lock"
+
+
+def try_acquire(count: int, pool: list[str], lock_dir: Path) -> dict[str, int] | None:
+    """`count` devices of `pool` locked now (device -> lock descriptor), or None, holding nothing.
+
+    All or nothing: holding some devices while waiting for others could deadlock two
+    multi-GPU jobs that each hold half of what the other needs.
+    """
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    held: dict[str, int] = {}
+    for device in pool:
+        # no O_TRUNC: the holder's note is rewritten only once the lock is ours
+        fd = os.open(lock_path(lock_dir, device), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        held[device] = fd
+        if len(held) == count:
+            return held
+    for fd in held.values():
+        os.close(fd)
+    return None
+
+
+def acquire(count: int, pool: list[str], lock_dir: Path = LOCK_DIR,
+            poll_seconds: float = POLL_SECONDS) -> dict[str, int]:
+    """`count` devices of `pool` (device -> lock descriptor), waiting while too few are free."""
+    if count > len(pool):
+        raise ValueError(f"the job asks for {count} GPUs but only {len(pool)} can be leased "
+                         f"({', '.join(pool) or 'none'})")
+    start = time.monotonic()
+    waiting = False
+    while (held := try_acquire(count, pool, lock_dir)) is None:
+        if not waiting:
+            log.info("waiting for %d free GPU(s): all of %s are leased (see %s)",
+                     count, ",".join(pool), lock_dir)
+            waiting = True
+        time.sleep(poll_seconds)
+    if waiting:
+        log.info("waited %.1f s for a GPU lease", time.monotonic() - start)
+    return held
+
+
+def note_holder(held: dict[str, int], command: list[str]) -> None:
+    """Write who holds each lease into its lock file (only ever while holding the lock)."""
+    note = f"pid {os.getpid()}\nsince {time.strftime('%Y-%m-%d %H:%M:%S')}\ncommand {shlex.join(command)}\n"
+    for fd in held.values():
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note.encode("utf8"), 0)
+
+
+def lease(count: int, command: list[str], lock_dir: Path = LOCK_DIR) -> dict[str, int]:
+    """Lease `count` GPUs for `command` and point CUDA_VISIBLE_DEVICES at them; returns the lock
+    descriptors (device -> fd), which must stay open as long as the job runs. The job runs on the
+    CPU (CUDA_VISIBLE_DEVICES="") when it asks for none or there are none; under SLURM the
+    allocation's devices are kept."""
+    if "SLURM_JOB_ID" in os.environ:
+        log.info("SLURM job %s: using its allocation, CUDA_VISIBLE_DEVICES=%s", os.environ["SLURM_JOB_ID"],
+                 os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
+        return {}
+    pool = device_pool()
+    if count == 0 or not pool:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if count > 0:
+            reason = "there is no GPU to lease"
+        elif pool:
+            # the default profile offers gpu=0, which Snakemake imposes on every job's request
+            reason = f"the job asks for 0 GPUs; {len(pool)} could be leased (snakemake --resources gpu=N)"
+        else:
+            reason = "the job asks for 0 GPUs"
+        log.info("%s (%s)", CPU_LINE, reason)
+        return {}
+    held = acquire(count, pool, lock_dir)
+    note_holder(held, command)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(held)
+    log.info("leased GPU(s): CUDA_VISIBLE_DEVICES=%s (locks in %s)", ",".join(held), lock_dir)
+    return held
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m workflow_scripts.leases",
+        usage="%(prog)s [--lock-dir DIR] GPUS -- COMMAND...",
+        description="Lease GPUS free GPUs, set CUDA_VISIBLE_DEVICES and exec COMMAND holding them.",
+        epilog="SHIFTLENS_FAKE_GPUS=N pretends the machine has N GPUs.",
+    )
+    parser.add_argument("--lock-dir", type=Path, default=LOCK_DIR, metavar="DIR",
+                        help=f"one lock file per device (default: {LOCK_DIR}, relative to the working directory)")
+    parser.add_argument("gpus", type=non_negative_int, metavar="GPUS",
+                        help="how many GPUs the command needs; 0 runs it on the CPU")
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, command = parser.parse_args(argv[:split]), argv[split + 1:]
+    if not command:
+        parser.error("give the command to run after `--`")
+    setup_logging()
+
+    try:
+        held = lease(args.gpus, command, args.lock_dir)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    for fd in held.values():
+        os.set_inheritable(fd, True)
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], command)
+    except OSError as err:
+        parser.exit(127, f"error: cannot run {command[0]}: {err}\n")
+
+
+if __name__ == "__main__":
+    main()
