@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# One short GPU check of the attribution path (run on a GPU machine from the repo root):
-# equality of the batched GPU attribution with the per-token definition, and timings.
+# One short GPU check (a few minutes on an H100): equality of the batched GPU attribution with the
+# per-token definition on tiny models, then bench/gpu_bench.py (LLaMA-7B shape: attribution vs the
+# per-token loop, one attention and one FFN layer job). Arguments go to gpu_bench.py, e.g.
+#   bash bench/gpu_check.sh --output gpu_bench.json
 set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 # 1. equality on tiny LLaMA/Mistral GQA models, every chunk size, on the GPU
 python - <<'PY'
@@ -21,7 +25,6 @@ for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralFor
         print(f"{cls.__name__} chunk={chunk}: max relative difference {err:.2e}")
         assert err < 1e-4
 PY
-# 2. timings: a 7B-wide, 4-layer LLaMA (hidden 4096, 32 heads, vocab 32000), 200 + 300 tokens
-python bench/attribution_speed.py --hidden 4096 --layers 4 --heads 32 --kv-heads 32 --vocab 32000 \
-    --prompt 200 --response 300 --chunk-sizes 0,16,32,64 --device cuda
+# 2. the LLaMA-7B-shaped benchmark (random weights built on the GPU)
+python bench/gpu_bench.py "$@"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv

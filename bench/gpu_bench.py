@@ -1,0 +1,374 @@
+"""GPU benchmark: the project's GPU jobs on a LLaMA-7B-shaped model with random weights.
+
+    PYTHONPATH=. python bench/gpu_bench.py [--dtype float32] [--output gpu_bench.json]
+    PYTHONPATH=. python bench/gpu_bench.py --dry-run             # the plan only; no GPU needed
+    PYTHONPATH=. python bench/gpu_bench.py --allow-cpu --small   # smoke test on a tiny shape
+
+Needs only torch, transformers (with tokenizers), numpy, scipy and safetensors: no internet,
+no model weights, no GloVe package. In one run, on one card:
+1. attribution of one sample (200 prompt + 300 response random token ids) by `attribute_ids`
+   (chunk 32) and by the per-token loop `attribute_ids_reference`: times, peak GPU memory and
+   the max relative difference of the two matrices. When the whole loop would not fit the time
+   budget, it is timed on the last N response tokens and scaled up (every iteration is one
+   forward and backward over the whole sample, so its time is linear in N);
+2. one attention and one FFN layer job (layer 0), through the modules' `main` as the rules run
+   them, in child processes, on a checkpoint holding the model's own tensors a layer-0 job reads
+   (float16, as LLaMA ships), a BPE tokenizer trained on a random vocabulary of 26,000 words (the
+   paper's vocabulary size) and random clustered word vectors in GloVe text format.
+Prints a Markdown table and optionally writes the results as JSON for docs/benchmarks.md. About
+3-4 minutes on an H100 in float32 (an estimate from the 4-layer H200 run in docs/benchmarks.md;
+the per-token loop is half of it, and --reference-budget caps it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # workflow_scripts without `pip install -e .` (imported in the functions)
+
+CALIBRATION_TOKENS = 3  # per-token loop iterations timed to decide whether the whole loop fits
+LAYER_TENSORS = (  # what a layer-0 attention job (embeddings, q, k, norm) and FFN job (down, lm_head) read
+    "model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.q_proj.weight",
+    "model.layers.0.self_attn.k_proj.weight", "model.layers.0.input_layernorm.weight",
+    "model.layers.0.mlp.down_proj.weight",
+)
+# A layer job: the module's `main` (the rules run `python -m MODULE layer ...`), then its peak memory. The
+# host peak is VmHWM, this process's own: a spawned child's ru_maxrss also counts the parent's peak.
+CHILD = """
+import importlib, sys, torch
+importlib.import_module(sys.argv[1]).main(sys.argv[2:])
+with open("/proc/self/status") as status:
+    print("peak_host_kib", status.read().split("VmHWM:")[1].split()[0], file=sys.stderr)
+if torch.cuda.is_available():
+    print("peak_gpu_bytes", torch.cuda.max_memory_allocated(), file=sys.stderr)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """The model, sample and vocabulary sizes of one benchmark."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    prompt: int
+    response: int
+    words: int
+
+
+LLAMA_7B = Shape("LLaMA-7B shape", 4096, 11008, 32, 32, 32, 32000, 200, 300, 26000)
+SMALL = Shape("tiny smoke-test shape", 64, 128, 2, 4, 4, 2000, 20, 30, 2000)
+
+
+def llama_config(shape: Shape) -> LlamaConfig:
+    config = LlamaConfig(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        rms_norm_eps=1e-6,
+    )
+    config.architectures = ["LlamaForCausalLM"]
+    return config
+
+
+def print_plan(args, shape: Shape) -> None:
+    """What the run will build and time; the model is built on the meta device, which checks the
+    config and counts its parameters without allocating them."""
+    config = llama_config(shape)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    tensors = model.state_dict()
+    params = sum(p.numel() for p in model.parameters())
+    checkpoint = sum(tensors[name].numel() for name in LAYER_TENSORS) * 2 / 2**30
+    print(f"plan ({shape.name}): LlamaForCausalLM hidden {config.hidden_size}, intermediate {config.intermediate_size}, "
+          f"{config.num_hidden_layers} layers, {config.num_attention_heads}/{config.num_key_value_heads} heads, "
+          f"vocab {config.vocab_size}: {params / 1e6:,.1f}M params, {params * dtype_of(args.dtype).itemsize / 2**30:.1f} "
+          f"GiB in {args.dtype}, random weights built on the device")
+    print(f"  attribution: {shape.prompt} prompt + {shape.response} response random ids, attribute_ids chunk "
+          f"{args.chunk_size} vs attribute_ids_reference ({'all tokens if they fit' if args.reference_tokens is None else f'{args.reference_tokens} tokens'}, "
+          f"budget {args.reference_budget:.0f} s)")
+    print(f"  layer jobs: checkpoint of {checkpoint:.2f} GiB (float16): "
+          + ", ".join(f"{name} {tuple(tensors[name].shape)}" for name in LAYER_TENSORS))
+    print(f"  vocabulary: {shape.words} random words, BPE tokenizer of {shape.vocab} tokens, 50-d random GloVe text")
+    print("  jobs: python -m workflow_scripts.attention layer ... --word-vectors-kind glove-text; "
+          "python -m workflow_scripts.ffn layer ...")
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device: torch.device, fn, *args):
+    """(result, seconds, peak GPU GiB or None) of one call, the GPU's queue drained on both sides."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn(*args)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return out, seconds, peak
+
+
+def reference_tail(model, ids: torch.Tensor, n_prompt: int, tokens: int) -> np.ndarray:
+    """The per-token loop's columns of the last `tokens` response tokens, by the project's own
+    `attribute_ids_reference` with the prompt/response split moved to T - tokens.
+
+    An attribution entry (prompt position i, response position t) does not depend on where the
+    split is, so the first n_prompt rows equal the benchmark matrix's last `tokens` columns; each
+    iteration still runs the full model over the whole sample, as in the full loop.
+    """
+    from workflow_scripts.attribution import attribute_ids_reference
+
+    return attribute_ids_reference(model, ids, ids.numel() - tokens)[:n_prompt]
+
+
+def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> dict:
+    """Time `attribute_ids` and the per-token loop on one random sample; compare the matrices."""
+    from workflow_scripts.attribution import attribute_ids
+
+    ids = torch.randint(3, shape.vocab, (shape.prompt + shape.response,), device=device)
+    m = shape.response
+    attribute_ids(model, ids[:16], 8)  # warm-up: kernels, allocator, autograd
+    fast, t_fast, peak_fast = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size)
+    print(f"attribute_ids (chunk {args.chunk_size}): {t_fast:.2f} s")
+    tokens = args.reference_tokens
+    if tokens is None:  # a few iterations say whether the whole loop fits the budget
+        _, t_calibration, _ = timed(device, reference_tail, model, ids, shape.prompt, CALIBRATION_TOKENS)
+        per_token = t_calibration / CALIBRATION_TOKENS
+        tokens = m if per_token * m <= args.reference_budget else max(1, int(args.reference_budget / per_token))
+        print(f"per-token loop: {per_token:.2f} s per token, estimated {per_token * m:.0f} s for all {m}: "
+              f"timing {'all' if tokens == m else f'the last {tokens}'}")
+    tokens = min(tokens, m)
+    slow, t_slow, peak_slow = timed(device, reference_tail, model, ids, shape.prompt, tokens)
+    t_slow_all = t_slow * m / tokens
+    scale = np.abs(slow).max()
+    return {
+        "chunk_size": args.chunk_size, "seconds": t_fast, "peak_gpu_gib": peak_fast,
+        "reference_seconds": t_slow_all, "reference_peak_gpu_gib": peak_slow,
+        "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m, "speed_up": t_slow_all / t_fast,
+        "max_relative_difference": float(np.abs(fast[:, m - tokens:] - slow).max() / scale), "max_abs_value": float(scale),
+    }
+
+
+def random_words(count: int, rng: np.random.Generator) -> list[str]:
+    """Distinct lower-case letter strings, 3-9 letters (lower case: no case variants to merge)."""
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words: dict[str, None] = {}
+    while len(words) < count:
+        words["".join(rng.choice(letters, rng.integers(3, 10)))] = None
+    return list(words)
+
+
+def write_vocabulary_files(words: list[str], workdir: Path, rng: np.random.Generator) -> tuple[Path, Path]:
+    """The vocabulary (word<TAB>frequency, Zipf frequencies) and 50-d GloVe-text word vectors.
+
+    The vectors are clustered (20 words per topic, as in bench/attention_speed.py) so that related
+    pairs pass the thresholds and the jobs format pairs as they would on real data.
+    """
+    vocabulary, vectors = workdir / "vocabulary.tsv", workdir / "glove-random-50d.txt"
+    vocabulary.write_text("".join(f"{w}\t{1 / (rank + 1):.6g}\n" for rank, w in enumerate(words)))
+    topics = rng.standard_normal((max(1, len(words) // 20), 50))
+    rows = topics[np.arange(len(words)) % len(topics)] + 0.3 * rng.standard_normal((len(words), 50))
+    vectors.write_text("".join(f"{w} {' '.join(f'{x:.5f}' for x in row)}\n" for w, row in zip(words, rows)))
+    return vocabulary, vectors
+
+
+def write_checkpoint(model, words: list[str], directory: Path) -> float:
+    """config.json, the layer-0 tensors a layer job reads (float16) and a BPE tokenizer trained on
+    the words (the project's demo tokenizer: LLaMA's layout, most words split in 1-3 pieces);
+    returns the safetensors size in GiB."""
+    from workflow_scripts.demo_models import train_tokenizer
+
+    corpus = directory.parent / "corpus.txt"
+    corpus.write_text("".join(" ".join(words[i:i + 10]) + "\n" for i in range(0, len(words), 10)))
+    train_tokenizer(corpus, directory, vocab_size=model.config.vocab_size)  # creates the directory
+    model.config.save_pretrained(directory)
+    state = model.state_dict()
+    save_file({name: state[name].detach().half().cpu().contiguous() for name in LAYER_TENSORS},
+              directory / "model.safetensors")
+    return (directory / "model.safetensors").stat().st_size / 2**30
+
+
+def run_layer_job(module: str, arguments: list[str], log: Path, output: Path) -> dict:
+    """One layer job in a child process: wall time, the job's own time (its log), peak host and GPU memory."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        code = subprocess.call([sys.executable, "-c", CHILD, module, *arguments, "--output", str(output)],
+                               cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    text = log.read_text()
+    if code:
+        raise SystemExit(f"{module} layer job failed ({code}):\n{text[-3000:]}")
+    job = re.search(r" in ([\d.]+) s -> ", text)
+    host = re.search(r"peak_host_kib (\d+)", text)
+    gpu = re.search(r"peak_gpu_bytes (\d+)", text)
+    return {"wall_seconds": wall, "job_seconds": float(job.group(1)) if job else None,
+            "peak_host_gib": int(host.group(1)) / 2**20 if host else None,
+            "peak_gpu_gib": int(gpu.group(1)) / 2**30 if gpu else None, "rows": output.read_text().count("\n") - 1}
+
+
+def prepare_layer_jobs(model, shape: Shape, workdir: Path) -> dict:
+    """The checkpoint and word files the layer jobs read, written while the model is at hand."""
+    rng = np.random.default_rng(0)
+    words = random_words(shape.words, rng)
+    vocabulary, vectors = write_vocabulary_files(words, workdir, rng)
+    size = write_checkpoint(model, words, workdir / "llama-shaped")
+    return {"model_dir": workdir / "llama-shaped", "vocabulary": vocabulary, "vectors": vectors,
+            "checkpoint_gib": size, "words": len(words)}
+
+
+def benchmark_layer_jobs(files: dict, workdir: Path) -> dict:
+    """One attention and one FFN job on layer 0 of the checkpoint, with the rules' arguments."""
+    common = ["layer", "--model-dir", str(files["model_dir"]), "--model-id", "bench", "--layer", "0",
+              "--vocabulary", str(files["vocabulary"])]
+    results = {"checkpoint_gib": files["checkpoint_gib"], "words": files["words"]}
+    results["attention"] = run_layer_job(
+        "workflow_scripts.attention",
+        common + ["--word-vectors-kind", "glove-text", "--word-vectors-path", str(files["vectors"])],
+        workdir / "attention.log", workdir / "attention-layer-0.tsv")
+    print(f"attention layer job: {results['attention']['wall_seconds']:.1f} s")
+    results["ffn"] = run_layer_job("workflow_scripts.ffn", common, workdir / "ffn.log", workdir / "ffn-layer-0.tsv")
+    print(f"FFN layer job: {results['ffn']['wall_seconds']:.1f} s")
+    return results
+
+
+def gib(value, note: str = "") -> str:
+    return "n/a" if value is None else f"{value:.1f} GiB{note}"
+
+
+def markdown(r: dict) -> str:
+    """The results as a two-column Markdown table."""
+    a, jobs = r["attribution"], r.get("layer_jobs")
+    timed_on = (f"timed on the last {a['reference_tokens_timed']} of {r['sample']['response']} tokens, "
+                "EXTRAPOLATED linearly" if a["reference_extrapolated"] else "timed on all tokens")
+    rows = [
+        ("card", r["card"]),
+        ("torch / transformers", f"{r['torch']} (CUDA {r['cuda']}) / {r['transformers']}"),
+        ("model", f"{r['shape']}: {r['params'] / 1e6:,.1f}M params, {r['dtype']} (float32 matmul precision "
+                  + f"{r['matmul_precision']}), {r['attention_implementation']} attention, random weights built in "
+                  + f"{r['init_seconds']:.1f} s"),
+        ("sample", f"{r['sample']['prompt']} prompt + {r['sample']['response']} response tokens (random ids)"),
+        (f"attribution, this project (chunk {a['chunk_size']})", f"{a['seconds']:.2f} s, peak GPU {gib(a['peak_gpu_gib'], ' (weights included)')}"),
+        ("attribution, per-token loop", f"{a['reference_seconds']:.2f} s ({timed_on}), peak GPU {gib(a['reference_peak_gpu_gib'])}"),
+        ("speed-up", f"{a['speed_up']:.2f}x"),
+        ("max relative difference (max abs. difference / max abs. value)",
+         f"{a['max_relative_difference']:.2e} (max abs. value {a['max_abs_value']:.2g})"),
+    ]
+    for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
+                              ("ffn", "FFN", "top 300 components")):
+        if jobs is None:
+            rows.append((f"{label} layer job", "skipped (--skip-layer-jobs)"))
+            continue
+        j = jobs[name]
+        job = f", in-job {j['job_seconds']:.1f} s" if j["job_seconds"] is not None else ""
+        rows.append((f"{label} layer job (layer 0, {what}, {jobs['words']:,} words)",
+                     f"wall {j['wall_seconds']:.1f} s{job}, peak GPU {gib(j['peak_gpu_gib'])}, "
+                     + f"peak host {gib(j['peak_host_gib'])}, {j['rows']} rows"))
+    rows.append(("whole benchmark", f"{r['total_seconds']:.0f} s"))
+    return "\n".join(["| measurement | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--chunk-size", type=int, default=32, help="attribute_ids chunk size (0: all)")
+    parser.add_argument("--reference-tokens", type=int,
+                        help="time the per-token loop on this many response tokens and extrapolate "
+                             "(default: all if the estimate fits --reference-budget)")
+    parser.add_argument("--reference-budget", type=float, default=200.0,
+                        help="seconds the per-token loop may take (default 200: the run stays under 6 minutes)")
+    parser.add_argument("--output", help="also write the results as JSON here")
+    parser.add_argument("--workdir", help="keep the checkpoint, word files and job logs here (default: a temp dir)")
+    parser.add_argument("--skip-layer-jobs", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and check the config; no GPU needed")
+    parser.add_argument("--small", action="store_true", help="a tiny shape, to smoke-test the script")
+    parser.add_argument("--allow-cpu", action="store_true", help="with --small: run on the CPU")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    shape = SMALL if args.small else LLAMA_7B
+    if args.dry_run:
+        print_plan(args, shape)
+        return
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif args.allow_cpu and args.small:
+        device = torch.device("cpu")
+    else:
+        print(f"bench/gpu_bench.py needs a CUDA GPU: torch {torch.__version__} sees none. On a CPU, run the CPU "
+              "benchmarks instead (bench/attribution_speed.py, bench/attention_speed.py, bench/ffn_speed.py, "
+              "bench/attention_layer_memory.py; see docs/benchmarks.md). --dry-run prints this benchmark's plan; "
+              "--allow-cpu --small (both) smoke-tests it on a tiny shape.", file=sys.stderr)
+        raise SystemExit(2)
+    print_plan(args, shape)
+    if device.type == "cpu":
+        print("SMOKE TEST on the CPU (--allow-cpu --small): a tiny shape, not a benchmark")
+        torch.set_num_threads(1)  # tiny ops: on a busy machine, OpenMP's spinning threads made them 100x slower
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    init_start = time.perf_counter()
+    with device:  # built where it runs: a 6.7B-parameter init takes seconds on a GPU, minutes on a CPU
+        model = LlamaForCausalLM(llama_config(shape))
+    model = model.to(dtype_of(args.dtype)).eval().requires_grad_(False)
+    synchronize(device)
+    results = {
+        "card": torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test)",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": __import__("transformers").__version__,
+        "shape": shape.name, "config": dataclasses.asdict(shape), "params": sum(p.numel() for p in model.parameters()),
+        "dtype": args.dtype, "matmul_precision": torch.get_float32_matmul_precision(),
+        "attention_implementation": model.config._attn_implementation,
+        "init_seconds": time.perf_counter() - init_start,
+        "sample": {"prompt": shape.prompt, "response": shape.response},
+    }
+    print(f"model built in {results['init_seconds']:.1f} s on {results['card']}")
+    results["attribution"] = benchmark_attribution(model, shape, args, device)
+    if not args.skip_layer_jobs:
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-bench-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            files = prepare_layer_jobs(model, shape, workdir)
+            del model  # its memory goes back to the jobs' processes
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            results["layer_jobs"] = benchmark_layer_jobs(files, workdir)
+        finally:
+            if not args.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+    results["total_seconds"] = time.perf_counter() - started
+    print(markdown(results))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"results -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()
