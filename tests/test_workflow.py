@@ -93,7 +93,38 @@ def test_demo_describes_every_ffn_component_with_words(demo):
 
 def test_changing_an_ffn_setting_plans_only_the_ffn_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "ffn", top_k=20))
-    assert jobs == {"explain_ffn_layer": 8, "merge_linear_words": 1, "all": 1}
+    # new word lists: new annotations (5 seeds x 3 steps), the cost report, Table 5 and Figure 3
+    assert jobs == {"explain_ffn_layer": 8, "merge_linear_words": 1, "annotate_describe": 5, "annotate_task": 5,
+                    "annotate_level": 5, "annotation_cost": 1, "table5_pair": 1, "figure3_pair": 1, "all": 1}
+
+
+def test_demo_annotates_the_ffn_concepts_and_builds_table5_and_figure3(demo):
+    annotation = demo / "results/annotation/demo"
+    for seed in range(5):
+        described = pd.read_csv(annotation / f"linear_seed{seed}.tsv", sep="\t", keep_default_na=False, quoting=3)
+        assert list(described.columns[:4]) == ["Explainable", "Words", "Summary", "Model"]
+        # 2 models x 4 layers x the top 4 components (annotation.max_rank)
+        assert len(described) == 32 and set(described["Rank"]) == {1, 2, 3, 4}
+        assert described["Words"].str.match(r"^Words: (\S+, ){14}\S+\.$").all()
+        assert (described["Summary"] != "").all()
+        tasks = pd.read_csv(annotation / f"linear_task_seed{seed}.tsv", sep="\t", keep_default_na=False, quoting=3)
+        assert len(tasks) == described["Explainable"].sum() > 0
+    for name, categories in (("tasks", ["writing", "math", "coding", "translation", "none"]),
+                             ("levels", ["phonology", "morphology", "syntax", "semantic"])):
+        table = pd.read_csv(demo / f"results/tables/demo/table5_{name}.tsv", sep="\t")
+        assert list(table["category"]) == categories
+        assert table[["mean_pretrained", "mean_tuned"]].apply(lambda c: c.between(0, 1)).all().all()
+    cost = pd.read_csv(demo / "results/tables/demo/annotation_cost.tsv", sep="\t", keep_default_na=False)
+    assert len(cost) == 16 and cost["step"].iloc[-1] == "total"
+    assert set(cost["provider"][:15]) == {"local"} and (cost["prompt_tokens"][:15].astype(int) > 0).all()
+    for suffix in (".png", ".pdf"):
+        assert (demo / f"results/figures/demo/figure3{suffix}").stat().st_size > 10_000
+
+
+def test_adding_a_seed_plans_only_that_seeds_jobs_and_the_tables(demo):
+    jobs = planned_jobs(demo, "--configfile", edited_config(demo, "annotation", seeds=[0, 1, 2, 3, 4, 5]))
+    assert jobs == {"annotate_describe": 1, "annotate_task": 1, "annotate_level": 1, "annotation_cost": 1,
+                    "table5_pair": 1, "figure3_pair": 1, "all": 1}
 
 
 def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
@@ -253,3 +284,44 @@ def test_instruction_fragment_missing_from_its_prompt_is_reported_at_planning(tm
     out = snakemake(work, "--dry-run", check=False)
     assert out.returncode != 0
     assert "mtbench_math_demo_77" in out.stdout + out.stderr and "'Multiply them.'" in out.stdout + out.stderr
+
+
+def test_paper_config_plans_annotation_per_seed_and_step_and_gpus_only_for_explanations(tmp_path):
+    work = copy_workflow(tmp_path)
+    out = snakemake(work, "table5", "--dry-run", "--configfile", "config/paper.yaml", "--resources", "gpu=2")
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout.split("Job stats:", 1)[1], re.M))
+    assert jobs == {"paper_datasets": "1", "explain_ffn_layer": "64", "annotate_describe": "5", "annotate_task": "5",
+                    "annotate_level": "5", "annotation_cost": "1", "table5_pair": "1", "table5": "1", "total": "83"}
+    blocks = [b for b in out.stdout.split("\n\n") if re.search(r"^(local)?rule \w+:", b, re.M)]
+    gpu_rules = {re.search(r"rule (\w+):", b).group(1) for b in blocks if re.search(r"resources: .*gpu=", b)}
+    assert gpu_rules == {"explain_ffn_layer"}
+
+
+def test_openai_provider_without_its_key_fails_before_any_job(tmp_path):
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["annotation"]["provider"] = {"kind": "openai", "model": "gpt-test", "api_key_env": "SHIFTLENS_NO_SUCH_KEY"}
+    (work / "openai.yaml").write_text(yaml.safe_dump(config))
+    assert "SHIFTLENS_NO_SUCH_KEY" not in os.environ
+    assert planned_jobs(work, "table5", "--configfile", "openai.yaml")["annotate_describe"] == 5  # a dry run plans
+    out = snakemake(work, "table5", "--configfile", "openai.yaml", check=False)
+    assert out.returncode != 0
+    assert "the environment variable SHIFTLENS_NO_SUCH_KEY is not set" in out.stdout + out.stderr
+    assert not (work / "logs").exists() and not (work / "results").exists()  # no job ran
+
+
+def test_rerun_after_deleting_the_annotations_sends_no_request(demo):
+    # everything the annotation made (Snakemake would not redo missing intermediate files alone)
+    tables = demo / "results/tables/demo"
+    for path in (demo / "results/annotation", demo / "results/figures", *tables.glob("table5_*"),
+                 *tables.glob("annotation_cost*")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    snakemake(demo, "table5", "figure3")
+    cost = pd.read_csv(demo / "results/tables/demo/annotation_cost.tsv", sep="\t", keep_default_na=False)
+    assert (cost["requests"].astype(int) == 0).all() and int(cost["cache_hits"].iloc[-1]) > 0
+    log = (demo / "logs/annotate/demo/describe_seed0.log").read_text()
+    assert "32 answered from the cache, 0 to ask" in log
+    assert planned_jobs(demo) == {}
