@@ -102,12 +102,13 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
     ax.set_xticks(x, ticks, rotation=45)
     ax.set_xlabel("Layers")
     ax.set_ylabel("Share of described concepts")
+    ax.set_title(f"Linguistic levels of the FFN concepts: {pretrained} (dashed) vs {tuned} (solid)", fontsize=9)
     ax.grid(True)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28))  # below: never over data
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never over data
     fig.tight_layout()
     Path(output_stem).parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".pdf", ".png"):
-        fig.savefig(Path(output_stem).with_suffix(suffix), dpi=150)
+        fig.savefig(Path(output_stem).with_suffix(suffix), dpi=150, bbox_inches="tight")  # legend kept whole
     plt.close(fig)
 
 
