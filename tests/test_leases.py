@@ -136,11 +136,12 @@ def test_a_two_gpu_job_gets_two_distinct_free_devices(start):
     assert one.finish() == 0
 
 
-def test_asking_for_more_gpus_than_the_pool_fails_clearly_instead_of_waiting(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "workflow_scripts.leases", "3", "--", "true"],
+def test_asking_for_more_gpus_than_the_pool_gets_the_whole_pool_with_a_warning(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "workflow_scripts.leases", "3", "--", sys.executable, "-c",
+                             "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
                             cwd=tmp_path, env=job_env(fake_gpus=2), capture_output=True, text=True, timeout=10, check=False)
-    assert result.returncode == 2
-    assert "asks for 3 GPUs but only 2 can be leased" in result.stderr
+    assert result.returncode == 0 and result.stdout.strip() == "0,1"
+    assert "asks for 3 GPUs but only 2 can be leased (0,1): it gets all of them" in result.stderr
 
 
 @pytest.mark.parametrize("gpus, fake_gpus, reason", [

@@ -137,7 +137,8 @@ def lease(count: int, command: list[str], lock_dir: Path = LOCK_DIR) -> dict[str
     """Lease `count` GPUs for `command` and point CUDA_VISIBLE_DEVICES at them; returns the lock
     descriptors (device -> fd), which must stay open as long as the job runs. The job runs on the
     CPU (CUDA_VISIBLE_DEVICES="") when it asks for none or there are none; under SLURM the
-    allocation's devices are kept."""
+    allocation's devices are kept.
+    (A request larger than the pool gets the whole pool, with a warning: waiting could never end.)"""
     if "SLURM_JOB_ID" in os.environ:
         log.info("SLURM job %s: using its allocation, CUDA_VISIBLE_DEVICES=%s", os.environ["SLURM_JOB_ID"],
                  os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
@@ -148,12 +149,17 @@ def lease(count: int, command: list[str], lock_dir: Path = LOCK_DIR) -> dict[str
         if count > 0:
             reason = "there is no GPU to lease"
         elif pool:
-            # the default profile offers gpu=0, which Snakemake imposes on every job's request
-            reason = f"the job asks for 0 GPUs; {len(pool)} could be leased (snakemake --resources gpu=N)"
+            # the config's gpus: 0 (the demo), or a --resources gpu=0 that capped the request
+            reason = f"the job asks for 0 GPUs; {len(pool)} could be leased"
         else:
             reason = "the job asks for 0 GPUs"
         log.info("%s (%s)", CPU_LINE, reason)
         return {}
+    if count > len(pool):
+        # e.g. paper.yaml's two-GPU attribution on a one-GPU box run without --resources gpu=1
+        log.warning("the job asks for %d GPUs but only %d can be leased (%s): it gets all of them",
+                    count, len(pool), ",".join(pool))
+        count = len(pool)
     held = acquire(count, pool, lock_dir)
     note_holder(held, command)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(held)
