@@ -5,6 +5,7 @@ The live tests need a SLURM controller that answers, with a node offering a `gpu
 skipped without one. `bash scripts/slurm/up.sh` starts such a cluster on this machine (fake GPUs),
 and .ci/run does so before the tests.
 """
+import functools
 import os
 import re
 import shutil
@@ -46,6 +47,7 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 2400) -> tuple[int, 
     return process.returncode, output
 
 
+@functools.cache
 def slurm_problem() -> str | None:
     """Why the live tests cannot run here, or None when a controller answers and offers a GPU."""
     if shutil.which("scontrol") is None or shutil.which("sbatch") is None:
@@ -56,7 +58,8 @@ def slurm_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return "the SLURM controller does not answer within 30 s"
     if ping.returncode != 0 or " is UP" not in ping.stdout:
-        return f"no SLURM controller answers (scontrol ping: {(ping.stdout + ping.stderr).strip()})"
+        answer = (ping.stdout + ping.stderr).strip().splitlines()
+        return f"no SLURM controller answers (scontrol ping: {answer[0] if answer else ping.returncode})"
     if not re.search(r"gpu\S*\s+(idle|mixed|allocated|completing)", gres.stdout):
         return f"no usable SLURM node offers a gpu GRES (sinfo: {gres.stdout.strip() or gres.stderr.strip()})"
     try:

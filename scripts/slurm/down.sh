@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM cluster of scripts/slurm/up.sh: cancel its jobs, then stop its
-# daemons by their PID files (slurmd, slurmctld, slurmdbd, mariadbd, munged). Safe to run when
-# nothing runs. Packages, state and logs stay; `--purge` also deletes the configuration, the
-# SLURM state and the logs (the accounting database stays in /var/lib/mysql).
+# Stop the single-node SLURM cluster of scripts/slurm/up.sh: cancel its jobs, stop its daemons by
+# their PID files (slurmd, slurmctld, slurmdbd, mariadbd, munged) and remove the configuration
+# up.sh wrote. Safe to run when nothing runs. Packages, SLURM state and logs stay; `--purge` also
+# deletes the state and the logs (the accounting database stays in /var/lib/mysql).
+#
+# The configuration goes because with a slurm.conf and no controller every SLURM client call
+# waits ~10 s for it, and so does every `snakemake` start while snakemake-executor-plugin-slurm is
+# installed (it runs `scontrol show config` to build its --help); up.sh writes it again.
 #
 #   bash scripts/slurm/down.sh [--purge]
 set -uo pipefail
@@ -78,9 +82,12 @@ for daemon in "${DAEMONS[@]}"; do
     alive "${daemon%%:*}" "${daemon##*:}" >/dev/null && { echo "down.sh: ${daemon##*:} still runs" >&2; status=1; }
 done
 
+# only a configuration up.sh wrote (its first line says so), never a real cluster's
+if [[ "$(head -n 1 /etc/slurm/slurm.conf 2>/dev/null)" == "# written by scripts/slurm/up.sh"* ]]; then
+    rm -f /etc/slurm/slurm.conf /etc/slurm/gres.conf /etc/slurm/slurmdbd.conf
+fi
 if ((PURGE)); then
-    rm -rf /etc/slurm/slurm.conf /etc/slurm/gres.conf /etc/slurm/slurmdbd.conf \
-        /var/spool/slurmctld /var/spool/slurmd /var/lib/slurm-local "$LOGS"
-    echo "down.sh: deleted the configuration, SLURM state and logs"
+    rm -rf /var/spool/slurmctld /var/spool/slurmd /var/lib/slurm-local "$LOGS"
+    echo "down.sh: deleted the SLURM state and logs"
 fi
 exit "$status"
