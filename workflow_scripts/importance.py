@@ -10,16 +10,29 @@ import numpy as np
 EPS = 1e-9
 
 
-def bin_attributions(matrix: np.ndarray, levels: int = 10, threshold: int = 7) -> np.ndarray:
-    """Clip negatives, scale each response token's column to its max, ceil(x * L), zero x <= b.
+def bin_attributions(matrix: np.ndarray, levels: int = 10, threshold: int = 7, binned: bool = False) -> np.ndarray:
+    """Raw matrices: clip negatives, scale each response token's column to its max, ceil(x * L).
+    Then, for raw and `binned` matrices alike, zero x <= b.
 
-    `matrix` is prompt tokens x response tokens. Released attributions are stored already binned
-    (integers 0..L); binning those again leaves them unchanged, so both kinds go through here.
+    `matrix` is prompt tokens x response tokens. Matrices stored already binned (the paper's
+    released attributions, integers 0..L) are used as stored: binning them again would lift every
+    column whose maximum is below L (a column of 1s becomes a column of 10s), which the paper's
+    `compute_density` never does to binned data. Whether a matrix is binned is recorded in its
+    shard (`binned_levels`), never guessed from its values.
     """
-    x = np.maximum(np.asarray(matrix, dtype=np.float64), 0.0)
-    if x.size:
-        x = np.ceil(x / (x.max(axis=0, keepdims=True) + EPS) * levels)
+    x = np.asarray(matrix, dtype=np.float64)
+    if not binned:
+        x = np.maximum(x, 0.0)
+        if x.size:
+            x = np.ceil(x / (x.max(axis=0, keepdims=True) + EPS) * levels)
     return np.where(x <= threshold, 0.0, x)
+
+
+def check_binned(matrix: np.ndarray, levels: int, context: str) -> None:
+    """A matrix said to be binned holds integers 0..L; anything else would be scored wrongly as stored."""
+    x = np.asarray(matrix)
+    if x.size and (x.min() < 0 or x.max() > levels or not np.array_equal(x, np.round(x))):
+        raise ValueError(f"{context}: recorded as binned to L={levels} but holds values outside the integers 0..{levels}")
 
 
 def importance_density(binned: np.ndarray, p: float = 4.0) -> np.ndarray:
@@ -39,7 +52,10 @@ def instruction_score(density: np.ndarray, mask: np.ndarray) -> float:
     return float(density[mask].sum() / np.log2(2 + mask.sum()))
 
 
-def sample_score(matrix: np.ndarray, mask: np.ndarray, levels: int, threshold: int, p: float) -> float:
+def sample_score(
+    matrix: np.ndarray, mask: np.ndarray, levels: int, threshold: int, p: float, binned: bool = False
+) -> float:
+    """Instruction score of one sample; `matrix` is (prompt tokens, response tokens), `mask` (prompt tokens,)."""
     if matrix.shape[0] != len(mask):
         raise ValueError(f"attribution has {matrix.shape[0]} prompt tokens but the mask has {len(mask)}")
-    return instruction_score(importance_density(bin_attributions(matrix, levels, threshold), p), mask)
+    return instruction_score(importance_density(bin_attributions(matrix, levels, threshold, binned), p), mask)

@@ -6,6 +6,17 @@ contain it, the way the paper's `annotate` does: the prompt is split on newlines
 paper then matched sentences to tokens by token-sequence search (first occurrence); here a token
 is an instruction token when its character span overlaps an instruction sentence's span, which
 gives the same tokens without re-tokenizing and works for any tokenizer.
+
+The paper re-tokenized each sentence and dropped `▁`, `<0x0A>` and `▁"` pieces from both ends
+before the search. The same edge rule, stated on what a token stands for rather than on one
+vocabulary's piece names: from each sentence's run of overlapping tokens, tokens at either end
+are dropped while they are whitespace-only (SentencePiece `▁`, `▁▁`; byte-level BPE `Ġ`, `ĠĠ`),
+a line break (SentencePiece `<0x0A>`; byte-level `Ċ`, `ĊĊ`) or a space plus a double quote
+(SentencePiece `▁"`; byte-level `Ġ"`). A token "stands for" its text in the prompt, plus the
+space that its word-boundary marker (`▁` or `Ġ`) encodes when its offsets leave that space out
+(SentencePiece's dummy prefix at the start of the prompt; byte-level tokenizers that trim
+offsets). All byte pieces of one multi-byte character carry that character's span (HF fast
+tokenizers report them so; `released.align_pieces` does the same), so none of them is lost.
 """
 from __future__ import annotations
 
@@ -67,13 +78,39 @@ def instruction_spans(prompt: str, annotation: str, sample_id: str = "?") -> lis
     return sorted(spans)
 
 
-def instruction_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    """Boolean mask over tokens whose [start, end) character span overlaps an instruction span.
+_BOUNDARY_MARKERS = ("\u2581", "\u0120")  # SentencePiece `▁`, byte-level BPE `Ġ`
 
-    Zero-width tokens (BOS and other special tokens) are never instruction tokens.
+
+def is_edge_token(token: str, text: str) -> bool:
+    """Whether a token is dropped at the edge of an instruction sentence: whitespace-only, a line
+    break, or a space plus a double quote. `text` is the token's text in the prompt."""
+    if token.startswith(_BOUNDARY_MARKERS) and not text.startswith((" ", "\n")):
+        text = " " + text
+    return not text.strip() or text == ' "'
+
+
+def instruction_mask(
+    prompt: str, tokens: list[str], offsets: np.ndarray, spans: list[tuple[int, int]]
+) -> np.ndarray:
+    """Boolean mask over the prompt's tokens: those inside an instruction sentence.
+
+    Args: `tokens` (n,) token strings, `offsets` (n, 2) character [start, end) of each in `prompt`,
+    `spans` character spans of the instruction sentences. A token belongs to a sentence when its
+    span overlaps the sentence's; then edge tokens (`is_edge_token`) are dropped from both ends of
+    each sentence's run. Zero-width tokens (BOS and other special tokens) are never marked.
     """
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if len(tokens) != len(offsets):
+        raise ValueError(f"{len(tokens)} tokens but {len(offsets)} offsets")
     mask = np.zeros(len(offsets), dtype=bool)
+    visible = offsets[:, 1] > offsets[:, 0]
     for start, end in spans:
-        mask |= (offsets[:, 0] < end) & (offsets[:, 1] > start) & (offsets[:, 1] > offsets[:, 0])
+        run = np.flatnonzero((offsets[:, 0] < end) & (offsets[:, 1] > start) & visible)
+        edge = [is_edge_token(tokens[i], prompt[offsets[i, 0] : offsets[i, 1]]) for i in run]
+        first, last = 0, len(run)
+        while first < last and edge[first]:
+            first += 1
+        while last > first and edge[last - 1]:
+            last -= 1
+        mask[run[first:last]] = True
     return mask

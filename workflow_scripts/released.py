@@ -133,9 +133,13 @@ def _piece_text(piece: str) -> str | bytes:
     return piece.replace("\u2581", " ")
 
 
-def _pieces_to_chars(pieces: list[str]) -> list[str]:
-    """Each piece's characters, with a multi-byte character given to the byte piece that completes it."""
-    out, pending, owners = [], b"", []
+def _pieces_to_chars(pieces: list[str]) -> tuple[list[str], dict[int, int]]:
+    """Each piece's characters, and which byte pieces belong to the multi-byte character of another.
+
+    A character spelled by several byte-fallback pieces is given to the first of them; the map
+    sends every later byte piece of it to that first piece.
+    """
+    out, pending, owners, partners = [], b"", [], {}
     for i, piece in enumerate(pieces):
         text = _piece_text(piece)
         out.append("")
@@ -148,15 +152,16 @@ def _pieces_to_chars(pieces: list[str]) -> list[str]:
                 if len(pending) >= 4:  # not UTF-8: give up on these bytes
                     pending, owners = b"", []
                 continue
-            out[owners[0]] = char  # the first byte piece owns the character, the rest are zero-width
+            out[owners[0]] = char
+            partners.update((j, owners[0]) for j in owners[1:])
             pending, owners = b"", []
         else:
             out[i] = text
-    return out
+    return out, partners
 
 
 def detokenize(pieces: list[str]) -> str:
-    text = "".join(_pieces_to_chars(pieces))
+    text = "".join(_pieces_to_chars(pieces)[0])
     return text[1:] if text.startswith(" ") else text
 
 
@@ -164,10 +169,10 @@ def align_pieces(pieces: list[str], text: str, context: str = "?") -> np.ndarray
     """Character [start, end) of each SentencePiece token in `text`.
 
     The word-boundary marker may stand for a space that `text` lacks (SentencePiece's dummy
-    prefix, or a space after a newline), so spaces that do not match are skipped. Byte-fallback
-    pieces of one character share that character's span on the first piece.
+    prefix, or a space after a newline), so spaces that do not match are skipped. All byte-fallback
+    pieces of one character carry that character's span, as HF fast tokenizers report them.
     """
-    chars = _pieces_to_chars(pieces)
+    chars, partners = _pieces_to_chars(pieces)
     offsets = np.zeros((len(pieces), 2), dtype=np.int64)
     pos = 0
     for i, piece_text in enumerate(chars):
@@ -191,6 +196,8 @@ def align_pieces(pieces: list[str], text: str, context: str = "?") -> np.ndarray
                     f"({text[pos:pos + 20]!r})"
                 )
         offsets[i] = (start, pos)
+    for piece, owner in partners.items():
+        offsets[piece] = offsets[owner]
     return offsets
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from .dataset import dataset_group, read_dataset, read_ratings
-from .importance import sample_score
+from .importance import check_binned, sample_score
 from .instructions import instruction_mask, instruction_spans
 from .shards import load_shard
 
@@ -49,8 +49,11 @@ def instruction_scores(attributions: str | Path, dataset: str | Path, groups: di
         sample = samples[a.id]
         if a.prompt != sample.prompt:
             raise ValueError(f"{attributions}: sample {a.id} was attributed on a different prompt than {dataset}'s")
-        mask = instruction_mask(a.prompt_offsets, instruction_spans(sample.prompt, sample.annotation, a.id))
-        score = sample_score(a.matrix, mask, analysis["levels"], analysis["threshold"], analysis["p"])
+        if binned:
+            check_binned(a.matrix, binned, f"{attributions}: sample {a.id}")
+        spans = instruction_spans(sample.prompt, sample.annotation, a.id)
+        mask = instruction_mask(a.prompt, a.prompt_tokens, a.prompt_offsets, spans)
+        score = sample_score(a.matrix, mask, analysis["levels"], analysis["threshold"], analysis["p"], bool(binned))
         rows.append((a.id, dataset_group(a.id, groups), score, len(a.response_tokens), int(mask.sum())))
     return pd.DataFrame(rows, columns=["id", "group", "score", "response_tokens", "instruction_tokens"])
 
