@@ -203,3 +203,30 @@ def test_sample_digest_changes_when_any_field_changes_but_not_with_the_line():
 
 def test_sample_digest_tells_apart_text_moved_between_fields():
     assert Sample("s", "ab", "c", "", 2).digest() != Sample("s", "a", "bc", "", 2).digest()
+
+
+# --- bad bytes and empty instructions (issue 10) ------------------------------------------------
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_bytes(
+        "ID\tPrompt\tResponse\tInstruct&Context\n".encode()
+        + b"a_1\tSay hi.\tHi.\tSay hi.\n"
+        + b"a_2\tSay \xff ho.\tHo.\tSay\n"
+    )
+    with pytest.raises(DatasetError, match=r"bad.tsv:3: not UTF-8 \(byte 0xff at byte 9 of the line\)"):
+        read_dataset(path)
+
+
+def test_a_byte_order_mark_before_the_header_is_dropped(tmp_path):
+    path = tmp_path / "bom.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + "ID\tPrompt\tResponse\tInstruct&Context\na_1\tSay hi.\tHi.\tSay hi.\n".encode())
+    assert [s.id for s in read_dataset(path)] == ["a_1"]
+
+
+@pytest.mark.parametrize("annotation", ["", "&&&Some context.", "|||&&&x", "   "])
+def test_a_sample_without_an_instruction_is_refused_naming_it(write_tsv, annotation):
+    path = write_tsv([("a_1", "Say hi.", "Hi.", "Say hi."), ("a_2", "Some context.", "Ok.", annotation)])
+    with pytest.raises(DatasetError, match=r"dataset.tsv:3: no instruction in Instruct&Context for 'a_2'"):
+        read_dataset(path)

@@ -10,6 +10,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .instructions import instruction_fragments
+
 DATASET_COLUMNS = ("ID", "Prompt", "Response", "Instruct&Context")
 RATING_COLUMNS = ("File", "Model", "Prompt", "Reference", "Instruct", "Response", "Rating")
 
@@ -43,25 +45,37 @@ def encode_field(text: str) -> str:
     return text.replace("\t", "/t").replace("\n", "/n")
 
 
+def _decoded_lines(path: Path):
+    """(line number, text) of a UTF-8 file; a byte that is not UTF-8 is an error naming the line.
+
+    A byte-order mark at the start is dropped (spreadsheet exports write one)."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise DatasetError(
+                    f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line)"
+                ) from None
+            yield number, line.rstrip("\r\n")
+
+
 def _rows(path: Path, columns: tuple[str, ...]):
     """Yield (line number, fields) of a TSV file whose header must be `columns`."""
-    with open(path, encoding="utf8") as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
-        if tuple(header) != columns:
+    lines = _decoded_lines(path)
+    header = next(lines, (1, ""))[1].split("\t")
+    if tuple(header) != columns:
+        raise DatasetError(f"{path}:1: expected the columns {' '.join(columns)!r}, found {' '.join(header)!r}")
+    for number, line in lines:
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(columns):
             raise DatasetError(
-                f"{path}:1: expected the columns {' '.join(columns)!r}, found {' '.join(header)!r}"
+                f"{path}:{number}: expected {len(columns)} tab-separated fields "
+                f"({', '.join(columns)}), found {len(fields)}"
             )
-        for number, line in enumerate(handle, start=2):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != len(columns):
-                raise DatasetError(
-                    f"{path}:{number}: expected {len(columns)} tab-separated fields "
-                    f"({', '.join(columns)}), found {len(fields)}"
-                )
-            yield number, fields
+        yield number, fields
 
 
 def read_dataset(path: str | Path) -> list[Sample]:
@@ -78,8 +92,14 @@ def read_dataset(path: str | Path) -> list[Sample]:
         prompt = decode_field(prompt)
         if not prompt.strip():
             raise DatasetError(f"{path}:{number}: empty Prompt for {sample_id!r}")
+        annotation = decode_field(annotation)
+        if not instruction_fragments(annotation):
+            raise DatasetError(
+                f"{path}:{number}: no instruction in Instruct&Context for {sample_id!r} (the part before `&&&` "
+                "lists the instruction sentences; a sample without one would score 0 without saying so)"
+            )
         seen[sample_id] = number
-        samples.append(Sample(sample_id, prompt, decode_field(response), decode_field(annotation), number))
+        samples.append(Sample(sample_id, prompt, decode_field(response), annotation, number))
     if not samples:
         raise DatasetError(f"{path}: no samples")
     return samples
