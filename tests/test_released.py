@@ -242,3 +242,46 @@ def test_released_sample_refuses_a_pickle_of_another_sample(paper_dir):
     path = paper_dir / "results" / "attribution_interpret" / "ifa_vicuna_7b" / "user_oriented_task_0.pkl"
     with pytest.raises(ValueError, match="expected 'user_oriented_task_1'"):
         released_sample(path, "irrelevant", "user_oriented_task_1")
+
+
+# --- bounded before allocation (issue 10) ---------------------------------------------------------
+
+RUN_LIMITED = (  # load in a child limited to 2 GiB of address space: an 8 GiB ask cannot succeed
+    "import resource, sys\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))\n"
+    "from workflow_scripts.released import safe_load_pickle, UnsafePickleError\n"
+    "try:\n"
+    "    safe_load_pickle(sys.argv[1])\n"
+    "except UnsafePickleError as error:\n"
+    "    print('refused:', error)\n"
+)
+# 8 GiB of float64 asked for in 69 bytes: numpy's own array reduce with a forged shape
+HUGE_ARRAY = (
+    b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+    b"J\x00\x00\x00\x40\x85X\x02\x00\x00\x00f8\x87R."
+)
+HUGE_DTYPE = b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f8J\x00\x00\x00\x08\x85\x86\x85R."  # 1 GiB itemsize
+DEEP = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."  # a list nested 100,000 deep
+
+
+@pytest.mark.parametrize("name, data, reason", [
+    ("huge_array", HUGE_ARRAY, "refused an array of 8,589,934,592 bytes from a 69-byte pickle"),
+    ("huge_dtype", HUGE_DTYPE, "refused an array of 1,073,741,824 bytes"),
+    ("deep", DEEP, "refused data nested deeper than 64 levels"),
+])
+def test_a_small_pickle_asking_for_much_is_refused_before_allocating(tmp_path, name, data, reason):
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_LIMITED, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-800:]
+    assert result.stdout.startswith(f"refused: {path}: ") and reason in result.stdout, result.stdout
+
+
+def test_a_truncated_released_pickle_names_the_file(paper_dir, tmp_path):
+    source = paper_dir / "results/attribution_interpret/ifa_vicuna_7b/user_oriented_task_0.pkl"
+    path = tmp_path / "user_oriented_task_0.pkl"
+    path.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    with pytest.raises(UnsafePickleError, match=f"{path}: not a readable pickle"):
+        safe_load_pickle(path)

@@ -12,7 +12,9 @@ import builtins
 import codecs
 import io
 import logging
+import math
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ def _numeric_dtype(*args):
     dtype = np.dtype(*args)
     if dtype.hasobject:
         raise UnsafePickleError("refused an object-dtype array")
+    _check_array_size((), dtype)
     return dtype
 
 
@@ -54,14 +57,36 @@ class _ArrayClass:
 _ARRAY_CLASS = _ArrayClass()
 
 
+# Limits checked before anything is allocated: an array's data travels inside the pickle, so a
+# genuine array is never larger than the file; a few bytes asking for gigabytes are refused.
+MAX_PICKLE_BYTES = 256 * 2**20
+MAX_DEPTH = 64
+_budget = threading.local()
+
+
 def _reconstruct(cls, shape, dtype):
     if cls is not _ARRAY_CLASS:
         raise UnsafePickleError("refused to reconstruct something other than a plain ndarray")
-    return np.ndarray.__new__(np.ndarray, shape, _numeric_dtype(dtype))
+    dtype = _numeric_dtype(dtype)
+    _check_array_size(shape, dtype)
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
 def _frombuffer(buffer, dtype, shape, order):
     return np.frombuffer(buffer, dtype=_numeric_dtype(dtype)).reshape(shape, order=order)
+
+
+def _check_array_size(shape, dtype: np.dtype) -> None:
+    try:
+        dims = [int(n) for n in (shape if isinstance(shape, (tuple, list)) else (shape,))]
+    except (TypeError, ValueError):
+        raise UnsafePickleError(f"refused an array shape {shape!r}") from None
+    if any(n < 0 for n in dims) or len(dims) > 32:
+        raise UnsafePickleError(f"refused an array shape {tuple(dims)}")
+    nbytes = dtype.itemsize * math.prod(dims)
+    limit = getattr(_budget, "bytes", MAX_PICKLE_BYTES)
+    if nbytes > limit:
+        raise UnsafePickleError(f"refused an array of {nbytes:,} bytes from a {limit:,}-byte pickle")
 
 
 def _scalar(dtype, *args):
@@ -97,29 +122,42 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refused a persistent reference")
 
 
-def _check_plain(value, source: str):
-    if isinstance(value, np.ndarray):
-        if value.dtype.hasobject:
-            raise UnsafePickleError(f"{source}: refused an object-dtype array")
-        return
-    if not isinstance(value, _PLAIN):
-        raise UnsafePickleError(f"{source}: refused a {type(value).__name__} object")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_plain(k, source)
-            _check_plain(v, source)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for v in value:
-            _check_plain(v, source)
+def _check_plain(value, source: str) -> None:
+    """Walk the loaded value without recursion; nesting deeper than MAX_DEPTH is refused."""
+    stack = [(value, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UnsafePickleError(f"{source}: refused data nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise UnsafePickleError(f"{source}: refused an object-dtype array")
+            continue
+        if not isinstance(value, _PLAIN):
+            raise UnsafePickleError(f"{source}: refused a {type(value).__name__} object")
+        if isinstance(value, dict):
+            stack.extend((x, depth + 1) for item in value.items() for x in item)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend((x, depth + 1) for x in value)
 
 
 def safe_load_pickle(path: str | Path):
-    data = Path(path).read_bytes()
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise UnsafePickleError(f"{path}: refused a {size:,}-byte pickle (more than {MAX_PICKLE_BYTES:,})")
+    data = path.read_bytes()
+    _budget.bytes = len(data)
     try:
         value = _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
     except UnsafePickleError as error:
         message = str(error)
         raise UnsafePickleError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError, OverflowError) as error:
+        raise UnsafePickleError(f"{path}: not a readable pickle ({type(error).__name__}: {error})") from None
+    finally:
+        del _budget.bytes
     _check_plain(value, str(path))
     return value
 
