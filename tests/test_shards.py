@@ -6,7 +6,14 @@ import re
 import numpy as np
 import pytest
 
-from workflow_scripts.shards import SampleAttribution, Shard, load_shard, merge_shards, save_shard
+from workflow_scripts.shards import (
+    CorruptShardError,
+    SampleAttribution,
+    Shard,
+    load_shard,
+    merge_shards,
+    save_shard,
+)
 
 
 def with_answer() -> SampleAttribution:
@@ -131,3 +138,27 @@ def test_loading_a_file_that_is_not_npz_raises_naming_the_file(tmp_path):
     text.write_text("not an archive")
     with pytest.raises(ValueError, match=rf"^{re.escape(str(text))}: cannot read attribution shard"):
         load_shard(text)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_a_truncated_shard_fails_the_merge_naming_it_and_is_deleted_for_the_next_run(tmp_path, keep):
+    save_shard(Shard([one("a"), one("b")], {}), tmp_path / "shard-0.npz")
+    save_shard(Shard([one("c")], {}), tmp_path / "shard-1.npz")
+    damaged = tmp_path / "shard-1.npz"
+    damaged.write_bytes(damaged.read_bytes()[: int(damaged.stat().st_size * keep)])
+    with pytest.raises(CorruptShardError, match=re.escape(f"{damaged}: cannot read attribution shard")) as error:
+        merge_shards([tmp_path / "shard-0.npz", damaged], tmp_path / "merged.npz")
+    assert "deleted it, so the next run recomputes it" in str(error.value)
+    assert not damaged.exists() and (tmp_path / "shard-0.npz").exists() and not (tmp_path / "merged.npz").exists()
+
+
+def test_a_damaged_shard_member_is_reported_not_crashed_on(tmp_path):
+    path = tmp_path / "shard.npz"
+    save_shard(Shard([one("a")], {}), path)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = b"\xff" * 16  # flipped bytes inside a compressed member
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match=re.escape(str(path))):
+        load_shard(path)
+    assert path.exists()  # only a consumer that can have it recomputed deletes it

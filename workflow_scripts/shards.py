@@ -68,15 +68,27 @@ def save_shard(shard: Shard, path: str | Path) -> None:
         np.savez_compressed(handle, **arrays)
 
 
-def load_shard(path: str | Path) -> Shard:
+class CorruptShardError(ValueError):
+    """A shard file that cannot be read (truncated, damaged, or not a shard); names the file."""
+
+
+def load_shard(path: str | Path, discard_corrupt: bool = False) -> Shard:
+    """Read a shard. With `discard_corrupt`, an unreadable file is deleted before the error is
+    raised, so that the next run of the workflow recomputes it instead of failing on it again."""
     try:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
             if header.pop("format", None) != FORMAT:
-                raise ValueError(f"{path}: not a {FORMAT} file")
+                raise ValueError(f"not a {FORMAT} file")
             a = {k: data[k] for k in data.files}
-    except (OSError, KeyError, ValueError) as error:
+    except FileNotFoundError as error:
         raise ValueError(f"{path}: cannot read attribution shard: {error}") from error
+    except Exception as error:  # zipfile, zlib, numpy and json all raise their own kinds
+        message = f"{path}: cannot read attribution shard ({type(error).__name__}: {error})"
+        if discard_corrupt:
+            Path(path).unlink(missing_ok=True)
+            message += "; deleted it, so the next run recomputes it"
+        raise CorruptShardError(message) from error
     samples, p0, r0, m0 = [], 0, 0, 0
     for i, sample_id in enumerate(a["ids"]):
         n, m = int(a["prompt_lengths"][i]), int(a["response_lengths"][i])
@@ -98,7 +110,7 @@ def load_shard(path: str | Path) -> Shard:
 
 def merge_shards(paths: list[str | Path], output: str | Path) -> Shard:
     """Concatenate shards of one model; the same sample id twice is an error, not a silent overwrite."""
-    shards = [load_shard(p) for p in paths]
+    shards = [load_shard(p, discard_corrupt=True) for p in paths]
     seen: dict[str, str] = {}
     for path, shard in zip(paths, shards):
         for sample in shard.samples:

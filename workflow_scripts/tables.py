@@ -32,7 +32,7 @@ def instruction_scores(attributions: str | Path, dataset: str | Path, groups: di
     Every dataset sample must have an attribution and vice versa: a mismatch means a stale
     or foreign attribution file, and is an error rather than a table over fewer samples.
     """
-    shard = load_shard(attributions)
+    shard = load_shard(attributions, discard_corrupt=True)
     samples = {s.id: s for s in read_dataset(dataset)}
     attributed = {a.id for a in shard.samples}
     if attributed != set(samples):
