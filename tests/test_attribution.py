@@ -138,3 +138,37 @@ def test_missing_model_directory_is_named(tmp_path):
         from workflow_scripts.attribution import load_model
 
         load_model(str(tmp_path / "nope"))
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model_dir = tmp_path / "model"
+    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(model_dir)  # context: 128 positions
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.mark.parametrize("response, max_new_tokens, needs", [("reference", 4, "prompt and reference response"),
+                                                            ("generate", 100, "prompt and up to 100 new tokens")])
+def test_a_sample_longer_than_the_context_is_refused_before_any_attribution(
+    tmp_path, tiny_model_dir, response, max_new_tokens, needs
+):
+    long_prompt = "Rewrite the sentence. " + "The meeting was moved to Monday. " * 40
+    dataset = tmp_path / "data.tsv"
+    dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\n"
+                       "s0\tRewrite the sentence.\tOk.\tRewrite the sentence.\n"
+                       f"s1\t{long_prompt}\tOk.\tRewrite the sentence.\n")
+    out = tmp_path / "shard-0.npz"
+    with pytest.raises(ValueError, match=rf"data.tsv:3: sample s1 needs \d+ tokens \({needs}\), more than the "
+                                         r"model's context of 128"):
+        attribute_shard(str(tiny_model_dir), str(dataset), 0, 2, str(out), "tiny", response=response,
+                        max_new_tokens=max_new_tokens)
+    assert not out.exists()
+
+
+def test_an_empty_reference_response_is_refused_naming_the_sample(tmp_path, tiny_model_dir):
+    dataset = tmp_path / "data.tsv"
+    dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\ns0\tSay hi.\t \tSay hi.\n")
+    with pytest.raises(ValueError, match=r"data.tsv:2: sample s0 has an empty Response to attribute"):
+        attribute_shard(str(tiny_model_dir), str(dataset), 0, 1, str(tmp_path / "o.npz"), "tiny")

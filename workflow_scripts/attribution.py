@@ -185,6 +185,39 @@ def load_model(path: str, dtype: str = "float32"):
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def context_length(model) -> int | None:
+    """The model's context window, from its config (None when the config does not say)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits(model, tokenizer, samples, response: str, max_new_tokens: int, dataset: str) -> None:
+    """Refuse, before any attribution, a sample whose tokens would not fit the model's context
+    (attributing past it only earns a transformers warning and meaningless positions), and an empty
+    reference response (it would be attributed as a lone word-boundary token)."""
+    limit = context_length(model)
+    for sample in samples:
+        if response == "reference" and not sample.response.strip():
+            raise ValueError(f"{dataset}:{sample.line}: sample {sample.id} has an empty Response to attribute")
+        if limit is None:
+            continue
+        prompt_tokens = len(tokenizer(sample.prompt, add_special_tokens=True)["input_ids"])
+        if response == "reference":
+            total = len(tokenizer(sample.prompt + " " + sample.response, add_special_tokens=True)["input_ids"])
+            what = "prompt and reference response"
+        else:
+            total, what = prompt_tokens + max_new_tokens, f"prompt and up to {max_new_tokens} new tokens"
+        if total > limit:
+            raise ValueError(
+                f"{dataset}:{sample.line}: sample {sample.id} needs {total} tokens ({what}), "
+                f"more than the model's context of {limit}"
+            )
+
+
 def attribute_shard(
     model_dir: str, dataset: str, shard: int, shard_size: int, output: str, model_id: str,
     response: str = "reference", max_new_tokens: int = 300, dtype: str = "float32",
@@ -196,6 +229,7 @@ def attribute_shard(
     started = time.perf_counter()
     model, tokenizer = load_model(model_dir, dtype)
     log.info("loaded %s (%s) in %.1f s on %s", model_id, model_dir, time.perf_counter() - started, model.device)
+    check_fits(model, tokenizer, samples[shard], response, max_new_tokens, dataset)
     results = []
     for sample in tqdm(samples[shard], desc=f"{model_id} shard {shard}", unit="sample"):
         if response == "generate":
