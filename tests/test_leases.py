@@ -72,6 +72,12 @@ class Job:
         return self.proc.wait(timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def isolated_lock_dir(tmp_path, monkeypatch):
+    """Each test its own lock folder (the default is one per machine, shared by every workflow)."""
+    monkeypatch.setenv("SHIFTLENS_GPU_LOCK_DIR", str(tmp_path / ".snakemake/gpu-leases"))
+
+
 @pytest.fixture
 def start(tmp_path):
     """Start a job in tmp_path; any still running at the end are killed."""
@@ -204,3 +210,27 @@ def test_a_failing_nvidia_smi_means_the_cpu_not_a_crash(start, tmp_path):
     job = run_now(start, "cpu", env=env)
     assert job.devices() == ""
     assert "could not communicate with the driver" in job.stderr() and "running on the CPU" in job.stderr()
+
+
+def test_workflows_in_different_folders_share_the_machines_leases(tmp_path):
+    # the lock folder is per machine (SHIFTLENS_GPU_LOCK_DIR here stands in for /tmp/shiftlens-gpu-leases):
+    # two working directories must not both take GPU 0
+    env = job_env(fake_gpus=2, SHIFTLENS_GPU_LOCK_DIR=str(tmp_path / "machine-locks"))
+    jobs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        jobs.append(Job(tmp_path / name, name, 1, env))
+    try:
+        assert sorted(job.devices() for job in jobs) == ["0", "1"]
+        assert not any((tmp_path / name / ".snakemake").exists() for name in ("first", "second"))
+    finally:
+        for job in jobs:
+            job.marker.touch()
+            job.proc.wait(timeout=10)
+
+
+def test_the_default_lock_folder_is_one_per_machine_not_per_working_directory(monkeypatch):
+    from workflow_scripts import leases
+
+    monkeypatch.delenv("SHIFTLENS_GPU_LOCK_DIR")
+    assert leases.default_lock_dir() == Path("/tmp/shiftlens-gpu-leases")

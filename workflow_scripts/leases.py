@@ -5,7 +5,8 @@ jobs would all pile onto GPU 0. The rules therefore run their command as
 
     python -m workflow_scripts.leases GPUS -- COMMAND...
 
-which locks GPUS free devices (one `flock`ed file per device under `.snakemake/gpu-leases/`),
+which locks GPUS free devices (one `flock`ed file per device in a folder shared by every
+workflow on the machine: `/tmp/shiftlens-gpu-leases`, or SHIFTLENS_GPU_LOCK_DIR),
 sets CUDA_VISIBLE_DEVICES to them and execs COMMAND with the lock descriptors inherited. A lease
 thus lives exactly as long as the job's process (and any children it leaves running), and the
 kernel frees it however the job ends, kill -9 included: there are no stale locks to clean up.
@@ -37,7 +38,14 @@ from .cli import setup_logging
 
 log = logging.getLogger(__name__)
 
-LOCK_DIR = Path(".snakemake/gpu-leases")
+# One folder per machine, not per working directory: workflows run side by side from different
+# folders must not all take GPU 0. Sticky and world-writable, like /tmp, for several users.
+LOCK_DIR_VARIABLE = "SHIFTLENS_GPU_LOCK_DIR"
+DEFAULT_LOCK_DIR = Path("/tmp/shiftlens-gpu-leases")
+
+
+def default_lock_dir() -> Path:
+    return Path(os.environ.get(LOCK_DIR_VARIABLE) or DEFAULT_LOCK_DIR)
 POLL_SECONDS = 0.5
 CPU_LINE = "no GPU leased: running on the CPU"
 
@@ -82,17 +90,27 @@ def lock_path(lock_dir: Path, device: str) -> Path:
     return Path(lock_dir) / f"gpu-{re.sub(r'[^A-Za-z0-9._-]', '_', device)}.lock"
 
 
+def make_lock_dir(lock_dir: Path) -> None:
+    if not lock_dir.is_dir():
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        if lock_dir.stat().st_uid == os.getuid():
+            lock_dir.chmod(0o1777)
+
+
 def try_acquire(count: int, pool: list[str], lock_dir: Path) -> dict[str, int] | None:
     """`count` devices of `pool` locked now (device -> lock descriptor), or None, holding nothing.
 
     All or nothing: holding some devices while waiting for others could deadlock two
     multi-GPU jobs that each hold half of what the other needs.
     """
-    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    make_lock_dir(Path(lock_dir))
     held: dict[str, int] = {}
     for device in pool:
         # no O_TRUNC: the holder's note is rewritten only once the lock is ours
-        fd = os.open(lock_path(lock_dir, device), os.O_RDWR | os.O_CREAT, 0o666)
+        path = lock_path(lock_dir, device)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, 0o666)  # whatever the umask: another user's job must open it too
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -106,7 +124,7 @@ def try_acquire(count: int, pool: list[str], lock_dir: Path) -> dict[str, int] |
     return None
 
 
-def acquire(count: int, pool: list[str], lock_dir: Path = LOCK_DIR,
+def acquire(count: int, pool: list[str], lock_dir: Path,
             poll_seconds: float = POLL_SECONDS) -> dict[str, int]:
     """`count` devices of `pool` (device -> lock descriptor), waiting while too few are free."""
     if count > len(pool):
@@ -133,7 +151,7 @@ def note_holder(held: dict[str, int], command: list[str]) -> None:
         os.pwrite(fd, note.encode("utf8"), 0)
 
 
-def lease(count: int, command: list[str], lock_dir: Path = LOCK_DIR) -> dict[str, int]:
+def lease(count: int, command: list[str], lock_dir: Path | None = None) -> dict[str, int]:
     """Lease `count` GPUs for `command` and point CUDA_VISIBLE_DEVICES at them; returns the lock
     descriptors (device -> fd), which must stay open as long as the job runs. The job runs on the
     CPU (CUDA_VISIBLE_DEVICES="") when it asks for none or there are none; under SLURM the
@@ -160,6 +178,7 @@ def lease(count: int, command: list[str], lock_dir: Path = LOCK_DIR) -> dict[str
         log.warning("the job asks for %d GPUs but only %d can be leased (%s): it gets all of them",
                     count, len(pool), ",".join(pool))
         count = len(pool)
+    lock_dir = lock_dir or default_lock_dir()
     held = acquire(count, pool, lock_dir)
     note_holder(held, command)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(held)
@@ -182,8 +201,9 @@ def main(argv: list[str] | None = None) -> None:
         description="Lease GPUS free GPUs, set CUDA_VISIBLE_DEVICES and exec COMMAND holding them.",
         epilog="SHIFTLENS_FAKE_GPUS=N pretends the machine has N GPUs.",
     )
-    parser.add_argument("--lock-dir", type=Path, default=LOCK_DIR, metavar="DIR",
-                        help=f"one lock file per device (default: {LOCK_DIR}, relative to the working directory)")
+    parser.add_argument("--lock-dir", type=Path, default=None, metavar="DIR",
+                        help=f"one lock file per device, shared by every workflow on the machine "
+                             f"(default: ${LOCK_DIR_VARIABLE}, else {DEFAULT_LOCK_DIR})")
     parser.add_argument("gpus", type=non_negative_int, metavar="GPUS",
                         help="how many GPUs the command needs; 0 runs it on the CPU")
     split = argv.index("--") if "--" in argv else len(argv)
