@@ -104,3 +104,36 @@ def test_cli_builds_a_vocabulary(tmp_path):
     main(["build", str(corpus), str(output), "--max-words", "2"])
     assert output.read_text().splitlines()[0].startswith("the\t")
     assert len(output.read_text().splitlines()) == 2
+
+
+# --- bad bytes, byte-order marks, control characters, empty files (issue 10) ---------------------
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(tmp_path, gzipped):
+    data = b"the\t5\nca\xe9\t2\n"
+    path = tmp_path / ("vocab.tsv.gz" if gzipped else "vocab.tsv")
+    path.write_bytes(gzip.compress(data) if gzipped else data)
+    with pytest.raises(ValueError, match=rf"{path.name}:2: not UTF-8 \(byte 0xe9 at byte 3 of the line\)"):
+        read_vocabulary(path)
+
+
+def test_a_byte_order_mark_does_not_become_part_of_the_first_word(tmp_path):
+    path = tmp_path / "vocab.tsv"
+    path.write_bytes(b"\xef\xbb\xbfthe\t5\nof\t3\n")
+    assert read_vocabulary(path) == ["the", "of"]
+
+
+def test_words_with_control_characters_are_kept_as_the_paper_keeps_them_and_named(tmp_path, caplog):
+    path = tmp_path / "vocab.tsv"
+    path.write_text("the\t5\n\x0f\t3\nhigh\x02risk\t1\n", encoding="utf8")
+    assert read_vocabulary(path) == ["the", "\x0f", "high\x02risk"]
+    assert "2 words hold control characters" in caplog.text and "line 3 'high\\x02risk'" in caplog.text
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_an_empty_vocabulary_is_an_error(tmp_path, content):
+    path = tmp_path / "vocab.tsv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="vocab.tsv: the vocabulary has no words"):
+        read_vocabulary(path)

@@ -11,6 +11,7 @@ import gzip
 import logging
 import math
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -28,36 +29,58 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf8") if path.suffix == ".gz" else open(path, encoding="utf8")
 
 
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 (optionally gzipped) file; a byte-order mark at the start is
+    dropped, and a byte that is not UTF-8 is an error naming the line."""
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line)"
+                ) from None
+
+
 def read_vocabulary_frequencies(path: str | Path) -> dict[str, float]:
     """Word -> frequency, in order of first appearance, with case variants merged as the paper
     does (utils.load_wiki_words): a word whose lower(), upper() or capitalize() form (checked in
     that order) was already seen adds its frequency to that earlier form; otherwise it is a new
     word. Blank lines are skipped; any other line that is not exactly two whitespace-separated
     fields with a finite, non-negative number second raises ValueError naming file and line
-    (the paper skipped such lines silently). `.gz` files are read decompressed."""
+    (the paper skipped such lines silently). `.gz` files are read decompressed. Words holding
+    control characters are kept, as the paper keeps them (its own file has `\x0f` and
+    `high\x02risk`), and named in a warning; a file without any word is an error."""
     path = Path(path)
     words: dict[str, float] = {}
-    with _open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise ValueError(
-                    f"{path}:{number}: expected `word<TAB>frequency`, got {len(fields)} fields: {line[:80]!r}"
-                )
-            word, text = fields
-            try:
-                frequency = float(text)
-            except ValueError:
-                frequency = math.nan
-            if not math.isfinite(frequency) or frequency < 0:
-                raise ValueError(f"{path}:{number}: frequency {text!r} of {word!r} is not a non-negative number")
-            for variant in (word.lower(), word.upper(), word.capitalize()):
-                if variant in words:
-                    word = variant
-                    break
-            words[word] = words.get(word, 0.0) + frequency
+    control: list[str] = []
+    for number, line in _lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(
+                f"{path}:{number}: expected `word<TAB>frequency`, got {len(fields)} fields: {line[:80]!r}"
+            )
+        word, text = fields
+        try:
+            frequency = float(text)
+        except ValueError:
+            frequency = math.nan
+        if not math.isfinite(frequency) or frequency < 0:
+            raise ValueError(f"{path}:{number}: frequency {text!r} of {word!r} is not a non-negative number")
+        if any(unicodedata.category(c) == "Cc" for c in word):
+            control.append(f"{number} {word!r}")
+        for variant in (word.lower(), word.upper(), word.capitalize()):
+            if variant in words:
+                word = variant
+                break
+        words[word] = words.get(word, 0.0) + frequency
+    if not words:
+        raise ValueError(f"{path}: the vocabulary has no words")
+    if control:
+        log.warning("%s: %d words hold control characters (kept, as the paper keeps them): line %s",
+                    path, len(control), ", line ".join(control[:10]) + (", ..." if len(control) > 10 else ""))
     return words
 
 
