@@ -11,7 +11,7 @@ from welch import welch_t_df
 
 from workflow_scripts.released import convert_released
 from workflow_scripts.shards import SampleAttribution, Shard, save_shard
-from workflow_scripts.tables import instruction_scores, table1, table2, write_table
+from workflow_scripts.tables import empty_response_note, instruction_scores, table1, table2, write_table
 
 GROUPS = {"user_oriented_task_": "self_instruct", "lima_author_": "lima", "mtbench_": "mtbench"}
 ANALYSIS = {"levels": 10, "threshold": 7, "p": 4}
@@ -364,3 +364,22 @@ def test_instruction_tokens_of_released_prompts_are_the_papers(released, sample_
     for first, last in PAPER_MASKS[sample_id]:
         expected[first : last + 1] = True
     assert np.flatnonzero(mask).tolist() == np.flatnonzero(expected).tolist()
+
+
+def test_an_empty_response_scores_zero_and_is_said_under_table2(tmp_path, caplog):
+    scores = pd.DataFrame([("a_1", "g", 0.0, 0, 2), ("a_2", "g", 1.0, 4, 2)], columns=SCORE_COLUMNS)
+    note = empty_response_note(scores, "llama-7b")
+    assert note == "1 sample(s) of llama-7b have an empty response and score 0 (as in the paper): a_1"
+    assert note in caplog.text
+    write_table(table2(scores, scores), tmp_path / "table2.tsv", "T", [note, ""])
+    assert (tmp_path / "table2.md").read_text().endswith(f"\n{note}.\n")
+    assert empty_response_note(scores.iloc[1:], "llama-7b") == ""
+
+
+@pytest.mark.paper
+def test_the_released_llama_response_that_is_empty_is_named_under_table2(released, tmp_path):
+    dataset, shards, _ = released
+    scores = instruction_scores(shards["llama"], dataset, GROUPS, ANALYSIS)
+    note = empty_response_note(scores, "llama-7b")
+    assert note.startswith("1 sample(s) of llama-7b have an empty response")
+    assert scores.loc[scores["response_tokens"] == 0, "score"].tolist() == [0.0]

@@ -104,14 +104,26 @@ def _std(x: np.ndarray) -> float:
     return float(np.std(x, ddof=0)) if len(x) else float("nan")
 
 
-def write_table(table: pd.DataFrame, tsv: str | Path, title: str) -> None:
+def empty_response_note(scores: pd.DataFrame, model: str) -> str:
+    """Samples with an empty response score 0 and count in the means, as in the paper's evaluate();
+    said in the log and under the table rather than silently."""
+    empty = scores.loc[scores["response_tokens"] == 0, "id"].tolist()
+    if not empty:
+        return ""
+    note = f"{len(empty)} sample(s) of {model} have an empty response and score 0 (as in the paper): {', '.join(empty[:5])}"
+    log.warning(note)
+    return note + ("" if len(empty) <= 5 else ", ...")
+
+
+def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = ()) -> None:
     """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side."""
     tsv = Path(tsv)
     tsv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
     header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
     body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.itertuples(index=False))
-    tsv.with_suffix(".md").write_text(f"# {title}\n\n{header}{body}")
+    footer = "".join(f"\n{note}.\n" for note in notes if note)
+    tsv.with_suffix(".md").write_text(f"# {title}\n\n{header}{body}{footer}")
 
 
 def _cell(value) -> str:
@@ -150,7 +162,10 @@ def main(argv=None):
         if len(scores) != 2:
             parser.error("table2 needs two --attributions files: pretrained, tuned")
         table = table2(scores[0], scores[1])
-    write_table(table, args.output, args.title)
+    notes = [] if args.table == "table1" else [  # Table 1 keeps responses of min_response_tokens or more
+        empty_response_note(frame, Path(path).parent.name) for frame, path in zip(scores, args.attributions)
+    ]
+    write_table(table, args.output, args.title, notes)
     log.info("%s:\n%s", args.output, table.to_string(index=False))
 
 
