@@ -1,0 +1,122 @@
+"""Crash consistency (issue 10): a job of each kind killed with SIGKILL mid-run, as an OOM kill or a
+node failure would, then the same command run again gives the tables of an uninterrupted run.
+
+One finished demo is the reference; each case works in its own copy of it (hard links for the
+read-only parts), forces one rule's jobs and everything downstream to run again with
+`--forcerun RULE`, kills the first job of that rule once it runs, and reruns the same command.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_workflow import copy_workflow, snakemake
+
+pytestmark = pytest.mark.workflow
+
+# rule forced to run again -> the module its job runs (what we look for in /proc to kill it)
+CASES = {
+    "attribute_shard": "workflow_scripts.attribution",
+    "merge_attributions": "workflow_scripts.shards",
+    "explain_attention_layer": "workflow_scripts.attention",
+    "explain_ffn_layer": "workflow_scripts.ffn",
+    "annotate_describe": "workflow_scripts.annotate",
+    "table2_pair": "workflow_scripts.tables",
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The demo run to the end without interruption."""
+    work = copy_workflow(tmp_path_factory.mktemp("reference"))
+    snakemake(work)
+    return work
+
+
+def clone(source: Path, target: Path) -> Path:
+    """A copy of a finished run: hard links for what jobs only read or replace by rename, real
+    copies for what is written in place (Snakemake's metadata, the SQLite answer cache)."""
+
+    def link_or_copy(src, dst):
+        if ".snakemake" in Path(src).parts or ".sqlite" in Path(src).name:
+            return shutil.copy2(src, dst)
+        return os.link(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy, symlinks=True)
+    return target
+
+
+def table_files(work: Path) -> dict[str, bytes]:
+    files = sorted((work / "results/tables").rglob("*.tsv")) + sorted((work / "results/tables").rglob("*.md"))
+    return {str(path.relative_to(work)): path.read_bytes() for path in files}
+
+
+def job_pids(work: Path, module: str) -> list[int]:
+    """Processes running `python -m MODULE` in `work` (another test's jobs live elsewhere)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"-m" in argv and module.encode() in argv and Path(cwd) == work:
+            pids.append(int(entry.name))
+    return pids
+
+
+def run_and_kill(work: Path, args: list[str], module: str, kill_snakemake: bool = False) -> int:
+    """Start `snakemake ARGS` in `work`; SIGKILL the first job running MODULE half a second after
+    it starts (or Snakemake itself, if `kill_snakemake`); return Snakemake's exit status."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    with open(work / "interrupted.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=work, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while not (pids := job_pids(work, module)):
+            if proc.poll() is not None:
+                raise AssertionError(f"snakemake ended before a {module} job ran:\n"
+                                     + (work / "interrupted.log").read_text()[-3000:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {module} job within 600 s")
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(proc.pid if kill_snakemake else pids[0], signal.SIGKILL)
+        return proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if kill_snakemake:  # the orphaned job: let it end, as it would on a real machine
+            for pid in job_pids(work, module):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("rule", CASES)
+def test_a_job_killed_mid_run_then_the_same_command_gives_the_uninterrupted_tables(reference, tmp_path, rule):
+    work = clone(reference, tmp_path / "work")
+    command = ["--forcerun", rule]
+    assert run_and_kill(work, command, CASES[rule]) != 0
+    snakemake(work, *command)
+    assert table_files(work) == table_files(reference)
+    assert "Nothing to be done" in snakemake(work, "--dry-run").stdout
+
+
+def test_snakemake_itself_killed_asks_for_unlock_then_the_same_command_recovers(reference, tmp_path):
+    work = clone(reference, tmp_path / "work")
+    command = ["--forcerun", "attribute_shard"]
+    run_and_kill(work, command, CASES["attribute_shard"], kill_snakemake=True)
+    locked = snakemake(work, *command, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    snakemake(work, "--unlock")
+    snakemake(work, *command)
+    assert table_files(work) == table_files(reference)
