@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workflow_scripts.table5 import LEVELS, figure3, level_shares_by_group, read_seed_file, table5
+from workflow_scripts.table5 import LEVELS, figure3, layer_group_labels, level_shares_by_group, read_seed_file, table5
 
 HEADER = "{label}\tExplainable\tWords\tSummary\tModel\tSize\tLayer\tType\tHead\tRank\tScore\tTopK\n"
 
@@ -63,6 +63,19 @@ def test_columns_are_the_design_columns(task_seeds):
         "category", "mean_pretrained", "std_pretrained", "mean_tuned", "std_tuned", "t", "p_value"]
 
 
+def test_other_and_described_rows_account_for_every_described_concept(task_seeds):
+    table = table5(task_seeds, "Task", "llama", "vicuna", ["writing", "math"]).set_index("category")
+    assert list(table.index) == ["writing", "math", "other", "described"]
+    # llama per seed: other = none/coding labels: 2/4, 3/4, 2/4; vicuna: coding+translation 2/4, none 1/4, coding 2/4
+    assert table.loc["other"].mean_pretrained == pytest.approx(7 / 12)
+    assert table.loc["other"].mean_tuned == pytest.approx(5 / 12)
+    # "Cannot Tell" (Explainable 0) is not described: 4 concepts per model and seed
+    assert table.loc["described"][["mean_pretrained", "std_pretrained", "mean_tuned"]].tolist() == [4, 0, 4]
+    assert math.isnan(table.loc["described"].t)  # no spread: no test
+    # no llama label names two categories: its shares and `other` add up to every described concept
+    assert table.loc[["writing", "math", "other"], "mean_pretrained"].sum() == pytest.approx(1.0)
+
+
 def test_a_single_seed_gives_no_test(task_seeds):
     row = table5(task_seeds[:1], "Task", "llama", "vicuna", ["coding"]).iloc[0]
     assert math.isnan(row.t) and math.isnan(row.p_value) and row.std_pretrained == 0
@@ -86,9 +99,16 @@ def test_level_shares_by_layer_group_and_the_figure_files(tmp_path):
         files.append(seed_file(tmp_path / f"linear_concept_seed{s}.tsv", "Concept", rows))
     shares = level_shares_by_group(files, "llama", "vicuna", layers=8, groups=4)
     semantic, syntax, morphology = LEVELS.index("semantic"), LEVELS.index("syntax"), LEVELS.index("morphology")
-    assert shares["llama"][:, semantic].tolist() == [1.0, 1.0, 1.0, 1.0]
-    assert shares["vicuna"][0, syntax] == pytest.approx(1 / 3)  # group 0 = layers 0-1: 1 of 3 concepts
-    assert shares["llama"][3, morphology] == pytest.approx(1 / 3)  # group 3 = layers 6-7, both seeds
+    assert shares["llama"].shape == (2, 4, 4)  # seeds, layer groups, levels
+    assert shares["llama"][:, :, semantic].tolist() == [[1.0] * 4] * 2
+    assert shares["vicuna"][:, 0, syntax].tolist() == pytest.approx([1 / 3, 1 / 3])  # layers 0-1: 1 of 3
+    # layers 6-7: seed 0 has the morphology concept at layer 7 (1 of 3), seed 1 at layer 6 (1 of 3)
+    assert shares["llama"][:, 3, morphology].tolist() == pytest.approx([1 / 3, 1 / 3])
     figure3(shares, "llama", "vicuna", 8, tmp_path / "fig" / "figure3")
     for suffix in (".pdf", ".png"):
         assert (tmp_path / "fig" / f"figure3{suffix}").stat().st_size > 1000
+
+
+def test_figure3_numbers_layers_from_zero_as_table3_does():
+    assert layer_group_labels(4, 4) == ["0", "1", "2", "3"]
+    assert layer_group_labels(32, 8) == ["0-3", "4-7", "8-11", "12-15", "16-19", "20-23", "24-27", "28-31"]

@@ -5,13 +5,16 @@ Input: per seed, the annotated concept files (`linear_task_seed{s}.tsv` with a `
 Summary` and the `linear_words.tsv` columns). For every seed and model, the share of described
 concepts (Explainable = 1) whose label contains a category; Table 5 gives the mean and the
 population std of those shares over seeds, and a two-sided t-test between the models' per-seed
-shares (Student's, as the paper). Figure 3 plots, per group of layers, the share of each
-linguistic level averaged over seeds: pre-trained dashed, tuned solid.
+shares (Student's, as the paper), plus `other` (the share whose label names no category) and
+`described` (how many concepts were described). Figure 3 plots, per group of layers (numbered
+from 0, as Table 3), the share of each linguistic level, mean over seeds with the std as error
+bars: pre-trained dashed, tuned solid.
 """
 from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,22 +46,27 @@ def read_seed_file(path: str | Path, label: str) -> pd.DataFrame:
 
 
 def _shares(frame: pd.DataFrame, model: str, categories, path) -> list[float]:
+    """Per category, the share of the model's described concepts whose label names it; then the
+    share naming none of them (`other`: free-text labels such as "business accounting") and the
+    number of described concepts, so that nothing a seed said drops out of the table unseen."""
     described = frame[(frame["Model"] == model) & (frame["Explainable"] == 1)]
     if described.empty:
         raise ValueError(f"{path}: no described concepts of the model {model!r}")
     labels = described["Label"].str.lower()
-    return [float(labels.str.contains(re.escape(c)).mean()) for c in categories]
+    named = np.array([labels.str.contains(re.escape(c)).to_numpy() for c in categories])  # (categories, concepts)
+    return [*named.mean(axis=1).tolist(), float((~named.any(axis=0)).mean()), float(len(described))]
 
 
 def table5(seed_files: list[str | Path], label: str, pretrained: str, tuned: str, categories) -> pd.DataFrame:
+    """Rows: each category's share, `other` (no category named), `described` (a count, not a share)."""
     pre, post = [], []
     for path in seed_files:
         frame = read_seed_file(path, label)
         pre.append(_shares(frame, pretrained, categories, path))
         post.append(_shares(frame, tuned, categories, path))
-    pre, post = np.array(pre), np.array(post)  # (seeds, categories)
+    pre, post = np.array(pre), np.array(post)  # (seeds, categories + other + described)
     rows = []
-    for k, category in enumerate(categories):
+    for k, category in enumerate([*categories, "other", "described"]):
         x, y = pre[:, k], post[:, k]
         if len(x) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
             t = p = float("nan")  # fewer than two seeds, or no spread at all: no test
@@ -70,7 +78,7 @@ def table5(seed_files: list[str | Path], label: str, pretrained: str, tuned: str
 
 
 def level_shares_by_group(seed_files, pretrained: str, tuned: str, layers: int, groups: int = 8) -> dict:
-    """{model: (groups, levels) array}: share of each level among described concepts, seed mean."""
+    """{model: (seeds, groups, levels) array}: share of each level among described concepts."""
     out = {}
     for model in (pretrained, tuned):
         per_seed = []
@@ -81,8 +89,14 @@ def level_shares_by_group(seed_files, pretrained: str, tuned: str, layers: int, 
             labels = frame["Label"].str.lower()
             per_seed.append([[float(labels[group == g].str.contains(level).mean()) if (group == g).any() else np.nan
                               for level in LEVELS] for g in range(groups)])
-        out[model] = np.nanmean(np.array(per_seed), axis=0)
+        out[model] = np.array(per_seed)
     return out
+
+
+def layer_group_labels(layers: int, groups: int) -> list[str]:
+    """Layer numbers from 0, as Table 3 numbers them: `3` for one layer, `0-3` for several."""
+    members = [[layer for layer in range(layers) if layer * groups // layers == g] for g in range(groups)]
+    return [f"{m[0]}" if len(m) == 1 else f"{m[0]}-{m[-1]}" for m in members]
 
 
 def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem: str | Path) -> None:
@@ -91,18 +105,26 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = shares[pretrained].shape[0]
-    members = [[layer for layer in range(layers) if layer * groups // layers == g] for g in range(groups)]
-    x = np.arange(1, groups + 1)
+    groups = shares[pretrained].shape[1]
+    x = np.arange(groups, dtype=float)
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    for k, (level, color) in enumerate(zip(LEVELS, ("tab:blue", "tab:green", "tab:red", "tab:purple"))):
-        ax.plot(x, shares[pretrained][:, k], color=color, marker="s", linestyle="--", label=f"{pretrained}: {level}")
-        ax.plot(x, shares[tuned][:, k], color=color, marker="*", linestyle="-", label=f"{tuned}: {level}")
-    ticks = [f"{m[0] + 1}" if len(m) == 1 else f"{m[0] + 1}-{m[-1] + 1}" for m in members]
-    ax.set_xticks(x, ticks, rotation=45)
+    colors = ("tab:blue", "tab:green", "tab:red", "tab:purple")
+    for k, (level, color) in enumerate(zip(LEVELS, colors)):
+        shift = (k - 1.5) * 0.06  # levels side by side: equal shares never hide one line under another
+        for model, marker, style in ((pretrained, "s", "--"), (tuned, "*", "-")):
+            per_seed = shares[model][:, :, k]  # (seeds, groups)
+            with warnings.catch_warnings():  # a layer group without any described concept stays a gap
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, spread = np.nanmean(per_seed, axis=0), np.nanstd(per_seed, axis=0)
+            ax.errorbar(x + shift, mean, yerr=spread, color=color, marker=marker, linestyle=style, capsize=2,
+                        linewidth=1.2, elinewidth=0.8, label=f"{model}: {level}")
+    labels = layer_group_labels(layers, groups)
+    ax.set_xticks(x, labels, rotation=45 if any("-" in label for label in labels) else 0)
+    ax.set_ylim(bottom=0)  # a share is never negative, whatever the std bar says
     ax.set_xlabel("Layers")
     ax.set_ylabel("Share of described concepts")
-    ax.set_title(f"Linguistic levels of the FFN concepts: {pretrained} (dashed) vs {tuned} (solid)", fontsize=9)
+    ax.set_title(f"Linguistic levels of the FFN concepts: {pretrained} (dashed) vs {tuned} (solid)\n"
+                 f"mean over {shares[pretrained].shape[0]} seeds, bars: std over seeds", fontsize=9)
     ax.grid(True)
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never over data
     fig.tight_layout()
