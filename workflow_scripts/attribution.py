@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .dataset import read_dataset, shard_samples
 from .devices import pick_device
 from .model_paths import check_model_path
+from .progress import progress
 from .shards import SampleAttribution, Shard, save_shard
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def attribute_shard(
     log.info("loaded %s (%s) in %.1f s on %s", model_id, model_dir, time.perf_counter() - started, model.device)
     check_fits(model, tokenizer, samples[shard], response, max_new_tokens, dataset)
     results = []
-    for sample in tqdm(samples[shard], desc=f"{model_id} shard {shard}", unit="sample"):
+    for sample in progress(samples[shard], f"attribute {model_id} shard {shard}", "sample"):
         if response == "generate":
             tokens = generate_response(model, tokenizer, sample.prompt, max_new_tokens)
         else:

@@ -20,12 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .atomic import atomic_dir, atomic_write_text
 from .cli import positive_int
 from .dataset import read_dataset
+from .progress import Progress, progress
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def build_corpus(
     `max_bytes`, then every paragraph of the dataset's prompts and responses."""
     lines: dict[str, None] = {}  # insertion-ordered set
     size = 0
-    for path in tqdm(stdlib_sources(), desc="stdlib docstrings", unit="file"):
+    for path in progress(stdlib_sources(), "corpus: stdlib docstrings", "file"):
         for paragraph in (p for text in docstrings(path) for p in paragraphs(text) if is_prose(p)):
             if paragraph not in lines and size + len(paragraph.encode()) + 1 <= max_bytes:
                 lines[paragraph] = None
@@ -195,9 +194,8 @@ def train(model, batches: Iterator[dict], steps: int, lr: float, desc: str) -> f
     every = max(1, steps // 20)
     recent, final = [], math.nan
     model.train()
-    with logging_redirect_tqdm():
-        progress = tqdm(range(steps), desc=desc, unit="step")
-        for step in progress:
+    with Progress(steps, desc, "step") as bar:
+        for step in range(steps):
             loss = model(**next(batches)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -207,8 +205,8 @@ def train(model, batches: Iterator[dict], steps: int, lr: float, desc: str) -> f
             recent.append(loss.item())
             if (step + 1) % every == 0 or step + 1 == steps:
                 final, recent = sum(recent) / len(recent), []
-                progress.set_postfix(loss=f"{final:.3f}")
                 log.info("%s step %d/%d: loss %.4f", desc, step + 1, steps, final)
+            bar.update()
     model.eval()
     return final
 

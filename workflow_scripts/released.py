@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .dataset import read_dataset
 
@@ -26,6 +25,7 @@ try:
     from numpy._core.multiarray import scalar as _np_scalar
 except ImportError:  # NumPy 1
     from numpy.core.multiarray import scalar as _np_scalar
+from .progress import progress
 from .shards import SampleAttribution, Shard, save_shard
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def convert_released(dataset: str | Path, released_dir: str | Path, output: str 
         )
     converted = [
         released_sample(released_dir / f"{s.id}.pkl", s.prompt, s.id)
-        for s in tqdm(samples, desc=f"convert {model}", unit="sample")
+        for s in progress(samples, f"convert {model}", "sample")
     ]
     shard = Shard(converted, {"model": model, "source": "released", "binned_levels": 10})
     save_shard(shard, output)

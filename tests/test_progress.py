@@ -1,0 +1,40 @@
+"""Progress lines: plain text with done/total, rate and ETA, to the log and to descriptor 3."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from workflow_scripts.progress import Progress, progress
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_lines_say_done_total_rate_and_eta_without_carriage_returns(caplog):
+    caplog.set_level("INFO")
+    assert list(progress(range(20), "demo shard 0", "sample", every=1e9)) == list(range(20))
+    lines = [r.getMessage() for r in caplog.records if r.name == "progress"]
+    assert lines[0] == "demo shard 0: 0/20 samples"
+    assert lines[1].startswith("demo shard 0: 2/20 samples (10%), ") and ", ETA " in lines[1]
+    assert len(lines) == 11 and lines[-1].startswith("demo shard 0: 20/20 samples done in 0:00:0")
+    assert not any("\r" in line for line in lines)
+
+
+def test_a_slow_rate_is_given_per_item():
+    bar = Progress(10, "layer 3", "head")
+    bar.started, bar.done = 0.0, 2
+    assert bar.line(10.0) == "layer 3: 2/10 heads (20%), 5.0 s/head, ETA 0:00:40"
+
+
+def test_lines_reach_descriptor_3_when_the_rule_opens_it(tmp_path):
+    script = "from workflow_scripts.progress import progress\nfor _ in progress(range(3), 'job', 'step'): pass\n"
+    log = tmp_path / "job.log"
+    result = subprocess.run(
+        ["bash", "-c", f'"$0" -c "$1" 3>&2 > {log} 2>&1', sys.executable, script],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0
+    console = result.stderr.splitlines()
+    assert console[0].endswith("job: 0/3 steps") and console[-1].split("] ", 1)[1].startswith("job: 3/3 steps done")
+    assert log.read_text() == ""  # no logging handler configured in this script: the console only

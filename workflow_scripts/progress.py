@@ -1,0 +1,86 @@
+"""Progress of long loops as plain lines: done/total, rate and ETA, never a carriage-return bar.
+
+Lines go to the job's log (through `logging`) and, when the rule's shell line opened file
+descriptor 3 on Snakemake's own stderr (`3>&2 > {log} 2>&1`), to the Snakemake console too, so a
+user sees a long job move without `tail -f` on its log. A line is written at the start, then at
+most every `every` seconds (and at every 10% when the loop is fast), and at the end.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+log = logging.getLogger("progress")
+
+CONSOLE_FD = 3
+T = TypeVar("T")
+
+
+def console_open() -> bool:
+    try:
+        os.fstat(CONSOLE_FD)
+    except OSError:
+        return False
+    return True
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """`with Progress(total, "llama-7b shard 3", "sample") as p: ... p.update()`."""
+
+    def __init__(self, total: int, label: str, unit: str = "item", every: float = 30.0):
+        self.total, self.label, self.unit, self.every = total, label, unit, every
+        self.done = 0
+        self.started = self.last = time.monotonic()
+        self.last_tenth = 0
+        self.console = console_open()
+
+    def __enter__(self) -> Progress:
+        self._say(f"{self.label}: 0/{self.total} {self.unit}s")
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            elapsed = time.monotonic() - self.started
+            self._say(f"{self.label}: {self.done}/{self.total} {self.unit}s done in {_duration(elapsed)}")
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        tenth = self.done * 10 // max(self.total, 1)
+        if self.done < self.total and (now - self.last >= self.every or tenth > self.last_tenth):
+            self.last, self.last_tenth = now, tenth
+            self._say(self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        shown = f"{rate:.2f} {self.unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{self.unit}" if rate > 0 else "-"
+        remaining = _duration(eta) if eta != float("inf") else "?"
+        return f"{self.label}: {self.done}/{self.total} {self.unit}s ({self.done / max(self.total, 1):.0%}), {shown}, ETA {remaining}"
+
+    def _say(self, text: str) -> None:
+        log.info(text)
+        if self.console:
+            try:
+                os.write(CONSOLE_FD, f"[{time.strftime('%H:%M:%S')}] {text}\n".encode("utf8", "replace"))
+            except OSError:
+                self.console = False
+
+
+def progress(items: Iterable[T], label: str, unit: str = "item", total: int | None = None,
+             every: float = 30.0) -> Iterator[T]:
+    """Iterate `items`, reporting progress like `Progress`."""
+    items = list(items) if total is None and not hasattr(items, "__len__") else items
+    with Progress(len(items) if total is None else total, label, unit, every) as bar:
+        for item in items:
+            yield item
+            bar.update()
