@@ -1,6 +1,8 @@
 """Shared fixtures: the paper's released data (when checked out next to the repo) and small TSVs."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,28 @@ def write_tsv(tmp_path):
         return path
 
     return write
+
+
+def clone_run(source: Path, target: Path) -> Path:
+    """A copy of a finished workflow directory, cheap enough for every test that changes one:
+    hard links for what jobs only read or replace by rename, real copies for what is written in
+    place (Snakemake's metadata and locks, the SQLite answer cache)."""
+
+    def link_or_copy(src, dst):
+        if ".snakemake" in Path(src).parts or ".sqlite" in Path(src).name:
+            return shutil.copy2(src, dst)
+        return os.link(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy, symlinks=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def finished_demo(tmp_path_factory) -> Path:
+    """The demo workflow run to completion once per test session, in a scratch copy of the project.
+    Tests that change it work on `clone_run(finished_demo, tmp_path / ...)`."""
+    from test_workflow import copy_workflow, snakemake
+
+    work = copy_workflow(tmp_path_factory.mktemp("finished_demo"))
+    snakemake(work)
+    return work

@@ -8,7 +8,6 @@ read-only parts), forces one rule's jobs and everything downstream to run again 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_workflow import copy_workflow, snakemake
+from conftest import clone_run
+from test_workflow import snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -32,24 +32,9 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The demo run to the end without interruption."""
-    work = copy_workflow(tmp_path_factory.mktemp("reference"))
-    snakemake(work)
-    return work
-
-
-def clone(source: Path, target: Path) -> Path:
-    """A copy of a finished run: hard links for what jobs only read or replace by rename, real
-    copies for what is written in place (Snakemake's metadata, the SQLite answer cache)."""
-
-    def link_or_copy(src, dst):
-        if ".snakemake" in Path(src).parts or ".sqlite" in Path(src).name:
-            return shutil.copy2(src, dst)
-        return os.link(src, dst)
-
-    shutil.copytree(source, target, copy_function=link_or_copy, symlinks=True)
-    return target
+def reference(finished_demo):
+    """The demo run to the end without interruption (shared by the whole test session)."""
+    return finished_demo
 
 
 def table_files(work: Path) -> dict[str, bytes]:
@@ -103,7 +88,7 @@ def run_and_kill(work: Path, args: list[str], module: str, kill_snakemake: bool 
 
 @pytest.mark.parametrize("rule", CASES)
 def test_a_job_killed_mid_run_then_the_same_command_gives_the_uninterrupted_tables(reference, tmp_path, rule):
-    work = clone(reference, tmp_path / "work")
+    work = clone_run(reference, tmp_path / "work")
     command = ["--forcerun", rule]
     assert run_and_kill(work, command, CASES[rule]) != 0
     snakemake(work, *command)
@@ -112,7 +97,7 @@ def test_a_job_killed_mid_run_then_the_same_command_gives_the_uninterrupted_tabl
 
 
 def test_snakemake_itself_killed_asks_for_unlock_then_the_same_command_recovers(reference, tmp_path):
-    work = clone(reference, tmp_path / "work")
+    work = clone_run(reference, tmp_path / "work")
     command = ["--forcerun", "attribute_shard"]
     run_and_kill(work, command, CASES["attribute_shard"], kill_snakemake=True)
     locked = snakemake(work, *command, check=False)

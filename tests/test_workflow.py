@@ -48,11 +48,11 @@ def copy_workflow(target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo workflow, run to completion once in a scratch copy of the project."""
-    work = copy_workflow(tmp_path_factory.mktemp("demo"))
-    snakemake(work)
-    return work
+def demo(finished_demo, tmp_path_factory):
+    """The demo workflow run to completion (once per session), in this module's own copy."""
+    from conftest import clone_run
+
+    return clone_run(finished_demo, tmp_path_factory.mktemp("demo") / "work")
 
 
 def test_demo_produces_both_tables_with_both_groups_populated(demo):
