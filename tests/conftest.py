@@ -45,11 +45,13 @@ def write_tsv(tmp_path):
 
 def clone_run(source: Path, target: Path) -> Path:
     """A copy of a finished workflow directory, cheap enough for every test that changes one:
-    hard links for what jobs only read or replace by rename, real copies for what is written in
-    place (Snakemake's metadata and locks, the SQLite answer cache)."""
+    hard links for what jobs only read or replace (Snakemake deletes a job's outputs before it
+    runs), real copies for what may be written in place (Snakemake's metadata and locks, logs,
+    benchmarks, the SQLite answer cache)."""
+    in_place = {".snakemake", "logs", "benchmarks"}
 
     def link_or_copy(src, dst):
-        if ".snakemake" in Path(src).parts or ".sqlite" in Path(src).name:
+        if in_place & set(Path(src).relative_to(source).parts) or ".sqlite" in Path(src).name:
             return shutil.copy2(src, dst)
         return os.link(src, dst)
 
