@@ -191,3 +191,20 @@ def test_the_paper_configs_summary_and_change_list_need_no_key(tmp_path, monkeyp
     work = copy_workflow(tmp_path)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert_no_key_asked(work, *args, "--configfile", "config/paper.yaml", "--config", f"paper_data={paper_dir}")
+
+
+def test_hostile_strings_in_the_annotation_config_reach_the_job_verbatim_and_run_nothing(annotated, server):
+    work, _, _ = annotated
+    model = "gpt-test$(touch pwned1)`touch pwned2`'; touch pwned3 #\" x"
+    key_env = "KEY_$(touch pwned4);'x"  # a strange name, but a name: only the job's environment is asked
+    hostile = write_config(work, "hostile.yaml", annotation_config(work, server, model=model, api_key_env=key_env))
+    asked = len(server.requests)
+    os.environ[key_env] = KEY
+    try:
+        snakemake(work, "results/annotation/demo/linear_seed0.tsv", "--configfile", hostile)
+    finally:
+        del os.environ[key_env]
+    requests = server.requests[asked:]
+    assert requests and {r["model"] for r in requests} == {model}
+    assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in requests)
+    assert not [path for path in work.parent.rglob("pwned*")] and not list(Path.cwd().glob("pwned*"))

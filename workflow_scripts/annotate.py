@@ -6,7 +6,9 @@ task:     every described concept -> the assistant tasks it serves; linear_task_
 level:    every described concept -> its linguistic level; linear_concept_seed{s}.tsv
 
 Answers come from the response cache first; the rest from the provider, each cached the moment
-it arrives, so a killed job resumes where it stopped. A job either writes every row or fails:
+it arrives, so a killed job resumes where it stopped. The cache is the one truth: a job asks only
+the requests it has claimed there (concurrent jobs asking the same send each once) and writes the
+answer the cache holds, which is the first one stored. A job either writes every row or fails:
 a request that failed for good raises, it is never a missing row. Refusals and truncated answers
 are written as such and counted in the job's stats (the cost report's input).
 """
@@ -31,6 +33,7 @@ from .replay import concept_message
 from .tsv import LINEAR_COLUMNS, write_tsv
 
 log = logging.getLogger(__name__)
+
 
 def non_negative_int(text: str) -> int:
     value = int(text)
@@ -160,13 +163,13 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
         settle(cache.answered(asking), "cache_hits")
         log.info("%s: %d requests, %d answered from the cache, %d to ask %s %s", label, len(requests),
                  counts["cache_hits"], len(asking), provider.provider, provider.model)
-        waiting_since = None
+        waiting = False
         try:
             with tqdm(total=len(asking), desc=label, unit="req", mininterval=5) as bar:
                 while asking:
                     mine = cache.claim(list(asking), chunk)
                     if mine:
-                        waiting_since = None
+                        waiting = False
                         first = [requests[asking[key][0]] for key in mine]
                         for position, response in provider.stream(first):
                             stored = cache.put(first[position], response)  # the cache's answer wins
@@ -174,8 +177,8 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
                             counts["superseded"] += stored != response
                             settle({mine[position]: stored}, "asked")
                             bar.update()
-                    elif waiting_since is None:
-                        waiting_since = time.monotonic()
+                    elif not waiting:
+                        waiting = True
                         log.info("%s: waiting for %d requests claimed by other jobs", label, len(asking))
                     else:
                         time.sleep(poll_s)
