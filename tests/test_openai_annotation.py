@@ -283,7 +283,7 @@ def cached_summaries(cache_path: Path, server, described: Path) -> list[str]:
 @pytest.fixture
 def serial_server(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
-    with ChatServer(responder=SerialResponder(), api_key=KEY, latency=0.2) as running:
+    with ChatServer(responder=SerialResponder(), api_key=KEY, latency=0.3) as running:
         yield running
 
 
@@ -302,6 +302,7 @@ def test_two_processes_in_two_directories_send_each_request_once(tmp_path, seria
     stats = [json.loads((tmp_path / name / "out" / "describe_seed0.json").read_text()) for name in ("a", "b")]
     assert sum(s["requests"] for s in stats) == 60  # paid once in all
     assert all(s["requests"] + s["cache_hits"] == 60 for s in stats)
+    assert any(s["from_other_jobs"] > 0 for s in stats)  # the jobs did overlap: one waited for the other's answers
 
 
 def test_a_request_claimed_by_a_live_job_waits_for_it_and_a_killed_claimant_is_taken_over(tmp_path, serial_server):
