@@ -123,7 +123,8 @@ def test_a_job_writes_the_answer_the_cache_holds_when_another_job_answered_first
 
 def insert_claim(path, key, host, pid, started, heartbeat):
     db = sqlite3.connect(path)
-    db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)", (key, f"{host}:{pid}:x", host, pid, started, heartbeat))
+    db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+               (key, f"{host}:{pid}:x", host, pid, started, heartbeat))
     db.commit()
     db.close()
 

@@ -262,7 +262,8 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
     report = {"pair": pair, "step": step, "seed": seed, "provider": provider.provider, "model": provider.model,
               "fingerprints": fingerprints, "rows": len(rows), **{k: counts[k] for k in (
                   "requests", "cache_hits", "prompt_tokens", "completion_tokens", "new_prompt_tokens",
-                  "new_completion_tokens", "refused", "truncated", "retries", "from_other_jobs")}, "seconds": round(time.perf_counter() - started, 3)}
+                  "new_completion_tokens", "refused", "truncated", "retries", "from_other_jobs")},
+              "seconds": round(time.perf_counter() - started, 3)}
     if step == "describe":
         report["described"] = counts["described"]
     atomic_write_text(stats, json.dumps(report, indent=1) + "\n")

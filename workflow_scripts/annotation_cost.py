@@ -2,7 +2,8 @@
 
 `requests` were sent by the job's last run (0 when everything came from the cache), `cache_hits`
 were not (answers a concurrent job sent included); `retries` counts the attempts of the last run
-that failed transiently (429, 5xx, timeouts, malformed answers) and were sent again; the token counts and `cost_usd` cover every answer the step used, cached or not (what
+that failed transiently (429, 5xx, timeouts, malformed answers) and were sent again; the token
+counts and `cost_usd` cover every answer the step used, cached or not (what
 the annotation cost when it was made), `cost_usd_last_run` only the requests the last run sent.
 Prices are USD per million tokens per model (annotation.prices); a model without a price gets
 n/a, never a made-up zero.
