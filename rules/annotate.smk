@@ -4,38 +4,32 @@
 import json
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
-
 ANNOTATION = config["annotation"]
 PROVIDER = ANNOTATION["provider"]
-# What decides the answers (params: a change reruns the annotation); concurrency, retries,
-# timeouts and batch size only change speed, so they reach the job through the shell line only.
+# What decides the answers (params: a change reruns the annotation). The rest reaches the job
+# through globals named in the shell line (whose text stays the same, so no rerun): concurrency,
+# retries, timeouts and batch size only change speed, and api_key_env only names the environment
+# variable the job reads the key from (the key itself never appears in params, shell or logs).
 PROVIDER_PARAM = json.dumps(
     {k: PROVIDER.get(k) for k in ("kind", "model", "base_url", "path")}, sort_keys=True
 )
-RUNTIME = (
-    " --runtime '{{\"concurrency\": {config[annotation][provider][concurrency]},"
-    " \"max_retries\": {config[annotation][provider][max_retries]},"
-    " \"timeout_s\": {config[annotation][provider][timeout_s]},"
-    " \"batch_size\": {config[annotation][provider][batch_size]}}}'"
+ANNOTATION_RUNTIME = json.dumps(
+    {k: PROVIDER[k] for k in ("concurrency", "max_retries", "timeout_s", "batch_size")}, sort_keys=True
 )
+ANNOTATION_KEY_ENV = PROVIDER.get("api_key_env") or ""
+ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
 
 
-def annotator_input(output):
-    """The local model directory when there is one, and the API key check: a real run that has
-    annotation to do with the openai provider and no key fails here, while the DAG is built,
-    before any job has run (a dry run only plans, so it needs no key)."""
-    return lambda w: _annotator_input(output.format(**dict(w.items())))
+onstart:
+    # A real run with annotation jobs to do and the openai provider's key missing stops here,
+    # after the DAG is built and before any job (dry runs, --summary, --list-changes never come here).
+    if not workflow.touch:
+        dag.require_api_key(PROVIDER, [job.rule.name for job in workflow.dag.needrun_jobs()], ANNOTATION_RULES)
 
 
-def _annotator_input(output):
+def annotator_input(wildcards):
+    """The local model directory when there is one (built by demo_annotator, or on disk)."""
     dag.check_annotation_provider(PROVIDER)
-    missing = dag.missing_api_key(PROVIDER)
-    if missing and not workflow.dryrun and not Path(output).exists():
-        raise WorkflowError(
-            f"annotation.provider.api_key_env: the environment variable {missing} is not set; "
-            f"export {missing}=... (the key never goes into the config) or use another provider"
-        )
     if PROVIDER["kind"] == "local" and (PROVIDER.get("build") or Path(PROVIDER["path"]).exists()):
         return [PROVIDER["path"]]
     return []
@@ -52,12 +46,11 @@ def pair_ffn_shards(wildcards):
 
 def annotation_shell(step, extra=""):
     return (
-        f"python -m workflow_scripts.annotate {step} --pair {{wildcards.pair}} --seed {{wildcards.seed}}"
-        " --inputs {input.rows} --output {output.tsv} --stats {output.stats}"
-        " --provider {params.provider:q} --cache {params.cache} --max-tokens {params.max_tokens}"
+        f"python -m workflow_scripts.annotate {step} --pair {{wildcards.pair:q}} --seed {{wildcards.seed:q}}"
+        " --inputs {input.rows:q} --output {output.tsv:q} --stats {output.stats:q}"
+        " --provider {params.provider:q} --cache {params.cache:q} --max-tokens {params.max_tokens:q}"
         + extra
-        + RUNTIME
-        + " > {log} 2>&1"
+        + " --runtime {ANNOTATION_RUNTIME:q} --api-key-env={ANNOTATION_KEY_ENV:q} > {log:q} 2>&1"
     )
 
 
@@ -69,14 +62,14 @@ rule demo_annotator:
         "logs/demo_annotator.log",
     localrule: True
     shell:
-        "python -m workflow_scripts.local_chat convert --output {output} > {log} 2>&1"
+        "python -m workflow_scripts.local_chat convert --output {output:q} > {log:q} 2>&1"
 
 
 rule annotate_describe:
     """Step 1: a concept (or 'Cannot Tell') for every component of the pair's two models."""
     input:
         rows=pair_ffn_shards,
-        annotator=annotator_input("results/annotation/{pair}/linear_seed{seed}.tsv"),
+        annotator=annotator_input,
     output:
         tsv="results/annotation/{pair}/linear_seed{seed}.tsv",
         stats="results/annotation/{pair}/stats/describe_seed{seed}.json",
@@ -85,21 +78,21 @@ rule annotate_describe:
         cache=ANNOTATION["cache"],
         max_tokens=ANNOTATION["max_tokens"],
         words=ANNOTATION["words"],
-        max_rank=f"--max-rank {ANNOTATION['max_rank']}" if ANNOTATION["max_rank"] else "",
+        max_rank=ANNOTATION["max_rank"] or 0,
     log:
         "logs/annotate/{pair}/describe_seed{seed}.log",
     benchmark:
         "benchmarks/annotate/{pair}/describe_seed{seed}.tsv"
     localrule: True
     shell:
-        annotation_shell("describe", " --words {params.words} {params.max_rank}")
+        annotation_shell("describe", " --words {params.words:q} --max-rank {params.max_rank:q}")
 
 
 rule annotate_task:
     """Step 2: the assistant tasks each described concept serves."""
     input:
         rows="results/annotation/{pair}/linear_seed{seed}.tsv",
-        annotator=annotator_input("results/annotation/{pair}/linear_task_seed{seed}.tsv"),
+        annotator=annotator_input,
     output:
         tsv="results/annotation/{pair}/linear_task_seed{seed}.tsv",
         stats="results/annotation/{pair}/stats/task_seed{seed}.json",
@@ -120,7 +113,7 @@ rule annotate_level:
     """Step 3: the linguistic level of each described concept."""
     input:
         rows="results/annotation/{pair}/linear_seed{seed}.tsv",
-        annotator=annotator_input("results/annotation/{pair}/linear_concept_seed{seed}.tsv"),
+        annotator=annotator_input,
     output:
         tsv="results/annotation/{pair}/linear_concept_seed{seed}.tsv",
         stats="results/annotation/{pair}/stats/level_seed{seed}.json",
@@ -159,8 +152,8 @@ rule annotation_cost:
         "logs/annotation_cost/{pair}.log",
     localrule: True
     shell:
-        "python -m workflow_scripts.annotation_cost --stats {input} --prices {params.prices:q}"
-        " --title 'Annotation cost ({wildcards.pair})' --output {output.tsv} > {log} 2>&1"
+        "python -m workflow_scripts.annotation_cost --stats {input:q} --prices {params.prices:q}"
+        " --pair {wildcards.pair:q} --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table5_pair:
@@ -176,9 +169,9 @@ rule table5_pair:
     log:
         "logs/table5/{pair}.log",
     shell:
-        "python -m workflow_scripts.table5 tables --tasks {input.tasks} --concepts {input.concepts}"
-        " --pretrained {params.pretrained} --tuned {params.tuned} --pair {wildcards.pair}"
-        " --output-dir results/tables/{wildcards.pair} > {log} 2>&1"
+        "python -m workflow_scripts.table5 tables --tasks {input.tasks:q} --concepts {input.concepts:q}"
+        " --pretrained {params.pretrained:q} --tuned {params.tuned:q} --pair {wildcards.pair:q}"
+        " --output-dir results/tables/{wildcards.pair:q} > {log:q} 2>&1"
 
 
 rule figure3_pair:
@@ -195,9 +188,9 @@ rule figure3_pair:
     log:
         "logs/figure3/{pair}.log",
     shell:
-        "python -m workflow_scripts.table5 figure --concepts {input.concepts} --layers {params.layers}"
-        " --pretrained {params.pretrained} --tuned {params.tuned} --pair {wildcards.pair}"
-        " --output {output.pdf} > {log} 2>&1"
+        "python -m workflow_scripts.table5 figure --concepts {input.concepts:q} --layers {params.layers:q}"
+        " --pretrained {params.pretrained:q} --tuned {params.tuned:q} --pair {wildcards.pair:q}"
+        " --output {output.pdf:q} > {log:q} 2>&1"
 
 
 rule table5:

@@ -30,6 +30,12 @@ Fault kinds (`add_fault(kind, times=1, match=None, **options)`); every kind also
                meanwhile) or until the server stops (then the connection is dropped without an
                answer: recorded status None, the client sees a connection error).
 
+Random faults (`ChatServer(fault_rate=0.3, fault_kinds=("429", "500", "timeout"), fault_seed=0,
+fault_options={"timeout": {"delay": 3}})`): when no scripted fault matches, each authorised request
+draws a fault with probability `fault_rate`, of a kind chosen uniformly from `fault_kinds` (any of
+the kinds above but "hold"), with that kind's `fault_options`; `fault_seed` makes the draws
+repeatable. A request without the key is answered 401 and draws nothing.
+
 Latency (`ChatServer(latency=...)`) is slept before every answer, so concurrent clients overlap
 and `max_in_flight` shows their concurrency. Sleeps and holds end at once when the server stops.
 
@@ -44,6 +50,7 @@ at 8 s, minus 0-25 % jitter. `x-should-retry: true|false` overrides the status r
 from __future__ import annotations
 
 import json
+import random
 import select
 import socket
 import threading
@@ -185,7 +192,17 @@ class ChatServer:
     """
 
     def __init__(self, responder: Callable[[dict], str] | None = None, api_key: str | None = None,
-                 latency: float = 0.0, host: str = "127.0.0.1"):
+                 latency: float = 0.0, host: str = "127.0.0.1", fault_rate: float = 0.0,
+                 fault_kinds: tuple[str, ...] = ("429", "500", "503", "timeout", "malformed"),
+                 fault_seed: int | None = None, fault_options: dict | None = None):
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError("fault_rate must be within [0, 1]")
+        for kind in fault_kinds:
+            if kind == "hold" or not (kind in FAULT_KINDS or (kind.isdigit() and len(kind) == 3)):
+                raise ValueError(f"fault_kinds: {kind!r} cannot be drawn at random")
+        self.fault_rate, self.fault_kinds = fault_rate, tuple(fault_kinds)
+        self.fault_options = {kind: dict(options) for kind, options in (fault_options or {}).items()}
+        self._random = random.Random(fault_seed)
         self.responder = responder or default_responder
         self.api_key = api_key
         self.latency = latency
@@ -313,6 +330,9 @@ class ChatServer:
                     if fault.times <= 0:
                         self._faults.remove(fault)
                     return fault
+            if self.fault_rate and self._random.random() < self.fault_rate:
+                kind = self._random.choice(self.fault_kinds)
+                return Fault(kind, 1, None, dict(self.fault_options.get(kind, {})))
         return None
 
     def _completion(self, body: dict, content: str | None, finish_reason: str,

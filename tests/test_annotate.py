@@ -3,6 +3,7 @@ response cache, the output layouts and the cost report."""
 import csv
 import json
 import math
+import os
 import sqlite3
 import threading
 
@@ -72,8 +73,8 @@ def test_cache_round_trip_is_shared_between_connections_and_first_answer_wins(tm
     first = ChatResponse("Semantic", "stop", 100, 1, 0.5, "fp_1")
     with ResponseCache(path, "openai", "m") as a, ResponseCache(path, "openai", "m") as b:
         assert a.get(request) is None
-        a.put(request, first)
-        b.put(request, ChatResponse("Syntax", "stop", 100, 1, 0.5, "fp_2"))
+        assert a.put(request, first) == first
+        assert b.put(request, ChatResponse("Syntax", "stop", 100, 1, 0.5, "fp_2")) == first  # what the cache holds
         assert b.get(request) == first
         assert ResponseCache(path, "openai", "other").get(request) is None
     rows = sqlite3.connect(path).execute("SELECT provider, model, request, response FROM responses").fetchall()
@@ -97,6 +98,99 @@ def test_cache_survives_concurrent_writers(tmp_path):
         thread.join()
     with ResponseCache(path, "openai", "m") as cache:
         assert len(cache) == 125
+
+
+def test_a_job_writes_the_answer_the_cache_holds_when_another_job_answered_first(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    requests = [STEPS["level"].request(f"Concept: Words are {w}.", 0, 8) for w in ("dates", "verbs", "dates")]
+
+    class Racing:
+        """Answers 'Semantic'; meanwhile another job (a connection of its own) files 'Syntax' for dates."""
+        provider, model, retries = "openai", "m", 2
+
+        def stream(self, asked):
+            with ResponseCache(path, "openai", "m") as other:
+                other.put(requests[0], ChatResponse("Syntax", "stop", 5, 1, 0.1, "fp_other"))
+            for index, _ in enumerate(asked):
+                yield index, ChatResponse("Semantic", "stop", 7, 1, 0.1, "fp_mine")
+
+    with ResponseCache(path, "openai", "m") as cache:
+        responses, counts = annotate.answer_all(requests, Racing(), cache, "t")
+    assert [r.text for r in responses] == ["Syntax", "Semantic", "Syntax"]
+    assert (counts["requests"], counts["superseded"], counts["new_prompt_tokens"], counts["retries"]) == (2, 1, 14, 2)
+    assert counts["prompt_tokens"] == 5 + 7 + 5  # the answers used, as the cache holds them
+
+
+def insert_claim(path, key, host, pid, started, heartbeat):
+    db = sqlite3.connect(path)
+    db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+               (key, f"{host}:{pid}:x", host, pid, started, heartbeat))
+    db.commit()
+    db.close()
+
+
+def test_claims_hold_for_live_jobs_and_pass_on_when_the_claimant_is_gone(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from workflow_scripts.chat_cache import process_start
+
+    path = tmp_path / "cache.sqlite"
+    keys = ["k1", "k2", "k3", "k4"]
+    with ResponseCache(path, "openai", "m") as a, ResponseCache(path, "openai", "m", stale_after_s=60) as b:
+        assert a.claim(keys, limit=2) == ["k1", "k2"]
+        assert b.claim(keys, limit=10) == ["k3", "k4"]  # a is alive: its claims hold
+        assert a.claim(keys, limit=10) == ["k1", "k2"]  # its own claims stay its own
+        b.release()
+        assert a.claim(keys, limit=10) == keys  # released claims are anyone's
+        a.release()
+
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        here, now = socket.gethostname(), time.time()
+        insert_claim(path, "k1", here, gone.pid, "1", now)  # a process that has exited
+        insert_claim(path, "k2", here, os.getpid(), "1", now)  # this pid, but started at another time: reused
+        insert_claim(path, "k3", "elsewhere", 1, "1", now - 61)  # another host, silent for too long
+        insert_claim(path, "k4", "elsewhere", 1, "1", now - 5)  # another host, beating
+        assert b.claim(keys, limit=10) == ["k1", "k2", "k3"]
+        insert_claim(path, "k4", here, os.getpid(), process_start(os.getpid()), now)  # alive here
+        assert a.claim(["k4"], limit=10) == []
+
+
+def test_a_job_answers_only_what_it_claimed_and_waits_for_the_rest(tmp_path):
+    import time
+
+    path = tmp_path / "cache.sqlite"
+    requests = [STEPS["task"].request(f"Concept: Words are {i}.", 0, 8) for i in range(4)]
+    other = ResponseCache(path, "openai", "m")
+    held = [other.key(r) for r in requests[2:]]
+    assert other.claim(held, limit=10) == held  # a live job is asking the last two
+    asked = []
+
+    class Provider:
+        provider, model = "openai", "m"
+
+        def stream(self, batch):
+            asked.extend(r.messages[-1]["content"] for r in batch)
+            for index, request in enumerate(batch):
+                yield index, ChatResponse("Writing", "stop", 1, 1, 0.0, "")
+
+    def answer_later():
+        time.sleep(0.5)
+        for request in requests[2:]:
+            other.put(request, ChatResponse("Coding", "stop", 1, 1, 0.0, ""))
+
+    thread = threading.Thread(target=answer_later)
+    thread.start()
+    with ResponseCache(path, "openai", "m") as cache:
+        responses, counts = annotate.answer_all(requests, Provider(), cache, "t", poll_s=0.05)
+    thread.join()
+    other.close()
+    assert asked == ["Concept: Words are 0.", "Concept: Words are 1."]
+    assert [r.text for r in responses] == ["Writing", "Writing", "Coding", "Coding"]
+    assert (counts["requests"], counts["from_other_jobs"], counts["cache_hits"]) == (2, 2, 2)
 
 
 def write_replay(folder, seed, described):
@@ -194,7 +288,7 @@ def test_cost_report_prices_tokens_per_model(tmp_path):
         stats = {"pair": "p", "step": step, "seed": seed, "provider": "openai", "model": "gpt", "rows": 4,
                  "requests": requests, "cache_hits": hits, "prompt_tokens": 1000, "completion_tokens": 100,
                  "new_prompt_tokens": 250 * requests, "new_completion_tokens": 25 * requests,
-                 "refused": 0, "truncated": 1}
+                 "refused": 0, "truncated": 1, "retries": seed + 2}
         path = tmp_path / f"{step}{seed}.json"
         path.write_text(json.dumps(stats))
         files.append(str(path))
@@ -205,7 +299,7 @@ def test_cost_report_prices_tokens_per_model(tmp_path):
     assert table["cost_usd"].iloc[0] == pytest.approx(0.003)
     assert table["cost_usd_last_run"].tolist()[:3] == pytest.approx([0.003, 0.00225, 0.0])
     total = table.iloc[-1]
-    assert (total.requests, total.cache_hits, total.truncated) == (7, 5, 3)
+    assert (total.requests, total.cache_hits, total.truncated, total.retries) == (7, 5, 3, 2 + 2 + 3)
     assert total.cost_usd == pytest.approx(0.009)
     assert math.isnan(cost_table(files, {})["cost_usd"].iloc[-1])  # no price: n/a, never 0
 

@@ -328,3 +328,35 @@ def test_client_retries_5xx_and_timeouts_but_not_malformed(server):
         with pytest.raises(openai.BadRequestError):
             ask(c)
     assert server.counts() == {503: 1, None: 1, 200: 2, 400: 1}
+
+
+# --- random faults ----------------------------------------------------------------------------
+
+def test_random_faults_fire_at_the_rate_asked_only_after_the_key_is_checked():
+    def drawn(seed):
+        with ChatServer(api_key=KEY, fault_rate=0.3, fault_kinds=("429", "500", "malformed"), fault_seed=seed) as srv:
+            body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            for _ in range(10):  # without the key: 401, and no fault is drawn
+                assert post(srv.url + "/chat/completions", body)[0] == 401
+            statuses = [post(srv.url + "/chat/completions", body, {"Authorization": f"Bearer {KEY}"})[0]
+                        for _ in range(300)]
+            return statuses, [r.fault for r in srv.requests]
+
+    statuses, faults = drawn(seed=7)
+    assert faults[:10] == [None] * 10
+    injected = [f for f in faults[10:] if f is not None]
+    assert 60 <= len(injected) <= 120  # 300 draws at 0.3: 90 expected
+    assert set(injected) == {"429", "500", "malformed"}
+    assert statuses.count(429) == injected.count("429") and statuses.count(500) == injected.count("500")
+    assert statuses.count(200) == 300 - statuses.count(429) - statuses.count(500)  # malformed is a 200
+    assert drawn(seed=7)[1] == faults  # the seed makes the draws repeatable
+
+
+def test_random_timeouts_take_their_options():
+    with ChatServer(fault_rate=1.0, fault_kinds=("timeout",), fault_options={"timeout": {"delay": 0.3}}) as srv, \
+            make_client(srv, api_key="k", timeout=2.0) as c:
+        started = time.monotonic()
+        assert ask(c).choices[0].message.content == "echo: hello world"  # a patient client gets its answer
+        assert 0.3 <= time.monotonic() - started < 2.0
+    with pytest.raises(ValueError, match="hold"):
+        ChatServer(fault_rate=0.5, fault_kinds=("hold",))

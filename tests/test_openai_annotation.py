@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -227,3 +228,113 @@ def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, sh
     assert asked_again == [held]
     assert not set(asked_again) & set(completed_before)
     assert len(rows(out)) == 12
+
+
+# --- concurrent jobs sharing one cache: each request is sent once, and every job writes what the cache holds ---
+
+def wide_shards(folder: Path, ranks: int = 30) -> list[str]:
+    """Layer TSVs of two models with `ranks` components each (2 x ranks describe requests)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for model in ("base", "tuned"):
+        lines = ["\t".join(LINEAR_COLUMNS)]
+        lines += [f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t" + "|||".join(f"{model[0]}r{rank}x{i}" for i in range(20))
+                  for rank in range(1, ranks + 1)]
+        path = folder / f"{model}.tsv"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(str(path))
+    return paths
+
+
+class SerialResponder:
+    """A different answer every time, even to the same question: a request sent twice shows."""
+
+    def __init__(self):
+        self.count, self.lock = 0, threading.Lock()
+
+    def __call__(self, body):
+        with self.lock:
+            self.count += 1
+            return f"concept {self.count}."
+
+
+def job_command(server, shards, workdir: Path, cache: Path, concurrency: int = 2) -> list[str]:
+    return [sys.executable, "-m", "workflow_scripts.annotate", "describe", "--seed", "0", "--inputs", *shards,
+            "--output", "out/describe_seed0.tsv", "--stats", "out/describe_seed0.json",
+            "--provider", json.dumps({k: v for k, v in provider(server).items() if k != "api_key_env"}),
+            "--api-key-env", KEY_ENV, "--cache", str(cache),
+            "--runtime", json.dumps({**FAST, "concurrency": concurrency})]
+
+
+def start_job(command, workdir: Path) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / "job.log", "w")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def cached_summaries(cache_path: Path, server, described: Path) -> list[str]:
+    """What the cache holds for each row's request, as the describe step writes it."""
+    with ResponseCache(cache_path, f"openai:{server.url}", "gpt-test") as cache:
+        return [annotate.label_of(cache.get(STEPS["describe"].request(row["Words"], 0, 64)))
+                for row in rows(described)]
+
+
+@pytest.fixture
+def serial_server(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with ChatServer(responder=SerialResponder(), api_key=KEY, latency=0.3) as running:
+        yield running
+
+
+def test_two_processes_in_two_directories_send_each_request_once(tmp_path, serial_server):
+    server = serial_server
+    shards = wide_shards(tmp_path / "shards")
+    cache = tmp_path / "shared" / "cache.sqlite"
+    jobs = [start_job(job_command(server, shards, tmp_path / name, cache), tmp_path / name) for name in ("a", "b")]
+    for job in jobs:
+        assert job.wait(timeout=180) == 0, (tmp_path / "a" / "job.log").read_text()
+    asked = Counter(user_messages(server.requests))
+    assert len(asked) == 60 and max(asked.values()) == 1  # 60 requests, each sent once
+    outputs = [tmp_path / name / "out" / "describe_seed0.tsv" for name in ("a", "b")]
+    assert outputs[0].read_text() == outputs[1].read_text()
+    assert [r["Summary"] for r in rows(outputs[0])] == cached_summaries(cache, server, outputs[0])
+    stats = [json.loads((tmp_path / name / "out" / "describe_seed0.json").read_text()) for name in ("a", "b")]
+    assert sum(s["requests"] for s in stats) == 60  # paid once in all
+    assert all(s["requests"] + s["cache_hits"] == 60 for s in stats)
+    assert any(s["from_other_jobs"] > 0 for s in stats)  # the jobs did overlap: one waited for the other's answers
+
+
+def test_a_request_claimed_by_a_live_job_waits_for_it_and_a_killed_claimant_is_taken_over(tmp_path, serial_server):
+    server = serial_server
+    server.latency = 0.0
+    shards = wide_shards(tmp_path / "shards", ranks=6)
+    held = "Words: {}.".format(", ".join(f"tr5x{i}" for i in range(15)))
+    server.add_fault("hold", match=lambda b: b["messages"][-1]["content"] == held)
+    cache = tmp_path / "shared" / "cache.sqlite"
+    first = start_job(job_command(server, shards, tmp_path / "a", cache), tmp_path / "a")
+    second = None
+    try:
+        assert server.wait_held(1, timeout=60)
+        assert server.wait_until(lambda: len(server.completed) == 11, timeout=60)
+        second = start_job(job_command(server, shards, tmp_path / "b", cache), tmp_path / "b")
+        deadline = time.time() + 60  # the second job answers 11 from the cache and waits for the claimed one
+        while "claimed by other jobs" not in (tmp_path / "b" / "job.log").read_text() and time.time() < deadline:
+            time.sleep(0.1)
+        assert "claimed by other jobs" in (tmp_path / "b" / "job.log").read_text()
+        time.sleep(1.0)
+        assert second.poll() is None and user_messages(server.requests).count(held) == 1  # not asked again
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        assert second.wait(timeout=60) == 0, (tmp_path / "b" / "job.log").read_text()
+    finally:
+        for job in (first, second):
+            if job is not None and job.poll() is None:
+                job.kill()
+                job.wait()
+        server.release()
+    assert user_messages(server.requests).count(held) == 2  # the killed job's, never answered, and the taker's
+    assert Counter(user_messages(server.completed))[held] == 1
+    output = tmp_path / "b" / "out" / "describe_seed0.tsv"
+    assert len(rows(output)) == 12
+    assert [r["Summary"] for r in rows(output)] == cached_summaries(cache, server, output)

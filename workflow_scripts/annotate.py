@@ -6,7 +6,9 @@ task:     every described concept -> the assistant tasks it serves; linear_task_
 level:    every described concept -> its linguistic level; linear_concept_seed{s}.tsv
 
 Answers come from the response cache first; the rest from the provider, each cached the moment
-it arrives, so a killed job resumes where it stopped. A job either writes every row or fails:
+it arrives, so a killed job resumes where it stopped. The cache is the one truth: a job asks only
+the requests it has claimed there (concurrent jobs asking the same send each once) and writes the
+answer the cache holds, which is the first one stored. A job either writes every row or fails:
 a request that failed for good raises, it is never a missing row. Refusals and truncated answers
 are written as such and counted in the job's stats (the cost report's input).
 """
@@ -31,6 +33,14 @@ from .replay import concept_message
 from .tsv import LINEAR_COLUMNS, write_tsv
 
 log = logging.getLogger(__name__)
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or a positive integer")
+    return value
+
 
 DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)
 LABEL_COLUMN = {"task": "Task", "level": "Concept"}
@@ -91,6 +101,7 @@ class LazyLocal:
 
     def __init__(self, path: str, model: str, batch_size: int):
         self.path, self.model, self.batch_size = path, model, batch_size
+        self.chunk = 4 * batch_size  # requests claimed at a time: whole batches
         self._loaded = None
 
     def stream(self, requests):
@@ -121,42 +132,83 @@ def make_provider(settings: dict, step: str, seed: int, runtime: dict):
     raise ValueError(f"annotation.provider.kind: unknown provider {kind!r} (openai, local or replay)")
 
 
-def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | None, label: str) -> tuple[list[ChatResponse], Counter]:
-    """Every request's response, in order: cached ones first, then the provider's (cached as they come)."""
+def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | None, label: str,
+               chunk: int = 64, poll_s: float = 0.5) -> tuple[list[ChatResponse], Counter]:
+    """Every request's response, in order, each the answer the cache holds.
+
+    Cached answers first; then, `chunk` at a time, the requests this job could claim are asked
+    (each answer cached, and the cache's answer used, as it arrives); requests other live jobs
+    have claimed are waited for, and taken over if their claimant dies. Identical requests are
+    asked once. Without a cache every request is asked."""
     counts = Counter()
     responses: list[ChatResponse | None] = [None] * len(requests)
-    keys = [cache.key(r) for r in requests] if cache else list(range(len(requests)))
-    todo: dict = {}  # key -> indices asking it (identical requests are sent once)
-    for index, request in enumerate(requests):
-        hit = cache.get(request) if cache and keys[index] not in todo else None
-        if hit is not None:
-            responses[index] = hit
-            counts["cache_hits"] += 1
-        else:
-            todo.setdefault(keys[index], []).append(index)
-    unique = [indices[0] for indices in todo.values()]
-    log.info("%s: %d requests, %d answered from the cache, %d to ask %s %s", label, len(requests),
-             counts["cache_hits"], len(unique), provider.provider, provider.model)
-    with tqdm(total=len(unique), desc=label, unit="req", mininterval=5) as bar:
-        for position, response in provider.stream([requests[i] for i in unique]):
-            index = unique[position]
-            if cache is not None:
-                cache.put(requests[index], response)
-            for same in todo[keys[index]]:
-                responses[same] = response
-            counts["requests"] += 1
-            counts["new_prompt_tokens"] += response.prompt_tokens
-            counts["new_completion_tokens"] += response.completion_tokens
-            bar.update()
+    if cache is None:
+        log.info("%s: %d requests to ask %s %s (no cache)", label, len(requests), provider.provider, provider.model)
+        with tqdm(total=len(requests), desc=label, unit="req", mininterval=5) as bar:
+            for index, response in provider.stream(requests):
+                responses[index] = response
+                _paid(counts, response)
+                bar.update()
+    else:
+        asking: dict[str, list[int]] = {}  # key -> indices asking it
+        for index, request in enumerate(requests):
+            asking.setdefault(cache.key(request), []).append(index)
+
+        def settle(found: dict[str, ChatResponse], counter: str) -> None:
+            for key, response in found.items():
+                for index in asking.pop(key):
+                    responses[index] = response
+                    counts[counter] += 1
+
+        settle(cache.answered(asking), "cache_hits")
+        log.info("%s: %d requests, %d answered from the cache, %d to ask %s %s", label, len(requests),
+                 counts["cache_hits"], len(asking), provider.provider, provider.model)
+        waiting = False
+        try:
+            with tqdm(total=len(asking), desc=label, unit="req", mininterval=5) as bar:
+                while asking:
+                    mine = cache.claim(list(asking), chunk)
+                    if mine:
+                        waiting = False
+                        first = [requests[asking[key][0]] for key in mine]
+                        for position, response in provider.stream(first):
+                            stored = cache.put(first[position], response)  # the cache's answer wins
+                            _paid(counts, response)
+                            counts["superseded"] += stored != response
+                            settle({mine[position]: stored}, "asked")
+                            bar.update()
+                    elif not waiting:
+                        waiting = True
+                        log.info("%s: waiting for %d requests claimed by other jobs", label, len(asking))
+                    else:
+                        time.sleep(poll_s)
+                    found = cache.answered(asking)
+                    settle(found, "from_other_jobs")
+                    bar.update(len(found))
+        finally:
+            cache.release()
+        counts["cache_hits"] += counts["from_other_jobs"]
+        if counts["from_other_jobs"] or counts["superseded"]:
+            log.info("%s: %d answers came from concurrent jobs; %d of this job's answers were superseded by "
+                     "an earlier one in the cache (the cache's answer is written)", label,
+                     counts["from_other_jobs"], counts["superseded"])
     missing = [i for i, r in enumerate(responses) if r is None]
     if missing:
         raise ChatError(f"{label}: {len(missing)} requests got no answer (first: request {missing[0]})")
+    counts["retries"] = getattr(provider, "retries", 0)
     for response in responses:
         counts["prompt_tokens"] += response.prompt_tokens
         counts["completion_tokens"] += response.completion_tokens
         counts["refused"] += response.finish_reason == "refusal"
         counts["truncated"] += response.finish_reason == "length"
     return responses, counts
+
+
+def _paid(counts: Counter, response: ChatResponse) -> None:
+    """A request this job sent and got an answer to (what it paid for)."""
+    counts["requests"] += 1
+    counts["new_prompt_tokens"] += response.prompt_tokens
+    counts["new_completion_tokens"] += response.completion_tokens
 
 
 def describe_requests(rows: list[dict], seed: int, words: int, max_tokens: int) -> list[ChatRequest]:
@@ -184,7 +236,8 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
     scope = getattr(provider, "cache_scope", provider.provider)
     cache = ResponseCache(cache_path, scope, provider.model) if cacheable else None
     try:
-        responses, counts = answer_all(requests, provider, cache, f"{pair} {step} seed {seed}".strip())
+        responses, counts = answer_all(requests, provider, cache, f"{pair} {step} seed {seed}".strip(),
+                                       chunk=getattr(provider, "chunk", 64))
     finally:
         if cache is not None:
             cache.close()
@@ -209,7 +262,8 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
     report = {"pair": pair, "step": step, "seed": seed, "provider": provider.provider, "model": provider.model,
               "fingerprints": fingerprints, "rows": len(rows), **{k: counts[k] for k in (
                   "requests", "cache_hits", "prompt_tokens", "completion_tokens", "new_prompt_tokens",
-                  "new_completion_tokens", "refused", "truncated")}, "seconds": round(time.perf_counter() - started, 3)}
+                  "new_completion_tokens", "refused", "truncated", "retries", "from_other_jobs")},
+              "seconds": round(time.perf_counter() - started, 3)}
     if step == "describe":
         report["described"] = counts["described"]
     atomic_write_text(stats, json.dumps(report, indent=1) + "\n")
@@ -226,16 +280,22 @@ def main(argv=None):
     parser.add_argument("--output", required=True)
     parser.add_argument("--stats", required=True, help="JSON: requests, cache hits, tokens (the cost report's input)")
     parser.add_argument("--provider", required=True, help="JSON: the config's annotation.provider")
+    parser.add_argument("--api-key-env", help="openai: the name of the environment variable holding the API key "
+                        "(the key itself is read from the environment, never passed); empty: a server without keys")
     parser.add_argument("--cache", help="SQLite response cache (omit: no cache)")
     parser.add_argument("--words", type=positive_int, default=15)
-    parser.add_argument("--max-rank", type=positive_int, help="annotate components of rank <= this only")
+    parser.add_argument("--max-rank", type=non_negative_int, default=0,
+                        help="annotate components of rank <= this only (0: all)")
     parser.add_argument("--max-tokens", type=positive_int, default=64)
     parser.add_argument("--runtime", default="{}", help="JSON: concurrency, max_retries, timeout_s, batch_size")
     args = parser.parse_args(argv)
     setup_logging()
+    settings = json.loads(args.provider)
+    if args.api_key_env is not None:
+        settings["api_key_env"] = args.api_key_env or None
     try:
-        run_step(args.step, args.seed, args.inputs, args.output, args.stats, json.loads(args.provider), args.cache,
-                 args.words, args.max_rank, args.max_tokens, json.loads(args.runtime), args.pair)
+        run_step(args.step, args.seed, args.inputs, args.output, args.stats, settings, args.cache,
+                 args.words, args.max_rank or None, args.max_tokens, json.loads(args.runtime), args.pair)
     except ChatError as error:
         log.error("%s", error)
         raise SystemExit(1) from None

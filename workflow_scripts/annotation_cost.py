@@ -1,7 +1,9 @@
 """What the annotation cost, per seed and step, from the jobs' stats files.
 
 `requests` were sent by the job's last run (0 when everything came from the cache), `cache_hits`
-were not; the token counts and `cost_usd` cover every answer the step used, cached or not (what
+were not (answers a concurrent job sent included); `retries` counts the attempts of the last run
+that failed transiently (429, 5xx, timeouts, malformed answers) and were sent again; the token
+counts and `cost_usd` cover every answer the step used, cached or not (what
 the annotation cost when it was made), `cost_usd_last_run` only the requests the last run sent.
 Prices are USD per million tokens per model (annotation.prices); a model without a price gets
 n/a, never a made-up zero.
@@ -15,8 +17,9 @@ import pandas as pd
 
 from .tables import write_table
 
-COLUMNS = ["seed", "step", "provider", "model", "rows", "requests", "cache_hits", "prompt_tokens",
+COLUMNS = ["seed", "step", "provider", "model", "rows", "requests", "retries", "cache_hits", "prompt_tokens",
            "completion_tokens", "refused", "truncated", "cost_usd", "cost_usd_last_run"]
+COUNTED = COLUMNS[:12]
 STEP_ORDER = {"describe": 0, "task": 1, "level": 2}
 
 
@@ -33,7 +36,8 @@ def cost_table(stats_files: list[str], prices: dict) -> pd.DataFrame:
             s = json.load(handle)
         model_prices = prices.get(s["model"]) if s["provider"] == "openai" else {"prompt": 0.0, "completion": 0.0}
         rows.append({
-            **{k: s[k] for k in COLUMNS[:11]},
+            **{k: s[k] for k in COUNTED if k != "retries"},
+            "retries": s.get("retries", float("nan")),  # stats written before retries were counted: n/a
             "cost_usd": price(s["prompt_tokens"], s["completion_tokens"], model_prices),
             "cost_usd_last_run": price(s["new_prompt_tokens"], s["new_completion_tokens"], model_prices),
         })
@@ -49,9 +53,11 @@ def main(argv=None):
     parser.add_argument("--stats", nargs="+", required=True)
     parser.add_argument("--prices", default="{}", help="JSON: {model: {prompt: USD/1M, completion: USD/1M}}")
     parser.add_argument("--title", default="Annotation cost")
+    parser.add_argument("--pair", help="title: 'Annotation cost (PAIR)'")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    write_table(cost_table(args.stats, json.loads(args.prices)), args.output, args.title)
+    title = f"Annotation cost ({args.pair})" if args.pair else args.title
+    write_table(cost_table(args.stats, json.loads(args.prices)), args.output, title)
 
 
 if __name__ == "__main__":

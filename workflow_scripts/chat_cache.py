@@ -1,21 +1,37 @@
-"""Persistent LLM response cache: a request answered once is never paid for again.
+"""Persistent LLM response cache, the one truth about answers: a request answered once is never
+paid for again, and every job writes the answer the cache holds.
 
 One SQLite file under `resources/` (not `results/`, so deleting results never re-bills), shared
-by concurrent annotation jobs: WAL journal, a generous busy timeout, and `INSERT OR IGNORE`, so
-two jobs that race on the same key keep the first answer. Every response is committed as soon
-as it arrives, so a job killed mid-way loses nothing it had received.
+by concurrent annotation jobs, also from several working directories: WAL journal and a generous
+busy timeout. Two tables:
+
+- `responses`: one answer per request key, `INSERT OR IGNORE` (the first answer wins) and read
+  back at once, so a job that raced another one uses the winner's answer, never its own copy.
+  Every answer is committed as soon as it arrives: a job killed mid-way loses nothing it had.
+- `claims`: which job is asking which request now (owner, host, pid, the pid's start time,
+  heartbeat). A job asks only what it has claimed; a request claimed by a live job is waited
+  for, not asked again. A claim is stale, and taken over, when its process is gone on this host
+  (or the pid now belongs to another process), or when its heartbeat is older than
+  `stale_after_s` (a claimant on another host, or a hung one). Claims are dropped as answers
+  arrive and released when the job ends, whichever way it ends short of SIGKILL.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
 from .chat import ChatRequest, ChatResponse, request_key
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY,
     provider TEXT NOT NULL,
@@ -24,49 +40,184 @@ CREATE TABLE IF NOT EXISTS responses (
     response TEXT NOT NULL,
     created REAL NOT NULL
 )
-"""
+""",
+    """
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+)
+""",
+)
+STALE_AFTER_S = 300.0
+BATCH = 500  # keys per `IN (...)` query (SQLite allows 999 variables in old builds)
+
+
+def process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux /proc); "" where /proc is absent;
+    None when the process does not exist or is a zombie (killed, not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return ""
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (command)": state is field 3, starttime 22
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=120, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 120000")
+    return db
 
 
 class ResponseCache:
-    def __init__(self, path: str | Path, provider: str, model: str):
+    def __init__(self, path: str | Path, provider: str, model: str, stale_after_s: float = STALE_AFTER_S):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.provider, self.model = provider, model
-        self._db = sqlite3.connect(self.path, timeout=120, check_same_thread=False)
+        self.stale_after_s = stale_after_s
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.started = process_start(self.pid) or ""
+        self.owner = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:12]}"
+        self._db = connect(self.path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
-        self._db.commit()
+        for table in SCHEMA:
+            self._db.execute(table)
+        self._beating = threading.Event()
+        self._heart: threading.Thread | None = None
 
     def key(self, request: ChatRequest) -> str:
         return request_key(self.provider, self.model, request)
 
     def get(self, request: ChatRequest) -> ChatResponse | None:
-        row = self._db.execute("SELECT response FROM responses WHERE key = ?", (self.key(request),)).fetchone()
+        return self.get_key(self.key(request))
+
+    def get_key(self, key: str) -> ChatResponse | None:
+        row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
         return None if row is None else ChatResponse.from_json(json.loads(row[0]))
 
-    def put(self, request: ChatRequest, response: ChatResponse) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                self.key(request),
-                self.provider,
-                self.model,
-                json.dumps(request.to_json(), ensure_ascii=False),
-                json.dumps(response.to_json(), ensure_ascii=False),
-                time.time(),
-            ),
-        )
-        self._db.commit()
+    def answered(self, keys: Iterable[str]) -> dict[str, ChatResponse]:
+        """{key: the cached answer} for those of `keys` the cache holds."""
+        keys, found = list(keys), {}
+        for start in range(0, len(keys), BATCH):
+            part = keys[start:start + BATCH]
+            query = f"SELECT key, response FROM responses WHERE key IN ({','.join('?' * len(part))})"
+            for key, response in self._db.execute(query, part):
+                found[key] = ChatResponse.from_json(json.loads(response))
+        return found
+
+    def put(self, request: ChatRequest, response: ChatResponse) -> ChatResponse:
+        """Store `response` unless the cache already holds an answer, drop this job's claim on the
+        request, and return what the cache holds now: the answer every job must use."""
+        key = self.key(request)
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+                (key, self.provider, self.model, json.dumps(request.to_json(), ensure_ascii=False),
+                 json.dumps(response.to_json(), ensure_ascii=False), time.time()),
+            )
+            self._db.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (key, self.owner))
+            (stored,) = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        return ChatResponse.from_json(json.loads(stored))
+
+    # ---- claims ----
+    def claim(self, keys: Iterable[str], limit: int) -> list[str]:
+        """Claim up to `limit` of `keys` that no answer and no live claim covers (this job's own
+        claims count as claimable); returns the keys this job may ask now, in the given order."""
+        mine: list[str] = []
+        now = time.time()
+        with self._transaction():
+            for key in keys:
+                if len(mine) >= limit:
+                    break
+                if self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone():
+                    continue
+                holder = self._db.execute("SELECT owner, host, pid, started, heartbeat FROM claims WHERE key = ?",
+                                          (key,)).fetchone()
+                if holder is not None and holder[0] != self.owner and self._alive(*holder[1:], now):
+                    continue
+                self._db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                                 (key, self.owner, self.host, self.pid, self.started, now))
+                mine.append(key)
+        if mine:
+            self._start_heartbeat()
+        return mine
+
+    def release(self) -> None:
+        """Drop every claim of this job (its unanswered requests become anyone's)."""
+        self._db.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+
+    def _alive(self, host: str, pid: int, started: str, heartbeat: float, now: float) -> bool:
+        if now - heartbeat > self.stale_after_s:
+            return False
+        if host != self.host:
+            return True
+        current = process_start(pid)
+        return current is not None and (not started or not current or current == started)
+
+    def _start_heartbeat(self) -> None:
+        """Refresh this job's claims every stale_after_s / 4 while the cache is open (its own
+        connection: a sqlite3 connection is not shared between threads here)."""
+        if self._heart is not None:
+            return
+
+        def beat():
+            db = connect(self.path)
+            try:
+                while not self._beating.wait(self.stale_after_s / 4):
+                    db.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), self.owner))
+            finally:
+                db.close()
+
+        self._heart = threading.Thread(target=beat, name="cache-heartbeat", daemon=True)
+        self._heart.start()
+
+    def _transaction(self):
+        return _Immediate(self._db)
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def close(self) -> None:
-        self._db.close()
+        self._beating.set()
+        if self._heart is not None:
+            self._heart.join(timeout=5)
+        try:
+            self.release()
+        finally:
+            self._db.close()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Immediate:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the write lock is taken at once, so a
+    check-then-claim is atomic across processes."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind, value, traceback):
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

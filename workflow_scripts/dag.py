@@ -108,6 +108,20 @@ def missing_api_key(provider: dict) -> str | None:
     return None
 
 
+def require_api_key(provider: dict, scheduled_rules: list[str], annotation_rules: tuple[str, ...]) -> None:
+    """Called once the DAG is built and a real run is about to start: if an annotation job is
+    scheduled and the openai provider's key is missing, fail before any job (a dry run,
+    --summary or --list-changes never gets here, so they never need the key)."""
+    missing = missing_api_key(provider)
+    planned = sorted(set(scheduled_rules) & set(annotation_rules))
+    if missing and planned:
+        raise ConfigError(
+            f"annotation.provider.api_key_env: the environment variable {missing} is not set, and this run "
+            f"has annotation jobs to do ({', '.join(planned)}); export {missing}=... (the key never goes into "
+            "the config; the job reads it from the environment) or use another provider"
+        )
+
+
 def table1_pairs(config: dict) -> list[str]:
     """Pairs whose tuned model's responses have human ratings (Table 1 needs them)."""
     rated = (config.get("ratings") or {}).get("model")

@@ -6,7 +6,9 @@ every kind of transient failure gets the same policy and the same log line: rate
 waiting what Retry-After / retry-after-ms asks), server errors (5xx), timeouts, dropped
 connections and malformed bodies, with exponential backoff and jitter. A request still failing
 after `max_retries` retries raises ChatError; so does any other client error (400, 401, 404),
-at once. The API key comes from an environment variable and is never logged.
+at once. The API key comes from the environment variable named in the config (only its name
+travels through the workflow), read when the first request is about to be sent: a job whose
+answers are all cached needs no key. It is never logged.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import email.utils
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -75,10 +78,21 @@ class OpenAIChat:
         self.cache_scope = f"openai:{(base_url or 'https://api.openai.com/v1').rstrip('/')}"
         self.fingerprint = ""
         self.concurrency = concurrency
+        self.chunk = max(64, 8 * concurrency)  # requests claimed at a time in a shared cache
         self.max_retries = max_retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key_from_env(api_key_env),
-                                    max_retries=0, timeout=timeout_s)
+        self.base_url, self.api_key_env, self.timeout_s = base_url, api_key_env, timeout_s
+        self._client = None
+        self.retries = 0  # attempts that failed transiently and were retried (the cost report's count)
+        self._retries_lock = threading.Lock()
+
+    @property
+    def client(self):
+        """The openai client, made when first needed: the key is read then, not before."""
+        if self._client is None:
+            self._client = self._openai.OpenAI(base_url=self.base_url, api_key=api_key_from_env(self.api_key_env),
+                                               max_retries=0, timeout=self.timeout_s)
+        return self._client
 
     def _transient(self, error: Exception) -> bool:
         openai = self._openai
@@ -131,6 +145,8 @@ class OpenAIChat:
                 if wait_s is None:
                     wait_s = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
                 wait_s = min(wait_s, MAX_WAIT_S)
+                with self._retries_lock:
+                    self.retries += 1
                 log.warning("%s (attempt %d of %d); retrying in %.2f s", type(error).__name__, attempt + 1,
                             self.max_retries + 1, wait_s)
                 time.sleep(wait_s)
@@ -140,6 +156,7 @@ class OpenAIChat:
         """(index, response) as each completes, `concurrency` at a time. On a failure, the requests
         already running finish (and are yielded, so they get cached) before ChatError is raised."""
         pending = iter(enumerate(requests))
+        self.client  # noqa: B018 - the key is checked here, before any thread starts
         with ThreadPoolExecutor(self.concurrency) as pool:
             running = {}
             failure = None
