@@ -1,5 +1,5 @@
 # shiftlens: how instruction tuning changes a model, after Wu et al. (NAACL 2024).
-# Targets: all (default), table1, table2, table3, ffn (linear_words.tsv), table5, figure3. See README.md; formats and methods in DESIGN.md.
+# Targets: all (default), table1, table2, table3, ffn (linear_words.tsv), table5, figure3. Design: docs/design.md.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")

@@ -1,5 +1,5 @@
 # LLM annotation of the FFN concepts, one local job per (pair, seed, step): describe -> {task, level};
-# then the cost report, Table 5 and Figure 3 (DESIGN.md 3.3, 4). Answers are cached under
+# then the cost report, Table 5 and Figure 3 (docs/design.md#annotation). Answers are cached under
 # resources/, so rerunning after deleting results/ sends no request.
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-# Tables 1 and 2 per pair (DESIGN.md 4). Analysis settings are params: changing b, L or p reruns
+# Tables 1 and 2 per pair (docs/design.md#tables-1-and-2). Analysis settings are params: changing b, L or p reruns
 # only these jobs, never an attribution.
 
 

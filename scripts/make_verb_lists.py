@@ -1,6 +1,6 @@
 """Make the Table 3 verb lists: datasets/verbs/instruction_verbs.txt and general_verbs.txt.
 
-Table 3 of Wu et al. (NAACL 2024; DESIGN.md 3.2) compares how instruction tuning changes the
+Table 3 of Wu et al. (NAACL 2024; docs/design.md#table-3) compares how instruction tuning changes the
 self-attention knowledge about two lists of verbs:
 
 - instruction verbs: the union of the paper's two hand-made lists (INSTRUCT1, INSTRUCT2 below),

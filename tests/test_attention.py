@@ -7,7 +7,7 @@ from workflow_scripts.attention import Vocabulary, explain_head, mean_embeddings
 
 
 def reference_explain_head(words, embeddings, static, thresholds, wq, wk, top_k):
-    """One dimension at a time, written as the paper's definition reads (DESIGN.md 3.2)."""
+    """One dimension at a time, written as the paper's definition reads (docs/design.md#head-word-pairs)."""
     hq, hk = embeddings @ wq, embeddings @ wk
     activation = (hq**2).sum(0) + (hk**2).sum(0)
     dims = sorted(range(hq.shape[1]), key=lambda d: -float(activation[d]))

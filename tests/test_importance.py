@@ -1,4 +1,4 @@
-"""Binning, importance density and instruction score (DESIGN.md 3.1), against hand computations."""
+"""Binning, importance density and instruction score (docs/design.md#instruction-score), against hand computations."""
 from __future__ import annotations
 
 import math

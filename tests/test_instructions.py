@@ -1,4 +1,4 @@
-"""Instruction tokens (DESIGN.md 3.1): prompt sentences, instruction sentence spans, token masks.
+"""Instruction tokens (docs/design.md#instruction-tokens): prompt sentences, instruction sentence spans, token masks.
 
 Token offsets are written by hand (character [start, end) as a Hugging Face fast tokenizer
 reports them, with special tokens zero-width): no tokenizer is downloaded offline.

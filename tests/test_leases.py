@@ -1,4 +1,4 @@
-"""GPU leases between real processes (DESIGN.md 5): concurrent jobs get their own devices, and a
+"""GPU leases between real processes (docs/design.md#gpus-and-slurm): concurrent jobs get their own devices, and a
 lease lasts exactly as long as the job's process, however that ends.
 
 The machine's GPUs are faked with SHIFTLENS_FAKE_GPUS; the locks are real flocks. Each job is a

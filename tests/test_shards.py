@@ -1,4 +1,4 @@
-"""The attribution shard format (DESIGN.md 4): safe .npz, exact round trip, merging."""
+"""The attribution shard format (docs/design.md#attribution-shards): safe .npz, exact round trip, merging."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Table 3 (DESIGN.md 3.2 and 4) against numbers computed by hand, and the verb lists it reads."""
+"""Table 3 (docs/design.md#table-3) against numbers computed by hand, and the verb lists it reads."""
 from __future__ import annotations
 
 import importlib.util

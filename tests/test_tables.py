@@ -1,4 +1,4 @@
-"""Tables 1 and 2 (DESIGN.md 3.1 and 4) against numbers computed by hand."""
+"""Tables 1 and 2 (docs/design.md#tables-1-and-2) against numbers computed by hand."""
 from __future__ import annotations
 
 import math

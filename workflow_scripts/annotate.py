@@ -1,4 +1,4 @@
-"""One annotation job: one step (describe, task or level) of one seed for one pair (DESIGN.md 3.3, 4).
+"""One annotation job: one step (describe, task or level) of one seed for one pair (docs/design.md#annotation).
 
 describe: every FFN component of the pair's two models (its first `words` words) -> a concept or
           'Cannot Tell'; writes linear_seed{s}.tsv (Explainable Words Summary + linear_words columns)

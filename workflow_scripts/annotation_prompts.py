@@ -1,4 +1,4 @@
-"""The paper's three annotation prompts (DESIGN.md 3.3), worded and sampled as the paper did.
+"""The paper's three annotation prompts (docs/design.md#annotation), worded and sampled as the paper did.
 
 Each step is a system instruction, few-shot examples sent the OpenAI way (system messages named
 `example_user` / `example_assistant`; the local provider turns them into user / assistant turns)

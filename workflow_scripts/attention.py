@@ -1,4 +1,4 @@
-"""Self-attention pattern explanation: word-word pairs of every head dimension (DESIGN.md 3.2).
+"""Self-attention pattern explanation: word-word pairs of every head dimension (docs/design.md#head-word-pairs).
 
 For layer l and head h, Hq = E Wq_h and Hk = E Wk_h project the model-space word vectors E of a
 vocabulary onto the head's query and key dimensions (the layer's input RMSNorm folded into W).

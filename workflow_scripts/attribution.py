@@ -1,6 +1,6 @@
 """Input-output attribution: gradient x input of every prompt token for every response token.
 
-DESIGN.md 3.1. For response token j at position t_j, the objective is its softmax probability
+docs/design.md#attribution. For response token j at position t_j, the objective is its softmax probability
 p(y_j | y_<j, x); the attribution of prompt token i is grad_{e_i}(objective_j) . e_i. The model
 is frozen (only the input embeddings need gradients), one forward pass serves a chunk of
 response tokens, the output head's part of their gradients is taken in one pass, and only the
@@ -63,7 +63,7 @@ def _head_cotangents(model, hidden: torch.Tensor, targets: torch.Tensor) -> torc
 
 
 def attribute_ids(model, input_ids: torch.Tensor, n_prompt: int, chunk_size: int = 32) -> np.ndarray:
-    """(n_prompt x m) gradient x input matrix (DESIGN.md 3.1).
+    """(n_prompt x m) gradient x input matrix (docs/design.md#attribution).
 
     Response tokens go in chunks of `chunk_size` (0: all at once). Each chunk runs one forward
     pass over the prefix it needs (the model is causal, so the sequence is cut after the chunk's

@@ -1,5 +1,5 @@
 """Feed-forward concept explanation: principal components of a layer's down-projection, each
-described by the words its direction points to (DESIGN.md 3.3).
+described by the words its direction points to (docs/design.md#ffn-concepts).
 
 The rows of the down-projection (one per intermediate neuron, hidden wide) are centred and
 their principal components found from the hidden x hidden covariance (an eigendecomposition of

@@ -1,6 +1,6 @@
 """Analysis-time binning of attribution matrices, importance density and instruction score.
 
-DESIGN.md 3.1, following the paper's `compute_density`: the small epsilons (1e-9) are the
+docs/design.md#instruction-score, following the paper's `compute_density`: the small epsilons (1e-9) are the
 paper's, kept so that the released attributions reproduce its tables to four decimals.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which prompt tokens belong to the instruction (DESIGN.md 3.1).
+"""Which prompt tokens belong to the instruction (docs/design.md#instruction-tokens).
 
 The dataset lists instruction fragments; each is widened to the whole prompt sentence(s) that
 contain it, the way the paper's `annotate` does: the prompt is split on newlines, then after

@@ -1,4 +1,4 @@
-"""Table 3: how instruction tuning changes self-attention knowledge about verbs (DESIGN.md 3.2 and 4).
+"""Table 3: how instruction tuning changes self-attention knowledge about verbs (docs/design.md#table-3).
 
 Input is a `bilinear_words.tsv` holding both models of a pair: one row per (model, layer, head,
 dimension) with the dimension's word pairs in `TopK` (`w1=w2|||w3=w4...`). Following the paper
@@ -16,7 +16,7 @@ dimension) with the dimension's word pairs in `TopK` (`w1=w2|||w3=w4...`). Follo
    compares the instruction-verb scores with the general-verb scores.
 
 Where this module differs from the paper's script: it lower-cases a pair before sorting its words
-(the script sorted first, so `B=a` became `b=a` and stayed apart from `a=b`; DESIGN.md 3.2 makes
+(the script sorted first, so `B=a` became `b=a` and stayed apart from `a=b`; docs/design.md#fidelity makes
 them one pair); a pair is counted once per dimension row even if the row repeats it; an empty
 `TopK` holds no pairs (the script's split made an empty "pair" of it); and heads are matched
 between the models by (layer, head), each model's knowledge taken over all its own dimension
@@ -159,7 +159,7 @@ def _unique_lower(words) -> list[str]:
 
 def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
            instruct_words, general_words) -> pd.DataFrame:
-    """Table 3 of the paper: one row per group of layers (DESIGN.md 4 gives the columns)."""
+    """Table 3 of the paper: one row per group of layers (docs/design.md#table-files gives the columns)."""
     _check_models(frame, pretrained, tuned)
     too_deep = frame.loc[frame["Layer"] >= n_layers, "Layer"]
     if len(too_deep) or (frame["Layer"] < 0).any():

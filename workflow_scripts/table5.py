@@ -1,4 +1,4 @@
-"""Table 5 and Figure 3: what the FFN concepts are for, pre-trained vs tuned (DESIGN.md 3.3, 4).
+"""Table 5 and Figure 3: what the FFN concepts are for, pre-trained vs tuned (docs/design.md#table-5).
 
 Input: per seed, the annotated concept files (`linear_task_seed{s}.tsv` with a `Task` column,
 `linear_concept_seed{s}.tsv` with a `Concept` column, each followed by `Explainable Words

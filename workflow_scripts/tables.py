@@ -1,4 +1,4 @@
-"""Tables 1 and 2: instruction scores of samples, by dataset group (DESIGN.md 3.1 and 4).
+"""Tables 1 and 2: instruction scores of samples, by dataset group (docs/design.md#tables-1-and-2).
 
 Table 1 compares the tuned model's responses that humans rated as not following the
 instruction (rating 1) with those rated as following it (2-4); Table 2 compares the pre-trained

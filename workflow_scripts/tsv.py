@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .atomic import atomic_file
 
-# The paper's layouts (DESIGN.md 4), so its released files can stand in for computed ones.
+# The paper's layouts (docs/design.md#paper-layout-tsvs), so its released files can stand in for computed ones.
 BILINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Dim", "Rank", "Score", "TopK")
 LINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "TopK")
 

@@ -1,4 +1,4 @@
-"""Lazy access to the few weight tensors a global explainer needs (DESIGN.md 2, 3.2-3.3).
+"""Lazy access to the few weight tensors a global explainer needs (docs/design.md#models-and-weights).
 
 A per-layer job needs one layer's `q_proj`, `k_proj`, `input_layernorm` or `down_proj` and the
 embeddings: a few hundred MB of a 7B model, not its 28 GB. `ModelWeights` reads each tensor on

@@ -1,4 +1,4 @@
-"""Static word vectors: whether two vocabulary words are related (Section 3.2 of DESIGN.md).
+"""Static word vectors: whether two vocabulary words are related (docs/design.md#word-vectors-and-thresholds).
 
 The paper judges a candidate word pair of an attention head by the cosine of the two words'
 GloVe 840B 300d vectors (sentence-transformers' `average_word_embeddings_glove.840B.300d`,
