@@ -137,3 +137,14 @@ def test_an_empty_vocabulary_is_an_error(tmp_path, content):
     path.write_text(content)
     with pytest.raises(ValueError, match="vocab.tsv: the vocabulary has no words"):
         read_vocabulary(path)
+
+
+def test_build_vocabulary_adds_the_words_it_must_hold_after_the_corpus_words(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat the end\nWrite it down\n")
+    out = tmp_path / "vocab.tsv"
+    # top 2 by count then word: "the" (3), "Write" (sorts before the other single words)
+    assert build_vocabulary(corpus, out, max_words=2, min_count=1, include=["write", "explain", "the"]) == 3
+    lines = [line.split("\t") for line in out.read_text().splitlines()]
+    assert [word for word, _ in lines] == ["the", "Write", "explain"]  # "write" and "the" are there already
+    assert float(lines[2][1]) == 0.0  # not in the corpus: frequency 0

@@ -95,12 +95,15 @@ def build_vocabulary(
     output_tsv: str | Path,
     max_words: int = DEFAULT_MAX_WORDS,
     min_count: int = DEFAULT_MIN_COUNT,
+    include: list[str] = (),
 ) -> int:
     """Write a `word<TAB>relative_frequency` vocabulary of a plain-text corpus (the paper's
     layout) and return the number of words written. Words are `[A-Za-z]+(?:'[a-z]+)?` with their
     case kept (read_vocabulary merges the variants); the frequency is the word's count over all
     word occurrences of the corpus; at most `max_words` words with count >= `min_count`, by count
-    descending then word. Written atomically."""
+    descending then word; then every word of `include` the corpus did not give (the demo's
+    instruction verbs, so that its Table 3 has an instruction column), at its own frequency.
+    Written atomically."""
     if max_words < 1 or min_count < 1:
         raise ValueError(f"max_words ({max_words}) and min_count ({min_count}) must be >= 1")
     corpus_txt, output_tsv = Path(corpus_txt), Path(output_tsv)
@@ -112,6 +115,8 @@ def build_vocabulary(
     kept = sorted((item for item in counts.items() if item[1] >= min_count), key=lambda x: (-x[1], x[0]))[:max_words]
     if not kept:
         raise ValueError(f"{corpus_txt}: no word occurs at least {min_count} times ({total} words in all)")
+    have = {word.lower() for word, _ in kept}
+    kept += [(word, counts.get(word, 0)) for word in dict.fromkeys(include) if word.lower() not in have]
     atomic_write_text(output_tsv, "".join(f"{word}\t{count / total!r}\n" for word, count in kept))
     log.info(
         "%s: %d of %d distinct words (%d occurrences) -> %s", corpus_txt, len(kept), len(counts), total, output_tsv
@@ -127,7 +132,11 @@ def main(argv=None):
     p.add_argument("output")
     p.add_argument("--max-words", type=positive_int, default=DEFAULT_MAX_WORDS)
     p.add_argument("--min-count", type=positive_int, default=DEFAULT_MIN_COUNT)
-    p.set_defaults(run=lambda a: build_vocabulary(a.corpus, a.output, a.max_words, a.min_count))
+    p.add_argument("--include", type=Path, help="a file of words (one per line) the vocabulary must hold")
+    p.set_defaults(run=lambda a: build_vocabulary(
+        a.corpus, a.output, a.max_words, a.min_count,
+        a.include.read_text(encoding="utf8").split() if a.include else (),
+    ))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args.run(args)
