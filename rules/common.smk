@@ -12,7 +12,9 @@ MODELS = list(config["models"])
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     pair="|".join(map(re.escape, PAIRS)),
+    release=r"[A-Za-z0-9][A-Za-z0-9._-]*",  # a released folder name (the schema's id pattern)
     shard=r"\d+",
+    layer=r"\d+",
     seed=r"\d+",
 
 
