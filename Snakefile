@@ -20,7 +20,7 @@ config.update(
         config,
         config_checks.load_schema(workflow.basedir),
         workflow.configfiles,
-        bool(workflow.config_settings.overwrite_config),
+        bool(workflow.config_settings.config),  # --config key=value given
     )
 )
 validate(config, "schemas/config.schema.yaml")  # fills in the defaults

@@ -65,18 +65,23 @@ def test_a_sample_edited_in_place_plans_its_shard_the_merges_and_the_tables(attr
     assert planned_jobs(attributed, "table1", "table2") == {}
 
 
-def kill_when_running(process: subprocess.Popen, *argv_parts: str) -> bool:
-    """SIGKILL the first process whose argv holds every one of `argv_parts` (an OOM kill, say)."""
+def kill_when_running(process: subprocess.Popen, workdir: Path, *argv_parts: str) -> bool:
+    """SIGKILL the first process running in `workdir` whose argv holds every one of `argv_parts`
+    (as an OOM kill would), while `process` runs. Only this test's own jobs can match."""
     wanted = [part.encode() for part in argv_parts]
+    workdir = str(workdir.resolve())
     while process.poll() is None:
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if not all(any(arg.startswith(part) for arg in argv) for part in wanted):
+                    continue
+                if os.readlink(f"/proc/{pid}/cwd") != workdir:
+                    continue
             except OSError:
                 continue
-            if all(any(arg.startswith(part) for arg in argv) for part in wanted):
-                os.kill(int(pid), signal.SIGKILL)
-                return True
+            os.kill(int(pid), signal.SIGKILL)
+            return True
         time.sleep(0.002)
     return False
 
@@ -88,7 +93,7 @@ def test_a_merge_killed_after_a_dtype_change_leaves_no_stale_table(attributed):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *command], cwd=attributed, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed = kill_when_running(run, "workflow_scripts.shards", "merge", "results/attribution/demo-base/")
+    killed = kill_when_running(run, attributed, "workflow_scripts.shards", "merge", "results/attribution/demo-base/")
     output = run.communicate(timeout=1800)[0]
     assert killed, f"the merge of demo-base was not seen running:\n{output[-3000:]}"
     assert run.returncode != 0 and not (attributed / MERGED).exists()

@@ -121,7 +121,7 @@ def describe(error: jsonschema.ValidationError, schema: dict) -> str:
         return _unknown_keys(error, schema)
     where = key_name(error.absolute_path)
     description = _resolve(error.schema, schema).get("description", "")
-    if error.validator == "pattern" and list(error.relative_schema_path)[:1] == ["propertyNames"]:
+    if error.validator == "pattern" and "propertyNames" in error.schema_path:
         return f"{where}: the key {error.instance!r} is not allowed: {description or error.message}"
     text = f"{where}: {error.message}"
     return f"{text} ({description})" if description and len(description) < 200 else text

@@ -104,7 +104,7 @@ def attribution_inputs(config: dict, model: str) -> dict:
     settings = model_config(config, model)
     record = {"model": model, "source": attribution_source(config, model), "dataset": dataset_digest(config)}
     if record["source"] == "released":
-        record["released"] = settings["released"]
+        record["released"] = released_dir(config, model)
         return record
     attribution = config.get("attribution") or {}
     record.update(
@@ -170,6 +170,9 @@ def check_config(config: dict) -> None:
         )
     for key, path in built_paths(config):
         check_inside_workdir(key, path)
+    for model, settings in config["models"].items():
+        if settings.get("attribution") == "released":
+            released_dir(config, model)  # sample ids as file names, when the dataset is readable
 
 
 def built_paths(config: dict) -> list[tuple[str, str]]:
