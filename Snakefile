@@ -36,6 +36,7 @@ include: "rules/annotate.smk"  # LLM annotation (seeds x steps), cost report, Ta
 
 
 rule all:
+    """Target (default): Tables 1, 2, 3 and 5, the FFN concepts and Figure 3 of every pair."""
     default_target: True
     input:
         rules.table1.input,

@@ -78,5 +78,6 @@ rule table3_pair:
 
 
 rule table3:
+    """Target: Table 3 of every pair, heads that gained instruction-verb word pairs (results/tables/<pair>/table3)."""
     input:
         expand("results/tables/{pair}/table3.tsv", pair=PAIRS),

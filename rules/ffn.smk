@@ -48,5 +48,6 @@ rule merge_linear_words:
 
 
 rule ffn:
+    """Target: the FFN concepts of every paired model and layer (results/ffn/linear_words.tsv)."""
     input:
         "results/ffn/linear_words.tsv",

@@ -67,10 +67,12 @@ rule table2_pair:
 
 
 rule table1:
+    """Target: Table 1 of every pair whose tuned model has human ratings (results/tables/<pair>/table1)."""
     input:
         expand("results/tables/{pair}/table1.tsv", pair=dag.table1_pairs(config)),
 
 
 rule table2:
+    """Target: Table 2 of every pair, pre-trained vs tuned instruction scores (results/tables/<pair>/table2)."""
     input:
         expand("results/tables/{pair}/table2.tsv", pair=PAIRS),

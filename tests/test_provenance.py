@@ -65,6 +65,12 @@ def test_a_sample_edited_in_place_plans_its_shard_the_merges_and_the_tables(attr
     assert planned_jobs(attributed, "table1", "table2") == {}
 
 
+def test_a_number_typed_on_the_command_line_reruns_only_the_tables(attributed):
+    """Issue 15, point 3: --config values are strings to Snakemake; the schema types them."""
+    jobs = planned_jobs(attributed, "table1", "table2", "--config", "analysis={threshold: 6}")
+    assert jobs == {"table1_pair": 1, "table2_pair": 1, "table1": 1, "table2": 1}
+
+
 def kill_when_running(process: subprocess.Popen, workdir: Path, *argv_parts: str) -> bool:
     """SIGKILL the first process running in `workdir` whose argv holds every one of `argv_parts`
     (as an OOM kill would), while `process` runs. Only this test's own jobs can match."""
