@@ -4,6 +4,7 @@ import re
 from workflow_scripts import dag
 
 dag.check_config(config)
+dag.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
 
 PAIRS = list(config["pairs"])
 MODELS = list(config["models"])

@@ -154,3 +154,13 @@ def test_paper_dataset_digest_is_the_same_before_and_after_the_fetch(config, tmp
     config["dataset"]["samples"] = "resources/paper/datasets/Other.tsv"
     with pytest.raises(dag.ConfigError, match="run `snakemake --cores 1 paper_datasets` first"):
         dag.dataset_digest(config)
+
+
+def test_the_dataset_is_checked_when_it_is_there_and_skipped_before_the_fetch(config, tmp_path, monkeypatch):
+    dag.check_dataset(config)
+    (tmp_path / "data.tsv").write_text(HEADER + row(1) + "s2\tonly\ttwo\n")
+    with pytest.raises(ValueError, match=r"data.tsv:3: expected 4 tab-separated fields"):
+        dag.check_dataset(config)
+    monkeypatch.chdir(tmp_path)
+    config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
+    dag.check_dataset(config)  # not fetched yet: nothing to check

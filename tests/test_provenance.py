@@ -12,17 +12,36 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from test_workflow import copy_workflow, planned_jobs, snakemake
+
+from workflow_scripts import demo_models
 
 pytestmark = pytest.mark.workflow
 
 MERGED = "results/attribution/demo-base/attributions.npz"
+DATASET = "datasets/demo data.tsv"  # a space in the path, through every job
 
 
 @pytest.fixture(scope="module")
 def attributed(tmp_path_factory):
-    """The demo's Tables 1 and 2 (models built, both models attributed), once per module."""
+    """The demo's Tables 1 and 2 computed by Snakemake from a small pair of the demo's architecture.
+
+    The pair is built here with a few training steps (the demo's own builds take minutes), as local
+    model directories the config points at; the dataset path has a space in it.
+    """
     work = copy_workflow(tmp_path_factory.mktemp("provenance"))
+    (work / DATASET).write_text((work / "datasets/demo.tsv").read_text())
+    demo_models.build_corpus(work / "corpus.txt", work / DATASET, max_bytes=60_000)
+    demo_models.train_tokenizer(work / "corpus.txt", work / "tokenizer", vocab_size=600)
+    demo_models.pretrain(work / "corpus.txt", work / "tokenizer", work / "models/demo-base", steps=5, seed=0)
+    demo_models.finetune(work / "models/demo-base", work / "models/demo-tuned", work / DATASET, steps=5, seed=0)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["dataset"]["samples"] = DATASET
+    config["attribution"]["shard_size"] = 22  # two shards per model
+    for model in ("demo-base", "demo-tuned"):
+        config["models"][model] = {"path": f"models/{model}", "gpus": 0}
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(work, "table1", "table2")
     return work
 
@@ -43,18 +62,18 @@ def edited_in_place(path: Path, edit):
 
 def test_a_dataset_row_that_lost_a_column_fails_planning_where_outputs_exist(attributed):
     assert planned_jobs(attributed, "table1", "table2") == {}
-    restore = edited_in_place(attributed / "datasets/demo.tsv",
+    restore = edited_in_place(attributed / DATASET,
                               lambda lines: lines.__setitem__(5, lines[5].rsplit("\t", 1)[0] + "\n"))
     try:
         out = snakemake(attributed, "--dry-run", "table1", "table2", check=False)
     finally:
         restore()
     assert out.returncode != 0
-    assert re.search(r"datasets/demo.tsv:6: expected 4 tab-separated fields", out.stdout + out.stderr)
+    assert re.search(r"datasets/demo data.tsv:6: expected 4 tab-separated fields", out.stdout + out.stderr)
 
 
 def test_a_sample_edited_in_place_plans_its_shard_the_merges_and_the_tables(attributed):
-    restore = edited_in_place(attributed / "datasets/demo.tsv",
+    restore = edited_in_place(attributed / DATASET,
                               lambda lines: lines.__setitem__(20, lines[20].replace("\t", "\tNow: ", 1)))
     try:
         jobs = planned_jobs(attributed, "table1", "table2")

@@ -175,6 +175,16 @@ def check_config(config: dict) -> None:
             released_dir(config, model)  # sample ids as file names, when the dataset is readable
 
 
+def check_dataset(config: dict) -> None:
+    """Read and check the dataset now, when it is there (before the paper data are fetched it is not).
+
+    An error raised inside an input function or param is dropped by Snakemake when the file that
+    job would make exists, so a row that lost a column would pass unseen in a folder with results.
+    """
+    if any(Path(path).is_file() for path in dataset_candidates(config)):
+        dataset_samples(config)
+
+
 def built_paths(config: dict) -> list[tuple[str, str]]:
     """Configured paths this workflow writes (a rule's output): key -> path."""
     paths = [(f"models.{m}.path", s["path"]) for m, s in config["models"].items() if s.get("build")]
