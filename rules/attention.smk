@@ -24,11 +24,11 @@ rule explain_attention_layer:
     benchmark:
         "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
     shell:
-        "python -m workflow_scripts.leases {resources.gpu} --"
-        " python -m workflow_scripts.attention layer --model-dir {params.path} --model-id {wildcards.model}"
-        " --layer {wildcards.layer} --vocabulary {input.vocabulary} --top-k {params.top_k}"
-        " --baseline-words {params.baseline_words} --word-vectors-kind {params.vectors_kind}"
-        " --word-vectors-path '{params.vectors_path}' --size {params.size} --output {output} > {log} 2>&1"
+        "python -m workflow_scripts.leases {resources.gpu:q} --"
+        " python -m workflow_scripts.attention layer --model-dir {params.path:q} --model-id {wildcards.model:q}"
+        " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --top-k {params.top_k:q}"
+        " --baseline-words {params.baseline_words:q} --word-vectors-kind {params.vectors_kind:q}"
+        " --word-vectors-path {params.vectors_path:q} --size {params.size:q} --output {output:q} > {log:q} 2>&1"
 
 
 def attention_shards(wildcards):
@@ -48,7 +48,7 @@ rule merge_bilinear_words:
     log:
         "logs/merge_bilinear_words.log",
     shell:
-        "python -m workflow_scripts.attention merge {output} {input} > {log} 2>&1"
+        "python -m workflow_scripts.attention merge {output:q} {input:q} > {log:q} 2>&1"
 
 
 def bilinear_words():
@@ -72,11 +72,12 @@ rule table3_pair:
     log:
         "logs/table3/{pair}.log",
     shell:
-        "python -m workflow_scripts.table3 --bilinear-words {input.bilinear} --pretrained {params.pretrained}"
-        " --tuned {params.tuned} --layers {params.layers} --instruct {input.instruct} --general {input.general}"
-        " --output {output.tsv} > {log} 2>&1"
+        "python -m workflow_scripts.table3 --bilinear-words {input.bilinear:q} --pretrained {params.pretrained:q}"
+        " --tuned {params.tuned:q} --layers {params.layers:q} --instruct {input.instruct:q}"
+        " --general {input.general:q} --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table3:
+    """Target: Table 3 of every pair, heads that gained instruction-verb word pairs (results/tables/<pair>/table3)."""
     input:
         expand("results/tables/{pair}/table3.tsv", pair=PAIRS),

@@ -27,31 +27,29 @@ rule attribute_shard:
     benchmark:
         "benchmarks/attribute_shard/{model}/shard-{shard}.tsv"
     shell:
-        "python -m workflow_scripts.leases {resources.gpu} --"
-        " python -m workflow_scripts.attribution --model-dir {params.path} --model-id {wildcards.model}"
-        " --dataset {input.dataset} --shard {wildcards.shard} --shard-size {params.shard_size}"
-        " --response {params.response} --max-new-tokens {params.max_new_tokens}"
-        " --chunk-size {config[attribution][chunk_size]} --dtype {params.dtype}"
-        " --output {output} > {log} 2>&1"
+        "python -m workflow_scripts.leases {resources.gpu:q} --"
+        " python -m workflow_scripts.attribution --model-dir {params.path:q} --model-id {wildcards.model:q}"
+        " --dataset {input.dataset:q} --shard {wildcards.shard:q} --shard-size {params.shard_size:q}"
+        " --response {params.response:q} --max-new-tokens {params.max_new_tokens:q}"
+        " --chunk-size {config[attribution][chunk_size]:q} --dtype {params.dtype:q}"
+        " --output {output:q} > {log:q} 2>&1"
 
 
 rule convert_released_attributions:
     """The paper's released pickles of one model, read safely, in the shard format."""
     input:
         dataset=config["dataset"]["samples"],
-        released=lambda w: "resources/paper/results/attribution_interpret/" + model_setting(w.model, "released"),
+        released=lambda w: dag.released_dir(config, w.model),
     output:
         "results/attribution/{model}/released.npz",
     log:
         "logs/convert_released_attributions/{model}.log",
     shell:
-        "python -m workflow_scripts.released --dataset {input.dataset} --released-dir {input.released}"
-        " --model {wildcards.model} --output {output} > {log} 2>&1"
+        "python -m workflow_scripts.released --dataset {input.dataset:q} --released-dir {input.released:q}"
+        " --model {wildcards.model:q} --output {output:q} > {log:q} 2>&1"
 
 
-def attribution_parts(wildcards):
-    if model_setting(wildcards.model, "attribution", "computed") == "released":
-        return [f"results/attribution/{wildcards.model}/released.npz"]
+def attribution_shards(wildcards):
     return expand(
         "results/attribution/{model}/shards/shard-{shard}.npz",
         model=wildcards.model,
@@ -60,12 +58,15 @@ def attribution_parts(wildcards):
 
 
 rule merge_attributions:
-    """All samples of one model in one file."""
+    """All computed samples of one model in one file (released ones are never merged here)."""
     input:
-        attribution_parts,
+        attribution_shards,
     output:
         "results/attribution/{model}/attributions.npz",
+    params:
+        # what went into the shards: a change reruns the merge even when its file survived
+        provenance=lambda w: dag.attribution_provenance(config, [w.model]),
     log:
         "logs/merge_attributions/{model}.log",
     shell:
-        "python -m workflow_scripts.shards merge {output} {input} > {log} 2>&1"
+        "python -m workflow_scripts.shards merge {output:q} {input:q} > {log:q} 2>&1"

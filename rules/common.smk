@@ -4,6 +4,7 @@ import re
 from workflow_scripts import dag
 
 dag.check_config(config)
+dag.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
 
 PAIRS = list(config["pairs"])
 MODELS = list(config["models"])
@@ -12,7 +13,9 @@ MODELS = list(config["models"])
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     pair="|".join(map(re.escape, PAIRS)),
+    release=r"[A-Za-z0-9][A-Za-z0-9._-]*",  # a released folder name (the schema's id pattern)
     shard=r"\d+",
+    layer=r"\d+",
     seed=r"\d+",
 
 

@@ -5,7 +5,7 @@ PAPER_DATASETS = [
     "datasets/AnnotatedDataset.tsv",
     "datasets/SingleShareGPT_Vocab.tsv",
 ]
-PAPER_SOURCE = f"--source {config['paper_data']}" if config.get("paper_data") else ""
+PAPER_SOURCE = config.get("paper_data") or ""  # empty: download at paper_commit
 
 
 rule paper_datasets:
@@ -20,8 +20,8 @@ rule paper_datasets:
         "logs/paper_datasets.log",
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
-        " --destination resources/paper {params.source} --commit {params.commit}"
-        " --files {PAPER_DATASETS} > {log} 2>&1"
+        " --destination resources/paper --source {params.source:q} --commit {params.commit:q}"
+        " --files {PAPER_DATASETS:q} > {log:q} 2>&1"
 
 
 rule paper_released_attributions:
@@ -36,8 +36,8 @@ rule paper_released_attributions:
         "logs/paper_released_attributions/{release}.log",
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
-        " --destination resources/paper {params.source} --commit {params.commit}"
-        " --folder results/attribution_interpret/{wildcards.release} > {log} 2>&1"
+        " --destination resources/paper --source {params.source:q} --commit {params.commit:q}"
+        " --folder results/attribution_interpret/{wildcards.release:q} > {log:q} 2>&1"
 
 
 # The demo models are trained once on the demo dataset as it was then (ancient): adding a sample
@@ -51,7 +51,7 @@ rule demo_corpus:
     log:
         "logs/demo_corpus.log",
     shell:
-        "python -m workflow_scripts.demo_models corpus {output} --dataset {input.dataset} > {log} 2>&1"
+        "python -m workflow_scripts.demo_models corpus {output:q} --dataset {input.dataset:q} > {log:q} 2>&1"
 
 
 rule demo_vocabulary:
@@ -63,7 +63,7 @@ rule demo_vocabulary:
     log:
         "logs/demo_vocabulary.log",
     shell:
-        "python -m workflow_scripts.vocabulary build {input} {output} --max-words 3000 > {log} 2>&1"
+        "python -m workflow_scripts.vocabulary build {input:q} {output:q} --max-words 3000 > {log:q} 2>&1"
 
 
 rule demo_tokenizer:
@@ -75,7 +75,7 @@ rule demo_tokenizer:
     log:
         "logs/demo_tokenizer.log",
     shell:
-        "python -m workflow_scripts.demo_models tokenizer {input} {output} > {log} 2>&1"
+        "python -m workflow_scripts.demo_models tokenizer {input:q} {output:q} > {log:q} 2>&1"
 
 
 rule demo_base_model:
@@ -91,7 +91,7 @@ rule demo_base_model:
     benchmark:
         "benchmarks/demo_base_model.tsv"
     shell:
-        "python -m workflow_scripts.demo_models pretrain {input.corpus} {input.tokenizer} {output} > {log} 2>&1"
+        "python -m workflow_scripts.demo_models pretrain {input.corpus:q} {input.tokenizer:q} {output:q} > {log:q} 2>&1"
 
 
 rule demo_tuned_model:
@@ -107,4 +107,7 @@ rule demo_tuned_model:
     benchmark:
         "benchmarks/demo_tuned_model.tsv"
     shell:
-        "python -m workflow_scripts.demo_models finetune {input.base} {output} --dataset {input.dataset} > {log} 2>&1"
+        (
+            "python -m workflow_scripts.demo_models finetune {input.base:q} {output:q} --dataset {input.dataset:q}"
+            " > {log:q} 2>&1"
+        )

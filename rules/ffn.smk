@@ -21,10 +21,10 @@ rule explain_ffn_layer:
     benchmark:
         "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
     shell:
-        "python -m workflow_scripts.leases {resources.gpu} --"
-        " python -m workflow_scripts.ffn layer --model-dir {params.path} --model-id {wildcards.model}"
-        " --layer {wildcards.layer} --vocabulary {input.vocabulary} --rank {params.rank}"
-        " --top-k {params.top_k} --size {params.size} --output {output} > {log} 2>&1"
+        "python -m workflow_scripts.leases {resources.gpu:q} --"
+        " python -m workflow_scripts.ffn layer --model-dir {params.path:q} --model-id {wildcards.model:q}"
+        " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --rank {params.rank:q}"
+        " --top-k {params.top_k:q} --size {params.size:q} --output {output:q} > {log:q} 2>&1"
 
 
 def ffn_shards(wildcards):
@@ -44,9 +44,10 @@ rule merge_linear_words:
     log:
         "logs/merge_linear_words.log",
     shell:
-        "python -m workflow_scripts.ffn merge {output} {input} > {log} 2>&1"
+        "python -m workflow_scripts.ffn merge {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule ffn:
+    """Target: the FFN concepts of every paired model and layer (results/ffn/linear_words.tsv)."""
     input:
         "results/ffn/linear_words.tsv",

@@ -3,7 +3,14 @@
 
 
 def pair_member(role):
-    return lambda w: f"results/attribution/{config['pairs'][w.pair][role]}/attributions.npz"
+    """The member's merged computed attributions, or its converted released ones (another path)."""
+    return lambda w: dag.attribution_file(config, config["pairs"][w.pair][role])
+
+
+def provenance(*roles):
+    """What went into the members' attributions: a table built from other inputs reruns, and with
+    it a merge that was killed after its shards were redone (a missing intermediate)."""
+    return lambda w: dag.attribution_provenance(config, [config["pairs"][w.pair][role] for role in roles])
 
 
 rule table1_pair:
@@ -22,15 +29,16 @@ rule table1_pair:
         min_response_tokens=config["analysis"]["min_response_tokens"],
         groups=groups_arg(),
         rated=config["ratings"]["column_value"] if config.get("ratings") else "",
+        provenance=provenance("tuned"),
+        title=lambda w: f"Table 1 ({w.pair}): instruction score of unfollowed vs followed responses",
     log:
         "logs/table1/{pair}.log",
     shell:
-        "python -m workflow_scripts.tables table1 --dataset {input.dataset} --attributions {input.tuned}"
-        " --ratings {input.ratings} --rated-model {params.rated} --groups '{params.groups}'"
-        " --levels {params.levels} --threshold {params.threshold} --p {params.p}"
-        " --min-response-tokens {params.min_response_tokens}"
-        " --title 'Table 1 ({wildcards.pair}): instruction score of unfollowed vs followed responses'"
-        " --output {output.tsv} > {log} 2>&1"
+        "python -m workflow_scripts.tables table1 --dataset {input.dataset:q} --attributions {input.tuned:q}"
+        " --ratings {input.ratings:q} --rated-model {params.rated:q} --groups {params.groups:q}"
+        " --levels {params.levels:q} --threshold {params.threshold:q} --p {params.p:q}"
+        " --min-response-tokens {params.min_response_tokens:q} --title {params.title:q}"
+        " --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table2_pair:
@@ -47,21 +55,24 @@ rule table2_pair:
         threshold=config["analysis"]["threshold"],
         p=config["analysis"]["p"],
         groups=groups_arg(),
+        provenance=provenance("pretrained", "tuned"),
+        title=lambda w: f"Table 2 ({w.pair}): instruction score, pre-trained vs instruction-tuned",
     log:
         "logs/table2/{pair}.log",
     shell:
-        "python -m workflow_scripts.tables table2 --dataset {input.dataset}"
-        " --attributions {input.pretrained} {input.tuned} --groups '{params.groups}'"
-        " --levels {params.levels} --threshold {params.threshold} --p {params.p}"
-        " --title 'Table 2 ({wildcards.pair}): instruction score, pre-trained vs instruction-tuned'"
-        " --output {output.tsv} > {log} 2>&1"
+        "python -m workflow_scripts.tables table2 --dataset {input.dataset:q}"
+        " --attributions {input.pretrained:q} {input.tuned:q} --groups {params.groups:q}"
+        " --levels {params.levels:q} --threshold {params.threshold:q} --p {params.p:q} --title {params.title:q}"
+        " --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table1:
+    """Target: Table 1 of every pair whose tuned model has human ratings (results/tables/<pair>/table1)."""
     input:
         expand("results/tables/{pair}/table1.tsv", pair=dag.table1_pairs(config)),
 
 
 rule table2:
+    """Target: Table 2 of every pair, pre-trained vs tuned instruction scores (results/tables/<pair>/table2)."""
     input:
         expand("results/tables/{pair}/table2.tsv", pair=PAIRS),

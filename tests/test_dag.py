@@ -1,5 +1,6 @@
 """Planning-time logic of the rules, without Snakemake."""
 import copy
+import hashlib
 
 import pytest
 
@@ -99,3 +100,67 @@ def test_vocabulary_is_required_only_when_asked_for(config):
 def test_pair_models_are_listed_once_in_config_order(config):
     config["pairs"]["q"] = {"pretrained": "base", "tuned": "tuned"}
     assert dag.pair_models(config) == ["base", "tuned"]
+
+
+def test_released_and_computed_attributions_never_share_a_path(config):
+    computed = dag.attribution_file(config, "base")
+    config["models"]["base"].update(attribution="released", released="ifa_base")
+    assert computed == "results/attribution/base/attributions.npz"
+    assert dag.attribution_file(config, "base") == "results/attribution/base/released.npz"
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c["models"]["base"].update(dtype="bfloat16"),
+    lambda c: c["models"]["base"].update(path="org/other"),
+    lambda c: c["attribution"].update(response="reference"),
+    lambda c: c["attribution"].update(max_new_tokens=50),
+    lambda c: c["attribution"].update(shard_size=3),
+    lambda c: c["models"]["base"].update(attribution="released", released="ifa_base"),
+])
+def test_provenance_changes_with_whatever_went_into_the_attributions(config, edit):
+    before = dag.attribution_provenance(config, ["base", "tuned"])
+    assert len(before) == 16 and before == dag.attribution_provenance(copy.deepcopy(config), ["base", "tuned"])
+    edit(config)
+    assert dag.attribution_provenance(config, ["base", "tuned"]) != before
+
+
+def test_provenance_ignores_speed_settings_other_models_and_key_order(config):
+    before = dag.attribution_provenance(config, ["tuned"])
+    config["attribution"]["chunk_size"] = 4  # speed only
+    config["models"]["base"]["dtype"] = "float16"  # not a member
+    config["models"]["tuned"] = dict(reversed(list(config["models"]["tuned"].items())))
+    assert dag.attribution_provenance(config, ["tuned"]) == before
+
+
+def test_provenance_follows_the_dataset_content_and_a_bad_row_fails_it(config, tmp_path):
+    before = dag.attribution_provenance(config, ["tuned"])
+    (tmp_path / "data.tsv").write_text(HEADER + "".join(row(i, "Edited." if i == 4 else "An answer.") for i in range(5)))
+    assert dag.attribution_provenance(config, ["tuned"]) != before
+    (tmp_path / "data.tsv").write_text(HEADER + row(1) + "s2\tonly\ttwo\n")
+    with pytest.raises(ValueError, match=r"data.tsv:3: expected 4 tab-separated fields"):
+        dag.attribution_provenance(config, ["tuned"])
+
+
+def test_paper_dataset_digest_is_the_same_before_and_after_the_fetch(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = HEADER + row(1)
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / dag.PAPER_MANIFEST).write_text(f"{hashlib.sha256(data.encode()).hexdigest()}  datasets/Final.tsv\n")
+    config["dataset"]["samples"] = "resources/paper/datasets/Final.tsv"
+    before = dag.dataset_digest(config)  # neither fetched nor a local copy: the manifest's checksum
+    (tmp_path / "resources/paper/datasets").mkdir(parents=True)
+    (tmp_path / "resources/paper/datasets/Final.tsv").write_text(data)
+    assert dag.dataset_digest(config) == before
+    config["dataset"]["samples"] = "resources/paper/datasets/Other.tsv"
+    with pytest.raises(dag.ConfigError, match="run `snakemake --cores 1 paper_datasets` first"):
+        dag.dataset_digest(config)
+
+
+def test_the_dataset_is_checked_when_it_is_there_and_skipped_before_the_fetch(config, tmp_path, monkeypatch):
+    dag.check_dataset(config)
+    (tmp_path / "data.tsv").write_text(HEADER + row(1) + "s2\tonly\ttwo\n")
+    with pytest.raises(ValueError, match=r"data.tsv:3: expected 4 tab-separated fields"):
+        dag.check_dataset(config)
+    monkeypatch.chdir(tmp_path)
+    config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
+    dag.check_dataset(config)  # not fetched yet: nothing to check

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from .dataset import Sample, read_dataset, shard_samples
 from .instructions import instruction_spans
 from .model_paths import ModelShape, looks_local
 from .model_paths import model_shape as shape_of
+from .paper_data import read_manifest
+
+PAPER_MANIFEST = "datasets/paper-manifest.sha256"
+FETCHED = "resources/paper/"
 
 
 class ConfigError(ValueError):
@@ -34,7 +39,11 @@ def dataset_samples(config: dict) -> tuple[Sample, ...]:
     for path in dataset_candidates(config):
         if Path(path).is_file():
             return _samples(str(path), Path(path).stat().st_mtime_ns)
-    raise ConfigError(
+    raise _missing_dataset(config)
+
+
+def _missing_dataset(config: dict) -> ConfigError:
+    return ConfigError(
         f"dataset.samples: {config['dataset']['samples']} does not exist yet and its shards are needed to "
         "plan the attribution jobs; run `snakemake --cores 1 paper_datasets` first (it downloads the "
         "paper data), or set paper_data to a local copy of it"
@@ -44,10 +53,76 @@ def dataset_samples(config: dict) -> tuple[Sample, ...]:
 def dataset_candidates(config: dict) -> list[str]:
     path = config["dataset"]["samples"]
     candidates = [path]
-    fetched = "resources/paper/"
-    if config.get("paper_data") and path.startswith(fetched):
-        candidates.append(str(Path(config["paper_data"]) / path[len(fetched) :]))
+    if config.get("paper_data") and path.startswith(FETCHED):
+        candidates.append(str(Path(config["paper_data"]) / path[len(FETCHED) :]))
     return candidates
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+@functools.lru_cache(maxsize=2)
+def _manifest(path: str, mtime_ns: int) -> dict[str, str]:
+    return read_manifest(path)
+
+
+def dataset_digest(config: dict) -> str:
+    """SHA-256 of the dataset file, checked row by row on the way (a bad row fails the plan).
+
+    Before the paper data are fetched, the manifest's checksum stands for the file: the fetch
+    verifies against it, so the digest is the same before and after the fetch (nothing reruns).
+    """
+    for path in dataset_candidates(config):
+        if Path(path).is_file():
+            dataset_samples(config)
+            stat = Path(path).stat()
+            return _file_sha256(str(path), stat.st_mtime_ns, stat.st_size)
+    samples = config["dataset"]["samples"]
+    if samples.startswith(FETCHED) and Path(PAPER_MANIFEST).is_file():
+        checksum = _manifest(PAPER_MANIFEST, Path(PAPER_MANIFEST).stat().st_mtime_ns).get(samples[len(FETCHED) :])
+        if checksum:
+            return checksum
+    raise _missing_dataset(config)
+
+
+def attribution_source(config: dict, model: str) -> str:
+    return model_config(config, model).get("attribution", "computed")
+
+
+def attribution_file(config: dict, model: str) -> str:
+    """What the tables read. Released and computed attributions never share a path, so that one
+    can never stand in for the other after a config switch."""
+    name = "released.npz" if attribution_source(config, model) == "released" else "attributions.npz"
+    return f"results/attribution/{model}/{name}"
+
+
+def attribution_inputs(config: dict, model: str) -> dict:
+    """Everything that decides a model's attributions (chunk_size trades speed only: not in it)."""
+    settings = model_config(config, model)
+    record = {"model": model, "source": attribution_source(config, model), "dataset": dataset_digest(config)}
+    if record["source"] == "released":
+        record["released"] = released_dir(config, model)
+        return record
+    attribution = config.get("attribution") or {}
+    record.update(
+        path=settings["path"],
+        dtype=settings.get("dtype", "float32"),
+        response=attribution.get("response", "generate"),
+        max_new_tokens=attribution.get("max_new_tokens", 300),
+        shard_size=attribution.get("shard_size", 16),
+    )
+    return record
+
+
+def attribution_provenance(config: dict, models: list[str]) -> str:
+    """A short digest of what went into these models' attributions: a rule param of the merge and
+    the table jobs. A table whose inputs were planned from other settings reruns, and with it any
+    missing intermediate (a merge killed after its shards were redone is never passed over)."""
+    text = json.dumps([attribution_inputs(config, m) for m in models], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def shard_ids(config: dict) -> list[int]:
@@ -87,6 +162,61 @@ def check_config(config: dict) -> None:
     ratings = config.get("ratings")
     if ratings and ratings["model"] not in config["models"]:
         raise ConfigError(f"ratings.model: {ratings['model']!r} is not a key of models")
+    analysis = config.get("analysis") or {}
+    if analysis.get("threshold", 7) >= analysis.get("levels", 10):
+        raise ConfigError(
+            f"analysis.threshold ({analysis.get('threshold', 7)}) must be below analysis.levels "
+            f"({analysis.get('levels', 10)}): bins <= threshold are set to 0, so every score would be 0"
+        )
+    for key, path in built_paths(config):
+        check_inside_workdir(key, path)
+    for model, settings in config["models"].items():
+        if settings.get("attribution") == "released":
+            released_dir(config, model)  # sample ids as file names, when the dataset is readable
+
+
+def check_dataset(config: dict) -> None:
+    """Read and check the dataset now, when it is there (before the paper data are fetched it is not).
+
+    An error raised inside an input function or param is dropped by Snakemake when the file that
+    job would make exists, so a row that lost a column would pass unseen in a folder with results.
+    """
+    if any(Path(path).is_file() for path in dataset_candidates(config)):
+        dataset_samples(config)
+
+
+def built_paths(config: dict) -> list[tuple[str, str]]:
+    """Configured paths this workflow writes (a rule's output): key -> path."""
+    paths = [(f"models.{m}.path", s["path"]) for m, s in config["models"].items() if s.get("build")]
+    provider = (config.get("annotation") or {}).get("provider") or {}
+    if provider.get("build") and provider.get("path"):
+        paths.append(("annotation.provider.path", provider["path"]))
+    return paths
+
+
+def check_inside_workdir(key: str, path: str) -> None:
+    """A path the workflow writes must stay inside the working directory (no absolute, no `..` out)."""
+    workdir = Path.cwd().resolve()
+    resolved = (workdir / Path(path).expanduser()).resolve()
+    if Path(path).expanduser().is_absolute() or not resolved.is_relative_to(workdir) or resolved == workdir:
+        raise ConfigError(f"{key}: {path} is written by this workflow, so it must be a folder inside the "
+                          f"working directory {workdir} (a relative path without `..` out of it)")
+
+
+def released_dir(config: dict, model: str) -> str:
+    """The model's released attribution folder; every sample id is checked to be a plain file name
+    there (the conversion reads `<id>.pkl`), so no id reads outside the checksummed folder."""
+    name = model_config(config, model)["released"]
+    for path in dataset_candidates(config):
+        if Path(path).is_file():
+            for sample in dataset_samples(config):
+                if sample.id in (".", "..") or Path(sample.id).name != sample.id or "\\" in sample.id:
+                    raise ConfigError(
+                        f"{path}:{sample.line}: sample id {sample.id!r} is not a plain file name, but the released "
+                        f"attributions of models.{model} are read from <id>.pkl in {name}/"
+                    )
+            break
+    return f"resources/paper/results/attribution_interpret/{name}"
 
 
 def check_annotation_provider(provider: dict) -> None:

@@ -1,0 +1,119 @@
+"""Config checks before any rule: typed command-line values, short errors, ids and paths that stay put."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_scripts import config_checks, dag
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = config_checks.load_schema(REPO)
+
+
+@pytest.fixture
+def demo():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def check(config, overrides=True):
+    return config_checks.check(config, SCHEMA, ["config.yaml"], overrides)
+
+
+def test_strings_from_the_command_line_are_typed_as_the_schema_declares(demo):
+    # what Snakemake's --config makes of analysis='{threshold: 6, p: 2.5}' and friends
+    demo["analysis"].update(threshold="6", p="2.5", levels="12")
+    demo["annotation"].update(seeds=["0", "1"], max_rank="null")
+    demo["paper_commit"] = 12345678
+    checked = check(demo)
+    assert checked["analysis"] == {"levels": 12, "threshold": 6, "p": 2.5, "min_response_tokens": 5}
+    assert checked["annotation"]["seeds"] == [0, 1] and checked["annotation"]["max_rank"] is None
+    assert checked["paper_commit"] == "12345678"
+    assert checked["models"]["demo-base"]["path"] == "resources/models/demo-base"  # strings stay strings
+
+
+@pytest.mark.parametrize("value", [8.0, "8.0", 8.5])
+def test_a_float_where_an_integer_is_due_names_the_key(demo, value):
+    demo["attribution"]["shard_size"] = value
+    with pytest.raises(dag.ConfigError, match=r"config error in config.yaml and --config:\n"
+                                              r"attribution.shard_size: 8.[05] is not an integer"):
+        check(demo)
+
+
+def test_a_misspelt_key_names_the_nearest_allowed_one_in_a_few_lines(demo):
+    demo["analyis"] = {"threshold": "7"}
+    with pytest.raises(dag.ConfigError) as error:
+        check(demo)
+    message = str(error.value)
+    assert "analyis: unknown key; did you mean `analysis`?" in message
+    assert "allowed keys at the top level: paper_data, paper_commit, dataset," in message
+    assert message.count("\n") < 5 and "definitions" not in message
+
+
+def test_a_misspelt_nested_key_names_its_section(demo):
+    demo["attribution"]["shard_sise"] = 4
+    with pytest.raises(dag.ConfigError, match=r"attribution.shard_sise: unknown key; did you mean `shard_size`\?\n"
+                                              r"allowed keys in attribution: response, max_new_tokens, shard_size"):
+        check(demo, overrides=False)
+
+
+def test_a_wrong_type_names_the_key_and_says_what_it_is(demo):
+    demo["attribution"]["shard_size"] = "eight"
+    with pytest.raises(dag.ConfigError, match=r"^config error in config.yaml:\nattribution.shard_size: 'eight' is "
+                                              r"not of type 'integer' \(Samples per GPU job"):
+        check(demo, overrides=False)
+
+
+@pytest.mark.parametrize("bad", ["../../x", "x$(touch p)", "x`touch p`", "x;touch p", "a b", "a'b", 'a"b', "a..b",
+                                 ".hidden", "a/b", ""])
+@pytest.mark.parametrize("where", ["models", "pairs", "groups", "released"])
+def test_ids_outside_the_id_pattern_are_refused(demo, bad, where):
+    if where == "models":
+        demo["models"][bad] = demo["models"].pop("demo-base")
+    elif where == "pairs":
+        demo["pairs"][bad] = demo["pairs"].pop("demo")
+    elif where == "groups":
+        demo["dataset"]["groups"]["lima_author_"] = bad
+    else:
+        demo["models"]["demo-base"].update(attribution="released", released=bad)
+    with pytest.raises(dag.ConfigError, match="does not match|not allowed"):
+        check(demo)
+
+
+def test_the_demo_and_paper_configs_pass_unchanged():
+    for name in ("config.yaml", "config/paper.yaml", "config/paper-released.yaml"):
+        config = yaml.safe_load((REPO / name).read_text())
+        assert check(copy.deepcopy(config)) == config
+
+
+def test_threshold_must_be_below_levels(demo):
+    demo["analysis"].update(threshold=10, levels=10)
+    with pytest.raises(dag.ConfigError, match=r"analysis.threshold \(10\) must be below analysis.levels \(10\)"):
+        dag.check_config(demo)
+
+
+@pytest.mark.parametrize("path", ["../outside", "/tmp/x", "resources/../../x", "."])
+def test_paths_the_workflow_writes_stay_in_the_working_directory(demo, path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    bad = copy.deepcopy(demo)
+    bad["models"]["demo-base"]["path"] = path
+    with pytest.raises(dag.ConfigError, match=f"models.demo-base.path: {path} is written by this workflow"):
+        dag.check_config(bad)
+    bad = copy.deepcopy(demo)
+    bad["annotation"]["provider"]["path"] = path
+    with pytest.raises(dag.ConfigError, match=f"annotation.provider.path: {path} is written by this workflow"):
+        dag.check_config(bad)
+    dag.check_config(demo)
+
+
+@pytest.mark.parametrize("sample_id", ["../../x", "a/b", ".."])
+def test_released_attributions_are_read_only_by_plain_sample_ids(demo, tmp_path, sample_id):
+    dataset = tmp_path / "data.tsv"
+    dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\nok_1\tDo it.\tDone.\tDo it.\n"
+                       f"{sample_id}\tDo it.\tDone.\tDo it.\n")
+    demo["dataset"]["samples"] = str(dataset)
+    demo["models"]["demo-base"].update(attribution="released", released="ifa_base")
+    with pytest.raises(dag.ConfigError, match=f"data.tsv:3: sample id '{sample_id}' is not a plain file name"):
+        dag.released_dir(demo, "demo-base")
+    dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\nok_1\tDo it.\tDone.\tDo it.\n")
+    assert dag.released_dir(demo, "demo-base") == "resources/paper/results/attribution_interpret/ifa_base"

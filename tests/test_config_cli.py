@@ -1,0 +1,43 @@
+"""The config as a user types it on the command line, through real Snakemake (no job runs)."""
+import re
+
+import pytest
+from test_workflow import copy_workflow, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("cli"))
+
+
+def test_a_misspelt_key_says_did_you_mean_in_a_few_lines(work):
+    out = snakemake(work, "--dry-run", "--config", "analyis={threshold: 7}", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "analyis: unknown key; did you mean `analysis`?" in text and "config.yaml and --config" in text
+    assert len(text.splitlines()) < 15 and "additionalProperties" not in text
+
+
+def test_typed_overrides_plan_like_the_same_values_in_a_file(work):
+    out = snakemake(work, "--dry-run", "table2", "--config", "analysis={threshold: 6, p: 2.5}",
+                    "attribution={shard_size: 4}", check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert re.search(r"^attribute_shard\s+22$", out.stdout, re.M)  # 44 samples in shards of 4, two models
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("attribution={shard_size: 8.0}", "attribution.shard_size: 8.0 is not an integer (write 8 if that is meant)"),
+    ("analysis={threshold: 10}", "analysis.threshold (10) must be below analysis.levels (10)"),
+])
+def test_numbers_that_would_give_wrong_tables_or_a_type_error_stop_the_plan(work, override, expected):
+    out = snakemake(work, "--dry-run", "--config", override, check=False)
+    assert out.returncode != 0 and expected in out.stdout + out.stderr
+    assert len((out.stdout + out.stderr).splitlines()) < 15
+
+
+def test_target_rules_describe_themselves(work):
+    listing = snakemake(work, "--list-rules").stdout.splitlines()
+    for target in ("all", "table1", "table2", "table3", "ffn"):
+        assert any(line.startswith(f"{target} (Target") for line in listing), target
