@@ -50,7 +50,7 @@ def annotation_shell(step, extra=""):
         " --inputs {input.rows:q} --output {output.tsv:q} --stats {output.stats:q}"
         " --provider {params.provider:q} --cache {params.cache:q} --max-tokens {params.max_tokens:q}"
         + extra
-        + " --runtime {ANNOTATION_RUNTIME:q} --api-key-env={ANNOTATION_KEY_ENV:q} > {log:q} 2>&1"
+        + " --runtime {ANNOTATION_RUNTIME:q} --api-key-env={ANNOTATION_KEY_ENV:q} 3>&2 > {log:q} 2>&1"
     )
 
 
@@ -62,7 +62,7 @@ rule demo_annotator:
         "logs/demo_annotator.log",
     localrule: True
     shell:
-        "python -m workflow_scripts.local_chat convert --output {output:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.local_chat convert --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 rule annotate_describe:

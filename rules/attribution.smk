@@ -32,7 +32,7 @@ rule attribute_shard:
         " --dataset {input.dataset:q} --shard {wildcards.shard:q} --shard-size {params.shard_size:q}"
         " --response {params.response:q} --max-new-tokens {params.max_new_tokens:q}"
         " --chunk-size {config[attribution][chunk_size]:q} --dtype {params.dtype:q}"
-        " --output {output:q} > {log:q} 2>&1"
+        " --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 rule convert_released_attributions:
@@ -46,7 +46,7 @@ rule convert_released_attributions:
         "logs/convert_released_attributions/{model}.log",
     shell:
         "python -m workflow_scripts.released --dataset {input.dataset:q} --released-dir {input.released:q}"
-        " --model {wildcards.model:q} --output {output:q} > {log:q} 2>&1"
+        " --model {wildcards.model:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 def attribution_shards(wildcards):

@@ -51,7 +51,7 @@ rule demo_corpus:
     log:
         "logs/demo_corpus.log",
     shell:
-        "python -m workflow_scripts.demo_models corpus {output:q} --dataset {input.dataset:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.demo_models corpus {output:q} --dataset {input.dataset:q} 3>&2 > {log:q} 2>&1"
 
 
 rule demo_vocabulary:
@@ -94,7 +94,7 @@ rule demo_base_model:
     benchmark:
         "benchmarks/demo_base_model.tsv"
     shell:
-        "python -m workflow_scripts.demo_models pretrain {input.corpus:q} {input.tokenizer:q} {output:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.demo_models pretrain {input.corpus:q} {input.tokenizer:q} {output:q} 3>&2 > {log:q} 2>&1"
 
 
 rule demo_tuned_model:
@@ -112,5 +112,5 @@ rule demo_tuned_model:
     shell:
         (
             "python -m workflow_scripts.demo_models finetune {input.base:q} {output:q} --dataset {input.dataset:q}"
-            " > {log:q} 2>&1"
+            " 3>&2 > {log:q} 2>&1"
         )

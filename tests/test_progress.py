@@ -38,3 +38,16 @@ def test_lines_reach_descriptor_3_when_the_rule_opens_it(tmp_path):
     console = result.stderr.splitlines()
     assert console[0].endswith("job: 0/3 steps") and console[-1].split("] ", 1)[1].startswith("job: 3/3 steps done")
     assert log.read_text() == ""  # no logging handler configured in this script: the console only
+
+
+def test_the_console_hears_the_start_the_end_and_a_line_every_so_often_not_every_tenth(tmp_path):
+    script = ("import time\nfrom workflow_scripts.progress import progress\n"
+              "for _ in progress(range(20), 'job', 'step', every=1.0): time.sleep(0.03)\n")
+    result = subprocess.run(
+        ["bash", "-c", f'"$0" -c "$1" 3>&2 > {tmp_path / "log"} 2>&1', sys.executable, script],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    console = [line.split("] ", 1)[1] for line in result.stderr.splitlines()]
+    assert console[0] == "job: 0/20 steps" and console[-1].startswith("job: 20/20 steps done")
+    # about 0.6 s of work and a line a second: not the ten 10% lines the log gets
+    assert len(console) <= 5, console

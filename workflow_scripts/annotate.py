@@ -22,13 +22,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
 
 from .annotation_prompts import STEPS, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
 from .chat_cache import ResponseCache
 from .cli import positive_int, setup_logging
+from .progress import Progress
 from .replay import concept_message
 from .tsv import LINEAR_COLUMNS, write_tsv
 
@@ -144,7 +144,7 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
     responses: list[ChatResponse | None] = [None] * len(requests)
     if cache is None:
         log.info("%s: %d requests to ask %s %s (no cache)", label, len(requests), provider.provider, provider.model)
-        with tqdm(total=len(requests), desc=label, unit="req", mininterval=5) as bar:
+        with Progress(len(requests), label, "request") as bar:
             for index, response in provider.stream(requests):
                 responses[index] = response
                 _paid(counts, response)
@@ -165,7 +165,7 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
                  counts["cache_hits"], len(asking), provider.provider, provider.model)
         waiting = False
         try:
-            with tqdm(total=len(asking), desc=label, unit="req", mininterval=5) as bar:
+            with Progress(len(asking), label, "request") as bar:
                 while asking:
                     mine = cache.claim(list(asking), chunk)
                     if mine:

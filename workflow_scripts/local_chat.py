@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .atomic import atomic_dir
 from .chat import ChatRequest, ChatResponse
 from .cli import setup_logging
 from .devices import pick_device
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class LocalChat:
         prefix = self._prefix_cache(prompts) if self.reuse_prefix and len(requests) > 1 else None
         order = sorted(range(len(requests)), key=lambda i: (len(prompts[i]), i))
         responses: list[ChatResponse | None] = [None] * len(requests)
-        with tqdm(total=len(requests), desc=f"{self.model} answers", unit="request", leave=False) as progress:
+        with Progress(len(requests), f"{self.model} answers", "request", console=False) as progress:
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
                 answers = self._generate([requests[i] for i in rows], [prompts[i] for i in rows], prefix)

@@ -2,8 +2,9 @@
 
 Lines go to the job's log (through `logging`) and, when the rule's shell line opened file
 descriptor 3 on Snakemake's own stderr (`3>&2 > {log} 2>&1`), to the Snakemake console too, so a
-user sees a long job move without `tail -f` on its log. A line is written at the start, then at
-most every `every` seconds (and at every 10% when the loop is fast), and at the end.
+user sees a long job move without `tail -f` on its log. The log gets a line at the start, at
+every 10% and at the end; the console gets the start, a line at most every `every` seconds, and
+the end, so a short job says two lines there and a long one keeps saying where it is.
 """
 from __future__ import annotations
 
@@ -35,29 +36,34 @@ def _duration(seconds: float) -> str:
 class Progress:
     """`with Progress(total, "llama-7b shard 3", "sample") as p: ... p.update()`."""
 
-    def __init__(self, total: int, label: str, unit: str = "item", every: float = 30.0):
+    def __init__(self, total: int, label: str, unit: str = "item", every: float = 30.0, console: bool = True):
         self.total, self.label, self.unit, self.every = total, label, unit, every
         self.done = 0
-        self.started = self.last = time.monotonic()
+        self.started = self.last_console = time.monotonic()
         self.last_tenth = 0
-        self.console = console_open()
+        self.console = console and console_open()
 
     def __enter__(self) -> Progress:
-        self._say(f"{self.label}: 0/{self.total} {self.unit}s")
+        self._say(f"{self.label}: 0/{self.total} {self.unit}s", self.console)
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
             elapsed = time.monotonic() - self.started
-            self._say(f"{self.label}: {self.done}/{self.total} {self.unit}s done in {_duration(elapsed)}")
+            self._say(f"{self.label}: {self.done}/{self.total} {self.unit}s done in {_duration(elapsed)}", self.console)
 
     def update(self, n: int = 1) -> None:
         self.done += n
+        if self.done >= self.total:
+            return  # the end is said on leaving
         now = time.monotonic()
         tenth = self.done * 10 // max(self.total, 1)
-        if self.done < self.total and (now - self.last >= self.every or tenth > self.last_tenth):
-            self.last, self.last_tenth = now, tenth
-            self._say(self.line(now))
+        to_console = self.console and now - self.last_console >= self.every
+        if tenth > self.last_tenth or to_console:
+            self.last_tenth = max(tenth, self.last_tenth)
+            if to_console:
+                self.last_console = now
+            self._say(self.line(now), to_console)
 
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-9)
@@ -67,9 +73,9 @@ class Progress:
         remaining = _duration(eta) if eta != float("inf") else "?"
         return f"{self.label}: {self.done}/{self.total} {self.unit}s ({self.done / max(self.total, 1):.0%}), {shown}, ETA {remaining}"
 
-    def _say(self, text: str) -> None:
+    def _say(self, text: str, to_console: bool) -> None:
         log.info(text)
-        if self.console:
+        if to_console:
             try:
                 os.write(CONSOLE_FD, f"[{time.strftime('%H:%M:%S')}] {text}\n".encode("utf8", "replace"))
             except OSError:
