@@ -1,4 +1,5 @@
-# Feed-forward concept explanations: one GPU job per (model, layer), merged into linear_words.tsv.
+# Feed-forward concept explanations: one GPU job per (model, layer) (lossless shards), merged into
+# linear_words.lossless.tsv and exported as the paper's linear_words.tsv.
 FFN = config["ffn"]
 
 
@@ -36,17 +37,18 @@ def ffn_shards(wildcards):
 
 
 rule merge_linear_words:
-    """All layers of all paired models in the paper's linear_words.tsv layout."""
+    """All layers of all paired models: the lossless file and its export in the paper's layout."""
     input:
         ffn_shards,
     output:
-        "results/ffn/linear_words.tsv",
+        lossless="results/ffn/linear_words.lossless.tsv",
+        paper="results/ffn/linear_words.tsv",
     log:
         "logs/merge_linear_words.log",
     shell:
-        "python -m workflow_scripts.ffn merge {output} {input} > {log} 2>&1"
+        "python -m workflow_scripts.ffn merge {output.lossless:q} {input:q} --export {output.paper:q} > {log:q} 2>&1"
 
 
 rule ffn:
     input:
-        "results/ffn/linear_words.tsv",
+        rules.merge_linear_words.output,
