@@ -53,7 +53,8 @@ rule merge_bilinear_words:
     log:
         "logs/merge_bilinear_words.log",
     shell:
-        "python -m workflow_scripts.attention merge {output.lossless:q} {input:q} --export {output.paper:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.attention merge {output.lossless:q} {input:q} --export {output.paper:q}"
+        " > {log:q} 2>&1"
 
 
 def bilinear_words():

@@ -132,7 +132,8 @@ def split_pairs(field: str) -> list[tuple[str, str]]:
     pairs = []
     for item in _split(field, in_pair=True):
         if len(item) != 2 or not all(item):
-            raise ValueError(f"a pair must be two non-empty words joined by one unescaped '=': {item} in {field[:80]!r}")
+            raise ValueError(f"a pair must be two non-empty words joined by one unescaped '=': {item} "
+                             f"in {field[:80]!r}")
         pairs.append((item[0], item[1]))
     return pairs
 
@@ -175,11 +176,6 @@ def read_tsv(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int, list
                                  f"({' '.join(columns)}), found {len(fields)}: {line[:80]!r}")
             rows.append((number, fields))
     return rows
-
-
-def concat_tsv(inputs: list[str], columns: tuple[str, ...], output: str | Path) -> None:
-    """Concatenate shards that must all have exactly `columns` as their header."""
-    write_tsv([fields for path in inputs for _, fields in read_tsv(path, columns)], columns, output)
 
 
 def merge_and_export(inputs: list[str], output: str | Path, export: str | Path, kind: str) -> None:
