@@ -99,3 +99,11 @@ def test_vocabulary_is_required_only_when_asked_for(config):
 def test_pair_models_are_listed_once_in_config_order(config):
     config["pairs"]["q"] = {"pretrained": "base", "tuned": "tuned"}
     assert dag.pair_models(config) == ["base", "tuned"]
+
+
+def test_fidelity_gives_each_rule_only_its_own_slice():
+    assert dag.fidelity_rule({}, "thresholds") == dag.fidelity_rule({}, "counting") == "paper"  # the default
+    config = {"fidelity": "canonical"}
+    assert (dag.fidelity_rule(config, "thresholds"), dag.fidelity_rule(config, "counting")) == ("canonical", "canonical")
+    with pytest.raises(dag.ConfigError, match="fidelity: unknown value 'exact'"):
+        dag.fidelity_rule({"fidelity": "exact"}, "counting")
