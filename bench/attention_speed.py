@@ -33,7 +33,7 @@ def paper_style_head(vocab, wq, wk, top_k):
         s = torch.where((s > vocab.thresholds[tq, None]) & (s > vocab.thresholds[None, tk]), s, -100.0)
         s = torch.where(hq[tq, d, None] * hk[None, tk, d] > 0, s, -100.0)
         ranks = s.flatten().argsort(descending=True)
-        pairs = [f"{vocab.words[tk[r % top_k]]}={vocab.words[tq[r // top_k]]}" for r in ranks.tolist()
+        pairs = [(vocab.words[tk[r % top_k]], vocab.words[tq[r // top_k]]) for r in ranks.tolist()
                  if s.flatten()[r] > 0 and tq[r // top_k] != tk[r % top_k]]
         out.append((d, float(activation[d]), pairs))
     return out

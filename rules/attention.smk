@@ -1,5 +1,7 @@
-# Self-attention head explanations: one GPU job per (model, layer), merged into
-# bilinear_words.tsv, or the paper's released file in its place; then Table 3.
+# Self-attention head explanations: one GPU job per (model, layer) (lossless shards), merged into
+# bilinear_words.lossless.tsv and exported as the paper's bilinear_words.tsv; or the paper's
+# released file in their place; then Table 3. `fidelity` reaches the layer jobs as the threshold
+# rule and Table 3 as the counting rule, each only its own slice.
 ATTENTION = config["attention"]
 
 
@@ -17,6 +19,7 @@ rule explain_attention_layer:
         baseline_words=ATTENTION["baseline_words"],
         vectors_kind=ATTENTION["word_vectors"]["kind"],
         vectors_path=ATTENTION["word_vectors"].get("path") or "",
+        thresholds=dag.fidelity_rule(config, "thresholds"),
     resources:
         gpu=ATTENTION["gpus"],
     log:
@@ -28,7 +31,8 @@ rule explain_attention_layer:
         " python -m workflow_scripts.attention layer --model-dir {params.path:q} --model-id {wildcards.model:q}"
         " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --top-k {params.top_k:q}"
         " --baseline-words {params.baseline_words:q} --word-vectors-kind {params.vectors_kind:q}"
-        " --word-vectors-path {params.vectors_path:q} --size {params.size:q} --output {output:q} > {log:q} 2>&1"
+        " --word-vectors-path {params.vectors_path:q} --thresholds {params.thresholds:q}"
+        " --size {params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 def attention_shards(wildcards):
@@ -40,20 +44,23 @@ def attention_shards(wildcards):
 
 
 rule merge_bilinear_words:
-    """All layers of all paired models in the paper's bilinear_words.tsv layout."""
+    """All layers of all paired models: the lossless file and its export in the paper's layout."""
     input:
         attention_shards,
     output:
-        "results/attention/bilinear_words.tsv",
+        lossless="results/attention/bilinear_words.lossless.tsv",
+        paper="results/attention/bilinear_words.tsv",
     log:
         "logs/merge_bilinear_words.log",
     shell:
-        "python -m workflow_scripts.attention merge {output:q} {input:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.attention merge {output.lossless:q} {input:q} --export {output.paper:q}"
+        " > {log:q} 2>&1"
 
 
 def bilinear_words():
+    """Table 3's input: the released file (paper layout) or the computed lossless one."""
     released = ATTENTION.get("released")
-    return released["path"] if released else "results/attention/bilinear_words.tsv"
+    return released["path"] if released else "results/attention/bilinear_words.lossless.tsv"
 
 
 rule table3_pair:
@@ -69,12 +76,13 @@ rule table3_pair:
         pretrained=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["pretrained"]],
         tuned=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["tuned"]],
         layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["pretrained"]).layers,
+        counting=dag.fidelity_rule(config, "counting"),
     log:
         "logs/table3/{pair}.log",
     shell:
         "python -m workflow_scripts.table3 --bilinear-words {input.bilinear:q} --pretrained {params.pretrained:q}"
         " --tuned {params.tuned:q} --layers {params.layers:q} --instruct {input.instruct:q}"
-        " --general {input.general:q} --output {output.tsv:q} > {log:q} 2>&1"
+        " --general {input.general:q} --counting {params.counting:q} --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table3:

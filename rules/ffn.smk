@@ -1,4 +1,5 @@
-# Feed-forward concept explanations: one GPU job per (model, layer), merged into linear_words.tsv.
+# Feed-forward concept explanations: one GPU job per (model, layer) (lossless shards), merged into
+# linear_words.lossless.tsv and exported as the paper's linear_words.tsv.
 FFN = config["ffn"]
 
 
@@ -24,7 +25,7 @@ rule explain_ffn_layer:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.ffn layer --model-dir {params.path:q} --model-id {wildcards.model:q}"
         " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --rank {params.rank:q}"
-        " --top-k {params.top_k:q} --size {params.size:q} --output {output:q} > {log:q} 2>&1"
+        " --top-k {params.top_k:q} --size {params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 def ffn_shards(wildcards):
@@ -36,18 +37,19 @@ def ffn_shards(wildcards):
 
 
 rule merge_linear_words:
-    """All layers of all paired models in the paper's linear_words.tsv layout."""
+    """All layers of all paired models: the lossless file and its export in the paper's layout."""
     input:
         ffn_shards,
     output:
-        "results/ffn/linear_words.tsv",
+        lossless="results/ffn/linear_words.lossless.tsv",
+        paper="results/ffn/linear_words.tsv",
     log:
         "logs/merge_linear_words.log",
     shell:
-        "python -m workflow_scripts.ffn merge {output:q} {input:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.ffn merge {output.lossless:q} {input:q} --export {output.paper:q} > {log:q} 2>&1"
 
 
 rule ffn:
     """Target: the FFN concepts of every paired model and layer (results/ffn/linear_words.tsv)."""
     input:
-        "results/ffn/linear_words.tsv",
+        rules.merge_linear_words.output,

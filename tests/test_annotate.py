@@ -14,16 +14,17 @@ from workflow_scripts.annotation_cost import cost_table
 from workflow_scripts.annotation_prompts import STEPS, words_message
 from workflow_scripts.chat import ChatError, ChatRequest, ChatResponse, request_key
 from workflow_scripts.chat_cache import ResponseCache
-from workflow_scripts.tsv import LINEAR_COLUMNS
+from workflow_scripts.tsv import LINEAR_COLUMNS, WORDS_COLUMNS, encode_words
 from workflow_scripts.table5 import read_seed_file
 
 LINEAR_HEADER = "\t".join(LINEAR_COLUMNS)
 
 
 def layer_shard(path, model, layer, top_ks):
-    lines = [LINEAR_HEADER]
+    """A lossless FFN layer shard (tsv.WORDS_COLUMNS), as explain_layer writes it."""
+    lines = ["\t".join(WORDS_COLUMNS)]
     for rank, words in enumerate(top_ks, start=1):
-        lines.append(f"{model}\tNA\t{layer}\tFFN\t0\t{rank}\t0.{rank:04d}\t{'|||'.join(words)}")
+        lines.append(f"{model}\tNA\t{layer}\tFFN\t0\t{rank}\t0.{rank:04d}\t{encode_words(words)}")
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
@@ -41,7 +42,7 @@ def read(path):
 
 
 def test_prompts_follow_the_paper():
-    request = STEPS["describe"].request(words_message("a|||b|||c", 2), seed=3, max_tokens=40)
+    request = STEPS["describe"].request(words_message(["a", "b", "c"], 2), seed=3, max_tokens=40)
     assert request.messages[-1] == {"role": "user", "content": "Words: a, b."}
     assert request.messages[0]["role"] == "system" and "neuron interpreter" in request.messages[0]["content"]
     shots = request.messages[1:-1]
@@ -233,6 +234,7 @@ def test_replay_reproduces_all_three_steps_in_the_paper_layout(tmp_path, shards)
         ("tuned", "1", "1", "Dates."), ("tuned", "2", "0", "Cannot Tell."), ("tuned", "3", "1", "Programming Languages"),
     ]
     assert rows[0]["Words"] == words(base, 0)
+    assert rows[0]["TopK"] == "|||".join(base[0])  # the paper's layout
     assert stats["rows"] == 6 and stats["described"] == 4 and stats["requests"] == 6 and stats["cache_hits"] == 0
 
     tasks, stats = run("task", 2, [str(described)], tmp_path, provider)
@@ -309,3 +311,18 @@ def test_request_json_round_trip():
     response = ChatResponse("a", "length", 3, 8, 0.2, "fp", None)
     assert ChatResponse.from_json(json.loads(json.dumps(response.to_json()))) == response
     assert request.to_json()["messages"] == [{"role": "user", "content": "x"}]
+
+
+def test_describe_reads_separator_words_from_the_lossless_shards(tmp_path):
+    """`|` and `||` are vocabulary words: the question lists them as they are, and the output's TopK
+    is the escaped export (tsv.join_words), which reads back to the same words."""
+    from workflow_scripts.tsv import split_words
+
+    top = ["|", "||", "a", "|||", "b=c"] + [f"w{i}" for i in range(15)]
+    shard = layer_shard(tmp_path / "m-0.tsv", "m", 0, [top])
+    answers = {"Words: |, ||, a, |||, b=c, w0, w1, w2, w3, w4, w5, w6, w7, w8, w9.": ("Pipes.", "None", "Semantic")}
+    write_replay(tmp_path / "released", 0, answers)
+    described, _ = run("describe", 0, [shard], tmp_path, {"kind": "replay", "path": str(tmp_path / "released")})
+    (out,) = read(described)
+    assert out["Summary"] == "Pipes." and out["Explainable"] == "1"
+    assert split_words(out["TopK"]) == top

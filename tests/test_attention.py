@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts.attention import Vocabulary, explain_head, mean_embeddings, word_token_ids
+from workflow_scripts.attention import Vocabulary, explain_head, mean_embeddings, vocabulary_thresholds, word_token_ids
+from workflow_scripts.tsv import PAIRS_COLUMNS, decode_pairs
 
 
 def reference_explain_head(words, embeddings, static, thresholds, wq, wk, top_k):
@@ -22,7 +23,7 @@ def reference_explain_head(words, embeddings, static, thresholds, wq, wk, top_k)
                 if a == b or cos <= 0:
                     continue
                 if cos > thresholds[a] and cos > thresholds[b] and float(hq[a, d]) * float(hk[b, d]) > 0:
-                    pairs.append((cos, f"{words[b]}={words[a]}"))
+                    pairs.append((cos, (words[b], words[a])))
         pairs.sort(key=lambda x: -x[0])
         out.append((d, float(activation[d]), [p for _, p in pairs]))
     return out
@@ -58,7 +59,7 @@ def test_vectorised_head_explanation_equals_the_per_dimension_reference(top_k):
 def test_words_without_a_static_vector_never_pair():
     vocab = random_vocabulary(missing=tuple(range(0, 60, 2)))
     pairs = [p for _, _, ps in explain_head(vocab, torch.randn(16, 4), torch.randn(16, 4), 30) for p in ps]
-    assert pairs and all(int(w[1:]) % 2 == 1 for pair in pairs for w in pair.split("="))
+    assert pairs and all(int(w[1:]) % 2 == 1 for pair in pairs for w in pair)
 
 
 def test_mean_embeddings_average_each_words_sub_tokens():
@@ -115,8 +116,10 @@ def test_layer_job_equals_the_reference_on_the_full_models_weights(tmp_path, kin
 
     explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "vocab.tsv"),
                   {"kind": "glove-text", "path": str(tmp_path / "glove.txt")}, str(tmp_path / "out.tsv"),
-                  top_k=8, baseline_words=12)
-    rows = [line.rstrip("\n").split("\t") for line in open(tmp_path / "out.tsv", encoding="utf8")][1:]
+                  top_k=8, baseline_words=12, threshold_rule="canonical")
+    lines = [line.rstrip("\n").split("\t") for line in open(tmp_path / "out.tsv", encoding="utf8")]
+    assert tuple(lines[0]) == PAIRS_COLUMNS
+    rows = lines[1:]
 
     vocab_words = read_vocabulary(tmp_path / "vocab.tsv")
     static, has = load_word_vectors({"kind": "glove-text", "path": str(tmp_path / "glove.txt")}).lookup(vocab_words)
@@ -134,6 +137,24 @@ def test_layer_job_equals_the_reference_on_the_full_models_weights(tmp_path, kin
                                           torch.as_tensor(thresholds), wq[:, head], wk[:, head // 2], top_k=8)
         got = [r for r in rows if r[4] == str(head)]
         assert [int(r[5]) for r in got] == [d for d, _, _ in expected]
-        assert [r[8].split("|||") if r[8] else [] for r in got] == [p for _, _, p in expected]
+        assert [decode_pairs(r[8]) for r in got] == [p for _, _, p in expected]
         assert [int(r[6]) for r in got] == list(range(1, 9))
-    assert any(r[8] for r in rows)
+    assert any(decode_pairs(r[8]) for r in rows)
+
+
+def test_paper_thresholds_count_baseline_words_without_a_vector_as_cosine_zero():
+    """att_explain encodes a word without a vector as a zero vector: its cosine to every word is 0,
+    and it stays in the mean and std of the baseline; canonical leaves it out."""
+    static = np.array([[1, 0], [0, 0], [0.6, 0.8], [0, 0], [0, 1]], dtype=np.float32)
+    has = np.array([True, False, True, False, True])
+    paper = vocabulary_thresholds(static, has, 4, "paper")
+    canonical = vocabulary_thresholds(static, has, 4, "canonical")
+    for word in (0, 2, 4):
+        cosines = [float(static[word] @ static[b]) for b in range(4)]  # zero rows give 0
+        kept = [c for b, c in enumerate(cosines) if has[b]]
+        assert paper[word] == pytest.approx(np.mean(cosines) + 1.96 * np.std(cosines), abs=1e-6)
+        assert canonical[word] == pytest.approx(np.mean(kept) + 1.96 * np.std(kept), abs=1e-6)
+    assert np.isinf(paper[[1, 3]]).all() and np.isinf(canonical[[1, 3]]).all()
+    assert abs(paper[0] - canonical[0]) > 0.03  # the rules differ
+    with pytest.raises(ValueError, match="fidelity: unknown threshold rule 'exact'"):
+        vocabulary_thresholds(static, has, 4, "exact")

@@ -164,3 +164,11 @@ def test_the_dataset_is_checked_when_it_is_there_and_skipped_before_the_fetch(co
     monkeypatch.chdir(tmp_path)
     config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
     dag.check_dataset(config)  # not fetched yet: nothing to check
+
+
+def test_fidelity_gives_each_rule_only_its_own_slice():
+    assert dag.fidelity_rule({}, "thresholds") == dag.fidelity_rule({}, "counting") == "paper"  # the default
+    config = {"fidelity": "canonical"}
+    assert (dag.fidelity_rule(config, "thresholds"), dag.fidelity_rule(config, "counting")) == ("canonical", "canonical")
+    with pytest.raises(dag.ConfigError, match="fidelity: unknown value 'exact'"):
+        dag.fidelity_rule({"fidelity": "exact"}, "counting")

@@ -1,4 +1,6 @@
 """FFN concepts: PCA from the covariance equals the full SVD; words by |projection|."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -63,7 +65,7 @@ def test_layer_job_describes_each_component_with_its_words(tmp_path):
     explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "vocab.tsv"), str(tmp_path / "out.tsv"),
                   rank=5, top_k=4, size="tiny")
     rows = [line.rstrip("\n").split("\t") for line in open(tmp_path / "out.tsv", encoding="utf8")]
-    assert rows[0] == ["Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "TopK"]
+    assert rows[0] == ["Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "Words"]
     assert [r[5] for r in rows[1:]] == ["1", "2", "3", "4", "5"] and {r[3] for r in rows[1:]} == {"FFN"}
     ratios = [float(r[6]) for r in rows[1:]]
     assert ratios == sorted(ratios, reverse=True) and 0 < sum(ratios) <= 1.0001
@@ -74,4 +76,4 @@ def test_layer_job_describes_each_component_with_its_words(tmp_path):
     normalised = torch.nn.functional.normalize(vectors, dim=-1).double()
     for row, component in zip(rows[1:], expected_components):
         scores = (normalised @ component).abs()
-        assert row[7].split("|||") == [words[i] for i in torch.argsort(scores, descending=True)[:4].tolist()]
+        assert json.loads(row[7]) == [words[i] for i in torch.argsort(scores, descending=True)[:4].tolist()]

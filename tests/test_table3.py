@@ -11,16 +11,17 @@ from scipy import stats
 from welch import welch_t_df
 
 from workflow_scripts.table3 import (
+    FRAME_COLUMNS,
     head_knowledge,
     layer_groups,
     main,
-    normalise_pair,
-    parse_pairs,
+    pair_key,
     read_bilinear_words,
     read_word_list,
+    row_pair_keys,
     table3,
 )
-from workflow_scripts.tsv import BILINEAR_COLUMNS
+from workflow_scripts.tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, encode_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "\t".join(BILINEAR_COLUMNS)
@@ -86,34 +87,95 @@ def bilinear_words(tmp_path) -> Path:
 # --- pairs and head-level knowledge ----------------------------------------------------------------
 
 
-def test_a_pair_is_its_two_words_sorted_and_lower_cased():
-    assert normalise_pair("B=a") == normalise_pair("a=b") == "a=b"
-    assert normalise_pair("Write=Code") == "code=write"
-    assert parse_pairs("B=a|||x=Y") == ["a=b", "x=y"]
-    assert parse_pairs("") == []
+def test_canonical_pairs_are_lower_cased_then_sorted_once_per_row():
+    assert pair_key(("B", "a"), "canonical") == pair_key(("a", "b"), "canonical") == ("a", "b")
+    assert pair_key(("Write", "Code"), "canonical") == ("code", "write")
+    assert row_pair_keys([("B", "a"), ("x", "Y"), ("a", "b")], "canonical") == [("a", "b"), ("x", "y")]
+    assert row_pair_keys([], "canonical") == []
 
 
-def test_head_knowledge_is_the_pairs_of_more_than_one_dimension():
+def test_paper_pairs_are_sorted_then_lower_cased_and_repeats_kept():
+    """As analysis_bilinear_interpret.py: "=".join(sorted(p.split("="))).lower(), no deduplication."""
+    assert pair_key(("B", "a"), "paper") == ("b", "a")  # "B" sorts before "a": apart from a=b
+    assert pair_key(("a", "b"), "paper") == pair_key(("b", "a"), "paper") == ("a", "b")
+    assert pair_key(("Write", "code"), "paper") == ("write", "code")
+    # the script split the joined string at every "=": a word holding "=" becomes pieces
+    assert pair_key(("class=", "name"), "paper") == ("", "class", "name")
+    assert row_pair_keys([("a", "b"), ("b", "a"), ("B", "a")], "paper") == [("a", "b"), ("a", "b"), ("b", "a")]
+
+
+@pytest.mark.parametrize("counting,expected", [
+    # canonical: a=b in 3 dims, c=d and g=h in 2; e=f twice but in one row only
+    ("canonical", {(0, 0): [("a", "b"), ("c", "d"), ("g", "h")], (0, 1): []}),
+    # paper: e=f twice in one row counts twice; "B=a" is b=a, apart from a=b (then in 2 dims only)
+    ("paper", {(0, 0): [("a", "b"), ("c", "d"), ("e", "f"), ("g", "h")], (0, 1): []}),
+])
+def test_head_knowledge_is_the_pairs_counted_more_than_once(counting, expected):
     frame = pd.DataFrame(
-        [("m", 0, 0, 0, "a=b|||c=d|||e=f|||e=f"), ("m", 0, 0, 1, "B=a|||g=h"), ("m", 0, 0, 2, "h=g|||c=d|||a=b"),
-         ("m", 0, 1, 0, "a=b"), ("m", 0, 1, 1, ""),
-         ("other", 0, 0, 0, "x=y"), ("other", 0, 0, 1, "x=y")],
-        columns=["Model", "Layer", "Head", "Dim", "TopK"],
+        [("m", 0, 0, 0, [("a", "b"), ("c", "d"), ("e", "f"), ("e", "f")]), ("m", 0, 0, 1, [("B", "a"), ("g", "h")]),
+         ("m", 0, 0, 2, [("h", "g"), ("c", "d"), ("a", "b")]),
+         ("m", 0, 1, 0, [("a", "b")]), ("m", 0, 1, 1, []),
+         ("other", 0, 0, 0, [("x", "y")]), ("other", 0, 0, 1, [("x", "y")])],
+        columns=["Model", "Layer", "Head", "Dim", "pairs"],
     )
-    knowledge = head_knowledge(frame, "m")
-    # a=b in 3 dims, c=d and g=h in 2; e=f twice but in one row only; most frequent first
-    assert knowledge == {(0, 0): ["a=b", "c=d", "g=h"], (0, 1): []}
-    assert head_knowledge(frame, "other") == {(0, 0): ["x=y"]}
+    assert head_knowledge(frame, "m", counting) == expected
+    assert head_knowledge(frame, "other", counting) == {(0, 0): [("x", "y")]}
 
 
 def test_read_bilinear_words_parses_numbers_and_pairs(bilinear_words):
     frame = read_bilinear_words(bilinear_words)
-    assert list(frame.columns) == [*BILINEAR_COLUMNS, "pairs"]
+    assert list(frame.columns) == FRAME_COLUMNS
     assert len(frame) == sum(len(dims) for dims in TOPK.values())
     first = frame.iloc[0]
     assert (first.Model, first.Layer, first.Head, first.Dim, first.Rank, first.Score) == ("tuned", 0, 0, 0, 1, 0.5)
-    assert frame.iloc[1].pairs == ["code=write", "explain=idea", "eat=food", "see=view"]
-    assert head_knowledge(frame, "tuned")[(0, 0)] == ["code=write", "eat=food", "explain=idea", "fast=run", "see=view"]
+    assert frame.iloc[1].pairs == [("Write", "Code"), ("idea", "explain"), ("eat", "food"), ("see", "view")]
+    expected = [("code", "write"), ("eat", "food"), ("explain", "idea"), ("fast", "run"), ("see", "view")]
+    assert head_knowledge(frame, "tuned", "canonical")[(0, 0)] == expected
+
+
+def test_the_lossless_file_reads_to_the_same_frame_and_keeps_separator_words(tmp_path, bilinear_words):
+    paper = read_bilinear_words(bilinear_words)
+    lines = ["\t".join(PAIRS_COLUMNS)] + [
+        "\t".join([r.Model, r.Size, str(r.Layer), r.Type, str(r.Head), str(r.Dim), str(r.Rank), "0.5",
+                   encode_pairs(r.pairs)]) for r in paper.itertuples()]
+    lines.append("\t".join(["x", "7B", "0", "QK", "0", "0", "1", "0.5", encode_pairs([("|", "||"), ("a=b", "\t")])]))
+    (tmp_path / "lossless.tsv").write_text("\n".join(lines) + "\n", encoding="utf8")
+    lossless = read_bilinear_words(tmp_path / "lossless.tsv")
+    pd.testing.assert_frame_equal(lossless.iloc[:-1], paper)
+    assert lossless.iloc[-1].pairs == [("|", "||"), ("a=b", "\t")]
+
+
+def test_released_paper_layout_is_counted_as_the_papers_script(tmp_path):
+    """A crafted released file with both orientations of a pair in one dimension and case variants;
+    the expected counts are the script's rule worked by hand, and the canonical rule's for contrast."""
+    rows = [HEADER]
+    # tuned (vicuna), layer 0 head 0: dim 0 holds write=code and code=write; dims 1 and 2 hold
+    # Write=text and text=write (case variants). Pre-trained (llama): explain=why in dims 0 and 1.
+    for model, dims in (("vicuna", ["write=code|||code=write", "Write=text", "text=write"]),
+                        ("llama", ["explain=why", "explain=why", ""])):
+        rows += [row(model, 0, 0, dim, topk) for dim, topk in enumerate(dims)]
+    path = tmp_path / "released.tsv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf8")
+    frame = read_bilinear_words(path)
+    # paper: code=write counted twice (in one row); "Write=text" sorts to Write,text -> "write=text", apart
+    # from "text=write": each once. Knowledge: code=write. canonical: code=write once, text=write twice.
+    assert head_knowledge(frame, "vicuna", "paper") == {(0, 0): [("code", "write")]}
+    assert head_knowledge(frame, "vicuna", "canonical") == {(0, 0): [("text", "write")]}
+    assert head_knowledge(frame, "llama", "paper") == head_knowledge(frame, "llama", "canonical") == {
+        (0, 0): [("explain", "why")]}
+    # instruct: write 1 > 0 wins under both rules, explain 0 < 1 loses: mean 0.5 of 2.
+    # general: code 1 > 0 wins under the paper's rule; under the canonical rule 0 = 0, no score.
+    paper = table3(frame, "llama", "vicuna", 4, ["write", "explain"], ["code"], counting="paper").iloc[0]
+    canonical = table3(frame, "llama", "vicuna", 4, ["write", "explain"], ["code"], counting="canonical").iloc[0]
+    assert (paper.instruct_n, paper.instruct_mean, paper.general_n, paper.general_mean) == (2, 0.5, 1, 1.0)
+    assert (canonical.instruct_n, canonical.instruct_mean, canonical.general_n) == (2, 0.5, 0)
+
+
+def test_a_paper_layout_field_is_split_as_the_script_split_it(tmp_path):
+    """No escapes in the paper's files: `|||` splits wherever it occurs, a pair is cut at its first `=`."""
+    path = tmp_path / "released.tsv"
+    path.write_text(HEADER + "\n" + row("m", 0, 0, 0, "a==b|||\\|=c|||x=y|z") + "\n", encoding="utf8")
+    assert read_bilinear_words(path).iloc[0].pairs == [("a", "=b"), ("\\|", "c"), ("x", "y|z")]
 
 
 # --- Table 3 -----------------------------------------------------------------------------------------
@@ -210,7 +272,7 @@ def test_a_malformed_row_names_the_file_and_line(tmp_path):
 def test_a_wrong_header_names_the_file(tmp_path):
     path = tmp_path / "bad.tsv"
     path.write_text("Model\tLayer\tHead\tTopK\nm\t0\t0\ta=b\n")
-    with pytest.raises(ValueError, match=r"bad\.tsv: line 1: expected the header Model Size Layer"):
+    with pytest.raises(ValueError, match=r"bad\.tsv: line 1: expected the header Model Size Layer .* or .*Pairs"):
         read_bilinear_words(path)
 
 
@@ -249,7 +311,13 @@ def test_cli_writes_the_table_and_its_markdown_twin(tmp_path, bilinear_words):
     back = pd.read_csv(output, sep="\t")
     assert list(back["layers"]) == ["0-0", "1-1", "2-2", "3-3"]
     assert back.loc[0, "instruct_mean"] == pytest.approx(0.5) and back.loc[0, "general_n"] == 2
-    assert output.with_suffix(".md").read_text().startswith("# Table 3")
+    title = output.with_suffix(".md").read_text().splitlines()[0]
+    assert title.startswith("# Table 3") and title.endswith("(fidelity: paper)")
+    main(["--bilinear-words", str(bilinear_words), "--pretrained", "pre", "--tuned", "tuned", "--counting", "canonical",
+          "--layers", "4", "--instruct", str(tmp_path / "instruct.txt"),
+          "--general", str(tmp_path / "general.txt"), "--output", str(output)])
+    title = output.with_suffix(".md").read_text().splitlines()[0]
+    assert "once per dimension" in title and title.endswith("(fidelity: canonical)")
 
 
 # --- the verb lists ----------------------------------------------------------------------------------------

@@ -132,6 +132,13 @@ def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
     assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "all": 1}
 
 
+def test_changing_fidelity_plans_only_the_attention_jobs_and_table3(demo):
+    """The threshold rule reaches the head jobs, the counting rule Table 3; nothing else reruns."""
+    assert "fidelity: paper" in (demo / "results/tables/demo/table3.md").read_text().splitlines()[0]
+    jobs = planned_jobs(demo, "--config", "fidelity=canonical")
+    assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "all": 1}
+
+
 def test_released_word_pairs_give_table3_without_any_explanation_job(tmp_path):
     work = copy_workflow(tmp_path)
     rows = ["Model\tSize\tLayer\tType\tHead\tDim\tRank\tScore\tTopK"]

@@ -1,7 +1,8 @@
 """One annotation job: one step (describe, task or level) of one seed for one pair (docs/design.md#annotation).
 
-describe: every FFN component of the pair's two models (its first `words` words) -> a concept or
-          'Cannot Tell'; writes linear_seed{s}.tsv (Explainable Words Summary + linear_words columns)
+describe: every FFN component of the pair's two models (its first `words` words, read from the
+          lossless layer shards) -> a concept or 'Cannot Tell'; writes linear_seed{s}.tsv
+          (Explainable Words Summary + linear_words columns, TopK exported as tsv.join_words)
 task:     every described concept -> the assistant tasks it serves; linear_task_seed{s}.tsv
 level:    every described concept -> its linguistic level; linear_concept_seed{s}.tsv
 
@@ -30,7 +31,7 @@ from .chat_cache import ResponseCache
 from .cli import positive_int, setup_logging
 from .progress import Progress
 from .replay import concept_message
-from .tsv import LINEAR_COLUMNS, write_tsv
+from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,20 @@ def _paid(counts: Counter, response: ChatResponse) -> None:
     counts["new_completion_tokens"] += response.completion_tokens
 
 
+def component_rows(path: str | Path, max_rank: int | None = None) -> list[dict]:
+    """The components of a lossless FFN layer shard (tsv.WORDS_COLUMNS), each with its `words`
+    list and, for the output's paper layout, `TopK` (the escaped export of the words)."""
+    rows = []
+    for number, row in enumerate(read_rows(path, WORDS_COLUMNS), start=2):
+        if max_rank is None or int(row["Rank"]) <= max_rank:
+            row["words"] = decode_words(row.pop("Words"), f"{path}: line {number}")
+            row["TopK"] = join_words(row["words"])
+            rows.append(row)
+    return rows
+
+
 def describe_requests(rows: list[dict], seed: int, words: int, max_tokens: int) -> list[ChatRequest]:
-    return [STEPS["describe"].request(words_message(row["TopK"], words), seed, max_tokens) for row in rows]
+    return [STEPS["describe"].request(words_message(row["words"], words), seed, max_tokens) for row in rows]
 
 
 def concept_requests(rows: list[dict], step: str, seed: int, max_tokens: int) -> list[ChatRequest]:
@@ -225,8 +238,7 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
     started = time.perf_counter()
     provider = make_provider(provider_settings, step, seed, runtime or {})
     if step == "describe":
-        rows = [row for path in inputs for row in read_rows(path, LINEAR_COLUMNS)
-                if max_rank is None or int(row["Rank"]) <= max_rank]
+        rows = [row for path in inputs for row in component_rows(path, max_rank)]
         requests = describe_requests(rows, seed, words, max_tokens)
     else:
         (path,) = inputs
@@ -276,7 +288,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--pair", default="")
     parser.add_argument("--inputs", nargs="+", required=True,
-                        help="describe: the pair's FFN layer TSVs; task/level: that seed's linear_seed file")
+                        help="describe: the pair's lossless FFN layer shards; task/level: that seed's linear_seed file")
     parser.add_argument("--output", required=True)
     parser.add_argument("--stats", required=True, help="JSON: requests, cache hits, tokens (the cost report's input)")
     parser.add_argument("--provider", required=True, help="JSON: the config's annotation.provider")

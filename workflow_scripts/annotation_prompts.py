@@ -106,6 +106,6 @@ LEVEL = Step(
 STEPS = {step.name: step for step in (DESCRIBE, TASK, LEVEL)}
 
 
-def words_message(top_k: str, words: int) -> str:
+def words_message(top_k: list[str], words: int) -> str:
     """The describe step's question: the component's first `words` words, as the paper wrote it."""
-    return "Words: {}.".format(", ".join(top_k.split("|||")[:words]))
+    return "Words: {}.".format(", ".join(top_k[:words]))

@@ -6,6 +6,11 @@ Each dimension is described by pairs (key word, query word) of its top-K words b
 that are related by static word vectors (cosine above both words' thresholds) and activate the
 dimension with the same sign. Everything a dimension needs is computed for all dimensions of a
 head at once; the vocabulary's word vectors and thresholds once per job.
+
+Thresholds (config `fidelity`, passed as --thresholds): `paper` counts each baseline word without
+a static vector as a cosine of 0 (the paper's `att_explain` encodes such a word as a zero vector,
+which normalises to zero), `canonical` leaves those words out of the mean and std (a correction:
+a missing vector says nothing about relatedness). Shards are lossless (tsv.PAIRS_COLUMNS).
 """
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ from tqdm import tqdm
 
 from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
-from .tsv import BILINEAR_COLUMNS, concat_tsv, write_tsv
+from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
 
 log = logging.getLogger(__name__)
 
+THRESHOLD_RULES = ("paper", "canonical")
 
 
 @dataclass
@@ -63,7 +69,7 @@ def mean_embeddings(embedding_matrix: torch.Tensor, token_ids: list[list[int]]) 
 def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: int = 100):
     """Pairs of every dimension of one head, dimensions in decreasing order of activation.
 
-    Returns a list of (dimension index, activation score, [pair strings "key=query" by
+    Returns a list of (dimension index, activation score, [(key word, query word) pairs by
     decreasing cosine]).
     """
     hq, hk = vocab.embeddings @ wq, vocab.embeddings @ wk  # (V, hd)
@@ -91,18 +97,29 @@ def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: i
     for r, dim in enumerate(order.tolist()):
         best = ranking[r, : counts[r]]
         queries, keys = vocab.words[iq[r, best // k]], vocab.words[ik[r, best % k]]
-        out.append((dim, scores[r], [f"{key}={query}" for key, query in zip(keys, queries)]))
+        out.append((dim, scores[r], list(zip(keys.tolist(), queries.tolist()))))
     return out
 
 
-def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device) -> Vocabulary:
+def vocabulary_thresholds(static: np.ndarray, has_vector: np.ndarray, baseline_words: int, rule: str) -> np.ndarray:
+    """Each word's threshold against the first `baseline_words` words, under the threshold rule."""
     from .word_vectors import word_thresholds
 
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"fidelity: unknown threshold rule {rule!r}; expected one of {', '.join(THRESHOLD_RULES)}")
+    baseline = static[:baseline_words][has_vector[:baseline_words]]
+    missing = int((~has_vector[:baseline_words]).sum()) if rule == "paper" else 0
+    log.info("thresholds (%s): %d baseline words with a vector, %d without %s", rule, len(baseline),
+             int((~has_vector[:baseline_words]).sum()), "(counted as cosine 0)" if rule == "paper" else "(left out)")
+    return word_thresholds(static, has_vector, baseline, baseline_missing=missing)
+
+
+def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device,
+                           threshold_rule: str = "paper") -> Vocabulary:
     started = time.perf_counter()
     embeddings = mean_embeddings(weights.input_embeddings().to(device), word_token_ids(tokenizer, words))
     static, has_vector = word_vectors.lookup(words)
-    baseline = static[:baseline_words][has_vector[:baseline_words]]
-    thresholds = word_thresholds(static, has_vector, baseline)
+    thresholds = vocabulary_thresholds(static, has_vector, baseline_words, threshold_rule)
     log.info("%d words (%d with a static vector) in %.1f s", len(words), has_vector.sum(), time.perf_counter() - started)
     return Vocabulary(
         np.asarray(words, dtype=object),
@@ -114,7 +131,7 @@ def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, b
 
 def explain_layer(
     model_dir: str, model_id: str, layer: int, vocabulary: str, word_vectors: dict, output: str,
-    top_k: int = 100, baseline_words: int = 3000, size: str = "NA",
+    top_k: int = 100, baseline_words: int = 3000, size: str = "NA", threshold_rule: str = "paper",
 ) -> None:
     from transformers import AutoTokenizer
 
@@ -129,32 +146,35 @@ def explain_layer(
     tokenizer = AutoTokenizer.from_pretrained(weights.directory)
     words = read_vocabulary(vocabulary)
     vectors = load_word_vectors(word_vectors, vocabulary=words)  # a large GloVe file keeps only these rows
-    vocab = explanation_vocabulary(weights, tokenizer, words, vectors, baseline_words, device)
+    vocab = explanation_vocabulary(weights, tokenizer, words, vectors, baseline_words, device, threshold_rule)
     log.info("read %s", ", ".join(weights.read))
     rows = []
     for head in tqdm(range(weights.heads), desc=f"{model_id} layer {layer}", unit="head"):
         for rank, (dim, score, pairs) in enumerate(explain_head(vocab, wq[head], wk[head], top_k), start=1):
-            rows.append((model_id, size, layer, "QK", head, dim, rank, f"{score:.4f}", "|||".join(pairs)))
-    write_tsv(rows, BILINEAR_COLUMNS, output)
+            rows.append((model_id, size, layer, "QK", head, dim, rank, f"{score:.4f}", encode_pairs(pairs)))
+    write_tsv(rows, PAIRS_COLUMNS, output)
     log.info("layer %d of %s: %d heads in %.1f s -> %s", layer, model_id, weights.heads, time.perf_counter() - started, output)
 
 
 def main(argv=None):
     parser, layer = layer_job_parser(
-        __doc__.splitlines()[0], "explain every head of one layer", "concatenate shards into bilinear_words.tsv"
+        __doc__.splitlines()[0], "explain every head of one layer",
+        "concatenate shards into the lossless file and export bilinear_words.tsv"
     )
     layer.add_argument("--word-vectors-kind", required=True)
     layer.add_argument("--word-vectors-path", default="")
     layer.add_argument("--top-k", type=positive_int, default=100)
     layer.add_argument("--baseline-words", type=positive_int, default=3000)
+    layer.add_argument("--thresholds", choices=THRESHOLD_RULES, default="paper",
+                       help="baseline words without a vector: cosine 0 (paper) or left out (canonical)")
     args = parser.parse_args(argv)
     setup_logging()
     if args.command == "merge":
-        concat_tsv(args.inputs, BILINEAR_COLUMNS, args.output)
+        merge_and_export(args.inputs, args.output, args.export, "pairs")
         return
     vectors = {"kind": args.word_vectors_kind, "path": args.word_vectors_path or None}
     explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, vectors, args.output,
-                  args.top_k, args.baseline_words, args.size)
+                  args.top_k, args.baseline_words, args.size, args.thresholds)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ def positive_int(text: str) -> int:
 
 
 def layer_job_parser(description: str, layer_help: str, merge_help: str):
-    """`layer` (one model layer -> one TSV shard) and `merge` (shards -> one TSV) subcommands,
+    """`layer` (one model layer -> one lossless TSV shard) and `merge` (shards -> one lossless TSV and
+    its export in the paper's layout) subcommands,
     with the arguments every per-layer explainer takes; returns (parser, layer subparser)."""
     parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,8 +26,9 @@ def layer_job_parser(description: str, layer_help: str, merge_help: str):
     layer.add_argument("--size", default="NA")
     layer.add_argument("--output", required=True)
     merge = sub.add_parser("merge", help=merge_help)
-    merge.add_argument("output")
-    merge.add_argument("inputs", nargs="+")
+    merge.add_argument("output", help="the lossless merged file")
+    merge.add_argument("inputs", nargs="+", help="the lossless layer shards")
+    merge.add_argument("--export", required=True, help="the same rows in the paper's layout (escaped words)")
     return parser, layer
 
 

@@ -297,3 +297,19 @@ def vocabulary(config: dict) -> str:
     if not config.get("vocabulary"):
         raise ConfigError("vocabulary: a word<TAB>frequency file is needed for the attention and FFN explanations")
     return config["vocabulary"]
+
+
+# What `fidelity` selects, per rule it reaches: each rule's params carry only its own slice, so a
+# value that changes only one of them reruns only that rule's jobs.
+FIDELITY_RULES = {
+    "paper": {"thresholds": "paper", "counting": "paper"},
+    "canonical": {"thresholds": "canonical", "counting": "canonical"},
+}
+
+
+def fidelity_rule(config: dict, part: str) -> str:
+    """The rule `fidelity` selects for `part`: `thresholds` (head explanations) or `counting` (Table 3)."""
+    value = config.get("fidelity", "paper")
+    if value not in FIDELITY_RULES:
+        raise ConfigError(f"fidelity: unknown value {value!r}; expected one of {', '.join(FIDELITY_RULES)}")
+    return FIDELITY_RULES[value][part]

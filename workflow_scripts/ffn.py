@@ -5,7 +5,7 @@ The rows of the down-projection (one per intermediate neuron, hidden wide) are c
 their principal components found from the hidden x hidden covariance (an eigendecomposition of
 4096 x 4096 for LLaMA-7B, instead of an SVD of the 11008 x 4096 matrix); each of the top `rank`
 components is projected on the L2-normalised output-embedding word vectors, and the top-K words
-by absolute projection describe it.
+by absolute projection describe it. Shards are lossless (tsv.WORDS_COLUMNS: the words as JSON).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
-from .tsv import LINEAR_COLUMNS, concat_tsv, write_tsv
+from .tsv import WORDS_COLUMNS, encode_words, merge_and_export, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +72,24 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
     word_vectors = mean_embeddings(weights.output_embeddings().to(device), word_token_ids(tokenizer, words))
     log.info("read %s", ", ".join(weights.read))
     described = component_words(components, word_vectors, np.asarray(words, dtype=object), top_k)
-    rows = [(model_id, size, layer, "FFN", 0, r, f"{ratio:.4f}", "|||".join(top))
+    rows = [(model_id, size, layer, "FFN", 0, r, f"{ratio:.4f}", encode_words(top))
             for r, (ratio, top) in enumerate(zip(ratios.tolist(), described), start=1)]
-    write_tsv(rows, LINEAR_COLUMNS, output)
+    write_tsv(rows, WORDS_COLUMNS, output)
     log.info("layer %d of %s: %d components in %.1f s -> %s", layer, model_id, len(rows),
              time.perf_counter() - started, output)
 
 
 def main(argv=None):
     parser, layer = layer_job_parser(
-        __doc__.splitlines()[0], "explain the down-projection of one layer", "concatenate shards into linear_words.tsv"
+        __doc__.splitlines()[0], "explain the down-projection of one layer",
+        "concatenate shards into the lossless file and export linear_words.tsv"
     )
     layer.add_argument("--rank", type=positive_int, default=300)
     layer.add_argument("--top-k", type=positive_int, default=50)
     args = parser.parse_args(argv)
     setup_logging()
     if args.command == "merge":
-        concat_tsv(args.inputs, LINEAR_COLUMNS, args.output)
+        merge_and_export(args.inputs, args.output, args.export, "words")
     else:
         explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, args.output,
                       args.rank, args.top_k, args.size)

@@ -1,12 +1,15 @@
 """Table 3: how instruction tuning changes self-attention knowledge about verbs (docs/design.md#table-3).
 
-Input is a `bilinear_words.tsv` holding both models of a pair: one row per (model, layer, head,
-dimension) with the dimension's word pairs in `TopK` (`w1=w2|||w3=w4...`). Following the paper
-(Wu et al., NAACL 2024, `src/analysis_bilinear_interpret.py`):
+Input holds both models of a pair, one row per (model, layer, head, dimension) with the
+dimension's (key, query) word pairs: the workflow's lossless `bilinear_words.lossless.tsv`
+(tsv.PAIRS_COLUMNS), or a `bilinear_words.tsv` in the paper's layout (`TopK` = `k=q|||k=q...`,
+e.g. the paper's released file), whose `TopK` is split as the paper's script split it: at every
+`|||`, each piece then cut at its first `=`. Following the paper (Wu et al., NAACL 2024,
+`src/analysis_bilinear_interpret.py`):
 
-1. a pair is normalised by sorting its two words and lower-casing, so `B=a` and `a=b` are one;
-2. the head-level knowledge of a head is the pairs that occur in more than one of its dimension
-   rows;
+1. each pair of a dimension row is normalised by a counting rule (config `fidelity`, below);
+2. the head-level knowledge of a head is the normalised pairs that occur more than once over
+   its dimension rows;
 3. per head and model, each word counts the head-level pairs it is part of;
 4. layers fall into four equal groups (layer * 4 // n_layers); for each group, each word of a
    list gets the share of the group's heads (those present for both models) where the tuned
@@ -15,13 +18,17 @@ dimension) with the dimension's word pairs in `TopK` (`w1=w2|||w3=w4...`). Follo
 5. per list: mean, population std and number of the word scores; a two-sided Welch t-test
    compares the instruction-verb scores with the general-verb scores.
 
-Where this module differs from the paper's script: it lower-cases a pair before sorting its words
-(the script sorted first, so `B=a` became `b=a` and stayed apart from `a=b`; docs/design.md#fidelity makes
-them one pair); a pair is counted once per dimension row even if the row repeats it; an empty
-`TopK` holds no pairs (the script's split made an empty "pair" of it); and heads are matched
-between the models by (layer, head), each model's knowledge taken over all its own dimension
-rows (the script joined the models' rows on (layer, head, dimension) first, which is the same
-when both models list the same dimensions, as the explainer writes them).
+Counting rules:
+- `paper` (the default): the script's own: the string `key=query` is split at every `=`, the
+  pieces sorted, joined and only then lower-cased (`B=a` -> `b=a`, apart from `a=b`), and a
+  pair repeated within one dimension row counts every time (`a=b` and `b=a` in one row: twice).
+- `canonical` (a correction): the two words lower-cased, then sorted (`B=a` and `a=b` are one
+  pair, as docs/design.md#table-3 defines it), each pair once per dimension row.
+Both rules: an empty `TopK` holds no pairs (the script made one empty "pair" of it, which names
+no verb), and heads are matched between the models by (layer, head), each model's knowledge
+taken over all its own dimension rows (the script joined the models' rows on (layer, head,
+dimension) first, which is the same when both models list the same dimensions, as the explainer
+writes them).
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ import pandas as pd
 from scipy import stats
 
 from .tables import write_table
-from .tsv import BILINEAR_COLUMNS
+from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs
 
 log = logging.getLogger(__name__)
 
@@ -43,42 +50,61 @@ TABLE3_COLUMNS = ["layers", "instruct_mean", "instruct_std", "instruct_n",
                   "general_mean", "general_std", "general_n", "t", "p_value"]
 N_GROUPS = 4
 _INT_COLUMNS = ("Layer", "Head", "Dim", "Rank")
+COUNTING_RULES = {
+    "paper": "pairs counted as the paper's script counts them (words sorted, then lower-cased; repeats in a "
+             "dimension counted)",
+    "canonical": "pairs counted canonically (words lower-cased, then sorted; once per dimension)",
+}
+FRAME_COLUMNS = [*BILINEAR_COLUMNS[:-1], "pairs"]
 
 
-def normalise_pair(pair: str) -> str:
-    """`B=a` -> `a=b`: the words lower-cased and sorted, so the two spellings are one pair."""
-    return "=".join(sorted(pair.lower().split("=")))
+def _check_rule(counting: str) -> None:
+    if counting not in COUNTING_RULES:
+        raise ValueError(f"fidelity: unknown counting rule {counting!r}; expected one of {', '.join(COUNTING_RULES)}")
 
 
-def parse_pairs(topk: str) -> list[str]:
-    """The normalised pairs of a `TopK` field; an empty field has none."""
-    return [normalise_pair(p) for p in topk.split("|||") if p] if topk else []
+def pair_key(pair: tuple[str, ...], counting: str = "paper") -> tuple[str, ...]:
+    """The normalised pair (as the tuple of its words) under a counting rule; see the module doc."""
+    if counting == "paper":
+        return tuple("=".join(sorted("=".join(pair).split("="))).lower().split("="))
+    _check_rule(counting)
+    return tuple(sorted(word.lower() for word in pair))
+
+
+def row_pair_keys(pairs, counting: str = "paper") -> list[tuple[str, ...]]:
+    """The normalised pairs one dimension row contributes: all of them (paper) or each once (canonical)."""
+    keys = [pair_key(tuple(p), counting) for p in pairs]
+    return keys if counting == "paper" else list(dict.fromkeys(keys))
 
 
 def read_bilinear_words(path: str | Path) -> pd.DataFrame:
-    """A `bilinear_words.tsv` as a frame with `pairs` (the normalised pairs of `TopK`) added.
+    """A lossless bilinear file or a paper-layout `bilinear_words.tsv` (told apart by the header) as
+    a frame with `pairs`: each row's list of (key, query) tuples (a paper-layout piece without `=`
+    is a 1-tuple).
 
     Layer, Head, Dim and Rank are integers and Score a float; a row with the wrong number of
-    fields, a bad number or a repeated (model, layer, head, dimension) raises a ValueError naming
-    the file and line. A line equal to the header is skipped, as the paper's reader does, so that
-    concatenated shards read as one file.
+    fields, a bad number, bad JSON or a repeated (model, layer, head, dimension) raises a
+    ValueError naming the file and line. A line equal to the header is skipped, as the paper's
+    reader does, so that concatenated shards read as one file.
     """
     path = Path(path)
-    with open(path, encoding="utf8") as fh:
-        lines = fh.read().splitlines()
-    if not lines or tuple(lines[0].split("\t")) != BILINEAR_COLUMNS:
-        found = lines[0].split("\t") if lines else "an empty file"
-        raise ValueError(f"{path}: line 1: expected the header {' '.join(BILINEAR_COLUMNS)} (tab separated), "
-                         f"found {found}")
+    with open(path, encoding="utf8", newline="") as fh:
+        lines = fh.read().split("\n")
+    lines = [line.rstrip("\r") for line in lines]
+    columns = tuple(lines[0].split("\t")) if lines else ()
+    if columns not in (PAIRS_COLUMNS, BILINEAR_COLUMNS):
+        found = lines[0].split("\t") if lines and lines[0] else "an empty file"
+        raise ValueError(f"{path}: line 1: expected the header {' '.join(BILINEAR_COLUMNS)} (the paper's layout) or "
+                         f"{' '.join(PAIRS_COLUMNS)} (lossless), tab separated; found {found}")
     rows, seen = [], {}
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip() or line == lines[0]:
             continue
         fields = line.split("\t")
-        if len(fields) != len(BILINEAR_COLUMNS):
-            raise ValueError(f"{path}: line {number}: expected {len(BILINEAR_COLUMNS)} tab-separated fields "
-                             f"({' '.join(BILINEAR_COLUMNS)}), found {len(fields)}: {line[:80]!r}")
-        row = dict(zip(BILINEAR_COLUMNS, fields))
+        if len(fields) != len(columns):
+            raise ValueError(f"{path}: line {number}: expected {len(columns)} tab-separated fields "
+                             f"({' '.join(columns)}), found {len(fields)}: {line[:80]!r}")
+        row = dict(zip(columns, fields))
         try:
             for column in _INT_COLUMNS:
                 row[column] = int(row[column])
@@ -90,9 +116,12 @@ def read_bilinear_words(path: str | Path) -> pd.DataFrame:
             raise ValueError(f"{path}: line {number}: model {key[0]} layer {key[1]} head {key[2]} dimension {key[3]} "
                              f"repeats line {seen[key]} (one row per model, layer, head and dimension)")
         seen[key] = number
-        row["pairs"] = parse_pairs(row["TopK"])
+        if columns == PAIRS_COLUMNS:
+            row["pairs"] = decode_pairs(row.pop("Pairs"), f"{path}: line {number}")
+        else:
+            row["pairs"] = [tuple(piece.split("=", 1)) for piece in paper_pairs(row.pop("TopK"))]
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*BILINEAR_COLUMNS, "pairs"])
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
 def _check_models(frame: pd.DataFrame, *models: str) -> None:
@@ -102,21 +131,22 @@ def _check_models(frame: pd.DataFrame, *models: str) -> None:
             raise ValueError(f"model {model!r} is not in the bilinear words; models present: {present}")
 
 
-def head_knowledge(frame: pd.DataFrame, model: str) -> dict[tuple[int, int], list[str]]:
-    """(layer, head) -> the head's pairs that occur in more than one of its dimension rows,
-    most frequent first (ties alphabetical). Every head with a row is a key, if with no pairs."""
+def head_knowledge(frame: pd.DataFrame, model: str, counting: str = "paper") -> dict[tuple[int, int], list[tuple]]:
+    """(layer, head) -> the head's normalised pairs that occur more than once over its dimension
+    rows (counted by the rule), most frequent first (ties in sorted order). Every head with a row is
+    a key, if with no pairs."""
     _check_models(frame, model)
-    if "pairs" not in frame:
-        frame = frame.assign(pairs=frame["TopK"].map(parse_pairs))
+    _check_rule(counting)
     counts: dict[tuple[int, int], Counter] = {}
     for layer, head, pairs in frame.loc[frame["Model"] == model, ["Layer", "Head", "pairs"]].itertuples(index=False):
-        counts.setdefault((int(layer), int(head)), Counter()).update(set(pairs))
+        counts.setdefault((int(layer), int(head)), Counter()).update(row_pair_keys(pairs, counting))
     return {key: [p for p, n in sorted(c.items(), key=lambda item: (-item[1], item[0])) if n > 1]
             for key, c in sorted(counts.items())}
 
 
-def _word_counts(knowledge: dict[tuple[int, int], list[str]]) -> dict[tuple[int, int], Counter]:
-    return {key: Counter(word for pair in pairs for word in pair.split("=")) for key, pairs in knowledge.items()}
+def word_counts(knowledge: dict[tuple[int, int], list[tuple]]) -> dict[tuple[int, int], Counter]:
+    """Per head, how many of its head-level pairs each word is part of."""
+    return {key: Counter(word for pair in pairs for word in pair) for key, pairs in knowledge.items()}
 
 
 def layer_groups(n_layers: int) -> list[tuple[int, int, int]]:
@@ -158,7 +188,7 @@ def _unique_lower(words) -> list[str]:
 
 
 def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
-           instruct_words, general_words) -> pd.DataFrame:
+           instruct_words, general_words, counting: str = "paper") -> pd.DataFrame:
     """Table 3 of the paper: one row per group of layers (docs/design.md#table-files gives the columns)."""
     _check_models(frame, pretrained, tuned)
     too_deep = frame.loc[frame["Layer"] >= n_layers, "Layer"]
@@ -166,8 +196,8 @@ def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
         bad = int(too_deep.iloc[0]) if len(too_deep) else int(frame["Layer"].min())
         raise ValueError(f"layer {bad} in the bilinear words is outside 0..{n_layers - 1} (n_layers is {n_layers})")
     instruct_words, general_words = _unique_lower(instruct_words), _unique_lower(general_words)
-    tuned_counts = _word_counts(head_knowledge(frame, tuned))
-    pretrained_counts = _word_counts(head_knowledge(frame, pretrained))
+    tuned_counts = word_counts(head_knowledge(frame, tuned, counting))
+    pretrained_counts = word_counts(head_knowledge(frame, pretrained, counting))
     heads = sorted(set(tuned_counts) & set(pretrained_counts))
     rows = []
     for group, first, last in layer_groups(n_layers):
@@ -187,7 +217,10 @@ def read_word_list(path: str | Path) -> list[str]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bilinear-words", required=True, help="bilinear_words.tsv holding both models")
+    parser.add_argument("--bilinear-words", required=True,
+                        help="both models' word pairs: the lossless file, or bilinear_words.tsv in the paper's layout")
+    parser.add_argument("--counting", choices=sorted(COUNTING_RULES), default="paper",
+                        help="paper: as the paper's script; canonical: lower-cased, sorted, once per dimension")
     parser.add_argument("--pretrained", required=True, help="the pre-trained model's Model column value")
     parser.add_argument("--tuned", required=True, help="the tuned model's Model column value")
     parser.add_argument("--layers", type=int, required=True, help="number of layers of the models")
@@ -199,9 +232,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     frame = read_bilinear_words(args.bilinear_words)
     table = table3(frame, args.pretrained, args.tuned, args.layers,
-                   read_word_list(args.instruct), read_word_list(args.general))
+                   read_word_list(args.instruct), read_word_list(args.general), args.counting)
     title = args.title or (f"Table 3: share of heads where {args.tuned} knows more pairs about a verb "
                            f"than {args.pretrained}")
+    title = f"{title}; {COUNTING_RULES[args.counting]} (fidelity: {args.counting})"
     write_table(table, args.output, title)
     log.info("%s:\n%s", args.output, table.to_string(index=False))
 

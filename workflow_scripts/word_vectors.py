@@ -257,19 +257,22 @@ def load_word_vectors(spec: dict, vocabulary: Iterable[str] | None = None) -> Wo
 # --- thresholds ------------------------------------------------------------------------------
 
 
-def word_thresholds(vectors: np.ndarray, has_vector: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+def word_thresholds(vectors: np.ndarray, has_vector: np.ndarray, baseline: np.ndarray,
+                    baseline_missing: int = 0) -> np.ndarray:
     """Per word, mean + 1.96 std (population std, as np.std) of its cosine to each baseline
-    vector; +inf for words without a vector, so that they never pass. `vectors` are lookup()
+    word; +inf for words without a vector, so that they never pass. `vectors` are lookup()
     rows; `baseline` holds the normalised vectors of the baseline words that have one (the
-    paper: the 3,000 most frequent vocabulary words; it also counted those without a vector, as
-    cosine 0 — pass `vectors[has_vector]` of their lookup to leave them out)."""
+    paper: the 3,000 most frequent vocabulary words); `baseline_missing` baseline words without
+    a vector each add a cosine of 0 to the mean and std (the paper's code; 0 leaves them out)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     has_vector = np.asarray(has_vector, dtype=bool)
     baseline = np.asarray(baseline, dtype=np.float32)
     if vectors.ndim != 2 or has_vector.shape != (vectors.shape[0],):
         raise ValueError(f"vectors {vectors.shape} and has_vector {has_vector.shape} do not match")
-    if baseline.ndim != 2 or baseline.shape[1] != vectors.shape[1] or baseline.shape[0] == 0:
+    if baseline.ndim != 2 or baseline.shape[1] != vectors.shape[1] or baseline.shape[0] + max(baseline_missing, 0) == 0:
         raise ValueError(f"baseline must be (b >= 1, {vectors.shape[1]}) rows, got {baseline.shape}")
+    if baseline_missing < 0:
+        raise ValueError(f"baseline_missing must be >= 0, got {baseline_missing}")
     if not np.all(np.linalg.norm(baseline, axis=1) > 0):
         raise ValueError("baseline has a zero row: pass only the baseline words with a vector (vectors[has_vector])")
     thresholds = np.full(vectors.shape[0], np.inf)
@@ -277,5 +280,7 @@ def word_thresholds(vectors: np.ndarray, has_vector: np.ndarray, baseline: np.nd
     for start in range(0, len(rows), _BLOCK):
         block = rows[start:start + _BLOCK]
         cosines = (vectors[block] @ baseline.T).astype(np.float64)
+        if baseline_missing:
+            cosines = np.concatenate([cosines, np.zeros((len(block), baseline_missing))], axis=1)
         thresholds[block] = cosines.mean(axis=1) + THRESHOLD_Z * cosines.std(axis=1)
     return thresholds
