@@ -21,7 +21,7 @@ rule paper_datasets:
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
         " --destination resources/paper --source {params.source:q} --commit {params.commit:q}"
-        " --files {PAPER_DATASETS:q} > {log:q} 2>&1"
+        " --files {PAPER_DATASETS:q} 3>&2 > {log:q} 2>&1"
 
 
 rule paper_released_attributions:
@@ -37,7 +37,7 @@ rule paper_released_attributions:
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
         " --destination resources/paper --source {params.source:q} --commit {params.commit:q}"
-        " --folder results/attribution_interpret/{wildcards.release:q} > {log:q} 2>&1"
+        " --folder results/attribution_interpret/{wildcards.release:q} 3>&2 > {log:q} 2>&1"
 
 
 # The demo models are trained once on the demo dataset as it was then (ancient): adding a sample

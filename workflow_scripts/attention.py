@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
+from .progress import progress
 from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def explain_layer(
     vocab = explanation_vocabulary(weights, tokenizer, words, vectors, baseline_words, device, threshold_rule)
     log.info("read %s", ", ".join(weights.read))
     rows = []
-    for head in tqdm(range(weights.heads), desc=f"{model_id} layer {layer}", unit="head"):
+    for head in progress(range(weights.heads), f"explain {model_id} layer {layer}", "head"):
         for rank, (dim, score, pairs) in enumerate(explain_head(vocab, wq[head], wk[head], top_k), start=1):
             rows.append((model_id, size, layer, "QK", head, dim, rank, f"{score:.4f}", encode_pairs(pairs)))
     write_tsv(rows, PAIRS_COLUMNS, output)

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
+from .progress import progress
 
 log = logging.getLogger(__name__)
 REPOSITORY = "https://raw.githubusercontent.com/JacksonWuxs/Interpret_Instruction_Tuning_LLMs"
@@ -81,7 +81,7 @@ def fetch(
 ) -> None:
     """Put each named file under `destination`, verified; existing verified files are kept."""
     destination = Path(destination)
-    for name in tqdm(names, desc="paper data", unit="file", disable=len(names) < 20):
+    for name in progress(names, "paper data", "file"):
         if name not in manifest:
             raise KeyError(f"{name}: not in the paper data manifest")
         target = destination / name
