@@ -166,12 +166,13 @@ rule table5_pair:
     params:
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
+        notice=config.get("notice", ""),
     log:
         "logs/table5/{pair}.log",
     shell:
         "python -m workflow_scripts.table5 tables --tasks {input.tasks:q} --concepts {input.concepts:q}"
         " --pretrained {params.pretrained:q} --tuned {params.tuned:q} --pair {wildcards.pair:q}"
-        " --output-dir results/tables/{wildcards.pair:q} > {log:q} 2>&1"
+        " --notice {params.notice:q} --output-dir results/tables/{wildcards.pair:q} > {log:q} 2>&1"
 
 
 rule figure3_pair:

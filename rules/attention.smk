@@ -77,12 +77,14 @@ rule table3_pair:
         tuned=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["tuned"]],
         layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["pretrained"]).layers,
         counting=dag.fidelity_rule(config, "counting"),
+        notice=config.get("notice", ""),
     log:
         "logs/table3/{pair}.log",
     shell:
         "python -m workflow_scripts.table3 --bilinear-words {input.bilinear:q} --pretrained {params.pretrained:q}"
         " --tuned {params.tuned:q} --layers {params.layers:q} --instruct {input.instruct:q}"
-        " --general {input.general:q} --counting {params.counting:q} --output {output.tsv:q} > {log:q} 2>&1"
+        " --general {input.general:q} --counting {params.counting:q} --notice {params.notice:q}"
+        " --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table3:

@@ -31,6 +31,7 @@ rule table1_pair:
         rated=config["ratings"]["column_value"] if config.get("ratings") else "",
         provenance=provenance("tuned"),
         title=lambda w: f"Table 1 ({w.pair}): instruction score of unfollowed vs followed responses",
+        notice=config.get("notice", ""),
     log:
         "logs/table1/{pair}.log",
     shell:
@@ -38,7 +39,7 @@ rule table1_pair:
         " --ratings {input.ratings:q} --rated-model {params.rated:q} --groups {params.groups:q}"
         " --levels {params.levels:q} --threshold {params.threshold:q} --p {params.p:q}"
         " --min-response-tokens {params.min_response_tokens:q} --title {params.title:q}"
-        " --output {output.tsv:q} > {log:q} 2>&1"
+        " --notice {params.notice:q} --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table2_pair:
@@ -57,13 +58,14 @@ rule table2_pair:
         groups=groups_arg(),
         provenance=provenance("pretrained", "tuned"),
         title=lambda w: f"Table 2 ({w.pair}): instruction score, pre-trained vs instruction-tuned",
+        notice=config.get("notice", ""),
     log:
         "logs/table2/{pair}.log",
     shell:
         "python -m workflow_scripts.tables table2 --dataset {input.dataset:q}"
         " --attributions {input.pretrained:q} {input.tuned:q} --groups {params.groups:q}"
         " --levels {params.levels:q} --threshold {params.threshold:q} --p {params.p:q} --title {params.title:q}"
-        " --output {output.tsv:q} > {log:q} 2>&1"
+        " --notice {params.notice:q} --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table1:

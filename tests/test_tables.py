@@ -383,3 +383,13 @@ def test_the_released_llama_response_that_is_empty_is_named_under_table2(release
     note = empty_response_note(scores, "llama-7b")
     assert note.startswith("1 sample(s) of llama-7b have an empty response")
     assert scores.loc[scores["response_tokens"] == 0, "score"].tolist() == [0.0]
+
+
+def test_the_configs_notice_stands_under_every_tables_title(tmp_path):
+    table = table2(pd.DataFrame([("a_1", "g", 1.0, 4, 2)], columns=SCORE_COLUMNS),
+                   pd.DataFrame([("a_1", "g", 2.0, 4, 2)], columns=SCORE_COLUMNS))
+    write_table(table, tmp_path / "t.tsv", "Table 2 (demo)", notice="Offline demo: a smoke test.")
+    assert (tmp_path / "t.md").read_text().startswith("# Table 2 (demo)\n\n> Offline demo: a smoke test.\n\n| dataset |")
+    write_table(table, tmp_path / "u.tsv", "Table 2 (demo)")
+    assert (tmp_path / "u.md").read_text().startswith("# Table 2 (demo)\n\n| dataset |")
+    assert (tmp_path / "t.tsv").read_text() == (tmp_path / "u.tsv").read_text()  # the TSV stays plain data

@@ -227,6 +227,7 @@ def main(argv=None):
     parser.add_argument("--instruct", required=True, help="instruction verbs, one per line")
     parser.add_argument("--general", required=True, help="general verbs, one per line")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--notice", default="", help="a line under the title (config key notice)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -236,7 +237,7 @@ def main(argv=None):
     title = args.title or (f"Table 3: share of heads where {args.tuned} knows more pairs about a verb "
                            f"than {args.pretrained}")
     title = f"{title}; {COUNTING_RULES[args.counting]} (fidelity: {args.counting})"
-    write_table(table, args.output, title)
+    write_table(table, args.output, title, notice=args.notice)
     log.info("%s:\n%s", args.output, table.to_string(index=False))
 
 

@@ -140,6 +140,7 @@ def main(argv=None):
     tables = sub.add_parser("tables", help="table5_tasks.tsv and table5_levels.tsv (+ .md)")
     tables.add_argument("--tasks", nargs="+", required=True, help="linear_task_seed{s}.tsv, one per seed")
     tables.add_argument("--output-dir", required=True, help="results/tables/PAIR")
+    tables.add_argument("--notice", default="", help="a line under the title (config key notice)")
     figure = sub.add_parser("figure", help="Figure 3 as PDF and PNG")
     figure.add_argument("--layers", type=int, required=True)
     figure.add_argument("--output", required=True, help="the .pdf path; the .png is written beside it")
@@ -152,9 +153,9 @@ def main(argv=None):
     if args.command == "tables":
         out = Path(args.output_dir)
         write_table(table5(args.tasks, "Task", args.pretrained, args.tuned, TASKS), out / "table5_tasks.tsv",
-                    f"Table 5 ({args.pair}): tasks of the described FFN concepts")
+                    f"Table 5 ({args.pair}): tasks of the described FFN concepts", notice=args.notice)
         write_table(table5(args.concepts, "Concept", args.pretrained, args.tuned, LEVELS), out / "table5_levels.tsv",
-                    f"Table 5 ({args.pair}): linguistic levels of the described FFN concepts")
+                    f"Table 5 ({args.pair}): linguistic levels of the described FFN concepts", notice=args.notice)
     else:
         groups = min(8, args.layers)
         shares = level_shares_by_group(args.concepts, args.pretrained, args.tuned, args.layers, groups)

@@ -115,15 +115,17 @@ def empty_response_note(scores: pd.DataFrame, model: str) -> str:
     return note + ("" if len(empty) <= 5 else ", ...")
 
 
-def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = ()) -> None:
-    """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side."""
+def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = (), notice: str = "") -> None:
+    """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side; the
+    config's `notice` goes under the title, `notes` under the table."""
     tsv = Path(tsv)
     tsv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
     header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
     body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.itertuples(index=False))
     footer = "".join(f"\n{note}.\n" for note in notes if note)
-    tsv.with_suffix(".md").write_text(f"# {title}\n\n{header}{body}{footer}")
+    preface = f"> {notice}\n\n" if notice else ""
+    tsv.with_suffix(".md").write_text(f"# {title}\n\n{preface}{header}{body}{footer}")
 
 
 def _cell(value) -> str:
@@ -147,6 +149,7 @@ def main(argv=None):
     parser.add_argument("--p", type=float, default=4.0)
     parser.add_argument("--min-response-tokens", type=int, default=5)
     parser.add_argument("--title", default="")
+    parser.add_argument("--notice", default="", help="a line under the title (config key notice)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -165,7 +168,7 @@ def main(argv=None):
     notes = [] if args.table == "table1" else [  # Table 1 keeps responses of min_response_tokens or more
         empty_response_note(frame, Path(path).parent.name) for frame, path in zip(scores, args.attributions)
     ]
-    write_table(table, args.output, args.title, notes)
+    write_table(table, args.output, args.title, notes, args.notice)
     log.info("%s:\n%s", args.output, table.to_string(index=False))
 
 
