@@ -36,9 +36,14 @@ def _samples(path: str, mtime_ns: int) -> tuple[Sample, ...]:
 
 def dataset_samples(config: dict) -> tuple[Sample, ...]:
     """The dataset's samples, read from the fetched copy or, before the fetch, from its source."""
+    return _samples(*_dataset_file(config))
+
+
+def _dataset_file(config: dict) -> tuple[str, int]:
+    """(path, mtime) of the dataset file the plan reads: the key of everything cached from it."""
     for path in dataset_candidates(config):
         if Path(path).is_file():
-            return _samples(str(path), Path(path).stat().st_mtime_ns)
+            return str(path), Path(path).stat().st_mtime_ns
     raise _missing_dataset(config)
 
 
@@ -126,17 +131,20 @@ def attribution_provenance(config: dict, models: list[str]) -> str:
 
 
 def shard_ids(config: dict) -> list[int]:
-    return list(range(len(_shards(config))))
+    return list(range(len(_shard_digests(*_dataset_file(config), config["attribution"]["shard_size"]))))
 
 
-def _shards(config: dict) -> list[list[Sample]]:
-    return shard_samples(list(dataset_samples(config)), config["attribution"]["shard_size"])
+@functools.lru_cache(maxsize=8)
+def _shard_digests(path: str, mtime_ns: int, shard_size: int) -> tuple[str, ...]:
+    """Every shard's digest, computed once per dataset file and shard size: the plan asks for one
+    per attribution job, and rebuilding the shard lists each time made planning quadratic."""
+    shards = shard_samples(list(_samples(path, mtime_ns)), shard_size)
+    return tuple(hashlib.sha256("".join(s.digest() for s in samples).encode()).hexdigest()[:16] for samples in shards)
 
 
 def shard_digest(config: dict, shard: int) -> str:
     """Changes exactly when a sample of this shard changes (a rule param: Snakemake reruns on it)."""
-    samples = _shards(config)[int(shard)]
-    return hashlib.sha256("".join(s.digest() for s in samples).encode()).hexdigest()[:16]
+    return _shard_digests(*_dataset_file(config), config["attribution"]["shard_size"])[int(shard)]
 
 
 def model_config(config: dict, model: str) -> dict:
