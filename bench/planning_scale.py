@@ -22,14 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "datasets", "profiles"]
 
 
-def workdir(root: Path, paper_data: Path, copies: int, shard_size: int) -> Path:
-    work = root / f"x{copies}-shard{shard_size}"
+def workdir(root: Path, paper_data: Path, copies: int, shard_size: int | None) -> Path:
+    work = root / f"x{copies}-shard{shard_size or 'paper'}"
     work.mkdir()
     for name in WORKFLOW_FILES:
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     config["paper_data"] = str(paper_data)
-    config["attribution"]["shard_size"] = shard_size
+    config["attribution"]["shard_size"] = shard_size or config["attribution"]["shard_size"]
     if copies > 1:  # the paper's samples repeated under new ids (same groups by prefix)
         lines = (paper_data / "datasets/FinalDataset.tsv").read_text(encoding="utf8").splitlines()
         rows = [line for line in lines[1:] if line.strip()]
@@ -58,10 +58,10 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for copies, shard_size in ((1, 8), (10, 8), (1, 1), (10, 1)):
+        for copies, shard_size in ((1, None), (10, None), (1, 1), (10, 1)):
             jobs, seconds = plan(workdir(Path(tmp), args.paper_data.resolve(), copies, shard_size))
             rows.append((copies, shard_size, jobs, seconds))
-            print(f"samples x{copies:<3} shard size {shard_size}: {jobs:6d} jobs in {seconds:6.2f} s "
+            print(f"samples x{copies:<3} shard size {shard_size or 'paper':>5}: {jobs:6d} jobs in {seconds:6.2f} s "
                   f"({seconds / jobs * 1e6:7.0f} us/job)", flush=True)
     per_job = [seconds / jobs for _, _, jobs, seconds in rows]
     print(f"cost per job, largest case / paper case: {per_job[-1] / per_job[0]:.2f}")
