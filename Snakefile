@@ -35,6 +35,16 @@ include: "rules/ffn.smk"  # per-layer FFN concepts (GPU), linear_words.tsv
 include: "rules/annotate.smk"  # LLM annotation (seeds x steps), cost report, Table 5, Figure 3
 
 
+onstart:
+    # Checks that need the planned jobs, made once the DAG is built and before any job runs (dry
+    # runs, --summary and --list-changes never come here): the openai provider's key when
+    # annotation jobs are to run; offline, the hub models that jobs needing weights will load.
+    if not workflow.touch:
+        scheduled = [(job.rule.name, dict(job.wildcards)) for job in workflow.dag.needrun_jobs()]
+        dag.require_api_key(PROVIDER, [rule for rule, _ in scheduled], ANNOTATION_RULES)
+        dag.require_cached_models(config, scheduled)
+
+
 rule all:
     """Target (default): Tables 1, 2, 3 and 5, the FFN concepts and Figure 3 of every pair."""
     default_target: True

@@ -20,13 +20,6 @@ ANNOTATION_KEY_ENV = PROVIDER.get("api_key_env") or ""
 ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
 
 
-onstart:
-    # A real run with annotation jobs to do and the openai provider's key missing stops here,
-    # after the DAG is built and before any job (dry runs, --summary, --list-changes never come here).
-    if not workflow.touch:
-        dag.require_api_key(PROVIDER, [job.rule.name for job in workflow.dag.needrun_jobs()], ANNOTATION_RULES)
-
-
 def annotator_input(wildcards):
     """The local model directory when there is one (built by demo_annotator, or on disk)."""
     dag.check_annotation_provider(PROVIDER)

@@ -41,3 +41,15 @@ def test_target_rules_describe_themselves(work):
     listing = snakemake(work, "--list-rules").stdout.splitlines()
     for target in ("all", "table1", "table2", "table3", "ffn"):
         assert any(line.startswith(f"{target} (Target") for line in listing), target
+
+
+def test_offline_a_mistyped_or_uncached_hub_model_fails_once_before_any_job(tmp_path, paper_dir):
+    work = copy_workflow(tmp_path)
+    args = ["table2", "--configfile", "config/paper.yaml", "--config", f"paper_data={paper_dir}",
+            "models={llama-7b: {path: huggyllama/llama-7bb}}"]
+    assert "attribute_shard" in snakemake(work, "--dry-run", *args).stdout  # a dry run still plans
+    out = snakemake(work, *args, check=False)  # the helper sets HF_HUB_OFFLINE=1
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "models.llama-7b.path: huggyllama/llama-7bb is not in the local cache" in text
+    assert not (work / "logs").exists() and not (work / "results").exists()  # no job ran

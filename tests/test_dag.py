@@ -172,3 +172,16 @@ def test_fidelity_gives_each_rule_only_its_own_slice():
     assert (dag.fidelity_rule(config, "thresholds"), dag.fidelity_rule(config, "counting")) == ("canonical", "canonical")
     with pytest.raises(dag.ConfigError, match="fidelity: unknown value 'exact'"):
         dag.fidelity_rule({"fidelity": "exact"}, "counting")
+
+
+def test_offline_a_scheduled_hub_model_missing_from_the_cache_fails_naming_it(config, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    config["models"]["base"]["path"] = "no-such-org/no-such-model"
+    scheduled = [("attribute_shard", {"model": "base", "shard": "0"}), ("table2_pair", {"pair": "p"})]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    dag.require_cached_models(config, scheduled)  # online: the job downloads it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(dag.ConfigError, match=r"models.base.path: no-such-org/no-such-model is not in the local cache"):
+        dag.require_cached_models(config, scheduled)
+    dag.require_cached_models(config, [("table2_pair", {"pair": "p"})])  # no job needs the weights

@@ -28,7 +28,8 @@ class ModelShape:
     kv_heads: int
 
 
-def _cached_config(path: str) -> Path | None:
+def cached_config(path: str) -> Path | None:
+    """The model's config.json: in its local directory, or in the Hugging Face cache (no network)."""
     local = Path(path).expanduser() / "config.json"
     if local.is_file():
         return local
@@ -44,7 +45,7 @@ def _cached_config(path: str) -> Path | None:
 
 def model_shape(model_id: str, settings: dict) -> ModelShape:
     """Layer, head and KV-head counts from config.json, else from the model's config entry."""
-    config_json = _cached_config(settings["path"])
+    config_json = cached_config(settings["path"])
     if config_json is not None:
         hf = json.loads(config_json.read_text())
         heads = hf["num_attention_heads"]
