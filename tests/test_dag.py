@@ -185,3 +185,14 @@ def test_offline_a_scheduled_hub_model_missing_from_the_cache_fails_naming_it(co
     with pytest.raises(dag.ConfigError, match=r"models.base.path: no-such-org/no-such-model is not in the local cache"):
         dag.require_cached_models(config, scheduled)
     dag.require_cached_models(config, [("table2_pair", {"pair": "p"})])  # no job needs the weights
+
+
+def test_a_missing_dataset_of_ones_own_is_not_sent_to_fetch_the_paper_data(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")  # as when run from the parent folder
+    config["dataset"]["samples"] = "datasets/demo.tsv"
+    with pytest.raises(dag.ConfigError, match=r"datasets/demo.tsv not found in the working directory") as error:
+        dag.dataset_samples(config)
+    assert "paper_datasets" not in str(error.value)
+    config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
+    with pytest.raises(dag.ConfigError, match="run `snakemake --cores 1 paper_datasets` first"):
+        dag.dataset_samples(config)

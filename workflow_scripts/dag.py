@@ -48,8 +48,14 @@ def _dataset_file(config: dict) -> tuple[str, int]:
 
 
 def _missing_dataset(config: dict) -> ConfigError:
+    samples = config["dataset"]["samples"]
+    if not samples.startswith(FETCHED):  # the user's own file (the demo's): not something to fetch
+        return ConfigError(
+            f"dataset.samples: {samples} not found in the working directory {os.getcwd()}; run snakemake in "
+            "the project's folder (or give it `--directory` there), or set dataset.samples to the file"
+        )
     return ConfigError(
-        f"dataset.samples: {config['dataset']['samples']} does not exist yet and its shards are needed to "
+        f"dataset.samples: {samples} does not exist yet and its shards are needed to "
         "plan the attribution jobs; run `snakemake --cores 1 paper_datasets` first (it downloads the "
         "paper data), or set paper_data to a local copy of it"
     )
