@@ -41,7 +41,7 @@ def annotation_shell(step, extra=""):
     return (
         f"python -m workflow_scripts.annotate {step} --pair {{wildcards.pair:q}} --seed {{wildcards.seed:q}}"
         " --inputs {input.rows:q} --output {output.tsv:q} --stats {output.stats:q}"
-        " --provider {params.provider:q} --cache {params.cache:q} --max-tokens {params.max_tokens:q}"
+        " --provider={params.provider:q} --cache={params.cache:q} --max-tokens={params.max_tokens:q}"
         + extra
         + " --runtime {ANNOTATION_RUNTIME:q} --api-key-env={ANNOTATION_KEY_ENV:q} 3>&2 > {log:q} 2>&1"
     )
@@ -78,7 +78,7 @@ rule annotate_describe:
         "benchmarks/annotate/{pair}/describe_seed{seed}.tsv"
     localrule: True
     shell:
-        annotation_shell("describe", " --words {params.words:q} --max-rank {params.max_rank:q}")
+        annotation_shell("describe", " --words={params.words:q} --max-rank={params.max_rank:q}")
 
 
 rule annotate_task:
@@ -145,7 +145,7 @@ rule annotation_cost:
         "logs/annotation_cost/{pair}.log",
     localrule: True
     shell:
-        "python -m workflow_scripts.annotation_cost --stats {input:q} --prices {params.prices:q}"
+        "python -m workflow_scripts.annotation_cost --stats {input:q} --prices={params.prices:q}"
         " --pair {wildcards.pair:q} --output {output.tsv:q} > {log:q} 2>&1"
 
 
@@ -164,8 +164,8 @@ rule table5_pair:
         "logs/table5/{pair}.log",
     shell:
         "python -m workflow_scripts.table5 tables --tasks {input.tasks:q} --concepts {input.concepts:q}"
-        " --pretrained {params.pretrained:q} --tuned {params.tuned:q} --pair {wildcards.pair:q}"
-        " --notice {params.notice:q} --output-dir results/tables/{wildcards.pair:q} > {log:q} 2>&1"
+        " --pretrained={params.pretrained:q} --tuned={params.tuned:q} --pair {wildcards.pair:q}"
+        " --notice={params.notice:q} --output-dir results/tables/{wildcards.pair:q} > {log:q} 2>&1"
 
 
 rule figure3_pair:
@@ -182,8 +182,8 @@ rule figure3_pair:
     log:
         "logs/figure3/{pair}.log",
     shell:
-        "python -m workflow_scripts.table5 figure --concepts {input.concepts:q} --layers {params.layers:q}"
-        " --pretrained {params.pretrained:q} --tuned {params.tuned:q} --pair {wildcards.pair:q}"
+        "python -m workflow_scripts.table5 figure --concepts {input.concepts:q} --layers={params.layers:q}"
+        " --pretrained={params.pretrained:q} --tuned={params.tuned:q} --pair {wildcards.pair:q}"
         " --output {output.pdf:q} > {log:q} 2>&1"
 
 

@@ -28,11 +28,11 @@ rule explain_attention_layer:
         "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
-        " python -m workflow_scripts.attention layer --model-dir {params.path:q} --model-id {wildcards.model:q}"
-        " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --top-k {params.top_k:q}"
-        " --baseline-words {params.baseline_words:q} --word-vectors-kind {params.vectors_kind:q}"
-        " --word-vectors-path {params.vectors_path:q} --thresholds {params.thresholds:q}"
-        " --size {params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
+        " python -m workflow_scripts.attention layer --model-dir={params.path:q} --model-id {wildcards.model:q}"
+        " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --top-k={params.top_k:q}"
+        " --baseline-words={params.baseline_words:q} --word-vectors-kind={params.vectors_kind:q}"
+        " --word-vectors-path={params.vectors_path:q} --thresholds={params.thresholds:q}"
+        " --size={params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 def attention_shards(wildcards):
@@ -81,9 +81,9 @@ rule table3_pair:
     log:
         "logs/table3/{pair}.log",
     shell:
-        "python -m workflow_scripts.table3 --bilinear-words {input.bilinear:q} --pretrained {params.pretrained:q}"
-        " --tuned {params.tuned:q} --layers {params.layers:q} --instruct {input.instruct:q}"
-        " --general {input.general:q} --counting {params.counting:q} --notice {params.notice:q}"
+        "python -m workflow_scripts.table3 --bilinear-words {input.bilinear:q} --pretrained={params.pretrained:q}"
+        " --tuned={params.tuned:q} --layers={params.layers:q} --instruct {input.instruct:q}"
+        " --general {input.general:q} --counting={params.counting:q} --notice={params.notice:q}"
         " --output {output.tsv:q} > {log:q} 2>&1"
 
 

@@ -28,10 +28,10 @@ rule attribute_shard:
         "benchmarks/attribute_shard/{model}/shard-{shard}.tsv"
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
-        " python -m workflow_scripts.attribution --model-dir {params.path:q} --model-id {wildcards.model:q}"
-        " --dataset {input.dataset:q} --shard {wildcards.shard:q} --shard-size {params.shard_size:q}"
-        " --response {params.response:q} --max-new-tokens {params.max_new_tokens:q}"
-        " --chunk-size {config[attribution][chunk_size]:q} --dtype {params.dtype:q}"
+        " python -m workflow_scripts.attribution --model-dir={params.path:q} --model-id {wildcards.model:q}"
+        " --dataset {input.dataset:q} --shard {wildcards.shard:q} --shard-size={params.shard_size:q}"
+        " --response={params.response:q} --max-new-tokens={params.max_new_tokens:q}"
+        " --chunk-size {config[attribution][chunk_size]:q} --dtype={params.dtype:q}"
         " --output {output:q} 3>&2 > {log:q} 2>&1"
 
 

@@ -20,7 +20,7 @@ rule paper_datasets:
         "logs/paper_datasets.log",
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
-        " --destination resources/paper --source {params.source:q} --commit {params.commit:q}"
+        " --destination resources/paper --source={params.source:q} --commit={params.commit:q}"
         " --files {PAPER_DATASETS:q} 3>&2 > {log:q} 2>&1"
 
 
@@ -36,7 +36,7 @@ rule paper_released_attributions:
         "logs/paper_released_attributions/{release}.log",
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
-        " --destination resources/paper --source {params.source:q} --commit {params.commit:q}"
+        " --destination resources/paper --source={params.source:q} --commit={params.commit:q}"
         " --folder results/attribution_interpret/{wildcards.release:q} 3>&2 > {log:q} 2>&1"
 
 

@@ -23,9 +23,9 @@ rule explain_ffn_layer:
         "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
-        " python -m workflow_scripts.ffn layer --model-dir {params.path:q} --model-id {wildcards.model:q}"
-        " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --rank {params.rank:q}"
-        " --top-k {params.top_k:q} --size {params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
+        " python -m workflow_scripts.ffn layer --model-dir={params.path:q} --model-id {wildcards.model:q}"
+        " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --rank={params.rank:q}"
+        " --top-k={params.top_k:q} --size={params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 def ffn_shards(wildcards):

@@ -36,10 +36,10 @@ rule table1_pair:
         "logs/table1/{pair}.log",
     shell:
         "python -m workflow_scripts.tables table1 --dataset {input.dataset:q} --attributions {input.tuned:q}"
-        " --ratings {input.ratings:q} --rated-model {params.rated:q} --groups {params.groups:q}"
-        " --levels {params.levels:q} --threshold {params.threshold:q} --p {params.p:q}"
-        " --min-response-tokens {params.min_response_tokens:q} --title {params.title:q}"
-        " --notice {params.notice:q} --output {output.tsv:q} > {log:q} 2>&1"
+        " --ratings {input.ratings:q} --rated-model={params.rated:q} --groups={params.groups:q}"
+        " --levels={params.levels:q} --threshold={params.threshold:q} --p={params.p:q}"
+        " --min-response-tokens={params.min_response_tokens:q} --title={params.title:q}"
+        " --notice={params.notice:q} --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table2_pair:
@@ -63,9 +63,9 @@ rule table2_pair:
         "logs/table2/{pair}.log",
     shell:
         "python -m workflow_scripts.tables table2 --dataset {input.dataset:q}"
-        " --attributions {input.pretrained:q} {input.tuned:q} --groups {params.groups:q}"
-        " --levels {params.levels:q} --threshold {params.threshold:q} --p {params.p:q} --title {params.title:q}"
-        " --notice {params.notice:q} --output {output.tsv:q} > {log:q} 2>&1"
+        " --attributions {input.pretrained:q} {input.tuned:q} --groups={params.groups:q}"
+        " --levels={params.levels:q} --threshold={params.threshold:q} --p={params.p:q} --title={params.title:q}"
+        " --notice={params.notice:q} --output {output.tsv:q} > {log:q} 2>&1"
 
 
 rule table1:

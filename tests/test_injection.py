@@ -83,12 +83,21 @@ def poisoned_config(work: Path, payload: str) -> dict:
 
 
 def arguments(lines: list[list[str]], module: str, flag: str) -> list[str]:
-    """The value after `flag` in every recorded command line of `module` (innermost command)."""
+    """The value of `flag` (`FLAG VALUE` or `FLAG=VALUE`) in every recorded command line of
+    `module` (innermost command)."""
     values = []
     for argv in lines:
         start = max(i for i, arg in enumerate(argv) if arg == "-m") if "-m" in argv else 0
-        if argv[start + 1 : start + 2] == [module] and flag in argv[start:]:
-            values.append(argv[start:][argv[start:].index(flag) + 1])
+        if argv[start + 1 : start + 2] != [module]:
+            continue
+        words = argv[start:]
+        for i, word in enumerate(words):
+            if word == flag and i + 1 < len(words):
+                values.append(words[i + 1])
+                break
+            if word.startswith(flag + "="):
+                values.append(word[len(flag) + 1 :])
+                break
     return values
 
 
