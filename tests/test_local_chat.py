@@ -52,8 +52,9 @@ def byte_tokenizer():
     )
 
 
-def teach(model, tokenizer, steps: int = 150) -> None:
-    """Fit the TAUGHT answers (loss on the answer and its end-of-turn token only)."""
+def teach(model, tokenizer, max_steps: int = 1000, target_loss: float = 1e-3) -> None:
+    """Fit the TAUGHT answers (loss on the answer and its end-of-turn token only) until they are
+    learnt by heart: a fixed step count left "5 6" unlearnt on some machines' float rounding."""
     batch = []
     for question, answer in TAUGHT.items():
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
@@ -65,10 +66,15 @@ def teach(model, tokenizer, steps: int = 150) -> None:
     labels = torch.tensor([la + [-100] * (width - len(la)) for _, la in batch])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(steps):
-        model(input_ids=ids, labels=labels).loss.backward()
+    for _ in range(max_steps):
+        loss = model(input_ids=ids, labels=labels).loss
+        if loss.item() < target_loss:
+            break
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    else:
+        raise AssertionError(f"the tiny model did not learn the TAUGHT answers (loss {loss.item():.4f})")
     model.eval()
 
 
