@@ -233,13 +233,14 @@ def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, sh
 # --- concurrent jobs sharing one cache: each request is sent once, and every job writes what the cache holds ---
 
 def wide_shards(folder: Path, ranks: int = 30) -> list[str]:
-    """Layer TSVs of two models with `ranks` components each (2 x ranks describe requests)."""
+    """Lossless layer TSVs of two models with `ranks` components each (2 x ranks describe requests)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for model in ("base", "tuned"):
-        lines = ["\t".join(LINEAR_COLUMNS)]
-        lines += [f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t" + "|||".join(f"{model[0]}r{rank}x{i}" for i in range(20))
-                  for rank in range(1, ranks + 1)]
+        lines = ["\t".join(WORDS_COLUMNS)]
+        for rank in range(1, ranks + 1):
+            words = encode_words(f"{model[0]}r{rank}x{i}" for i in range(20))
+            lines.append(f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t{words}")
         path = folder / f"{model}.tsv"
         path.write_text("\n".join(lines) + "\n")
         paths.append(str(path))
