@@ -30,7 +30,8 @@ def config(tmp_path):
 def test_shards_are_consecutive_blocks_and_only_an_edited_shard_changes_digest(config, tmp_path):
     assert dag.shard_ids(config) == [0, 1, 2]
     before = [dag.shard_digest(config, s) for s in range(3)]
-    (tmp_path / "data.tsv").write_text(HEADER + "".join(row(i, "Changed." if i == 3 else "An answer.") for i in range(5)))
+    rows = "".join(row(i, "Changed." if i == 3 else "An answer.") for i in range(5))
+    (tmp_path / "data.tsv").write_text(HEADER + rows)
     after = [dag.shard_digest(config, s) for s in range(3)]
     assert [b == a for b, a in zip(before, after)] == [True, False, True]
 
@@ -134,7 +135,8 @@ def test_provenance_ignores_speed_settings_other_models_and_key_order(config):
 
 def test_provenance_follows_the_dataset_content_and_a_bad_row_fails_it(config, tmp_path):
     before = dag.attribution_provenance(config, ["tuned"])
-    (tmp_path / "data.tsv").write_text(HEADER + "".join(row(i, "Edited." if i == 4 else "An answer.") for i in range(5)))
+    rows = "".join(row(i, "Edited." if i == 4 else "An answer.") for i in range(5))
+    (tmp_path / "data.tsv").write_text(HEADER + rows)
     assert dag.attribution_provenance(config, ["tuned"]) != before
     (tmp_path / "data.tsv").write_text(HEADER + row(1) + "s2\tonly\ttwo\n")
     with pytest.raises(ValueError, match=r"data.tsv:3: expected 4 tab-separated fields"):
@@ -169,6 +171,7 @@ def test_the_dataset_is_checked_when_it_is_there_and_skipped_before_the_fetch(co
 def test_fidelity_gives_each_rule_only_its_own_slice():
     assert dag.fidelity_rule({}, "thresholds") == dag.fidelity_rule({}, "counting") == "paper"  # the default
     config = {"fidelity": "canonical"}
-    assert (dag.fidelity_rule(config, "thresholds"), dag.fidelity_rule(config, "counting")) == ("canonical", "canonical")
+    assert dag.fidelity_rule(config, "thresholds") == "canonical"
+    assert dag.fidelity_rule(config, "counting") == "canonical"
     with pytest.raises(dag.ConfigError, match="fidelity: unknown value 'exact'"):
         dag.fidelity_rule({"fidelity": "exact"}, "counting")
