@@ -10,9 +10,7 @@ PROVIDER = ANNOTATION["provider"]
 # through globals named in the shell line (whose text stays the same, so no rerun): concurrency,
 # retries, timeouts and batch size only change speed, and api_key_env only names the environment
 # variable the job reads the key from (the key itself never appears in params, shell or logs).
-PROVIDER_PARAM = json.dumps(
-    {k: PROVIDER.get(k) for k in ("kind", "model", "base_url", "path")}, sort_keys=True
-)
+PROVIDER_PARAM = json.dumps({k: PROVIDER.get(k) for k in ("kind", "model", "base_url", "path")}, sort_keys=True)
 ANNOTATION_RUNTIME = json.dumps(
     {k: PROVIDER[k] for k in ("concurrency", "max_retries", "timeout_s", "batch_size")}, sort_keys=True
 )
@@ -73,17 +71,17 @@ rule annotate_describe:
     output:
         tsv="results/annotation/{pair}/linear_seed{seed}.tsv",
         stats="results/annotation/{pair}/stats/describe_seed{seed}.json",
+    log:
+        "logs/annotate/{pair}/describe_seed{seed}.log",
+    benchmark:
+        "benchmarks/annotate/{pair}/describe_seed{seed}.tsv"
+    localrule: True
     params:
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
         max_tokens=ANNOTATION["max_tokens"],
         words=ANNOTATION["words"],
         max_rank=ANNOTATION["max_rank"] or 0,
-    log:
-        "logs/annotate/{pair}/describe_seed{seed}.log",
-    benchmark:
-        "benchmarks/annotate/{pair}/describe_seed{seed}.tsv"
-    localrule: True
     shell:
         annotation_shell("describe", " --words {params.words:q} --max-rank {params.max_rank:q}")
 
@@ -96,15 +94,15 @@ rule annotate_task:
     output:
         tsv="results/annotation/{pair}/linear_task_seed{seed}.tsv",
         stats="results/annotation/{pair}/stats/task_seed{seed}.json",
-    params:
-        provider=PROVIDER_PARAM,
-        cache=ANNOTATION["cache"],
-        max_tokens=ANNOTATION["max_tokens"],
     log:
         "logs/annotate/{pair}/task_seed{seed}.log",
     benchmark:
         "benchmarks/annotate/{pair}/task_seed{seed}.tsv"
     localrule: True
+    params:
+        provider=PROVIDER_PARAM,
+        cache=ANNOTATION["cache"],
+        max_tokens=ANNOTATION["max_tokens"],
     shell:
         annotation_shell("task")
 
@@ -117,15 +115,15 @@ rule annotate_level:
     output:
         tsv="results/annotation/{pair}/linear_concept_seed{seed}.tsv",
         stats="results/annotation/{pair}/stats/level_seed{seed}.json",
-    params:
-        provider=PROVIDER_PARAM,
-        cache=ANNOTATION["cache"],
-        max_tokens=ANNOTATION["max_tokens"],
     log:
         "logs/annotate/{pair}/level_seed{seed}.log",
     benchmark:
         "benchmarks/annotate/{pair}/level_seed{seed}.tsv"
     localrule: True
+    params:
+        provider=PROVIDER_PARAM,
+        cache=ANNOTATION["cache"],
+        max_tokens=ANNOTATION["max_tokens"],
     shell:
         annotation_shell("level")
 
@@ -146,11 +144,11 @@ rule annotation_cost:
     output:
         tsv="results/tables/{pair}/annotation_cost.tsv",
         md="results/tables/{pair}/annotation_cost.md",
-    params:
-        prices=json.dumps(ANNOTATION["prices"], sort_keys=True),
     log:
         "logs/annotation_cost/{pair}.log",
     localrule: True
+    params:
+        prices=json.dumps(ANNOTATION["prices"], sort_keys=True),
     shell:
         "python -m workflow_scripts.annotation_cost --stats {input:q} --prices {params.prices:q}"
         " --pair {wildcards.pair:q} --output {output.tsv:q} > {log:q} 2>&1"
@@ -163,12 +161,12 @@ rule table5_pair:
         concepts=seed_files("level"),
     output:
         multiext("results/tables/{pair}/table5_", "tasks.tsv", "tasks.md", "levels.tsv", "levels.md"),
+    log:
+        "logs/table5/{pair}.log",
     params:
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
         notice=config.get("notice", ""),
-    log:
-        "logs/table5/{pair}.log",
     shell:
         "python -m workflow_scripts.table5 tables --tasks {input.tasks:q} --concepts {input.concepts:q}"
         " --pretrained {params.pretrained:q} --tuned {params.tuned:q} --pair {wildcards.pair:q}"
@@ -182,12 +180,12 @@ rule figure3_pair:
     output:
         pdf="results/figures/{pair}/figure3.pdf",
         png="results/figures/{pair}/figure3.png",
+    log:
+        "logs/figure3/{pair}.log",
     params:
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
         layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["tuned"]).layers,
-    log:
-        "logs/figure3/{pair}.log",
     shell:
         "python -m workflow_scripts.table5 figure --concepts {input.concepts:q} --layers {params.layers:q}"
         " --pretrained {params.pretrained:q} --tuned {params.tuned:q} --pair {wildcards.pair:q}"

@@ -12,6 +12,12 @@ rule explain_attention_layer:
         vocabulary=lambda w: dag.vocabulary(config),
     output:
         "results/attention/{model}/layer-{layer}.tsv",
+    log:
+        "logs/explain_attention_layer/{model}/layer-{layer}.log",
+    benchmark:
+        "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
+    resources:
+        gpu=ATTENTION["gpus"],
     params:
         path=lambda w: model_setting(w.model, "path"),
         size=lambda w: model_setting(w.model, "size", "NA"),
@@ -20,12 +26,6 @@ rule explain_attention_layer:
         vectors_kind=ATTENTION["word_vectors"]["kind"],
         vectors_path=ATTENTION["word_vectors"].get("path") or "",
         thresholds=dag.fidelity_rule(config, "thresholds"),
-    resources:
-        gpu=ATTENTION["gpus"],
-    log:
-        "logs/explain_attention_layer/{model}/layer-{layer}.log",
-    benchmark:
-        "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.attention layer --model-dir {params.path:q} --model-id {wildcards.model:q}"
@@ -72,14 +72,14 @@ rule table3_pair:
     output:
         tsv="results/tables/{pair}/table3.tsv",
         md="results/tables/{pair}/table3.md",
+    log:
+        "logs/table3/{pair}.log",
     params:
         pretrained=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["pretrained"]],
         tuned=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["tuned"]],
         layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["pretrained"]).layers,
         counting=dag.fidelity_rule(config, "counting"),
         notice=config.get("notice", ""),
-    log:
-        "logs/table3/{pair}.log",
     shell:
         "python -m workflow_scripts.table3 --bilinear-words {input.bilinear:q} --pretrained {params.pretrained:q}"
         " --tuned {params.tuned:q} --layers {params.layers:q} --instruct {input.instruct:q}"

@@ -12,12 +12,12 @@ rule paper_datasets:
     """The paper's prompts and human ratings, copied from paper_data or downloaded, checksummed."""
     output:
         expand("resources/paper/{name}", name=PAPER_DATASETS),
+    log:
+        "logs/paper_datasets.log",
+    localrule: True
     params:
         source=PAPER_SOURCE,
         commit=config["paper_commit"],
-    localrule: True
-    log:
-        "logs/paper_datasets.log",
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
         " --destination resources/paper --source {params.source:q} --commit {params.commit:q}"
@@ -28,12 +28,12 @@ rule paper_released_attributions:
     """One released attribution folder (one pickle per sample), checksummed file by file."""
     output:
         directory("resources/paper/results/attribution_interpret/{release}"),
+    log:
+        "logs/paper_released_attributions/{release}.log",
+    localrule: True
     params:
         source=PAPER_SOURCE,
         commit=config["paper_commit"],
-    localrule: True
-    log:
-        "logs/paper_released_attributions/{release}.log",
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
         " --destination resources/paper --source {params.source:q} --commit {params.commit:q}"
@@ -88,11 +88,11 @@ rule demo_base_model:
         tokenizer="resources/demo/tokenizer",
     output:
         directory("resources/models/demo-base"),
-    threads: 2
     log:
         "logs/demo_base_model.log",
     benchmark:
         "benchmarks/demo_base_model.tsv"
+    threads: 2
     shell:
         "python -m workflow_scripts.demo_models pretrain {input.corpus:q} {input.tokenizer:q} {output:q} 3>&2 > {log:q} 2>&1"
 
@@ -104,11 +104,11 @@ rule demo_tuned_model:
         dataset=ancient(config["dataset"]["samples"]),
     output:
         directory("resources/models/demo-tuned"),
-    threads: 2
     log:
         "logs/demo_tuned_model.log",
     benchmark:
         "benchmarks/demo_tuned_model.tsv"
+    threads: 2
     shell:
         (
             "python -m workflow_scripts.demo_models finetune {input.base:q} {output:q} --dataset {input.dataset:q}"

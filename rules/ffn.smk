@@ -10,17 +10,17 @@ rule explain_ffn_layer:
         vocabulary=lambda w: dag.vocabulary(config),
     output:
         "results/ffn/{model}/layer-{layer}.tsv",
+    log:
+        "logs/explain_ffn_layer/{model}/layer-{layer}.log",
+    benchmark:
+        "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
+    resources:
+        gpu=FFN["gpus"],
     params:
         path=lambda w: model_setting(w.model, "path"),
         size=lambda w: model_setting(w.model, "size", "NA"),
         rank=FFN["rank"],
         top_k=FFN["top_k"],
-    resources:
-        gpu=FFN["gpus"],
-    log:
-        "logs/explain_ffn_layer/{model}/layer-{layer}.log",
-    benchmark:
-        "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.ffn layer --model-dir {params.path:q} --model-id {wildcards.model:q}"

@@ -22,6 +22,8 @@ rule table1_pair:
     output:
         tsv="results/tables/{pair}/table1.tsv",
         md="results/tables/{pair}/table1.md",
+    log:
+        "logs/table1/{pair}.log",
     params:
         levels=config["analysis"]["levels"],
         threshold=config["analysis"]["threshold"],
@@ -32,8 +34,6 @@ rule table1_pair:
         provenance=provenance("tuned"),
         title=lambda w: f"Table 1 ({w.pair}): instruction score of unfollowed vs followed responses",
         notice=config.get("notice", ""),
-    log:
-        "logs/table1/{pair}.log",
     shell:
         "python -m workflow_scripts.tables table1 --dataset {input.dataset:q} --attributions {input.tuned:q}"
         " --ratings {input.ratings:q} --rated-model {params.rated:q} --groups {params.groups:q}"
@@ -51,6 +51,8 @@ rule table2_pair:
     output:
         tsv="results/tables/{pair}/table2.tsv",
         md="results/tables/{pair}/table2.md",
+    log:
+        "logs/table2/{pair}.log",
     params:
         levels=config["analysis"]["levels"],
         threshold=config["analysis"]["threshold"],
@@ -59,8 +61,6 @@ rule table2_pair:
         provenance=provenance("pretrained", "tuned"),
         title=lambda w: f"Table 2 ({w.pair}): instruction score, pre-trained vs instruction-tuned",
         notice=config.get("notice", ""),
-    log:
-        "logs/table2/{pair}.log",
     shell:
         "python -m workflow_scripts.tables table2 --dataset {input.dataset:q}"
         " --attributions {input.pretrained:q} {input.tuned:q} --groups {params.groups:q}"
