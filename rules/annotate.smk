@@ -147,6 +147,8 @@ rule annotation_cost:
     log:
         "logs/annotation_cost/{pair}.log",
     localrule: True
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         prices=json.dumps(ANNOTATION["prices"], sort_keys=True),
     shell:
@@ -163,6 +165,8 @@ rule table5_pair:
         multiext("results/tables/{pair}/table5_", "tasks.tsv", "tasks.md", "levels.tsv", "levels.md"),
     log:
         "logs/table5/{pair}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
@@ -182,6 +186,8 @@ rule figure3_pair:
         png="results/figures/{pair}/figure3.png",
     log:
         "logs/figure3/{pair}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],

@@ -16,6 +16,8 @@ rule explain_attention_layer:
         "logs/explain_attention_layer/{model}/layer-{layer}.log",
     benchmark:
         "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
     resources:
         gpu=ATTENTION["gpus"],
     params:
@@ -52,6 +54,8 @@ rule merge_bilinear_words:
         paper="results/attention/bilinear_words.tsv",
     log:
         "logs/merge_bilinear_words.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.attention merge {output.lossless:q} {input:q} --export {output.paper:q}"
         " > {log:q} 2>&1"
@@ -74,6 +78,8 @@ rule table3_pair:
         md="results/tables/{pair}/table3.md",
     log:
         "logs/table3/{pair}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         pretrained=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["pretrained"]],
         tuned=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["tuned"]],

@@ -15,6 +15,8 @@ rule attribute_shard:
         "logs/attribute_shard/{model}/shard-{shard}.log",
     benchmark:
         "benchmarks/attribute_shard/{model}/shard-{shard}.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
     resources:
         gpu=lambda w: model_setting(w.model, "gpus", 1),
     params:
@@ -44,6 +46,8 @@ rule convert_released_attributions:
         "results/attribution/{model}/released.npz",
     log:
         "logs/convert_released_attributions/{model}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.released --dataset {input.dataset:q} --released-dir {input.released:q}"
         " --model {wildcards.model:q} --output {output:q} 3>&2 > {log:q} 2>&1"
@@ -65,6 +69,8 @@ rule merge_attributions:
         "results/attribution/{model}/attributions.npz",
     log:
         "logs/merge_attributions/{model}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         # what went into the shards: a change reruns the merge even when its file survived
         provenance=lambda w: dag.attribution_provenance(config, [w.model]),

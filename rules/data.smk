@@ -15,6 +15,8 @@ rule paper_datasets:
     log:
         "logs/paper_datasets.log",
     localrule: True
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         source=PAPER_SOURCE,
         commit=config["paper_commit"],
@@ -31,6 +33,8 @@ rule paper_released_attributions:
     log:
         "logs/paper_released_attributions/{release}.log",
     localrule: True
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         source=PAPER_SOURCE,
         commit=config["paper_commit"],
@@ -50,6 +54,8 @@ rule demo_corpus:
         "resources/demo/corpus.txt",
     log:
         "logs/demo_corpus.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.demo_models corpus {output:q} --dataset {input.dataset:q} 3>&2 > {log:q} 2>&1"
 
@@ -64,6 +70,8 @@ rule demo_vocabulary:
         "resources/demo/vocabulary.tsv",
     log:
         "logs/demo_vocabulary.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.vocabulary build {input.corpus:q} {output:q} --max-words 3000"
         " --include {input.verbs:q} > {log:q} 2>&1"
@@ -77,6 +85,8 @@ rule demo_tokenizer:
         directory("resources/demo/tokenizer"),
     log:
         "logs/demo_tokenizer.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.demo_models tokenizer {input:q} {output:q} > {log:q} 2>&1"
 
@@ -92,6 +102,8 @@ rule demo_base_model:
         "logs/demo_base_model.log",
     benchmark:
         "benchmarks/demo_base_model.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
     threads: 2
     shell:
         "python -m workflow_scripts.demo_models pretrain {input.corpus:q} {input.tokenizer:q} {output:q} 3>&2 > {log:q} 2>&1"
@@ -108,6 +120,8 @@ rule demo_tuned_model:
         "logs/demo_tuned_model.log",
     benchmark:
         "benchmarks/demo_tuned_model.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
     threads: 2
     shell:
         (

@@ -14,6 +14,8 @@ rule explain_ffn_layer:
         "logs/explain_ffn_layer/{model}/layer-{layer}.log",
     benchmark:
         "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
     resources:
         gpu=FFN["gpus"],
     params:
@@ -45,6 +47,8 @@ rule merge_linear_words:
         paper="results/ffn/linear_words.tsv",
     log:
         "logs/merge_linear_words.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.ffn merge {output.lossless:q} {input:q} --export {output.paper:q} > {log:q} 2>&1"
 

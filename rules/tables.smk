@@ -24,6 +24,8 @@ rule table1_pair:
         md="results/tables/{pair}/table1.md",
     log:
         "logs/table1/{pair}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         levels=config["analysis"]["levels"],
         threshold=config["analysis"]["threshold"],
@@ -53,6 +55,8 @@ rule table2_pair:
         md="results/tables/{pair}/table2.md",
     log:
         "logs/table2/{pair}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         levels=config["analysis"]["levels"],
         threshold=config["analysis"]["threshold"],
