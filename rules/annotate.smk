@@ -1,55 +1,6 @@
 # LLM annotation of the FFN concepts, one local job per (pair, seed, step): describe -> {task, level};
 # then the cost report, Table 5 and Figure 3 (docs/design.md#annotation). Answers are cached under
 # resources/, so rerunning after deleting results/ sends no request.
-import json
-from pathlib import Path
-
-ANNOTATION = config["annotation"]
-PROVIDER = ANNOTATION["provider"]
-# What decides the answers (params: a change reruns the annotation). The rest reaches the job
-# through globals named in the shell line (whose text stays the same, so no rerun): concurrency,
-# retries, timeouts and batch size only change speed, and api_key_env only names the environment
-# variable the job reads the key from (the key itself never appears in params, shell or logs).
-PROVIDER_PARAM = json.dumps({k: PROVIDER.get(k) for k in ("kind", "model", "base_url", "path")}, sort_keys=True)
-ANNOTATION_RUNTIME = json.dumps(
-    {k: PROVIDER[k] for k in ("concurrency", "max_retries", "timeout_s", "batch_size")}, sort_keys=True
-)
-ANNOTATION_KEY_ENV = PROVIDER.get("api_key_env") or ""
-ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
-
-
-onstart:
-    # A real run with annotation jobs to do and the openai provider's key missing stops here,
-    # after the DAG is built and before any job (dry runs, --summary, --list-changes never come here).
-    if not workflow.touch:
-        dag.require_api_key(PROVIDER, [job.rule.name for job in workflow.dag.needrun_jobs()], ANNOTATION_RULES)
-
-
-def annotator_input(wildcards):
-    """The local model directory when there is one (built by demo_annotator, or on disk)."""
-    dag.check_annotation_provider(PROVIDER)
-    if PROVIDER["kind"] == "local" and (PROVIDER.get("build") or Path(PROVIDER["path"]).exists()):
-        return [PROVIDER["path"]]
-    return []
-
-
-def pair_ffn_shards(wildcards):
-    members = config["pairs"][wildcards.pair]
-    return [
-        f"results/ffn/{model}/layer-{layer}.tsv"
-        for model in (members["pretrained"], members["tuned"])
-        for layer in range(dag.model_shape(config, model).layers)
-    ]
-
-
-def annotation_shell(step, extra=""):
-    return (
-        f"python -m workflow_scripts.annotate {step} --pair {{wildcards.pair:q}} --seed {{wildcards.seed:q}}"
-        " --inputs {input.rows:q} --output {output.tsv:q} --stats {output.stats:q}"
-        " --provider {params.provider:q} --cache {params.cache:q} --max-tokens {params.max_tokens:q}"
-        + extra
-        + " --runtime {ANNOTATION_RUNTIME:q} --api-key-env={ANNOTATION_KEY_ENV:q} 3>&2 > {log:q} 2>&1"
-    )
 
 
 rule demo_annotator:
@@ -128,19 +79,10 @@ rule annotate_level:
         annotation_shell("level")
 
 
-def seed_files(kind):
-    name = {"describe": "linear_seed", "task": "linear_task_seed", "level": "linear_concept_seed"}[kind]
-    return lambda w: [f"results/annotation/{w.pair}/{name}{seed}.tsv" for seed in ANNOTATION["seeds"]]
-
-
 rule annotation_cost:
     """Requests, cache hits, tokens and estimated cost per seed and step."""
     input:
-        lambda w: [
-            f"results/annotation/{w.pair}/stats/{step}_seed{seed}.json"
-            for seed in ANNOTATION["seeds"]
-            for step in ("describe", "task", "level")
-        ],
+        annotation_stats,
     output:
         tsv="results/tables/{pair}/annotation_cost.tsv",
         md="results/tables/{pair}/annotation_cost.md",

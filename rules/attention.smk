@@ -2,7 +2,6 @@
 # bilinear_words.lossless.tsv and exported as the paper's bilinear_words.tsv; or the paper's
 # released file in their place; then Table 3. `fidelity` reaches the layer jobs as the threshold
 # rule and Table 3 as the counting rule, each only its own slice.
-ATTENTION = config["attention"]
 
 
 rule explain_attention_layer:
@@ -37,14 +36,6 @@ rule explain_attention_layer:
         " --size {params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
-def attention_shards(wildcards):
-    return [
-        f"results/attention/{model}/layer-{layer}.tsv"
-        for model in dag.pair_models(config)
-        for layer in range(dag.model_shape(config, model).layers)
-    ]
-
-
 rule merge_bilinear_words:
     """All layers of all paired models: the lossless file and its export in the paper's layout."""
     input:
@@ -59,12 +50,6 @@ rule merge_bilinear_words:
     shell:
         "python -m workflow_scripts.attention merge {output.lossless:q} {input:q} --export {output.paper:q}"
         " > {log:q} 2>&1"
-
-
-def bilinear_words():
-    """Table 3's input: the released file (paper layout) or the computed lossless one."""
-    released = ATTENTION.get("released")
-    return released["path"] if released else "results/attention/bilinear_words.lossless.tsv"
 
 
 rule table3_pair:

@@ -53,14 +53,6 @@ rule convert_released_attributions:
         " --model {wildcards.model:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
-def attribution_shards(wildcards):
-    return expand(
-        "results/attribution/{model}/shards/shard-{shard}.npz",
-        model=wildcards.model,
-        shard=dag.shard_ids(config),
-    )
-
-
 rule merge_attributions:
     """All computed samples of one model in one file (released ones are never merged here)."""
     input:

@@ -1,12 +1,5 @@
 # The paper's released data and the offline demo model pair.
 
-PAPER_DATASETS = [
-    "datasets/FinalDataset.tsv",
-    "datasets/AnnotatedDataset.tsv",
-    "datasets/SingleShareGPT_Vocab.tsv",
-]
-PAPER_SOURCE = config.get("paper_data") or ""  # empty: download at paper_commit
-
 
 rule paper_datasets:
     """The paper's prompts and human ratings, copied from paper_data or downloaded, checksummed."""

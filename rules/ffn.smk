@@ -1,6 +1,5 @@
 # Feed-forward concept explanations: one GPU job per (model, layer) (lossless shards), merged into
 # linear_words.lossless.tsv and exported as the paper's linear_words.tsv.
-FFN = config["ffn"]
 
 
 rule explain_ffn_layer:
@@ -28,14 +27,6 @@ rule explain_ffn_layer:
         " python -m workflow_scripts.ffn layer --model-dir {params.path:q} --model-id {wildcards.model:q}"
         " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --rank {params.rank:q}"
         " --top-k {params.top_k:q} --size {params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
-
-
-def ffn_shards(wildcards):
-    return [
-        f"results/ffn/{model}/layer-{layer}.tsv"
-        for model in dag.pair_models(config)
-        for layer in range(dag.model_shape(config, model).layers)
-    ]
 
 
 rule merge_linear_words:

@@ -2,17 +2,6 @@
 # only these jobs, never an attribution.
 
 
-def pair_member(role):
-    """The member's merged computed attributions, or its converted released ones (another path)."""
-    return lambda w: dag.attribution_file(config, config["pairs"][w.pair][role])
-
-
-def provenance(*roles):
-    """What went into the members' attributions: a table built from other inputs reruns, and with
-    it a merge that was killed after its shards were redone (a missing intermediate)."""
-    return lambda w: dag.attribution_provenance(config, [config["pairs"][w.pair][role] for role in roles])
-
-
 rule table1_pair:
     """Instruction scores of the tuned model's followed vs unfollowed responses (human ratings)."""
     input:

@@ -175,3 +175,49 @@ def test_fidelity_gives_each_rule_only_its_own_slice():
     assert dag.fidelity_rule(config, "counting") == "canonical"
     with pytest.raises(dag.ConfigError, match="fidelity: unknown value 'exact'"):
         dag.fidelity_rule({"fidelity": "exact"}, "counting")
+
+
+def test_layer_shards_list_every_layer_of_each_model_in_the_order_given(config):
+    config["models"]["base"].update(layers=2, heads=4)
+    config["models"]["tuned"].update(layers=3, heads=4)
+    assert dag.layer_shards(config, "ffn", ["tuned", "base"]) == [
+        "results/ffn/tuned/layer-0.tsv",
+        "results/ffn/tuned/layer-1.tsv",
+        "results/ffn/tuned/layer-2.tsv",
+        "results/ffn/base/layer-0.tsv",
+        "results/ffn/base/layer-1.tsv",
+    ]
+    assert dag.layer_shards(config, "attention", ["base"]) == [
+        "results/attention/base/layer-0.tsv",
+        "results/attention/base/layer-1.tsv",
+    ]
+    assert dag.layer_shards(config, "ffn", []) == []
+
+
+def test_layer_shards_of_a_model_without_a_known_shape_name_the_keys_to_give(config):
+    with pytest.raises(dag.ConfigError, match="give models.base.layers and models.base.heads"):
+        dag.layer_shards(config, "ffn", ["base"])
+
+
+def test_pair_members_are_the_pretrained_then_the_tuned_model(config):
+    assert dag.pair_members(config, "p") == ["base", "tuned"]
+
+
+def test_the_annotator_is_an_input_only_when_it_is_a_local_model_to_build_or_on_disk(tmp_path):
+    on_disk = tmp_path / "model"
+    on_disk.mkdir()
+    local = {"kind": "local", "path": str(on_disk)}
+    assert dag.annotator_input(local) == [str(on_disk)]
+    assert dag.annotator_input({"kind": "local", "path": str(tmp_path / "nowhere")}) == []
+    assert dag.annotator_input({"kind": "local", "path": str(tmp_path / "nowhere"), "build": True}) == [
+        str(tmp_path / "nowhere")
+    ]
+    assert dag.annotator_input({"kind": "openai", "model": "m", "path": str(on_disk)}) == []
+    replay = tmp_path / "released"
+    replay.mkdir()
+    assert dag.annotator_input({"kind": "replay", "path": str(replay)}) == []
+
+
+def test_the_annotator_input_checks_the_provider_first():
+    with pytest.raises(dag.ConfigError, match="annotation.provider.path: required for the local provider"):
+        dag.annotator_input({"kind": "local"})
