@@ -27,6 +27,8 @@ rule annotate_describe:
     benchmark:
         "benchmarks/annotate/{pair}/describe_seed{seed}.tsv"
     localrule: True
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
@@ -50,6 +52,8 @@ rule annotate_task:
     benchmark:
         "benchmarks/annotate/{pair}/task_seed{seed}.tsv"
     localrule: True
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
@@ -71,6 +75,8 @@ rule annotate_level:
     benchmark:
         "benchmarks/annotate/{pair}/level_seed{seed}.tsv"
     localrule: True
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
