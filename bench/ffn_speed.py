@@ -44,10 +44,12 @@ def main():
 
     (reference, reference_ratios), t_svd = timed(full_svd)
     cosine = (components.double() * reference).sum(1).abs()
-    print(f"matrix {args.rows} x {args.hidden}, rank {args.rank}, {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"matrix {args.rows} x {args.hidden}, rank {args.rank}, {args.device}, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"covariance + eigh (this project): {t_ours:8.2f} s")
     print(f"full SVD (reference):             {t_svd:8.2f} s")
-    print(f"speed-up: {t_svd / t_ours:.1f}x   max ratio difference {(ratios.double() - reference_ratios).abs().max():.2e}   "
+    print(f"speed-up: {t_svd / t_ours:.1f}x   "
+          f"max ratio difference {(ratios.double() - reference_ratios).abs().max():.2e}   "
           f"min |cosine| of components {cosine.min():.6f}")
 
 

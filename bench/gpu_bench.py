@@ -98,12 +98,15 @@ def print_plan(args, shape: Shape) -> None:
     tensors = model.state_dict()
     params = sum(p.numel() for p in model.parameters())
     checkpoint = sum(tensors[name].numel() for name in LAYER_TENSORS) * 2 / 2**30
-    print(f"plan ({shape.name}): LlamaForCausalLM hidden {config.hidden_size}, intermediate {config.intermediate_size}, "
+    print(f"plan ({shape.name}): LlamaForCausalLM hidden {config.hidden_size}, "
+          f"intermediate {config.intermediate_size}, "
           f"{config.num_hidden_layers} layers, {config.num_attention_heads}/{config.num_key_value_heads} heads, "
-          f"vocab {config.vocab_size}: {params / 1e6:,.1f}M params, {params * dtype_of(args.dtype).itemsize / 2**30:.1f} "
+          f"vocab {config.vocab_size}: {params / 1e6:,.1f}M params, "
+          f"{params * dtype_of(args.dtype).itemsize / 2**30:.1f} "
           f"GiB in {args.dtype}, random weights built on the device")
     print(f"  attribution: {shape.prompt} prompt + {shape.response} response random ids, attribute_ids chunk "
-          f"{args.chunk_size} vs attribute_ids_reference ({'all tokens if they fit' if args.reference_tokens is None else f'{args.reference_tokens} tokens'}, "
+          f"{args.chunk_size} vs attribute_ids_reference ("
+          f"{'all tokens if they fit' if args.reference_tokens is None else f'{args.reference_tokens} tokens'}, "
           f"budget {args.reference_budget:.0f} s)")
     print(f"  layer jobs: checkpoint of {checkpoint:.2f} GiB (float16): "
           + ", ".join(f"{name} {tuple(tensors[name].shape)}" for name in LAYER_TENSORS))
@@ -171,7 +174,8 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
         "chunk_size": args.chunk_size, "seconds": t_fast, "peak_gpu_gib": peak_fast,
         "reference_seconds": t_slow_all, "reference_peak_gpu_gib": peak_slow,
         "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m, "speed_up": t_slow_all / t_fast,
-        "max_relative_difference": float(np.abs(fast[:, m - tokens:] - slow).max() / scale), "max_abs_value": float(scale),
+        "max_relative_difference": float(np.abs(fast[:, m - tokens:] - slow).max() / scale),
+        "max_abs_value": float(scale),
     }
 
 
@@ -275,8 +279,10 @@ def markdown(r: dict) -> str:
                   + f"{r['matmul_precision']}), {r['attention_implementation']} attention, random weights built in "
                   + f"{r['init_seconds']:.1f} s"),
         ("sample", f"{r['sample']['prompt']} prompt + {r['sample']['response']} response tokens (random ids)"),
-        (f"attribution, this project (chunk {a['chunk_size']})", f"{a['seconds']:.2f} s, peak GPU {gib(a['peak_gpu_gib'], ' (weights included)')}"),
-        ("attribution, per-token loop", f"{a['reference_seconds']:.2f} s ({timed_on}), peak GPU {gib(a['reference_peak_gpu_gib'])}"),
+        (f"attribution, this project (chunk {a['chunk_size']})",
+         f"{a['seconds']:.2f} s, peak GPU {gib(a['peak_gpu_gib'], ' (weights included)')}"),
+        ("attribution, per-token loop",
+         f"{a['reference_seconds']:.2f} s ({timed_on}), peak GPU {gib(a['reference_peak_gpu_gib'])}"),
         ("speed-up", f"{a['speed_up']:.2f}x"),
         ("max relative difference (max abs. difference / max abs. value)",
          f"{a['max_relative_difference']:.2e} (max abs. value {a['max_abs_value']:.2g})"),

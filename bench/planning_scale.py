@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "datasets", "profiles"]
+WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "datasets", "profiles", "envs"]
 
 
 def workdir(root: Path, paper_data: Path, copies: int, shard_size: int | None) -> Path:

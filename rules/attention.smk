@@ -2,7 +2,6 @@
 # bilinear_words.lossless.tsv and exported as the paper's bilinear_words.tsv; or the paper's
 # released file in their place; then Table 3. `fidelity` reaches the layer jobs as the threshold
 # rule and Table 3 as the counting rule, each only its own slice.
-ATTENTION = config["attention"]
 
 
 rule explain_attention_layer:
@@ -12,6 +11,14 @@ rule explain_attention_layer:
         vocabulary=lambda w: dag.vocabulary(config),
     output:
         "results/attention/{model}/layer-{layer}.tsv",
+    log:
+        "logs/explain_attention_layer/{model}/layer-{layer}.log",
+    benchmark:
+        "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
+    resources:
+        gpu=ATTENTION["gpus"],
     params:
         path=lambda w: model_setting(w.model, "path"),
         size=lambda w: model_setting(w.model, "size", "NA"),
@@ -20,12 +27,6 @@ rule explain_attention_layer:
         vectors_kind=ATTENTION["word_vectors"]["kind"],
         vectors_path=ATTENTION["word_vectors"].get("path") or "",
         thresholds=dag.fidelity_rule(config, "thresholds"),
-    resources:
-        gpu=ATTENTION["gpus"],
-    log:
-        "logs/explain_attention_layer/{model}/layer-{layer}.log",
-    benchmark:
-        "benchmarks/explain_attention_layer/{model}/layer-{layer}.tsv"
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.attention layer --model-dir={params.path:q} --model-id {wildcards.model:q}"
@@ -33,14 +34,6 @@ rule explain_attention_layer:
         " --baseline-words={params.baseline_words:q} --word-vectors-kind={params.vectors_kind:q}"
         " --word-vectors-path={params.vectors_path:q} --thresholds={params.thresholds:q}"
         " --size={params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
-
-
-def attention_shards(wildcards):
-    return [
-        f"results/attention/{model}/layer-{layer}.tsv"
-        for model in dag.pair_models(config)
-        for layer in range(dag.model_shape(config, model).layers)
-    ]
 
 
 rule merge_bilinear_words:
@@ -52,15 +45,11 @@ rule merge_bilinear_words:
         paper="results/attention/bilinear_words.tsv",
     log:
         "logs/merge_bilinear_words.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.attention merge {output.lossless:q} {input:q} --export {output.paper:q}"
         " > {log:q} 2>&1"
-
-
-def bilinear_words():
-    """Table 3's input: the released file (paper layout) or the computed lossless one."""
-    released = ATTENTION.get("released")
-    return released["path"] if released else "results/attention/bilinear_words.lossless.tsv"
 
 
 rule table3_pair:
@@ -72,14 +61,16 @@ rule table3_pair:
     output:
         tsv="results/tables/{pair}/table3.tsv",
         md="results/tables/{pair}/table3.md",
+    log:
+        "logs/table3/{pair}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         pretrained=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["pretrained"]],
         tuned=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["tuned"]],
         layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["pretrained"]).layers,
         counting=dag.fidelity_rule(config, "counting"),
         notice=config.get("notice", ""),
-    log:
-        "logs/table3/{pair}.log",
     shell:
         "python -m workflow_scripts.table3 --bilinear-words {input.bilinear:q} --pretrained={params.pretrained:q}"
         " --tuned={params.tuned:q} --layers={params.layers:q} --instruct {input.instruct:q}"

@@ -11,6 +11,14 @@ rule attribute_shard:
         model=lambda w: dag.model_dir_input(config, w.model),
     output:
         "results/attribution/{model}/shards/shard-{shard}.npz",
+    log:
+        "logs/attribute_shard/{model}/shard-{shard}.log",
+    benchmark:
+        "benchmarks/attribute_shard/{model}/shard-{shard}.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
+    resources:
+        gpu=lambda w: model_setting(w.model, "gpus", 1),
     params:
         samples=lambda w: dag.shard_digest(config, w.shard),
         path=lambda w: model_setting(w.model, "path"),
@@ -20,12 +28,6 @@ rule attribute_shard:
         response=config["attribution"]["response"],
         max_new_tokens=config["attribution"]["max_new_tokens"],
         shard_size=config["attribution"]["shard_size"],
-    resources:
-        gpu=lambda w: model_setting(w.model, "gpus", 1),
-    log:
-        "logs/attribute_shard/{model}/shard-{shard}.log",
-    benchmark:
-        "benchmarks/attribute_shard/{model}/shard-{shard}.tsv"
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.attribution --model-dir={params.path:q} --model-id {wildcards.model:q}"
@@ -44,17 +46,11 @@ rule convert_released_attributions:
         "results/attribution/{model}/released.npz",
     log:
         "logs/convert_released_attributions/{model}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.released --dataset {input.dataset:q} --released-dir {input.released:q}"
         " --model {wildcards.model:q} --output {output:q} 3>&2 > {log:q} 2>&1"
-
-
-def attribution_shards(wildcards):
-    return expand(
-        "results/attribution/{model}/shards/shard-{shard}.npz",
-        model=wildcards.model,
-        shard=dag.shard_ids(config),
-    )
 
 
 rule merge_attributions:
@@ -63,10 +59,12 @@ rule merge_attributions:
         attribution_shards,
     output:
         "results/attribution/{model}/attributions.npz",
+    log:
+        "logs/merge_attributions/{model}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         # what went into the shards: a change reruns the merge even when its file survived
         provenance=lambda w: dag.attribution_provenance(config, [w.model]),
-    log:
-        "logs/merge_attributions/{model}.log",
     shell:
         "python -m workflow_scripts.shards merge {output:q} {input:q} > {log:q} 2>&1"

@@ -1,4 +1,6 @@
-# Config access and enumerations; the logic lives in workflow_scripts.dag (unit-tested).
+# Config access, enumerations, wildcard constraints, and the input functions and helpers of every
+# rule file (which hold only rules); the logic lives in workflow_scripts.dag (unit-tested).
+import json
 import re
 
 from workflow_scripts import dag
@@ -26,3 +28,106 @@ def model_setting(model, key, default=None):
 def groups_arg():
     """Sorted, so that reordering the config's keys changes no param (and reruns nothing)."""
     return ",".join(f"{prefix}={group}" for prefix, group in sorted(config["dataset"]["groups"].items()))
+
+
+# --- data.smk ------------------------------------------------------------------------------------
+
+PAPER_DATASETS = [
+    "datasets/FinalDataset.tsv",
+    "datasets/AnnotatedDataset.tsv",
+    "datasets/SingleShareGPT_Vocab.tsv",
+]
+PAPER_SOURCE = config.get("paper_data") or ""  # empty: download at paper_commit
+
+
+# --- attribution.smk -----------------------------------------------------------------------------
+
+
+def attribution_shards(wildcards):
+    return expand(
+        "results/attribution/{model}/shards/shard-{shard}.npz",
+        model=wildcards.model,
+        shard=dag.shard_ids(config),
+    )
+
+
+# --- tables.smk ----------------------------------------------------------------------------------
+
+
+def pair_member(role):
+    """The member's merged computed attributions, or its converted released ones (another path)."""
+    return lambda w: dag.attribution_file(config, config["pairs"][w.pair][role])
+
+
+def provenance(*roles):
+    """What went into the members' attributions: a table built from other inputs reruns, and with
+    it a merge that was killed after its shards were redone (a missing intermediate)."""
+    return lambda w: dag.attribution_provenance(config, [config["pairs"][w.pair][role] for role in roles])
+
+
+# --- attention.smk and ffn.smk -------------------------------------------------------------------
+
+ATTENTION = config["attention"]
+FFN = config["ffn"]
+
+
+def attention_shards(wildcards):
+    return dag.layer_shards(config, "attention", dag.pair_models(config))
+
+
+def ffn_shards(wildcards):
+    return dag.layer_shards(config, "ffn", dag.pair_models(config))
+
+
+def bilinear_words():
+    """Table 3's input: the released file (paper layout) or the computed lossless one."""
+    released = ATTENTION.get("released")
+    return released["path"] if released else "results/attention/bilinear_words.lossless.tsv"
+
+
+# --- annotate.smk --------------------------------------------------------------------------------
+
+ANNOTATION = config["annotation"]
+PROVIDER = ANNOTATION["provider"]
+# What decides the answers (params: a change reruns the annotation). The rest reaches the job
+# through globals named in the shell line (whose text stays the same, so no rerun): concurrency,
+# retries, timeouts and batch size only change speed, and api_key_env only names the environment
+# variable the job reads the key from (the key itself never appears in params, shell or logs).
+PROVIDER_PARAM = json.dumps({k: PROVIDER.get(k) for k in ("kind", "model", "base_url", "path")}, sort_keys=True)
+ANNOTATION_RUNTIME = json.dumps(
+    {k: PROVIDER[k] for k in ("concurrency", "max_retries", "timeout_s", "batch_size")}, sort_keys=True
+)
+ANNOTATION_KEY_ENV = PROVIDER.get("api_key_env") or ""
+ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
+
+
+def annotator_input(wildcards):
+    return dag.annotator_input(PROVIDER)
+
+
+def pair_ffn_shards(wildcards):
+    return dag.layer_shards(config, "ffn", dag.pair_members(config, wildcards.pair))
+
+
+def annotation_shell(step, extra=""):
+    return (
+        f"python -m workflow_scripts.annotate {step} --pair {{wildcards.pair:q}} --seed {{wildcards.seed:q}}"
+        " --inputs {input.rows:q} --output {output.tsv:q} --stats {output.stats:q}"
+        " --provider={params.provider:q} --cache={params.cache:q} --max-tokens={params.max_tokens:q}"
+        + extra
+        + " --runtime {ANNOTATION_RUNTIME:q} --api-key-env={ANNOTATION_KEY_ENV:q} 3>&2 > {log:q} 2>&1"
+    )
+
+
+def seed_files(kind):
+    name = {"describe": "linear_seed", "task": "linear_task_seed", "level": "linear_concept_seed"}[kind]
+    return lambda w: [f"results/annotation/{w.pair}/{name}{seed}.tsv" for seed in ANNOTATION["seeds"]]
+
+
+def annotation_stats(wildcards):
+    """The stats of every (seed, step) of the pair, for the cost report."""
+    return [
+        f"results/annotation/{wildcards.pair}/stats/{step}_seed{seed}.json"
+        for seed in ANNOTATION["seeds"]
+        for step in ("describe", "task", "level")
+    ]

@@ -1,23 +1,18 @@
 # The paper's released data and the offline demo model pair.
 
-PAPER_DATASETS = [
-    "datasets/FinalDataset.tsv",
-    "datasets/AnnotatedDataset.tsv",
-    "datasets/SingleShareGPT_Vocab.tsv",
-]
-PAPER_SOURCE = config.get("paper_data") or ""  # empty: download at paper_commit
-
 
 rule paper_datasets:
     """The paper's prompts and human ratings, copied from paper_data or downloaded, checksummed."""
     output:
         expand("resources/paper/{name}", name=PAPER_DATASETS),
+    log:
+        "logs/paper_datasets.log",
+    localrule: True
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         source=PAPER_SOURCE,
         commit=config["paper_commit"],
-    localrule: True
-    log:
-        "logs/paper_datasets.log",
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
         " --destination resources/paper --source={params.source:q} --commit={params.commit:q}"
@@ -28,12 +23,14 @@ rule paper_released_attributions:
     """One released attribution folder (one pickle per sample), checksummed file by file."""
     output:
         directory("resources/paper/results/attribution_interpret/{release}"),
+    log:
+        "logs/paper_released_attributions/{release}.log",
+    localrule: True
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         source=PAPER_SOURCE,
         commit=config["paper_commit"],
-    localrule: True
-    log:
-        "logs/paper_released_attributions/{release}.log",
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
         " --destination resources/paper --source={params.source:q} --commit={params.commit:q}"
@@ -50,6 +47,8 @@ rule demo_corpus:
         "resources/demo/corpus.txt",
     log:
         "logs/demo_corpus.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.demo_models corpus {output:q} --dataset {input.dataset:q} 3>&2 > {log:q} 2>&1"
 
@@ -64,6 +63,8 @@ rule demo_vocabulary:
         "resources/demo/vocabulary.tsv",
     log:
         "logs/demo_vocabulary.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.vocabulary build {input.corpus:q} {output:q} --max-words 3000"
         " --include {input.verbs:q} > {log:q} 2>&1"
@@ -77,6 +78,8 @@ rule demo_tokenizer:
         directory("resources/demo/tokenizer"),
     log:
         "logs/demo_tokenizer.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.demo_models tokenizer {input:q} {output:q} > {log:q} 2>&1"
 
@@ -88,11 +91,13 @@ rule demo_base_model:
         tokenizer="resources/demo/tokenizer",
     output:
         directory("resources/models/demo-base"),
-    threads: 2
     log:
         "logs/demo_base_model.log",
     benchmark:
         "benchmarks/demo_base_model.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
+    threads: 2
     shell:
         "python -m workflow_scripts.demo_models pretrain {input.corpus:q} {input.tokenizer:q} {output:q} 3>&2 > {log:q} 2>&1"
 
@@ -104,11 +109,13 @@ rule demo_tuned_model:
         dataset=ancient(config["dataset"]["samples"]),
     output:
         directory("resources/models/demo-tuned"),
-    threads: 2
     log:
         "logs/demo_tuned_model.log",
     benchmark:
         "benchmarks/demo_tuned_model.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
+    threads: 2
     shell:
         (
             "python -m workflow_scripts.demo_models finetune {input.base:q} {output:q} --dataset {input.dataset:q}"

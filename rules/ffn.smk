@@ -1,6 +1,5 @@
 # Feed-forward concept explanations: one GPU job per (model, layer) (lossless shards), merged into
 # linear_words.lossless.tsv and exported as the paper's linear_words.tsv.
-FFN = config["ffn"]
 
 
 rule explain_ffn_layer:
@@ -10,30 +9,24 @@ rule explain_ffn_layer:
         vocabulary=lambda w: dag.vocabulary(config),
     output:
         "results/ffn/{model}/layer-{layer}.tsv",
+    log:
+        "logs/explain_ffn_layer/{model}/layer-{layer}.log",
+    benchmark:
+        "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
+    conda:
+        "../envs/shiftlens.yaml"
+    resources:
+        gpu=FFN["gpus"],
     params:
         path=lambda w: model_setting(w.model, "path"),
         size=lambda w: model_setting(w.model, "size", "NA"),
         rank=FFN["rank"],
         top_k=FFN["top_k"],
-    resources:
-        gpu=FFN["gpus"],
-    log:
-        "logs/explain_ffn_layer/{model}/layer-{layer}.log",
-    benchmark:
-        "benchmarks/explain_ffn_layer/{model}/layer-{layer}.tsv"
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.ffn layer --model-dir={params.path:q} --model-id {wildcards.model:q}"
         " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --rank={params.rank:q}"
         " --top-k={params.top_k:q} --size={params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
-
-
-def ffn_shards(wildcards):
-    return [
-        f"results/ffn/{model}/layer-{layer}.tsv"
-        for model in dag.pair_models(config)
-        for layer in range(dag.model_shape(config, model).layers)
-    ]
 
 
 rule merge_linear_words:
@@ -45,6 +38,8 @@ rule merge_linear_words:
         paper="results/ffn/linear_words.tsv",
     log:
         "logs/merge_linear_words.log",
+    conda:
+        "../envs/shiftlens.yaml"
     shell:
         "python -m workflow_scripts.ffn merge {output.lossless:q} {input:q} --export {output.paper:q} > {log:q} 2>&1"
 

@@ -2,17 +2,6 @@
 # only these jobs, never an attribution.
 
 
-def pair_member(role):
-    """The member's merged computed attributions, or its converted released ones (another path)."""
-    return lambda w: dag.attribution_file(config, config["pairs"][w.pair][role])
-
-
-def provenance(*roles):
-    """What went into the members' attributions: a table built from other inputs reruns, and with
-    it a merge that was killed after its shards were redone (a missing intermediate)."""
-    return lambda w: dag.attribution_provenance(config, [config["pairs"][w.pair][role] for role in roles])
-
-
 rule table1_pair:
     """Instruction scores of the tuned model's followed vs unfollowed responses (human ratings)."""
     input:
@@ -22,6 +11,10 @@ rule table1_pair:
     output:
         tsv="results/tables/{pair}/table1.tsv",
         md="results/tables/{pair}/table1.md",
+    log:
+        "logs/table1/{pair}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         levels=config["analysis"]["levels"],
         threshold=config["analysis"]["threshold"],
@@ -32,8 +25,6 @@ rule table1_pair:
         provenance=provenance("tuned"),
         title=lambda w: f"Table 1 ({w.pair}): instruction score of unfollowed vs followed responses",
         notice=config.get("notice", ""),
-    log:
-        "logs/table1/{pair}.log",
     shell:
         "python -m workflow_scripts.tables table1 --dataset {input.dataset:q} --attributions {input.tuned:q}"
         " --ratings {input.ratings:q} --rated-model={params.rated:q} --groups={params.groups:q}"
@@ -51,6 +42,10 @@ rule table2_pair:
     output:
         tsv="results/tables/{pair}/table2.tsv",
         md="results/tables/{pair}/table2.md",
+    log:
+        "logs/table2/{pair}.log",
+    conda:
+        "../envs/shiftlens.yaml"
     params:
         levels=config["analysis"]["levels"],
         threshold=config["analysis"]["threshold"],
@@ -59,8 +54,6 @@ rule table2_pair:
         provenance=provenance("pretrained", "tuned"),
         title=lambda w: f"Table 2 ({w.pair}): instruction score, pre-trained vs instruction-tuned",
         notice=config.get("notice", ""),
-    log:
-        "logs/table2/{pair}.log",
     shell:
         "python -m workflow_scripts.tables table2 --dataset {input.dataset:q}"
         " --attributions {input.pretrained:q} {input.tuned:q} --groups={params.groups:q}"

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DOT = REPO / "docs" / "rulegraph.dot"
 SVG = REPO / "docs" / "rulegraph.svg"
-WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "datasets", "profiles"]
+WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "datasets", "profiles", "envs"]
 COMMAND = "python scripts/rulegraph.py"
 
 _NODE = re.compile(r'^\s*(\d+)\[label = "([^"]+)"', re.M)

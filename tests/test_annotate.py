@@ -14,8 +14,8 @@ from workflow_scripts.annotation_cost import cost_table
 from workflow_scripts.annotation_prompts import STEPS, words_message
 from workflow_scripts.chat import ChatError, ChatRequest, ChatResponse, request_key
 from workflow_scripts.chat_cache import ResponseCache
-from workflow_scripts.tsv import LINEAR_COLUMNS, WORDS_COLUMNS, encode_words
 from workflow_scripts.table5 import read_seed_file
+from workflow_scripts.tsv import LINEAR_COLUMNS, WORDS_COLUMNS, encode_words
 
 LINEAR_HEADER = "\t".join(LINEAR_COLUMNS)
 
@@ -175,7 +175,7 @@ def test_a_job_answers_only_what_it_claimed_and_waits_for_the_rest(tmp_path):
 
         def stream(self, batch):
             asked.extend(r.messages[-1]["content"] for r in batch)
-            for index, request in enumerate(batch):
+            for index, _ in enumerate(batch):
                 yield index, ChatResponse("Writing", "stop", 1, 1, 0.0, "")
 
     def answer_later():
@@ -202,8 +202,10 @@ def write_replay(folder, seed, described):
             for w, (s, _, _) in described.items()]
     (folder / f"linear_seed{seed}.tsv").write_text("\n".join([head, *rows]) + "\n")
     keep = [(r, t, c) for r, (s, t, c) in zip(rows, described.values()) if "cannot tell" not in s.lower()]
-    (folder / f"linear_task_seed{seed}.tsv").write_text("\n".join(["Task\t" + head, *(f"{t}\t{r}" for r, t, _ in keep)]) + "\n")
-    (folder / f"linear_concept_seed{seed}.tsv").write_text("\n".join(["Concept\t" + head, *(f"{c}\t{r}" for r, _, c in keep)]) + "\n")
+    tasks = ["Task\t" + head, *(f"{t}\t{r}" for r, t, _ in keep)]
+    concepts = ["Concept\t" + head, *(f"{c}\t{r}" for r, _, c in keep)]
+    (folder / f"linear_task_seed{seed}.tsv").write_text("\n".join(tasks) + "\n")
+    (folder / f"linear_concept_seed{seed}.tsv").write_text("\n".join(concepts) + "\n")
 
 
 def run(step, seed, inputs, tmp_path, provider, **kwargs):
@@ -230,8 +232,12 @@ def test_replay_reproduces_all_three_steps_in_the_paper_layout(tmp_path, shards)
     rows = read(described)
     assert list(rows[0]) == ["Explainable", "Words", "Summary", *LINEAR_COLUMNS]
     assert [(r["Model"], r["Rank"], r["Explainable"], r["Summary"]) for r in rows] == [
-        ("base", "1", "1", "Dates."), ("base", "2", "0", "Cannot Tell."), ("base", "3", "1", "Programming Languages"),
-        ("tuned", "1", "1", "Dates."), ("tuned", "2", "0", "Cannot Tell."), ("tuned", "3", "1", "Programming Languages"),
+        ("base", "1", "1", "Dates."),
+        ("base", "2", "0", "Cannot Tell."),
+        ("base", "3", "1", "Programming Languages"),
+        ("tuned", "1", "1", "Dates."),
+        ("tuned", "2", "0", "Cannot Tell."),
+        ("tuned", "3", "1", "Programming Languages"),
     ]
     assert rows[0]["Words"] == words(base, 0)
     assert rows[0]["TopK"] == "|||".join(base[0])  # the paper's layout
@@ -263,8 +269,10 @@ def test_max_rank_keeps_the_top_components_only(tmp_path, shards):
         answers["Words: {}.".format(", ".join(row[:15]))] = ("Dates.", "None", "Semantic")
         answers["Words: {}.".format(", ".join(row[::-1][:15]))] = ("Dates.", "None", "Semantic")
     write_replay(tmp_path / "released", 0, answers)
-    out, _stats = run("describe", 0, shards, tmp_path, {"kind": "replay", "path": str(tmp_path / "released")}, max_rank=2)
-    assert [(r["Model"], r["Rank"]) for r in read(out)] == [("base", "1"), ("base", "2"), ("tuned", "1"), ("tuned", "2")]
+    replay = {"kind": "replay", "path": str(tmp_path / "released")}
+    out, _stats = run("describe", 0, shards, tmp_path, replay, max_rank=2)
+    ranks = [(r["Model"], r["Rank"]) for r in read(out)]
+    assert ranks == [("base", "1"), ("base", "2"), ("tuned", "1"), ("tuned", "2")]
 
 
 def test_bad_input_names_the_file_and_line(tmp_path):

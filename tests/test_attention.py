@@ -104,7 +104,8 @@ def test_layer_job_equals_the_reference_on_the_full_models_weights(tmp_path, kin
             vector = topics[i // 4] + 0.3 * torch.randn(6, generator=g)
             handle.write(word + " " + " ".join(f"{v:.5f}" for v in vector.tolist()) + "\n")
     (tmp_path / "vocab.tsv").write_text("".join(f"{w}\t{100 - i}\n" for i, w in enumerate(words)))
-    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}[kind]
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
+    config_class, model_class = classes[kind]
     torch.manual_seed(1)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     model = model_class(config_class(

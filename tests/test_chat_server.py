@@ -80,7 +80,9 @@ def test_normal_completion_parses(server, client):
 
 
 def test_custom_responder_sees_the_body():
-    responder = lambda body: f"{body['model']}:{len(body['messages'])}"
+    def responder(body):
+        return f"{body['model']}:{len(body['messages'])}"
+
     with ChatServer(responder=responder) as srv, make_client(srv, api_key="anything") as c:
         assert ask(c, model="m1").choices[0].message.content == "m1:2"
 

@@ -30,7 +30,8 @@ def config(tmp_path):
 def test_shards_are_consecutive_blocks_and_only_an_edited_shard_changes_digest(config, tmp_path):
     assert dag.shard_ids(config) == [0, 1, 2]
     before = [dag.shard_digest(config, s) for s in range(3)]
-    (tmp_path / "data.tsv").write_text(HEADER + "".join(row(i, "Changed." if i == 3 else "An answer.") for i in range(5)))
+    rows = "".join(row(i, "Changed." if i == 3 else "An answer.") for i in range(5))
+    (tmp_path / "data.tsv").write_text(HEADER + rows)
     after = [dag.shard_digest(config, s) for s in range(3)]
     assert [b == a for b, a in zip(before, after)] == [True, False, True]
 
@@ -134,7 +135,8 @@ def test_provenance_ignores_speed_settings_other_models_and_key_order(config):
 
 def test_provenance_follows_the_dataset_content_and_a_bad_row_fails_it(config, tmp_path):
     before = dag.attribution_provenance(config, ["tuned"])
-    (tmp_path / "data.tsv").write_text(HEADER + "".join(row(i, "Edited." if i == 4 else "An answer.") for i in range(5)))
+    rows = "".join(row(i, "Edited." if i == 4 else "An answer.") for i in range(5))
+    (tmp_path / "data.tsv").write_text(HEADER + rows)
     assert dag.attribution_provenance(config, ["tuned"]) != before
     (tmp_path / "data.tsv").write_text(HEADER + row(1) + "s2\tonly\ttwo\n")
     with pytest.raises(ValueError, match=r"data.tsv:3: expected 4 tab-separated fields"):
@@ -169,7 +171,8 @@ def test_the_dataset_is_checked_when_it_is_there_and_skipped_before_the_fetch(co
 def test_fidelity_gives_each_rule_only_its_own_slice():
     assert dag.fidelity_rule({}, "thresholds") == dag.fidelity_rule({}, "counting") == "paper"  # the default
     config = {"fidelity": "canonical"}
-    assert (dag.fidelity_rule(config, "thresholds"), dag.fidelity_rule(config, "counting")) == ("canonical", "canonical")
+    assert dag.fidelity_rule(config, "thresholds") == "canonical"
+    assert dag.fidelity_rule(config, "counting") == "canonical"
     with pytest.raises(dag.ConfigError, match="fidelity: unknown value 'exact'"):
         dag.fidelity_rule({"fidelity": "exact"}, "counting")
 
@@ -196,3 +199,49 @@ def test_a_missing_dataset_of_ones_own_is_not_sent_to_fetch_the_paper_data(confi
     config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
     with pytest.raises(dag.ConfigError, match="run `snakemake --cores 1 paper_datasets` first"):
         dag.dataset_samples(config)
+
+
+def test_layer_shards_list_every_layer_of_each_model_in_the_order_given(config):
+    config["models"]["base"].update(layers=2, heads=4)
+    config["models"]["tuned"].update(layers=3, heads=4)
+    assert dag.layer_shards(config, "ffn", ["tuned", "base"]) == [
+        "results/ffn/tuned/layer-0.tsv",
+        "results/ffn/tuned/layer-1.tsv",
+        "results/ffn/tuned/layer-2.tsv",
+        "results/ffn/base/layer-0.tsv",
+        "results/ffn/base/layer-1.tsv",
+    ]
+    assert dag.layer_shards(config, "attention", ["base"]) == [
+        "results/attention/base/layer-0.tsv",
+        "results/attention/base/layer-1.tsv",
+    ]
+    assert dag.layer_shards(config, "ffn", []) == []
+
+
+def test_layer_shards_of_a_model_without_a_known_shape_name_the_keys_to_give(config):
+    with pytest.raises(dag.ConfigError, match="give models.base.layers and models.base.heads"):
+        dag.layer_shards(config, "ffn", ["base"])
+
+
+def test_pair_members_are_the_pretrained_then_the_tuned_model(config):
+    assert dag.pair_members(config, "p") == ["base", "tuned"]
+
+
+def test_the_annotator_is_an_input_only_when_it_is_a_local_model_to_build_or_on_disk(tmp_path):
+    on_disk = tmp_path / "model"
+    on_disk.mkdir()
+    local = {"kind": "local", "path": str(on_disk)}
+    assert dag.annotator_input(local) == [str(on_disk)]
+    assert dag.annotator_input({"kind": "local", "path": str(tmp_path / "nowhere")}) == []
+    assert dag.annotator_input({"kind": "local", "path": str(tmp_path / "nowhere"), "build": True}) == [
+        str(tmp_path / "nowhere")
+    ]
+    assert dag.annotator_input({"kind": "openai", "model": "m", "path": str(on_disk)}) == []
+    replay = tmp_path / "released"
+    replay.mkdir()
+    assert dag.annotator_input({"kind": "replay", "path": str(replay)}) == []
+
+
+def test_the_annotator_input_checks_the_provider_first():
+    with pytest.raises(dag.ConfigError, match="annotation.provider.path: required for the local provider"):
+        dag.annotator_input({"kind": "local"})

@@ -71,8 +71,8 @@ def test_tokenizer_layout_and_offsets(built):
         assert offsets[0] == (0, 1)
         tokens, offsets = tokens[1:], offsets[1:]
     pieces = []
-    for span, group in itertools.groupby(zip(tokens, offsets), key=lambda pair: pair[1]):
-        group, piece = [token for token, _ in group], OFFSETS_TEXT[slice(*span)]
+    for span, run in itertools.groupby(zip(tokens, offsets), key=lambda pair: pair[1]):
+        group, piece = [token for token, _ in run], OFFSETS_TEXT[slice(*span)]
         if all(re.fullmatch(r"<0x[0-9A-F]{2}>", token) for token in group):  # byte fallback: one character
             assert b"".join(bytes([int(token[3:5], 16)]) for token in group) == piece.encode()
         else:

@@ -145,7 +145,8 @@ def test_a_two_gpu_job_gets_two_distinct_free_devices(start):
 def test_asking_for_more_gpus_than_the_pool_gets_the_whole_pool_with_a_warning(tmp_path):
     result = subprocess.run([sys.executable, "-m", "workflow_scripts.leases", "3", "--", sys.executable, "-c",
                              "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
-                            cwd=tmp_path, env=job_env(fake_gpus=2), capture_output=True, text=True, timeout=10, check=False)
+                            cwd=tmp_path, env=job_env(fake_gpus=2), capture_output=True, text=True, timeout=10,
+                            check=False)
     assert result.returncode == 0 and result.stdout.strip() == "0,1"
     assert "asks for 3 GPUs but only 2 can be leased (0,1): it gets all of them" in result.stderr
 
@@ -206,7 +207,8 @@ def test_without_cuda_visible_devices_the_pool_is_the_gpus_nvidia_smi_lists(star
 
 
 def test_a_failing_nvidia_smi_means_the_cpu_not_a_crash(start, tmp_path):
-    env = fake_nvidia_smi(tmp_path, 'echo "NVIDIA-SMI has failed because it could not communicate with the driver"; exit 9')
+    failure = 'echo "NVIDIA-SMI has failed because it could not communicate with the driver"; exit 9'
+    env = fake_nvidia_smi(tmp_path, failure)
     job = run_now(start, "cpu", env=env)
     assert job.devices() == ""
     assert "could not communicate with the driver" in job.stderr() and "running on the CPU" in job.stderr()

@@ -57,7 +57,8 @@ def teach(model, tokenizer, max_steps: int = 1000, target_loss: float = 1e-3) ->
     learnt by heart: a fixed step count left "5 6" unlearnt on some machines' float rounding."""
     batch = []
     for question, answer in TAUGHT.items():
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+        turns = [{"role": "user", "content": question}]
+        prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
         batch.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
@@ -124,12 +125,22 @@ def chat(random_dir):
     return LocalChat(random_dir, model="tiny", device=CPU, batch_size=4)
 
 
-def ask(text: str, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 12, seed: int = 0, system: str | None = None):
+def ask(
+    text: str,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_tokens: int = 12,
+    seed: int = 0,
+    system: str | None = None,
+):
     turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     return ChatRequest(messages(*turns), temperature, top_p, max_tokens, seed)
 
 
-QUESTIONS = ["Hi", "What is the capital of France?", "Name three colours, please.", "x" * 40, "Why?", "Tell me a story about a dog."]
+QUESTIONS = [
+    "Hi", "What is the capital of France?", "Name three colours, please.", "x" * 40, "Why?",
+    "Tell me a story about a dog.",
+]
 
 
 def mixed_batch(temperature: float, top_p: float = 1.0, system: str | None = None) -> list[ChatRequest]:

@@ -147,13 +147,17 @@ def test_faults_are_retried_without_lost_or_duplicated_rows(tmp_path, shards, se
     assert not server.pending_faults()
     got = rows(out)
     # the same rows as a clean run, each asked successfully exactly once
-    assert [(r["Model"], r["Rank"], r["Words"]) for r in got] == [(r["Model"], r["Rank"], r["Words"]) for r in reference]
+    def key(r):
+        return r["Model"], r["Rank"], r["Words"]
+
+    assert [key(r) for r in got] == [key(r) for r in reference]
     assert Counter(user_messages(server.completed)) == Counter(r["Words"] for r in got)
     assert max(Counter(user_messages(server.completed)).values()) == 1
     assert stats["requests"] == 12
     assert time.perf_counter() - started >= 0.3  # the 429's Retry-After was waited
     retried = [r for r in server.requests if r.fault == "429"]
-    assert retried and all(r.headers.get("x-stainless-retry-count") == "0" for r in retried)  # our retries, not the client's
+    # our retries, not the client's
+    assert retried and all(r.headers.get("x-stainless-retry-count") == "0" for r in retried)
 
 
 def test_a_request_failing_for_good_fails_the_job_and_keeps_the_answers_it_had(tmp_path, shards, server):
@@ -200,7 +204,8 @@ def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, sh
     cache = tmp_path / "cache.sqlite"
     out = tmp_path / "out" / "describe_seed0.tsv"
     command = [sys.executable, "-m", "workflow_scripts.annotate", "describe", "--seed", "0", "--inputs", *shards,
-               "--output", str(out), "--stats", str(out.with_suffix(".json")), "--provider", json.dumps(provider(server)),
+               "--output", str(out), "--stats", str(out.with_suffix(".json")),
+               "--provider", json.dumps(provider(server)),
                "--cache", str(cache), "--runtime", json.dumps({**FAST, "concurrency": 2})]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -233,13 +238,14 @@ def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, sh
 # --- concurrent jobs sharing one cache: each request is sent once, and every job writes what the cache holds ---
 
 def wide_shards(folder: Path, ranks: int = 30) -> list[str]:
-    """Layer TSVs of two models with `ranks` components each (2 x ranks describe requests)."""
+    """Lossless layer TSVs of two models with `ranks` components each (2 x ranks describe requests)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for model in ("base", "tuned"):
-        lines = ["\t".join(LINEAR_COLUMNS)]
-        lines += [f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t" + "|||".join(f"{model[0]}r{rank}x{i}" for i in range(20))
-                  for rank in range(1, ranks + 1)]
+        lines = ["\t".join(WORDS_COLUMNS)]
+        for rank in range(1, ranks + 1):
+            words = encode_words(f"{model[0]}r{rank}x{i}" for i in range(20))
+            lines.append(f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t{words}")
         path = folder / f"{model}.tsv"
         path.write_text("\n".join(lines) + "\n")
         paths.append(str(path))

@@ -92,5 +92,6 @@ def test_project_manifest_lists_the_paper_files():
     from pathlib import Path
 
     manifest = read_manifest(Path(__file__).resolve().parents[1] / "datasets/paper-manifest.sha256")
-    assert {"datasets/FinalDataset.tsv", "datasets/AnnotatedDataset.tsv", "datasets/SingleShareGPT_Vocab.tsv"} <= set(manifest)
+    datasets = {"datasets/FinalDataset.tsv", "datasets/AnnotatedDataset.tsv", "datasets/SingleShareGPT_Vocab.tsv"}
+    assert datasets <= set(manifest)
     assert sum(n.startswith("results/attribution_interpret/ifa_vicuna_7b/") for n in manifest) == 632

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import paper_reference as paper
 import pytest
 import torch
 import yaml
 
-import paper_reference as paper
 from workflow_scripts import dag
 from workflow_scripts.table3 import head_knowledge, read_bilinear_words, word_counts
 from workflow_scripts.tsv import WORDS_COLUMNS, decode_words, read_tsv

@@ -85,7 +85,9 @@ def slurm_job(job_id: str) -> dict[str, str]:
     if rows and rows[0].split("|")[1]:
         state, tres, memory, limit = rows[0].split("|")
         return {"state": state.split()[0], "tres": tres, "memory": memory, "time": limit}
-    show = subprocess.run(["scontrol", "show", "job", "-d", "-o", job_id], capture_output=True, text=True, timeout=60, check=False)
+    show = subprocess.run(
+        ["scontrol", "show", "job", "-d", "-o", job_id], capture_output=True, text=True, timeout=60, check=False
+    )
     assert show.returncode == 0, f"SLURM knows no job {job_id}: {show.stderr}"
     fields = dict(item.split("=", 1) for item in show.stdout.split() if "=" in item)
     tres = fields.get("TRES", "")
@@ -163,7 +165,8 @@ def test_only_the_layer_jobs_get_a_gpu_allocation_and_see_it(slurm_demo):
             else:  # the demo's models ask for gpus: 0, and merges and tables for none
                 assert "gres/gpu" not in tres, (rule, job_id, tres)
     ids = {job_id for rule_jobs in jobs.values() for job_id, _ in rule_jobs}
-    logs = sorted((work / "logs/explain_attention_layer").rglob("*.log")) + sorted((work / "logs/explain_ffn_layer").rglob("*.log"))
+    logs = sorted((work / "logs/explain_attention_layer").rglob("*.log"))
+    logs += sorted((work / "logs/explain_ffn_layer").rglob("*.log"))
     assert len(logs) == 16  # 2 models x 4 layers x 2 explainers
     for log in logs:
         seen = re.search(r"SLURM job (\d+): using its allocation, CUDA_VISIBLE_DEVICES=(\S+)", log.read_text())

@@ -293,7 +293,8 @@ def released(tmp_path_factory):
     shards = {}
     for model in ("llama", "vicuna"):
         shards[model] = root / f"{model}.npz"
-        convert_released(dataset, PAPER_DIR / "results" / "attribution_interpret" / f"ifa_{model}_7b", shards[model], model)
+        released = PAPER_DIR / "results" / "attribution_interpret" / f"ifa_{model}_7b"
+        convert_released(dataset, released, shards[model], model)
     return dataset, shards, {s.id: s for s in read_dataset(dataset)}
 
 
@@ -389,7 +390,8 @@ def test_the_configs_notice_stands_under_every_tables_title(tmp_path):
     table = table2(pd.DataFrame([("a_1", "g", 1.0, 4, 2)], columns=SCORE_COLUMNS),
                    pd.DataFrame([("a_1", "g", 2.0, 4, 2)], columns=SCORE_COLUMNS))
     write_table(table, tmp_path / "t.tsv", "Table 2 (demo)", notice="Offline demo: a smoke test.")
-    assert (tmp_path / "t.md").read_text().startswith("# Table 2 (demo)\n\n> Offline demo: a smoke test.\n\n| dataset |")
+    expected = "# Table 2 (demo)\n\n> Offline demo: a smoke test.\n\n| dataset |"
+    assert (tmp_path / "t.md").read_text().startswith(expected)
     write_table(table, tmp_path / "u.tsv", "Table 2 (demo)")
     assert (tmp_path / "u.md").read_text().startswith("# Table 2 (demo)\n\n| dataset |")
     assert (tmp_path / "t.tsv").read_text() == (tmp_path / "u.tsv").read_text()  # the TSV stays plain data

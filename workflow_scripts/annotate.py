@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-
 from .annotation_prompts import STEPS, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse

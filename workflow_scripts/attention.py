@@ -120,7 +120,8 @@ def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, b
     embeddings = mean_embeddings(weights.input_embeddings().to(device), word_token_ids(tokenizer, words))
     static, has_vector = word_vectors.lookup(words)
     thresholds = vocabulary_thresholds(static, has_vector, baseline_words, threshold_rule)
-    log.info("%d words (%d with a static vector) in %.1f s", len(words), has_vector.sum(), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    log.info("%d words (%d with a static vector) in %.1f s", len(words), has_vector.sum(), seconds)
     return Vocabulary(
         np.asarray(words, dtype=object),
         embeddings,
@@ -153,7 +154,8 @@ def explain_layer(
         for rank, (dim, score, pairs) in enumerate(explain_head(vocab, wq[head], wk[head], top_k), start=1):
             rows.append((model_id, size, layer, "QK", head, dim, rank, f"{score:.4f}", encode_pairs(pairs)))
     write_tsv(rows, PAIRS_COLUMNS, output)
-    log.info("layer %d of %s: %d heads in %.1f s -> %s", layer, model_id, weights.heads, time.perf_counter() - started, output)
+    seconds = time.perf_counter() - started
+    log.info("layer %d of %s: %d heads in %.1f s -> %s", layer, model_id, weights.heads, seconds, output)
 
 
 def main(argv=None):

@@ -152,7 +152,9 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
     return Tokenized(ids, prompt_rows, prompt_ids.shape[1], prompt_offsets[prompt_rows], text, offsets)
 
 
-def attribute_sample(model, tokenizer, sample_id: str, prompt: str, tokens: Tokenized, chunk_size: int) -> SampleAttribution:
+def attribute_sample(
+    model, tokenizer, sample_id: str, prompt: str, tokens: Tokenized, chunk_size: int
+) -> SampleAttribution:
     ids = tokens.input_ids.to(model.get_input_embeddings().weight.device)
     full = attribute_ids(model, ids, tokens.n_prompt, chunk_size)
     all_tokens = tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist())

@@ -111,7 +111,8 @@ def _unknown_keys(error: jsonschema.ValidationError, schema: dict) -> str:
         near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
         hint = f"; did you mean `{near[0]}`?" if near else ""
         lines.append(f"{key_name((*error.absolute_path, key))}: unknown key{hint}")
-    lines.append(f"allowed keys {'at the top level' if where == '(top level)' else 'in ' + where}: {', '.join(allowed)}")
+    place = "at the top level" if where == "(top level)" else "in " + where
+    lines.append(f"allowed keys {place}: {', '.join(allowed)}")
     return "\n".join(lines)
 
 

@@ -244,6 +244,15 @@ def check_annotation_provider(provider: dict) -> None:
         raise ConfigError(f"annotation.provider.path: replay folder {provider['path']} not found")
 
 
+def annotator_input(provider: dict) -> list[str]:
+    """The local annotation model's directory when there is one (to be built by demo_annotator, or
+    on disk), so that the annotation steps wait for it; nothing for the other providers."""
+    check_annotation_provider(provider)
+    if provider["kind"] == "local" and (provider.get("build") or Path(provider["path"]).exists()):
+        return [provider["path"]]
+    return []
+
+
 def missing_api_key(provider: dict) -> str | None:
     """The name of the unset environment variable the openai provider needs, else None."""
     variable = provider.get("api_key_env")
@@ -312,6 +321,22 @@ def model_shape(config: dict, model: str) -> ModelShape:
         return shape_of(model, model_config(config, model))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def layer_shards(config: dict, kind: str, models: list[str]) -> list[str]:
+    """The per-layer explanation files (kind: attention or ffn) of `models`, model by model, layer by
+    layer: what a merge or an annotation step reads."""
+    return [
+        f"results/{kind}/{model}/layer-{layer}.tsv"
+        for model in models
+        for layer in range(model_shape(config, model).layers)
+    ]
+
+
+def pair_members(config: dict, pair: str) -> list[str]:
+    """The pair's pre-trained model, then its tuned one."""
+    members = config["pairs"][pair]
+    return [members["pretrained"], members["tuned"]]
 
 
 def pair_models(config: dict) -> list[str]:

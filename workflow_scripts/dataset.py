@@ -123,7 +123,9 @@ def read_ratings(path: str | Path, rated_model: str) -> dict[str, int]:
         if rating > 4:
             raise DatasetError(f"{path}:{number}: Rating {rating} is outside -1..4")
         if sample_id in lines:
-            raise DatasetError(f"{path}:{number}: a second rating of {sample_id} by {rated_model} (first on line {lines[sample_id]})")
+            raise DatasetError(
+                f"{path}:{number}: a second rating of {sample_id} by {rated_model} (first on line {lines[sample_id]})"
+            )
         ratings[sample_id], lines[sample_id] = rating, number
     if not ratings:
         raise DatasetError(f"{path}: no ratings for the model {rated_model!r} (column Model)")

@@ -47,7 +47,9 @@ def principal_components(rows: torch.Tensor, rank: int) -> tuple[torch.Tensor, t
     return vectors[:, order].T.float().to(rows.device), ratios.float().to(rows.device)
 
 
-def component_words(components: torch.Tensor, word_vectors: torch.Tensor, words: np.ndarray, top_k: int) -> list[list[str]]:
+def component_words(
+    components: torch.Tensor, word_vectors: torch.Tensor, words: np.ndarray, top_k: int
+) -> list[list[str]]:
     """Top-K words of each component by |projection| on the normalised word vectors."""
     normalised = torch.nn.functional.normalize(word_vectors.float(), dim=-1)
     scores = (components @ normalised.T).abs()

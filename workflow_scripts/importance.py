@@ -32,7 +32,9 @@ def check_binned(matrix: np.ndarray, levels: int, context: str) -> None:
     """A matrix said to be binned holds integers 0..L; anything else would be scored wrongly as stored."""
     x = np.asarray(matrix)
     if x.size and (x.min() < 0 or x.max() > levels or not np.array_equal(x, np.round(x))):
-        raise ValueError(f"{context}: recorded as binned to L={levels} but holds values outside the integers 0..{levels}")
+        raise ValueError(
+            f"{context}: recorded as binned to L={levels} but holds values outside the integers 0..{levels}"
+        )
 
 
 def importance_density(binned: np.ndarray, p: float = 4.0) -> np.ndarray:

@@ -101,7 +101,8 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
     probs = torch.softmax(logits.double() / temperature, dim=-1)
     probs, order = torch.sort(probs, descending=True, stable=True)
     cumulative = torch.cumsum(probs, dim=-1)
-    keep = int(torch.searchsorted(cumulative, torch.tensor([top_p], dtype=cumulative.dtype, device=cumulative.device))) + 1
+    bound = torch.tensor([top_p], dtype=cumulative.dtype, device=cumulative.device)
+    keep = int(torch.searchsorted(cumulative, bound)) + 1
     kept = cumulative[: min(keep, len(cumulative))]
     u = torch.rand((), generator=generator, dtype=torch.float64, device=generator.device) * kept[-1]
     index = min(int(torch.searchsorted(kept, u.reshape(1).to(kept.device), right=True)), len(kept) - 1)
@@ -167,7 +168,8 @@ class LocalChat:
 
     def render(self, messages) -> str:
         """The prompt text the model sees: the chat template with the assistant turn opened."""
-        return self.tokenizer.apply_chat_template(template_messages(messages), tokenize=False, add_generation_prompt=True)
+        turns = template_messages(messages)
+        return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
     def prompt_ids(self, messages) -> list[int]:
         return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]

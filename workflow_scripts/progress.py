@@ -71,7 +71,8 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         shown = f"{rate:.2f} {self.unit}/s" if rate >= 1 else f"{1 / rate:.1f} s/{self.unit}" if rate > 0 else "-"
         remaining = _duration(eta) if eta != float("inf") else "?"
-        return f"{self.label}: {self.done}/{self.total} {self.unit}s ({self.done / max(self.total, 1):.0%}), {shown}, ETA {remaining}"
+        share = self.done / max(self.total, 1)
+        return f"{self.label}: {self.done}/{self.total} {self.unit}s ({share:.0%}), {shown}, ETA {remaining}"
 
     def _say(self, text: str, to_console: bool) -> None:
         log.info(text)

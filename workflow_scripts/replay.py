@@ -15,7 +15,11 @@ from pathlib import Path
 
 from .chat import ChatError, ChatRequest, ChatResponse
 
-FILES = {"describe": "linear_seed{seed}.tsv", "task": "linear_task_seed{seed}.tsv", "level": "linear_concept_seed{seed}.tsv"}
+FILES = {
+    "describe": "linear_seed{seed}.tsv",
+    "task": "linear_task_seed{seed}.tsv",
+    "level": "linear_concept_seed{seed}.tsv",
+}
 
 
 def concept_message(summary: str, step: str) -> str:

@@ -43,7 +43,9 @@ def instruction_scores(attributions: str | Path, dataset: str | Path, groups: di
         )
     binned = int(shard.meta.get("binned_levels", 0))
     if binned and binned != analysis["levels"]:
-        raise ValueError(f"{attributions}: attributions are binned to L={binned}, analysis.levels is {analysis['levels']}")
+        raise ValueError(
+            f"{attributions}: attributions are binned to L={binned}, analysis.levels is {analysis['levels']}"
+        )
     rows = []
     for a in shard.samples:
         sample = samples[a.id]
@@ -110,7 +112,10 @@ def empty_response_note(scores: pd.DataFrame, model: str) -> str:
     empty = scores.loc[scores["response_tokens"] == 0, "id"].tolist()
     if not empty:
         return ""
-    note = f"{len(empty)} sample(s) of {model} have an empty response and score 0 (as in the paper): {', '.join(empty[:5])}"
+    note = (
+        f"{len(empty)} sample(s) of {model} have an empty response and score 0 (as in the paper): "
+        f"{', '.join(empty[:5])}"
+    )
     log.warning(note)
     return note + ("" if len(empty) <= 5 else ", ...")
 
