@@ -111,9 +111,12 @@ def test_demo_annotates_the_ffn_concepts_and_builds_table5_and_figure3(demo):
         assert len(tasks) == described["Explainable"].sum() > 0
     for name, categories in (("tasks", ["writing", "math", "coding", "translation", "none"]),
                              ("levels", ["phonology", "morphology", "syntax", "semantic"])):
-        table = pd.read_csv(demo / f"results/tables/demo/table5_{name}.tsv", sep="\t")
-        assert list(table["category"]) == categories
-        assert table[["mean_pretrained", "mean_tuned"]].apply(lambda c: c.between(0, 1)).all().all()
+        table = pd.read_csv(demo / f"results/tables/demo/table5_{name}.tsv", sep="\t").set_index("category")
+        assert list(table.index) == [*categories, "other", "described"]
+        shares = table.loc[[*categories, "other"], ["mean_pretrained", "mean_tuned"]]
+        assert shares.apply(lambda c: c.between(0, 1)).all().all()
+        # 2 models x 4 layers x the top 4 components, less any "Cannot Tell", per model and seed
+        assert (table.loc["described", ["mean_pretrained", "mean_tuned"]].between(1, 16)).all()
     cost = pd.read_csv(demo / "results/tables/demo/annotation_cost.tsv", sep="\t", keep_default_na=False)
     assert len(cost) == 16 and cost["step"].iloc[-1] == "total"
     assert set(cost["provider"][:15]) == {"local"} and (cost["prompt_tokens"][:15].astype(int) > 0).all()
