@@ -85,5 +85,6 @@ def finished_demo(tmp_path_factory) -> Path:
     from test_workflow import copy_workflow, snakemake
 
     work = copy_workflow(tmp_path_factory.mktemp("finished_demo"))
-    snakemake(work)
+    out = snakemake(work)
+    (work / "console.txt").write_text(out.stdout + out.stderr)  # what the user saw
     return work

@@ -336,3 +336,12 @@ def test_rerun_after_deleting_the_annotations_sends_no_request(demo):
     log = (demo / "logs/annotate/demo/describe_seed0.log").read_text()
     assert "32 answered from the cache, 0 to ask" in log
     assert planned_jobs(demo) == {}
+
+
+def test_long_jobs_show_progress_on_the_console_and_logs_hold_no_carriage_returns(finished_demo):
+    console = (finished_demo / "console.txt").read_text()
+    for stage in ("attribute demo-base shard 0: 0/", "pretrain", "explain demo-tuned layer 3: 0/4 heads"):
+        assert stage in console, stage
+    assert re.search(r"attribute demo-tuned shard \d+: \d+/\d+ samples done in \d:\d\d:\d\d", console)
+    logs = list((finished_demo / "logs").rglob("*.log"))
+    assert logs and not [log for log in logs if "\r" in log.read_text(errors="replace")]
