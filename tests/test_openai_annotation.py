@@ -39,16 +39,7 @@ def responder(body):
 
 @pytest.fixture
 def shards(tmp_path):
-    paths = []
-    for model in ("base", "tuned"):
-        lines = ["\t".join(WORDS_COLUMNS)]
-        for rank in range(1, 7):
-            words = encode_words(f"{model[0]}r{rank}x{i}" for i in range(20))
-            lines.append(f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t{words}")
-        path = tmp_path / f"{model}.tsv"
-        path.write_text("\n".join(lines) + "\n")
-        paths.append(str(path))
-    return paths
+    return wide_shards(tmp_path, ranks=6)
 
 
 @pytest.fixture
