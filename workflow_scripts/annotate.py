@@ -27,19 +27,12 @@ from .annotation_prompts import STEPS, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
 from .chat_cache import ResponseCache
-from .cli import positive_int, setup_logging
+from .cli import non_negative_int, positive_int, setup_logging
 from .progress import Progress
 from .replay import concept_message
 from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, write_tsv
 
 log = logging.getLogger(__name__)
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or a positive integer")
-    return value
 
 
 DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)

@@ -12,6 +12,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
 def layer_job_parser(description: str, layer_help: str, merge_help: str):
     """`layer` (one model layer -> one lossless TSV shard) and `merge` (shards -> one lossless TSV and
     its export in the paper's layout) subcommands,

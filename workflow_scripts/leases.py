@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import setup_logging
+from .cli import non_negative_int, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +184,6 @@ def lease(count: int, command: list[str], lock_dir: Path | None = None) -> dict[
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(held)
     log.info("leased GPU(s): CUDA_VISIBLE_DEVICES=%s (locks in %s)", ",".join(held), lock_dir)
     return held
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:
