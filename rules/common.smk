@@ -4,6 +4,7 @@ import json
 import re
 
 from workflow_scripts import dag
+from workflow_scripts.replay import FILES
 
 dag.check_config(config)
 dag.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
@@ -120,8 +121,8 @@ def annotation_shell(step, extra=""):
 
 
 def seed_files(kind):
-    name = {"describe": "linear_seed", "task": "linear_task_seed", "level": "linear_concept_seed"}[kind]
-    return lambda w: [f"results/annotation/{w.pair}/{name}{seed}.tsv" for seed in ANNOTATION["seeds"]]
+    """Every seed's annotation file of one step (the names replay.FILES holds, the paper's layout)."""
+    return lambda w: [f"results/annotation/{w.pair}/{FILES[kind].format(seed=seed)}" for seed in ANNOTATION["seeds"]]
 
 
 def annotation_stats(wildcards):

@@ -41,10 +41,18 @@ def dataset_samples(config: dict) -> tuple[Sample, ...]:
 
 def _dataset_file(config: dict) -> tuple[str, int]:
     """(path, mtime) of the dataset file the plan reads: the key of everything cached from it."""
+    found = _existing_dataset(config)
+    if found is None:
+        raise _missing_dataset(config)
+    return found
+
+
+def _existing_dataset(config: dict) -> tuple[str, int] | None:
+    """(path, mtime) of the fetched copy or, before the fetch, its source; None before both."""
     for path in dataset_candidates(config):
         if Path(path).is_file():
             return str(path), Path(path).stat().st_mtime_ns
-    raise _missing_dataset(config)
+    return None
 
 
 def _missing_dataset(config: dict) -> ConfigError:
@@ -70,7 +78,7 @@ def dataset_candidates(config: dict) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+def _file_sha256(path: str, mtime_ns: int) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
@@ -86,11 +94,10 @@ def dataset_digest(config: dict) -> str:
     Before the paper data are fetched, the manifest's checksum stands for the file: the fetch
     verifies against it, so the digest is the same before and after the fetch (nothing reruns).
     """
-    for path in dataset_candidates(config):
-        if Path(path).is_file():
-            dataset_samples(config)
-            stat = Path(path).stat()
-            return _file_sha256(str(path), stat.st_mtime_ns, stat.st_size)
+    found = _existing_dataset(config)
+    if found is not None:
+        _samples(*found)
+        return _file_sha256(*found)
     samples = config["dataset"]["samples"]
     if samples.startswith(FETCHED) and Path(PAPER_MANIFEST).is_file():
         checksum = _manifest(PAPER_MANIFEST, Path(PAPER_MANIFEST).stat().st_mtime_ns).get(samples[len(FETCHED) :])
@@ -195,8 +202,9 @@ def check_dataset(config: dict) -> None:
     An error raised inside an input function or param is dropped by Snakemake when the file that
     job would make exists, so a row that lost a column would pass unseen in a folder with results.
     """
-    if any(Path(path).is_file() for path in dataset_candidates(config)):
-        dataset_samples(config)
+    found = _existing_dataset(config)
+    if found is not None:
+        _samples(*found)
 
 
 def built_paths(config: dict) -> list[tuple[str, str]]:
@@ -221,16 +229,23 @@ def released_dir(config: dict, model: str) -> str:
     """The model's released attribution folder; every sample id is checked to be a plain file name
     there (the conversion reads `<id>.pkl`), so no id reads outside the checksummed folder."""
     name = model_config(config, model)["released"]
-    for path in dataset_candidates(config):
-        if Path(path).is_file():
-            for sample in dataset_samples(config):
-                if sample.id in (".", "..") or Path(sample.id).name != sample.id or "\\" in sample.id:
-                    raise ConfigError(
-                        f"{path}:{sample.line}: sample id {sample.id!r} is not a plain file name, but the released "
-                        f"attributions of models.{model} are read from <id>.pkl in {name}/"
-                    )
-            break
+    found = _existing_dataset(config)
+    unsafe = _unsafe_sample_id(*found) if found is not None else None
+    if unsafe is not None:
+        raise ConfigError(
+            f"{found[0]}:{unsafe.line}: sample id {unsafe.id!r} is not a plain file name, but the released "
+            f"attributions of models.{model} are read from <id>.pkl in {name}/"
+        )
     return f"resources/paper/results/attribution_interpret/{name}"
+
+
+@functools.lru_cache(maxsize=8)
+def _unsafe_sample_id(path: str, mtime_ns: int) -> Sample | None:
+    """The first sample whose id is not a plain file name (checked once per dataset file)."""
+    for sample in _samples(path, mtime_ns):
+        if sample.id in (".", "..") or Path(sample.id).name != sample.id or "\\" in sample.id:
+            return sample
+    return None
 
 
 def check_annotation_provider(provider: dict) -> None:
