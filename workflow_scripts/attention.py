@@ -108,10 +108,10 @@ def vocabulary_thresholds(static: np.ndarray, has_vector: np.ndarray, baseline_w
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"fidelity: unknown threshold rule {rule!r}; expected one of {', '.join(THRESHOLD_RULES)}")
     baseline = static[:baseline_words][has_vector[:baseline_words]]
-    missing = int((~has_vector[:baseline_words]).sum()) if rule == "paper" else 0
-    log.info("thresholds (%s): %d baseline words with a vector, %d without %s", rule, len(baseline),
-             int((~has_vector[:baseline_words]).sum()), "(counted as cosine 0)" if rule == "paper" else "(left out)")
-    return word_thresholds(static, has_vector, baseline, baseline_missing=missing)
+    absent = int((~has_vector[:baseline_words]).sum())
+    log.info("thresholds (%s): %d baseline words with a vector, %d without %s", rule, len(baseline), absent,
+             "(counted as cosine 0)" if rule == "paper" else "(left out)")
+    return word_thresholds(static, has_vector, baseline, baseline_missing=absent if rule == "paper" else 0)
 
 
 def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device,
