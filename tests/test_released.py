@@ -129,20 +129,25 @@ FORGED_OBJECT_ARRAY = (
 )
 
 
+LOAD_IN_CHILD = (  # a child interpreter: a crash or an allocation failure cannot take pytest down
+    "import sys\n"
+    "from workflow_scripts.released import safe_load_pickle, UnsafePickleError\n"
+    "try:\n"
+    "    safe_load_pickle(sys.argv[1])\n"
+    "except UnsafePickleError as error:\n"
+    "    print('refused:', error)\n"
+)
+
+
+def load_in_child(path: Path, script: str = LOAD_IN_CHILD) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
 def test_a_pickle_forging_an_object_array_from_bytes_is_refused_without_crashing(tmp_path):
     path = tmp_path / "forged.pkl"
     path.write_bytes(FORGED_OBJECT_ARRAY)
-    script = (
-        "import sys\n"
-        "from workflow_scripts.released import safe_load_pickle, UnsafePickleError\n"
-        "try:\n"
-        "    safe_load_pickle(sys.argv[1])\n"
-        "except UnsafePickleError as error:\n"
-        "    print('refused:', error)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+    result = load_in_child(path)
     assert result.returncode == 0, f"the interpreter died with {result.returncode}: {result.stderr[-500:]}"
     assert result.stdout.startswith("refused:")
     assert str(path) in result.stdout
@@ -246,15 +251,8 @@ def test_released_sample_refuses_a_pickle_of_another_sample(paper_dir):
 
 # --- bounded before allocation (issue 10) ---------------------------------------------------------
 
-RUN_LIMITED = (  # load in a child limited to 2 GiB of address space: an 8 GiB ask cannot succeed
-    "import resource, sys\n"
-    "resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))\n"
-    "from workflow_scripts.released import safe_load_pickle, UnsafePickleError\n"
-    "try:\n"
-    "    safe_load_pickle(sys.argv[1])\n"
-    "except UnsafePickleError as error:\n"
-    "    print('refused:', error)\n"
-)
+# the child limited to 2 GiB of address space: an 8 GiB ask cannot succeed
+RUN_LIMITED = "import resource\nresource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))\n" + LOAD_IN_CHILD
 # 8 GiB of float64 asked for in 69 bytes: numpy's own array reduce with a forged shape
 HUGE_ARRAY = (
     b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
@@ -272,9 +270,7 @@ DEEP = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."  # a list nested 100,
 def test_a_small_pickle_asking_for_much_is_refused_before_allocating(tmp_path, name, data, reason):
     path = tmp_path / f"{name}.pkl"
     path.write_bytes(data)
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_LIMITED, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    result = load_in_child(path, RUN_LIMITED)
     assert result.returncode == 0, result.stderr[-800:]
     assert result.stdout.startswith(f"refused: {path}: ") and reason in result.stdout, result.stdout
 
