@@ -82,3 +82,12 @@ def test_the_design_is_in_the_repository_and_every_pointer_lands_on_a_section():
         dangling += [f"{name}: #{a}" for a in re.findall(r"design\.md#([\w-]+)", text) if a not in anchors]
     assert not old, f"pointers to the design brief outside the repository (point at docs/design.md#...): {old}"
     assert not dangling, f"links to sections that docs/design.md does not have: {dangling}"
+
+
+def test_the_licence_file_is_the_one_the_package_and_readme_declare():
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]["text"]
+    licence = (REPO / "LICENSE").read_text(encoding="utf8")
+    assert licence.splitlines()[0] == f"{declared} License"
+    assert f"released under the {declared} licence (`LICENSE`)" in (REPO / "README.md").read_text(encoding="utf8")
