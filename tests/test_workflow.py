@@ -77,6 +77,7 @@ def test_demo_explains_every_head_dimension_and_builds_table3(demo):
     assert (bilinear["TopK"] != "").mean() > 0.5
     table3 = pd.read_csv(demo / "results/tables/demo/table3.tsv", sep="\t")
     assert list(table3["layers"]) == ["0-0", "1-1", "2-2", "3-3"] and (table3["general_n"] > 0).all()
+    assert (table3["instruct_n"] > 0).all(), "the demo vocabulary's instruction verbs reach every layer group"
     log = (demo / "logs/explain_attention_layer/demo-tuned/layer-2.log").read_text()
     assert ("read model.layers.2.self_attn.q_proj.weight, model.layers.2.self_attn.k_proj.weight, "
             "model.layers.2.input_layernorm.weight, model.embed_tokens.weight\n") in log
