@@ -23,13 +23,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .annotation_prompts import STEPS, words_message
+from .annotation_prompts import STEPS, concept_message, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
 from .chat_cache import ResponseCache
 from .cli import non_negative_int, positive_int, setup_logging
 from .progress import Progress
-from .replay import concept_message
 from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, write_tsv
 
 log = logging.getLogger(__name__)

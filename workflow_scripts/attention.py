@@ -25,6 +25,7 @@ from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
 from .progress import progress
 from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
+from .word_embeddings import mean_embeddings, word_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +40,6 @@ class Vocabulary:
     embeddings: torch.Tensor  # (V, hidden): mean input embedding of each word's sub-tokens
     static: torch.Tensor  # (V, d) L2-normalised static word vectors (zero rows where missing)
     thresholds: torch.Tensor  # (V,) cosine a partner must exceed; +inf for words without a vector
-
-
-def word_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
-    """Sub-token ids of " " + word, without special tokens or a lone leading space piece."""
-    ids = []
-    for word in words:
-        tokens = tokenizer.tokenize(" " + word)
-        if len(tokens) > 1 and tokens[0] in ("\u2581", "\u0120"):
-            tokens = tokens[1:]
-        ids.append(tokenizer.convert_tokens_to_ids(tokens))
-    return ids
-
-
-def mean_embeddings(embedding_matrix: torch.Tensor, token_ids: list[list[int]]) -> torch.Tensor:
-    """Row i = mean of the embedding rows of token_ids[i].
-
-    An embedding bag over the flat ids: memory stays at (words x hidden) however many pieces
-    the longest word has (a padded gather would need words x pieces x hidden).
-    """
-    lengths = torch.tensor([len(ids) for ids in token_ids])
-    flat = torch.tensor([i for ids in token_ids for i in ids], dtype=torch.long)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
-    device = embedding_matrix.device
-    means = torch.nn.functional.embedding_bag(flat.to(device), embedding_matrix, offsets.to(device), mode="mean")
-    return means  # an empty bag (a word with no pieces) gives a zero row
 
 
 def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: int = 100):

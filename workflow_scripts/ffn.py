@@ -61,9 +61,9 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
                   rank: int = 300, top_k: int = 50, size: str = "NA") -> None:
     from transformers import AutoTokenizer
 
-    from .attention import mean_embeddings, word_token_ids
     from .vocabulary import read_vocabulary
     from .weights import ModelWeights
+    from .word_embeddings import mean_embeddings, word_token_ids
 
     device = pick_device()
     started = time.perf_counter()

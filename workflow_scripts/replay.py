@@ -13,6 +13,7 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
+from .annotation_prompts import concept_message
 from .chat import ChatError, ChatRequest, ChatResponse
 
 FILES = {
@@ -20,11 +21,6 @@ FILES = {
     "task": "linear_task_seed{seed}.tsv",
     "level": "linear_concept_seed{seed}.tsv",
 }
-
-
-def concept_message(summary: str, step: str) -> str:
-    """The task and level steps' user message (the paper lower-cased the summary for tasks only)."""
-    return "Concept: Words are " + (summary.lower() if step == "task" else summary)
 
 
 def _rows(path: Path) -> Iterator[dict]:

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .tables import write_table
+from .table_files import write_table
 from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs
 
 log = logging.getLogger(__name__)

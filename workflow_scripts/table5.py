@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .tables import write_table
+from .table_files import write_table
 
 TASKS = ("writing", "math", "coding", "translation", "none")
 LEVELS = ("phonology", "morphology", "syntax", "semantic")
