@@ -7,7 +7,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workflow_scripts"
 # One module per method or per paper table (docs/design.md#glossary).
-METHOD_MODULES = ("attribution", "attention", "ffn", "annotate", "replay", "tables", "table3", "table5",
+METHOD_MODULES = ("attribution", "attention", "ffn", "annotate", "replay", "table1_2", "table3", "table5",
                   "annotation_cost")
 # A method module may use another as what it is, never as a box of helpers: annotate asks the
 # replay provider (one of its three providers) for answers.

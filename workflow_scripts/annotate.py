@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from .annotation_files import DESCRIBED_COLUMNS, step_columns
 from .annotation_prompts import STEPS, concept_message, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
@@ -32,10 +33,6 @@ from .progress import Progress
 from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, write_tsv
 
 log = logging.getLogger(__name__)
-
-
-DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)
-LABEL_COLUMN = {"task": "Task", "level": "Concept"}
 
 
 def read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict]:
@@ -251,16 +248,14 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
             summary = label_of(response)
             out.append([str(int(is_described(summary, response))), request.messages[-1]["content"], summary,
                         *(row[c] for c in LINEAR_COLUMNS)])
-        columns = DESCRIBED_COLUMNS
         counts["described"] = sum(r[0] == "1" for r in out)
     else:
         out = [[label_of(response), *(row[c] for c in DESCRIBED_COLUMNS)] for row, response in zip(rows, responses)]
-        columns = (LABEL_COLUMN[step], *DESCRIBED_COLUMNS)
     for row, response in zip(rows, responses):
         if response.finish_reason in ("refusal", "length"):
             log.warning("%s answer for %s layer %s rank %s: %r", response.finish_reason, row["Model"], row["Layer"],
                         row["Rank"], response.refusal or response.text)
-    write_tsv(out, columns, output)
+    write_tsv(out, step_columns(step), output)
     fingerprints = sorted({r.fingerprint for r in responses if r.fingerprint})
     report = {"pair": pair, "step": step, "seed": seed, "provider": provider.provider, "model": provider.model,
               "fingerprints": fingerprints, "rows": len(rows), **{k: counts[k] for k in (

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .annotation_files import DESCRIBED_COLUMNS, LABEL_COLUMN
 from .table_files import write_table
 
 TASKS = ("writing", "math", "coding", "translation", "none")
 LEVELS = ("phonology", "morphology", "syntax", "semantic")
-COLUMNS = ("Explainable", "Words", "Summary", "Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "TopK")
 TABLE5_COLUMNS = ["category", "mean_pretrained", "std_pretrained", "mean_tuned", "std_tuned", "t", "p_value"]
 
 
@@ -33,7 +33,7 @@ def read_seed_file(path: str | Path, label: str) -> pd.DataFrame:
     """One seed's annotations; `label` is the first column (Task or Concept)."""
     path = Path(path)
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-    expected = (label, *COLUMNS)
+    expected = (label, *DESCRIBED_COLUMNS)
     if tuple(frame.columns) != expected:
         raise ValueError(f"{path}: expected the columns {' '.join(expected)}, found {' '.join(frame.columns)}")
     for column in ("Explainable", "Layer", "Rank"):
@@ -83,7 +83,7 @@ def level_shares_by_group(seed_files, pretrained: str, tuned: str, layers: int, 
     for model in (pretrained, tuned):
         per_seed = []
         for path in seed_files:
-            frame = read_seed_file(path, "Concept")
+            frame = read_seed_file(path, LABEL_COLUMN["level"])
             frame = frame[(frame["Model"] == model) & (frame["Explainable"] == 1)]
             group = frame["Layer"] * groups // layers
             labels = frame["Label"].str.lower()
@@ -152,9 +152,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "tables":
         out = Path(args.output_dir)
-        write_table(table5(args.tasks, "Task", args.pretrained, args.tuned, TASKS), out / "table5_tasks.tsv",
-                    f"Table 5 ({args.pair}): tasks of the described FFN concepts", notice=args.notice)
-        write_table(table5(args.concepts, "Concept", args.pretrained, args.tuned, LEVELS), out / "table5_levels.tsv",
+        tasks = table5(args.tasks, LABEL_COLUMN["task"], args.pretrained, args.tuned, TASKS)
+        write_table(tasks, out / "table5_tasks.tsv", f"Table 5 ({args.pair}): tasks of the described FFN concepts",
+                    notice=args.notice)
+        levels = table5(args.concepts, LABEL_COLUMN["level"], args.pretrained, args.tuned, LEVELS)
+        write_table(levels, out / "table5_levels.tsv",
                     f"Table 5 ({args.pair}): linguistic levels of the described FFN concepts", notice=args.notice)
     else:
         groups = min(8, args.layers)
