@@ -120,9 +120,14 @@ def annotation_shell(step, extra=""):
     )
 
 
-def seed_files(kind):
-    """Every seed's annotation file of one step (the names annotation_files.FILES holds, the paper's layout)."""
-    return lambda w: [f"results/annotation/{w.pair}/{FILES[kind].format(seed=seed)}" for seed in ANNOTATION["seeds"]]
+def annotation_file(step):
+    """A step's per-seed file as a rule's output pattern: the paper's name, from annotation_files.FILES."""
+    return f"results/annotation/{{pair}}/{FILES[step]}"
+
+
+def seed_files(step):
+    """Every seed's file of one step."""
+    return lambda w: [annotation_file(step).format(pair=w.pair, seed=seed) for seed in ANNOTATION["seeds"]]
 
 
 def annotation_stats(wildcards):
