@@ -16,7 +16,6 @@ are written as such and counted in the job's stats (the cost report's input).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import time
@@ -30,24 +29,9 @@ from .chat import ChatError, ChatRequest, ChatResponse
 from .chat_cache import ResponseCache
 from .cli import non_negative_int, positive_int, setup_logging
 from .progress import Progress
-from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, write_tsv
+from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
-
-
-def read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict]:
-    csv.field_size_limit(1 << 24)
-    with open(path, encoding="utf8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = tuple(next(reader, ()))
-        if header != columns:
-            raise ValueError(f"{path}: expected the header {' '.join(columns)!r}, found {' '.join(header)!r}")
-        rows = []
-        for line, values in enumerate(reader, start=2):
-            if len(values) != len(columns):
-                raise ValueError(f"{path}:{line}: {len(values)} fields, expected {len(columns)}")
-            rows.append(dict(zip(columns, values)))
-    return rows
 
 
 def one_line(text: str) -> str:
@@ -204,7 +188,8 @@ def component_rows(path: str | Path, max_rank: int | None = None) -> list[dict]:
     """The components of a lossless FFN layer shard (tsv.WORDS_COLUMNS), each with its `words`
     list and, for the output's paper layout, `TopK` (the escaped export of the words)."""
     rows = []
-    for number, row in enumerate(read_rows(path, WORDS_COLUMNS), start=2):
+    for number, fields in read_tsv(path, WORDS_COLUMNS):
+        row = dict(zip(WORDS_COLUMNS, fields))
         if max_rank is None or int(row["Rank"]) <= max_rank:
             row["words"] = decode_words(row.pop("Words"), f"{path}: line {number}")
             row["TopK"] = join_words(row["words"])
@@ -230,7 +215,8 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
         requests = describe_requests(rows, seed, words, max_tokens)
     else:
         (path,) = inputs
-        rows = [row for row in read_rows(path, DESCRIBED_COLUMNS) if row["Explainable"] == "1"]
+        rows = [dict(zip(DESCRIBED_COLUMNS, fields)) for _, fields in read_tsv(path, DESCRIBED_COLUMNS)]
+        rows = [row for row in rows if row["Explainable"] == "1"]
         requests = concept_requests(rows, step, seed, max_tokens)
     cacheable = getattr(provider, "cacheable", True) and cache_path
     scope = getattr(provider, "cache_scope", provider.provider)

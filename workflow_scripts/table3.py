@@ -42,7 +42,7 @@ import pandas as pd
 from scipy import stats
 
 from .table_files import write_table
-from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs
+from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs, read_tsv_layout
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +87,10 @@ def read_bilinear_words(path: str | Path) -> pd.DataFrame:
     ValueError naming the file and line. A line equal to the header is skipped, as the paper's
     reader does, so that concatenated shards read as one file.
     """
-    path = Path(path)
-    with open(path, encoding="utf8", newline="") as fh:
-        lines = fh.read().split("\n")
-    lines = [line.rstrip("\r") for line in lines]
-    columns = tuple(lines[0].split("\t")) if lines else ()
-    if columns not in (PAIRS_COLUMNS, BILINEAR_COLUMNS):
-        found = lines[0].split("\t") if lines and lines[0] else "an empty file"
-        raise ValueError(f"{path}: line 1: expected the header {' '.join(BILINEAR_COLUMNS)} (the paper's layout) or "
-                         f"{' '.join(PAIRS_COLUMNS)} (lossless), tab separated; found {found}")
+    columns, lines = read_tsv_layout(path, {"the paper's layout": BILINEAR_COLUMNS, "lossless": PAIRS_COLUMNS},
+                                     repeated_header=True)
     rows, seen = [], {}
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip() or line == lines[0]:
-            continue
-        fields = line.split("\t")
-        if len(fields) != len(columns):
-            raise ValueError(f"{path}: line {number}: expected {len(columns)} tab-separated fields "
-                             f"({' '.join(columns)}), found {len(fields)}: {line[:80]!r}")
+    for number, fields in lines:
         row = dict(zip(columns, fields))
         try:
             for column in _INT_COLUMNS:

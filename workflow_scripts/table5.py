@@ -23,6 +23,7 @@ from scipy import stats
 
 from .annotation_files import DESCRIBED_COLUMNS, LABEL_COLUMN
 from .table_files import write_table
+from .tsv import read_tsv
 
 TASKS = ("writing", "math", "coding", "translation", "none")
 LEVELS = ("phonology", "morphology", "syntax", "semantic")
@@ -31,15 +32,13 @@ TABLE5_COLUMNS = ["category", "mean_pretrained", "std_pretrained", "mean_tuned",
 
 def read_seed_file(path: str | Path, label: str) -> pd.DataFrame:
     """One seed's annotations; `label` is the first column (Task or Concept)."""
-    path = Path(path)
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-    expected = (label, *DESCRIBED_COLUMNS)
-    if tuple(frame.columns) != expected:
-        raise ValueError(f"{path}: expected the columns {' '.join(expected)}, found {' '.join(frame.columns)}")
+    columns = (label, *DESCRIBED_COLUMNS)
+    lines = read_tsv(path, columns)
+    frame = pd.DataFrame([fields for _, fields in lines], columns=list(columns), dtype=str)
     for column in ("Explainable", "Layer", "Rank"):
         bad = pd.to_numeric(frame[column], errors="coerce").isna()
         if bad.any():
-            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+            line = lines[int(np.flatnonzero(bad.to_numpy())[0])][0]
             raise ValueError(f"{path}:{line}: {column} {frame[column][bad].iloc[0]!r} is not a number")
         frame[column] = pd.to_numeric(frame[column])
     return frame.rename(columns={label: "Label"})
