@@ -45,8 +45,14 @@ class Vocabulary:
 def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: int = 100):
     """Pairs of every dimension of one head, dimensions in decreasing order of activation.
 
+    Args:
+        vocab: V words with their (V, hidden) model-space vectors, static vectors and thresholds
+        wq: (hidden, head_dim) the head's query projection, the layer's input RMSNorm folded in
+        wk: (hidden, head_dim) the key projection of the KV head it attends with, likewise
+        top_k: words per dimension by |Hq| and by |Hk| (at most V)
+
     Returns a list of (dimension index, activation score, [(key word, query word) pairs by
-    decreasing cosine]).
+    decreasing cosine]), head_dim long.
     """
     hq, hk = vocab.embeddings @ wq, vocab.embeddings @ wk  # (V, hd)
     activation = (hq**2).sum(0) + (hk**2).sum(0)
@@ -78,7 +84,15 @@ def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: i
 
 
 def vocabulary_thresholds(static: np.ndarray, has_vector: np.ndarray, baseline_words: int, rule: str) -> np.ndarray:
-    """Each word's threshold against the first `baseline_words` words, under the threshold rule."""
+    """Each word's threshold against the first `baseline_words` words, under the threshold rule.
+
+    Args:
+        static: (V, d) float32 L2-normalised static word vectors, zero rows where missing
+        has_vector: (V,) bool, which words have a static vector
+        baseline_words: how many of the first (most frequent) words form the baseline
+
+    Returns (V,) float cosine thresholds, +inf for words without a vector.
+    """
     from .word_vectors import word_thresholds
 
     if rule not in THRESHOLD_RULES:

@@ -121,7 +121,11 @@ def _check_models(frame: pd.DataFrame, *models: str) -> None:
 def head_knowledge(frame: pd.DataFrame, model: str, counting: str = "paper") -> dict[tuple[int, int], list[tuple]]:
     """(layer, head) -> the head's normalised pairs that occur more than once over its dimension
     rows (counted by the rule), most frequent first (ties in sorted order). Every head with a row is
-    a key, if with no pairs."""
+    a key, if with no pairs.
+
+    Args:
+        frame: one row per (model, layer, head, dimension) (read_bilinear_words): Model, Layer, Head, pairs
+    """
     _check_models(frame, model)
     _check_rule(counting)
     counts: dict[tuple[int, int], Counter] = {}
@@ -176,7 +180,12 @@ def _unique_lower(words) -> list[str]:
 
 def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
            instruct_words, general_words, counting: str = "paper") -> pd.DataFrame:
-    """Table 3 of the paper: one row per group of layers (docs/design.md#table-files gives the columns)."""
+    """Table 3 of the paper: one row per group of layers (docs/design.md#table-files gives the columns).
+
+    Args:
+        frame: both models' rows of read_bilinear_words, one per (model, layer, head, dimension)
+        instruct_words, general_words: the two verb lists (lower-cased and deduplicated here)
+    """
     _check_models(frame, pretrained, tuned)
     too_deep = frame.loc[frame["Layer"] >= n_layers, "Layer"]
     if len(too_deep) or (frame["Layer"] < 0).any():

@@ -99,6 +99,12 @@ def layer_group_labels(layers: int, groups: int) -> list[str]:
 
 
 def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem: str | Path) -> None:
+    """Figure 3 as output_stem.pdf and .png: each level's share per layer group, mean and std over seeds.
+
+    Args:
+        shares: {model: (seeds, groups, levels) float array} of level_shares_by_group, NaN where a
+            group has no described concept
+    """
     import matplotlib
 
     matplotlib.use("Agg")

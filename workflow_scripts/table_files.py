@@ -9,7 +9,11 @@ import pandas as pd
 
 def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = (), notice: str = "") -> None:
     """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side; the
-    config's `notice` goes under the title, `notes` under the table."""
+    config's `notice` goes under the title, `notes` under the table.
+
+    Args:
+        table: the rows and columns as written (floats to 6 significant digits in the TSV, NaN empty)
+    """
     tsv = Path(tsv)
     tsv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")

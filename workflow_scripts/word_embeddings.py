@@ -23,6 +23,12 @@ def word_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
 def mean_embeddings(embedding_matrix: torch.Tensor, token_ids: list[list[int]]) -> torch.Tensor:
     """Row i = mean of the embedding rows of token_ids[i].
 
+    Args:
+        embedding_matrix: (vocabulary, hidden) the model's input or output embeddings
+        token_ids: W lists of sub-token ids (word_token_ids)
+
+    Returns (W, hidden), on embedding_matrix's device and dtype.
+
     An embedding bag over the flat ids: memory stays at (words x hidden) however many pieces
     the longest word has (a padded gather would need words x pieces x hidden).
     """
