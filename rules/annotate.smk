@@ -1,6 +1,7 @@
 # LLM annotation of the FFN concepts, one local job per (pair, seed, step): describe -> {task, level};
 # then the cost report, Table 5 and Figure 3 (docs/design.md#annotation). Answers are cached under
 # resources/, so rerunning after deleting results/ sends no request.
+# Each step's per-seed file is the paper's name for it, written once in annotation_files.FILES.
 
 
 rule demo_annotator:
@@ -20,7 +21,7 @@ rule annotate_describe:
         rows=pair_ffn_shards,
         annotator=annotator_input,
     output:
-        tsv="results/annotation/{pair}/linear_seed{seed}.tsv",
+        tsv=annotation_file("describe"),
         stats="results/annotation/{pair}/stats/describe_seed{seed}.json",
     log:
         "logs/annotate/{pair}/describe_seed{seed}.log",
@@ -42,10 +43,10 @@ rule annotate_describe:
 rule annotate_task:
     """Step 2: the assistant tasks each described concept serves."""
     input:
-        rows="results/annotation/{pair}/linear_seed{seed}.tsv",
+        rows=annotation_file("describe"),
         annotator=annotator_input,
     output:
-        tsv="results/annotation/{pair}/linear_task_seed{seed}.tsv",
+        tsv=annotation_file("task"),
         stats="results/annotation/{pair}/stats/task_seed{seed}.json",
     log:
         "logs/annotate/{pair}/task_seed{seed}.log",
@@ -65,10 +66,10 @@ rule annotate_task:
 rule annotate_level:
     """Step 3: the linguistic level of each described concept."""
     input:
-        rows="results/annotation/{pair}/linear_seed{seed}.tsv",
+        rows=annotation_file("describe"),
         annotator=annotator_input,
     output:
-        tsv="results/annotation/{pair}/linear_concept_seed{seed}.tsv",
+        tsv=annotation_file("level"),
         stats="results/annotation/{pair}/stats/level_seed{seed}.json",
     log:
         "logs/annotate/{pair}/level_seed{seed}.log",

@@ -4,7 +4,7 @@ import json
 import re
 
 from workflow_scripts import dag
-from workflow_scripts.replay import FILES
+from workflow_scripts.annotation_files import FILES
 
 dag.check_config(config)
 dag.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
@@ -120,9 +120,14 @@ def annotation_shell(step, extra=""):
     )
 
 
-def seed_files(kind):
-    """Every seed's annotation file of one step (the names replay.FILES holds, the paper's layout)."""
-    return lambda w: [f"results/annotation/{w.pair}/{FILES[kind].format(seed=seed)}" for seed in ANNOTATION["seeds"]]
+def annotation_file(step):
+    """A step's per-seed file as a rule's output pattern: the paper's name, from annotation_files.FILES."""
+    return f"results/annotation/{{pair}}/{FILES[step]}"
+
+
+def seed_files(step):
+    """Every seed's file of one step."""
+    return lambda w: [annotation_file(step).format(pair=w.pair, seed=seed) for seed in ANNOTATION["seeds"]]
 
 
 def annotation_stats(wildcards):
@@ -130,5 +135,5 @@ def annotation_stats(wildcards):
     return [
         f"results/annotation/{wildcards.pair}/stats/{step}_seed{seed}.json"
         for seed in ANNOTATION["seeds"]
-        for step in ("describe", "task", "level")
+        for step in FILES
     ]

@@ -26,7 +26,7 @@ rule table1_pair:
         title=lambda w: f"Table 1 ({w.pair}): instruction score of unfollowed vs followed responses",
         notice=config.get("notice", ""),
     shell:
-        "python -m workflow_scripts.tables table1 --dataset {input.dataset:q} --attributions {input.tuned:q}"
+        "python -m workflow_scripts.table1_2 table1 --dataset {input.dataset:q} --attributions {input.tuned:q}"
         " --ratings {input.ratings:q} --rated-model={params.rated:q} --groups={params.groups:q}"
         " --levels={params.levels:q} --threshold={params.threshold:q} --p={params.p:q}"
         " --min-response-tokens={params.min_response_tokens:q} --title={params.title:q}"
@@ -55,7 +55,7 @@ rule table2_pair:
         title=lambda w: f"Table 2 ({w.pair}): instruction score, pre-trained vs instruction-tuned",
         notice=config.get("notice", ""),
     shell:
-        "python -m workflow_scripts.tables table2 --dataset {input.dataset:q}"
+        "python -m workflow_scripts.table1_2 table2 --dataset {input.dataset:q}"
         " --attributions {input.pretrained:q} {input.tuned:q} --groups={params.groups:q}"
         " --levels={params.levels:q} --threshold={params.threshold:q} --p={params.p:q} --title={params.title:q}"
         " --notice={params.notice:q} --output {output.tsv:q} > {log:q} 2>&1"

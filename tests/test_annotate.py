@@ -277,9 +277,9 @@ def test_max_rank_keeps_the_top_components_only(tmp_path, shards):
 
 def test_bad_input_names_the_file_and_line(tmp_path):
     bad = tmp_path / "layer.tsv"
-    bad.write_text(LINEAR_HEADER + "\nbase\tNA\t0\tFFN\t0\t1\n")
-    with pytest.raises(ValueError, match=r"layer\.tsv:2: 6 fields, expected 8"):
-        annotate.read_rows(bad, LINEAR_COLUMNS)
+    bad.write_text("\t".join(WORDS_COLUMNS) + "\nbase\tNA\t0\tFFN\t0\t1\n")
+    with pytest.raises(ValueError, match=r"layer\.tsv: line 2: expected 8 tab-separated fields .* found 6"):
+        annotate.component_rows(bad)
 
 
 def test_labels_record_refusals_and_strip_layout_characters():

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts.attention import Vocabulary, explain_head, mean_embeddings, vocabulary_thresholds, word_token_ids
+from workflow_scripts.attention import Vocabulary, explain_head, vocabulary_thresholds
 from workflow_scripts.tsv import PAIRS_COLUMNS, decode_pairs
+from workflow_scripts.word_embeddings import mean_embeddings, word_token_ids
 
 
 def reference_explain_head(words, embeddings, static, thresholds, wq, wk, top_k):

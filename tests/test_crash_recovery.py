@@ -27,7 +27,7 @@ CASES = {
     "explain_attention_layer": "workflow_scripts.attention",
     "explain_ffn_layer": "workflow_scripts.ffn",
     "annotate_describe": "workflow_scripts.annotate",
-    "table2_pair": "workflow_scripts.tables",
+    "table2_pair": "workflow_scripts.table1_2",
 }
 
 

@@ -49,9 +49,9 @@ def test_component_words_rank_by_absolute_projection_on_normalised_vectors():
 def test_layer_job_describes_each_component_with_its_words(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from workflow_scripts.attention import mean_embeddings, word_token_ids
     from workflow_scripts.demo_models import train_tokenizer
     from workflow_scripts.ffn import explain_layer
+    from workflow_scripts.word_embeddings import mean_embeddings, word_token_ids
 
     words = [f"{a}{b}" for a in ("cat", "dog", "sun", "sea", "tree") for b in ("", "s", "ty", "ly")]
     (tmp_path / "corpus.txt").write_text(" ".join(words * 30) + "\n")

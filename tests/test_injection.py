@@ -138,16 +138,16 @@ def test_poisoned_config_strings_reach_every_job_as_one_literal_argument(work, t
         ("workflow_scripts.attention", "--size"): config["models"]["demo-base"]["size"],
         ("workflow_scripts.ffn", "--model-dir"): config["models"]["demo-base"]["path"],
         ("workflow_scripts.ffn", "--vocabulary"): config["vocabulary"],
-        ("workflow_scripts.tables", "--dataset"): config["dataset"]["samples"],
-        ("workflow_scripts.tables", "--ratings"): config["ratings"]["path"],
-        ("workflow_scripts.tables", "--rated-model"): config["ratings"]["column_value"],
+        ("workflow_scripts.table1_2", "--dataset"): config["dataset"]["samples"],
+        ("workflow_scripts.table1_2", "--ratings"): config["ratings"]["path"],
+        ("workflow_scripts.table1_2", "--rated-model"): config["ratings"]["column_value"],
         ("workflow_scripts.table3", "--bilinear-words"): config["attention"]["released"]["path"],
         ("workflow_scripts.table3", "--pretrained"): f"llama{payload}",
     }
     for (module, flag), value in expected.items():
         seen = arguments(lines, module, flag)
         assert seen and set(seen) == {value}, f"{module} {flag}: {seen} (expected {value!r})\n{text[-3000:]}"
-    groups = arguments(lines, "workflow_scripts.tables", "--groups")
+    groups = arguments(lines, "workflow_scripts.table1_2", "--groups")
     assert len(groups) == 2 and all(f"lima{payload}=lima" in g.split(",") for g in groups)
     assert outside_entries(tmp_path) == {"work", "bin", "argv.jsonl"}
 

@@ -272,7 +272,8 @@ def test_a_malformed_row_names_the_file_and_line(tmp_path):
 def test_a_wrong_header_names_the_file(tmp_path):
     path = tmp_path / "bad.tsv"
     path.write_text("Model\tLayer\tHead\tTopK\nm\t0\t0\ta=b\n")
-    with pytest.raises(ValueError, match=r"bad\.tsv: line 1: expected the header Model Size Layer .* or .*Pairs"):
+    expected = r"bad\.tsv: line 1: expected the header 'Model Size Layer .* or .*Pairs' \(lossless\)"
+    with pytest.raises(ValueError, match=expected):
         read_bilinear_words(path)
 
 

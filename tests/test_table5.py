@@ -87,7 +87,7 @@ def test_bad_files_are_named(tmp_path, task_seeds):
     bad = seed_file(tmp_path / "bad.tsv", "Task", [("Math", "yes", "llama", 0)])
     with pytest.raises(ValueError, match=r"bad.tsv:2: Explainable 'yes' is not a number"):
         read_seed_file(bad, "Task")
-    with pytest.raises(ValueError, match=r"expected the columns Concept Explainable"):
+    with pytest.raises(ValueError, match=r"line 1: expected the header 'Concept Explainable"):
         read_seed_file(task_seeds[0], "Concept")
 
 

@@ -11,7 +11,8 @@ from welch import welch_t_df
 
 from workflow_scripts.released import convert_released
 from workflow_scripts.shards import SampleAttribution, Shard, save_shard
-from workflow_scripts.tables import empty_response_note, instruction_scores, table1, table2, write_table
+from workflow_scripts.table1_2 import empty_response_note, instruction_scores, table1, table2
+from workflow_scripts.table_files import write_table
 
 GROUPS = {"user_oriented_task_": "self_instruct", "lima_author_": "lima", "mtbench_": "mtbench"}
 ANALYSIS = {"levels": 10, "threshold": 7, "p": 4}

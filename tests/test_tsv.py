@@ -94,3 +94,60 @@ def test_every_word_of_the_papers_vocabulary_round_trips(paper_dir):
     assert {"|", "||", "=", "\\"} <= set(words)
     assert split_words(join_words(words)) == words
     assert split_pairs(join_pairs(zip(words, reversed(words)))) == list(zip(words, reversed(words)))
+
+
+# --- one reader: every TSV the workflow reads back goes through read_tsv ----------------------------
+
+
+def _annotation_rows(path):
+    from workflow_scripts.annotate import component_rows
+
+    return component_rows(path)
+
+
+def _bilinear_words(path):
+    from workflow_scripts.table3 import read_bilinear_words
+
+    return read_bilinear_words(path)
+
+
+def _seed_file(path):
+    from workflow_scripts.table5 import read_seed_file
+
+    return read_seed_file(path, "Task")
+
+
+def _columns_of(reader):
+    from workflow_scripts.annotation_files import step_columns
+
+    return {_annotation_rows: WORDS_COLUMNS, _bilinear_words: PAIRS_COLUMNS, _seed_file: step_columns("task")}[reader]
+
+
+@pytest.mark.parametrize("reader", [_annotation_rows, _bilinear_words, _seed_file])
+def test_every_reader_names_the_file_and_the_line_of_a_bad_row(tmp_path, reader):
+    """The FFN shards (annotation), the bilinear words (Table 3) and the seed files (Table 5): one
+    message, with the file and its line number counted past blank lines."""
+    columns = _columns_of(reader)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\t".join(columns) + "\n\n" + "\t".join(["1"] * (len(columns) - 1)) + "\n")
+    with pytest.raises(ValueError, match=rf"bad\.tsv: line 3: expected {len(columns)} tab-separated fields "
+                                         rf"\({' '.join(columns)}\), found {len(columns) - 1}: "):
+        reader(bad)
+    bad.write_text("\t".join(columns[:-1]) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv: line 1: expected the header '"):
+        reader(bad)
+
+
+def test_a_file_of_one_of_several_layouts_says_which_and_may_repeat_its_header(tmp_path):
+    from workflow_scripts.tsv import read_tsv_layout
+
+    path = tmp_path / "words.tsv"
+    row = ["m", "NA", "0", "FFN", "0", "1", "0.5", '["a"]']
+    path.write_text("\n".join(["\t".join(WORDS_COLUMNS), "\t".join(row), "\t".join(WORDS_COLUMNS), "\t".join(row)]))
+    layouts = {"the paper's layout": LINEAR_COLUMNS, "lossless": WORDS_COLUMNS}
+    assert read_tsv_layout(path, layouts, repeated_header=True) == (WORDS_COLUMNS, [(2, row), (4, row)])
+    assert read_tsv_layout(path, layouts)[1][1] == (3, list(WORDS_COLUMNS))  # a row unless asked for
+    path.write_text("")
+    with pytest.raises(ValueError, match=r"line 1: expected the header '.*TopK' \(the paper's layout\) or "
+                                         r"'.*Words' \(lossless\), tab-separated; found an empty file"):
+        read_tsv_layout(path, layouts)

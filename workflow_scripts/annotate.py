@@ -16,42 +16,22 @@ are written as such and counted in the job's stats (the cost report's input).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import time
 from collections import Counter
 from pathlib import Path
 
-from .annotation_prompts import STEPS, words_message
+from .annotation_files import DESCRIBED_COLUMNS, step_columns
+from .annotation_prompts import STEPS, concept_message, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
 from .chat_cache import ResponseCache
 from .cli import non_negative_int, positive_int, setup_logging
 from .progress import Progress
-from .replay import concept_message
-from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, write_tsv
+from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
-
-
-DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)
-LABEL_COLUMN = {"task": "Task", "level": "Concept"}
-
-
-def read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict]:
-    csv.field_size_limit(1 << 24)
-    with open(path, encoding="utf8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = tuple(next(reader, ()))
-        if header != columns:
-            raise ValueError(f"{path}: expected the header {' '.join(columns)!r}, found {' '.join(header)!r}")
-        rows = []
-        for line, values in enumerate(reader, start=2):
-            if len(values) != len(columns):
-                raise ValueError(f"{path}:{line}: {len(values)} fields, expected {len(columns)}")
-            rows.append(dict(zip(columns, values)))
-    return rows
 
 
 def one_line(text: str) -> str:
@@ -208,7 +188,8 @@ def component_rows(path: str | Path, max_rank: int | None = None) -> list[dict]:
     """The components of a lossless FFN layer shard (tsv.WORDS_COLUMNS), each with its `words`
     list and, for the output's paper layout, `TopK` (the escaped export of the words)."""
     rows = []
-    for number, row in enumerate(read_rows(path, WORDS_COLUMNS), start=2):
+    for number, fields in read_tsv(path, WORDS_COLUMNS):
+        row = dict(zip(WORDS_COLUMNS, fields))
         if max_rank is None or int(row["Rank"]) <= max_rank:
             row["words"] = decode_words(row.pop("Words"), f"{path}: line {number}")
             row["TopK"] = join_words(row["words"])
@@ -234,7 +215,8 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
         requests = describe_requests(rows, seed, words, max_tokens)
     else:
         (path,) = inputs
-        rows = [row for row in read_rows(path, DESCRIBED_COLUMNS) if row["Explainable"] == "1"]
+        rows = [dict(zip(DESCRIBED_COLUMNS, fields)) for _, fields in read_tsv(path, DESCRIBED_COLUMNS)]
+        rows = [row for row in rows if row["Explainable"] == "1"]
         requests = concept_requests(rows, step, seed, max_tokens)
     cacheable = getattr(provider, "cacheable", True) and cache_path
     scope = getattr(provider, "cache_scope", provider.provider)
@@ -252,16 +234,14 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
             summary = label_of(response)
             out.append([str(int(is_described(summary, response))), request.messages[-1]["content"], summary,
                         *(row[c] for c in LINEAR_COLUMNS)])
-        columns = DESCRIBED_COLUMNS
         counts["described"] = sum(r[0] == "1" for r in out)
     else:
         out = [[label_of(response), *(row[c] for c in DESCRIBED_COLUMNS)] for row, response in zip(rows, responses)]
-        columns = (LABEL_COLUMN[step], *DESCRIBED_COLUMNS)
     for row, response in zip(rows, responses):
         if response.finish_reason in ("refusal", "length"):
             log.warning("%s answer for %s layer %s rank %s: %r", response.finish_reason, row["Model"], row["Layer"],
                         row["Rank"], response.refusal or response.text)
-    write_tsv(out, columns, output)
+    write_tsv(out, step_columns(step), output)
     fingerprints = sorted({r.fingerprint for r in responses if r.fingerprint})
     report = {"pair": pair, "step": step, "seed": seed, "provider": provider.provider, "model": provider.model,
               "fingerprints": fingerprints, "rows": len(rows), **{k: counts[k] for k in (

@@ -15,7 +15,7 @@ import json
 
 import pandas as pd
 
-from .tables import write_table
+from .table_files import write_table
 
 COLUMNS = ["seed", "step", "provider", "model", "rows", "requests", "retries", "cache_hits", "prompt_tokens",
            "completion_tokens", "refused", "truncated", "cost_usd", "cost_usd_last_run"]

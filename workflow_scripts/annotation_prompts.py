@@ -109,3 +109,8 @@ STEPS = {step.name: step for step in (DESCRIBE, TASK, LEVEL)}
 def words_message(top_k: list[str], words: int) -> str:
     """The describe step's question: the component's first `words` words, as the paper wrote it."""
     return "Words: {}.".format(", ".join(top_k[:words]))
+
+
+def concept_message(summary: str, step: str) -> str:
+    """The task and level steps' user message (the paper lower-cased the summary for tasks only)."""
+    return "Concept: Words are " + (summary.lower() if step == "task" else summary)

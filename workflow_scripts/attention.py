@@ -25,6 +25,7 @@ from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
 from .progress import progress
 from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
+from .word_embeddings import mean_embeddings, word_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +42,17 @@ class Vocabulary:
     thresholds: torch.Tensor  # (V,) cosine a partner must exceed; +inf for words without a vector
 
 
-def word_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
-    """Sub-token ids of " " + word, without special tokens or a lone leading space piece."""
-    ids = []
-    for word in words:
-        tokens = tokenizer.tokenize(" " + word)
-        if len(tokens) > 1 and tokens[0] in ("\u2581", "\u0120"):
-            tokens = tokens[1:]
-        ids.append(tokenizer.convert_tokens_to_ids(tokens))
-    return ids
-
-
-def mean_embeddings(embedding_matrix: torch.Tensor, token_ids: list[list[int]]) -> torch.Tensor:
-    """Row i = mean of the embedding rows of token_ids[i].
-
-    An embedding bag over the flat ids: memory stays at (words x hidden) however many pieces
-    the longest word has (a padded gather would need words x pieces x hidden).
-    """
-    lengths = torch.tensor([len(ids) for ids in token_ids])
-    flat = torch.tensor([i for ids in token_ids for i in ids], dtype=torch.long)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
-    device = embedding_matrix.device
-    means = torch.nn.functional.embedding_bag(flat.to(device), embedding_matrix, offsets.to(device), mode="mean")
-    return means  # an empty bag (a word with no pieces) gives a zero row
-
-
 def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: int = 100):
     """Pairs of every dimension of one head, dimensions in decreasing order of activation.
 
+    Args:
+        vocab: V words with their (V, hidden) model-space vectors, static vectors and thresholds
+        wq: (hidden, head_dim) the head's query projection, the layer's input RMSNorm folded in
+        wk: (hidden, head_dim) the key projection of the KV head it attends with, likewise
+        top_k: words per dimension by |Hq| and by |Hk| (at most V)
+
     Returns a list of (dimension index, activation score, [(key word, query word) pairs by
-    decreasing cosine]).
+    decreasing cosine]), head_dim long.
     """
     hq, hk = vocab.embeddings @ wq, vocab.embeddings @ wk  # (V, hd)
     activation = (hq**2).sum(0) + (hk**2).sum(0)
@@ -102,7 +84,15 @@ def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: i
 
 
 def vocabulary_thresholds(static: np.ndarray, has_vector: np.ndarray, baseline_words: int, rule: str) -> np.ndarray:
-    """Each word's threshold against the first `baseline_words` words, under the threshold rule."""
+    """Each word's threshold against the first `baseline_words` words, under the threshold rule.
+
+    Args:
+        static: (V, d) float32 L2-normalised static word vectors, zero rows where missing
+        has_vector: (V,) bool, which words have a static vector
+        baseline_words: how many of the first (most frequent) words form the baseline
+
+    Returns (V,) float cosine thresholds, +inf for words without a vector.
+    """
     from .word_vectors import word_thresholds
 
     if rule not in THRESHOLD_RULES:

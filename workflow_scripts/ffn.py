@@ -26,9 +26,15 @@ log = logging.getLogger(__name__)
 def principal_components(rows: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(rank, hidden) unit principal directions and their explained-variance ratios, largest first.
 
-    The covariance (one float32 product) is decomposed in float64; on the CPU only the top
-    `rank` eigenpairs are computed (LAPACK's MRRR driver), on a GPU all of them. The total
-    variance is the covariance's trace. A direction is defined up to its sign.
+    Args:
+        rows: (intermediate, hidden) the down-projection, one row per neuron (any float dtype, any device)
+        rank: how many components (at most hidden)
+
+    Returns (rank, hidden) float32 directions and (rank,) float32 ratios, on rows' device.
+
+    The covariance (one float32 product) is decomposed in float64; on the CPU only the top `rank`
+    eigenpairs are computed (LAPACK's MRRR driver), on a GPU all of them. The total variance is the
+    covariance's trace. A direction is defined up to its sign.
     """
     centred = rows.float() - rows.float().mean(0, keepdim=True)
     covariance = (centred.T @ centred / (rows.shape[0] - 1)).double()
@@ -50,7 +56,16 @@ def principal_components(rows: torch.Tensor, rank: int) -> tuple[torch.Tensor, t
 def component_words(
     components: torch.Tensor, word_vectors: torch.Tensor, words: np.ndarray, top_k: int
 ) -> list[list[str]]:
-    """Top-K words of each component by |projection| on the normalised word vectors."""
+    """Top-K words of each component by |projection| on the normalised word vectors.
+
+    Args:
+        components: (C, hidden) unit directions (principal_components)
+        word_vectors: (V, hidden) model-space word vectors (word_embeddings.mean_embeddings)
+        words: (V,) object array of the words, row for row
+        top_k: words per component (at most V)
+
+    Returns C lists of top_k words, by decreasing |projection|.
+    """
     normalised = torch.nn.functional.normalize(word_vectors.float(), dim=-1)
     scores = (components @ normalised.T).abs()
     best = torch.topk(scores, min(top_k, len(words)), dim=1).indices.cpu().numpy()
@@ -61,9 +76,9 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
                   rank: int = 300, top_k: int = 50, size: str = "NA") -> None:
     from transformers import AutoTokenizer
 
-    from .attention import mean_embeddings, word_token_ids
     from .vocabulary import read_vocabulary
     from .weights import ModelWeights
+    from .word_embeddings import mean_embeddings, word_token_ids
 
     device = pick_device()
     started = time.perf_counter()

@@ -14,7 +14,12 @@ def bin_attributions(matrix: np.ndarray, levels: int = 10, threshold: int = 7, b
     """Raw matrices: clip negatives, scale each response token's column to its max, ceil(x * L).
     Then, for raw and `binned` matrices alike, zero x <= b.
 
-    `matrix` is prompt tokens x response tokens. Matrices stored already binned (the paper's
+    Args:
+        matrix: (P, R) float, prompt x response tokens: raw gradient x input, or bins 0..L if `binned`
+        levels: L, the number of bins
+        threshold: b, the bins kept are those above it
+
+    Returns (P, R) float64 bins, 0 where x <= b. Matrices stored already binned (the paper's
     released attributions, integers 0..L) are used as stored: binning them again would lift every
     column whose maximum is below L (a column of 1s becomes a column of 10s), which the paper's
     `compute_density` never does to binned data. Whether a matrix is binned is recorded in its
@@ -29,7 +34,11 @@ def bin_attributions(matrix: np.ndarray, levels: int = 10, threshold: int = 7, b
 
 
 def check_binned(matrix: np.ndarray, levels: int, context: str) -> None:
-    """A matrix said to be binned holds integers 0..L; anything else would be scored wrongly as stored."""
+    """A matrix said to be binned holds integers 0..L; anything else would be scored wrongly as stored.
+
+    Args:
+        matrix: (P, R) prompt x response tokens, said to be binned to `levels`
+    """
     x = np.asarray(matrix)
     if x.size and (x.min() < 0 or x.max() > levels or not np.array_equal(x, np.round(x))):
         raise ValueError(
@@ -38,7 +47,13 @@ def check_binned(matrix: np.ndarray, levels: int, context: str) -> None:
 
 
 def importance_density(binned: np.ndarray, p: float = 4.0) -> np.ndarray:
-    """||S_i||_1 / ||S_i||_p over response tokens, per prompt token, scaled to max 1."""
+    """||S_i||_1 / ||S_i||_p over response tokens, per prompt token, scaled to max 1.
+
+    Args:
+        binned: (P, R) bins of bin_attributions, prompt x response tokens
+
+    Returns (P,) float64 densities in [0, 1].
+    """
     binned = np.asarray(binned, dtype=np.float64)
     l1 = binned.sum(axis=1)
     lp = (binned**p).sum(axis=1) ** (1.0 / p) + EPS
@@ -49,7 +64,12 @@ def importance_density(binned: np.ndarray, p: float = 4.0) -> np.ndarray:
 
 
 def instruction_score(density: np.ndarray, mask: np.ndarray) -> float:
-    """Sum of the instruction tokens' densities / log2(2 + number of instruction tokens)."""
+    """Sum of the instruction tokens' densities / log2(2 + number of instruction tokens).
+
+    Args:
+        density: (P,) importance_density of each prompt token
+        mask: (P,) bool, the prompt's instruction tokens (instructions.instruction_mask)
+    """
     mask = np.asarray(mask, dtype=bool)
     return float(density[mask].sum() / np.log2(2 + mask.sum()))
 
@@ -57,7 +77,12 @@ def instruction_score(density: np.ndarray, mask: np.ndarray) -> float:
 def sample_score(
     matrix: np.ndarray, mask: np.ndarray, levels: int, threshold: int, p: float, binned: bool = False
 ) -> float:
-    """Instruction score of one sample; `matrix` is (prompt tokens, response tokens), `mask` (prompt tokens,)."""
+    """Instruction score of one sample.
+
+    Args:
+        matrix: (P, R) float attributions, prompt x response tokens (bins 0..L if `binned`)
+        mask: (P,) bool, the prompt's instruction tokens
+    """
     if matrix.shape[0] != len(mask):
         raise ValueError(f"attribution has {matrix.shape[0]} prompt tokens but the mask has {len(mask)}")
     return instruction_score(importance_density(bin_attributions(matrix, levels, threshold, binned), p), mask)

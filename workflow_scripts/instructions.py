@@ -94,8 +94,12 @@ def instruction_mask(
 ) -> np.ndarray:
     """Boolean mask over the prompt's tokens: those inside an instruction sentence.
 
-    Args: `tokens` (n,) token strings, `offsets` (n, 2) character [start, end) of each in `prompt`,
-    `spans` character spans of the instruction sentences. A token belongs to a sentence when its
+    Args:
+        tokens: (P,) the prompt's token strings
+        offsets: (P, 2) int, character [start, end) of each token in `prompt`
+        spans: character [start, end) of each instruction sentence
+
+    Returns (P,) bool. A token belongs to a sentence when its
     span overlaps the sentence's; then edge tokens (`is_edge_token`) are dropped from both ends of
     each sentence's run. Zero-width tokens (BOS and other special tokens) are never marked.
     """

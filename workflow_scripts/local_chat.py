@@ -93,6 +93,10 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """One token from one row of logits: argmax at temperature 0, else nucleus sampling.
 
+    Args:
+        logits: (vocabulary,) float, the next token's logits of one sequence
+        generator: that sequence's own stream (row_generator), on the logits' device
+
     Drawn by inverting the cumulative distribution with one uniform number from the row's own
     generator, so the draw depends only on this row (torch.multinomial's use of the generator
     is an implementation detail); ties sort stably, by token id."""

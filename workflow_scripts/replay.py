@@ -13,18 +13,9 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
+from .annotation_files import FILES, LABEL_COLUMN
+from .annotation_prompts import concept_message
 from .chat import ChatError, ChatRequest, ChatResponse
-
-FILES = {
-    "describe": "linear_seed{seed}.tsv",
-    "task": "linear_task_seed{seed}.tsv",
-    "level": "linear_concept_seed{seed}.tsv",
-}
-
-
-def concept_message(summary: str, step: str) -> str:
-    """The task and level steps' user message (the paper lower-cased the summary for tasks only)."""
-    return "Concept: Words are " + (summary.lower() if step == "task" else summary)
 
 
 def _rows(path: Path) -> Iterator[dict]:
@@ -41,11 +32,8 @@ def answers(directory: str | Path, step: str, seed: int) -> dict[str, str]:
     table: dict[str, str] = {}
     for row in _rows(path):
         try:
-            if step == "describe":
-                table.setdefault(row["Words"], row["Summary"])
-            else:
-                label = row["Task" if step == "task" else "Concept"]
-                table.setdefault(concept_message(row["Summary"], step), label)
+            question = row["Words"] if step == "describe" else concept_message(row["Summary"], step)
+            table.setdefault(question, row[LABEL_COLUMN[step]])
         except KeyError as missing:
             raise ChatError(f"replay: {path} has no column {missing}") from None
     return table

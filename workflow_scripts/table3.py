@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .tables import write_table
-from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs
+from .table_files import write_table
+from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs, read_tsv_layout
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +87,10 @@ def read_bilinear_words(path: str | Path) -> pd.DataFrame:
     ValueError naming the file and line. A line equal to the header is skipped, as the paper's
     reader does, so that concatenated shards read as one file.
     """
-    path = Path(path)
-    with open(path, encoding="utf8", newline="") as fh:
-        lines = fh.read().split("\n")
-    lines = [line.rstrip("\r") for line in lines]
-    columns = tuple(lines[0].split("\t")) if lines else ()
-    if columns not in (PAIRS_COLUMNS, BILINEAR_COLUMNS):
-        found = lines[0].split("\t") if lines and lines[0] else "an empty file"
-        raise ValueError(f"{path}: line 1: expected the header {' '.join(BILINEAR_COLUMNS)} (the paper's layout) or "
-                         f"{' '.join(PAIRS_COLUMNS)} (lossless), tab separated; found {found}")
+    columns, lines = read_tsv_layout(path, {"the paper's layout": BILINEAR_COLUMNS, "lossless": PAIRS_COLUMNS},
+                                     repeated_header=True)
     rows, seen = [], {}
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip() or line == lines[0]:
-            continue
-        fields = line.split("\t")
-        if len(fields) != len(columns):
-            raise ValueError(f"{path}: line {number}: expected {len(columns)} tab-separated fields "
-                             f"({' '.join(columns)}), found {len(fields)}: {line[:80]!r}")
+    for number, fields in lines:
         row = dict(zip(columns, fields))
         try:
             for column in _INT_COLUMNS:
@@ -134,7 +121,11 @@ def _check_models(frame: pd.DataFrame, *models: str) -> None:
 def head_knowledge(frame: pd.DataFrame, model: str, counting: str = "paper") -> dict[tuple[int, int], list[tuple]]:
     """(layer, head) -> the head's normalised pairs that occur more than once over its dimension
     rows (counted by the rule), most frequent first (ties in sorted order). Every head with a row is
-    a key, if with no pairs."""
+    a key, if with no pairs.
+
+    Args:
+        frame: one row per (model, layer, head, dimension) (read_bilinear_words): Model, Layer, Head, pairs
+    """
     _check_models(frame, model)
     _check_rule(counting)
     counts: dict[tuple[int, int], Counter] = {}
@@ -189,7 +180,12 @@ def _unique_lower(words) -> list[str]:
 
 def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
            instruct_words, general_words, counting: str = "paper") -> pd.DataFrame:
-    """Table 3 of the paper: one row per group of layers (docs/design.md#table-files gives the columns)."""
+    """Table 3 of the paper: one row per group of layers (docs/design.md#table-files gives the columns).
+
+    Args:
+        frame: both models' rows of read_bilinear_words, one per (model, layer, head, dimension)
+        instruct_words, general_words: the two verb lists (lower-cased and deduplicated here)
+    """
     _check_models(frame, pretrained, tuned)
     too_deep = frame.loc[frame["Layer"] >= n_layers, "Layer"]
     if len(too_deep) or (frame["Layer"] < 0).any():

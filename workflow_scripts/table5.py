@@ -21,25 +21,24 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .tables import write_table
+from .annotation_files import DESCRIBED_COLUMNS, LABEL_COLUMN
+from .table_files import write_table
+from .tsv import read_tsv
 
 TASKS = ("writing", "math", "coding", "translation", "none")
 LEVELS = ("phonology", "morphology", "syntax", "semantic")
-COLUMNS = ("Explainable", "Words", "Summary", "Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "TopK")
 TABLE5_COLUMNS = ["category", "mean_pretrained", "std_pretrained", "mean_tuned", "std_tuned", "t", "p_value"]
 
 
 def read_seed_file(path: str | Path, label: str) -> pd.DataFrame:
     """One seed's annotations; `label` is the first column (Task or Concept)."""
-    path = Path(path)
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-    expected = (label, *COLUMNS)
-    if tuple(frame.columns) != expected:
-        raise ValueError(f"{path}: expected the columns {' '.join(expected)}, found {' '.join(frame.columns)}")
+    columns = (label, *DESCRIBED_COLUMNS)
+    lines = read_tsv(path, columns)
+    frame = pd.DataFrame([fields for _, fields in lines], columns=list(columns), dtype=str)
     for column in ("Explainable", "Layer", "Rank"):
         bad = pd.to_numeric(frame[column], errors="coerce").isna()
         if bad.any():
-            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+            line = lines[int(np.flatnonzero(bad.to_numpy())[0])][0]
             raise ValueError(f"{path}:{line}: {column} {frame[column][bad].iloc[0]!r} is not a number")
         frame[column] = pd.to_numeric(frame[column])
     return frame.rename(columns={label: "Label"})
@@ -83,7 +82,7 @@ def level_shares_by_group(seed_files, pretrained: str, tuned: str, layers: int, 
     for model in (pretrained, tuned):
         per_seed = []
         for path in seed_files:
-            frame = read_seed_file(path, "Concept")
+            frame = read_seed_file(path, LABEL_COLUMN["level"])
             frame = frame[(frame["Model"] == model) & (frame["Explainable"] == 1)]
             group = frame["Layer"] * groups // layers
             labels = frame["Label"].str.lower()
@@ -100,6 +99,12 @@ def layer_group_labels(layers: int, groups: int) -> list[str]:
 
 
 def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem: str | Path) -> None:
+    """Figure 3 as output_stem.pdf and .png: each level's share per layer group, mean and std over seeds.
+
+    Args:
+        shares: {model: (seeds, groups, levels) float array} of level_shares_by_group, NaN where a
+            group has no described concept
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,9 +157,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "tables":
         out = Path(args.output_dir)
-        write_table(table5(args.tasks, "Task", args.pretrained, args.tuned, TASKS), out / "table5_tasks.tsv",
-                    f"Table 5 ({args.pair}): tasks of the described FFN concepts", notice=args.notice)
-        write_table(table5(args.concepts, "Concept", args.pretrained, args.tuned, LEVELS), out / "table5_levels.tsv",
+        tasks = table5(args.tasks, LABEL_COLUMN["task"], args.pretrained, args.tuned, TASKS)
+        write_table(tasks, out / "table5_tasks.tsv", f"Table 5 ({args.pair}): tasks of the described FFN concepts",
+                    notice=args.notice)
+        levels = table5(args.concepts, LABEL_COLUMN["level"], args.pretrained, args.tuned, LEVELS)
+        write_table(levels, out / "table5_levels.tsv",
                     f"Table 5 ({args.pair}): linguistic levels of the described FFN concepts", notice=args.notice)
     else:
         groups = min(8, args.layers)

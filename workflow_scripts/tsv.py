@@ -3,7 +3,8 @@
 Lossless files (the layer shards, `bilinear_words.lossless.tsv` and `linear_words.lossless.tsv`) hold a row's
 words as a JSON list in their last column (`Pairs`: `[["key", "query"], ...]`, `Words`:
 `["w1", ...]`): JSON escapes tabs and newlines and no word needs a separator, so every word reads
-back as it was written. Everything in the workflow reads these.
+back as it was written. Everything in the workflow reads these, through `read_tsv` (the one
+TSV reader: header and field count checked, errors naming the file and line).
 
 The paper's layouts (`bilinear_words.tsv`, `linear_words.tsv`: `TopK` = `k1=q1|||k2=q2...` or
 `w1|||w2...`) are an export, so that a computed file can stand where the paper's released one
@@ -158,24 +159,38 @@ def write_tsv(rows, columns: tuple[str, ...], output: str | Path) -> None:
             handle.write("\t".join(fields) + "\n")
 
 
-def read_tsv(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of every non-blank line after the header, which must be `columns`;
-    a line with another number of fields raises a ValueError naming file and line."""
-    rows = []
+def read_tsv(path: str | Path, columns: tuple[str, ...], repeated_header: bool = False) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank line after the header, which must be `columns`.
+
+    The one TSV reader of the workflow's own files: a wrong header or a line with another number of
+    fields raises a ValueError naming the file and the line. `repeated_header`: a line equal to the
+    header is skipped (concatenated shards read as one file, as the paper's reader allowed)."""
+    return read_tsv_layout(path, {"": columns}, repeated_header)[1]
+
+
+def read_tsv_layout(path: str | Path, layouts: dict[str, tuple[str, ...]],
+                    repeated_header: bool = False) -> tuple[tuple[str, ...], list[tuple[int, list[str]]]]:
+    """read_tsv for a file that may come in one of several layouts ({description: columns}, e.g.
+    lossless or the paper's): (the columns of the header found, the rows)."""
     with open(path, encoding="utf8", newline="") as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
-        if tuple(header) != columns:
-            raise ValueError(f"{path}: line 1: expected the header {' '.join(columns)!r}, found {' '.join(header)!r}")
+        first = handle.readline()
+        header = tuple(first.rstrip("\r\n").split("\t"))
+        if header not in layouts.values():
+            expected = " or ".join(f"{' '.join(columns)!r}" + (f" ({name})" if name else "")
+                                   for name, columns in layouts.items())
+            found = repr(" ".join(header)) if first else "an empty file"
+            raise ValueError(f"{path}: line 1: expected the header {expected}, tab-separated; found {found}")
+        rows = []
         for number, line in enumerate(handle, start=2):
             line = line.rstrip("\r\n")
-            if not line.strip():
+            if not line.strip() or (repeated_header and line == first.rstrip("\r\n")):
                 continue
             fields = line.split("\t")
-            if len(fields) != len(columns):
-                raise ValueError(f"{path}: line {number}: expected {len(columns)} tab-separated fields "
-                                 f"({' '.join(columns)}), found {len(fields)}: {line[:80]!r}")
+            if len(fields) != len(header):
+                raise ValueError(f"{path}: line {number}: expected {len(header)} tab-separated fields "
+                                 f"({' '.join(header)}), found {len(fields)}: {line[:80]!r}")
             rows.append((number, fields))
-    return rows
+    return header, rows
 
 
 def merge_and_export(inputs: list[str], output: str | Path, export: str | Path, kind: str) -> None:

@@ -263,7 +263,16 @@ def word_thresholds(vectors: np.ndarray, has_vector: np.ndarray, baseline: np.nd
     word; +inf for words without a vector, so that they never pass. `vectors` are lookup()
     rows; `baseline` holds the normalised vectors of the baseline words that have one (the
     paper: the 3,000 most frequent vocabulary words); `baseline_missing` baseline words without
-    a vector each add a cosine of 0 to the mean and std (the paper's code; 0 leaves them out)."""
+    a vector each add a cosine of 0 to the mean and std (the paper's code; 0 leaves them out).
+
+    Args:
+        vectors: (V, d) float32 L2-normalised rows of lookup(), zero where missing
+        has_vector: (V,) bool
+        baseline: (B, d) float32 normalised vectors of the baseline words that have one, B >= 1
+            unless baseline_missing > 0
+
+    Returns (V,) float64 thresholds.
+    """
     vectors = np.asarray(vectors, dtype=np.float32)
     has_vector = np.asarray(has_vector, dtype=bool)
     baseline = np.asarray(baseline, dtype=np.float32)

@@ -18,6 +18,7 @@ from .dataset import dataset_group, read_dataset, read_ratings
 from .importance import check_binned, sample_score
 from .instructions import instruction_mask, instruction_spans
 from .shards import load_shard
+from .table_files import write_table
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,12 @@ TABLE2_COLUMNS = ["dataset", "n", "mean_pretrained", "std_pretrained", "mean_tun
 
 def instruction_scores(attributions: str | Path, dataset: str | Path, groups: dict, analysis: dict) -> pd.DataFrame:
     """One row per sample: id, group, instruction score and response length.
+
+    Args:
+        attributions: an attribution shard (.npz) of every dataset sample
+        analysis: levels, threshold and p
+
+    Returns a frame of columns id, group, score, response_tokens, instruction_tokens.
 
     Every dataset sample must have an attribution and vice versa: a mismatch means a stale
     or foreign attribution file, and is an error rather than a table over fewer samples.
@@ -75,6 +82,14 @@ def _groups_in_order(groups: pd.Series) -> list[str]:
 
 
 def table1(scores: pd.DataFrame, ratings: dict[str, int], min_response_tokens: int) -> pd.DataFrame:
+    """Per dataset group, unfollowed (rating 1) vs followed (2-4) responses of the rated model.
+
+    Args:
+        scores: one row per sample (instruction_scores): id, group, score, response_tokens, instruction_tokens
+        ratings: sample id -> human rating (<= 0: unrated)
+
+    Returns one row per group, the columns TABLE1_COLUMNS.
+    """
     scores = scores.assign(rating=scores["id"].map(ratings).fillna(-1).astype(int))
     rated = scores[(scores["rating"] > 0) & (scores["response_tokens"] >= min_response_tokens)]
     rows = []
@@ -88,6 +103,14 @@ def table1(scores: pd.DataFrame, ratings: dict[str, int], min_response_tokens: i
 
 
 def table2(pretrained: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset group, the pre-trained vs the tuned model's scores of the samples both scored.
+
+    Args:
+        pretrained: one row per sample (instruction_scores) of the pre-trained model
+        tuned: the same of the tuned model
+
+    Returns one row per group, the columns TABLE2_COLUMNS.
+    """
     merged = pretrained.merge(tuned, on=["id", "group"], suffixes=("_pre", "_tuned"))
     rows = []
     for group in _groups_in_order(merged["group"]):
@@ -108,7 +131,11 @@ def _std(x: np.ndarray) -> float:
 
 def empty_response_note(scores: pd.DataFrame, model: str) -> str:
     """Samples with an empty response score 0 and count in the means, as in the paper's evaluate();
-    said in the log and under the table rather than silently."""
+    said in the log and under the table rather than silently.
+
+    Args:
+        scores: one row per sample (instruction_scores) of `model`
+    """
     empty = scores.loc[scores["response_tokens"] == 0, "id"].tolist()
     if not empty:
         return ""
@@ -118,27 +145,6 @@ def empty_response_note(scores: pd.DataFrame, model: str) -> str:
     )
     log.warning(note)
     return note + ("" if len(empty) <= 5 else ", ...")
-
-
-def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = (), notice: str = "") -> None:
-    """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side; the
-    config's `notice` goes under the title, `notes` under the table."""
-    tsv = Path(tsv)
-    tsv.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
-    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.itertuples(index=False))
-    footer = "".join(f"\n{note}.\n" for note in notes if note)
-    preface = f"> {notice}\n\n" if notice else ""
-    tsv.with_suffix(".md").write_text(f"# {title}\n\n{preface}{header}{body}{footer}")
-
-
-def _cell(value) -> str:
-    if isinstance(value, (float, np.floating)):
-        if np.isnan(value):
-            return "n/a"
-        return f"{value:.2g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
-    return str(value)
 
 
 def main(argv=None):

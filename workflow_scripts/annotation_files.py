@@ -1,0 +1,26 @@
+"""The files of the three annotation steps (docs/design.md#annotation-files), named once.
+
+One step has three names, all kept: the step (`describe`, `task`, `level`: the rules, prompts, logs
+and stats files say it), the paper's file (`linear_seed`, `linear_task_seed`, `linear_concept_seed`)
+and the column its answer goes in (`Summary`, `Task`, `Concept`). The paper's file and column names
+stay so that its released files and ours stand in for each other; this module is the one place that
+maps the step to them (the rules' outputs, the replay provider, Table 5 and Figure 3 read it here).
+"""
+from __future__ import annotations
+
+from .tsv import LINEAR_COLUMNS
+
+FILES = {  # step -> file, in the order the steps run (task and level read describe's file)
+    "describe": "linear_seed{seed}.tsv",
+    "task": "linear_task_seed{seed}.tsv",
+    "level": "linear_concept_seed{seed}.tsv",  # "concept" is the paper's word for the linguistic level
+}
+LABEL_COLUMN = {"describe": "Summary", "task": "Task", "level": "Concept"}
+# describe's file: every component, `Explainable` 1/0, `Words` the question asked, `Summary` the answer,
+# then the component's linear_words.tsv columns; task and level put their label column in front.
+DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)
+
+
+def step_columns(step: str) -> tuple[str, ...]:
+    """The header of a step's file."""
+    return DESCRIBED_COLUMNS if step == "describe" else (LABEL_COLUMN[step], *DESCRIBED_COLUMNS)

@@ -1,0 +1,32 @@
+"""Every table's files: the TSV (full precision, the data) and its Markdown twin (for reading)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = (), notice: str = "") -> None:
+    """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side; the
+    config's `notice` goes under the title, `notes` under the table.
+
+    Args:
+        table: the rows and columns as written (floats to 6 significant digits in the TSV, NaN empty)
+    """
+    tsv = Path(tsv)
+    tsv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
+    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+    footer = "".join(f"\n{note}.\n" for note in notes if note)
+    preface = f"> {notice}\n\n" if notice else ""
+    tsv.with_suffix(".md").write_text(f"# {title}\n\n{preface}{header}{body}{footer}")
+
+
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return "n/a"
+        return f"{value:.2g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,40 @@
+"""A vocabulary's words in a model's embedding space: the mean embedding of each word's sub-tokens.
+
+The head explainer (input embeddings) and the FFN explainer (output embeddings) describe model
+directions by these vectors. Not to be confused with word_vectors.py: the static vectors (GloVe)
+that decide which words are related.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def word_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
+    """Sub-token ids of " " + word, without special tokens or a lone leading space piece."""
+    ids = []
+    for word in words:
+        tokens = tokenizer.tokenize(" " + word)
+        if len(tokens) > 1 and tokens[0] in ("\u2581", "\u0120"):
+            tokens = tokens[1:]
+        ids.append(tokenizer.convert_tokens_to_ids(tokens))
+    return ids
+
+
+def mean_embeddings(embedding_matrix: torch.Tensor, token_ids: list[list[int]]) -> torch.Tensor:
+    """Row i = mean of the embedding rows of token_ids[i].
+
+    Args:
+        embedding_matrix: (vocabulary, hidden) the model's input or output embeddings
+        token_ids: W lists of sub-token ids (word_token_ids)
+
+    Returns (W, hidden), on embedding_matrix's device and dtype.
+
+    An embedding bag over the flat ids: memory stays at (words x hidden) however many pieces
+    the longest word has (a padded gather would need words x pieces x hidden).
+    """
+    lengths = torch.tensor([len(ids) for ids in token_ids])
+    flat = torch.tensor([i for ids in token_ids for i in ids], dtype=torch.long)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    device = embedding_matrix.device
+    means = torch.nn.functional.embedding_bag(flat.to(device), embedding_matrix, offsets.to(device), mode="mean")
+    return means  # an empty bag (a word with no pieces) gives a zero row
