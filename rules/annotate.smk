@@ -131,7 +131,13 @@ rule figure3_pair:
         concepts=seed_files("level"),
     output:
         pdf="results/figures/{pair}/figure3.pdf",
-        png="results/figures/{pair}/figure3.png",
+        png=report(
+            "results/figures/{pair}/figure3.png",
+            caption="../report/figure3.rst",
+            category=CATEGORY_FFN,
+            subcategory="{pair}",
+            labels={"figure": "Figure 3"},
+        ),
     log:
         "logs/figure3/{pair}.log",
     conda:
