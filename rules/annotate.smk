@@ -136,7 +136,7 @@ rule figure3_pair:
             caption="../report/figure3.rst",
             category=CATEGORY_FFN,
             subcategory="{pair}",
-            labels={"figure": "Figure 3"},
+            labels={"result": "Figure 3", "sample": ""},
         ),
     log:
         "logs/figure3/{pair}.log",

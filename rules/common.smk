@@ -142,14 +142,14 @@ CATEGORY_HEADS = "Self-attention heads (Table 3)"
 CATEGORY_FFN = "FFN concepts (Table 5, Figure 3)"
 CATEGORY_BROWSERS = "Explanation browsers"
 CATEGORY_PROVENANCE = "Provenance"
-# Table name -> (category, its TSV under results/tables/<pair>/, with a Markdown twin beside it).
+# Table (its TSV and Markdown twin under results/tables/<pair>/) -> (report category, label).
 REPORT_TABLES = {
-    "table1": CATEGORY_ATTRIBUTION,
-    "table2": CATEGORY_ATTRIBUTION,
-    "table3": CATEGORY_HEADS,
-    "table5_tasks": CATEGORY_FFN,
-    "table5_levels": CATEGORY_FFN,
-    "annotation_cost": CATEGORY_FFN,
+    "table1": (CATEGORY_ATTRIBUTION, "Table 1"),
+    "table2": (CATEGORY_ATTRIBUTION, "Table 2"),
+    "table3": (CATEGORY_HEADS, "Table 3"),
+    "table5_tasks": (CATEGORY_FFN, "Table 5, tasks"),
+    "table5_levels": (CATEGORY_FFN, "Table 5, linguistic levels"),
+    "annotation_cost": (CATEGORY_FFN, "annotation cost"),
 }
 
 

@@ -12,9 +12,9 @@ rule report_table:
         report(
             "results/report/{pair}/{table}.html",
             caption="../report/table.rst",
-            category=lambda w: REPORT_TABLES[w.table],
+            category=lambda w: REPORT_TABLES[w.table][0],
             subcategory="{pair}",
-            labels={"table": "{table}"},
+            labels=lambda w: {"result": REPORT_TABLES[w.table][1], "sample": ""},
         ),
     wildcard_constraints:
         table="|".join(REPORT_TABLES),
@@ -39,7 +39,7 @@ rule paper_comparison:
             caption="../report/paper_comparison.rst",
             category=CATEGORY_ATTRIBUTION,
             subcategory="{pair}",
-            labels={"table": "table2 vs paper"},
+            labels={"result": "Table 2 vs the paper", "sample": ""},
         ),
     log:
         "logs/report/{pair}/table2_vs_paper.log",
@@ -67,7 +67,7 @@ rule attribution_heatmaps:
             caption="../report/heatmap.rst",
             category=CATEGORY_ATTRIBUTION,
             subcategory="{pair}",
-            labels={"figure": "attribution heatmap", "sample": "{sample}"},
+            labels={"result": "attribution heatmap", "sample": "{sample}"},
         ),
         html=report(
             directory("results/report/{pair}/token_pages"),
@@ -75,7 +75,7 @@ rule attribution_heatmaps:
             caption="../report/sample_page.rst",
             category=CATEGORY_ATTRIBUTION,
             subcategory="{pair}",
-            labels={"figure": "tokens by density", "sample": "{sample}"},
+            labels={"result": "tokens by density", "sample": "{sample}"},
         ),
     log:
         "logs/report/{pair}/heatmaps.log",
@@ -109,7 +109,7 @@ rule position_importance:
             caption="../report/position.rst",
             category=CATEGORY_ATTRIBUTION,
             subcategory="{pair}",
-            labels={"figure": "importance by prompt position"},
+            labels={"result": "importance by prompt position", "sample": ""},
         ),
     log:
         "logs/report/{pair}/position_importance.log",
@@ -140,7 +140,7 @@ rule provenance:
             caption="../report/provenance.rst",
             category=CATEGORY_PROVENANCE,
             subcategory="{pair}",
-            labels={"page": "provenance"},
+            labels={"result": "provenance", "sample": ""},
         ),
     log:
         "logs/report/{pair}/provenance.log",

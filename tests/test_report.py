@@ -175,12 +175,14 @@ def test_table_page_shows_the_numbers_title_notice_and_notes(tmp_path):
 def test_paper_comparison_gives_the_difference_and_keeps_missing_rows():
     computed = pd.DataFrame({"dataset": ["self_instruct", "lima"], "n": [252, 300],
                              "mean_pretrained": [0.93941, 1.2683], "p_value": [1.9e-5, 2.5e-14]})
-    printed = {"self_instruct": {"mean_pretrained": 0.9394, "p_value": 1.92e-5}, "mtbench": {"n": 80}}
+    # sorted keys, as the rule's JSON param passes them: shown in the computed table's row and column order
+    printed = {"lima": {"n": 300}, "mtbench": {"n": 80},
+               "self_instruct": {"p_value": 1.92e-5, "mean_pretrained": 0.9394}}
     table = report_pages.paper_comparison(computed, printed)
     assert table[["dataset", "quantity"]].values.tolist() == [
-        ["self_instruct", "mean_pretrained"], ["self_instruct", "p_value"], ["mtbench", "n"]]
-    assert table["difference"].tolist()[:2] == pytest.approx([1e-5, -2e-7])
-    assert np.isnan(table["computed"].iloc[2]) and np.isnan(table["difference"].iloc[2])
+        ["self_instruct", "mean_pretrained"], ["self_instruct", "p_value"], ["lima", "n"], ["mtbench", "n"]]
+    assert table["difference"].tolist()[:3] == pytest.approx([1e-5, -2e-7, 0])
+    assert np.isnan(table["computed"].iloc[3]) and np.isnan(table["difference"].iloc[3])
 
 
 def test_provenance_records_hashes_recorded_device_and_config(tmp_path):

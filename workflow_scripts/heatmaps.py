@@ -67,8 +67,11 @@ def draw_sample(views: dict[str, tuple[str, SampleView]], levels: int, title: st
     shown = max(1, min(max(len(v.response_tokens) for _, (_, v) in columns), MAX_RESPONSE_LABELS))
     bar_h, heat_h, gap_h = 0.9, max(1.2, shown * TOKEN_INCH), 1.3
     width = PER_ROW * TOKEN_INCH + 2.0
-    fig = plt.figure(figsize=(width * len(columns) + 0.8, rows * (bar_h + heat_h + gap_h) + 0.9), dpi=100)
-    outer = fig.add_gridspec(rows, len(columns), hspace=gap_h / (bar_h + heat_h), wspace=0.3)
+    height = rows * (bar_h + heat_h + gap_h) + 0.9
+    fig = plt.figure(figsize=(width * len(columns) + 0.8, height), dpi=100)
+    # margins in inches (the figure's height grows with the rows): the title sits just above them
+    outer = fig.add_gridspec(rows, len(columns), hspace=gap_h / (bar_h + heat_h), wspace=0.3,
+                             top=1 - 0.75 / height, bottom=gap_h / height)
     image = None
     for c, (label, (role, view)) in enumerate(columns):
         for r in range(rows):
@@ -85,7 +88,7 @@ def draw_sample(views: dict[str, tuple[str, SampleView]], levels: int, title: st
     if image is not None:
         bar = fig.colorbar(image, ax=fig.axes, fraction=0.015, pad=0.01)
         bar.set_label(f"binned attribution (0..{levels}, b = 0)", fontsize=9)
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(title, fontsize=12, y=1 - 0.2 / height)
     with atomic_file(output) as tmp, open(tmp, "wb") as handle:
         fig.savefig(handle, format="png", bbox_inches="tight")
     plt.close(fig)
