@@ -206,3 +206,19 @@ def test_provenance_records_hashes_recorded_device_and_config(tmp_path):
 def test_load_header_reads_only_the_header(tmp_path):
     save_shard(Shard([], {"model": "m", "binned_levels": 10}), tmp_path / "e.npz")
     assert load_header(tmp_path / "e.npz") == {"model": "m", "binned_levels": 10}
+
+
+@pytest.mark.parametrize("name", ["paper-released.yaml", "paper.yaml"])
+def test_the_paper_configs_declare_the_printed_table2(name):
+    from pathlib import Path
+
+    import yaml
+    from snakemake.utils import validate
+    from test_released_workflow import PRINTED_TABLE2
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / name).read_text())
+    validate(config, str(Path(__file__).parents[1] / "schemas" / "config.schema.yaml"))
+    printed = config["pairs"]["llama-vicuna"]["paper"]["table2"]
+    assert {group: (row["n"], row["mean_pretrained"], row["mean_tuned"], row["p_value"])
+            for group, row in printed.items()} == PRINTED_TABLE2
+    assert config["report"]["samples"] >= 2
