@@ -16,10 +16,10 @@ rule report_table:
             subcategory="{pair}",
             labels=lambda w: {"result": REPORT_TABLES[w.table][1], "sample": ""},
         ),
-    wildcard_constraints:
-        table="|".join(REPORT_TABLES),
     log:
         "logs/report/{pair}/{table}.log",
+    wildcard_constraints:
+        table="|".join(REPORT_TABLES),
     conda:
         "../envs/shiftlens.yaml"
     shell:

@@ -119,7 +119,7 @@ def test_demo_report_shows_every_table_with_numbers_and_every_image(demo_report,
         errors = console_errors(driver)
     for category, labels in CATEGORIES.items():
         assert set(results[category]) == labels, category
-    for category, seen in results.items():
+    for seen in results.values():
         for label, (kind, text, cells, tokens) in seen.items():
             if label.startswith(("Table", "annotation cost")):
                 assert kind == "html" and sum(bool(NUMBER.match(c)) for c in cells) >= 3, (label, cells)

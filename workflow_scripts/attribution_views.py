@@ -49,12 +49,13 @@ def load_views(attributions: str | Path, dataset: str | Path, analysis: dict,
             check_binned(a.matrix, binned_levels, f"{attributions}: sample {sample_id}")
         levels, binned = analysis["levels"], bool(binned_levels)
         spans = instruction_spans(sample.prompt, sample.annotation, sample_id)
+        scored = bin_attributions(a.matrix, levels, analysis["threshold"], binned)
         views[sample_id] = SampleView(
             id=sample_id,
             prompt_tokens=a.prompt_tokens,
             response_tokens=a.response_tokens,
             binned=bin_attributions(a.matrix, levels, 0, binned),
-            density=importance_density(bin_attributions(a.matrix, levels, analysis["threshold"], binned), analysis["p"]),
+            density=importance_density(scored, analysis["p"]),
             mask=instruction_mask(a.prompt, a.prompt_tokens, a.prompt_offsets, spans),
         )
     return views

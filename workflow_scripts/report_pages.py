@@ -101,7 +101,8 @@ def paper_comparison(computed: pd.DataFrame, printed: dict[str, dict[str, float]
 def comparison_page(table: pd.DataFrame, pair: str, name: str) -> str:
     title = f"{name} ({pair}): the paper's printed numbers beside the computed ones"
     body = (f"<h1>{html.escape(title)}</h1>\n<p>difference = computed - paper; the paper prints 4 decimals "
-            "(p-values 3 significant digits) and the computed TSV 6 significant digits, so a mean within 5e-5 agrees.</p>\n" + html_table(table))
+            "(p-values 3 significant digits) and the computed TSV 6 significant digits, so a mean within 5e-5 "
+            "agrees.</p>\n" + html_table(table))
     return page(title, body)
 
 
@@ -171,7 +172,8 @@ def provenance_page(record: dict) -> str:
     for model, entry in record["models"].items():
         rows = [("config", json.dumps(entry["config"], sort_keys=True))]
         rows += [(f"attributions {k}", str(v)) for k, v in entry["attributions"].items()]
-        rows += [(f"weights {k}", json.dumps(v) if isinstance(v, dict) else str(v)) for k, v in entry["weights"].items()]
+        rows += [(f"weights {k}", json.dumps(v) if isinstance(v, dict) else str(v))
+                 for k, v in entry["weights"].items()]
         parts.append(f"<h2>{html.escape(model)}</h2>")
         parts.append(html_table(pd.DataFrame(rows, columns=["what", "value"])))
     parts.append("<h2>Libraries</h2>")
