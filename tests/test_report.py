@@ -183,6 +183,11 @@ def test_paper_comparison_gives_the_difference_and_keeps_missing_rows():
         ["self_instruct", "mean_pretrained"], ["self_instruct", "p_value"], ["lima", "n"], ["mtbench", "n"]]
     assert table["difference"].tolist()[:3] == pytest.approx([1e-5, -2e-7, 0])
     assert np.isnan(table["computed"].iloc[3]) and np.isnan(table["difference"].iloc[3])
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", report_pages.comparison_page(table, "x", "Table 2"))
+    # the printed digits, not the 4-decimal rounding of the tables
+    assert cells[:10] == ["self_instruct", "mean_pretrained", "0.9394", "0.93941", "1e-05",
+                          "self_instruct", "p_value", "1.92e-05", "1.9e-05", "-2e-07"]
+    assert cells[-3:] == ["80", "n/a", "n/a"]
 
 
 def test_provenance_records_hashes_recorded_device_and_config(tmp_path):
@@ -192,6 +197,7 @@ def test_provenance_records_hashes_recorded_device_and_config(tmp_path):
     weights = tmp_path / "model"
     weights.mkdir()
     (weights / "config.json").write_text("{}")
+    (weights / ".snakemake_timestamp").write_text("")  # Snakemake's marker in a directory output: not the model
     record = report_pages.provenance("demo", {"m": str(tmp_path / "a.npz")}, {"m": {"path": str(weights)}},
                                      {"table 2": {"analysis": ANALYSIS}})
     entry = record["models"]["m"]
@@ -200,7 +206,7 @@ def test_provenance_records_hashes_recorded_device_and_config(tmp_path):
     assert entry["weights"]["files"] == {"config.json": "sha256:" + hashlib.sha256(b"{}").hexdigest()}
     assert record["libraries"]["numpy"] == np.__version__
     page = report_pages.provenance_page(record)
-    assert "sha256:" in page and "&quot;threshold&quot;: 7" in page
+    assert "sha256:" in page and "&quot;threshold&quot;: 7" in page and "weights file config.json" in page
 
 
 def test_load_header_reads_only_the_header(tmp_path):

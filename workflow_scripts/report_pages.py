@@ -39,15 +39,18 @@ def page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def html_table(frame: pd.DataFrame) -> str:
-    """Numbers right-aligned, 4 decimals (tiny p-values in 2 significant digits), NaN as n/a."""
+def html_table(frame: pd.DataFrame, formats: dict | None = None) -> str:
+    """Numbers right-aligned, 4 decimals (tiny p-values in 2 significant digits) unless `formats` names a
+    column's own formatter; NaN as n/a."""
+    formats = formats or {}
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = []
     for row in frame.itertuples(index=False):
         cells = []
-        for value in row:
+        for column, value in zip(frame.columns, row):
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            cells.append(f'<td{"" if numeric else " class=text"}>{html.escape(cell_text(value))}</td>')
+            text = formats[column](value) if column in formats and numeric and value == value else cell_text(value)
+            cells.append(f'<td{"" if numeric else " class=text"}>{html.escape(text)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
 
@@ -98,11 +101,15 @@ def paper_comparison(computed: pd.DataFrame, printed: dict[str, dict[str, float]
     return pd.DataFrame(rows, columns=["dataset", "quantity", "paper", "computed", "difference"])
 
 
+# as printed (up to 6 significant digits, as the TSV holds them), the difference in 2
+COMPARISON_FORMATS = {"paper": "{:.6g}".format, "computed": "{:.6g}".format, "difference": "{:.2g}".format}
+
+
 def comparison_page(table: pd.DataFrame, pair: str, name: str) -> str:
     title = f"{name} ({pair}): the paper's printed numbers beside the computed ones"
     body = (f"<h1>{html.escape(title)}</h1>\n<p>difference = computed - paper; the paper prints 4 decimals "
             "(p-values 3 significant digits) and the computed TSV 6 significant digits, so a mean within 5e-5 "
-            "agrees.</p>\n" + html_table(table))
+            "agrees.</p>\n" + html_table(table, COMPARISON_FORMATS))
     return page(title, body)
 
 
@@ -128,7 +135,8 @@ def model_source(path: str) -> dict:
 
     folder = Path(path).expanduser()
     if folder.is_dir():
-        return {"path": path, "files": {f.name: file_digest(f) for f in sorted(folder.iterdir()) if f.is_file()}}
+        files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+        return {"path": path, "files": {f.name: file_digest(f) for f in files}}
     config = cached_config(path)
     if config is None:
         return {"path": path, "revision": "not in the local Hugging Face cache"}
@@ -172,8 +180,9 @@ def provenance_page(record: dict) -> str:
     for model, entry in record["models"].items():
         rows = [("config", json.dumps(entry["config"], sort_keys=True))]
         rows += [(f"attributions {k}", str(v)) for k, v in entry["attributions"].items()]
-        rows += [(f"weights {k}", json.dumps(v) if isinstance(v, dict) else str(v))
-                 for k, v in entry["weights"].items()]
+        weights = dict(entry["weights"])
+        rows += [(f"weights file {name}", digest) for name, digest in weights.pop("files", {}).items()]
+        rows += [(f"weights {k}", str(v)) for k, v in weights.items()]
         parts.append(f"<h2>{html.escape(model)}</h2>")
         parts.append(html_table(pd.DataFrame(rows, columns=["what", "value"])))
     parts.append("<h2>Libraries</h2>")
