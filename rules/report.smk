@@ -1,6 +1,8 @@
 # What `snakemake --report report.html` shows (docs/design.md#report): every table as an HTML page,
 # attribution heatmaps, the position profile, the paper comparison and provenance. CPU only: these
-# jobs read existing outputs and load no model. Captions: report/*.rst.
+# jobs read existing outputs and load no model. Captions: report/*.rst. The explanation browsers join
+# the report as report(<their index.html>, category=CATEGORY_BROWSERS, subcategory=..., labels={"result":
+# ..., "sample": ""}) in their own rule file, and their outputs join the `all` target.
 
 
 rule report_table:
