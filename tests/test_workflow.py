@@ -337,7 +337,7 @@ def test_rerun_after_deleting_the_annotations_sends_no_request(demo):
             shutil.rmtree(path)
         else:
             path.unlink()
-    snakemake(demo, "table5", "figure3")
+    snakemake(demo, "table5", "figure3", "report_explanations")  # and the report's pages of Table 5 and the cost
     cost = pd.read_csv(demo / "results/tables/demo/annotation_cost.tsv", sep="\t", keep_default_na=False)
     assert (cost["requests"].astype(int) == 0).all() and int(cost["cache_hits"].iloc[-1]) > 0
     log = (demo / "logs/annotate/demo/describe_seed0.log").read_text()
@@ -347,7 +347,8 @@ def test_rerun_after_deleting_the_annotations_sends_no_request(demo):
 
 def test_long_jobs_show_progress_on_the_console_and_logs_hold_no_carriage_returns(finished_demo):
     console = (finished_demo / "console.txt").read_text()
-    for stage in ("attribute demo-base shard 0: 0/", "pretrain", "explain demo-tuned layer 3: 0/4 heads"):
+    for stage in ("attribute demo-base shard 0: 0/", "pretrain", "explain demo-tuned layer 3: 0/4 heads",
+                  "explain demo-tuned FFN layer 3: 0/3 steps", "heatmaps: 0/6 samples"):
         assert stage in console, stage
     assert re.search(r"attribute demo-tuned shard \d+: \d+/\d+ samples done in \d:\d\d:\d\d", console)
     logs = list((finished_demo / "logs").rglob("*.log"))

@@ -69,7 +69,7 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
     device = pick_device()
     started = time.perf_counter()
     # three stages, not a loop: a line after each (the eigendecomposition is the long one at 7B)
-    with Progress(3, f"explain {model_id} layer {layer}", "step") as steps:
+    with Progress(3, f"explain {model_id} FFN layer {layer}", "step") as steps:
         weights = ModelWeights(model_dir)
         components, ratios = principal_components(weights.down_projection(layer).to(device), rank)
         steps.update()
