@@ -68,7 +68,8 @@ def test_layer_job_describes_each_component_with_its_words(tmp_path, caplog):
                       rank=5, top_k=4, size="tiny")
     # the job's log says where it is (README, "Progress"): start, each stage, the end
     said = [r.getMessage() for r in caplog.records if r.name == "progress"]
-    assert said[0] == "explain m FFN layer 1: 0/3 steps" and said[-1].startswith("explain m FFN layer 1: 3/3 steps done in")
+    assert said[0] == "explain m FFN layer 1: 0/3 steps"
+    assert said[-1].startswith("explain m FFN layer 1: 3/3 steps done in")
     rows = [line.rstrip("\n").split("\t") for line in open(tmp_path / "out.tsv", encoding="utf8")]
     assert rows[0] == ["Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "Words"]
     assert [r[5] for r in rows[1:]] == ["1", "2", "3", "4", "5"] and {r[3] for r in rows[1:]} == {"FFN"}
