@@ -28,7 +28,7 @@ STYLE = """
 body { font-family: sans-serif; margin: 1.2em; }
 table { border-collapse: collapse; font-size: 14px; margin: .8em 0; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
-th { background: #f0f0f0; } td.text { text-align: left; }
+th { background: #f0f0f0; } td.text, th.text { text-align: left; }
 .notice { border-left: 4px solid #e6a23c; padding: .3em .8em; background: #fdf6ec; }
 .worse { color: #b03a2e; } pre { background: #f4f4f4; padding: .5em; white-space: pre-wrap; }
 """
@@ -43,7 +43,8 @@ def html_table(frame: pd.DataFrame, formats: dict | None = None) -> str:
     """Numbers right-aligned, 4 decimals (tiny p-values in 2 significant digits) unless `formats` names a
     column's own formatter; NaN as n/a."""
     formats = formats or {}
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    text_columns = {c for c in frame.columns if frame[c].dtype == object}
+    head = "".join(f'<th{" class=text" if c in text_columns else ""}>{html.escape(str(c))}</th>' for c in frame.columns)
     rows = []
     for row in frame.itertuples(index=False):
         cells = []
