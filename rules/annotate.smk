@@ -132,7 +132,13 @@ rule figure3_pair:
         concepts=seed_files("level"),
     output:
         pdf="results/figures/{pair}/figure3.pdf",
-        png="results/figures/{pair}/figure3.png",
+        png=report(
+            "results/figures/{pair}/figure3.png",
+            caption="../report/figure3.rst",
+            category=CATEGORY_FFN,
+            subcategory="{pair}",
+            labels={"result": "Figure 3", "sample": ""},
+        ),
     log:
         "logs/figure3/{pair}.log",
     conda:

@@ -137,3 +137,55 @@ def annotation_stats(wildcards):
         for seed in ANNOTATION["seeds"]
         for step in FILES
     ]
+
+
+# --- report.smk ----------------------------------------------------------------------------------
+
+# The report's categories, one per method (the explanation browsers get their own).
+CATEGORY_ATTRIBUTION = "Attribution (Tables 1 and 2)"
+CATEGORY_HEADS = "Self-attention heads (Table 3)"
+CATEGORY_FFN = "FFN concepts (Table 5, Figure 3)"
+CATEGORY_BROWSERS = "Explanation browsers"
+CATEGORY_PROVENANCE = "Provenance"
+# Table (its TSV and Markdown twin under results/tables/<pair>/) -> (report category, label).
+REPORT_TABLES = {
+    "table1": (CATEGORY_ATTRIBUTION, "Table 1"),
+    "table2": (CATEGORY_ATTRIBUTION, "Table 2"),
+    "table3": (CATEGORY_HEADS, "Table 3"),
+    "table5_tasks": (CATEGORY_FFN, "Table 5, tasks"),
+    "table5_levels": (CATEGORY_FFN, "Table 5, linguistic levels"),
+    "annotation_cost": (CATEGORY_FFN, "annotation cost"),
+}
+
+
+def report_tables(names):
+    """The HTML pages of these tables for every pair that has them (Table 1: rated pairs only)."""
+    return [
+        f"results/report/{pair}/{name}.html"
+        for name in names
+        for pair in (dag.table1_pairs(config) if name == "table1" else PAIRS)
+    ]
+
+
+def paper_printed(pair):
+    """The paper's printed Table 2 of a pair (config key pairs.<pair>.paper.table2), or {}."""
+    return config["pairs"][pair].get("paper", {}).get("table2", {})
+
+
+def config_slices():
+    """The config keys each table is computed from (shown on the provenance page)."""
+    dataset = {k: config["dataset"][k] for k in ("samples", "groups")}
+    return json.dumps(
+        {
+            "tables 1 and 2": {
+                "analysis": config["analysis"],
+                "attribution": config["attribution"],
+                "dataset": dataset,
+                "ratings": config.get("ratings"),
+            },
+            "table 3": {"attention": config["attention"], "fidelity": config["fidelity"]},
+            "table 5, figure 3": {"ffn": config["ffn"], "annotation": config["annotation"]},
+            "pictures": {"report": config["report"], "analysis": config["analysis"]},
+        },
+        sort_keys=True,
+    )

@@ -126,6 +126,7 @@ def test_attribute_shard_writes_the_shard_samples_in_the_safe_format(tmp_path, t
     shard = load_shard(out)
     assert [s.id for s in shard.samples] == ["s2", "s3"]
     assert shard.meta["model"] == "tiny" and shard.meta["binned_levels"] == 0
+    assert (shard.meta["device"], shard.meta["dtype"]) == ("cpu", "float32")  # for the report's provenance
     for sample in shard.samples:
         assert sample.matrix.shape == (len(sample.prompt_tokens), len(sample.response_tokens))
         assert sample.matrix.dtype == np.float32 and np.isfinite(sample.matrix).all()

@@ -1,5 +1,6 @@
 """FFN concepts: PCA from the covariance equals the full SVD; words by |projection|."""
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_component_words_rank_by_absolute_projection_on_normalised_vectors():
     assert component_words(components, vectors, words, 3) == [["north", "south", "long"], ["east", "long", "south"]]
 
 
-def test_layer_job_describes_each_component_with_its_words(tmp_path):
+def test_layer_job_describes_each_component_with_its_words(tmp_path, caplog):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from workflow_scripts.demo_models import train_tokenizer
@@ -62,8 +63,13 @@ def test_layer_job_describes_each_component_with_its_words(tmp_path):
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
     model.save_pretrained(tmp_path / "model")
-    explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "vocab.tsv"), str(tmp_path / "out.tsv"),
-                  rank=5, top_k=4, size="tiny")
+    with caplog.at_level(logging.INFO, logger="progress"):
+        explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "vocab.tsv"), str(tmp_path / "out.tsv"),
+                      rank=5, top_k=4, size="tiny")
+    # the job's log says where it is (README, "Progress"): start, each stage, the end
+    said = [r.getMessage() for r in caplog.records if r.name == "progress"]
+    assert said[0] == "explain m FFN layer 1: 0/3 steps"
+    assert said[-1].startswith("explain m FFN layer 1: 3/3 steps done in")
     rows = [line.rstrip("\n").split("\t") for line in open(tmp_path / "out.tsv", encoding="utf8")]
     assert rows[0] == ["Model", "Size", "Layer", "Type", "Head", "Rank", "Score", "Words"]
     assert [r[5] for r in rows[1:]] == ["1", "2", "3", "4", "5"] and {r[3] for r in rows[1:]} == {"FFN"}

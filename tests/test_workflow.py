@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "datasets", "profiles", "envs"]
+WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "datasets", "profiles", "envs", "report"]
 
 pytestmark = pytest.mark.workflow
 
@@ -94,9 +94,11 @@ def test_demo_describes_every_ffn_component_with_words(demo):
 
 def test_changing_an_ffn_setting_plans_only_the_ffn_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "ffn", top_k=20))
-    # new word lists: new annotations (5 seeds x 3 steps), the cost report, Table 5 and Figure 3
+    # new word lists: new annotations (5 seeds x 3 steps), the cost report, Table 5 and Figure 3, and their
+    # report pages (Table 5 x 2, cost; provenance shows the ffn config)
     assert jobs == {"explain_ffn_layer": 8, "merge_linear_words": 1, "annotate_describe": 5, "annotate_task": 5,
-                    "annotate_level": 5, "annotation_cost": 1, "table5_pair": 1, "figure3_pair": 1, "all": 1}
+                    "annotate_level": 5, "annotation_cost": 1, "table5_pair": 1, "figure3_pair": 1,
+                    "report_table": 3, "provenance": 1, "all": 1}
 
 
 def test_demo_annotates_the_ffn_concepts_and_builds_table5_and_figure3(demo):
@@ -128,19 +130,21 @@ def test_demo_annotates_the_ffn_concepts_and_builds_table5_and_figure3(demo):
 def test_adding_a_seed_plans_only_that_seeds_jobs_and_the_tables(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "annotation", seeds=[0, 1, 2, 3, 4, 5]))
     assert jobs == {"annotate_describe": 1, "annotate_task": 1, "annotate_level": 1, "annotation_cost": 1,
-                    "table5_pair": 1, "figure3_pair": 1, "all": 1}
+                    "table5_pair": 1, "figure3_pair": 1, "report_table": 3, "provenance": 1, "all": 1}
 
 
 def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "attention", top_k=50))
-    assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "all": 1}
+    assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
+                    "provenance": 1, "all": 1}
 
 
 def test_changing_fidelity_plans_only_the_attention_jobs_and_table3(demo):
     """The threshold rule reaches the head jobs, the counting rule Table 3; nothing else reruns."""
     assert "fidelity: paper" in (demo / "results/tables/demo/table3.md").read_text().splitlines()[0]
     jobs = planned_jobs(demo, "--config", "fidelity=canonical")
-    assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "all": 1}
+    assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
+                    "provenance": 1, "all": 1}
 
 
 def test_released_word_pairs_give_table3_without_any_explanation_job(tmp_path):
@@ -177,13 +181,15 @@ def edited_config(workdir: Path, section: str, **changes) -> str:
 
 @pytest.mark.parametrize("edit", [{"threshold": 6}, {"levels": 20}, {"p": 3}])
 def test_changing_an_analysis_parameter_plans_only_the_tables(demo, edit):
+    """And the report's pages that show densities: the tables', the heatmaps, the position profile."""
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "analysis", **edit))
-    assert jobs == {"table1_pair": 1, "table2_pair": 1, "all": 1}
+    assert jobs == {"table1_pair": 1, "table2_pair": 1, "report_table": 2, "attribution_heatmaps": 1,
+                    "position_importance": 1, "provenance": 1, "all": 1}
 
 
 def test_changing_min_response_tokens_plans_only_table1(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "analysis", min_response_tokens=8))
-    assert jobs == {"table1_pair": 1, "all": 1}
+    assert jobs == {"table1_pair": 1, "report_table": 1, "provenance": 1, "all": 1}
 
 
 def test_changing_an_attribution_setting_plans_every_shard(demo):
@@ -204,7 +210,8 @@ def test_appending_a_sample_plans_only_its_shard_of_each_model(demo):
     finally:
         dataset.write_text(original)
     # 44 samples in shards of 8: the new one joins shard 5, of each of the two models
-    assert jobs == {"attribute_shard": 2, "merge_attributions": 2, "table1_pair": 1, "table2_pair": 1, "all": 1}
+    assert jobs == {"attribute_shard": 2, "merge_attributions": 2, "table1_pair": 1, "table2_pair": 1,
+                    "report_table": 2, "attribution_heatmaps": 1, "position_importance": 1, "provenance": 1, "all": 1}
     assert planned_jobs(demo) == {}
 
 
@@ -331,7 +338,7 @@ def test_rerun_after_deleting_the_annotations_sends_no_request(demo):
             shutil.rmtree(path)
         else:
             path.unlink()
-    snakemake(demo, "table5", "figure3")
+    snakemake(demo, "table5", "figure3", "report_explanations")  # and the report's pages of Table 5 and the cost
     cost = pd.read_csv(demo / "results/tables/demo/annotation_cost.tsv", sep="\t", keep_default_na=False)
     assert (cost["requests"].astype(int) == 0).all() and int(cost["cache_hits"].iloc[-1]) > 0
     log = (demo / "logs/annotate/demo/describe_seed0.log").read_text()
@@ -341,7 +348,8 @@ def test_rerun_after_deleting_the_annotations_sends_no_request(demo):
 
 def test_long_jobs_show_progress_on_the_console_and_logs_hold_no_carriage_returns(finished_demo):
     console = (finished_demo / "console.txt").read_text()
-    for stage in ("attribute demo-base shard 0: 0/", "pretrain", "explain demo-tuned layer 3: 0/4 heads"):
+    for stage in ("attribute demo-base shard 0: 0/", "pretrain", "explain demo-tuned layer 3: 0/4 heads",
+                  "explain demo-tuned FFN layer 3: 0/3 steps", "heatmaps: 0/6 samples"):
         assert stage in console, stage
     assert re.search(r"attribute demo-tuned shard \d+: \d+/\d+ samples done in \d:\d\d:\d\d", console)
     logs = list((finished_demo / "logs").rglob("*.log"))

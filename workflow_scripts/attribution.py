@@ -239,7 +239,9 @@ def attribute_shard(
         else:
             tokens = tokenize_pair(tokenizer, sample.prompt, sample.response)
         results.append(attribute_sample(model, tokenizer, sample.id, sample.prompt, tokens, chunk_size))
-    out = Shard(results, {"model": model_id, "source": f"computed:{response}", "binned_levels": 0})
+    meta = {"model": model_id, "source": f"computed:{response}", "binned_levels": 0,
+            "device": str(model.device), "dtype": dtype}  # for the report's provenance
+    out = Shard(results, meta)
     save_shard(out, output)
     log.info("attributed %d samples in %.1f s -> %s", len(results), time.perf_counter() - started, output)
     return out

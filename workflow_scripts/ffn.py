@@ -18,6 +18,7 @@ import torch
 
 from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
+from .progress import Progress
 from .tsv import WORDS_COLUMNS, encode_words, merge_and_export, write_tsv
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,18 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
 
     device = pick_device()
     started = time.perf_counter()
-    weights = ModelWeights(model_dir)
-    components, ratios = principal_components(weights.down_projection(layer).to(device), rank)
-    words = read_vocabulary(vocabulary)
-    tokenizer = AutoTokenizer.from_pretrained(weights.directory)
-    word_vectors = mean_embeddings(weights.output_embeddings().to(device), word_token_ids(tokenizer, words))
-    log.info("read %s", ", ".join(weights.read))
-    described = component_words(components, word_vectors, np.asarray(words, dtype=object), top_k)
+    # three stages, not a loop: a line after each (the eigendecomposition is the long one at 7B)
+    with Progress(3, f"explain {model_id} FFN layer {layer}", "step") as steps:
+        weights = ModelWeights(model_dir)
+        components, ratios = principal_components(weights.down_projection(layer).to(device), rank)
+        steps.update()
+        words = read_vocabulary(vocabulary)
+        tokenizer = AutoTokenizer.from_pretrained(weights.directory)
+        word_vectors = mean_embeddings(weights.output_embeddings().to(device), word_token_ids(tokenizer, words))
+        log.info("read %s", ", ".join(weights.read))
+        steps.update()
+        described = component_words(components, word_vectors, np.asarray(words, dtype=object), top_k)
+        steps.update()
     rows = [(model_id, size, layer, "FFN", 0, r, f"{ratio:.4f}", encode_words(top))
             for r, (ratio, top) in enumerate(zip(ratios.tolist(), described), start=1)]
     write_tsv(rows, WORDS_COLUMNS, output)

@@ -32,7 +32,7 @@ class SampleAttribution:
 @dataclass
 class Shard:
     samples: list[SampleAttribution]
-    meta: dict = field(default_factory=dict)  # model, source, binned_levels (0 = raw)
+    meta: dict = field(default_factory=dict)  # model, source, binned_levels (0 = raw); device, dtype
 
 
 def _strings(values: list[str]) -> np.ndarray:
@@ -106,6 +106,16 @@ def load_shard(path: str | Path, discard_corrupt: bool = False) -> Shard:
         )
         p0, r0, m0 = p0 + n, r0 + m, m0 + n * m
     return Shard(samples, header)
+
+
+def load_header(path: str | Path) -> dict:
+    """Only the JSON header (model, source, binned_levels; device and dtype where recorded),
+    without reading the matrices: what the report's provenance needs of a large file."""
+    with np.load(path, allow_pickle=False) as data:
+        header = json.loads(str(data["header"]))
+    if header.pop("format", None) != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} file")
+    return header
 
 
 def merge_shards(paths: list[str | Path], output: str | Path) -> Shard:

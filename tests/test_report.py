@@ -1,0 +1,230 @@
+"""The report's data and picture modules: position profile, attribution views, heatmaps, HTML pages."""
+import hashlib
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from test_tables import ANALYSIS, DATASET_ROWS, GROUPS, attribution, tiny_shard
+
+from workflow_scripts import heatmaps, position, report_pages
+from workflow_scripts.attribution_views import chosen_samples, load_views
+from workflow_scripts.importance import instruction_score
+from workflow_scripts.shards import Shard, load_header, save_shard
+from workflow_scripts.tables import instruction_scores
+
+# --- position profile ----------------------------------------------------------------------------
+
+
+def test_sample_bins_average_the_tokens_of_each_relative_position_bin():
+    # 20 tokens, 10 bins: two tokens per bin
+    assert position.sample_bins(np.arange(20.0)).tolist() == [0.5, 2.5, 4.5, 6.5, 8.5, 10.5, 12.5, 14.5, 16.5, 18.5]
+    # 5 tokens at relative positions 0.1, 0.3, ..., 0.9: bins 2, 4, 6, 8, 10 (1-based); the others empty
+    five = position.sample_bins(np.array([1.0, 2, 3, 4, 5]))
+    assert np.isnan(five[::2]).all() and five[1::2].tolist() == [1, 2, 3, 4, 5]
+    assert np.isnan(position.sample_bins(np.zeros(0))).all()
+
+
+def test_position_profile_is_the_mean_over_samples_with_a_standard_error_band():
+    u_shape = np.array([1.0, 0.2, 0.1, 0.1, 0.2, 1.0, 0.2, 0.1, 0.1, 1.0])
+    flat = np.full(10, 0.5)
+    profile = position.position_profile([u_shape, flat, np.full(5, 0.3)])
+    first = profile.iloc[0]
+    assert (first["mean"], first["samples"]) == (pytest.approx(0.75), 2)  # the 5-token sample has no token in bin 1
+    assert first["se"] == pytest.approx(np.std([1.0, 0.5], ddof=1) / np.sqrt(2))
+    second = profile.iloc[1]  # all three samples: 0.2, 0.5, 0.3
+    assert second["samples"] == 3 and second["mean"] == pytest.approx(1.0 / 3)
+    assert second["se"] == pytest.approx(np.std([0.2, 0.5, 0.3], ddof=1) / np.sqrt(3))
+    assert profile["start"].tolist()[:2] == [0.0, 0.1] and profile["end"].tolist()[-1] == 1.0
+
+
+def test_position_profile_of_a_bin_with_one_sample_has_no_error_band():
+    profile = position.position_profile([np.arange(10.0)])
+    assert profile["mean"].tolist() == list(range(10)) and profile["se"].isna().all()
+
+
+# --- views of attribution files -----------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny(tmp_path, write_tsv):
+    save_shard(tiny_shard(), tmp_path / "demo.npz")
+    return tmp_path / "demo.npz", write_tsv(DATASET_ROWS)
+
+
+def test_views_score_exactly_as_the_tables(tiny):
+    shard, dataset = tiny
+    views = load_views(shard, dataset, ANALYSIS)
+    scores = instruction_scores(shard, dataset, GROUPS, ANALYSIS).set_index("id")["score"]
+    for sample_id, view in views.items():
+        assert instruction_score(view.density, view.mask) == pytest.approx(scores[sample_id], abs=1e-12)
+    first = views["user_oriented_task_0"]
+    assert first.mask.tolist() == [False, True, True, True, False, False, False]
+    # threshold 0 in the heatmap: "▁Say" (0.5, 1 -> 5, 10) keeps its 5, which b = 7 zeroes in the density
+    assert first.binned[4].tolist() == [5, 10] and first.binned[3].tolist() == [0, 10]
+
+
+def test_views_of_a_sample_missing_from_the_file_name_it(tiny):
+    shard, dataset = tiny
+    with pytest.raises(ValueError, match=r"demo\.npz: no attribution .* for lima_author_9"):
+        load_views(shard, dataset, ANALYSIS, ["lima_author_1", "lima_author_9"])
+
+
+def test_chosen_samples_are_the_first_of_each_group_in_dataset_order(write_tsv):
+    rows = [(f"{prefix}{i}", "Go.", "ok", "Go.") for i in range(3) for prefix in ("lima_author_", "mtbench_")]
+    dataset = write_tsv(rows)
+    assert chosen_samples(dataset, GROUPS, 2) == ["lima_author_0", "lima_author_1", "mtbench_0", "mtbench_1"]
+    assert chosen_samples(dataset, GROUPS, 0) == []
+
+
+def test_position_command_writes_the_profile_of_both_models(tiny, tmp_path):
+    shard, dataset = tiny
+    position.main(["--dataset", str(dataset), "--pretrained", "base", str(shard), "--tuned", "chat", str(shard),
+                   "--levels", "10", "--threshold", "7", "--p", "4", "--pair", "demo",
+                   "--png", str(tmp_path / "p.png"), "--tsv", str(tmp_path / "p.tsv")])
+    table = pd.read_csv(tmp_path / "p.tsv", sep="\t")
+    assert table["model"].tolist() == ["base"] * 10 + ["chat"] * 10
+    # bin 1 (positions below 0.1) holds only <s> of the 7-token sample (density 0); bin 3 (0.2-0.3) holds
+    # ▁Be (1.5/7: density 2^-0.75), Hi (0.5/2: density 1) and Go (0.5/2: empty response, 0); Stop!'s
+    # three tokens sit in bins 2, 6 and 9
+    assert (table.loc[0, "mean"], table.loc[0, "samples"]) == (0, 1)
+    assert table.loc[2, "mean"] == pytest.approx((2**-0.75 + 1) / 3, abs=1e-6) and table.loc[2, "samples"] == 3
+    assert table.loc[1, "samples"] == 1 and table.loc[5, "samples"] == 2  # bin 6: "." (3.5/7) and ▁now (1.5/3)
+    assert Image.open(tmp_path / "p.png").size[0] > 600
+
+
+# --- heatmaps -----------------------------------------------------------------------------------
+
+
+def test_tick_labels_are_visible_short_and_safe_for_matplotlib():
+    assert heatmaps.tick_label("\u2581the") == "\u2423the"
+    assert heatmaps.tick_label("<0x0A>") == "\u21b5" and heatmaps.tick_label("\u010a") == "\u21b5"
+    assert heatmaps.tick_label("$x$") == r"\$x\$"  # not math text
+    assert heatmaps.tick_label("abcdefghijklmnopq") == "abcdefghijk\u2026"
+    assert heatmaps.tick_label("") == "\u2205"
+
+
+def test_long_responses_label_every_kth_token_never_more_than_the_limit():
+    assert heatmaps.response_ticks(12).tolist() == list(range(12))
+    ticks = heatmaps.response_ticks(301)
+    assert len(ticks) <= heatmaps.MAX_RESPONSE_LABELS and ticks[0] == 0 and np.diff(ticks).max() == 8
+
+
+def long_views(n: int, m: int):
+    tokens = [f"\u2581w{i}" for i in range(n)]
+    offsets = [[3 * i, 3 * i + 2] for i in range(n)]
+    prompt = " ".join(f"w{i:<1}"[:2] for i in range(n))
+    rng = np.random.default_rng(0)
+    shard = Shard([attribution("lima_author_0", prompt, tokens, offsets, rng.random((n, m)))], {"binned_levels": 0})
+    return shard
+
+
+def test_long_prompts_wrap_into_rows_of_panels(tmp_path, write_tsv):
+    pngs = {}
+    for n in (30, 95):  # one row, then three rows of 40 tokens
+        path = tmp_path / f"{n}.npz"
+        save_shard(long_views(n, 60), path)
+        prompt = long_views(n, 60).samples[0].prompt
+        dataset = write_tsv([("lima_author_0", prompt, "r", prompt.split(" ")[0])], name=f"{n}.tsv")
+        views = load_views(path, dataset, ANALYSIS)
+        pair = {"base": ("pretrained", views["lima_author_0"]), "chat": ("tuned", views["lima_author_0"])}
+        heatmaps.draw_sample(pair, 10, "t", tmp_path / f"{n}.png")
+        pngs[n] = Image.open(tmp_path / f"{n}.png").size
+    assert pngs[95][0] == pytest.approx(pngs[30][0], rel=0.05)  # same width: rows wrap, never squeeze
+    assert pngs[95][1] > 2.5 * pngs[30][1] * 0.8
+
+
+def test_sample_page_colours_every_prompt_token_by_its_density(tiny):
+    shard, dataset = tiny
+    view = load_views(shard, dataset, ANALYSIS, ["user_oriented_task_0"])["user_oriented_task_0"]
+    page = heatmaps.sample_page({"base": ("pretrained", view), "chat <b>": ("tuned", view)}, "Sample <x>", "note")
+    values = [float(v) for v in re.findall(r'data-density="([0-9.]+)"', page)]
+    assert values == pytest.approx(np.concatenate([view.density, view.density]), abs=1e-6)
+    assert page.count('class="tok ins"') == 2 * view.mask.sum() + 1  # and the legend's sample
+    assert 'title="token 2: density 1.000 instruction token"' in page
+    assert "chat &lt;b&gt;" in page and "<x>" not in page  # escaped
+    assert "http" not in page  # self-contained
+
+
+def test_heatmaps_command_writes_a_png_and_a_page_per_chosen_sample(tiny, tmp_path):
+    shard, dataset = tiny
+    heatmaps.main(["--dataset", str(dataset), "--groups", "lima_author_=lima,mtbench_=mtbench", "--samples", "1",
+                   "--pretrained", "base", str(shard), "--tuned", "chat", str(shard), "--levels", "10",
+                   "--threshold", "7", "--p", "4", "--png-dir", str(tmp_path / "png"), "--html-dir",
+                   str(tmp_path / "html")])
+    names = ["lima_author_1", "mtbench_1", "user_oriented_task_0"]  # one per group; the others are "other"
+    assert sorted(p.stem for p in (tmp_path / "png").iterdir()) == names
+    assert sorted(p.stem for p in (tmp_path / "html").iterdir()) == names
+
+
+# --- report pages -------------------------------------------------------------------------------
+
+
+def test_table_page_shows_the_numbers_title_notice_and_notes(tmp_path):
+    (tmp_path / "t.tsv").write_text("dataset\tn\tmean\tp_value\nlima\t300\t1.26834\t2.53e-14\nmtbench\t80\tnan\t0.5\n")
+    (tmp_path / "t.md").write_text("# Table 2 (x): scores\n\n> Offline demo.\n\n| dataset |\n|---|\n| lima |\n\n"
+                                   "2 sample(s) have an empty response.\n")
+    page = report_pages.table_page(tmp_path / "t.tsv", tmp_path / "t.md", "fallback")
+    assert "<h1>Table 2 (x): scores</h1>" in page and '<p class="notice">Offline demo.</p>' in page
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", page)
+    assert cells == ["lima", "300", "1.2683", "2.5e-14", "mtbench", "80", "n/a", "0.5000"]
+    assert "<p>2 sample(s) have an empty response.</p>" in page
+
+
+def test_paper_comparison_gives_the_difference_and_keeps_missing_rows():
+    computed = pd.DataFrame({"dataset": ["self_instruct", "lima"], "n": [252, 300],
+                             "mean_pretrained": [0.93941, 1.2683], "p_value": [1.9e-5, 2.5e-14]})
+    # sorted keys, as the rule's JSON param passes them: shown in the computed table's row and column order
+    printed = {"lima": {"n": 300}, "mtbench": {"n": 80},
+               "self_instruct": {"p_value": 1.92e-5, "mean_pretrained": 0.9394}}
+    table = report_pages.paper_comparison(computed, printed)
+    assert table[["dataset", "quantity"]].values.tolist() == [
+        ["self_instruct", "mean_pretrained"], ["self_instruct", "p_value"], ["lima", "n"], ["mtbench", "n"]]
+    assert table["difference"].tolist()[:3] == pytest.approx([1e-5, -2e-7, 0])
+    assert np.isnan(table["computed"].iloc[3]) and np.isnan(table["difference"].iloc[3])
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", report_pages.comparison_page(table, "x", "Table 2"))
+    # the printed digits, not the 4-decimal rounding of the tables
+    assert cells[:10] == ["self_instruct", "mean_pretrained", "0.9394", "0.93941", "1e-05",
+                          "self_instruct", "p_value", "1.92e-05", "1.9e-05", "-2e-07"]
+    assert cells[-3:] == ["80", "n/a", "n/a"]
+
+
+def test_provenance_records_hashes_recorded_device_and_config(tmp_path):
+    shard = Shard(tiny_shard().samples, {"model": "m", "source": "computed:reference", "binned_levels": 0,
+                                         "device": "cpu", "dtype": "float32"})
+    save_shard(shard, tmp_path / "a.npz")
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    (weights / ".snakemake_timestamp").write_text("")  # Snakemake's marker in a directory output: not the model
+    record = report_pages.provenance("demo", {"m": str(tmp_path / "a.npz")}, {"m": {"path": str(weights)}},
+                                     {"table 2": {"analysis": ANALYSIS}})
+    entry = record["models"]["m"]
+    assert entry["attributions"]["digest"] == "sha256:" + hashlib.sha256((tmp_path / "a.npz").read_bytes()).hexdigest()
+    assert (entry["attributions"]["device"], entry["attributions"]["dtype"]) == ("cpu", "float32")
+    assert entry["weights"]["files"] == {"config.json": "sha256:" + hashlib.sha256(b"{}").hexdigest()}
+    assert record["libraries"]["numpy"] == np.__version__
+    page = report_pages.provenance_page(record)
+    assert "sha256:" in page and "&quot;threshold&quot;: 7" in page and "weights file config.json" in page
+
+
+def test_load_header_reads_only_the_header(tmp_path):
+    save_shard(Shard([], {"model": "m", "binned_levels": 10}), tmp_path / "e.npz")
+    assert load_header(tmp_path / "e.npz") == {"model": "m", "binned_levels": 10}
+
+
+@pytest.mark.parametrize("name", ["paper-released.yaml", "paper.yaml"])
+def test_the_paper_configs_declare_the_printed_table2(name):
+    from pathlib import Path
+
+    import yaml
+    from snakemake.utils import validate
+    from test_released_workflow import PRINTED_TABLE2
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / name).read_text())
+    validate(config, str(Path(__file__).parents[1] / "schemas" / "config.schema.yaml"))
+    printed = config["pairs"]["llama-vicuna"]["paper"]["table2"]
+    assert {group: (row["n"], row["mean_pretrained"], row["mean_tuned"], row["p_value"])
+            for group, row in printed.items()} == PRINTED_TABLE2
+    assert config["report"]["samples"] >= 2

@@ -1,0 +1,238 @@
+"""Self-contained HTML pages for the Snakemake report: tables as tables, the paper comparison, and
+provenance (docs/design.md#report).
+
+Snakemake 9's report shows images, PDFs and HTML pages inline but offers a TSV only as a download,
+so every table is rendered here to a small HTML page: the numbers from the TSV (formatted as its
+Markdown twin formats them), the title, notice and notes from the Markdown twin.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import logging
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import atomic_file, atomic_write_text
+from .cli import setup_logging
+from .tables import _cell as cell_text
+
+log = logging.getLogger(__name__)
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.2em; }
+table { border-collapse: collapse; font-size: 14px; margin: .8em 0; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
+th { background: #f0f0f0; } td.text, th.text { text-align: left; }
+.notice { border-left: 4px solid #e6a23c; padding: .3em .8em; background: #fdf6ec; }
+.worse { color: #b03a2e; } pre { background: #f4f4f4; padding: .5em; white-space: pre-wrap; }
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def html_table(frame: pd.DataFrame, formats: dict | None = None) -> str:
+    """Numbers right-aligned, 4 decimals (tiny p-values in 2 significant digits) unless `formats` names a
+    column's own formatter; NaN as n/a."""
+    formats = formats or {}
+    text_columns = {c for c in frame.columns if frame[c].dtype == object}
+    head = "".join(f'<th{" class=text" if c in text_columns else ""}>{html.escape(str(c))}</th>' for c in frame.columns)
+    rows = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for column, value in zip(frame.columns, row):
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            text = formats[column](value) if column in formats and numeric and value == value else cell_text(value)
+            cells.append(f'<td{"" if numeric else " class=text"}>{html.escape(text)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
+
+
+def markdown_frame(markdown: str) -> tuple[str, list[str], list[str]]:
+    """Title, notice lines (`> `) and note paragraphs of a table's Markdown twin (table lines skipped)."""
+    title, notices, notes = "", [], []
+    for line in markdown.splitlines():
+        line = line.strip()
+        if line.startswith("# ") and not title:
+            title = line[2:]
+        elif line.startswith(">"):
+            notices.append(line.lstrip("> "))
+        elif line and not line.startswith("|") and not line.startswith("#"):
+            notes.append(line)
+    return title, notices, notes
+
+
+def table_page(tsv: str | Path, markdown: str | Path | None, fallback_title: str) -> str:
+    frame = pd.read_csv(tsv, sep="\t", keep_default_na=False, na_values=["", "nan", "NaN"])
+    title, notices, notes = markdown_frame(Path(markdown).read_text(encoding="utf8")) if markdown else ("", [], [])
+    title = title or fallback_title
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    body += [f'<p class="notice">{html.escape(n)}</p>' for n in notices]
+    body.append(html_table(frame))
+    body += [f"<p>{html.escape(n)}</p>" for n in notes]
+    body.append(f"<p><small>{len(frame)} rows from {html.escape(str(tsv))}</small></p>")
+    return page(title, "\n".join(body))
+
+
+# --- the paper's printed numbers beside the computed ones ----------------------------------------
+
+
+def paper_comparison(computed: pd.DataFrame, printed: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """One row per (dataset, quantity) the paper printed: paper, computed, computed - paper.
+
+    A printed dataset missing from the computed table is a row with computed n/a, never dropped.
+    """
+    by_dataset = computed.set_index("dataset")
+    order = {name: i for i, name in enumerate([*computed["dataset"], *computed.columns])}
+    rows = []
+    for dataset in sorted(printed, key=lambda name: order.get(name, len(order))):  # the computed table's order
+        quantities = printed[dataset]
+        for quantity in sorted(quantities, key=lambda name: order.get(name, len(order))):
+            paper = quantities[quantity]
+            value = float(by_dataset.loc[dataset, quantity]) if dataset in by_dataset.index else float("nan")
+            rows.append((dataset, quantity, float(paper), value, value - float(paper)))
+    return pd.DataFrame(rows, columns=["dataset", "quantity", "paper", "computed", "difference"])
+
+
+# as printed (up to 6 significant digits, as the TSV holds them), the difference in 2
+COMPARISON_FORMATS = {"paper": "{:.6g}".format, "computed": "{:.6g}".format, "difference": "{:.2g}".format}
+
+
+def comparison_page(table: pd.DataFrame, pair: str, name: str) -> str:
+    title = f"{name} ({pair}): the paper's printed numbers beside the computed ones"
+    body = (f"<h1>{html.escape(title)}</h1>\n<p>difference = computed - paper; the paper prints 4 decimals "
+            "(p-values 3 significant digits) and the computed TSV 6 significant digits, so a mean within 5e-5 "
+            "agrees.</p>\n" + html_table(table, COMPARISON_FORMATS))
+    return page(title, body)
+
+
+# --- provenance ---------------------------------------------------------------------------------
+
+LIBRARIES = ("snakemake", "torch", "transformers", "numpy", "scipy", "pandas", "matplotlib", "safetensors")
+HASH_LIMIT = 1 << 30  # files above 1 GiB are listed with their size only (hashing them is slow)
+
+
+def file_digest(path: Path) -> str:
+    if path.stat().st_size > HASH_LIMIT:
+        return f"{path.stat().st_size} bytes (not hashed: over 1 GiB)"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def model_source(path: str) -> dict:
+    """A local model directory: its files' hashes; a hub id: the cached snapshot's commit."""
+    from .model_paths import cached_config
+
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+        return {"path": path, "files": {f.name: file_digest(f) for f in files}}
+    config = cached_config(path)
+    if config is None:
+        return {"path": path, "revision": "not in the local Hugging Face cache"}
+    return {"path": path, "revision": config.parent.name + " (Hugging Face cache snapshot)"}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def provenance(pair: str, attributions: dict[str, str], models: dict[str, dict], slices: dict) -> dict:
+    """What the pair's tables came from: per model its config, weights source, attribution file
+    (hash and recorded device/precision), the library versions of this report job, config slices."""
+    from .shards import load_header
+
+    entries = {}
+    for model, settings in models.items():
+        path = Path(attributions[model])
+        header = load_header(path)
+        recorded = {k: header[k] for k in ("source", "device", "dtype", "binned_levels") if k in header}
+        entries[model] = {
+            "config": settings,
+            "weights": model_source(settings["path"]) if header.get("source") != "released" else
+            {"path": settings["path"], "note": "attributions released by the paper; weights not loaded"},
+            "attributions": {"file": str(path), "digest": file_digest(path), **recorded},
+        }
+    return {"pair": pair, "models": entries, "libraries": library_versions(), "config": slices}
+
+
+def provenance_page(record: dict) -> str:
+    pair = record["pair"]
+    parts = [f"<h1>Provenance of pair {html.escape(pair)}</h1>",
+             "<p>Device and precision are those recorded in the attribution files (newer shards record them); "
+             "library versions are those of the environment that built this report.</p>"]
+    for model, entry in record["models"].items():
+        rows = [("config", json.dumps(entry["config"], sort_keys=True))]
+        rows += [(f"attributions {k}", str(v)) for k, v in entry["attributions"].items()]
+        weights = dict(entry["weights"])
+        rows += [(f"weights file {name}", digest) for name, digest in weights.pop("files", {}).items()]
+        rows += [(f"weights {k}", str(v)) for k, v in weights.items()]
+        parts.append(f"<h2>{html.escape(model)}</h2>")
+        parts.append(html_table(pd.DataFrame(rows, columns=["what", "value"])))
+    parts.append("<h2>Libraries</h2>")
+    parts.append(html_table(pd.DataFrame(list(record["libraries"].items()), columns=["library", "version"])))
+    parts.append("<h2>Config slice of each table</h2>")
+    for name, config_slice in record["config"].items():
+        parts.append(f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(config_slice, indent=2))}</pre>")
+    return page(f"Provenance ({pair})", "\n".join(parts))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    table = sub.add_parser("table", help="a table's TSV (and Markdown twin) as an HTML page")
+    table.add_argument("--tsv", required=True)
+    table.add_argument("--markdown")
+    table.add_argument("--title", required=True)
+    table.add_argument("--output", required=True)
+    compare = sub.add_parser("compare", help="the paper's printed numbers beside the computed table")
+    compare.add_argument("--tsv", required=True)
+    compare.add_argument("--printed", required=True, help="JSON: dataset -> quantity -> printed value")
+    compare.add_argument("--pair", required=True)
+    compare.add_argument("--name", required=True)
+    compare.add_argument("--output-tsv", required=True)
+    compare.add_argument("--output", required=True)
+    prov = sub.add_parser("provenance", help="models, attribution files, libraries and config slices")
+    prov.add_argument("--pair", required=True)
+    prov.add_argument("--attributions", nargs="+", required=True, help="MODEL=FILE")
+    prov.add_argument("--models", required=True, help="JSON: model -> its config")
+    prov.add_argument("--slices", required=True, help="JSON: table -> its config slice")
+    prov.add_argument("--output-json", required=True)
+    prov.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.command == "table":
+        atomic_write_text(args.output, table_page(args.tsv, args.markdown, args.title))
+    elif args.command == "compare":
+        result = paper_comparison(pd.read_csv(args.tsv, sep="\t"), json.loads(args.printed))
+        with atomic_file(args.output_tsv) as tmp:
+            result.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+        atomic_write_text(args.output, comparison_page(result, args.pair, args.name))
+        log.info("%s:\n%s", args.output_tsv, result.to_string(index=False))
+    else:
+        files = dict(item.split("=", 1) for item in args.attributions)
+        record = provenance(args.pair, files, json.loads(args.models), json.loads(args.slices))
+        atomic_write_text(args.output_json, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(args.output, provenance_page(record))
+    log.info("wrote %s", args.output)
+
+
+if __name__ == "__main__":
+    main()
