@@ -12,7 +12,7 @@ from workflow_scripts import heatmaps, position, report_pages
 from workflow_scripts.attribution_views import chosen_samples, load_views
 from workflow_scripts.importance import instruction_score
 from workflow_scripts.shards import Shard, load_header, save_shard
-from workflow_scripts.tables import instruction_scores
+from workflow_scripts.table1_2 import instruction_scores
 
 # --- position profile ----------------------------------------------------------------------------
 

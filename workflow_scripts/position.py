@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def sample_bins(density: np.ndarray, bins: int = 10) -> np.ndarray:
-    """(bins,) mean density of one sample's tokens per relative-position bin; NaN where it has none."""
+    """(bins,) mean density of one sample's tokens per relative-position bin; NaN where it has none.
+
+    Args:
+        density: (P,) importance density of each prompt token, in prompt order
+    """
     density = np.asarray(density, dtype=np.float64)
     n = len(density)
     out = np.full(bins, np.nan)
@@ -34,7 +38,11 @@ def sample_bins(density: np.ndarray, bins: int = 10) -> np.ndarray:
 
 
 def position_profile(densities: list[np.ndarray], bins: int = 10) -> pd.DataFrame:
-    """Per bin: mean over samples, standard error and number of samples with tokens in it."""
+    """Per bin: mean over samples, standard error and number of samples with tokens in it.
+
+    Args:
+        densities: (P_i,) per sample, each sample's prompt-token densities (lengths differ)
+    """
     per_sample = np.array([sample_bins(d, bins) for d in densities]).reshape(-1, bins)
     counts = (~np.isnan(per_sample)).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -53,14 +61,22 @@ def position_profile(densities: list[np.ndarray], bins: int = 10) -> pd.DataFram
 
 
 def profiles_table(profiles: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Models side by side: one row per (model, bin)."""
+    """Models side by side: one row per (model, bin).
+
+    Args:
+        profiles: model -> position_profile's table (one row per bin)
+    """
     return pd.concat([p.assign(model=model) for model, p in profiles.items()], ignore_index=True)[
         ["model", "bin", "start", "end", "mean", "se", "samples"]
     ]
 
 
 def draw_profiles(profiles: dict[str, tuple[str, pd.DataFrame]], title: str, output: str | Path) -> None:
-    """Line per model (label -> (role, profile)) with a +-1 SE band; pre-trained dashed, tuned solid."""
+    """Line per model (label -> (role, profile)) with a +-1 SE band; pre-trained dashed, tuned solid.
+
+    Args:
+        profiles: label -> (role, position_profile's table, one row per bin)
+    """
     import matplotlib
 
     matplotlib.use("Agg")

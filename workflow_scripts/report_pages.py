@@ -20,7 +20,7 @@ import pandas as pd
 
 from .atomic import atomic_file, atomic_write_text
 from .cli import setup_logging
-from .tables import _cell as cell_text
+from .table_files import cell_text
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,11 @@ def page(title: str, body: str) -> str:
 
 def html_table(frame: pd.DataFrame, formats: dict | None = None) -> str:
     """Numbers right-aligned, 4 decimals (tiny p-values in 2 significant digits) unless `formats` names a
-    column's own formatter; NaN as n/a."""
+    column's own formatter; NaN as n/a.
+
+    Args:
+        frame: the table as written to its TSV (rows and columns shown as they are)
+    """
     formats = formats or {}
     text_columns = {c for c in frame.columns if frame[c].dtype == object}
     head = "".join(f'<th{" class=text" if c in text_columns else ""}>{html.escape(str(c))}</th>' for c in frame.columns)
@@ -89,6 +93,9 @@ def paper_comparison(computed: pd.DataFrame, printed: dict[str, dict[str, float]
     """One row per (dataset, quantity) the paper printed: paper, computed, computed - paper.
 
     A printed dataset missing from the computed table is a row with computed n/a, never dropped.
+
+    Args:
+        computed: Table 2 as its TSV holds it, one row per dataset
     """
     by_dataset = computed.set_index("dataset")
     order = {name: i for i, name in enumerate([*computed["dataset"], *computed.columns])}
@@ -107,6 +114,11 @@ COMPARISON_FORMATS = {"paper": "{:.6g}".format, "computed": "{:.6g}".format, "di
 
 
 def comparison_page(table: pd.DataFrame, pair: str, name: str) -> str:
+    """The comparison as a report page.
+
+    Args:
+        table: paper_comparison's rows (dataset, quantity, paper, computed, difference)
+    """
     title = f"{name} ({pair}): the paper's printed numbers beside the computed ones"
     body = (f"<h1>{html.escape(title)}</h1>\n<p>difference = computed - paper; the paper prints 4 decimals "
             "(p-values 3 significant digits) and the computed TSV 6 significant digits, so a mean within 5e-5 "

@@ -18,13 +18,14 @@ def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[st
     tsv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
     header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+    body = "".join("| " + " | ".join(cell_text(v) for v in row) + " |\n" for row in table.itertuples(index=False))
     footer = "".join(f"\n{note}.\n" for note in notes if note)
     preface = f"> {notice}\n\n" if notice else ""
     tsv.with_suffix(".md").write_text(f"# {title}\n\n{preface}{header}{body}{footer}")
 
 
-def _cell(value) -> str:
+def cell_text(value) -> str:
+    """A cell as the Markdown tables and report pages print it: 4 decimals, tiny p-values in 2 digits."""
     if isinstance(value, (float, np.floating)):
         if np.isnan(value):
             return "n/a"
