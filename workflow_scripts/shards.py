@@ -118,6 +118,9 @@ def merge_shards(paths: list[str | Path], output: str | Path) -> Shard:
                 raise ValueError(f"sample {sample.id} is in both {seen[sample.id]} and {path}")
             seen[sample.id] = str(path)
     meta = shards[0].meta if shards else {}
+    for path, shard in zip(paths[1:], shards[1:]):  # a table over mixed arithmetic would say only the first's
+        if shard.meta != meta:
+            raise ValueError(f"{path} was made with {shard.meta}, {paths[0]} with {meta}: rerun the older shards")
     merged = Shard([x for s in shards for x in s.samples], meta)
     save_shard(merged, output)
     return merged
