@@ -236,7 +236,8 @@ def test_the_automatic_backward_batch_follows_free_memory_and_sequence_length():
     and cotangent, x 500 positions x 2 bytes x 2 slack = 201 MB per cotangent; half the free memory."""
     config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32)
     per_cotangent = 100_608 * 500 * 2 * 2
-    assert auto_backward_batch(config, 500, 2, free_bytes=60 * 2**30, limit=500) == int(30 * 2**30 // per_cotangent) == 160
+    auto = auto_backward_batch(config, 500, 2, free_bytes=60 * 2**30, limit=500)
+    assert auto == int(30 * 2**30 // per_cotangent) == 160
     assert auto_backward_batch(config, 500, 2, free_bytes=2**40, limit=32) == 32  # never more than the chunk
     assert auto_backward_batch(config, 500, 2, free_bytes=2**20, limit=32) == 1  # the per-token path
     assert auto_backward_batch(config, 1000, 2, free_bytes=60 * 2**30, limit=200) < \
