@@ -96,7 +96,8 @@ def auto_backward_batch(config, sequence: int, element_bytes: int, free_bytes: i
 
 def _backward_batch(model, sequence: int, tokens: int, forced: int) -> int:
     """`forced` when set; else from the free memory on CUDA (the least free of the visible GPUs);
-    else 1: on a CPU the per-token path is as fast, and needs no extra memory."""
+    else 1: on a CPU the free memory is not a budget this job owns (a forced batch of 8 was 1.3x
+    faster on SmolLM2, docs/benchmarks.md)."""
     if forced:
         return min(forced, tokens)
     if model.device.type != "cuda":
