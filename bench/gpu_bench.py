@@ -1,23 +1,30 @@
 """GPU benchmark: the project's GPU jobs on a LLaMA-7B-shaped model with random weights.
 
-    PYTHONPATH=. python bench/gpu_bench.py [--dtype float32] [--output gpu_bench.json]
+    PYTHONPATH=. python bench/gpu_bench.py [--precisions float32,tf32,bfloat16] [--output gpu_bench.json]
     PYTHONPATH=. python bench/gpu_bench.py --dry-run             # the plan only; no GPU needed
     PYTHONPATH=. python bench/gpu_bench.py --allow-cpu --small   # smoke test on a tiny shape
 
 Needs only torch, transformers (with tokenizers), numpy, scipy and safetensors: no internet,
 no model weights, no GloVe package. In one run, on one card:
-1. attribution of one sample (200 prompt + 300 response random token ids) by `attribute_ids`
-   (chunk 32) and by the per-token loop `attribute_ids_reference`: times, peak GPU memory and
-   the max relative difference of the two matrices. When the whole loop would not fit the time
-   budget, it is timed on the last N response tokens and scaled up (every iteration is one
-   forward and backward over the whole sample, so its time is linear in N);
+1. attribution of one sample (200 prompt + 300 response random token ids): the paper's per-token
+   loop (`attribute_ids_reference`, float32: the paper runs `.float()`), then `attribute_ids`
+   (chunk 32) in float32 with one body backward per token, then with batched backward passes
+   (--backward-batch, 0: from free memory) in each precision mode (float32, tf32, bfloat16, in
+   that order: the weights are cast down in place): times, peak GPU memory, the max relative
+   difference to the float32 matrix and the share of binned cells equal to its. When the whole
+   loop would not fit the time budget, it is timed on the last N response tokens and scaled up
+   (every iteration is one forward and backward over the whole sample, so its time is linear in N);
 2. one attention and one FFN layer job (layer 0), through the modules' `main` as the rules run
    them, in child processes, on a checkpoint holding the model's own tensors a layer-0 job reads
    (float16, as LLaMA ships), a BPE tokenizer trained on a random vocabulary of 26,000 words (the
    paper's vocabulary size) and random clustered word vectors in GloVe text format.
-Prints a Markdown table and optionally writes the results as JSON for docs/benchmarks.md. About
-3-4 minutes on an H100 in float32 (an estimate from the 4-layer H200 run in docs/benchmarks.md;
-the per-token loop is half of it, and --reference-budget caps it).
+3. the projected wall time of the paper's workflow on one such GPU, component by component (632
+   samples x 2 models attributed, 2 x 32 attention and FFN layer jobs, annotation of 5 seeds),
+   from the times above and two stated assumptions (model load per shard, seconds per annotation
+   request), which the table labels as such.
+Prints Markdown tables and optionally writes the results as JSON for docs/benchmarks.md. About
+4-5 minutes on an H100 (an estimate from the 4-layer H200 run in docs/benchmarks.md; the
+per-token loop is capped by --reference-budget).
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # workflow_scripts without `pip install -e .` (imported in the functions)
 
+PAPER = {"samples": 632, "models": 2, "layers": 32, "shard_size": 16, "seeds": 5, "components": 300, "steps": 3}
 CALIBRATION_TOKENS = 3  # per-token loop iterations timed to decide whether the whole loop fits
 LAYER_TENSORS = (  # what a layer-0 attention job (embeddings, q, k, norm) and FFN job (down, lm_head) read
     "model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.q_proj.weight",
@@ -102,10 +110,10 @@ def print_plan(args, shape: Shape) -> None:
           f"intermediate {config.intermediate_size}, "
           f"{config.num_hidden_layers} layers, {config.num_attention_heads}/{config.num_key_value_heads} heads, "
           f"vocab {config.vocab_size}: {params / 1e6:,.1f}M params, "
-          f"{params * dtype_of(args.dtype).itemsize / 2**30:.1f} "
-          f"GiB in {args.dtype}, random weights built on the device")
+          f"{params * 4 / 2**30:.1f} GiB in float32, random weights built on the device")
     print(f"  attribution: {shape.prompt} prompt + {shape.response} response random ids, attribute_ids chunk "
-          f"{args.chunk_size} vs attribute_ids_reference ("
+          f"{args.chunk_size}, backward batch {args.backward_batch or 'auto'}, modes {args.precisions}, "
+          f"vs attribute_ids_reference in float32 ("
           f"{'all tokens if they fit' if args.reference_tokens is None else f'{args.reference_tokens} tokens'}, "
           f"budget {args.reference_budget:.0f} s)")
     print(f"  layer jobs: checkpoint of {checkpoint:.2f} GiB (float16): "
@@ -113,10 +121,6 @@ def print_plan(args, shape: Shape) -> None:
     print(f"  vocabulary: {shape.words} random words, BPE tokenizer of {shape.vocab} tokens, 50-d random GloVe text")
     print("  jobs: python -m workflow_scripts.attention layer ... --word-vectors-kind glove-text; "
           "python -m workflow_scripts.ffn layer ...")
-
-
-def dtype_of(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def synchronize(device: torch.device) -> None:
@@ -150,15 +154,21 @@ def reference_tail(model, ids: torch.Tensor, n_prompt: int, tokens: int) -> np.n
     return attribute_ids_reference(model, ids, ids.numel() - tokens)[:n_prompt]
 
 
+def cells_equal(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of binned cells (the analysis defaults L=10, b=7) of b equal to a's."""
+    from workflow_scripts.importance import bin_attributions
+
+    return float((bin_attributions(a) == bin_attributions(b)).mean())
+
+
 def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> dict:
-    """Time `attribute_ids` and the per-token loop on one random sample; compare the matrices."""
-    from workflow_scripts.attribution import attribute_ids
+    """The per-token loop (float32), then `attribute_ids` per-token and batched, per precision mode."""
+    from workflow_scripts.attribution import PRECISIONS, attribute_ids, set_matmul_precision
 
     ids = torch.randint(3, shape.vocab, (shape.prompt + shape.response,), device=device)
     m = shape.response
+    set_matmul_precision("float32")
     attribute_ids(model, ids[:16], 8)  # warm-up: kernels, allocator, autograd
-    fast, t_fast, peak_fast = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size)
-    print(f"attribute_ids (chunk {args.chunk_size}): {t_fast:.2f} s")
     tokens = args.reference_tokens
     if tokens is None:  # a few iterations say whether the whole loop fits the budget
         _, t_calibration, _ = timed(device, reference_tail, model, ids, shape.prompt, CALIBRATION_TOKENS)
@@ -170,13 +180,57 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
     slow, t_slow, peak_slow = timed(device, reference_tail, model, ids, shape.prompt, tokens)
     t_slow_all = t_slow * m / tokens
     scale = np.abs(slow).max()
-    return {
-        "chunk_size": args.chunk_size, "seconds": t_fast, "peak_gpu_gib": peak_fast,
-        "reference_seconds": t_slow_all, "reference_peak_gpu_gib": peak_slow,
-        "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m, "speed_up": t_slow_all / t_fast,
-        "max_relative_difference": float(np.abs(fast[:, m - tokens:] - slow).max() / scale),
-        "max_abs_value": float(scale),
+    results = {"chunk_size": args.chunk_size, "backward_batch": args.backward_batch,
+               "reference_seconds": t_slow_all, "reference_peak_gpu_gib": peak_slow,
+               "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m, "max_abs_value": float(scale)}
+    per_token_body, t_body, peak_body = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size, 1)
+    results["float32_per_token_backward"] = {
+        "seconds": t_body, "peak_gpu_gib": peak_body,
+        "max_relative_difference": float(np.abs(per_token_body[:, m - tokens:] - slow).max() / scale)}
+    print(f"attribute_ids float32, one backward per token: {t_body:.2f} s")
+    modes, reference = {}, per_token_body
+    for mode in args.precisions.split(","):
+        set_matmul_precision(mode)
+        model.to(PRECISIONS[mode])
+        fast, seconds, peak = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size,
+                                    args.backward_batch)
+        modes[mode] = {"seconds": seconds, "peak_gpu_gib": peak, "speed_up": t_slow_all / seconds,
+                       "max_relative_difference": float(np.abs(fast - reference).max() / np.abs(reference).max()),
+                       "cells_equal": cells_equal(reference, fast)}
+        print(f"attribute_ids {mode}, backward batch {args.backward_batch or 'auto'}: {seconds:.2f} s, "
+              f"{modes[mode]['cells_equal']:.2%} of binned cells equal to float32's")
+    set_matmul_precision("float32")
+    results["modes"] = modes
+    return results
+
+
+def projection(r: dict, args) -> dict:
+    """Seconds of each component of the paper's workflow on one GPU, per precision mode.
+
+    Attribution: 632 samples x 2 models at this sample's time (200 + 300 tokens: the paper's
+    responses are at most 300 tokens, so this errs long); model loads: one per shard of 16
+    (--load-seconds, assumed); layer jobs: 2 x 32 of each kind at the measured wall time; annotation:
+    at most 5 seeds x 2 models x 32 layers x 300 components x 3 steps requests at
+    --annotation-seconds-per-request (assumed: it depends on the server, not on this code)."""
+    jobs = r.get("layer_jobs")
+    shards = -(-PAPER["samples"] // PAPER["shard_size"]) * PAPER["models"]
+    requests = PAPER["seeds"] * PAPER["models"] * PAPER["layers"] * PAPER["components"] * PAPER["steps"]
+    fixed = {
+        "model loads (assumed)": shards * args.load_seconds,
+        "attention layer jobs": None if jobs is None else PAPER["models"] * PAPER["layers"] * jobs["attention"][
+            "wall_seconds"],
+        "FFN layer jobs": None if jobs is None else PAPER["models"] * PAPER["layers"] * jobs["ffn"]["wall_seconds"],
+        "annotation (assumed)": requests * args.annotation_seconds_per_request,
     }
+    attributed = PAPER["samples"] * PAPER["models"]
+    a = r["attribution"]
+    attribution = {"per-token loop (paper), float32": attributed * a["reference_seconds"],
+                   "this project, float32, one backward per token": attributed * a["float32_per_token_backward"][
+                       "seconds"]}
+    attribution.update({f"this project, {mode}": attributed * m["seconds"] for mode, m in a["modes"].items()})
+    known = sum(v for v in fixed.values() if v is not None)
+    return {"shards": shards, "annotation_requests": requests, "fixed_seconds": fixed,
+            "attribution_seconds": attribution, "total_hours": {k: (v + known) / 3600 for k, v in attribution.items()}}
 
 
 def random_words(count: int, rng: np.random.Generator) -> list[str]:
@@ -268,25 +322,29 @@ def gib(value, note: str = "") -> str:
 
 
 def markdown(r: dict) -> str:
-    """The results as a two-column Markdown table."""
+    """The results as a two-column Markdown table, then the projection of the paper's workflow."""
     a, jobs = r["attribution"], r.get("layer_jobs")
     timed_on = (f"timed on the last {a['reference_tokens_timed']} of {r['sample']['response']} tokens, "
                 "EXTRAPOLATED linearly" if a["reference_extrapolated"] else "timed on all tokens")
+    body = a["float32_per_token_backward"]
     rows = [
         ("card", r["card"]),
         ("torch / transformers", f"{r['torch']} (CUDA {r['cuda']}) / {r['transformers']}"),
-        ("model", f"{r['shape']}: {r['params'] / 1e6:,.1f}M params, {r['dtype']} (float32 matmul precision "
-                  + f"{r['matmul_precision']}), {r['attention_implementation']} attention, random weights built in "
-                  + f"{r['init_seconds']:.1f} s"),
+        ("model", f"{r['shape']}: {r['params'] / 1e6:,.1f}M params, built in float32 "
+                  + f"({r['attention_implementation']} attention), random weights built in {r['init_seconds']:.1f} s"),
         ("sample", f"{r['sample']['prompt']} prompt + {r['sample']['response']} response tokens (random ids)"),
-        (f"attribution, this project (chunk {a['chunk_size']})",
-         f"{a['seconds']:.2f} s, peak GPU {gib(a['peak_gpu_gib'], ' (weights included)')}"),
-        ("attribution, per-token loop",
+        ("attribution, per-token loop (the paper's), float32",
          f"{a['reference_seconds']:.2f} s ({timed_on}), peak GPU {gib(a['reference_peak_gpu_gib'])}"),
-        ("speed-up", f"{a['speed_up']:.2f}x"),
-        ("max relative difference (max abs. difference / max abs. value)",
-         f"{a['max_relative_difference']:.2e} (max abs. value {a['max_abs_value']:.2g})"),
+        (f"attribution, this project, float32, chunk {a['chunk_size']}, one backward per token",
+         f"{body['seconds']:.2f} s ({a['reference_seconds'] / body['seconds']:.2f}x), peak GPU "
+         f"{gib(body['peak_gpu_gib'], ' (weights included)')}, max relative difference to the loop "
+         f"{body['max_relative_difference']:.1e}"),
     ]
+    for mode, m in a["modes"].items():
+        rows.append((f"attribution, this project, {mode}, backward batch {a['backward_batch'] or 'auto'}",
+                     f"{m['seconds']:.2f} s ({m['speed_up']:.2f}x the loop), peak GPU {gib(m['peak_gpu_gib'])}, "
+                     f"vs float32: max relative difference {m['max_relative_difference']:.1e}, "
+                     f"{m['cells_equal']:.2%} of binned cells equal"))
     for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
                               ("ffn", "FFN", "top 300 components")):
         if jobs is None:
@@ -298,18 +356,32 @@ def markdown(r: dict) -> str:
                      f"wall {j['wall_seconds']:.1f} s{job}, peak GPU {gib(j['peak_gpu_gib'])}, "
                      + f"peak host {gib(j['peak_host_gib'])}, {j['rows']} rows"))
     rows.append(("whole benchmark", f"{r['total_seconds']:.0f} s"))
-    return "\n".join(["| measurement | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    table = "\n".join(["| measurement | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    p = r["projection"]
+    lines = ["", f"Projected paper workflow on one {r['card']} ({PAPER['samples']} samples x {PAPER['models']} "
+             f"models, {p['shards']} shards, {PAPER['models']} x {PAPER['layers']} layer jobs of each kind, "
+             f"<= {p['annotation_requests']:,} annotation requests):", "", "| component | hours |", "|---|---|"]
+    lines += [f"| {k} | {'n/a' if v is None else f'{v / 3600:.2f}'} |" for k, v in p["fixed_seconds"].items()]
+    lines += [f"| attribution: {k} | {v / 3600:.2f} |" for k, v in p["attribution_seconds"].items()]
+    lines += [f"| **total with attribution by {k}** | **{v:.2f}** |" for k, v in p["total_hours"].items()]
+    return table + "\n" + "\n".join(lines)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--precisions", default="float32,tf32,bfloat16",
+                        help="attribution modes, in this order (the weights are cast down in place)")
     parser.add_argument("--chunk-size", type=int, default=32, help="attribute_ids chunk size (0: all)")
+    parser.add_argument("--backward-batch", type=int, default=0, help="response tokens per backward; 0: auto")
+    parser.add_argument("--load-seconds", type=float, default=30.0,
+                        help="projection: seconds to load a 7B model per shard (assumed, not measured here)")
+    parser.add_argument("--annotation-seconds-per-request", type=float, default=0.01,
+                        help="projection: seconds per annotation request at the server's concurrency (assumed)")
     parser.add_argument("--reference-tokens", type=int,
                         help="time the per-token loop on this many response tokens and extrapolate "
                              "(default: all if the estimate fits --reference-budget)")
-    parser.add_argument("--reference-budget", type=float, default=200.0,
-                        help="seconds the per-token loop may take (default 200: the run stays under 6 minutes)")
+    parser.add_argument("--reference-budget", type=float, default=60.0,
+                        help="seconds the per-token loop may take (default 60; it is extrapolated beyond)")
     parser.add_argument("--output", help="also write the results as JSON here")
     parser.add_argument("--workdir", help="keep the checkpoint, word files and job logs here (default: a temp dir)")
     parser.add_argument("--skip-layer-jobs", action="store_true")
@@ -344,13 +416,12 @@ def main(argv=None):
     init_start = time.perf_counter()
     with device:  # built where it runs: a 6.7B-parameter init takes seconds on a GPU, minutes on a CPU
         model = LlamaForCausalLM(llama_config(shape))
-    model = model.to(dtype_of(args.dtype)).eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
     synchronize(device)
     results = {
         "card": torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test)",
         "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": __import__("transformers").__version__,
         "shape": shape.name, "config": dataclasses.asdict(shape), "params": sum(p.numel() for p in model.parameters()),
-        "dtype": args.dtype, "matmul_precision": torch.get_float32_matmul_precision(),
         "attention_implementation": model.config._attn_implementation,
         "init_seconds": time.perf_counter() - init_start,
         "sample": {"prompt": shape.prompt, "response": shape.response},
@@ -370,6 +441,7 @@ def main(argv=None):
             if not args.workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
     results["total_seconds"] = time.perf_counter() - started
+    results["projection"] = projection(results, args)
     print(markdown(results))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1) + "\n")

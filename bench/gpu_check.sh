@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One short GPU check (a few minutes on an H100): equality of the batched GPU attribution with the
-# per-token definition on tiny models, then bench/gpu_bench.py (LLaMA-7B shape: attribution vs the
-# per-token loop, one attention and one FFN layer job). Arguments go to gpu_bench.py, e.g.
+# One short GPU check (about 5 minutes on an H100): equality of the GPU attribution (chunked, batched
+# backward passes) with the per-token definition on tiny models and the arithmetic each precision
+# mode records, then bench/gpu_bench.py (LLaMA-7B shape: the per-token loop, every precision mode,
+# one attention and one FFN layer job, the projected paper workflow). Arguments go to gpu_bench.py, e.g.
 #   bash bench/gpu_check.sh --output gpu_bench.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,19 +12,32 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 python - <<'PY'
 import numpy as np, torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-from workflow_scripts.attribution import attribute_ids, attribute_ids_reference
+from workflow_scripts.attribution import (attribute_ids, attribute_ids_reference, precision_record,
+                                         set_matmul_precision)
 for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralForCausalLM)):
     torch.manual_seed(0)
     cfg = cfg_cls(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
     m = cls(cfg).cuda().eval().requires_grad_(False)
     ids = torch.randint(3, 300, (40,), device="cuda")
+    set_matmul_precision("float32")
     ref = attribute_ids_reference(m, ids, 25)
     for chunk in (0, 1, 4, 16):
-        fast = attribute_ids(m, ids, 25, chunk)
-        err = np.abs(fast - ref).max() / np.abs(ref).max()
-        print(f"{cls.__name__} chunk={chunk}: max relative difference {err:.2e}")
-        assert err < 1e-4
+        for batch in (1, 3, 0):  # per token, forced batches, automatic from free memory
+            fast = attribute_ids(m, ids, 25, chunk, batch)
+            err = np.abs(fast - ref).max() / np.abs(ref).max()
+            print(f"{cls.__name__} chunk={chunk} backward batch={batch}: max relative difference {err:.2e}")
+            assert err < 1e-4
+    for mode, dtype, matmul, bound in (("tf32", torch.float32, "tf32", 1e-2), ("bfloat16", torch.bfloat16,
+                                                                              "bfloat16", 1e-1)):
+        set_matmul_precision(mode)
+        m.to(dtype)
+        record = precision_record(m, mode)
+        assert (record["weights_dtype"], record["matmul"]) == (str(dtype)[6:], matmul), record
+        err = np.abs(attribute_ids(m, ids, 25, 16, 0) - ref).max() / np.abs(ref).max()
+        print(f"{cls.__name__} {mode}: {record['matmul']} matmuls, max relative difference {err:.2e}")
+        assert err < bound
+    set_matmul_precision("float32")
 PY
 # 2. the LLaMA-7B-shaped benchmark (random weights built on the GPU)
 python bench/gpu_bench.py "$@"

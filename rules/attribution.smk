@@ -22,9 +22,10 @@ rule attribute_shard:
     params:
         samples=lambda w: dag.shard_digest(config, w.shard),
         path=lambda w: model_setting(w.model, "path"),
-        dtype=lambda w: model_setting(w.model, "dtype", "float32"),
-        # scalars, not the config dict: reordering config keys must not rerun a shard; the
-        # chunk size only trades memory for speed, so it is read in the command, not a param
+        # this model's mode only: changing another model's reruns none of this model's shards
+        precision=lambda w: dag.attribution_precision(config, w.model),
+        # scalars, not the config dict: reordering config keys must not rerun a shard; the chunk
+        # size and backward batch only trade memory for speed, so they are read in the command, not params
         response=config["attribution"]["response"],
         max_new_tokens=config["attribution"]["max_new_tokens"],
         shard_size=config["attribution"]["shard_size"],
@@ -33,7 +34,8 @@ rule attribute_shard:
         " python -m workflow_scripts.attribution --model-dir={params.path:q} --model-id {wildcards.model:q}"
         " --dataset {input.dataset:q} --shard {wildcards.shard:q} --shard-size={params.shard_size:q}"
         " --response={params.response:q} --max-new-tokens={params.max_new_tokens:q}"
-        " --chunk-size {config[attribution][chunk_size]:q} --dtype={params.dtype:q}"
+        " --chunk-size {config[attribution][chunk_size]:q} --backward-batch {config[attribution][backward_batch]:q}"
+        " --precision={params.precision:q}"
         " --output {output:q} 3>&2 > {log:q} 2>&1"
 
 

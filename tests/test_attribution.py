@@ -11,13 +11,18 @@ from transformers import (
 )
 
 from workflow_scripts.attribution import (
+    PRECISIONS,
     attribute_ids,
     attribute_ids_reference,
     attribute_shard,
+    auto_backward_batch,
     generate_response,
+    load_model,
+    set_matmul_precision,
     tokenize_pair,
 )
 from workflow_scripts.demo_models import train_tokenizer
+from workflow_scripts.importance import bin_attributions
 from workflow_scripts.shards import load_shard
 
 ARCHITECTURES = {
@@ -126,7 +131,7 @@ def test_attribute_shard_writes_the_shard_samples_in_the_safe_format(tmp_path, t
     shard = load_shard(out)
     assert [s.id for s in shard.samples] == ["s2", "s3"]
     assert shard.meta["model"] == "tiny" and shard.meta["binned_levels"] == 0
-    assert (shard.meta["device"], shard.meta["dtype"]) == ("cpu", "float32")  # for the report's provenance
+    assert (shard.meta["device"], shard.meta["weights_dtype"]) == ("cpu", "float32")  # for the report's provenance
     for sample in shard.samples:
         assert sample.matrix.shape == (len(sample.prompt_tokens), len(sample.response_tokens))
         assert sample.matrix.dtype == np.float32 and np.isfinite(sample.matrix).all()
@@ -173,3 +178,141 @@ def test_an_empty_reference_response_is_refused_naming_the_sample(tmp_path, tiny
     dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\ns0\tSay hi.\t \tSay hi.\n")
     with pytest.raises(ValueError, match=r"data.tsv:2: sample s0 has an empty Response to attribute"):
         attribute_shard(str(tiny_model_dir), str(dataset), 0, 1, str(tmp_path / "o.npz"), "tiny")
+
+
+# --- precision modes and batched backward passes (issue 14) ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+@pytest.mark.parametrize("chunk_size, backward_batch", [(0, 2), (0, 9), (4, 3), (64, 5)])
+def test_batched_backward_passes_equal_the_per_token_path(kind, chunk_size, backward_batch):
+    """Several response tokens per body backward (stacked cotangents) give the per-token columns."""
+    model = tiny_model(kind)
+    ids = torch.randint(3, 300, (24,), generator=torch.Generator().manual_seed(1))
+    per_token = attribute_ids(model, ids, n_prompt=15, chunk_size=chunk_size, backward_batch=1)
+    batched = attribute_ids(model, ids, n_prompt=15, chunk_size=chunk_size, backward_batch=backward_batch)
+    np.testing.assert_allclose(batched, per_token, rtol=1e-5, atol=1e-7 * np.abs(per_token).max())
+    np.testing.assert_allclose(batched, attribute_ids_reference(model, ids, n_prompt=15), rtol=1e-5,
+                               atol=1e-7 * np.abs(per_token).max())
+
+
+def test_batched_backward_in_bfloat16_equals_its_per_token_path_to_bf16_rounding():
+    model = tiny_model("llama").to(torch.bfloat16)
+    ids = torch.randint(3, 300, (40,), generator=torch.Generator().manual_seed(3))
+    per_token = attribute_ids(model, ids, n_prompt=25, backward_batch=1)
+    batched = attribute_ids(model, ids, n_prompt=25, backward_batch=8)
+    assert np.abs(batched - per_token).max() <= 2e-2 * np.abs(per_token).max()
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_down_to_the_per_token_path(monkeypatch, caplog):
+    """Fault injection: a batched backward over 2 cotangents raises CUDA's out-of-memory error."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 300, (24,), generator=torch.Generator().manual_seed(1))
+    expected = attribute_ids(model, ids, n_prompt=15, backward_batch=1)
+    real_grad, sizes = torch.autograd.grad, []
+
+    def grad(outputs, inputs, grad_outputs=None, **kwargs):
+        if grad_outputs is None:  # the output head's backward
+            return real_grad(outputs, inputs, **kwargs)
+        size = grad_outputs.shape[0] if kwargs.get("is_grads_batched") else 1
+        sizes.append(size)
+        if size > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real_grad(outputs, inputs, grad_outputs, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", grad)
+    got = attribute_ids(model, ids, n_prompt=15, backward_batch=8)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7 * np.abs(expected).max())
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2
+    assert "retrying 4 at a time" in caplog.text
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="not a memory error"):  # other errors are not swallowed
+        monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("not a memory error")))
+        attribute_ids(model, ids, n_prompt=15, backward_batch=8)
+
+
+def test_the_automatic_backward_batch_follows_free_memory_and_sequence_length():
+    """LLaMA-7B shape in bf16, 500 positions: 6*4096 + 4*11008 + 2*32*500 = 100,608 values per position
+    and cotangent, x 500 positions x 2 bytes x 2 slack = 201 MB per cotangent; half the free memory."""
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32)
+    per_cotangent = 100_608 * 500 * 2 * 2
+    auto = auto_backward_batch(config, 500, 2, free_bytes=60 * 2**30, limit=500)
+    assert auto == int(30 * 2**30 // per_cotangent) == 160
+    assert auto_backward_batch(config, 500, 2, free_bytes=2**40, limit=32) == 32  # never more than the chunk
+    assert auto_backward_batch(config, 500, 2, free_bytes=2**20, limit=32) == 1  # the per-token path
+    assert auto_backward_batch(config, 1000, 2, free_bytes=60 * 2**30, limit=200) < \
+        auto_backward_batch(config, 500, 2, free_bytes=60 * 2**30, limit=200) / 2  # longer: fewer
+    assert auto_backward_batch(config, 500, 4, free_bytes=60 * 2**30, limit=200) == \
+        auto_backward_batch(config, 500, 2, free_bytes=30 * 2**30, limit=200)  # float32 holds half as many
+
+
+def shard_dataset(tmp_path):
+    dataset = tmp_path / "data.tsv"
+    rows = [f"s{i}\tRewrite the sentence {i}./nInput: The meeting was moved.\tThe meeting was moved to Monday {i}.\t"
+            f"Rewrite the sentence {i}.&&&The meeting was moved." for i in range(3)]
+    dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\n" + "\n".join(rows) + "\n")
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def precision_shards(tmp_path_factory, tokenizer_dir):
+    """One shard of the same samples per precision mode, from the same saved float32 model."""
+    tmp_path = tmp_path_factory.mktemp("precision")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    dataset = shard_dataset(tmp_path)
+    shards = {}
+    for precision in PRECISIONS:
+        out = tmp_path / f"{precision}.npz"
+        attribute_shard(str(tmp_path / "model"), str(dataset), 0, 3, str(out), "tiny", precision=precision,
+                        backward_batch=2)
+        shards[precision] = load_shard(out)
+    return shards
+
+
+def test_each_precision_mode_records_the_arithmetic_it_actually_used(precision_shards):
+    """Read back from the loaded model and torch: a mode that fell back to another shows here."""
+    meta = {precision: shard.meta for precision, shard in precision_shards.items()}
+    assert {p: (m["precision"], m["weights_dtype"], m["activations_dtype"]) for p, m in meta.items()} == {
+        "float32": ("float32", "float32", "float32"),
+        "tf32": ("tf32", "float32", "float32"),
+        "bfloat16": ("bfloat16", "bfloat16", "bfloat16"),
+    }
+    assert meta["float32"]["matmul"] == meta["tf32"]["matmul"] == \
+        "float32 (CPU: TF32 is a CUDA mode; tf32 runs as float32)"
+    assert meta["bfloat16"]["matmul"] == "bfloat16"
+    assert all(m["accumulation"].startswith("float32") for m in meta.values())
+    assert not torch.backends.cuda.matmul.allow_tf32  # the last job (bfloat16) left TF32 off
+
+
+def test_tf32_on_a_cpu_is_float32_bit_for_bit(precision_shards):
+    for a, b in zip(precision_shards["float32"].samples, precision_shards["tf32"].samples):
+        assert np.array_equal(a.matrix, b.matrix)
+
+
+def test_bfloat16_agrees_with_float32_within_a_loose_bound(precision_shards):
+    """Measured on this tiny random model: max relative difference 0.01-0.03, 97.5-99% of binned cells
+    equal, correlation 0.9999 (bench/attribution_precision.py measures a real checkpoint)."""
+    for a, b in zip(precision_shards["float32"].samples, precision_shards["bfloat16"].samples):
+        assert a.matrix.dtype == b.matrix.dtype == np.float32 and a.matrix.shape == b.matrix.shape
+        assert not np.array_equal(a.matrix, b.matrix)  # it did run in another precision
+        assert np.abs(a.matrix - b.matrix).max() <= 0.1 * np.abs(a.matrix).max()
+        assert (bin_attributions(a.matrix) == bin_attributions(b.matrix)).mean() >= 0.9
+        assert np.corrcoef(a.matrix.ravel(), b.matrix.ravel())[0, 1] > 0.999
+
+
+def test_an_unknown_precision_is_refused_naming_the_known_ones(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"unknown precision 'float16' \(known: float32, tf32, bfloat16\)"):
+        load_model(str(tiny_model_dir), "float16")
+
+
+def test_tf32_switches_cuda_matmuls_to_tf32_and_the_other_modes_back_off():
+    """The switch itself (a CUDA flag, settable without a GPU); the shard's record reads it back."""
+    try:
+        for precision, expected in (("tf32", True), ("float32", False), ("tf32", True), ("bfloat16", False)):
+            set_matmul_precision(precision)
+            assert torch.backends.cuda.matmul.allow_tf32 is expected
+    finally:
+        set_matmul_precision("float32")

@@ -118,3 +118,21 @@ def test_released_attributions_are_read_only_by_plain_sample_ids(demo, tmp_path,
         dag.released_dir(demo, "demo-base")
     dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\nok_1\tDo it.\tDone.\tDo it.\n")
     assert dag.released_dir(demo, "demo-base") == "resources/paper/results/attribution_interpret/ifa_base"
+
+
+def test_the_old_dtype_key_names_its_replacement_and_precision_takes_only_the_three_modes(demo):
+    old = copy.deepcopy(demo)
+    old["models"]["demo-base"]["dtype"] = "bfloat16"
+    with pytest.raises(dag.ConfigError, match=r"models.demo-base.dtype: .*Replaced by precision \(float32, tf32 or "
+                                              r"bfloat16\)"):
+        check(old)
+    demo["models"]["demo-base"]["precision"] = "float16"
+    with pytest.raises(dag.ConfigError, match=r"models.demo-base.precision: 'float16' is not one of \['float32', "
+                                              r"'tf32', 'bfloat16'\]"):
+        check(demo)
+    demo["models"]["demo-base"]["precision"] = "tf32"
+    checked = check(demo)
+    assert checked["attribution"]["precision"] == "float32" and checked["attribution"]["backward_batch"] == 0
+    assert "precision" not in checked["models"]["demo-tuned"]  # no default: it inherits attribution.precision
+    assert dag.attribution_precision(checked, "demo-tuned") == "float32"
+    assert dag.attribution_precision(checked, "demo-base") == "tf32"

@@ -111,7 +111,8 @@ def test_released_and_computed_attributions_never_share_a_path(config):
 
 
 @pytest.mark.parametrize("edit", [
-    lambda c: c["models"]["base"].update(dtype="bfloat16"),
+    lambda c: c["models"]["base"].update(precision="bfloat16"),
+    lambda c: c["attribution"].update(precision="tf32"),
     lambda c: c["models"]["base"].update(path="org/other"),
     lambda c: c["attribution"].update(response="reference"),
     lambda c: c["attribution"].update(max_new_tokens=50),
@@ -128,9 +129,20 @@ def test_provenance_changes_with_whatever_went_into_the_attributions(config, edi
 def test_provenance_ignores_speed_settings_other_models_and_key_order(config):
     before = dag.attribution_provenance(config, ["tuned"])
     config["attribution"]["chunk_size"] = 4  # speed only
-    config["models"]["base"]["dtype"] = "float16"  # not a member
+    config["attribution"]["backward_batch"] = 8  # speed only
+    config["models"]["base"]["precision"] = "bfloat16"  # not a member
     config["models"]["tuned"] = dict(reversed(list(config["models"]["tuned"].items())))
     assert dag.attribution_provenance(config, ["tuned"]) == before
+
+
+def test_a_model_precision_overrides_the_attribution_precision_for_that_model_only(config):
+    assert [dag.attribution_precision(config, m) for m in ("base", "tuned")] == ["float32", "float32"]
+    config["attribution"]["precision"] = "tf32"
+    config["models"]["base"]["precision"] = "bfloat16"
+    assert [dag.attribution_precision(config, m) for m in ("base", "tuned")] == ["bfloat16", "tf32"]
+    tuned = dag.attribution_provenance(config, ["tuned"])
+    config["models"]["base"]["precision"] = "float32"
+    assert dag.attribution_provenance(config, ["tuned"]) == tuned
 
 
 def test_provenance_follows_the_dataset_content_and_a_bad_row_fails_it(config, tmp_path):

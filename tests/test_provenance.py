@@ -111,10 +111,23 @@ def kill_when_running(process: subprocess.Popen, workdir: Path, *argv_parts: str
     return False
 
 
-def test_a_merge_killed_after_a_dtype_change_leaves_no_stale_table(attributed):
-    """Issue 10, defect 1: change a model's dtype, SIGKILL its merge, rerun the same command."""
+def test_a_precision_change_replans_only_that_models_shards_and_what_reads_them(attributed):
+    """Issue 14: one model's precision is a param of its own shards only; the other model's shards,
+    merge and Table 1 (which reads the tuned model alone) stay done; the speed knob reruns nothing."""
+    base = planned_jobs(attributed, "table1", "table2", "--config", "models={demo-base: {precision: bfloat16}}")
+    assert base == {"attribute_shard": 2, "merge_attributions": 1, "table2_pair": 1, "table2": 1}
+    tuned = planned_jobs(attributed, "table1", "table2", "--config", "models={demo-tuned: {precision: tf32}}")
+    assert tuned == {"attribute_shard": 2, "merge_attributions": 1, "table1_pair": 1, "table1": 1,
+                     "table2_pair": 1, "table2": 1}
+    both = planned_jobs(attributed, "table1", "table2", "--config", "attribution={precision: bfloat16}")
+    assert both["attribute_shard"] == 4 and both["merge_attributions"] == 2
+    assert planned_jobs(attributed, "table1", "table2", "--config", "attribution={backward_batch: 3}") == {}
+
+
+def test_a_merge_killed_after_a_precision_change_leaves_no_stale_table(attributed):
+    """Issue 10, defect 1: change a model's precision, SIGKILL its merge, rerun the same command."""
     old_table2 = (attributed / "results/tables/demo/table2.tsv").read_text()
-    command = ["table1", "table2", "--config", "models={demo-base: {dtype: bfloat16}}"]
+    command = ["table1", "table2", "--config", "models={demo-base: {precision: bfloat16}}"]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *command], cwd=attributed, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -192,7 +192,7 @@ def test_paper_comparison_gives_the_difference_and_keeps_missing_rows():
 
 def test_provenance_records_hashes_recorded_device_and_config(tmp_path):
     shard = Shard(tiny_shard().samples, {"model": "m", "source": "computed:reference", "binned_levels": 0,
-                                         "device": "cpu", "dtype": "float32"})
+                                         "device": "cpu", "precision": "float32", "weights_dtype": "float32"})
     save_shard(shard, tmp_path / "a.npz")
     weights = tmp_path / "model"
     weights.mkdir()
@@ -202,7 +202,7 @@ def test_provenance_records_hashes_recorded_device_and_config(tmp_path):
                                      {"table 2": {"analysis": ANALYSIS}})
     entry = record["models"]["m"]
     assert entry["attributions"]["digest"] == "sha256:" + hashlib.sha256((tmp_path / "a.npz").read_bytes()).hexdigest()
-    assert (entry["attributions"]["device"], entry["attributions"]["dtype"]) == ("cpu", "float32")
+    assert (entry["attributions"]["device"], entry["attributions"]["precision"]) == ("cpu", "float32")
     assert entry["weights"]["files"] == {"config.json": "sha256:" + hashlib.sha256(b"{}").hexdigest()}
     assert record["libraries"]["numpy"] == np.__version__
     page = report_pages.provenance_page(record)

@@ -109,6 +109,24 @@ def test_merge_concatenates_shards_in_the_order_given(tmp_path):
         assert_same(sample, one(sample.id))
 
 
+def test_merge_rejects_shards_made_in_different_precisions(tmp_path):
+    """A merged file (and the note under the tables) speaks for one arithmetic only."""
+    first, second = tmp_path / "shard-0.npz", tmp_path / "shard-1.npz"
+    save_shard(Shard([one("a")], {"model": "m", "precision": "float32"}), first)
+    save_shard(Shard([one("b")], {"model": "m", "precision": "bfloat16"}), second)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(second))} was made with .*'bfloat16'.*, .*shard-0.npz with"):
+        merge_shards([first, second], tmp_path / "merged.npz")
+    assert not (tmp_path / "merged.npz").exists()
+
+
+def test_shards_of_one_arithmetic_on_different_devices_merge_and_the_merge_names_both_devices(tmp_path):
+    first, second = tmp_path / "shard-0.npz", tmp_path / "shard-1.npz"
+    save_shard(Shard([one("a")], {"model": "m", "precision": "float32", "device": "cuda:0"}), first)
+    save_shard(Shard([one("b")], {"model": "m", "precision": "float32", "device": "cpu"}), second)
+    merged = merge_shards([first, second], tmp_path / "merged.npz")
+    assert merged.meta == {"model": "m", "precision": "float32", "device": "cpu, cuda:0"}
+
+
 def test_merge_rejects_a_sample_in_two_shards_naming_both_files(tmp_path):
     first, second = tmp_path / "shard-0.npz", tmp_path / "shard-1.npz"
     save_shard(Shard([one("a"), one("b")]), first)

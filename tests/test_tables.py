@@ -11,7 +11,7 @@ from welch import welch_t_df
 
 from workflow_scripts.released import convert_released
 from workflow_scripts.shards import SampleAttribution, Shard, save_shard
-from workflow_scripts.table1_2 import empty_response_note, instruction_scores, table1, table2
+from workflow_scripts.table1_2 import arithmetic_note, empty_response_note, instruction_scores, main, table1, table2
 from workflow_scripts.table_files import write_table
 
 GROUPS = {"user_oriented_task_": "self_instruct", "lima_author_": "lima", "mtbench_": "mtbench"}
@@ -396,3 +396,22 @@ def test_the_configs_notice_stands_under_every_tables_title(tmp_path):
     write_table(table, tmp_path / "u.tsv", "Table 2 (demo)")
     assert (tmp_path / "u.md").read_text().startswith("# Table 2 (demo)\n\n| dataset |")
     assert (tmp_path / "t.tsv").read_text() == (tmp_path / "u.tsv").read_text()  # the TSV stays plain data
+
+
+def test_each_table_says_which_precision_made_its_attributions(tmp_path, write_tsv):
+    """Issue 14: the shard header's arithmetic (what the job actually ran in) stands under the table."""
+    dataset = write_tsv(DATASET_ROWS)
+    shard = tiny_shard()
+    shard.meta.update(source="computed:generate", precision="bfloat16", weights_dtype="bfloat16",
+                      activations_dtype="bfloat16", matmul="bfloat16", accumulation="float32 (sums)")
+    for model in ("base", "tuned"):
+        (tmp_path / model).mkdir()
+        save_shard(shard, tmp_path / model / "attributions.npz")
+    main(["table2", "--dataset", str(dataset), "--attributions", str(tmp_path / "base/attributions.npz"),
+          str(tmp_path / "tuned/attributions.npz"), "--groups", "", "--output", str(tmp_path / "t2.tsv")])
+    text = (tmp_path / "t2.md").read_text()
+    assert ("\nbase: attributions computed:generate, precision bfloat16 (weights bfloat16, activations bfloat16, "
+            "matmuls bfloat16, float32 (sums)).\n") in text
+    assert "\ntuned: attributions computed:generate, precision bfloat16" in text
+    released = {"model": "x", "source": "released:ifa_llama_7b", "binned_levels": 10}  # the paper's own
+    assert arithmetic_note(released, "llama-7b") == "llama-7b: attributions released:ifa_llama_7b"

@@ -4,8 +4,14 @@ docs/design.md#attribution. For response token j at position t_j, the objective 
 p(y_j | y_<j, x); the attribution of prompt token i is grad_{e_i}(objective_j) . e_i. The model
 is frozen (only the input embeddings need gradients), one forward pass serves a chunk of
 response tokens, the output head's part of their gradients is taken in one pass, and only the
-transformer body is traversed once per response token. The result equals one full forward and
-backward per token (`attribute_ids_reference`) to float precision.
+transformer body is traversed once per response token, or for several response tokens in one
+batched backward (`backward_batch`). The result equals one full forward and backward per token
+(`attribute_ids_reference`) to float precision.
+
+Precision modes (`PRECISIONS`, docs/design.md#precision-modes): float32 is the paper's (its loop runs
+`.float()`); tf32 keeps float32 weights and lets CUDA run float32 matmuls in TF32; bfloat16 runs the
+weights and activations in bf16 while the objectives (output head and softmax) and the gradient x
+input sums are computed in float32.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cli import non_negative_int
 from .dataset import read_dataset, shard_samples
 from .devices import pick_device
 from .model_paths import check_model_path
@@ -24,6 +31,11 @@ from .progress import progress
 from .shards import SampleAttribution, Shard, save_shard
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16}  # mode -> weights
+# Bytes a batched backward holds per cotangent, per position, per unit below (see `auto_backward_batch`):
+# a layer's hidden-size and intermediate-size gradients and its attention weights' gradients, x 2 for slack.
+_GRADIENT_COPIES = {"hidden": 6, "intermediate": 4, "attention": 2}
 
 
 @dataclass
@@ -50,32 +62,100 @@ def _embed(model, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _head_cotangents(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """d p(y_j) / d h_j for every response position at once, through the output head only.
+    """d p(y_j) / d h_j for every response position at once, through the output head only, in float32.
 
     Objective j depends on the final hidden state of its own position alone, so one backward
     of the summed objectives through the head gives every row exactly; the transformer body is
     then traversed once per objective instead of once per objective *and* through the head.
+    The head runs in float32 whatever the weights' dtype (a no-op for float32 weights), so that the
+    objectives are float32 probabilities: bf16 logits keep 2-3 significant digits (on SmolLM2, one
+    sample's largest difference to float32 went from 0.16 to 0.11 of its largest value with this).
     """
-    h = hidden.detach().requires_grad_(True)
-    probs = torch.softmax(model.get_output_embeddings()(h).float(), dim=-1)
+    head = model.get_output_embeddings()
+    h = hidden.detach().float().requires_grad_(True)
+    bias = None if head.bias is None else head.bias.float()
+    probs = torch.softmax(torch.nn.functional.linear(h, head.weight.float(), bias), dim=-1)
     (grad,) = torch.autograd.grad(probs.gather(1, targets[:, None]).sum(), h)
     return grad
 
 
-def attribute_ids(model, input_ids: torch.Tensor, n_prompt: int, chunk_size: int = 32) -> np.ndarray:
+def auto_backward_batch(config, sequence: int, element_bytes: int, free_bytes: int, limit: int) -> int:
+    """How many response tokens' body backward passes to run at once, from the free memory.
+
+    A batched backward keeps one copy of every layer's activation gradients per cotangent. The
+    estimate counts, per position, a few hidden-size and intermediate-size tensors and one row of
+    attention weights per head, doubled for slack, and uses half the free memory (an OOM still
+    halves the batch, down to the per-token path)."""
+    heads = getattr(config, "num_attention_heads", 1)
+    per_position = (_GRADIENT_COPIES["hidden"] * config.hidden_size
+                    + _GRADIENT_COPIES["intermediate"] * getattr(config, "intermediate_size", 4 * config.hidden_size)
+                    + _GRADIENT_COPIES["attention"] * heads * sequence)
+    per_cotangent = per_position * sequence * element_bytes * 2
+    return max(1, min(limit, int(free_bytes * 0.5 // per_cotangent)))
+
+
+def _backward_batch(model, sequence: int, tokens: int, forced: int) -> int:
+    """`forced` when set; else from the free memory on CUDA (the least free of the visible GPUs);
+    else 1: on a CPU the free memory is not a budget this job owns (a forced batch of 8 was 1.3x
+    faster on SmolLM2, docs/benchmarks.md)."""
+    if forced:
+        return min(forced, tokens)
+    if model.device.type != "cuda":
+        return 1
+    free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    element = next(model.parameters()).element_size()
+    return auto_backward_batch(model.config, sequence, element, free, tokens)
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+
+
+def _body_gradients(hidden: torch.Tensor, prefix: torch.Tensor, positions: torch.Tensor, cotangents: torch.Tensor,
+                    batch: int):
+    """d objective_k / d prefix for each k in order, `batch` objectives per backward pass (stacked
+    cotangents through `is_grads_batched`), yielded as (batch, T, d) tensors; an out-of-memory error
+    halves the batch, down to one at a time (the per-token path)."""
+    k = 0
+    while k < len(positions):
+        size = min(batch, len(positions) - k)
+        try:
+            if size == 1:
+                (grad,) = torch.autograd.grad(hidden[positions[k]], prefix, cotangents[k], retain_graph=True)
+                grad = grad[None]
+            else:
+                stacked = hidden.new_zeros((size, *hidden.shape))
+                stacked[torch.arange(size), positions[k : k + size]] = cotangents[k : k + size]
+                (grad,) = torch.autograd.grad(hidden, prefix, stacked, retain_graph=True, is_grads_batched=True)
+        except RuntimeError as error:
+            if size == 1 or not _is_out_of_memory(error):
+                raise
+            batch = size // 2
+            log.warning("out of memory in a backward of %d response tokens: retrying %d at a time", size, batch)
+            torch.cuda.empty_cache()
+            continue
+        yield grad
+        k += size
+
+
+def attribute_ids(
+    model, input_ids: torch.Tensor, n_prompt: int, chunk_size: int = 32, backward_batch: int = 0
+) -> np.ndarray:
     """(n_prompt x m) gradient x input matrix (docs/design.md#attribution).
 
     Response tokens go in chunks of `chunk_size` (0: all at once). Each chunk runs one forward
     pass over the prefix it needs (the model is causal, so the sequence is cut after the chunk's
-    last predicting position), then one backward per token through the transformer body only.
-    The GPU is compute-bound on this work, so the saving is in FLOPs: no output head and no
-    weight gradients in the backward passes, and shorter sequences for the early tokens.
+    last predicting position), then body-only backward passes, `backward_batch` response tokens
+    per pass (0: chosen from the free GPU memory; 1 on a CPU). The saving is in FLOPs: no output
+    head and no weight gradients in the backward passes, shorter sequences for the early tokens;
+    a batched pass turns a token's matrix-vector-like products into fuller matrix products.
+    The gradient x input products are summed in float32 whatever the weights' dtype.
     """
     m = input_ids.numel() - n_prompt
     if m <= 0:
         return np.zeros((n_prompt, 0), dtype=np.float32)
     chunk_size = chunk_size or m
-    prompt_embeddings = model.get_input_embeddings()(input_ids[:n_prompt]).detach()
+    prompt_embeddings = model.get_input_embeddings()(input_ids[:n_prompt]).detach().float()
     columns = []
     for start in range(0, m, chunk_size):
         stop = min(start + chunk_size, m)
@@ -83,11 +163,10 @@ def attribute_ids(model, input_ids: torch.Tensor, n_prompt: int, chunk_size: int
         hidden = model.base_model(inputs_embeds=prefix.unsqueeze(0)).last_hidden_state[0]
         positions = torch.arange(n_prompt - 1 + start, n_prompt - 1 + stop, device=hidden.device)
         cotangents = _head_cotangents(model, hidden[positions], input_ids[n_prompt + start : n_prompt + stop])
-        for k, position in enumerate(positions):
-            (grad,) = torch.autograd.grad(
-                hidden[position], prefix, cotangents[k].to(hidden.dtype), retain_graph=k < len(positions) - 1
-            )
-            columns.append((grad[:n_prompt] * prompt_embeddings).sum(-1)[:, None].float())
+        batch = _backward_batch(model, prefix.shape[0], len(positions), backward_batch)
+        for grads in _body_gradients(hidden, prefix, positions, cotangents.to(hidden.dtype), batch):
+            columns.append((grads[:, :n_prompt].float() * prompt_embeddings).sum(-1).T)
+        del hidden  # frees the retained graph before the next chunk's forward
     return torch.cat(columns, dim=1).cpu().numpy().astype(np.float32)
 
 
@@ -153,10 +232,10 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
 
 
 def attribute_sample(
-    model, tokenizer, sample_id: str, prompt: str, tokens: Tokenized, chunk_size: int
+    model, tokenizer, sample_id: str, prompt: str, tokens: Tokenized, chunk_size: int, backward_batch: int = 0
 ) -> SampleAttribution:
     ids = tokens.input_ids.to(model.get_input_embeddings().weight.device)
-    full = attribute_ids(model, ids, tokens.n_prompt, chunk_size)
+    full = attribute_ids(model, ids, tokens.n_prompt, chunk_size, backward_batch)
     all_tokens = tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist())
     return SampleAttribution(
         id=sample_id,
@@ -170,14 +249,46 @@ def attribute_sample(
     )
 
 
-def load_model(path: str, dtype: str = "float32"):
-    """A frozen causal LM and its tokenizer; spread over the job's GPUs (those its lease made
-    visible, or its SLURM allocation) when it has several."""
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+
+
+def set_matmul_precision(precision: str) -> None:
+    """TF32 float32 matmuls on CUDA for tf32 only; every other mode runs them in IEEE float32.
+    (A process-wide switch: the job attributes one model in one mode.)"""
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
+def precision_record(model, precision: str) -> dict:
+    """What a shard says about its arithmetic, read back from the model and torch rather than from
+    the request, so that a mode that silently fell back to another is seen in the file."""
+    weights = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    with torch.no_grad():
+        probe = model.get_input_embeddings().weight[:2][None]
+        activations = str(model.base_model(inputs_embeds=probe).last_hidden_state.dtype).removeprefix("torch.")
+    if weights != ["float32"]:
+        matmul = "/".join(weights)
+    elif model.device.type == "cuda":
+        matmul = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "float32"
+    else:  # oneDNN's float32 matmuls stay IEEE unless torch.backends.mkldnn.matmul.fp32_precision says otherwise
+        setting = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
+        matmul = "float32 (CPU: TF32 is a CUDA mode; tf32 runs as float32)" if setting in ("none", "ieee") \
+            else f"float32 as oneDNN {setting}"
+    return {"precision": precision, "weights_dtype": "/".join(weights), "activations_dtype": activations,
+            "matmul": matmul, "accumulation": "float32 (output head, softmax, gradient x input sums)"}
+
+
+def load_model(path: str, precision: str = "float32"):
+    """A frozen causal LM in the mode's weight dtype and its tokenizer; spread over the job's GPUs
+    (those its lease made visible, or its SLURM allocation) when it has several."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_precision(precision)
     check_model_path(path)
     device = pick_device()
-    kwargs = {"dtype": getattr(torch, dtype)}
+    set_matmul_precision(precision)
+    kwargs = {"dtype": PRECISIONS[precision]}
     if device.type == "cuda" and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -222,15 +333,17 @@ def check_fits(model, tokenizer, samples, response: str, max_new_tokens: int, da
 
 def attribute_shard(
     model_dir: str, dataset: str, shard: int, shard_size: int, output: str, model_id: str,
-    response: str = "reference", max_new_tokens: int = 300, dtype: str = "float32",
-    chunk_size: int = 32,
+    response: str = "reference", max_new_tokens: int = 300, precision: str = "float32",
+    chunk_size: int = 32, backward_batch: int = 0,
 ) -> Shard:
     samples = shard_samples(read_dataset(dataset), shard_size)
     if not 0 <= shard < len(samples):
         raise ValueError(f"{dataset}: shard {shard} does not exist ({len(samples)} shards of {shard_size})")
     started = time.perf_counter()
-    model, tokenizer = load_model(model_dir, dtype)
-    log.info("loaded %s (%s) in %.1f s on %s", model_id, model_dir, time.perf_counter() - started, model.device)
+    model, tokenizer = load_model(model_dir, precision)
+    arithmetic = precision_record(model, precision)
+    log.info("loaded %s (%s) in %.1f s on %s: %s", model_id, model_dir, time.perf_counter() - started, model.device,
+             arithmetic)
     check_fits(model, tokenizer, samples[shard], response, max_new_tokens, dataset)
     results = []
     for sample in progress(samples[shard], f"attribute {model_id} shard {shard}", "sample"):
@@ -238,10 +351,9 @@ def attribute_shard(
             tokens = generate_response(model, tokenizer, sample.prompt, max_new_tokens)
         else:
             tokens = tokenize_pair(tokenizer, sample.prompt, sample.response)
-        results.append(attribute_sample(model, tokenizer, sample.id, sample.prompt, tokens, chunk_size))
-    meta = {"model": model_id, "source": f"computed:{response}", "binned_levels": 0,
-            "device": str(model.device), "dtype": dtype}  # for the report's provenance
-    out = Shard(results, meta)
+        results.append(attribute_sample(model, tokenizer, sample.id, sample.prompt, tokens, chunk_size, backward_batch))
+    out = Shard(results, {"model": model_id, "source": f"computed:{response}", "binned_levels": 0,
+                          "device": str(model.device), **arithmetic})
     save_shard(out, output)
     log.info("attributed %d samples in %.1f s -> %s", len(results), time.perf_counter() - started, output)
     return out
@@ -256,14 +368,16 @@ def main(argv=None):
     parser.add_argument("--shard-size", type=int, required=True)
     parser.add_argument("--response", choices=("reference", "generate"), default="reference")
     parser.add_argument("--max-new-tokens", type=int, default=300)
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="float32")
     parser.add_argument("--chunk-size", type=int, default=32, help="response tokens per forward pass; 0: all")
+    parser.add_argument("--backward-batch", type=non_negative_int, default=0,
+                        help="response tokens per body backward pass; 0: from the free GPU memory (1 on a CPU)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     attribute_shard(
         args.model_dir, args.dataset, args.shard, args.shard_size, args.output, args.model_id,
-        args.response, args.max_new_tokens, args.dtype, args.chunk_size,
+        args.response, args.max_new_tokens, args.precision, args.chunk_size, args.backward_batch,
     )
 
 

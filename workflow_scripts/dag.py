@@ -117,6 +117,11 @@ def attribution_file(config: dict, model: str) -> str:
     return f"results/attribution/{model}/{name}"
 
 
+def attribution_precision(config: dict, model: str) -> str:
+    """The model's own `precision`, else `attribution.precision`, else the paper's float32."""
+    return model_config(config, model).get("precision") or (config.get("attribution") or {}).get("precision", "float32")
+
+
 def attribution_inputs(config: dict, model: str) -> dict:
     """Everything that decides a model's attributions (chunk_size trades speed only: not in it)."""
     settings = model_config(config, model)
@@ -127,7 +132,7 @@ def attribution_inputs(config: dict, model: str) -> dict:
     attribution = config.get("attribution") or {}
     record.update(
         path=settings["path"],
-        dtype=settings.get("dtype", "float32"),
+        precision=attribution_precision(config, model),
         response=attribution.get("response", "generate"),
         max_new_tokens=attribution.get("max_new_tokens", 300),
         shard_size=attribution.get("shard_size", 16),

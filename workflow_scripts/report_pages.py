@@ -166,6 +166,10 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+# What a shard header says about how its attributions were made (attribution.precision_record, shards).
+RECORDED = ("source", "device", "precision", "weights_dtype", "activations_dtype", "matmul", "binned_levels")
+
+
 def provenance(pair: str, attributions: dict[str, str], models: dict[str, dict], slices: dict) -> dict:
     """What the pair's tables came from: per model its config, weights source, attribution file
     (hash and recorded device/precision), the library versions of this report job, config slices."""
@@ -175,7 +179,7 @@ def provenance(pair: str, attributions: dict[str, str], models: dict[str, dict],
     for model, settings in models.items():
         path = Path(attributions[model])
         header = load_header(path)
-        recorded = {k: header[k] for k in ("source", "device", "dtype", "binned_levels") if k in header}
+        recorded = {k: header[k] for k in RECORDED if k in header}
         entries[model] = {
             "config": settings,
             "weights": model_source(settings["path"]) if header.get("source") != "released" else

@@ -32,7 +32,7 @@ class SampleAttribution:
 @dataclass
 class Shard:
     samples: list[SampleAttribution]
-    meta: dict = field(default_factory=dict)  # model, source, binned_levels (0 = raw); device, dtype
+    meta: dict = field(default_factory=dict)  # model, source, binned_levels (0 = raw); device, precision
 
 
 def _strings(values: list[str]) -> np.ndarray:
@@ -109,7 +109,7 @@ def load_shard(path: str | Path, discard_corrupt: bool = False) -> Shard:
 
 
 def load_header(path: str | Path) -> dict:
-    """Only the JSON header (model, source, binned_levels; device and dtype where recorded),
+    """Only the JSON header (model, source, binned_levels; device and precision where recorded),
     without reading the matrices: what the report's provenance needs of a large file."""
     with np.load(path, allow_pickle=False) as data:
         header = json.loads(str(data["header"]))
@@ -127,7 +127,16 @@ def merge_shards(paths: list[str | Path], output: str | Path) -> Shard:
             if sample.id in seen:
                 raise ValueError(f"sample {sample.id} is in both {seen[sample.id]} and {path}")
             seen[sample.id] = str(path)
-    meta = shards[0].meta if shards else {}
+    def arithmetic(meta: dict) -> dict:  # where a shard ran (a GPU, or the CPU) is not how it computed
+        return {k: v for k, v in meta.items() if k != "device"}
+
+    meta = dict(shards[0].meta) if shards else {}
+    for path, shard in zip(paths[1:], shards[1:]):  # a table over mixed arithmetic would say only the first's
+        if arithmetic(shard.meta) != arithmetic(meta):
+            raise ValueError(f"{path} was made with {shard.meta}, {paths[0]} with {meta}: rerun the older shards")
+    devices = sorted({s.meta["device"] for s in shards if "device" in s.meta})
+    if devices:
+        meta["device"] = ", ".join(devices)
     merged = Shard([x for s in shards for x in s.samples], meta)
     save_shard(merged, output)
     return merged

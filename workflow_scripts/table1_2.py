@@ -64,7 +64,9 @@ def instruction_scores(attributions: str | Path, dataset: str | Path, groups: di
         mask = instruction_mask(a.prompt, a.prompt_tokens, a.prompt_offsets, spans)
         score = sample_score(a.matrix, mask, analysis["levels"], analysis["threshold"], analysis["p"], bool(binned))
         rows.append((a.id, dataset_group(a.id, groups), score, len(a.response_tokens), int(mask.sum())))
-    return pd.DataFrame(rows, columns=["id", "group", "score", "response_tokens", "instruction_tokens"])
+    frame = pd.DataFrame(rows, columns=["id", "group", "score", "response_tokens", "instruction_tokens"])
+    frame.attrs["meta"] = dict(shard.meta)  # how the attributions were made, for the note under the table
+    return frame
 
 
 def _welch_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -147,6 +149,16 @@ def empty_response_note(scores: pd.DataFrame, model: str) -> str:
     return note + ("" if len(empty) <= 5 else ", ...")
 
 
+def arithmetic_note(meta: dict, model: str) -> str:
+    """Which arithmetic made a model's attributions, from the shard header (computed shards record
+    what they actually ran in; released ones are the paper's own)."""
+    source = meta.get("source", "unknown source")
+    if "precision" not in meta:
+        return f"{model}: attributions {source}"
+    return (f"{model}: attributions {source}, precision {meta['precision']} (weights {meta['weights_dtype']}, "
+            f"activations {meta['activations_dtype']}, matmuls {meta['matmul']}, {meta['accumulation']})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=("table1", "table2"))
@@ -179,6 +191,8 @@ def main(argv=None):
     notes = [] if args.table == "table1" else [  # Table 1 keeps responses of min_response_tokens or more
         empty_response_note(frame, Path(path).parent.name) for frame, path in zip(scores, args.attributions)
     ]
+    notes += [arithmetic_note(frame.attrs["meta"], Path(path).parent.name)
+              for frame, path in zip(scores, args.attributions)]
     write_table(table, args.output, args.title, notes, args.notice)
     log.info("%s:\n%s", args.output, table.to_string(index=False))
 
