@@ -1,5 +1,6 @@
 # shiftlens: how instruction tuning changes a model, after Wu et al. (NAACL 2024).
-# Targets: all (default), table1, table2, table3, ffn (linear_words.tsv), table5, figure3. Design: docs/design.md.
+# Targets: all (default), table1, table2, table3, ffn (linear_words.tsv), table5, figure3, browse (HTML browsers).
+# Design: docs/design.md.
 from snakemake.utils import min_version, validate
 
 from workflow_scripts import config_checks
@@ -33,6 +34,7 @@ include: "rules/tables.smk"  # Tables 1 and 2
 include: "rules/attention.smk"  # per-layer head explanations (GPU), bilinear_words.tsv, Table 3
 include: "rules/ffn.smk"  # per-layer FFN concepts (GPU), linear_words.tsv
 include: "rules/annotate.smk"  # LLM annotation (seeds x steps), cost report, Table 5, Figure 3
+include: "rules/browse.smk"  # static HTML explanation browsers (head word pairs, FFN concepts, annotations)
 
 
 onstart:
@@ -46,7 +48,7 @@ onstart:
 
 
 rule all:
-    """Target (default): Tables 1, 2, 3 and 5, the FFN concepts and Figure 3 of every pair."""
+    """Target (default): Tables 1, 2, 3 and 5, the FFN concepts, Figure 3 and the explanation browser of every pair."""
     default_target: True
     input:
         rules.table1.input,
@@ -55,3 +57,4 @@ rule all:
         rules.ffn.input,
         rules.table5.input,
         rules.figure3.input,
+        rules.browse.input,
