@@ -12,9 +12,11 @@
   const tables = new Map();
   let token = 0;
 
-  function status(text, error) {
+  // The status line, and body[data-state] (loading, ready, error) for whoever waits on the page.
+  function status(text, state) {
     $("status").textContent = text;
-    $("status").className = error ? "error" : "";
+    $("status").className = state === "error" ? "error" : "";
+    document.body.dataset.state = state;
   }
 
   // --- data ------------------------------------------------------------------------------------------
@@ -236,7 +238,7 @@
     const key = state.word.trim().toLowerCase();
     const models = state.view === "both" ? manifest.models.map((_, m) => m) : [Number(state.view)];
     const size = manifest.page_size;
-    status("Loading…");
+    status("Loading…", "loading");
     saveState();
     try {
       let sets;
@@ -258,10 +260,10 @@
       $("next").disabled = state.page >= pages - 1;
       const total = sets.reduce((n, s) => n + s.count, 0);
       const none = "no " + KINDS[kind] + " hold the word \u201c" + key + "\u201d (the search matches whole words)";
-      status(key && !total ? none : total + " " + KINDS[kind] + ", " + size + " per page");
+      status(key && !total ? none : total + " " + KINDS[kind] + ", " + size + " per page", "ready");
     } catch (error) {
       if (mine !== token) return;
-      status(String(error.message || error), true);
+      status(String(error.message || error), "error");
       console.error(error);
     }
   }
@@ -325,9 +327,10 @@
 
   function restoreState() {
     const params = new URLSearchParams(location.hash.slice(1));
-    if (KINDS[params.get("kind")]) state.kind = params.get("kind");
+    const kind = params.get("kind");
+    state.kind = Object.prototype.hasOwnProperty.call(KINDS, kind) ? kind : "attention";
     const view = params.get("view");
-    if (view === "both" || (view !== null && manifest.models[Number(view)])) state.view = view;
+    state.view = view !== null && /^[0-9]+$/.test(view) && manifest.models[Number(view)] ? view : "both";
     state.layer = params.get("layer") || "";
     state.head = params.get("head") || "";
     state.word = params.get("word") || "";
@@ -336,7 +339,7 @@
 
   function start() {
     if (!manifest) {
-      status("data/manifest.js did not load: open index.html inside its browser folder.", true);
+      status("data/manifest.js did not load: open index.html inside its browser folder.", "error");
       return;
     }
     $("title").textContent = "Explanation browser: " + manifest.pair;
@@ -350,10 +353,14 @@
       option.value = String(m);
       view.appendChild(option);
     });
-    restoreState();
-    view.value = state.view;
-    $("word").value = state.word;
-    kindChanged();
+    const restore = () => {
+      restoreState();
+      view.value = state.view;
+      $("word").value = state.word;
+      kindChanged();
+    };
+    restore();
+    window.addEventListener("hashchange", () => { restore(); render(); });  // an address edited by hand
     for (const k of Object.keys(KINDS)) {
       $("tab-" + k).addEventListener("click", () => {
         state.kind = k;
@@ -369,7 +376,7 @@
     $("word").addEventListener("input", (event) => {
       if (!event.inputType || event.inputType === "insertReplacementText") { search(); return; }  // a suggestion
       clearTimeout(suggestionTimer);
-      suggestionTimer = setTimeout(() => suggest().catch((e) => status(String(e.message || e), true)), 150);
+      suggestionTimer = setTimeout(() => suggest().catch((e) => status(String(e.message || e), "error")), 150);
     });
     $("search").addEventListener("click", search);
     $("clear").addEventListener("click", () => {
