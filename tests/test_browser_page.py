@@ -168,8 +168,8 @@ def test_the_ffn_tab_shows_components_with_each_seeds_annotation_as_text(page):
     panes = shown(driver)
     assert [len(rows) for _, rows in panes] == [100, 100]
     first = driver.find_element("css selector", ".pane[data-model='1'] tr.row .notes").text
-    assert first.splitlines() == [f"seed 0: {XSS} concept tuned 0 1 seed 0 · task: translation; coding · level: semantic",
-                                  f"seed 1: {XSS} concept tuned 0 1 seed 1 · task: translation; coding · level: semantic"]
+    labels = "task: translation; coding · level: semantic"
+    assert first.splitlines() == [f"seed {s}: {XSS} concept tuned 0 1 seed {s} · {labels}" for s in (0, 1)]
     search(driver, "w11")
     for m, rows in shown(driver):
         assert len(rows) == len(holding(expected["ffn"][MODELS[m]], "w11")) > 0
