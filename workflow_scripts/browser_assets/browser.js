@@ -17,6 +17,7 @@
     $("status").textContent = text;
     $("status").className = state === "error" ? "error" : "";
     document.body.dataset.state = state;
+    if (state === "ready") document.body.dataset.readyAt = performance.now().toFixed(1);  // bench/browser_scale.py
   }
 
   // --- data ------------------------------------------------------------------------------------------
