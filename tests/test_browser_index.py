@@ -30,8 +30,14 @@ def built(tmp_path_factory):
     inputs = write_inputs(folder)
     out = folder / "browse"
     files = build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], inputs["seeds"],
-                  inputs["describe"], inputs["task"], inputs["level"], str(out), per_bucket=50)
+                  inputs["describe"], inputs["task"], inputs["level"], str(out), per_bucket=50, chunk_bytes=2000)
     return inputs, files, out
+
+
+def model_rows(files, kind, m):
+    """A model's rows in row-id order: its chunk files, concatenated."""
+    count = -(-files["manifest"]["kinds"][kind]["rows"][m] // files["manifest"]["kinds"][kind]["chunk_rows"])
+    return [row for c in range(count) for row in files[f"{kind}-{m}-{c}"]]
 
 
 def test_fnv1a_matches_the_published_test_vectors():
@@ -52,16 +58,31 @@ def test_rows_are_cut_by_model_and_layer_in_layer_head_rank_order(built):
     assert attention["groups"][0] == [[layer, head, 10] for layer in range(3) for head in range(4)]
     assert ffn["groups"][1] == [[layer, 0, 40] for layer in range(3)]
     assert [m["id"] for m in manifest["models"]] == list(MODELS) and manifest["seeds"] == [0, 1]
-    layer1 = files["attention-1-1"]
-    assert len(layer1) == 40
+    layer1 = model_rows(files, "attention", 1)[40:80]
     assert [(r[0], r[2]) for r in layer1] == [(h, rank) for h in range(4) for rank in range(1, 11)]
-    assert [r[1] for r in files["ffn-0-2"]] == pytest.approx([1 / (rank + 1) for rank in range(1, 41)], abs=1e-4)
+    layer2 = model_rows(files, "ffn", 0)[80:]
+    assert [r[1] for r in layer2] == pytest.approx([1 / (rank + 1) for rank in range(1, 41)], abs=1e-4)
     # every file written, each decodes to what was built
     written = {p.stem for p in (out / "data").glob("*.js")}
     assert written == set(files)
     assert {p.name for p in out.iterdir()} == {"index.html", "browser.js", "browser.css", "data"}
-    for name in ("manifest", "attention-0-0", "ffn-1-2", "words-attention"):
+    for name in ("manifest", "attention-0-0", "ffn-1-2", "words-attention", "index-attention-3"):
         assert read_js(out / "data" / f"{name}.js") == (name, json.loads(json.dumps(files[name])))
+
+
+def test_rows_are_chunked_by_size_each_chunk_holding_chunk_rows_consecutive_rows(built):
+    inputs, files, _ = built
+    for kind, expected in (("attention", inputs["expected"]["heads"]), ("ffn", inputs["expected"]["ffn"])):
+        size = files["manifest"]["kinds"][kind]["chunk_rows"]
+        chunks = sorted((int(n.rsplit("-", 1)[1]), len(rows)) for n, rows in files.items()
+                        if n.startswith(f"{kind}-0-"))
+        assert 1 < size < 120 and chunks == [(c, min(size, 120 - c * size)) for c in range(-(-120 // size))]
+        for m, model in enumerate(MODELS):  # the rows, in id order, hold the words the shards hold
+            rows = model_rows(files, kind, m)
+            got = [[w for p in r[4] for w in p] if kind == "attention" else r[2] for r in rows]
+            assert got == expected[model]
+        sizes = [len(json.dumps(files[f"{kind}-0-{c}"])) for c, _ in chunks[:-1]]
+        assert all(1000 < n < 4000 for n in sizes), sizes  # about chunk_bytes=2000 each
 
 
 def _lookup(files, kind, word):
@@ -102,14 +123,15 @@ def test_the_index_is_split_into_buckets_by_hash_and_lists_every_word(built):
 
 def test_every_seed_annotation_reaches_its_component(built):
     _, files, _ = built
-    rank, score, words, notes = files["ffn-1-2"][0]  # tuned, layer 2, rank 1
+    rank, score, words, notes = model_rows(files, "ffn", 1)[80]  # tuned, layer 2, rank 1
     assert rank == 1 and len(words) == 20
     # seed 0: (1 + 0) % 3 != 0, described; seed 1: (1 + 1) % 3 != 0, described
     assert notes == [[0, 1, f"{XSS} concept tuned 2 1 seed 0", "translation; coding", "semantic"],
                      [1, 1, f"{XSS} concept tuned 2 1 seed 1", "translation; coding", "semantic"]]
-    assert files["ffn-0-0"][2][3] == [[0, 0, "Cannot Tell", "", ""], [1, 1, f"{XSS} concept base 0 3 seed 1",
+    base = model_rows(files, "ffn", 0)
+    assert base[2][3] == [[0, 0, "Cannot Tell", "", ""], [1, 1, f"{XSS} concept base 0 3 seed 1",
                                                                       "translation; coding", "semantic"]]
-    assert files["ffn-0-0"][5][3] == []  # rank 6: beyond annotation.max_rank
+    assert base[5][3] == []  # rank 6: beyond annotation.max_rank
 
 
 def test_data_files_hold_no_markup_and_no_raw_line_separator(built):

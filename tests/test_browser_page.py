@@ -18,7 +18,7 @@ def site(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser_page")
     inputs = write_inputs(folder, layers=LAYERS, heads=HEADS, dims=DIMS, ranks=40)
     build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], inputs["seeds"],
-          inputs["describe"], inputs["task"], inputs["level"], str(folder / "browse"), per_bucket=50)
+          inputs["describe"], inputs["task"], inputs["level"], str(folder / "browse"), per_bucket=50, chunk_bytes=1000)
     return folder / "browse", inputs["expected"]
 
 

@@ -7,7 +7,9 @@ time into small `.js` files that the page loads with <script src> only when it n
 - `data/manifest.js`: the pair, its two models, the seeds, and per kind (`attention`, `ffn`) and model the
   row groups `[layer, head, count]` in row order: a row's id is its position in the model's rows (sorted
   by layer, head, rank), so the page turns a layer or head filter into id ranges without any row data;
-- `data/{kind}-{model}-{layer}.js`: the rows of one layer of one model (model 0 pre-trained, 1 tuned);
+- `data/{kind}-{model}-{chunk}.js`: `chunk_rows` consecutive rows of one model (model 0 pre-trained, 1
+  tuned), about `chunk_bytes` of JSON: row `id` is in chunk `id // chunk_rows`. Small chunks, not one file
+  a layer: a search's page of 100 rows can sit in 100 places, and the page loads only their chunks;
 - `data/index-{kind}-{bucket}.js`: the word index, `{word: [ids of model 0, ids of model 1]}`, each id list
   sorted and delta-encoded; a lower-cased word goes to bucket `fnv1a(word) % buckets` (FNV-1a over its
   code points, computed alike by browser.js), the bucket count set so a bucket holds about
@@ -38,6 +40,7 @@ ASSETS = Path(__file__).with_name("browser_assets")  # index.html, browser.js, b
 KINDS = ("attention", "ffn")
 ROLES = ("pre-trained", "tuned")
 POSTINGS_PER_BUCKET = 20_000
+CHUNK_BYTES = 16_000
 PAGE_SIZE = 100
 
 
@@ -99,18 +102,23 @@ def component_record(component: Component, seeds: list[int]) -> list:
     return [component.rank, _number(component.score), component.words, notes]
 
 
+def chunk_rows(records: list, chunk_bytes: int = CHUNK_BYTES, sample: int = 2000) -> int:
+    """Rows per chunk file: about `chunk_bytes` of JSON, from the mean size of (up to `sample`) rows."""
+    step = max(1, len(records) // sample)
+    sizes = [len(json.dumps(r, ensure_ascii=False, separators=(",", ":"))) for r in records[::step]]
+    return max(1, round(chunk_bytes / (sum(sizes) / len(sizes)))) if sizes else 1
+
+
 def kind_files(kind: str, per_model: list[list], keys: list[list[tuple[int, int]]], words: list[list[list[str]]],
-               per_bucket: int) -> tuple[dict, dict[str, object]]:
+               per_bucket: int, chunk_bytes: int = CHUNK_BYTES) -> tuple[dict, dict[str, object]]:
     """The manifest entry and the data files of one kind. per_model[m]: the model's row records in row
     order; keys[m]: their (layer, head); words[m]: the words each row is found by."""
     files: dict[str, object] = {}
     groups = [row_groups(k) for k in keys]
-    for m, (records, model_keys) in enumerate(zip(per_model, keys)):
-        by_layer: dict[int, list] = defaultdict(list)
-        for record, (layer, _) in zip(records, model_keys):
-            by_layer[layer].append(record)
-        for layer, rows in by_layer.items():
-            files[f"{kind}-{m}-{layer}"] = rows
+    size = chunk_rows([r for records in per_model for r in records], chunk_bytes)
+    for m, records in enumerate(per_model):
+        for c in range(0, len(records), size):
+            files[f"{kind}-{m}-{c // size}"] = records[c:c + size]
     indexes = [postings(w) for w in words]
     total = sum(len(ids) for index in indexes for ids in index.values())
     buckets = bucket_count(total, per_bucket)
@@ -124,20 +132,23 @@ def kind_files(kind: str, per_model: list[list], keys: list[list[tuple[int, int]
     for b, bucket in enumerate(merged):
         files[f"index-{kind}-{b}"] = bucket
     files[f"words-{kind}"] = sorted([key, n] for key, n in counts.items())
-    manifest = {"groups": groups, "rows": [len(r) for r in per_model], "buckets": buckets, "postings": total}
+    manifest = {"groups": groups, "rows": [len(r) for r in per_model], "chunk_rows": size, "buckets": buckets,
+                "postings": total}
     return manifest, files
 
 
 def browser_files(pair: str, models: list[str], heads: list[list[HeadRow]], ffn: list[list[Component]],
-                  seeds: list[int], per_bucket: int = POSTINGS_PER_BUCKET, page_size: int = PAGE_SIZE) -> dict:
+                  seeds: list[int], per_bucket: int = POSTINGS_PER_BUCKET, page_size: int = PAGE_SIZE,
+                  chunk_bytes: int = CHUNK_BYTES) -> dict:
     """{file name without `.js`: its data} of a pair's browser; models, heads and ffn: pre-trained, tuned."""
     attention, attention_files = kind_files(
         "attention", [[head_record(r) for r in rows] for rows in heads],
         [[(r.layer, r.head) for r in rows] for rows in heads],
-        [[[w for pair in r.pairs for w in pair] for r in rows] for rows in heads], per_bucket)
+        [[[w for pair in r.pairs for w in pair] for r in rows] for rows in heads], per_bucket, chunk_bytes)
     concepts, ffn_files = kind_files(
         "ffn", [[component_record(c, seeds) for c in rows] for rows in ffn],
-        [[(c.layer, 0) for c in rows] for rows in ffn], [[c.words for c in rows] for rows in ffn], per_bucket)
+        [[(c.layer, 0) for c in rows] for rows in ffn], [[c.words for c in rows] for rows in ffn], per_bucket,
+        chunk_bytes)
     manifest = {"format": FORMAT, "pair": pair, "models": [{"id": m, "role": r} for m, r in zip(models, ROLES)],
                 "seeds": seeds, "page_size": page_size, "kinds": {"attention": attention, "ffn": concepts}}
     return {"manifest": manifest, **attention_files, **ffn_files}
@@ -165,7 +176,7 @@ def write_browser(files: dict, output: str | Path) -> None:
 
 def build(pair: str, models: list[str], bilinear_names: list[str], attention: list[str], ffn: list[str],
           seeds: list[int], describe: list[str], task: list[str], level: list[str], output: str,
-          per_bucket: int = POSTINGS_PER_BUCKET) -> dict:
+          per_bucket: int = POSTINGS_PER_BUCKET, chunk_bytes: int = CHUNK_BYTES) -> dict:
     for name, paths in (("--describe", describe), ("--task", task), ("--level", level)):
         if len(paths) != len(seeds):
             raise ValueError(f"{name}: {len(paths)} files for {len(seeds)} seeds ({seeds})")
@@ -173,12 +184,12 @@ def build(pair: str, models: list[str], bilinear_names: list[str], attention: li
     concepts = [components(ffn, model) for model in models]
     attach_annotations(dict(zip(models, concepts)), dict(zip(seeds, describe)), dict(zip(seeds, task)),
                        dict(zip(seeds, level)))
-    files = browser_files(pair, models, heads, concepts, seeds, per_bucket)
+    files = browser_files(pair, models, heads, concepts, seeds, per_bucket, chunk_bytes=chunk_bytes)
     write_browser(files, output)
     for kind in KINDS:
         entry = files["manifest"]["kinds"][kind]
-        log.info("%s: %s rows, %d word postings in %d index files", kind, " + ".join(map(str, entry["rows"])),
-                 entry["postings"], entry["buckets"])
+        log.info("%s: %s rows in chunks of %d, %d word postings in %d index files", kind,
+                 " + ".join(map(str, entry["rows"])), entry["chunk_rows"], entry["postings"], entry["buckets"])
     size = sum(p.stat().st_size for p in Path(output).rglob("*") if p.is_file())
     log.info("%s: %d files, %.1f MB -> %s", pair, len(files) + 3, size / 1e6, output)
     return files
@@ -198,11 +209,12 @@ def main(argv=None):
     parser.add_argument("--task", nargs="+", required=True)
     parser.add_argument("--level", nargs="+", required=True)
     parser.add_argument("--postings-per-bucket", type=positive_int, default=POSTINGS_PER_BUCKET)
+    parser.add_argument("--chunk-bytes", type=positive_int, default=CHUNK_BYTES)
     parser.add_argument("--output", required=True, help="the browser's folder (index.html inside)")
     args = parser.parse_args(argv)
     setup_logging()
     build(args.pair, args.models, args.bilinear_names, args.attention, args.ffn, args.seeds, args.describe,
-          args.task, args.level, args.output, args.postings_per_bucket)
+          args.task, args.level, args.output, args.postings_per_bucket, args.chunk_bytes)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,12 @@
         const script = document.createElement("script");
         script.src = "data/" + encodeURIComponent(name) + ".js";
         script.onload = () => {
+          script.remove();  // the data stays in SHIFTLENS_DATA
           if (Object.prototype.hasOwnProperty.call(store, name)) resolve(store[name]);
           else reject(new Error("data/" + name + ".js holds no data named " + name));
         };
         script.onerror = () => {
+          script.remove();
           pending.delete(name);
           reject(new Error("could not load data/" + name + ".js (is the browser folder complete?)"));
         };
@@ -65,9 +67,7 @@
         start += count;
         return group;
       });
-      const layerStart = new Map();
-      for (const g of groups) if (!layerStart.has(g.layer)) layerStart.set(g.layer, g.start);
-      tables.set(name, { groups, layerStart });
+      tables.set(name, { groups });
     }
     return tables.get(name);
   }
@@ -115,12 +115,28 @@
     return manifest.models.map((_, m) => (entry ? undelta(entry[m]) : []));
   }
 
+  // [layer, record] of each id, from the chunk files holding them (loaded at most once each).
   async function rows(kind, m, ids) {
     const t = table(kind, m);
-    const located = ids.map((id) => [id, groupOf(t, id).layer]);
-    const layers = [...new Set(located.map(([, layer]) => layer))];
-    const files = new Map(await Promise.all(layers.map(async (l) => [l, await load(kind + "-" + m + "-" + l)])));
-    return located.map(([id, layer]) => [layer, files.get(layer)[id - t.layerStart.get(layer)]]);
+    const size = manifest.kinds[kind].chunk_rows;
+    const chunks = [...new Set(ids.map((id) => Math.floor(id / size)))];
+    const files = new Map(await Promise.all(chunks.map(async (c) => [c, await load(kind + "-" + m + "-" + c)])));
+    forget(chunks.map((c) => kind + "-" + m + "-" + c));
+    return ids.map((id) => [groupOf(t, id).layer, files.get(Math.floor(id / size))[id % size]]);
+  }
+
+  // Chunks kept for going back and forth; the oldest are dropped past KEEP_CHUNKS (memory stays bounded
+  // however long one browses the paper's 262,144 head dimensions).
+  const KEEP_CHUNKS = 400;
+  const recent = new Map();
+  function forget(used) {
+    for (const name of used) { recent.delete(name); recent.set(name, true); }
+    for (const name of recent.keys()) {
+      if (recent.size <= KEEP_CHUNKS) break;
+      recent.delete(name);
+      pending.delete(name);
+      delete window.SHIFTLENS_DATA[name];
+    }
   }
 
   // --- drawing ---------------------------------------------------------------------------------------
