@@ -10,7 +10,7 @@ from synthetic_browser import MODELS, XSS, write_inputs
 
 from workflow_scripts.browser_index import build
 
-LAYERS, HEADS, DIMS = 3, 4, 20  # 240 head rows per model: three pages of 100
+LAYERS, HEADS, DIMS = 3, 4, 24  # 288 head rows per model: pages of 100, 100 and 88, not aligned with heads
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,11 @@ def test_first_page_shows_both_models_side_by_side_one_page_of_rows(page):
     panes = shown(driver)
     assert [m for m, _ in panes] == [0, 1]
     assert [len(rows) for _, rows in panes] == [100, 100]
-    assert [(layer, head) for layer, head, _, _ in panes[0][1][:21:20]] == [(0, 0), (0, 1)]
+    assert [(layer, head) for layer, head, _, _ in panes[0][1][:25:24]] == [(0, 0), (0, 1)]
     assert driver.find_element("id", "page-label").text == "page 1 of 3"
     headings = [e.text for e in driver.find_elements("css selector", ".pane h2")]
     assert headings == ["base (pre-trained)", "tuned (tuned)"]
-    assert [e.text for e in driver.find_elements("css selector", ".pane .count")] == ["240 head word pairs"] * 2
+    assert [e.text for e in driver.find_elements("css selector", ".pane .count")] == ["288 head word pairs"] * 2
 
 
 def test_layer_and_head_filters_keep_only_their_rows(page):
@@ -67,14 +67,21 @@ def test_layer_and_head_filters_keep_only_their_rows(page):
     assert {(layer, head) for _, rows in panes for layer, head, *_ in rows} == {(1, 2)}
 
 
+def keys(driver):
+    """(layer, head, rank) of every row of every pane, from the table cells."""
+    return driver.execute_script("""return Array.from(document.querySelectorAll('.pane')).map(p =>
+        Array.from(p.querySelectorAll('tr.row')).map(r => [0, 1, 3].map(i => Number(r.cells[i].textContent))));""")
+
+
 def test_paging_walks_the_rows_in_order(page):
     driver, _ = page
+    order = [[i // (HEADS * DIMS), i % (HEADS * DIMS) // DIMS, i % DIMS + 1] for i in range(LAYERS * HEADS * DIMS)]
+    assert keys(driver) == [order[:100]] * 2
     click(driver, "next")
-    first = shown(driver)[0][1]
     assert driver.find_element("id", "page-label").text == "page 2 of 3"
-    assert (first[0][0], first[0][1]) == (1, 1)  # row 100: layer 1 (80 rows a layer), head 1 (20 rows a head)
+    assert keys(driver) == [order[100:200]] * 2  # row 100: layer 1 (96 rows a layer), head 0, rank 5
     click(driver, "next")
-    assert [len(rows) for _, rows in shown(driver)] == [40, 40]
+    assert keys(driver) == [order[200:]] * 2 and len(order[200:]) == 88
     assert not driver.find_element("id", "next").is_enabled()
     click(driver, "prev")
     click(driver, "prev")
