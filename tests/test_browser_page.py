@@ -3,6 +3,8 @@ with awkward words: rows show, filters and search narrow them exactly, paging wa
 runs as HTML, and the console stays clean."""
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from browser import chromium, console_errors
 from browser_actions import choose, click, open_page, search, shown, status
@@ -94,9 +96,15 @@ def test_word_search_shows_exactly_the_rows_holding_the_word(page, word):
     driver, expected = page
     search(driver, word)
     panes = shown(driver)
+    summaries = driver.execute_script("return Array.from(document.querySelectorAll('.heads'), h => h.textContent)")
     for m, rows in panes:
         truth = holding(expected["heads"][MODELS[m]], word)
         assert len(rows) == len(truth) > 0
+        # which heads hold it: most rows first, then by layer and head
+        counts = Counter((i // (HEADS * DIMS), i % (HEADS * DIMS) // DIMS) for i in truth)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        listed = ", ".join(f"L{layer} H{head} \u00d7{n}" for (layer, head), n in ranked[:12])
+        assert summaries[m] == f"in {len(counts)} heads: {listed}" + (", \u2026" if len(counts) > 12 else "")
         for _, _, text, marks in rows:
             assert marks and {w.lower() for w in marks} == {word.lower()} and marks[0] in text
     assert driver.execute_script("return document.querySelectorAll('#panes img, #panes script').length") == 0

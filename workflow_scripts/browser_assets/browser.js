@@ -105,8 +105,18 @@
     };
   }
 
-  function idSet(ids) {
-    return { count: ids.length, slice: (from, to) => ids.slice(from, to) };
+  function idSet(ids, groups) {
+    return { count: ids.length, groups, slice: (from, to) => ids.slice(from, to) };
+  }
+
+  // Where a word's rows are: [layer, head, rows] per head holding it, most rows first ("which heads?").
+  function heads(ids, t) {
+    const counts = new Map();
+    for (const id of ids) {
+      const g = groupOf(t, id);
+      counts.set(g, (counts.get(g) || 0) + 1);
+    }
+    return [...counts].map(([g, n]) => [g.layer, g.head, n]).sort((a, b) => b[2] - a[2] || a[0] - b[0] || a[1] - b[1]);
   }
 
   async function postings(kind, key) {
@@ -231,6 +241,11 @@
     section.appendChild(element("h2", "", model.id + " (" + model.role + ")"));
     const what = set.count + " " + KINDS[kind] + (key ? " with \u201c" + key + "\u201d" : "");
     section.appendChild(element("p", "count", what));
+    if (set.groups && set.groups.length) {
+      const shown = set.groups.slice(0, 12).map(([layer, head, n]) => "L" + layer + " H" + head + " \u00d7" + n);
+      const more = set.groups.length > 12 ? ", \u2026" : "";
+      section.appendChild(element("p", "heads", "in " + set.groups.length + " heads: " + shown.join(", ") + more));
+    }
     const tableNode = element("table");
     const head = element("tr");
     for (const c of COLUMNS[kind]) head.appendChild(element("th", "", c));
@@ -261,7 +276,11 @@
       let sets;
       if (key) {
         const found = await postings(kind, key);
-        sets = models.map((m) => idSet(found[m].filter((id) => selected(groupOf(table(kind, m), id)))));
+        sets = models.map((m) => {
+          const t = table(kind, m);
+          const ids = found[m].filter((id) => selected(groupOf(t, id)));
+          return idSet(ids, kind === "attention" ? heads(ids, t) : null);
+        });
       } else {
         sets = models.map((m) => rangeSet(table(kind, m).groups.filter(selected)));
       }
