@@ -158,6 +158,18 @@ def test_an_annotation_of_a_component_not_browsed_is_an_error_naming_its_line(tm
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_number_in_an_annotation_file_is_named_with_its_line(tmp_path):
+    inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0,), annotated=3)
+    path = inputs["task"][0]
+    lines = path.read_text(encoding="utf8").splitlines(keepends=True)
+    fields = lines[2].split("\t")
+    fields[6] = "one"  # Layer (after Task Explainable Words Summary Model Size)
+    path.write_text("".join([*lines[:2], "\t".join(fields), *lines[3:]]), encoding="utf8")
+    with pytest.raises(ValueError, match=r"linear_task_seed0\.tsv:3: Layer and Rank must be integers, found 'one'"):
+        build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
+              inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
+
+
 def test_a_model_missing_from_the_head_files_is_named(tmp_path):
     inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0,))
     with pytest.raises(ValueError, match="no head word pairs of the model 'other'"):

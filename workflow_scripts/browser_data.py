@@ -86,7 +86,11 @@ def attach_annotations(items: dict[str, list[Component]], describe: dict[int, st
     index = {(model, c.layer, c.rank): c for model, rows in items.items() for c in rows}
 
     def component_of(path, line, row):
-        key = (row["Model"], int(row["Layer"]), int(row["Rank"]))
+        try:
+            key = (row["Model"], int(row["Layer"]), int(row["Rank"]))
+        except ValueError:
+            raise ValueError(f"{path}:{line}: Layer and Rank must be integers, found {row['Layer']!r} "
+                             f"{row['Rank']!r}") from None
         if key not in index:
             raise ValueError(f"{path}:{line}: model {key[0]} layer {key[1]} rank {key[2]} is not an FFN component "
                              f"of the browsed models (annotations of other explanations?)")
