@@ -53,7 +53,7 @@ def test_first_page_shows_both_models_side_by_side_one_page_of_rows(page):
     assert driver.find_element("id", "page-label").text == "page 1 of 3"
     headings = [e.text for e in driver.find_elements("css selector", ".pane h2")]
     assert headings == ["base (pre-trained)", "tuned (tuned)"]
-    assert [e.text for e in driver.find_elements("css selector", ".pane .count")] == ["288 head word pairs"] * 2
+    assert [e.text for e in driver.find_elements("css selector", ".pane .count")] == ["288 head dimensions"] * 2
 
 
 def test_layer_and_head_filters_keep_only_their_rows(page):
@@ -119,7 +119,7 @@ def test_search_and_layer_filter_combine(page):
         assert len(rows) == len(truth) and {layer for layer, *_ in rows} == {2}
     search(driver, "no-such-word")
     assert shown(driver) == [[0, []], [1, []]]
-    assert "no head word pairs hold the word" in status(driver)
+    assert "no head dimensions hold the word" in status(driver)
 
 
 def test_a_single_model_view_shows_one_pane(page):

@@ -6,7 +6,7 @@
 (function () {
   const manifest = (window.SHIFTLENS_DATA || {}).manifest;
   const $ = (id) => document.getElementById(id);
-  const KINDS = { attention: "head word pairs", ffn: "FFN components" };
+  const KINDS = { attention: "head dimensions", ffn: "FFN components" };
   const state = { kind: "attention", view: "both", layer: "", head: "", word: "", page: 0 };
   const pending = new Map();
   const tables = new Map();
