@@ -336,11 +336,10 @@
     const list = $("word-suggestions");
     if (!prefix) { list.replaceChildren(); return; }
     const words = await load("words-" + state.kind);
-    let lo = 0, hi = words.length;
-    while (lo < hi) { const mid = (lo + hi) >> 1; if (words[mid][0] < prefix) lo = mid + 1; else hi = mid; }
+    // A scan, not a binary search: Python sorted the words by code point, JS compares UTF-16 units.
     const found = [];
-    for (let i = lo; i < words.length && found.length < 20 && words[i][0].startsWith(prefix); i++) {
-      found.push(words[i]);
+    for (let i = 0; i < words.length && found.length < 20; i++) {
+      if (words[i][0].startsWith(prefix)) found.push(words[i]);
     }
     list.replaceChildren(...found.map(([w, n]) => {
       const option = element("option", "", n + " rows");
