@@ -271,7 +271,6 @@
     const models = state.view === "both" ? manifest.models.map((_, m) => m) : [Number(state.view)];
     const size = manifest.page_size;
     status("Loading…", "loading");
-    saveState();
     try {
       let sets;
       if (key) {
@@ -286,6 +285,7 @@
       }
       const pages = Math.max(1, ...sets.map((s) => Math.ceil(s.count / size)));
       state.page = Math.min(Math.max(0, state.page), pages - 1);
+      saveState();
       const pageRows = await Promise.all(
         models.map((m, i) => rows(kind, m, sets[i].slice(state.page * size, (state.page + 1) * size))));
       if (mine !== token) return;
