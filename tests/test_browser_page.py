@@ -3,6 +3,7 @@ with awkward words: rows show, filters and search narrow them exactly, paging wa
 runs as HTML, and the console stays clean."""
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import pytest
@@ -168,3 +169,17 @@ def test_the_state_in_the_address_opens_the_same_view(page, site):
         assert driver.find_element("id", "layer").get_attribute("value") == "1"
         open_page(driver, url + "#kind=constructor&view=__proto__")  # nonsense falls back to the defaults
         assert [m for m, _ in shown(driver)] == [0, 1]
+
+
+def test_a_missing_data_file_is_named_on_the_page(site, driver, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    folder = tmp_path / "browse"
+    shutil.copytree(site[0], folder)
+    (folder / "data" / "attention-1-0.js").unlink()
+    driver.get("about:blank")
+    driver.get((folder / "index.html").as_uri())
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.state") != "loading")
+    assert driver.execute_script("return document.body.dataset.state") == "error"
+    assert status(driver) == "could not load data/attention-1-0.js (is the browser folder complete?)"
+    assert any("attention-1-0.js" in e for e in console_errors(driver))
