@@ -182,7 +182,7 @@ def test_a_paper_layout_file_is_read_as_table3_reads_it(tmp_path):
     write_tsv([("llama", "7B", 1, "QK", 0, 5, 2, "3.0", "go=went|||alone"),
                ("llama", "7B", 1, "QK", 0, 7, 1, "4.0", ""),
                ("vicuna", "7B", 0, "QK", 0, 1, 1, "1.0", "a=b")], BILINEAR_COLUMNS, path)
-    rows = head_rows([path], "llama")
+    (rows,) = head_rows([path], ["llama"])
     assert [(r.layer, r.head, r.dim, r.rank, r.pairs) for r in rows] == [(1, 0, 7, 1, []),
                                                                         (1, 0, 5, 2, [["go", "went"], ["alone"]])]
 

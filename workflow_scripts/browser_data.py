@@ -46,25 +46,28 @@ class Component:
     seeds: dict[int, SeedNote] = field(default_factory=dict)
 
 
-def head_rows(paths: list[str | Path], model: str) -> list[HeadRow]:
-    """The model's rows (its `Model` value in the files) of every file, by layer, head and rank."""
-    rows = []
+def head_rows(paths: list[str | Path], models: list[str]) -> list[list[HeadRow]]:
+    """Per model (its `Model` value in the files), its rows of every file by layer, head and rank; each file
+    is read once."""
+    rows: dict[str, list[HeadRow]] = {model: [] for model in models}
     for path in paths:
         frame = read_bilinear_words(path)
-        for row in frame[frame["Model"] == model].itertuples(index=False):
-            rows.append(HeadRow(row.Layer, row.Head, row.Dim, row.Rank, row.Score, [list(p) for p in row.pairs]))
-    if not rows:
-        raise ValueError(f"no head word pairs of the model {model!r} in {', '.join(map(str, paths))}")
-    return sorted(rows, key=lambda r: (r.layer, r.head, r.rank))
+        for row in frame[frame["Model"].isin(models)].itertuples(index=False):
+            rows[row.Model].append(HeadRow(row.Layer, row.Head, row.Dim, row.Rank, row.Score,
+                                           [list(p) for p in row.pairs]))
+    for model, found in rows.items():
+        if not found:
+            raise ValueError(f"no head word pairs of the model {model!r} in {', '.join(map(str, paths))}")
+    return [sorted(rows[model], key=lambda r: (r.layer, r.head, r.rank)) for model in models]
 
 
-def components(paths: list[str | Path], model: str) -> list[Component]:
-    """The model's FFN components of the lossless FFN files, by layer and rank."""
-    rows = []
+def components(paths: list[str | Path], models: list[str]) -> list[list[Component]]:
+    """Per model, its FFN components of the lossless FFN files by layer and rank; each file is read once."""
+    rows: dict[str, list[Component]] = {model: [] for model in models}
     for path in paths:
         for number, fields in read_tsv(path, WORDS_COLUMNS):
             record = dict(zip(WORDS_COLUMNS, fields))
-            if record["Model"] != model:
+            if record["Model"] not in rows:
                 continue
             where = f"{path}: line {number}"
             try:
@@ -72,10 +75,11 @@ def components(paths: list[str | Path], model: str) -> list[Component]:
             except ValueError:
                 raise ValueError(f"{where}: Layer, Rank and Score must be numbers, found "
                                  f"{record['Layer']!r} {record['Rank']!r} {record['Score']!r}") from None
-            rows.append(Component(layer, rank, score, decode_words(record["Words"], where)))
-    if not rows:
-        raise ValueError(f"no FFN components of the model {model!r} in {', '.join(map(str, paths))}")
-    return sorted(rows, key=lambda c: (c.layer, c.rank))
+            rows[record["Model"]].append(Component(layer, rank, score, decode_words(record["Words"], where)))
+    for model, found in rows.items():
+        if not found:
+            raise ValueError(f"no FFN components of the model {model!r} in {', '.join(map(str, paths))}")
+    return [sorted(rows[model], key=lambda c: (c.layer, c.rank)) for model in models]
 
 
 def attach_annotations(items: dict[str, list[Component]], describe: dict[int, str | Path],

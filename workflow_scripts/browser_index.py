@@ -180,8 +180,8 @@ def build(pair: str, models: list[str], bilinear_names: list[str], attention: li
     for name, paths in (("--describe", describe), ("--task", task), ("--level", level)):
         if len(paths) != len(seeds):
             raise ValueError(f"{name}: {len(paths)} files for {len(seeds)} seeds ({seeds})")
-    heads = [head_rows(attention, name) for name in bilinear_names]
-    concepts = [components(ffn, model) for model in models]
+    heads = head_rows(attention, bilinear_names)
+    concepts = components(ffn, models)
     attach_annotations(dict(zip(models, concepts)), dict(zip(seeds, describe)), dict(zip(seeds, task)),
                        dict(zip(seeds, level)))
     files = browser_files(pair, models, heads, concepts, seeds, per_bucket, chunk_bytes=chunk_bytes)
