@@ -1,6 +1,6 @@
 // shiftlens explanation browser: plain JS, no library, no network. Data files (data/*.js, written by
 // workflow_scripts/browser_index.py) are loaded with <script src> when a page of rows needs them, so the
-// page opens from disk (file://) and only ever holds the layers and index buckets it has shown.
+// page opens from disk (file://) and holds only the row chunks (the last 400) and index buckets it used.
 // Every string from data goes into the page as text (textContent), never as HTML.
 "use strict";
 (function () {
