@@ -1,6 +1,6 @@
 # shiftlens: how instruction tuning changes a model, after Wu et al. (NAACL 2024).
-# Targets: all (default), table1, table2, table3, ffn (linear_words.tsv), table5, figure3, report_attribution,
-# report_explanations (then `snakemake --report report.html`). Design: docs/design.md.
+# Targets: all (default), table1, table2, table3, ffn (linear_words.tsv), table5, figure3, browse (HTML browsers),
+# report_attribution, report_explanations (then `snakemake --report report.html`). Design: docs/design.md.
 from snakemake.utils import min_version, validate
 
 from workflow_scripts import config_checks
@@ -35,6 +35,7 @@ include: "rules/attention.smk"  # per-layer head explanations (GPU), bilinear_wo
 include: "rules/ffn.smk"  # per-layer FFN concepts (GPU), linear_words.tsv
 include: "rules/annotate.smk"  # LLM annotation (seeds x steps), cost report, Table 5, Figure 3
 include: "rules/report.smk"  # what `snakemake --report report.html` shows: tables, heatmaps, provenance
+include: "rules/browse.smk"  # static HTML explanation browsers (head word pairs, FFN concepts, annotations)
 
 
 report: "report/workflow.rst"
@@ -51,7 +52,8 @@ onstart:
 
 
 rule all:
-    """Target (default): Tables 1, 2, 3 and 5, the FFN concepts, Figure 3 and the report's pages of every pair."""
+    """Target (default): Tables 1, 2, 3 and 5, the FFN concepts, Figure 3, the report's pages and the explanation
+    browser of every pair."""
     default_target: True
     input:
         rules.table1.input,
@@ -62,3 +64,4 @@ rule all:
         rules.figure3.input,
         rules.report_attribution.input,
         rules.report_explanations.input,
+        rules.browse.input,

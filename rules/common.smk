@@ -141,11 +141,10 @@ def annotation_stats(wildcards):
 
 # --- report.smk ----------------------------------------------------------------------------------
 
-# The report's categories, one per method (the explanation browsers get their own).
+# The report's categories, one per method.
 CATEGORY_ATTRIBUTION = "Attribution (Tables 1 and 2)"
 CATEGORY_HEADS = "Self-attention heads (Table 3)"
 CATEGORY_FFN = "FFN concepts (Table 5, Figure 3)"
-CATEGORY_BROWSERS = "Explanation browsers"
 CATEGORY_PROVENANCE = "Provenance"
 # Table (its TSV and Markdown twin under results/tables/<pair>/) -> (report category, label).
 REPORT_TABLES = {

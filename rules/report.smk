@@ -1,8 +1,8 @@
 # What `snakemake --report report.html` shows (docs/design.md#report): every table as an HTML page,
 # attribution heatmaps, the position profile, the paper comparison and provenance. CPU only: these
-# jobs read existing outputs and load no model. Captions: report/*.rst. The explanation browsers join
-# the report as report(<their index.html>, category=CATEGORY_BROWSERS, subcategory=..., labels={"result":
-# ..., "sample": ""}) in their own rule file, and their outputs join the `all` target.
+# jobs read existing outputs and load no model. Captions: report/*.rst. The explanation browsers
+# (rules/browse.smk) are linked from the report's front page, not embedded: at the paper's size they are
+# thousands of small files (~200 MB) that a self-contained report.html would inline.
 
 
 rule report_table:

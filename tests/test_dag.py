@@ -230,6 +230,19 @@ def test_layer_shards_list_every_layer_of_each_model_in_the_order_given(config):
     assert dag.layer_shards(config, "ffn", []) == []
 
 
+def test_a_pairs_browser_reads_its_members_head_shards_or_the_released_file(config):
+    config["models"]["base"].update(layers=2, heads=4)
+    config["models"]["tuned"].update(layers=1, heads=4)
+    config["models"]["other"] = {"path": "org/other", "layers": 5, "heads": 4}
+    assert dag.pair_head_files(config, "p") == [
+        "results/attention/base/layer-0.tsv",
+        "results/attention/base/layer-1.tsv",
+        "results/attention/tuned/layer-0.tsv",
+    ]
+    config["attention"]["released"] = {"path": "paper/bilinear_words.tsv", "models": {}}
+    assert dag.pair_head_files(config, "p") == ["paper/bilinear_words.tsv"]
+
+
 def test_layer_shards_of_a_model_without_a_known_shape_name_the_keys_to_give(config):
     with pytest.raises(dag.ConfigError, match="give models.base.layers and models.base.heads"):
         dag.layer_shards(config, "ffn", ["base"])

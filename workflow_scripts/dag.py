@@ -397,3 +397,10 @@ def fidelity_rule(config: dict, part: str) -> str:
     if value not in FIDELITY_RULES:
         raise ConfigError(f"fidelity: unknown value {value!r}; expected one of {', '.join(FIDELITY_RULES)}")
     return FIDELITY_RULES[value][part]
+
+
+def pair_head_files(config: dict, pair: str) -> list[str]:
+    """What a pair's explanation browser reads for its heads: the released bilinear_words.tsv, or the
+    members' lossless attention shards (a change to another pair's models rebuilds nothing here)."""
+    released = config["attention"].get("released")
+    return [released["path"]] if released else layer_shards(config, "attention", pair_members(config, pair))
