@@ -152,7 +152,7 @@ def test_an_annotation_of_a_component_not_browsed_is_an_error_naming_its_line(tm
     shard = inputs["ffn"][0]  # base, layer 0: its rank 1 left out
     lines = shard.read_text(encoding="utf8").splitlines(keepends=True)
     shard.write_text(lines[0] + "".join(lines[2:]), encoding="utf8")
-    with pytest.raises(ValueError, match=r"linear_seed0\.tsv:2: model base layer 0 rank 1 is not an FFN component"):
+    with pytest.raises(ValueError, match=r"linear_seed0\.tsv: line 2: model base layer 0 rank 1 is not an FFN "):
         build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
               inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
@@ -165,7 +165,7 @@ def test_a_bad_number_in_an_annotation_file_is_named_with_its_line(tmp_path):
     fields = lines[2].split("\t")
     fields[6] = "one"  # Layer (after Task Explainable Words Summary Model Size)
     path.write_text("".join([*lines[:2], "\t".join(fields), *lines[3:]]), encoding="utf8")
-    with pytest.raises(ValueError, match=r"linear_task_seed0\.tsv:3: Layer and Rank must be integers, found 'one'"):
+    with pytest.raises(ValueError, match=r"linear_task_seed0\.tsv: line 3: Layer and Rank must be integers, found 'one"):
         build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
               inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .annotate import DESCRIBED_COLUMNS, LABEL_COLUMN, read_rows
+from .annotation_files import LABEL_COLUMN, step_columns
 from .table3 import read_bilinear_words
 from .tsv import WORDS_COLUMNS, decode_words, read_tsv
 
@@ -93,20 +93,25 @@ def attach_annotations(items: dict[str, list[Component]], describe: dict[int, st
         try:
             key = (row["Model"], int(row["Layer"]), int(row["Rank"]))
         except ValueError:
-            raise ValueError(f"{path}:{line}: Layer and Rank must be integers, found {row['Layer']!r} "
+            raise ValueError(f"{path}: line {line}: Layer and Rank must be integers, found {row['Layer']!r} "
                              f"{row['Rank']!r}") from None
         if key not in index:
-            raise ValueError(f"{path}:{line}: model {key[0]} layer {key[1]} rank {key[2]} is not an FFN component "
-                             f"of the browsed models (annotations of other explanations?)")
+            raise ValueError(f"{path}: line {line}: model {key[0]} layer {key[1]} rank {key[2]} is not an FFN "
+                             "component of the browsed models (annotations of other explanations?)")
         return index[key]
 
+    def records(path, step):
+        columns = step_columns(step)
+        return ((line, dict(zip(columns, fields))) for line, fields in read_tsv(path, columns))
+
     for seed, path in describe.items():
-        for line, row in enumerate(read_rows(path, DESCRIBED_COLUMNS), start=2):
+        for line, row in records(path, "describe"):
             component_of(path, line, row).seeds[seed] = SeedNote(row["Explainable"] == "1", row["Summary"])
     for step, files in (("task", task), ("level", level)):
         for seed, path in files.items():
-            for line, row in enumerate(read_rows(path, (LABEL_COLUMN[step], *DESCRIBED_COLUMNS)), start=2):
+            for line, row in records(path, step):
                 note = component_of(path, line, row).seeds.get(seed)
                 if note is None:
-                    raise ValueError(f"{path}:{line}: seed {seed} labels a component its describe file does not hold")
+                    raise ValueError(f"{path}: line {line}: seed {seed} labels a component its describe file "
+                                     "does not hold")
                 setattr(note, step, row[LABEL_COLUMN[step]])
