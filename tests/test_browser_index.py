@@ -165,7 +165,7 @@ def test_a_bad_number_in_an_annotation_file_is_named_with_its_line(tmp_path):
     fields = lines[2].split("\t")
     fields[6] = "one"  # Layer (after Task Explainable Words Summary Model Size)
     path.write_text("".join([*lines[:2], "\t".join(fields), *lines[3:]]), encoding="utf8")
-    with pytest.raises(ValueError, match=r"linear_task_seed0\.tsv: line 3: Layer and Rank must be integers, found 'one):
+    with pytest.raises(ValueError, match=r"linear_task_seed0\.tsv: line 3: Layer and Rank must be integers, found"):
         build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
               inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
 
