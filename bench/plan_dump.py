@@ -21,7 +21,7 @@ def job_record(job) -> dict:
         "benchmark": str(job.benchmark) if job.benchmark else None,
         "params": {name: repr(value) for name, value in job.params.items()},
         "resources": {name: repr(value) for name, value in job.resources.items()},
-        "conda": str(job.conda_env_spec) if job.conda_env_spec else None,
+        "conda": str(getattr(job.conda_env_spec, "file", job.conda_env_spec)),
         "shell": job.shellcmd,
     }
 
