@@ -41,7 +41,7 @@ def per_job(function):
 
 
 def per_model(value_of):
-    """A rule item that depends only on the model: the plain value when every model has the same
+    """An input, param or resource that depends only on the model. The plain value when every model has the same
     one (nothing to call per job), else a function of the wildcards that looks it up."""
     values = {model: value_of(model) for model in MODELS}
     first = values[MODELS[0]]
