@@ -41,12 +41,12 @@ def per_job(function):
 
 
 def per_model(value_of):
-    """An input, param or resource that depends only on the model. The plain value when every model has the same
-    one (nothing to call per job), else a function of the wildcards that looks it up."""
+    """An input, param or resource that depends only on the model. The plain value when every
+    model has the same one (nothing to call per job), else a function of the wildcards."""
     values = {model: value_of(model) for model in MODELS}
-    first = values[MODELS[0]]
-    if all(value == first for value in values.values()):
-        return first
+    shared = list(values.values())[:1]
+    if shared and all(value == shared[0] for value in values.values()):
+        return shared[0]
     return per_job(lambda wildcards: values[wildcards.model])
 
 
