@@ -1,14 +1,18 @@
 """How long `snakemake -n all` takes to plan the paper config as the sample count and the number of
 shards grow (issue 14): the paper's 632 samples, 10x the samples, shard size 1, and both.
 
-Prints jobs, seconds and microseconds per job for each case, and the ratio of the largest case's
-cost per job to the paper's: near 1 when planning grows linearly with the job count.
-Run: python bench/planning_scale.py [--paper-data ../shared/paper]
+Prints jobs, CPU and wall seconds and CPU microseconds per job for each case, and the ratio of the largest case's
+cost per job to the paper's: near 1 when planning grows linearly with the job count. With --quiet,
+also the seconds of `snakemake -n --quiet all` (the job table only: Snakemake then skips printing
+each job, which costs it about half of a large dry run). --repeat N: each case N times (min-max).
+Run: python bench/planning_scale.py [--paper-data ../shared/paper] [--quiet] [--repeat 2]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,30 +45,53 @@ def workdir(root: Path, paper_data: Path, copies: int, shard_size: int | None) -
     return work
 
 
-def plan(work: Path) -> tuple[int, float]:
+def plan(work: Path, *extra: str) -> tuple[int | None, float, float]:
+    """(jobs, wall seconds, CPU seconds) of one dry run; jobs is None under --quiet (no job table).
+
+    The CPU seconds (user + system of the snakemake process) are what the wall time is on an idle
+    machine: on a shared one they stay comparable while the wall time includes waiting for a core.
+    """
+    env = dict(os.environ, PYTHONPATH=str(REPO))  # this checkout's workflow_scripts, not an installed copy
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--cores", "2", "--configfile", "bench.yaml"],
-                         cwd=work, capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--cores", "2", "--configfile", "bench.yaml",
+                          *extra], cwd=work, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     if out.returncode != 0:
         raise SystemExit(f"{work.name}: snakemake failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
     total = re.search(r"^total\s+(\d+)$", out.stdout + out.stderr, re.M)
-    return int(total.group(1)), seconds
+    shutil.rmtree(work / ".snakemake", ignore_errors=True)  # the next run starts as this one did
+    return (int(total.group(1)) if total else None), seconds, cpu_seconds
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):6.2f}" if len(values) == 1 else f"{min(values):6.2f}-{max(values):.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paper-data", type=Path, default=REPO.parent / "shared" / "paper")
+    parser.add_argument("--quiet", action="store_true", help="also time `snakemake -n --quiet all`")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case (the machine may be shared)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for copies, shard_size in ((1, None), (10, None), (1, 1), (10, 1)):
-            jobs, seconds = plan(workdir(Path(tmp), args.paper_data.resolve(), copies, shard_size))
+            work = workdir(Path(tmp), args.paper_data.resolve(), copies, shard_size)
+            runs = [plan(work) for _ in range(args.repeat)]
+            jobs, seconds = runs[0][0], min(cpu for _, _, cpu in runs)
             rows.append((copies, shard_size, jobs, seconds))
-            print(f"samples x{copies:<3} shard size {shard_size or 'paper':>5}: {jobs:6d} jobs in {seconds:6.2f} s "
-                  f"({seconds / jobs * 1e6:7.0f} us/job)", flush=True)
+            line = (f"samples x{copies:<3} shard size {shard_size or 'paper':>5}: {jobs:6d} jobs, "
+                    f"CPU {spread([cpu for _, _, cpu in runs])} s ({seconds / jobs * 1e6:5.0f} us/job), "
+                    f"wall {spread([wall for _, wall, _ in runs])} s")
+            if args.quiet:
+                quiet = [plan(work, "--quiet") for _ in range(args.repeat)]
+                line += f"; -n --quiet: CPU {spread([c for *_, c in quiet])} s, wall {spread([q[1] for q in quiet])} s"
+            print(line, flush=True)
     per_job = [seconds / jobs for _, _, jobs, seconds in rows]
-    print(f"cost per job, largest case / paper case: {per_job[-1] / per_job[0]:.2f}")
+    print(f"CPU cost per job, largest case / paper case: {per_job[-1] / per_job[0]:.2f}")
 
 
 if __name__ == "__main__":

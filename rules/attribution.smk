@@ -8,7 +8,7 @@ rule attribute_shard:
         # ancient: the dataset's mtime must not rerun every shard; the digest param below reruns
         # exactly the shards whose samples changed
         dataset=ancient(config["dataset"]["samples"]),
-        model=lambda w: dag.model_dir_input(config, w.model),
+        model=per_model(lambda model: dag.model_dir_input(config, model)),
     output:
         "results/attribution/{model}/shards/shard-{shard}.npz",
     log:
@@ -18,12 +18,12 @@ rule attribute_shard:
     conda:
         "../envs/shiftlens.yaml"
     resources:
-        gpu=lambda w: model_setting(w.model, "gpus", 1),
+        gpu=per_model(lambda model: model_setting(model, "gpus", 1)),
     params:
-        samples=lambda w: dag.shard_digest(config, w.shard),
-        path=lambda w: model_setting(w.model, "path"),
+        samples=shard_digest,
+        path=per_model(lambda model: model_setting(model, "path")),
         # this model's mode only: changing another model's reruns none of this model's shards
-        precision=lambda w: dag.attribution_precision(config, w.model),
+        precision=per_model(lambda model: dag.attribution_precision(config, model)),
         # scalars, not the config dict: reordering config keys must not rerun a shard; the chunk
         # size and backward batch only trade memory for speed, so they are read in the command, not params
         response=config["attribution"]["response"],

@@ -1,5 +1,7 @@
 # Config access, enumerations, wildcard constraints, and the input functions and helpers of every
 # rule file (which hold only rules); the logic lives in workflow_scripts.dag (unit-tested).
+import functools
+import inspect
 import json
 import re
 
@@ -26,6 +28,28 @@ def model_setting(model, key, default=None):
     return dag.model_config(config, model).get(key, default)
 
 
+# Snakemake calls a rule's input, params and resources functions once per job and inspects each
+# one's signature on every call (inspect.signature, ~13 us, 2-3 times a call): for the 12,640 shard
+# jobs of a large plan that was seconds. The two helpers below keep the plan the same and spare it:
+# a value every model shares is a plain value, and a function carries its signature (PEP 362).
+
+
+def per_job(function):
+    """`function` (of the wildcards) with its signature attached, so that inspecting it is a lookup."""
+    function.__signature__ = inspect.signature(function)
+    return function
+
+
+def per_model(value_of):
+    """An input, param or resource that depends only on the model. The plain value when every
+    model has the same one (nothing to call per job), else a function of the wildcards."""
+    values = {model: value_of(model) for model in MODELS}
+    shared = list(values.values())[:1]
+    if shared and all(value == shared[0] for value in values.values()):
+        return shared[0]
+    return per_job(lambda wildcards: values[wildcards.model])
+
+
 def groups_arg():
     """Sorted, so that reordering the config's keys changes no param (and reruns nothing)."""
     return ",".join(f"{prefix}={group}" for prefix, group in sorted(config["dataset"]["groups"].items()))
@@ -42,6 +66,18 @@ PAPER_SOURCE = config.get("paper_data") or ""  # empty: download at paper_commit
 
 
 # --- attribution.smk -----------------------------------------------------------------------------
+
+
+@functools.cache
+def shard_digests():
+    """Every shard's digest, once per planning process (the dataset does not change during a plan)."""
+    return dag.shard_digests(config)
+
+
+@per_job
+def shard_digest(wildcards):
+    """Changes exactly when a sample of this shard changes (a param: Snakemake reruns on it)."""
+    return shard_digests()[int(wildcards.shard)]
 
 
 def attribution_shards(wildcards):

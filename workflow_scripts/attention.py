@@ -17,15 +17,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
 from .progress import progress
 from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
 from .word_embeddings import mean_embeddings, word_token_ids
+
+if TYPE_CHECKING:  # annotations only: the functions that compute import torch, so that
+    import torch  # `attention merge` and `--help` start without it (~2 s a process)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ def explain_head(vocab: Vocabulary, wq: torch.Tensor, wk: torch.Tensor, top_k: i
     Returns a list of (dimension index, activation score, [(key word, query word) pairs by
     decreasing cosine]), head_dim long.
     """
+    import torch
     hq, hk = vocab.embeddings @ wq, vocab.embeddings @ wk  # (V, hd)
     activation = (hq**2).sum(0) + (hk**2).sum(0)
     order = torch.argsort(activation, descending=True, stable=True)
@@ -106,6 +110,7 @@ def vocabulary_thresholds(static: np.ndarray, has_vector: np.ndarray, baseline_w
 
 def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device,
                            threshold_rule: str = "paper") -> Vocabulary:
+    import torch
     started = time.perf_counter()
     embeddings = mean_embeddings(weights.input_embeddings().to(device), word_token_ids(tokenizer, words))
     static, has_vector = word_vectors.lookup(words)

@@ -160,9 +160,14 @@ def _shard_digests(path: str, mtime_ns: int, shard_size: int) -> tuple[str, ...]
     return tuple(hashlib.sha256("".join(s.digest() for s in samples).encode()).hexdigest()[:16] for samples in shards)
 
 
+def shard_digests(config: dict) -> tuple[str, ...]:
+    """Every shard's digest, in shard order: each changes exactly when a sample of its shard changes."""
+    return _shard_digests(*_dataset_file(config), config["attribution"]["shard_size"])
+
+
 def shard_digest(config: dict, shard: int) -> str:
     """Changes exactly when a sample of this shard changes (a rule param: Snakemake reruns on it)."""
-    return _shard_digests(*_dataset_file(config), config["attribution"]["shard_size"])[int(shard)]
+    return shard_digests(config)[int(shard)]
 
 
 def model_config(config: dict, model: str) -> dict:

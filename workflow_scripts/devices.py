@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: pick_device imports torch, so that a module importing
+    import torch  # this one starts without it (~2 s a process)
 
 log = logging.getLogger(__name__)
 
 
 def pick_device() -> torch.device:
+    import torch
+
     if torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         log.info("running on %d GPU(s): CUDA_VISIBLE_DEVICES=%s", torch.cuda.device_count(),

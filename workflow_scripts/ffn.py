@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.linalg
-import torch
 
 from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device
 from .progress import Progress
 from .tsv import WORDS_COLUMNS, encode_words, merge_and_export, write_tsv
+
+if TYPE_CHECKING:  # annotations only: the functions that compute import torch and scipy, so
+    import torch  # that `ffn merge` and `--help` start without them (~2 s a process)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ def principal_components(rows: torch.Tensor, rank: int) -> tuple[torch.Tensor, t
     eigenpairs are computed (LAPACK's MRRR driver), on a GPU all of them. The total variance is the
     covariance's trace. A direction is defined up to its sign.
     """
+    import scipy.linalg
+    import torch
     centred = rows.float() - rows.float().mean(0, keepdim=True)
     covariance = (centred.T @ centred / (rows.shape[0] - 1)).double()
     hidden = covariance.shape[0]
@@ -67,6 +71,7 @@ def component_words(
 
     Returns C lists of top_k words, by decreasing |projection|.
     """
+    import torch
     normalised = torch.nn.functional.normalize(word_vectors.float(), dim=-1)
     scores = (components @ normalised.T).abs()
     best = torch.topk(scores, min(top_k, len(words)), dim=1).indices.cpu().numpy()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .dataset import dataset_group, read_dataset, read_ratings
 from .importance import check_binned, sample_score
@@ -73,6 +72,8 @@ def _welch_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """One-sided Welch t-test of mean(x) < mean(y); NaN when a side has fewer than 2 values."""
     if len(x) < 2 or len(y) < 2:
         return float("nan"), float("nan")
+    from scipy import stats  # here: scipy costs ~0.7 s to import, and only the tests need it
+
     result = stats.ttest_ind(x, y, equal_var=False, alternative="less")
     return float(result.statistic), float(result.pvalue)
 

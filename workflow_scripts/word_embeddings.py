@@ -6,7 +6,10 @@ that decide which words are related.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the explainers' merge jobs and --help start without torch
+    import torch
 
 
 def word_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
@@ -32,6 +35,8 @@ def mean_embeddings(embedding_matrix: torch.Tensor, token_ids: list[list[int]]) 
     An embedding bag over the flat ids: memory stays at (words x hidden) however many pieces
     the longest word has (a padded gather would need words x pieces x hidden).
     """
+    import torch
+
     lengths = torch.tensor([len(ids) for ids in token_ids])
     flat = torch.tensor([i for ids in token_ids for i in ids], dtype=torch.long)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
