@@ -122,7 +122,7 @@ def long_views(n: int, m: int):
 
 def test_long_prompts_wrap_into_rows_of_panels(tmp_path, write_tsv):
     pngs = {}
-    for n in (30, 95):  # one row, then three rows of 40 tokens
+    for n in (30, 45, 95):  # one row, then two and three rows of 40 tokens
         path = tmp_path / f"{n}.npz"
         save_shard(long_views(n, 60), path)
         prompt = long_views(n, 60).samples[0].prompt
@@ -131,8 +131,9 @@ def test_long_prompts_wrap_into_rows_of_panels(tmp_path, write_tsv):
         pair = {"base": ("pretrained", views["lima_author_0"]), "chat": ("tuned", views["lima_author_0"])}
         heatmaps.draw_sample(pair, 10, "t", tmp_path / f"{n}.png")
         pngs[n] = Image.open(tmp_path / f"{n}.png").size
-    assert pngs[95][0] == pytest.approx(pngs[30][0], rel=0.05)  # same width: rows wrap, never squeeze
-    assert pngs[95][1] > 2.5 * pngs[30][1] * 0.8
+    assert pngs[95][0] == pytest.approx(pngs[45][0], rel=0.02)  # same width: rows wrap, never squeeze
+    assert pngs[30][0] < 0.9 * pngs[45][0]  # a prompt shorter than a row: a panel as wide as the prompt
+    assert pngs[95][1] > 1.3 * pngs[45][1] and pngs[45][1] > 1.6 * pngs[30][1]
 
 
 def test_sample_page_colours_every_prompt_token_by_its_density(tiny):

@@ -64,9 +64,10 @@ def draw_sample(views: dict[str, tuple[str, SampleView]], levels: int, title: st
     columns = list(views.items())
     n = max(len(v.prompt_tokens) for _, (_, v) in columns)
     rows = max(1, math.ceil(n / PER_ROW))
+    span = max(1, min(PER_ROW, n))  # columns per row: a short prompt's panel is as wide as the prompt
     shown = max(1, min(max(len(v.response_tokens) for _, (_, v) in columns), MAX_RESPONSE_LABELS))
     bar_h, heat_h, gap_h = 0.9, max(1.2, shown * TOKEN_INCH), 1.3
-    width = PER_ROW * TOKEN_INCH + 2.0
+    width = span * TOKEN_INCH + 2.0
     height = rows * (bar_h + heat_h + gap_h) + 0.9
     fig = plt.figure(figsize=(width * len(columns) + 0.8, height), dpi=100)
     # margins in inches (the figure's height grows with the rows): the title sits just above them
@@ -78,7 +79,7 @@ def draw_sample(views: dict[str, tuple[str, SampleView]], levels: int, title: st
             start, stop = r * PER_ROW, min((r + 1) * PER_ROW, len(view.prompt_tokens))
             inner = outer[r, c].subgridspec(2, 1, height_ratios=[bar_h, heat_h], hspace=0.08)
             bar, heat = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
-            image = _panel(bar, heat, view, start, stop, levels)
+            image = _panel(bar, heat, view, start, stop, levels, span)
             if r == 0:
                 bar.set_title(f"{label} ({role})", fontsize=11, fontweight="bold")
             if r == 0 and c == 0:
@@ -94,13 +95,14 @@ def draw_sample(views: dict[str, tuple[str, SampleView]], levels: int, title: st
     plt.close(fig)
 
 
-def _panel(bar, heat, view: SampleView, start: int, stop: int, levels: int):
-    """One row of one model: density bars over prompt tokens start..stop, heatmap below."""
+def _panel(bar, heat, view: SampleView, start: int, stop: int, levels: int, span: int):
+    """One row of one model: density bars over prompt tokens start..stop, heatmap below; `span` columns
+    wide, so that a token has the same width in every row."""
     x = np.arange(stop - start)
     mask = view.mask[start:stop]
     bar.bar(x, view.density[start:stop], width=0.85,
             color=np.where(mask, INSTRUCTION_COLOUR, OTHER_COLOUR))
-    bar.set_xlim(-0.5, PER_ROW - 0.5)
+    bar.set_xlim(-0.5, span - 0.5)
     bar.set_ylim(0, 1.05)
     bar.set_xticks([])
     bar.set_yticks([0, 1])
@@ -110,7 +112,7 @@ def _panel(bar, heat, view: SampleView, start: int, stop: int, levels: int):
     image = heat.imshow(view.binned[start:stop].T if m else np.zeros((1, stop - start)), aspect="auto",
                         cmap="YlOrRd", vmin=0, vmax=levels, interpolation="nearest",
                         extent=(-0.5, stop - start - 0.5, max(m, 1) - 0.5, -0.5))
-    heat.set_xlim(-0.5, PER_ROW - 0.5)
+    heat.set_xlim(-0.5, span - 0.5)
     heat.set_xticks(x)
     heat.set_xticklabels([tick_label(t) for t in view.prompt_tokens[start:stop]], rotation=90, fontsize=7)
     for tick, marked in zip(heat.get_xticklabels(), mask):

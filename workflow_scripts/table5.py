@@ -116,8 +116,10 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
     fig, ax = plt.subplots(figsize=(6.5, 5))
     colors = ("tab:blue", "tab:green", "tab:red", "tab:purple")
     for k, (level, color) in enumerate(zip(LEVELS, colors)):
-        shift = (k - 1.5) * 0.06  # levels side by side: equal shares never hide one line under another
-        for model, marker, style in ((pretrained, "s", "--"), (tuned, "*", "-")):
+        # levels side by side, and the two models of a level a little apart: equal shares (often 0 for
+        # phonology and morphology) never hide one marker under another
+        for model, marker, style, apart in ((pretrained, "s", "--", -0.015), (tuned, "*", "-", 0.015)):
+            shift = (k - 1.5) * 0.07 + apart
             per_seed = shares[model][:, :, k]  # (seeds, groups)
             with warnings.catch_warnings():  # a layer group without any described concept stays a gap
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -126,7 +128,7 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
                         linewidth=1.2, elinewidth=0.8, label=f"{model}: {level}")
     labels = layer_group_labels(layers, groups)
     ax.set_xticks(x, labels, rotation=45 if any("-" in label for label in labels) else 0)
-    ax.set_ylim(bottom=0)  # a share is never negative, whatever the std bar says
+    ax.set_ylim(bottom=-0.04)  # a share is never negative, whatever the std bar says; the margin keeps 0 visible
     ax.set_xlabel("Layers")
     ax.set_ylabel("Share of described concepts")
     ax.set_title(f"Linguistic levels of the FFN concepts: {pretrained} (dashed) vs {tuned} (solid)\n"
