@@ -94,11 +94,11 @@ def test_demo_describes_every_ffn_component_with_words(demo):
 
 def test_changing_an_ffn_setting_plans_only_the_ffn_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "ffn", top_k=20))
-    # new word lists: new annotations (5 seeds x 3 steps), the cost report, Table 5 and Figure 3, and their
-    # report pages (Table 5 x 2, cost; provenance shows the ffn config)
+    # new word lists: new annotations (5 seeds x 3 steps), the cost report, Table 5 and Figure 3, their
+    # report pages (Table 5 x 2, cost; provenance shows the ffn config) and the browser that shows them
     assert jobs == {"explain_ffn_layer": 8, "merge_linear_words": 1, "annotate_describe": 5, "annotate_task": 5,
                     "annotate_level": 5, "annotation_cost": 1, "table5_pair": 1, "figure3_pair": 1,
-                    "report_table": 3, "provenance": 1, "all": 1}
+                    "report_table": 3, "provenance": 1, "browse_pair": 1, "all": 1}
 
 
 def test_demo_annotates_the_ffn_concepts_and_builds_table5_and_figure3(demo):
@@ -130,13 +130,14 @@ def test_demo_annotates_the_ffn_concepts_and_builds_table5_and_figure3(demo):
 def test_adding_a_seed_plans_only_that_seeds_jobs_and_the_tables(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "annotation", seeds=[0, 1, 2, 3, 4, 5]))
     assert jobs == {"annotate_describe": 1, "annotate_task": 1, "annotate_level": 1, "annotation_cost": 1,
-                    "table5_pair": 1, "figure3_pair": 1, "report_table": 3, "provenance": 1, "all": 1}
+                    "table5_pair": 1, "figure3_pair": 1, "report_table": 3, "provenance": 1, "browse_pair": 1,
+                    "all": 1}
 
 
 def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "attention", top_k=50))
     assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
-                    "provenance": 1, "all": 1}
+                    "provenance": 1, "browse_pair": 1, "all": 1}
 
 
 def test_changing_fidelity_plans_only_the_attention_jobs_and_table3(demo):
@@ -144,7 +145,7 @@ def test_changing_fidelity_plans_only_the_attention_jobs_and_table3(demo):
     assert "fidelity: paper" in (demo / "results/tables/demo/table3.md").read_text().splitlines()[0]
     jobs = planned_jobs(demo, "--config", "fidelity=canonical")
     assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
-                    "provenance": 1, "all": 1}
+                    "provenance": 1, "browse_pair": 1, "all": 1}
 
 
 def test_released_word_pairs_give_table3_without_any_explanation_job(tmp_path):
