@@ -19,6 +19,7 @@ import numpy as np
 from .atomic import atomic_dir, atomic_file, atomic_write_text
 from .attribution_views import SampleView, chosen_samples, load_views
 from .cli import positive_int, setup_logging
+from .instructions import BOUNDARY_MARKERS
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ MAX_RESPONSE_LABELS = 40  # response tick labels per panel at most
 TOKEN_INCH = 0.17  # width of one prompt token, and height of one labelled response row
 INSTRUCTION_COLOUR = "#c0392b"
 OTHER_COLOUR = "#7f8c8d"
-_SPACE_MARKERS = ("\u2581", "\u0120")  # SentencePiece `▁`, byte-level BPE `Ġ`
 _NEWLINES = ("<0x0A>", "\u010a")  # SentencePiece, byte-level `Ċ`
 
 
@@ -36,7 +36,7 @@ def token_text(token: str) -> str:
     """What a token stands for, as text: word-boundary markers become spaces, line-break pieces `\\n`."""
     for piece in _NEWLINES:
         token = token.replace(piece, "\n")
-    for marker in _SPACE_MARKERS:
+    for marker in BOUNDARY_MARKERS:
         token = token.replace(marker, " ")
     return token
 

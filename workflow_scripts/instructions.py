@@ -78,13 +78,14 @@ def instruction_spans(prompt: str, annotation: str, sample_id: str = "?") -> lis
     return sorted(spans)
 
 
-_BOUNDARY_MARKERS = ("\u2581", "\u0120")  # SentencePiece `▁`, byte-level BPE `Ġ`
+# The piece that marks a word boundary (a space before the token): SentencePiece `▁`, byte-level BPE `Ġ`
+BOUNDARY_MARKERS = ("\u2581", "\u0120")
 
 
 def is_edge_token(token: str, text: str) -> bool:
     """Whether a token is dropped at the edge of an instruction sentence: whitespace-only, a line
     break, or a space plus a double quote. `text` is the token's text in the prompt."""
-    if token.startswith(_BOUNDARY_MARKERS) and not text.startswith((" ", "\n")):
+    if token.startswith(BOUNDARY_MARKERS) and not text.startswith((" ", "\n")):
         text = " " + text
     return not text.strip() or text == ' "'
 

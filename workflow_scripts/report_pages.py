@@ -8,7 +8,6 @@ Markdown twin formats them), the title, notice and notes from the Markdown twin.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html
 import json
 import logging
@@ -20,6 +19,7 @@ import pandas as pd
 
 from .atomic import atomic_file, atomic_write_text
 from .cli import setup_logging
+from .paper_data import sha256
 from .table_files import cell_text
 
 log = logging.getLogger(__name__)
@@ -135,11 +135,7 @@ HASH_LIMIT = 1 << 30  # files above 1 GiB are listed with their size only (hashi
 def file_digest(path: Path) -> str:
     if path.stat().st_size > HASH_LIMIT:
         return f"{path.stat().st_size} bytes (not hashed: over 1 GiB)"
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
+    return "sha256:" + sha256(path)
 
 
 def model_source(path: str) -> dict:

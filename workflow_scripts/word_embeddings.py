@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .instructions import BOUNDARY_MARKERS
+
 if TYPE_CHECKING:  # annotations only: the explainers' merge jobs and --help start without torch
     import torch
 
@@ -17,7 +19,7 @@ def word_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
     ids = []
     for word in words:
         tokens = tokenizer.tokenize(" " + word)
-        if len(tokens) > 1 and tokens[0] in ("\u2581", "\u0120"):
+        if len(tokens) > 1 and tokens[0] in BOUNDARY_MARKERS:
             tokens = tokens[1:]
         ids.append(tokenizer.convert_tokens_to_ids(tokens))
     return ids
