@@ -34,7 +34,7 @@ from workflow_scripts.dataset import dataset_group, read_dataset  # noqa: E402
 from workflow_scripts.importance import bin_attributions  # noqa: E402
 from workflow_scripts.local_chat import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
 from workflow_scripts.shards import Shard, save_shard  # noqa: E402
-from workflow_scripts.tables import instruction_scores  # noqa: E402
+from workflow_scripts.table1_2 import instruction_scores  # noqa: E402
 
 GROUPS = {"user_oriented_task_": "self_instruct", "lima_author_": "lima", "mtbench_": "mtbench"}  # schema default
 ANALYSIS = {"levels": 10, "threshold": 7, "p": 4.0}  # schema defaults (the paper's)
