@@ -263,6 +263,40 @@ def test_replay_refuses_a_question_its_files_never_asked(tmp_path, shards):
     assert not (tmp_path / "out" / "describe0.tsv").exists()
 
 
+def write_paper_files(folder, seed, described):
+    """The per-seed files exactly as the paper's `run_chatgpt_annotate.py` wrote them: the question column
+    is headed `Tokens`, its newlines and tabs written `/n` and `/t`; described = {message: (summary,
+    task, level)}."""
+    folder.mkdir(exist_ok=True)
+    head = "Explainable\tTokens\tSummary\t" + LINEAR_HEADER
+    rows = [f"{int('cannot tell' not in s.lower())}\t{w.replace(chr(10), '/n').replace(chr(9), '/t')}\t{s}\t"
+            f"llama\t7B\t0\tFFN\t0\t1\t0.1\ta|||b" for w, (s, _, _) in described.items()]
+    (folder / f"linear_seed{seed}.tsv").write_text("\n".join([head, *rows]) + "\n")
+    keep = [(r, t, c) for r, (s, t, c) in zip(rows, described.values()) if "cannot tell" not in s.lower()]
+    (folder / f"linear_task_seed{seed}.tsv").write_text("\n".join(["Task\t" + head, *(f"{t}\t{r}" for r, t, _ in keep)]) + "\n")
+    (folder / f"linear_concept_seed{seed}.tsv").write_text(
+        "\n".join(["Concept\t" + head, *(f"{c}\t{r}" for r, _, c in keep)]) + "\n")
+
+
+def test_replay_reads_the_papers_own_released_files(tmp_path):
+    """The paper's files head the question column `Tokens` (ours: `Words`) and escape its newlines and
+    tabs; a word holding one (the lossless layer files keep any word) is asked, written and replayed."""
+    words = [["line\nbreak", "tab\tbed", *(f"w0x{i}" for i in range(18))], [f"w1x{i}" for i in range(20)]]
+    shard = layer_shard(tmp_path / "base-0.tsv", "base", 0, words)
+    answers = {words_message(words[0], 15): ("Odd Words.", "None", "Morphology"),
+               words_message(words[1], 15): ("Dates.", "coding", "Semantic")}
+    write_paper_files(tmp_path / "released", 0, answers)
+    replay = {"kind": "replay", "path": str(tmp_path / "released")}
+    described, stats = run("describe", 0, [shard], tmp_path, replay)
+    rows = read(described)
+    assert [r["Summary"] for r in rows] == ["Odd Words.", "Dates."] and stats["described"] == 2
+    assert rows[0]["Words"].startswith("Words: line/nbreak, tab/tbed, w0x0")  # one line, the paper's escapes
+    tasks, _ = run("task", 0, [str(described)], tmp_path, replay)
+    levels, _ = run("level", 0, [str(described)], tmp_path, replay)
+    assert [r["Task"] for r in read(tasks)] == ["None", "coding"]
+    assert [r["Concept"] for r in read(levels)] == ["Morphology", "Semantic"]
+
+
 def test_max_rank_keeps_the_top_components_only(tmp_path, shards):
     answers = {}
     for row in [[f"w{r}x{i}" for i in range(20)] for r in range(3)]:

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .annotation_files import DESCRIBED_COLUMNS, step_columns
+from .annotation_files import DESCRIBED_COLUMNS, question_field, step_columns
 from .annotation_prompts import STEPS, concept_message, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
@@ -232,7 +232,8 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
         out = []
         for row, request, response in zip(rows, requests, responses):
             summary = label_of(response)
-            out.append([str(int(is_described(summary, response))), request.messages[-1]["content"], summary,
+            out.append([str(int(is_described(summary, response))), question_field(request.messages[-1]["content"]),
+                        summary,
                         *(row[c] for c in LINEAR_COLUMNS)])
         counts["described"] = sum(r[0] == "1" for r in out)
     else:

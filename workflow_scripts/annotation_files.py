@@ -19,6 +19,15 @@ LABEL_COLUMN = {"describe": "Summary", "task": "Task", "level": "Concept"}
 # describe's file: every component, `Explainable` 1/0, `Words` the question asked, `Summary` the answer,
 # then the component's linear_words.tsv columns; task and level put their label column in front.
 DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)
+# The paper's own files head the question column `Tokens` (its analysis script calls it `Words`).
+QUESTION_COLUMNS = ("Words", "Tokens")
+_LAYOUT_ESCAPES = str.maketrans({"\n": "/n", "\t": "/t", "\r": "/r"})
+
+
+def question_field(message: str) -> str:
+    """The describe question as its file holds it: one line, newlines and tabs written `/n` and `/t`
+    as the paper's script wrote them (a word may hold either; the lossless layer files keep it)."""
+    return message.translate(_LAYOUT_ESCAPES)
 
 
 def step_columns(step: str) -> tuple[str, ...]:

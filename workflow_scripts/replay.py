@@ -1,8 +1,8 @@
 """Replay existing annotation files (the paper's released ones, or an earlier run) as a provider.
 
 The per-seed files hold, on every row, both what was asked and what was answered: the
-`Words` column is the describe step's user message and `Summary` its answer; the task and level
-steps asked "Concept: Words are <summary>" (lower-cased for the task step, as the paper did) and
+`Words` column (headed `Tokens` in the paper's files) is the describe step's user message and
+`Summary` its answer; the task and level steps asked "Concept: Words are <summary>" (lower-cased for the task step, as the paper did) and
 answered in `Task` / `Concept`. So a request is answered by looking its user message up in the
 seed's file. A message the files never asked is an error naming the file: replay never invents
 an answer, and never silently drops a row.
@@ -13,7 +13,7 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from .annotation_files import FILES, LABEL_COLUMN
+from .annotation_files import FILES, LABEL_COLUMN, QUESTION_COLUMNS, question_field
 from .annotation_prompts import concept_message
 from .chat import ChatError, ChatRequest, ChatResponse
 
@@ -25,14 +25,21 @@ def _rows(path: Path) -> Iterator[dict]:
 
 
 def answers(directory: str | Path, step: str, seed: int) -> dict[str, str]:
-    """{user message: answer} of one step and seed; the first row wins where one repeats."""
+    """{question as the file holds it (annotation_files.question_field): answer} of one step and seed;
+    the first row wins where one repeats. Our files and the paper's alike (its question column is
+    headed `Tokens`)."""
     path = Path(directory) / FILES[step].format(seed=seed)
     if not path.is_file():
         raise ChatError(f"replay: {path} does not exist (annotation.provider.path holds no {step} file of seed {seed})")
     table: dict[str, str] = {}
     for row in _rows(path):
         try:
-            question = row["Words"] if step == "describe" else concept_message(row["Summary"], step)
+            if step == "describe":
+                question = next((row[c] for c in QUESTION_COLUMNS if c in row), None)
+                if question is None:
+                    raise KeyError(" or ".join(QUESTION_COLUMNS))
+            else:
+                question = question_field(concept_message(row["Summary"], step))
             table.setdefault(question, row[LABEL_COLUMN[step]])
         except KeyError as missing:
             raise ChatError(f"replay: {path} has no column {missing}") from None
@@ -52,7 +59,8 @@ class Replay:
     def stream(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResponse]]:
         for index, request in enumerate(requests):
             message = request.messages[-1]["content"]
-            if message not in self._answers:
+            question = question_field(message)
+            if question not in self._answers:
                 raise ChatError(f"replay: {self.directory / FILES[self.step].format(seed=self.seed)} "
                                 f"never asked {message[:120]!r}")
-            yield index, ChatResponse(self._answers[message], "stop", 0, 0, 0.0, "")
+            yield index, ChatResponse(self._answers[question], "stop", 0, 0, 0.0, "")
