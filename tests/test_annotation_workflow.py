@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from chat_server import ChatServer
+from conftest import clone_run
 from test_workflow import copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -208,3 +209,23 @@ def test_hostile_strings_in_the_annotation_config_reach_the_job_verbatim_and_run
     assert requests and {r["model"] for r in requests} == {model}
     assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in requests)
     assert not [path for path in work.parent.rglob("pwned*")] and not list(Path.cwd().glob("pwned*"))
+
+
+def test_replaying_the_answers_from_files_in_the_papers_layout_gives_the_same_table5(annotated, tmp_path):
+    """The `replay` provider fed this run's answers rewritten as the paper's released files (question
+    column headed `Tokens`): every annotation job reruns without a server and Table 5 is unchanged."""
+    work = clone_run(annotated[0], tmp_path / "work")
+    released = work / "released"
+    released.mkdir()
+    for name in ("linear_seed0.tsv", "linear_task_seed0.tsv", "linear_concept_seed0.tsv"):
+        header, rows = (work / "results/annotation/demo" / name).read_text().split("\n", 1)
+        assert "\tWords\t" in header
+        (released / name).write_text(header.replace("\tWords\t", "\tTokens\t") + "\n" + rows)
+    config = yaml.safe_load((work / "openai.yaml").read_text())
+    config["annotation"]["provider"] = {"kind": "replay", "path": "released"}
+    tables = [work / "results/tables/demo" / f"table5_{kind}.tsv" for kind in ("tasks", "levels")]
+    before = [table.read_bytes() for table in tables]
+    assert planned_jobs(work, "table5", "--configfile", write_config(work, "replay.yaml", config)) == {
+        "annotate_describe": 1, "annotate_task": 1, "annotate_level": 1, "annotation_cost": 1, "table5_pair": 1, "table5": 1}
+    snakemake(work, "table5", "--configfile", "replay.yaml")
+    assert [table.read_bytes() for table in tables] == before
