@@ -15,7 +15,7 @@ from .dataset import Sample, read_dataset, shard_samples
 from .instructions import instruction_spans
 from .model_paths import ModelShape, cached_config, looks_local
 from .model_paths import model_shape as shape_of
-from .paper_data import read_manifest
+from .paper_data import read_manifest, sha256
 
 PAPER_MANIFEST = "datasets/paper-manifest.sha256"
 FETCHED = "resources/paper/"
@@ -79,8 +79,8 @@ def dataset_candidates(config: dict) -> list[str]:
 
 @functools.lru_cache(maxsize=8)
 def _file_sha256(path: str, mtime_ns: int) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    """paper_data.sha256, once per file version (the mtime is the cache key's second half)."""
+    return sha256(path)
 
 
 @functools.lru_cache(maxsize=2)
