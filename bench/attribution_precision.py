@@ -13,6 +13,11 @@ model), and seconds per sample; for bfloat16 also how many of its own greedy res
 (in the workflow each mode generates its own). Not a test: the issue's targets (group means within
 0.005, >= 97% of cells equal) are reported against, never tuned to. On a CPU tf32 runs as float32 (TF32
 is a CUDA mode), so its row is float32's by construction; --modes float32,bfloat16 skips it.
+
+Two diagnostic rows, not workflow modes, split bfloat16's disagreement into its causes (--modes
+float32,bf16-weights,autocast-bf16,bfloat16): `bf16-weights` runs the bf16-rounded weights in float32
+arithmetic (what rounding the checkpoint alone changes); `autocast-bf16` keeps float32 weights and
+residual stream and runs the body's matmuls in bf16 under torch.autocast (the head in float32).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_scripts.attribution import attribute_sample, generate_response, load_model  # noqa: E402
+from workflow_scripts.attribution import PRECISIONS, attribute_sample, generate_response, load_model  # noqa: E402
 from workflow_scripts.dataset import dataset_group, read_dataset  # noqa: E402
 from workflow_scripts.importance import bin_attributions  # noqa: E402
 from workflow_scripts.local_chat import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
@@ -66,6 +71,27 @@ def subset_dataset(path: Path, ids: set[str], target: Path) -> Path:
     lines = path.read_text(encoding="utf8").splitlines(keepends=True)
     target.write_text(lines[0] + "".join(line for line in lines[1:] if line.split("\t", 1)[0] in ids), encoding="utf8")
     return target
+
+
+DIAGNOSTICS = ("bf16-weights", "autocast-bf16")  # not workflow modes: see the docstring
+
+
+def load_mode(model_dir: str, mode: str):
+    """The model and tokenizer of a workflow mode, or of a diagnostic (see the docstring)."""
+    if mode == "bf16-weights":
+        model, tokenizer = load_model(model_dir, "bfloat16")
+        return model.float(), tokenizer
+    if mode == "autocast-bf16":  # the body only: the output head stays float32, as in every mode
+        model, tokenizer = load_model(model_dir, "float32")
+        body_forward = model.base_model.forward
+
+        def autocast_forward(*args, **kwargs):
+            with torch.autocast(model.device.type, dtype=torch.bfloat16):
+                return body_forward(*args, **kwargs)
+
+        model.base_model.forward = autocast_forward
+        return model, tokenizer
+    return load_model(model_dir, mode)
 
 
 def attribute_all(model, tokenizer, chosen, chunk_size: int) -> tuple[list, float]:
@@ -122,6 +148,9 @@ def main(argv=None):
     modes = args.modes.split(",")
     if modes[0] != "float32":
         parser.error("--modes must start with float32 (the reference)")
+    unknown = [mode for mode in modes if mode not in (*PRECISIONS, *DIAGNOSTICS)]
+    if unknown:
+        parser.error(f"unknown --modes {unknown} (known: {', '.join((*PRECISIONS, *DIAGNOSTICS))})")
     started = time.perf_counter()
     ensure_smollm2(args.model_dir)
     model, tokenizer = load_model(args.model_dir, "float32")
@@ -137,7 +166,7 @@ def main(argv=None):
         matrices, scores = {}, {}
         for mode in modes:
             if mode != "float32":
-                model, tokenizer = load_model(args.model_dir, mode)
+                model, tokenizer = load_mode(args.model_dir, mode)
             matrices[mode], seconds = attribute_all(model, tokenizer, chosen, args.chunk_size)
             save_shard(Shard(matrices[mode], {"model": "smollm2", "source": "bench"}), Path(tmp) / f"{mode}.npz")
             scores[mode] = instruction_scores(Path(tmp) / f"{mode}.npz", dataset, GROUPS, ANALYSIS)
