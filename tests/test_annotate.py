@@ -194,12 +194,14 @@ def test_a_job_answers_only_what_it_claimed_and_waits_for_the_rest(tmp_path):
     assert (counts["requests"], counts["from_other_jobs"], counts["cache_hits"]) == (2, 2, 2)
 
 
-def write_replay(folder, seed, described):
-    """The paper's per-seed files: described = {words message: (summary, task, level)}."""
+def write_replay(folder, seed, described, paper_header=False):
+    """The per-seed files: described = {words message: (summary, task, level)}. `paper_header`: exactly
+    as the paper's `run_chatgpt_annotate.py` wrote them, the question column headed `Tokens` and its
+    newlines and tabs written `/n` and `/t`."""
     folder.mkdir(exist_ok=True)
-    head = "Explainable\tWords\tSummary\t" + LINEAR_HEADER
-    rows = [f"{int('cannot tell' not in s.lower())}\t{w}\t{s}\tllama\t7B\t0\tFFN\t0\t1\t0.1\ta|||b"
-            for w, (s, _, _) in described.items()]
+    head = f"Explainable\t{'Tokens' if paper_header else 'Words'}\tSummary\t" + LINEAR_HEADER
+    rows = [f"{int('cannot tell' not in s.lower())}\t{w.replace(chr(10), '/n').replace(chr(9), '/t')}\t{s}\t"
+            "llama\t7B\t0\tFFN\t0\t1\t0.1\ta|||b" for w, (s, _, _) in described.items()]
     (folder / f"linear_seed{seed}.tsv").write_text("\n".join([head, *rows]) + "\n")
     keep = [(r, t, c) for r, (s, t, c) in zip(rows, described.values()) if "cannot tell" not in s.lower()]
     tasks = ["Task\t" + head, *(f"{t}\t{r}" for r, t, _ in keep)]
@@ -263,21 +265,6 @@ def test_replay_refuses_a_question_its_files_never_asked(tmp_path, shards):
     assert not (tmp_path / "out" / "describe0.tsv").exists()
 
 
-def write_paper_files(folder, seed, described):
-    """The per-seed files exactly as the paper's `run_chatgpt_annotate.py` wrote them: the question column
-    is headed `Tokens`, its newlines and tabs written `/n` and `/t`; described = {message: (summary,
-    task, level)}."""
-    folder.mkdir(exist_ok=True)
-    head = "Explainable\tTokens\tSummary\t" + LINEAR_HEADER
-    rows = [f"{int('cannot tell' not in s.lower())}\t{w.replace(chr(10), '/n').replace(chr(9), '/t')}\t{s}\t"
-            f"llama\t7B\t0\tFFN\t0\t1\t0.1\ta|||b" for w, (s, _, _) in described.items()]
-    (folder / f"linear_seed{seed}.tsv").write_text("\n".join([head, *rows]) + "\n")
-    keep = [(r, t, c) for r, (s, t, c) in zip(rows, described.values()) if "cannot tell" not in s.lower()]
-    (folder / f"linear_task_seed{seed}.tsv").write_text("\n".join(["Task\t" + head, *(f"{t}\t{r}" for r, t, _ in keep)]) + "\n")
-    (folder / f"linear_concept_seed{seed}.tsv").write_text(
-        "\n".join(["Concept\t" + head, *(f"{c}\t{r}" for r, _, c in keep)]) + "\n")
-
-
 def test_replay_reads_the_papers_own_released_files(tmp_path):
     """The paper's files head the question column `Tokens` (ours: `Words`) and escape its newlines and
     tabs; a word holding one (the lossless layer files keep any word) is asked, written and replayed."""
@@ -285,7 +272,7 @@ def test_replay_reads_the_papers_own_released_files(tmp_path):
     shard = layer_shard(tmp_path / "base-0.tsv", "base", 0, words)
     answers = {words_message(words[0], 15): ("Odd Words.", "None", "Morphology"),
                words_message(words[1], 15): ("Dates.", "coding", "Semantic")}
-    write_paper_files(tmp_path / "released", 0, answers)
+    write_replay(tmp_path / "released", 0, answers, paper_header=True)
     replay = {"kind": "replay", "path": str(tmp_path / "released")}
     described, stats = run("describe", 0, [shard], tmp_path, replay)
     rows = read(described)

@@ -226,6 +226,7 @@ def test_replaying_the_answers_from_files_in_the_papers_layout_gives_the_same_ta
     tables = [work / "results/tables/demo" / f"table5_{kind}.tsv" for kind in ("tasks", "levels")]
     before = [table.read_bytes() for table in tables]
     assert planned_jobs(work, "table5", "--configfile", write_config(work, "replay.yaml", config)) == {
-        "annotate_describe": 1, "annotate_task": 1, "annotate_level": 1, "annotation_cost": 1, "table5_pair": 1, "table5": 1}
+        "annotate_describe": 1, "annotate_task": 1, "annotate_level": 1, "annotation_cost": 1, "table5_pair": 1,
+        "table5": 1}
     snakemake(work, "table5", "--configfile", "replay.yaml")
     assert [table.read_bytes() for table in tables] == before

@@ -2,10 +2,10 @@
 
 The per-seed files hold, on every row, both what was asked and what was answered: the
 `Words` column (headed `Tokens` in the paper's files) is the describe step's user message and
-`Summary` its answer; the task and level steps asked "Concept: Words are <summary>" (lower-cased for the task step, as the paper did) and
-answered in `Task` / `Concept`. So a request is answered by looking its user message up in the
-seed's file. A message the files never asked is an error naming the file: replay never invents
-an answer, and never silently drops a row.
+`Summary` its answer; the task and level steps asked "Concept: Words are <summary>" (lower-cased
+for the task step, as the paper did) and answered in `Task` / `Concept`. So a request is answered
+by looking its user message up in the seed's file. A message the files never asked is an error
+naming the file: replay never invents an answer, and never silently drops a row.
 """
 from __future__ import annotations
 
