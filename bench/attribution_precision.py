@@ -111,8 +111,9 @@ PAPER_GROUP_SIZES = {"self_instruct": 252, "lima": 300, "mtbench": 80}  # Table 
 
 def compare(reference, other, ref_scores, scores) -> dict:
     """Cells and scores of one mode against float32. A group mean's difference is the mean of its samples'
-    differences, so at the paper's group sizes it is expected at `score_bias` +- 1.96 `score_diff_sd` / sqrt(n)
-    (`paper_size_interval`): what this sample of prompts says about a full-size Table 2."""
+    differences: the bias (`score_bias`, with its standard error over these prompts) plus a sampling part
+    of +- 1.96 `score_diff_sd` / sqrt(n) at 95% for a group of n (`paper_size_half_width`, at the paper's
+    group sizes): what this sample of prompts says about a full-size Table 2."""
     binned = [(bin_attributions(a.matrix, ANALYSIS["levels"], ANALYSIS["threshold"]),
                bin_attributions(b.matrix, ANALYSIS["levels"], ANALYSIS["threshold"])) for a, b in zip(reference, other)]
     equal = sum(int((x == y).sum()) for x, y in binned)
@@ -122,10 +123,9 @@ def compare(reference, other, ref_scores, scores) -> dict:
     sd = float(signed.std(ddof=1)) if len(signed) > 1 else 0.0
     ref_means, means = group_means(ref_scores), group_means(scores)
     return {"cells_equal": equal / cells, "cells": cells, "score_max_abs_diff": float(diff.max()),
-            "score_mean_abs_diff": float(diff.mean()), "score_bias": float(signed.mean()), "score_diff_sd": sd,
-            "paper_size_interval": {g: [float(signed.mean()) - 1.96 * sd / n ** 0.5,
-                                        float(signed.mean()) + 1.96 * sd / n ** 0.5]
-                                    for g, n in PAPER_GROUP_SIZES.items()},
+            "score_mean_abs_diff": float(diff.mean()), "score_bias": float(signed.mean()),
+            "score_bias_se": sd / len(signed) ** 0.5, "score_diff_sd": sd,
+            "paper_size_half_width": {g: 1.96 * sd / n ** 0.5 for g, n in PAPER_GROUP_SIZES.items()},
             "group_means": means, "group_mean_max_abs_diff": max(abs(means[g] - ref_means[g]) for g in ref_means),
             "scores": dict(zip(scores["id"], map(float, scores["score"]))),
             "max_rel_matrix_diff": max(float(np.abs(a.matrix - b.matrix).max() / max(np.abs(a.matrix).max(), 1e-30))
@@ -142,11 +142,12 @@ def markdown(results: dict) -> str:
                     f"{r['score_max_abs_diff']:.4f} / {r['score_mean_abs_diff']:.4f} | "
                     f"{r['score_bias']:+.4f} / {r['score_diff_sd']:.4f} | {r['group_mean_max_abs_diff']:.4f} | "
                     + " | ".join(f"{r['group_means'][g]:.4f}" for g in groups) + " |")
-    rows += ["", "Group-mean difference to float32 expected at the paper's group sizes (bias +- 1.96 SD / sqrt(n)):",
-             ""]
+    rows += ["", "Group-mean difference to float32 at the paper's group sizes: the bias (+- its standard error "
+             "over these prompts) plus +- 1.96 SD / sqrt(n):", ""]
     for mode, r in list(results["modes"].items())[1:]:
-        rows.append(f"- {mode}: " + ", ".join(f"{g} (n = {PAPER_GROUP_SIZES[g]}) {low:+.4f} .. {high:+.4f}"
-                                              for g, (low, high) in r["paper_size_interval"].items()))
+        rows.append(f"- {mode}: bias {r['score_bias']:+.4f} +- {r['score_bias_se']:.4f}, then "
+                    + ", ".join(f"{g} (n = {PAPER_GROUP_SIZES[g]}) +- {half:.4f}"
+                                for g, half in r["paper_size_half_width"].items()))
     return "\n".join(rows)
 
 
