@@ -232,8 +232,8 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
         out = []
         for row, request, response in zip(rows, requests, responses):
             summary = label_of(response)
-            out.append([str(int(is_described(summary, response))), question_field(request.messages[-1]["content"]),
-                        summary,
+            question = question_field(request.messages[-1]["content"])
+            out.append([str(int(is_described(summary, response))), question, summary,
                         *(row[c] for c in LINEAR_COLUMNS)])
         counts["described"] = sum(r[0] == "1" for r in out)
     else:

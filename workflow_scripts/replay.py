@@ -18,12 +18,6 @@ from .annotation_prompts import concept_message
 from .chat import ChatError, ChatRequest, ChatResponse
 
 
-def _rows(path: Path) -> Iterator[dict]:
-    csv.field_size_limit(1 << 24)
-    with open(path, encoding="utf8", newline="") as handle:
-        yield from csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-
-
 def answers(directory: str | Path, step: str, seed: int) -> dict[str, str]:
     """{question as the file holds it (annotation_files.question_field): answer} of one step and seed;
     the first row wins where one repeats. Our files and the paper's alike (its question column is
@@ -31,18 +25,21 @@ def answers(directory: str | Path, step: str, seed: int) -> dict[str, str]:
     path = Path(directory) / FILES[step].format(seed=seed)
     if not path.is_file():
         raise ChatError(f"replay: {path} does not exist (annotation.provider.path holds no {step} file of seed {seed})")
-    table: dict[str, str] = {}
-    for row in _rows(path):
-        try:
-            if step == "describe":
-                question = next((row[c] for c in QUESTION_COLUMNS if c in row), None)
-                if question is None:
-                    raise KeyError(" or ".join(QUESTION_COLUMNS))
-            else:
-                question = question_field(concept_message(row["Summary"], step))
+    csv.field_size_limit(1 << 24)
+    with open(path, encoding="utf8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = reader.fieldnames or []
+        if step == "describe":
+            asked = next((column for column in QUESTION_COLUMNS if column in header), " or ".join(QUESTION_COLUMNS))
+        else:
+            asked = "Summary"
+        for column in (asked, LABEL_COLUMN[step]):
+            if column not in header:
+                raise ChatError(f"replay: {path} has no column {column!r}")
+        table: dict[str, str] = {}
+        for row in reader:
+            question = row[asked] if step == "describe" else question_field(concept_message(row[asked], step))
             table.setdefault(question, row[LABEL_COLUMN[step]])
-        except KeyError as missing:
-            raise ChatError(f"replay: {path} has no column {missing}") from None
     return table
 
 
