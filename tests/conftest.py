@@ -78,6 +78,15 @@ def clone_run(source: Path, target: Path) -> Path:
     return target
 
 
+def copy_package(target: Path) -> Path:
+    """A copy of the package under `target`: with PYTHONPATH=target, the code that `python -m` runs
+    (and the planning process digests), as after an upgrade of shiftlens."""
+    package = target / "workflow_scripts"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "workflow_scripts", package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return package
+
+
 @pytest.fixture(scope="session")
 def finished_demo(tmp_path_factory) -> Path:
     """The demo workflow run to completion once per test session, in a scratch copy of the project.

@@ -16,8 +16,10 @@ WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "config", "dat
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`env`: variables set on top of this process's (e.g. PYTHONPATH to run another copy of the code)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = dict(os.environ, PATH=path, HF_HUB_OFFLINE="1", **(env or {}))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=1800,
@@ -27,9 +29,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> dict[str, int]:
     """Rule -> job count of a dry run (empty when nothing is to be done)."""
-    out = snakemake(workdir, "--dry-run", *args)
+    out = snakemake(workdir, "--dry-run", *args, env=env)
     text = out.stdout + out.stderr
     if "Nothing to be done" in text:
         return {}
@@ -227,6 +229,43 @@ def test_editing_a_sample_plans_only_the_shard_holding_it(demo):
     finally:
         dataset.write_text(original)
     assert jobs.get("attribute_shard") == 2 and "demo_base_model" not in jobs
+
+
+def edited_code(target: Path, module: str, edit) -> dict[str, str]:
+    """A copy of the package with `edit(text)` applied to one module, and the environment that plans
+    and runs the workflow with that copy (what a user who upgraded shiftlens has)."""
+    from conftest import copy_package
+
+    path = copy_package(target) / module
+    text = path.read_text()
+    edited = edit(text)
+    assert edited != text
+    path.write_text(edited)
+    return {"PYTHONPATH": str(target)}
+
+
+TABLE_JOBS = {"table1_pair": 1, "table2_pair": 1, "report_table": 2, "all": 1}
+
+
+@pytest.mark.parametrize(
+    ("module", "edit", "expected"),
+    [
+        # behaviour: a table's code, or a project module it imports, changed
+        ("table1_2.py", lambda text: text + "\nSCORE_VERSION = 2\n", TABLE_JOBS),
+        # a comment, a docstring or the layout: nothing a job computes changed
+        ("table1_2.py", lambda text: text.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n\n", {}),
+        # an expensive (GPU) job's code: it reruns only when its method version is raised
+        ("attribution.py", lambda text: text + "\nREFACTORED = True\n", {}),
+        ("code_versions.json", lambda text: text.replace('"attribution": 1', '"attribution": 2'),
+         {"attribute_shard": 12, "merge_attributions": 2, "attribution_heatmaps": 1, "position_importance": 1,
+          "provenance": 1} | TABLE_JOBS),
+    ],
+    ids=["table-code", "table-docstring", "gpu-code", "gpu-method-version"],
+)
+def test_a_code_change_reruns_the_jobs_that_ran_that_code(demo, tmp_path, module, edit, expected):
+    """Snakemake's code trigger sees only a rule's shell line (`python -m workflow_scripts.X ...`),
+    so without a code param an upgraded shiftlens would plan nothing and keep the old tables."""
+    assert planned_jobs(demo, env=edited_code(tmp_path, module, edit)) == expected
 
 
 def test_released_paper_config_plans_the_conversion_of_both_models(tmp_path):
