@@ -11,6 +11,8 @@ rule demo_annotator:
     log:
         "logs/demo_annotator.log",
     localrule: True
+    params:
+        code=method_version("local_chat"),
     shell:
         "python -m workflow_scripts.local_chat convert --output {output:q} 3>&2 > {log:q} 2>&1"
 
@@ -31,6 +33,7 @@ rule annotate_describe:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=method_version("annotate"),
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
         max_tokens=ANNOTATION["max_tokens"],
@@ -56,6 +59,7 @@ rule annotate_task:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=method_version("annotate"),
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
         max_tokens=ANNOTATION["max_tokens"],
@@ -79,6 +83,7 @@ rule annotate_level:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=method_version("annotate"),
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
         max_tokens=ANNOTATION["max_tokens"],
@@ -99,6 +104,7 @@ rule annotation_cost:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("annotation_cost"),
         prices=json.dumps(ANNOTATION["prices"], sort_keys=True),
     shell:
         "python -m workflow_scripts.annotation_cost --stats {input:q} --prices={params.prices:q}"
@@ -117,6 +123,7 @@ rule table5_pair:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("table5"),
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
         notice=config.get("notice", ""),
@@ -144,6 +151,7 @@ rule figure3_pair:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("table5"),
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
         layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["tuned"]).layers,

@@ -20,6 +20,7 @@ rule explain_attention_layer:
     resources:
         gpu=ATTENTION["gpus"],
     params:
+        code=method_version("attention"),
         path=lambda w: model_setting(w.model, "path"),
         size=lambda w: model_setting(w.model, "size", "NA"),
         top_k=ATTENTION["top_k"],
@@ -47,6 +48,8 @@ rule merge_bilinear_words:
         "logs/merge_bilinear_words.log",
     conda:
         "../envs/shiftlens.yaml"
+    params:
+        code=code_digest("attention"),
     shell:
         "python -m workflow_scripts.attention merge {output.lossless:q} {input:q} --export {output.paper:q}"
         " > {log:q} 2>&1"
@@ -66,6 +69,7 @@ rule table3_pair:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("table3"),
         pretrained=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["pretrained"]],
         tuned=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["tuned"]],
         layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["pretrained"]).layers,

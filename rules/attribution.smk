@@ -20,6 +20,7 @@ rule attribute_shard:
     resources:
         gpu=per_model(lambda model: model_setting(model, "gpus", 1)),
     params:
+        code=method_version("attribution"),
         samples=shard_digest,
         path=per_model(lambda model: model_setting(model, "path")),
         # this model's mode only: changing another model's reruns none of this model's shards
@@ -50,6 +51,8 @@ rule convert_released_attributions:
         "logs/convert_released_attributions/{model}.log",
     conda:
         "../envs/shiftlens.yaml"
+    params:
+        code=code_digest("released"),
     shell:
         "python -m workflow_scripts.released --dataset {input.dataset:q} --released-dir {input.released:q}"
         " --model {wildcards.model:q} --output {output:q} 3>&2 > {log:q} 2>&1"
@@ -66,6 +69,7 @@ rule merge_attributions:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("shards"),
         # what went into the shards: a change reruns the merge even when its file survived
         provenance=lambda w: dag.attribution_provenance(config, [w.model]),
     shell:

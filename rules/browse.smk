@@ -17,6 +17,7 @@ rule browse_pair:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("browser_index", "browser_assets"),
         models=lambda w: dag.pair_members(config, w.pair),
         names=lambda w: [dag.bilinear_model_names(config)[m] for m in dag.pair_members(config, w.pair)],
         seeds=",".join(map(str, ANNOTATION["seeds"])),

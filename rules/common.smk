@@ -5,9 +5,11 @@ import inspect
 import json
 import re
 
-from workflow_scripts import dag
+from workflow_scripts import code_version, dag
+from workflow_scripts.code_version import code_digest, method_version  # every rule's `code` param
 from workflow_scripts.annotation_files import FILES
 
+code_version.use_cache(".snakemake/shiftlens/parsed-code.json")  # parses only modules that changed
 dag.check_config(config)
 dag.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
 

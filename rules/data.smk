@@ -49,6 +49,8 @@ rule demo_corpus:
         "logs/demo_corpus.log",
     conda:
         "../envs/shiftlens.yaml"
+    params:
+        code=method_version("demo_models"),
     shell:
         "python -m workflow_scripts.demo_models corpus {output:q} --dataset {input.dataset:q} 3>&2 > {log:q} 2>&1"
 
@@ -65,6 +67,8 @@ rule demo_vocabulary:
         "logs/demo_vocabulary.log",
     conda:
         "../envs/shiftlens.yaml"
+    params:
+        code=method_version("vocabulary"),
     shell:
         "python -m workflow_scripts.vocabulary build {input.corpus:q} {output:q} --max-words 3000"
         " --include {input.verbs:q} > {log:q} 2>&1"
@@ -80,6 +84,8 @@ rule demo_tokenizer:
         "logs/demo_tokenizer.log",
     conda:
         "../envs/shiftlens.yaml"
+    params:
+        code=method_version("demo_models"),
     shell:
         "python -m workflow_scripts.demo_models tokenizer {input:q} {output:q} > {log:q} 2>&1"
 
@@ -98,6 +104,8 @@ rule demo_base_model:
     conda:
         "../envs/shiftlens.yaml"
     threads: 2
+    params:
+        code=method_version("demo_models"),
     shell:
         "python -m workflow_scripts.demo_models pretrain {input.corpus:q} {input.tokenizer:q} {output:q} 3>&2 > {log:q} 2>&1"
 
@@ -116,6 +124,8 @@ rule demo_tuned_model:
     conda:
         "../envs/shiftlens.yaml"
     threads: 2
+    params:
+        code=method_version("demo_models"),
     shell:
         (
             "python -m workflow_scripts.demo_models finetune {input.base:q} {output:q} --dataset {input.dataset:q}"

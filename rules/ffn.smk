@@ -18,6 +18,7 @@ rule explain_ffn_layer:
     resources:
         gpu=FFN["gpus"],
     params:
+        code=method_version("ffn"),
         path=lambda w: model_setting(w.model, "path"),
         size=lambda w: model_setting(w.model, "size", "NA"),
         rank=FFN["rank"],
@@ -40,6 +41,8 @@ rule merge_linear_words:
         "logs/merge_linear_words.log",
     conda:
         "../envs/shiftlens.yaml"
+    params:
+        code=code_digest("ffn"),
     shell:
         "python -m workflow_scripts.ffn merge {output.lossless:q} {input:q} --export {output.paper:q} > {log:q} 2>&1"
 

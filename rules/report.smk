@@ -24,6 +24,8 @@ rule report_table:
         table="|".join(REPORT_TABLES),
     conda:
         "../envs/shiftlens.yaml"
+    params:
+        code=code_digest("report_pages"),
     shell:
         "python -m workflow_scripts.report_pages table --tsv {input.tsv:q}"
         " --markdown {input.md:q} --title {wildcards.table:q}"
@@ -48,6 +50,7 @@ rule paper_comparison:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("report_pages"),
         printed=lambda w: json.dumps(paper_printed(w.pair), sort_keys=True),
     shell:
         "python -m workflow_scripts.report_pages compare --tsv {input.tsv:q} --printed={params.printed:q}"
@@ -84,6 +87,7 @@ rule attribution_heatmaps:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("heatmaps"),
         samples=config["report"]["samples"],
         groups=groups_arg(),
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
@@ -118,6 +122,7 @@ rule position_importance:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("position"),
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
         levels=config["analysis"]["levels"],
@@ -149,6 +154,7 @@ rule provenance:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("report_pages"),
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
         models=lambda w: json.dumps({m: config["models"][m] for m in dag.pair_members(config, w.pair)}, sort_keys=True),

@@ -16,6 +16,7 @@ rule table1_pair:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("table1_2"),
         levels=config["analysis"]["levels"],
         threshold=config["analysis"]["threshold"],
         p=config["analysis"]["p"],
@@ -47,6 +48,7 @@ rule table2_pair:
     conda:
         "../envs/shiftlens.yaml"
     params:
+        code=code_digest("table1_2"),
         levels=config["analysis"]["levels"],
         threshold=config["analysis"]["threshold"],
         p=config["analysis"]["p"],

@@ -15,9 +15,9 @@ from test_workflow import REPO, copy_workflow
 # jobs' (their merges and --help need none; the layer functions import torch themselves)
 LIGHT_MODULES = [
     "table1_2", "table3", "table5", "table_files", "tsv", "dag", "config_checks", "annotate", "annotation_cost",
-    "annotation_files", "annotation_prompts", "shards", "released", "leases", "paper_data", "vocabulary", "replay",
-    "chat_cache", "openai_chat", "importance", "attention", "ffn", "word_embeddings", "devices", "report_pages",
-    "position", "heatmaps", "attribution_views", "browser_data", "browser_index",
+    "code_version", "annotation_files", "annotation_prompts", "shards", "released", "leases", "paper_data",
+    "vocabulary", "replay", "chat_cache", "openai_chat", "importance", "attention", "ffn", "word_embeddings", "devices",
+    "report_pages", "position", "heatmaps", "attribution_views", "browser_data", "browser_index",
 ]
 HEAVY = ("torch", "transformers", "tokenizers", "safetensors", "scipy", "matplotlib")
 ALLOWED: dict[str, set[str]] = {}  # none needs one at import

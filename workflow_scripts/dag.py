@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from .code_version import method_version
 from .dataset import Sample, read_dataset, shard_samples
 from .instructions import instruction_spans
 from .model_paths import ModelShape, cached_config, looks_local
@@ -131,6 +132,7 @@ def attribution_inputs(config: dict, model: str) -> dict:
         return record
     attribution = config.get("attribution") or {}
     record.update(
+        method=method_version("attribution"),
         path=settings["path"],
         precision=attribution_precision(config, model),
         response=attribution.get("response", "generate"),
