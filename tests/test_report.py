@@ -177,17 +177,20 @@ def test_paper_comparison_gives_the_difference_and_keeps_missing_rows():
     computed = pd.DataFrame({"dataset": ["self_instruct", "lima"], "n": [252, 300],
                              "mean_pretrained": [0.93941, 1.2683], "p_value": [1.9e-5, 2.5e-14]})
     # sorted keys, as the rule's JSON param passes them: shown in the computed table's row and column order
-    printed = {"lima": {"n": 300}, "mtbench": {"n": 80},
+    printed = {"lima": {"n": 300, "mean_pretrained": 1.268}, "mtbench": {"n": 80},
                "self_instruct": {"p_value": 1.92e-5, "mean_pretrained": 0.9394}}
     table = report_pages.paper_comparison(computed, printed)
     assert table[["dataset", "quantity"]].values.tolist() == [
-        ["self_instruct", "mean_pretrained"], ["self_instruct", "p_value"], ["lima", "n"], ["mtbench", "n"]]
-    assert table["difference"].tolist()[:3] == pytest.approx([1e-5, -2e-7, 0])
-    assert np.isnan(table["computed"].iloc[3]) and np.isnan(table["difference"].iloc[3])
+        ["self_instruct", "mean_pretrained"], ["self_instruct", "p_value"], ["lima", "n"], ["lima", "mean_pretrained"],
+        ["mtbench", "n"]]
+    assert table["difference"].tolist()[:4] == pytest.approx([1e-5, -2e-7, 0, 3e-4])
+    assert np.isnan(table["computed"].iloc[4]) and np.isnan(table["difference"].iloc[4])
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", report_pages.comparison_page(table, "x", "Table 2"))
     # the printed digits, not the 4-decimal rounding of the tables
-    assert cells[:10] == ["self_instruct", "mean_pretrained", "0.9394", "0.93941", "1e-05",
-                          "self_instruct", "p_value", "1.92e-05", "1.9e-05", "-2e-07"]
+    assert cells[:20] == ["self_instruct", "mean_pretrained", "0.9394", "0.93941", "1e-05",
+                          "self_instruct", "p_value", "1.92e-05", "1.9e-05", "-2e-07",
+                          "lima", "n", "300", "300", "0",
+                          "lima", "mean_pretrained", "1.2680", "1.2683", "0.0003"]  # as printed: 4 decimals
     assert cells[-3:] == ["80", "n/a", "n/a"]
 
 
