@@ -209,6 +209,30 @@ def paper_printed(pair):
     return config["pairs"][pair].get("paper", {}).get("table2", {})
 
 
+# The rules behind a pair's tables, whose code the provenance page lists.
+PROVENANCE_RULES = (
+    "attribute_shard",
+    "convert_released_attributions",
+    "merge_attributions",
+    "table1_pair",
+    "table2_pair",
+    "explain_attention_layer",
+    "merge_bilinear_words",
+    "table3_pair",
+    "explain_ffn_layer",
+    "annotate_describe",
+    "annotate_task",
+    "annotate_level",
+    "table5_pair",
+    "figure3_pair",
+)
+
+
+def rules_code(*names):
+    """The `code` param of each of these (already defined) rules, as JSON: the provenance page's list."""
+    return json.dumps({name: getattr(rules, name).params.code for name in names}, sort_keys=True)
+
+
 def config_slices():
     """The config keys each table is computed from (shown on the provenance page)."""
     dataset = {k: config["dataset"][k] for k in ("samples", "groups")}

@@ -159,10 +159,11 @@ rule provenance:
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
         models=lambda w: json.dumps({m: config["models"][m] for m in dag.pair_members(config, w.pair)}, sort_keys=True),
         slices=config_slices(),
+        rules_code=rules_code(*PROVENANCE_RULES),
     shell:
         "python -m workflow_scripts.report_pages provenance --pair {wildcards.pair:q}"
         " --attributions {params.pretrained:q}={input.pretrained:q} {params.tuned:q}={input.tuned:q}"
-        " --models={params.models:q} --slices={params.slices:q}"
+        " --models={params.models:q} --slices={params.slices:q} --code={params.rules_code:q}"
         " --output-json {output.json:q} --output {output.html:q} > {log:q} 2>&1"
 
 

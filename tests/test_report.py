@@ -203,14 +203,17 @@ def test_provenance_records_hashes_recorded_device_and_config(tmp_path):
     (weights / "config.json").write_text("{}")
     (weights / ".snakemake_timestamp").write_text("")  # Snakemake's marker in a directory output: not the model
     record = report_pages.provenance("demo", {"m": str(tmp_path / "a.npz")}, {"m": {"path": str(weights)}},
-                                     {"table 2": {"analysis": ANALYSIS}})
+                                     {"table 2": {"analysis": ANALYSIS}},
+                                     {"table2_pair": "352ff6cbe51b382e", "attribute_shard": "attribution v1"})
     entry = record["models"]["m"]
     assert entry["attributions"]["digest"] == "sha256:" + hashlib.sha256((tmp_path / "a.npz").read_bytes()).hexdigest()
     assert (entry["attributions"]["device"], entry["attributions"]["precision"]) == ("cpu", "float32")
     assert entry["weights"]["files"] == {"config.json": "sha256:" + hashlib.sha256(b"{}").hexdigest()}
     assert record["libraries"]["numpy"] == np.__version__
+    assert record["libraries"]["shiftlens"] != "not installed"
     page = report_pages.provenance_page(record)
     assert "sha256:" in page and "&quot;threshold&quot;: 7" in page and "weights file config.json" in page
+    assert "<td class=text>attribute_shard</td><td class=text>attribution v1</td>" in page  # the code of each job
 
 
 def test_load_header_reads_only_the_header(tmp_path):

@@ -11,6 +11,8 @@ from browser import broken_images, chromium, console_errors
 from conftest import PAPER_DIR, clone_run
 from test_workflow import copy_workflow, planned_jobs, snakemake
 
+from workflow_scripts.code_version import method_version
+
 pytestmark = pytest.mark.workflow
 
 CATEGORIES = {  # category -> the labels of its results, the demo's (pair demo; report.samples 2 of 3 groups)
@@ -128,6 +130,7 @@ def test_demo_report_shows_every_table_with_numbers_and_every_image(demo_report,
                 assert kind == "html" and tokens > 10 and "demo-base" in text and "demo-tuned" in text, label
             elif label == "provenance":
                 assert "sha256:" in text and "snakemake" in text and "float32" in text, text[:500]
+                assert "attribute_shard" in text and method_version("attribution") in text, text[:500]  # its code
             else:
                 assert kind == "img", label
     table2 = pd.read_csv(demo_report / "results/tables/demo/table2.tsv", sep="\t")

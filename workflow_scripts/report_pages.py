@@ -138,7 +138,7 @@ def comparison_page(table: pd.DataFrame, pair: str, name: str) -> str:
 
 # --- provenance ---------------------------------------------------------------------------------
 
-LIBRARIES = ("snakemake", "torch", "transformers", "numpy", "scipy", "pandas", "matplotlib", "safetensors")
+LIBRARIES = ("shiftlens", "snakemake", "torch", "transformers", "numpy", "scipy", "pandas", "matplotlib", "safetensors")
 HASH_LIMIT = 1 << 30  # files above 1 GiB are listed with their size only (hashing them is slow)
 
 
@@ -176,9 +176,11 @@ def library_versions() -> dict[str, str]:
 RECORDED = ("source", "device", "precision", "weights_dtype", "activations_dtype", "matmul", "binned_levels")
 
 
-def provenance(pair: str, attributions: dict[str, str], models: dict[str, dict], slices: dict) -> dict:
+def provenance(pair: str, attributions: dict[str, str], models: dict[str, dict], slices: dict,
+               code: dict[str, str] | None = None) -> dict:
     """What the pair's tables came from: per model its config, weights source, attribution file
-    (hash and recorded device/precision), the library versions of this report job, config slices."""
+    (hash and recorded device/precision), the library versions of this report job, config slices, and
+    the `code` param of each rule behind the tables (a digest, or a method version: code_version)."""
     from .shards import load_header
 
     entries = {}
@@ -192,7 +194,7 @@ def provenance(pair: str, attributions: dict[str, str], models: dict[str, dict],
             {"path": settings["path"], "note": "attributions released by the paper; weights not loaded"},
             "attributions": {"file": str(path), "digest": file_digest(path), **recorded},
         }
-    return {"pair": pair, "models": entries, "libraries": library_versions(), "config": slices}
+    return {"pair": pair, "models": entries, "libraries": library_versions(), "code": code or {}, "config": slices}
 
 
 def provenance_page(record: dict) -> str:
@@ -210,6 +212,10 @@ def provenance_page(record: dict) -> str:
         parts.append(html_table(pd.DataFrame(rows, columns=["what", "value"])))
     parts.append("<h2>Libraries</h2>")
     parts.append(html_table(pd.DataFrame(list(record["libraries"].items()), columns=["library", "version"])))
+    if record.get("code"):
+        parts.append("<h2>shiftlens code of each job</h2><p>A digest of the code a cheap job ran, or the method "
+                     "version of an expensive one (docs/design.md, Code changes).</p>")
+        parts.append(html_table(pd.DataFrame(sorted(record["code"].items()), columns=["job", "code"])))
     parts.append("<h2>Config slice of each table</h2>")
     for name, config_slice in record["config"].items():
         parts.append(f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(config_slice, indent=2))}</pre>")
@@ -236,6 +242,7 @@ def main(argv=None):
     prov.add_argument("--attributions", nargs="+", required=True, help="MODEL=FILE")
     prov.add_argument("--models", required=True, help="JSON: model -> its config")
     prov.add_argument("--slices", required=True, help="JSON: table -> its config slice")
+    prov.add_argument("--code", default="{}", help="JSON: rule -> its code param")
     prov.add_argument("--output-json", required=True)
     prov.add_argument("--output", required=True)
     args = parser.parse_args(argv)
@@ -250,7 +257,7 @@ def main(argv=None):
         log.info("%s:\n%s", args.output_tsv, result.to_string(index=False))
     else:
         files = dict(item.split("=", 1) for item in args.attributions)
-        record = provenance(args.pair, files, json.loads(args.models), json.loads(args.slices))
+        record = provenance(args.pair, files, json.loads(args.models), json.loads(args.slices), json.loads(args.code))
         atomic_write_text(args.output_json, json.dumps(record, indent=2, sort_keys=True) + "\n")
         atomic_write_text(args.output, provenance_page(record))
     log.info("wrote %s", args.output)
