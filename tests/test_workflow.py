@@ -244,7 +244,7 @@ def edited_code(target: Path, module: str, edit) -> dict[str, str]:
     return {"PYTHONPATH": str(target)}
 
 
-TABLE_JOBS = {"table1_pair": 1, "table2_pair": 1, "report_table": 2, "all": 1}
+TABLE_JOBS = {"table1_pair": 1, "table2_pair": 1, "report_table": 2, "provenance": 1, "all": 1}  # it lists the code
 
 
 @pytest.mark.parametrize(
@@ -257,8 +257,8 @@ TABLE_JOBS = {"table1_pair": 1, "table2_pair": 1, "report_table": 2, "all": 1}
         # an expensive (GPU) job's code: it reruns only when its method version is raised
         ("attribution.py", lambda text: text + "\nREFACTORED = True\n", {}),
         ("code_versions.json", lambda text: text.replace('"attribution": 1', '"attribution": 2'),
-         {"attribute_shard": 12, "merge_attributions": 2, "attribution_heatmaps": 1, "position_importance": 1,
-          "provenance": 1} | TABLE_JOBS),
+         {"attribute_shard": 12, "merge_attributions": 2, "attribution_heatmaps": 1, "position_importance": 1}
+         | TABLE_JOBS),
     ],
     ids=["table-code", "table-docstring", "gpu-code", "gpu-method-version"],
 )
