@@ -42,6 +42,18 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _canonical(node) -> str:
+    """The syntax tree as text, the same on every Python that parses it alike: fields that are empty
+    or None are left out (newer Pythons add such fields, e.g. 3.12's `type_params`), and positions
+    (line numbers) never enter it."""
+    if isinstance(node, ast.AST):
+        fields = (f"{name}={_canonical(value)}" for name, value in ast.iter_fields(node) if value not in (None, []))
+        return f"{type(node).__name__}({', '.join(fields)})"
+    if isinstance(node, list):
+        return f"[{', '.join(_canonical(item) for item in node)}]"
+    return repr(node)
+
+
 @functools.cache
 def _package_root() -> Path:
     """Where `python -m workflow_scripts.X` finds the package (an installed copy or PYTHONPATH's)."""
@@ -144,8 +156,7 @@ def _source(module: str) -> tuple[str, frozenset[str]]:
     entry = _PARSED.get(key)
     if entry is None:
         tree = _strip_docstrings(ast.parse(raw, filename=str(path)))
-        dump = ast.dump(tree, annotate_fields=False, include_attributes=False)
-        entry = [hashlib.sha256(dump.encode()).hexdigest(), _imported_names(tree, module)]
+        entry = [hashlib.sha256(_canonical(tree).encode()).hexdigest(), _imported_names(tree, module)]
         _PARSED.put(key, entry)
     tree_digest, names = entry
     # which names are project modules is decided now: a module added since is found
