@@ -2,6 +2,7 @@
 
 Digests are taken in a subprocess on a copy of the package (PYTHONPATH first), as a planning
 process of a user who upgraded shiftlens sees it."""
+import ast
 import json
 import os
 import subprocess
@@ -63,6 +64,18 @@ def test_docstrings_comments_and_layout_change_no_digest(package):
     module.write_text(text[:docstring_end] + " Reworded at length." + text[docstring_end:] + "\n\n# a comment\n")
     edit(module, "\ndef ", "\n\n# a comment between functions\ndef ")
     assert digests(package, "table1_2", "table3") == before
+
+
+def test_fields_a_newer_python_adds_empty_change_no_digest(monkeypatch):
+    """3.12 gave every function a `type_params` field, empty unless the code uses type parameters:
+    the same code must keep its digest (and the recorded ones must hold on a contributor's Python)."""
+    tree = ast.parse("def f(x):\n    return x\n")
+    before = code_version._canonical(tree)
+    monkeypatch.setattr(ast.FunctionDef, "_fields", (*ast.FunctionDef._fields, "type_params"))
+    tree.body[0].type_params = []
+    assert code_version._canonical(tree) == before
+    tree.body[0].type_params = [ast.Name(id="T")]
+    assert code_version._canonical(tree) != before
 
 
 def test_a_change_in_an_imported_module_reaches_the_importers_only(package):
