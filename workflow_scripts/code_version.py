@@ -22,10 +22,11 @@ import ast
 import functools
 import hashlib
 import json
-import os
 import sys
 from importlib.util import find_spec
 from pathlib import Path
+
+from .atomic import atomic_write_text
 
 PACKAGE = "workflow_scripts"
 VERSIONS_FILE = Path(__file__).with_name("code_versions.json")
@@ -130,10 +131,7 @@ class _ParseCache:
             return
         self.unsaved = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.entries, sort_keys=True))
-            os.replace(tmp, self.path)  # concurrent planners each write a whole file
+            atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True))  # concurrent planners: whole files
         except OSError:
             pass  # a read-only folder: every plan parses again, nothing else changes
 
@@ -217,7 +215,7 @@ def record(path: Path = VERSIONS_FILE) -> dict:
     """Writes the current digests of the versioned modules, keeping their versions."""
     data = json.loads(path.read_text())
     data["recorded_code"] = {name: code_digest(name) for name in sorted(data["versions"])}
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return data
 
 
