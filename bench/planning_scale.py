@@ -5,6 +5,9 @@ Prints jobs, CPU and wall seconds and CPU microseconds per job for each case, an
 cost per job to the paper's: near 1 when planning grows linearly with the job count. With --quiet,
 also the seconds of `snakemake -n --quiet all` (the job table only: Snakemake then skips printing
 each job, which costs it about half of a large dry run). --repeat N: each case N times (min-max).
+Each case is also planned as a bare one-rule Snakefile with the same job count (one `echo` rule and
+`all`: no params, log, resources or input functions), Snakemake's own cost for that many jobs on
+this machine: the floor under which no workflow of that size plans.
 Run: python bench/planning_scale.py [--paper-data ../shared/paper] [--quiet] [--repeat 2]
 """
 from __future__ import annotations
@@ -45,6 +48,16 @@ def workdir(root: Path, paper_data: Path, copies: int, shard_size: int | None) -
     return work
 
 
+def bare_workdir(root: Path, jobs: int) -> Path:
+    """A Snakefile of `jobs` jobs that declare nothing but an output and a shell line."""
+    work = root / f"bare{jobs}"
+    work.mkdir()
+    (work / "Snakefile").write_text(
+        f'rule all:\n    input: expand("x/{{i}}.txt", i=range({jobs - 1}))\n\n'
+        'rule echo:\n    output: "x/{i}.txt"\n    shell: "echo {output:q}"\n')
+    return work
+
+
 def plan(work: Path, *extra: str) -> tuple[int | None, float, float]:
     """(jobs, wall seconds, CPU seconds) of one dry run; jobs is None under --quiet (no job table).
 
@@ -54,8 +67,9 @@ def plan(work: Path, *extra: str) -> tuple[int | None, float, float]:
     env = dict(os.environ, PYTHONPATH=str(REPO))  # this checkout's workflow_scripts, not an installed copy
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--cores", "2", "--configfile", "bench.yaml",
-                          *extra], cwd=work, env=env, capture_output=True, text=True, check=False)
+    config = ["--configfile", "bench.yaml"] if (work / "bench.yaml").exists() else []
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--cores", "2", *config, *extra],
+                         cwd=work, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_seconds = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
@@ -74,6 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paper-data", type=Path, default=REPO.parent / "shared" / "paper")
     parser.add_argument("--quiet", action="store_true", help="also time `snakemake -n --quiet all`")
+    parser.add_argument("--no-bare", dest="bare", action="store_false",
+                        help="skip planning the bare one-rule Snakefile of the same job count")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (the machine may be shared)")
     args = parser.parse_args()
     rows = []
@@ -86,6 +102,10 @@ def main() -> None:
             line = (f"samples x{copies:<3} shard size {shard_size or 'paper':>5}: {jobs:6d} jobs, "
                     f"CPU {spread([cpu for _, _, cpu in runs])} s ({seconds / jobs * 1e6:5.0f} us/job), "
                     f"wall {spread([wall for _, wall, _ in runs])} s")
+            if args.bare:
+                bare = bare_workdir(Path(tmp), jobs)
+                floor = [plan(bare)[2] for _ in range(args.repeat)]
+                line += f"; bare Snakefile, same jobs: CPU {spread(floor)} s (ours / bare {seconds / min(floor):.2f})"
             if args.quiet:
                 quiet = [plan(work, "--quiet") for _ in range(args.repeat)]
                 line += f"; -n --quiet: CPU {spread([c for *_, c in quiet])} s, wall {spread([q[1] for q in quiet])} s"
