@@ -33,7 +33,7 @@ rule annotate_describe:
     conda:
         "../envs/shiftlens.yaml"
     params:
-        code=method_version("annotate"),
+        code=ANNOTATION_CODE,
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
         max_tokens=ANNOTATION["max_tokens"],
@@ -59,7 +59,7 @@ rule annotate_task:
     conda:
         "../envs/shiftlens.yaml"
     params:
-        code=method_version("annotate"),
+        code=ANNOTATION_CODE,
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
         max_tokens=ANNOTATION["max_tokens"],
@@ -83,7 +83,7 @@ rule annotate_level:
     conda:
         "../envs/shiftlens.yaml"
     params:
-        code=method_version("annotate"),
+        code=ANNOTATION_CODE,
         provider=PROVIDER_PARAM,
         cache=ANNOTATION["cache"],
         max_tokens=ANNOTATION["max_tokens"],

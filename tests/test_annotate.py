@@ -284,6 +284,30 @@ def test_replay_reads_the_papers_own_released_files(tmp_path):
     assert [r["Concept"] for r in read(levels)] == ["Morphology", "Semantic"]
 
 
+def test_replay_gives_each_row_its_own_answer_where_a_question_repeats(tmp_path):
+    """The paper asked every row on its own at temperature 1, so two models' components with the same
+    words can hold different answers; each row gets its own, never the first row's."""
+    words = [f"w{i}" for i in range(20)]
+    shards = [layer_shard(tmp_path / f"{model}-3.tsv", model, 3, [words]) for model in ("base", "tuned")]
+    question = words_message(words, 15)
+    folder = tmp_path / "released"
+    folder.mkdir()
+    head = "Explainable\tTokens\tSummary\t" + LINEAR_HEADER
+    rows = [f"1\t{question}\tDates.\tbase\t7B\t3\tFFN\t0\t1\t0.1\ta",
+            f"0\t{question}\tCannot Tell.\ttuned\t7B\t3\tFFN\t0\t1\t0.1\ta"]
+    (folder / "linear_seed0.tsv").write_text("\n".join([head, *rows]) + "\n")
+    described, stats = run("describe", 0, shards, tmp_path, {"kind": "replay", "path": str(folder)})
+    assert [(r["Model"], r["Summary"], r["Explainable"]) for r in read(described)] == [
+        ("base", "Dates.", "1"), ("tuned", "Cannot Tell.", "0")]
+    assert stats["described"] == 1
+
+    # a file naming its models otherwise cannot tell whose answer is whose: an error, not a guess
+    (folder / "linear_seed0.tsv").write_text("\n".join(
+        [head, *(r.replace("base\t", "llama\t").replace("tuned\t", "vicuna\t") for r in rows)]) + "\n")
+    with pytest.raises(ChatError, match=r"linear_seed0\.tsv answers 'Words: w0, .* differently .* llama, vicuna"):
+        run("describe", 0, shards, tmp_path, {"kind": "replay", "path": str(folder)})
+
+
 def test_max_rank_keeps_the_top_components_only(tmp_path, shards):
     answers = {}
     for row in [[f"w{r}x{i}" for i in range(20)] for r in range(3)]:

@@ -232,6 +232,51 @@ def test_the_fingerprint_follows_the_model_files(random_dir, taught_dir, tmp_pat
     assert local_chat.model_fingerprint(taught_dir) != local_chat.model_fingerprint(random_dir)  # config differs
 
 
+def same_shape_other_weights(model_dir, target):
+    """A copy of a model with one weight changed: the same config.json, file names and sizes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = shutil.copytree(model_dir, target)
+    weights = load_file(copy / "model.safetensors")
+    name = next(name for name in weights if "embed_tokens" in name)
+    weights[name] = weights[name] + torch.randn(weights[name].shape, generator=torch.Generator().manual_seed(1))
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    assert (copy / "model.safetensors").stat().st_size == (model_dir / "model.safetensors").stat().st_size
+    return copy
+
+
+def test_the_fingerprint_tells_retrained_weights_of_the_same_shape_apart(random_dir, tmp_path):
+    other = same_shape_other_weights(random_dir, tmp_path / "retrained")
+    assert local_chat.model_fingerprint(other) != local_chat.model_fingerprint(random_dir)
+
+
+def test_a_local_annotator_is_never_answered_from_another_models_cache(random_dir, tmp_path):
+    """Two models in directories of the same name (the paper's `llama/hf_models/7B`, `vicuna/hf_models/7B`)
+    or weights replaced in place: each job's answers come from its own model, not the other's cache."""
+    import json
+
+    from workflow_scripts import annotate
+    from workflow_scripts.tsv import WORDS_COLUMNS, encode_words
+
+    first = same_shape_other_weights(random_dir, tmp_path / "a" / "7B")
+    second = same_shape_other_weights(first, tmp_path / "b" / "7B")
+    shard = tmp_path / "base-0.tsv"
+    rows = [f"base\tNA\t0\tFFN\t0\t{r}\t0.1\t{encode_words([f'w{r}', 'x', 'y'])}" for r in (1, 2)]
+    shard.write_text("\n".join(["\t".join(WORDS_COLUMNS), *rows]) + "\n")
+    summaries = []
+    for model_dir in (first, second):
+        out, stats = tmp_path / f"{model_dir.parent.name}.tsv", tmp_path / f"{model_dir.parent.name}.json"
+        annotate.run_step("describe", 0, [str(shard)], str(out), str(stats), {"kind": "local", "path": str(model_dir)},
+                          str(tmp_path / "cache.sqlite"), max_tokens=6, runtime={"batch_size": 2})
+        report = json.loads(stats.read_text())
+        assert (report["requests"], report["cache_hits"]) == (2, 0), model_dir
+        summaries.append(out.read_text())
+    assert summaries[0] != summaries[1]
+
+
+# --- sampling --------------------------------------------------------------------------------
 # --- sampling --------------------------------------------------------------------------------
 
 

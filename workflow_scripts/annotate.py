@@ -28,6 +28,7 @@ from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
 from .chat_cache import ResponseCache
 from .cli import non_negative_int, positive_int, setup_logging
+from .model_paths import model_fingerprint
 from .progress import Progress
 from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, read_tsv, write_tsv
 
@@ -74,6 +75,10 @@ class LazyLocal:
 
     def __init__(self, path: str, model: str, batch_size: int):
         self.path, self.model, self.batch_size = path, model, batch_size
+        self.fingerprint = model_fingerprint(path)
+        # the name alone would let another model in a directory of the same name (or new weights in
+        # this one) be answered from this model's cached answers
+        self.cache_model = f"{model} {self.fingerprint}"
         self.chunk = 4 * batch_size  # requests claimed at a time: whole batches
         self._loaded = None
 
@@ -82,7 +87,6 @@ class LazyLocal:
             from .local_chat import LocalChat
 
             self._loaded = LocalChat(self.path, model=self.model, batch_size=self.batch_size)
-        self.fingerprint = self._loaded.fingerprint
         yield from Batched(self._loaded, self.batch_size).stream(requests)
 
 
@@ -197,12 +201,19 @@ def component_rows(path: str | Path, max_rank: int | None = None) -> list[dict]:
     return rows
 
 
+def origin(row: dict) -> tuple[str, str, str]:
+    """The component a request is about (replay tells repeated questions apart by it)."""
+    return row["Model"], row["Layer"], row["Rank"]
+
+
 def describe_requests(rows: list[dict], seed: int, words: int, max_tokens: int) -> list[ChatRequest]:
-    return [STEPS["describe"].request(words_message(row["words"], words), seed, max_tokens) for row in rows]
+    return [STEPS["describe"].request(words_message(row["words"], words), seed, max_tokens, origin(row))
+            for row in rows]
 
 
 def concept_requests(rows: list[dict], step: str, seed: int, max_tokens: int) -> list[ChatRequest]:
-    return [STEPS[step].request(concept_message(row["Summary"], step), seed, max_tokens) for row in rows]
+    return [STEPS[step].request(concept_message(row["Summary"], step), seed, max_tokens, origin(row))
+            for row in rows]
 
 
 def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, provider_settings: dict,
@@ -220,7 +231,7 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
         requests = concept_requests(rows, step, seed, max_tokens)
     cacheable = getattr(provider, "cacheable", True) and cache_path
     scope = getattr(provider, "cache_scope", provider.provider)
-    cache = ResponseCache(cache_path, scope, provider.model) if cacheable else None
+    cache = ResponseCache(cache_path, scope, getattr(provider, "cache_model", provider.model)) if cacheable else None
     try:
         responses, counts = answer_all(requests, provider, cache, f"{pair} {step} seed {seed}".strip(),
                                        chunk=getattr(provider, "chunk", 64))

@@ -20,7 +20,7 @@ class Step:
     temperature: float
     top_p: float
 
-    def request(self, user: str, seed: int, max_tokens: int) -> ChatRequest:
+    def request(self, user: str, seed: int, max_tokens: int, origin: tuple = ()) -> ChatRequest:
         shots = []
         for question, answer in self.examples:
             shots.append({"role": "system", "name": "example_user", "content": question})
@@ -31,6 +31,7 @@ class Step:
             top_p=self.top_p,
             max_tokens=max_tokens,
             seed=seed,
+            origin=origin,
         )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 class ChatError(RuntimeError):
@@ -23,6 +23,9 @@ class ChatRequest:
     top_p: float
     max_tokens: int
     seed: int
+    # (model, layer, rank) of the component the request is about: never sent, never in the cache key;
+    # replay uses it where its files answered one question differently on different rows
+    origin: tuple = field(default=(), compare=False)
 
     def to_json(self) -> dict:
         return {

@@ -27,6 +27,7 @@ from .atomic import atomic_dir
 from .chat import ChatRequest, ChatResponse
 from .cli import setup_logging
 from .devices import pick_device
+from .model_paths import model_fingerprint
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,6 @@ def row_generator(request: ChatRequest, device: torch.device) -> torch.Generator
     """The sampling stream of one request: a function of its seed and messages only."""
     digest = hashlib.sha256(f"{request.seed}:".encode() + messages_digest(request.messages)).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "big") >> 1)
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """Short digest of config.json and the weight files' names and sizes: cheap to compute, and
-    a converted, retrained or swapped model changes it."""
-    model_dir = Path(model_dir)
-    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for path in sorted(model_dir.glob("*.safetensors")):
-        digest.update(f"\0{path.name}\0{path.stat().st_size}".encode())
-    return digest.hexdigest()[:16]
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:

@@ -2,10 +2,12 @@
 
 Per-layer jobs need the layer and head counts when the DAG is built: they come from the model's
 `config.json` (a local directory, or the Hugging Face cache), else from the config's `layers`,
-`heads` and `kv_heads` (so a paper config dry-runs on a machine without the weights).
+`heads` and `kv_heads` (so a paper config dry-runs on a machine without the weights). A local
+model's fingerprint tells which weights a directory holds (the annotation cache keys on it).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,3 +59,29 @@ def model_shape(model_id: str, settings: dict) -> ModelShape:
             f"give {' and '.join(f'models.{model_id}.{k}' for k in missing)} in the config"
         )
     return ModelShape(settings["layers"], settings["heads"], settings.get("kv_heads", settings["heads"]))
+
+
+WHOLE_FILE_BYTES = 64 << 20  # weight files up to this size are hashed whole
+SAMPLES, SAMPLE_BYTES = 256, 64 << 10  # larger ones: their safetensors header and 256 blocks spread over them
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """16 hex digits of config.json and every weight file's name, size and content (whole, or its
+    header and 16 MiB read at even steps through a larger file): a retrained, converted or swapped
+    model changes it, at the cost of milliseconds for a 7B model. An edit of a few bytes that falls
+    between the sampled blocks of a large file goes unseen."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for path in sorted(model_dir.glob("*.safetensors")):
+        size = path.stat().st_size
+        digest.update(f"\0{path.name}\0{size}\0".encode())
+        with open(path, "rb") as weights:
+            if size <= WHOLE_FILE_BYTES:
+                digest.update(weights.read())
+                continue
+            header = int.from_bytes(weights.read(8), "little")
+            digest.update(weights.read(min(header, WHOLE_FILE_BYTES)))
+            for block in range(SAMPLES):
+                weights.seek(block * (size - SAMPLE_BYTES) // (SAMPLES - 1))
+                digest.update(weights.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:16]

@@ -4,8 +4,12 @@ The per-seed files hold, on every row, both what was asked and what was answered
 `Words` column (headed `Tokens` in the paper's files) is the describe step's user message and
 `Summary` its answer; the task and level steps asked "Concept: Words are <summary>" (lower-cased
 for the task step, as the paper did) and answered in `Task` / `Concept`. So a request is answered
-by looking its user message up in the seed's file. A message the files never asked is an error
-naming the file: replay never invents an answer, and never silently drops a row.
+by looking its user message up in the seed's file. The paper asked every row on its own (the describe
+step at temperature 1), so two components with the same words, one of each model, can hold different
+answers: such a question is answered by the row of the request's own component (model, layer, rank).
+A message the files never asked, or asked on several rows with different answers of which none is
+the request's component, is an error naming the file: replay never invents or guesses an answer,
+and never silently drops a row.
 """
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from .annotation_files import FILES, LABEL_COLUMN, QUESTION_COLUMNS, question_fi
 from .annotation_prompts import concept_message
 from .chat import ChatError, ChatRequest, ChatResponse
 
+ORIGIN_COLUMNS = ("Model", "Layer", "Rank")  # a row's component, in every layout (tsv.LINEAR_COLUMNS)
 
-def answers(directory: str | Path, step: str, seed: int) -> dict[str, str]:
-    """{question as the file holds it (annotation_files.question_field): answer} of one step and seed;
-    the first row wins where one repeats. Our files and the paper's alike (its question column is
-    headed `Tokens`)."""
+
+def answers(directory: str | Path, step: str, seed: int) -> dict[str, list[tuple[tuple[str, str, str], str]]]:
+    """{question as the file holds it (annotation_files.question_field): [((model, layer, rank), answer)
+    of each row asking it]} of one step and seed. Our files and the paper's alike (its question column
+    is headed `Tokens`)."""
     path = Path(directory) / FILES[step].format(seed=seed)
     if not path.is_file():
         raise ChatError(f"replay: {path} does not exist (annotation.provider.path holds no {step} file of seed {seed})")
@@ -33,14 +39,31 @@ def answers(directory: str | Path, step: str, seed: int) -> dict[str, str]:
             asked = next((column for column in QUESTION_COLUMNS if column in header), " or ".join(QUESTION_COLUMNS))
         else:
             asked = "Summary"
-        for column in (asked, LABEL_COLUMN[step]):
+        for column in (asked, LABEL_COLUMN[step], *ORIGIN_COLUMNS):
             if column not in header:
                 raise ChatError(f"replay: {path} has no column {column!r}")
-        table: dict[str, str] = {}
+        table: dict[str, list[tuple[tuple[str, str, str], str]]] = {}
         for row in reader:
             question = row[asked] if step == "describe" else question_field(concept_message(row[asked], step))
-            table.setdefault(question, row[LABEL_COLUMN[step]])
+            origin = tuple(row[column] for column in ORIGIN_COLUMNS)
+            table.setdefault(question, []).append((origin, row[LABEL_COLUMN[step]]))
     return table
+
+
+def answer_for(rows: list[tuple[tuple[str, str, str], str]], origin: tuple, where: str, question: str) -> str:
+    """The answer to a question from the rows asking it: the one answer they agree on, else the row of
+    the request's own component."""
+    given = {answer for _, answer in rows}
+    if len(given) > 1:
+        given = {answer for row, answer in rows if row == tuple(origin)}
+    if len(given) == 1:
+        return given.pop()
+    model, layer, rank = tuple(origin) or ("?", "?", "?")
+    models = ", ".join(sorted({row[0] for row, _ in rows}))
+    raise ChatError(
+        f"replay: {where} answers {question[:120]!r} differently on {len(rows)} rows, and no one row is this "
+        f"request's component (model {model}, layer {layer}, rank {rank}); the file names its models {models}: "
+        "give the config's models those ids")
 
 
 class Replay:
@@ -57,7 +80,8 @@ class Replay:
         for index, request in enumerate(requests):
             message = request.messages[-1]["content"]
             question = question_field(message)
+            where = self.directory / FILES[self.step].format(seed=self.seed)
             if question not in self._answers:
-                raise ChatError(f"replay: {self.directory / FILES[self.step].format(seed=self.seed)} "
-                                f"never asked {message[:120]!r}")
-            yield index, ChatResponse(self._answers[question], "stop", 0, 0, 0.0, "")
+                raise ChatError(f"replay: {where} never asked {message[:120]!r}")
+            answer = answer_for(self._answers[question], request.origin, str(where), question)
+            yield index, ChatResponse(answer, "stop", 0, 0, 0.0, "")
