@@ -103,16 +103,71 @@ def test_tokenize_pair_splits_prompt_and_response_with_character_offsets(tokeniz
 def test_generated_response_is_greedy_and_its_offsets_slice_its_text(tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = tiny_model("llama", vocab_size=len(tokenizer))
-    tokens = generate_response(model, tokenizer, "Write a short poem about the sea.", max_new_tokens=6)
-    n_new = tokens.input_ids.numel() - tokens.n_prompt
-    assert 0 < n_new <= 6
-    prompt_ids = tokens.input_ids[: tokens.n_prompt]
+    prompt = "Write a short poem about the sea."
+    tokens = generate_response(model, tokenizer, prompt, max_new_tokens=6)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
     with torch.no_grad():  # greedy: each new token is the argmax after the previous ones
-        logits = model(tokens.input_ids[None]).logits[0]
-    assert torch.equal(logits[tokens.n_prompt - 1 : -1].argmax(-1), tokens.input_ids[tokens.n_prompt :])
-    assert prompt_ids[0].item() == tokenizer.bos_token_id
+        for _ in range(6):
+            ids = torch.cat([ids, model(ids[None]).logits[0, -1].argmax()[None]])
+    new = ids[-6:].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    assert tokens.response_text == tokenizer.decode(new, skip_special_tokens=True).strip() != ""
+    expected = tokenize_pair(tokenizer, prompt, tokens.response_text)
+    assert torch.equal(tokens.input_ids, expected.input_ids) and tokens.n_prompt == expected.n_prompt
+    assert tokens.input_ids[0].item() == tokenizer.bos_token_id
     assert tokens.response_offsets[-1][1] == len(tokens.response_text)
     assert (np.diff(tokens.response_offsets[:, 0]) >= 0).all()
+
+
+def chain_model(tokenizer, prompt: str, pieces: list[str]):
+    """A real LLaMA without layers whose greedy next token depends on the last token alone, wired so
+    that after `prompt` it writes `pieces`, then the end of sequence (embeddings one-hot, the output
+    head a successor table)."""
+    first = tokenizer(prompt)["input_ids"][-1]
+    chain = [first, *tokenizer.convert_tokens_to_ids(pieces), tokenizer.eos_token_id]
+    assert len(set(chain)) == len(chain), chain  # one successor per token
+    size = len(tokenizer)
+    config = LlamaConfig(vocab_size=size, hidden_size=size, intermediate_size=8, num_hidden_layers=0,
+                         num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0)
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(torch.eye(size))
+        head = torch.zeros(size, size)
+        for token, successor in zip(chain, chain[1:]):
+            head[successor, token] = 10.0
+        model.lm_head.weight.copy_(head)
+    return model
+
+
+def test_a_generated_response_is_attributed_as_the_papers_code_retokenized_it(tokenizer_dir):
+    """The paper decodes the greedy response and attributes `prompt + " " + response.strip()` as one
+    text: a response the model opens with a line break is attributed from its first word."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt = "Write a short poem about the sea."
+    model = chain_model(tokenizer, prompt, ["<0x0A>", "M", "on", "d", "a", "y", "▁"])
+    tokens = generate_response(model, tokenizer, prompt, max_new_tokens=20)
+    expected = tokenize_pair(tokenizer, prompt, "Monday")
+    assert tokens.response_text == "Monday"
+    assert torch.equal(tokens.input_ids, expected.input_ids)
+    np.testing.assert_array_equal(tokens.response_offsets, expected.response_offsets)
+    assert tokens.n_prompt == expected.n_prompt
+
+
+def test_a_response_is_at_least_one_token_as_in_the_papers_generation(tokenizer_dir):
+    """The paper's `min_length` is the prompt plus one: the end of sequence cannot come first."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt = "Write a short poem about the sea."
+    model = chain_model(tokenizer, prompt, [])
+    with torch.no_grad():  # the end of sequence first, else "The"
+        model.lm_head.weight[:, tokenizer(prompt)["input_ids"][-1]] = 0.0
+        model.lm_head.weight[tokenizer.eos_token_id, tokenizer(prompt)["input_ids"][-1]] = 10.0
+        the = tokenizer.convert_tokens_to_ids("The")
+        model.lm_head.weight[the, tokenizer(prompt)["input_ids"][-1]] = 5.0
+        model.lm_head.weight[tokenizer.eos_token_id, the] = 10.0
+    tokens = generate_response(model, tokenizer, prompt, max_new_tokens=5)
+    assert tokens.response_text == "The"
 
 
 @pytest.mark.parametrize("response", ["reference", "generate"])

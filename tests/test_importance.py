@@ -47,6 +47,15 @@ def test_binning_does_not_depend_on_the_scale_of_the_attributions():
     assert bin_attributions(RAW * 1e4, 10, 0).tolist() == BINNED_B0
 
 
+def test_a_column_of_tiny_attributions_bins_below_the_top_as_in_the_papers_attribution_code():
+    """The paper binned raw matrices in `Generator.input_explain` with eps = 1e-7 (the bins behind its
+    printed tables): a response token whose largest attribution is 5e-7 tops out at bin 9, not 10."""
+    raw = np.array([[5e-7], [2.5e-7]])
+    # 5e-7 / (5e-7 + 1e-7) * 10 = 8.33 -> 9; 2.5e-7 / 6e-7 * 10 = 4.17 -> 5
+    assert bin_attributions(raw, 10, 0).tolist() == [[9], [5]]
+    assert bin_attributions(raw, 10, 7).tolist() == [[9], [0]]
+
+
 def test_binning_leaves_an_all_negative_or_zero_column_at_zero():
     raw = np.array([[-1.0, 2.0], [-3.0, 1.0]])
     # column 1: 2/2*10 = 10, 1/2*10 = 5

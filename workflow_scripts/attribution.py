@@ -183,7 +183,10 @@ def attribute_ids_reference(model, input_ids: torch.Tensor, n_prompt: int) -> np
 
 
 def tokenize_pair(tokenizer, prompt: str, response: str) -> Tokenized:
-    """Tokenize prompt + " " + response once, and split the tokens at the prompt's end."""
+    """Tokenize prompt + " " + response once, and split the tokens at the prompt's end: the text the
+    paper's `prepare4explain` attributes (its response stripped; the paper's prompts have no white
+    space at their ends to strip, and the instruction spans are offsets into the prompt as given)."""
+    response = response.strip()
     text = prompt + " " + response
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     ids, offsets = np.asarray(enc["input_ids"]), np.asarray(enc["offset_mapping"], dtype=np.int64)
@@ -202,33 +205,28 @@ def tokenize_pair(tokenizer, prompt: str, response: str) -> Tokenized:
 
 
 def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tokenized:
-    """The model's own greedy response to the raw prompt (no chat template), as in the paper."""
+    """The model's own greedy response to the raw prompt (no chat template), attributed as the paper's
+    code did: at least one new token (its `min_length`), decoded without special tokens, then
+    tokenized again with the prompt (`tokenize_pair`), so a response opened by a line break or a
+    space is attributed from its first word."""
     enc = tokenizer(prompt, return_offsets_mapping=True, return_tensors="pt")
     prompt_ids = enc["input_ids"].to(model.device)
     with torch.no_grad():
         out = model.generate(
             prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            min_new_tokens=min(1, max_new_tokens), do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
         )[0]
-    new = out[prompt_ids.shape[1] :]
+    new = out[prompt_ids.shape[1] :].tolist()
     special = set(tokenizer.all_special_ids)
-    keep = len(new)
-    for k, token in enumerate(new.tolist()):
-        if token in special:
-            keep = k
-            break
-    new = new[:keep]
-    text, offsets, previous = "", np.zeros((len(new), 2), np.int64), ""
-    for k in range(len(new)):
-        text = tokenizer.decode(new[: k + 1], skip_special_tokens=True)
-        start = min(len(previous), len(text))
-        offsets[k] = (start, len(text))
-        previous = text
-    ids = out[: prompt_ids.shape[1] + keep].cpu()
+    keep = next((k for k, token in enumerate(new) if token in special), len(new))
+    text = tokenizer.decode(new[:keep], skip_special_tokens=True).strip()
+    if text:
+        return tokenize_pair(tokenizer, prompt, text)
     prompt_offsets = enc["offset_mapping"][0].numpy().astype(np.int64)
-    special_prompt = np.isin(enc["input_ids"][0].numpy(), list(special))
-    prompt_rows = np.flatnonzero(~special_prompt)
-    return Tokenized(ids, prompt_rows, prompt_ids.shape[1], prompt_offsets[prompt_rows], text, offsets)
+    prompt_rows = np.flatnonzero(~np.isin(enc["input_ids"][0].numpy(), list(special)))
+    nothing = np.zeros((0, 2), np.int64)  # no response token: the sample scores 0, as in the paper
+    return Tokenized(enc["input_ids"][0], prompt_rows, prompt_ids.shape[1], prompt_offsets[prompt_rows], "", nothing)
 
 
 def attribute_sample(

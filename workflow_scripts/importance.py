@@ -1,12 +1,15 @@
 """Analysis-time binning of attribution matrices, importance density and instruction score.
 
-docs/design.md#instruction-score, following the paper's `compute_density`: the small epsilons (1e-9) are the
-paper's, kept so that the released attributions reproduce its tables to four decimals.
+docs/design.md#instruction-score. Raw matrices are binned as the paper's attribution code binned them
+(`Generator.input_explain`, eps 1e-7: the bins it released and printed its tables from); densities
+follow its `compute_density` (eps 1e-9), so the released attributions reproduce its tables to four
+decimals.
 """
 from __future__ import annotations
 
 import numpy as np
 
+BIN_EPS = 1e-7  # input_explain's: a column whose largest attribution is below ~1e-6 tops out under L
 EPS = 1e-9
 
 
@@ -29,7 +32,7 @@ def bin_attributions(matrix: np.ndarray, levels: int = 10, threshold: int = 7, b
     if not binned:
         x = np.maximum(x, 0.0)
         if x.size:
-            x = np.ceil(x / (x.max(axis=0, keepdims=True) + EPS) * levels)
+            x = np.ceil(x / (x.max(axis=0, keepdims=True) + BIN_EPS) * levels)
     return np.where(x <= threshold, 0.0, x)
 
 
