@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from workflow_scripts import config_checks, dag
+from workflow_scripts.dataset import DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = config_checks.load_schema(REPO)
@@ -114,7 +115,7 @@ def test_released_attributions_are_read_only_by_plain_sample_ids(demo, tmp_path,
                        f"{sample_id}\tDo it.\tDone.\tDo it.\n")
     demo["dataset"]["samples"] = str(dataset)
     demo["models"]["demo-base"].update(attribution="released", released="ifa_base")
-    with pytest.raises(dag.ConfigError, match=f"data.tsv:3: sample id '{sample_id}' is not a plain file name"):
+    with pytest.raises(DatasetError, match=f"data.tsv:3: ID '{sample_id}' is not a plain file name"):
         dag.released_dir(demo, "demo-base")
     dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\nok_1\tDo it.\tDone.\tDo it.\n")
     assert dag.released_dir(demo, "demo-base") == "resources/paper/results/attribution_interpret/ifa_base"

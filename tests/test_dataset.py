@@ -75,6 +75,14 @@ def test_read_dataset_rejects_a_row_with_three_fields_naming_file_and_line(write
         read_dataset(path)
 
 
+@pytest.mark.parametrize("sample_id", ["task_../../../outside/x", "a/b", "..", "a\\b"])
+def test_read_dataset_rejects_an_id_that_is_not_a_plain_file_name(write_tsv, sample_id):
+    """An id names its sample's heatmap files: a `/` in it would write outside the results folder."""
+    path = write_tsv([("ok", "Say hi.", "Hi.", "Say hi."), (sample_id, "Say hi.", "Hi.", "Say hi.")])
+    with pytest.raises(DatasetError, match=re.escape(f"{path}:3: ID {sample_id!r} is not a plain file name")):
+        read_dataset(path)
+
+
 def test_read_dataset_rejects_a_duplicate_id_naming_both_lines(write_tsv):
     path = write_tsv([("a", "One.", "", "One."), ("b", "Two.", "", "Two."), ("a", "Three.", "", "Three.")])
     with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:4: duplicate ID 'a' \(first on line 2\)$"):

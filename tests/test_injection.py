@@ -174,7 +174,7 @@ def test_a_dataset_path_with_a_space_is_read_by_the_real_jobs(work, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["pair id", "model id", "group name", "released folder", "built model path",
-                                  "annotator path", "released sample id"])
+                                  "annotator path", "released sample id", "sample id"])
 def test_ids_and_paths_that_would_escape_the_working_directory_stop_the_run(work, tmp_path, case):
     config = yaml.safe_load((work / "config.yaml").read_text())
     if case == "pair id":
@@ -195,11 +195,12 @@ def test_ids_and_paths_that_would_escape_the_working_directory_stop_the_run(work
     elif case == "annotator path":
         config["annotation"]["provider"]["path"] = "../outside-annotator"
         expected = "annotation.provider.path: ../outside-annotator is written by this workflow"
-    else:
+    else:  # a sample id names its heatmap files (and a released attribution's pickle)
         dataset = work / "datasets/demo.tsv"
-        dataset.write_text(dataset.read_text() + "../../x\tSay hi.\tHi.\tSay hi.\n")
-        config["models"]["demo-base"].update(attribution="released", released="ifa_demo")
-        expected = "sample id '../../x' is not a plain file name"
+        dataset.write_text(dataset.read_text() + "demo_../../x\tSay hi.\tHi.\tSay hi.\n")
+        if case == "released sample id":
+            config["models"]["demo-base"].update(attribution="released", released="ifa_demo")
+        expected = "ID 'demo_../../x' is not a plain file name"
     (work / "escape.yaml").write_text(yaml.safe_dump(config))
     out = run_snakemake(work, "table1", "table2", "--configfile", "escape.yaml")
     assert out.returncode != 0 and expected in out.stdout + out.stderr, out.stdout[-2000:] + out.stderr[-2000:]

@@ -238,26 +238,14 @@ def check_inside_workdir(key: str, path: str) -> None:
 
 
 def released_dir(config: dict, model: str) -> str:
-    """The model's released attribution folder; every sample id is checked to be a plain file name
-    there (the conversion reads `<id>.pkl`), so no id reads outside the checksummed folder."""
+    """The model's released attribution folder; the conversion reads `<id>.pkl` there, and the dataset
+    is read first (`read_dataset` takes only ids that are plain file names), so no id reads outside
+    the checksummed folder."""
     name = model_config(config, model)["released"]
     found = _existing_dataset(config)
-    unsafe = _unsafe_sample_id(*found) if found is not None else None
-    if unsafe is not None:
-        raise ConfigError(
-            f"{found[0]}:{unsafe.line}: sample id {unsafe.id!r} is not a plain file name, but the released "
-            f"attributions of models.{model} are read from <id>.pkl in {name}/"
-        )
+    if found is not None:
+        _samples(*found)
     return f"resources/paper/results/attribution_interpret/{name}"
-
-
-@functools.lru_cache(maxsize=8)
-def _unsafe_sample_id(path: str, mtime_ns: int) -> Sample | None:
-    """The first sample whose id is not a plain file name (checked once per dataset file)."""
-    for sample in _samples(path, mtime_ns):
-        if sample.id in (".", "..") or Path(sample.id).name != sample.id or "\\" in sample.id:
-            return sample
-    return None
 
 
 def check_annotation_provider(provider: dict) -> None:

@@ -87,6 +87,9 @@ def read_dataset(path: str | Path) -> list[Sample]:
         sample_id = sample_id.strip()
         if not sample_id:
             raise DatasetError(f"{path}:{number}: empty ID")
+        if sample_id in (".", "..") or any(c in sample_id for c in "/\\\0"):
+            raise DatasetError(f"{path}:{number}: ID {sample_id!r} is not a plain file name (ids name each sample's "
+                               "heatmap files and a released attribution's pickle: no '/', '\\' or '..')")
         if sample_id in seen:
             raise DatasetError(f"{path}:{number}: duplicate ID {sample_id!r} (first on line {seen[sample_id]})")
         prompt = decode_field(prompt)
