@@ -236,3 +236,20 @@ def test_the_default_lock_folder_is_one_per_machine_not_per_working_directory(mo
 
     monkeypatch.delenv("SHIFTLENS_GPU_LOCK_DIR")
     assert leases.default_lock_dir() == Path("/tmp/shiftlens-gpu-leases")
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_lock_file_that_links_to_another_file_is_refused_and_left_alone(tmp_path, link):
+    """The lock folder is shared by every user of the machine: a `gpu-0.lock` planted there as a link
+    to someone's file must never be made world-writable or overwritten with the holder's note."""
+    locks, victim = tmp_path / "locks", tmp_path / "victim.txt"
+    locks.mkdir()
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    (os.symlink if link == "symlink" else os.link)(victim, locks / "gpu-0.lock")
+    result = subprocess.run([sys.executable, "-m", "workflow_scripts.leases", "1", "--", sys.executable, "-c", "0"],
+                            cwd=tmp_path, env=job_env(fake_gpus=1, SHIFTLENS_GPU_LOCK_DIR=str(locks)),
+                            capture_output=True, text=True, timeout=10, check=False)
+    assert result.returncode != 0
+    assert f"{locks / 'gpu-0.lock'} is not a plain lock file" in result.stderr
+    assert victim.read_text() == "precious\n" and (victim.stat().st_mode & 0o777) == 0o600

@@ -29,6 +29,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -97,6 +98,24 @@ def make_lock_dir(lock_dir: Path) -> None:
             lock_dir.chmod(0o1777)
 
 
+def open_lock_file(path: Path) -> int:
+    """The lock file's descriptor, refusing a link: the folder is shared by every user of the machine,
+    so a `gpu-0.lock` planted as a link to someone's file must never be chmod-ed or overwritten."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        if path.is_symlink():
+            raise ValueError(f"{path} is not a plain lock file (a symbolic link): remove it, or set "
+                             f"{LOCK_DIR_VARIABLE} to a folder of your own") from None
+        raise ValueError(f"{path}: cannot open the GPU lock file: {err}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise ValueError(f"{path} is not a plain lock file (a hard link or not a regular file): remove it, or "
+                         f"set {LOCK_DIR_VARIABLE} to a folder of your own")
+    return fd
+
+
 def try_acquire(count: int, pool: list[str], lock_dir: Path) -> dict[str, int] | None:
     """`count` devices of `pool` locked now (device -> lock descriptor), or None, holding nothing.
 
@@ -108,7 +127,7 @@ def try_acquire(count: int, pool: list[str], lock_dir: Path) -> dict[str, int] |
     for device in pool:
         # no O_TRUNC: the holder's note is rewritten only once the lock is ours
         path = lock_path(lock_dir, device)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_lock_file(path)
         if os.fstat(fd).st_uid == os.getuid():
             os.fchmod(fd, 0o666)  # whatever the umask: another user's job must open it too
         try:
