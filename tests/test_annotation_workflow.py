@@ -8,6 +8,7 @@ not trained), the top 2 components of each layer annotated, one seed. The FFN ou
 once per module by Snakemake (`snakemake ffn`), then the annotation runs on top of them.
 """
 import os
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -230,3 +231,9 @@ def test_replaying_the_answers_from_files_in_the_papers_layout_gives_the_same_ta
         "table5": 1}
     snakemake(work, "table5", "--configfile", "replay.yaml")
     assert [table.read_bytes() for table in tables] == before
+    # an answers file replaced (say, the paper's files downloaded again) reruns the step that reads it
+    task_file = released / "linear_task_seed0.tsv"
+    task_file.write_text(task_file.read_text())
+    os.utime(task_file, (time.time() + 5, time.time() + 5))
+    jobs = planned_jobs(work, "table5", "--configfile", "replay.yaml")
+    assert jobs.get("annotate_task") == 1 and "annotate_describe" not in jobs and "annotate_level" not in jobs

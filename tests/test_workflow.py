@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -140,6 +141,23 @@ def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "attention", top_k=50))
     assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
                     "provenance": 1, "browse_pair": 1, "all": 1}
+
+
+def test_new_word_vectors_in_the_same_file_plan_the_attention_jobs_again(demo, tmp_path):
+    """The vectors decide which word pairs a head keeps: a file replaced in place is a changed input."""
+    from conftest import clone_run
+
+    work = clone_run(demo, tmp_path / "work")
+    vectors = work / "vectors.txt"
+    vectors.write_text("the 1 0\nsay 0 1\n")
+    config = edited_config(work, "attention", word_vectors={"kind": "glove-text", "path": "vectors.txt"})
+    snakemake(work, "--touch", "--configfile", config)  # as if the layer jobs had run with these vectors
+    assert planned_jobs(work, "--configfile", config) == {}
+    vectors.write_text("the 0 1\nsay 1 0\n")
+    os.utime(vectors, (time.time() + 5, time.time() + 5))
+    assert planned_jobs(work, "--configfile", config) == {
+        "explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
+        "provenance": 1, "browse_pair": 1, "all": 1}
 
 
 def test_changing_fidelity_plans_only_the_attention_jobs_and_table3(demo):
