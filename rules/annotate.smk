@@ -21,7 +21,7 @@ rule annotate_describe:
     """Step 1: a concept (or 'Cannot Tell') for every component of the pair's two models."""
     input:
         rows=pair_ffn_shards,
-        annotator=annotator_input,
+        annotator=annotator_input("describe"),
     output:
         tsv=annotation_file("describe"),
         stats="results/annotation/{pair}/stats/describe_seed{seed}.json",
@@ -47,7 +47,7 @@ rule annotate_task:
     """Step 2: the assistant tasks each described concept serves."""
     input:
         rows=annotation_file("describe"),
-        annotator=annotator_input,
+        annotator=annotator_input("task"),
     output:
         tsv=annotation_file("task"),
         stats="results/annotation/{pair}/stats/task_seed{seed}.json",
@@ -71,7 +71,7 @@ rule annotate_level:
     """Step 3: the linguistic level of each described concept."""
     input:
         rows=annotation_file("describe"),
-        annotator=annotator_input,
+        annotator=annotator_input("level"),
     output:
         tsv=annotation_file("level"),
         stats="results/annotation/{pair}/stats/level_seed{seed}.json",

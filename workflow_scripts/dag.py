@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from .annotation_files import FILES
 from .code_version import method_version
 from .dataset import Sample, read_dataset, shard_samples
 from .instructions import instruction_spans
@@ -259,13 +260,23 @@ def check_annotation_provider(provider: dict) -> None:
         raise ConfigError(f"annotation.provider.path: replay folder {provider['path']} not found")
 
 
-def annotator_input(provider: dict) -> list[str]:
-    """The local annotation model's directory when there is one (to be built by demo_annotator, or
-    on disk), so that the annotation steps wait for it; nothing for the other providers."""
+def annotator_input(provider: dict, step: str | None = None, seed: int | str | None = None) -> list[str]:
+    """What an annotation step reads besides its rows: the local model's directory when there is one
+    (to be built by demo_annotator, or on disk), so that the steps wait for it; for `replay`, the
+    step's answers file of the seed, so that a file replaced reruns the step that read it."""
     check_annotation_provider(provider)
     if provider["kind"] == "local" and (provider.get("build") or Path(provider["path"]).exists()):
         return [provider["path"]]
+    if provider["kind"] == "replay" and step is not None:
+        return [str(Path(provider["path"]) / FILES[step].format(seed=seed))]
     return []
+
+
+def word_vectors_input(config: dict) -> list[str]:
+    """The word-vectors file or folder the head jobs read (none for the packaged default): vectors
+    replaced in place change which word pairs every head keeps."""
+    path = config["attention"]["word_vectors"].get("path")
+    return [path] if path else []
 
 
 def missing_api_key(provider: dict) -> str | None:
