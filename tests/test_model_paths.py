@@ -15,7 +15,17 @@ def test_hub_ids_and_local_paths_are_told_apart(tmp_path):
 def test_shape_comes_from_a_local_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(
         {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3}))
-    assert model_shape("m", {"path": str(tmp_path), "layers": 99, "heads": 99}) == ModelShape(30, 9, 3)
+    assert model_shape("m", {"path": str(tmp_path), "layers": 30, "heads": 9}) == ModelShape(30, 9, 3)
+
+
+@pytest.mark.parametrize("key, value", [("layers", 2), ("heads", 8), ("kv_heads", 9)])
+def test_a_config_count_that_contradicts_config_json_is_an_error(tmp_path, key, value):
+    """The config's counts plan the layer jobs before the weights exist; a wrong one would have
+    finished a run over too few layers, so once config.json can be read they must agree."""
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3}))
+    with pytest.raises(ValueError, match=rf"models\.m\.{key}: {value} in the config, but .*config\.json says"):
+        model_shape("m", {"path": str(tmp_path), key: value})
 
 
 def test_shape_without_kv_heads_in_config_json_has_one_kv_head_per_head(tmp_path):

@@ -51,7 +51,12 @@ def model_shape(model_id: str, settings: dict) -> ModelShape:
     if config_json is not None:
         hf = json.loads(config_json.read_text())
         heads = hf["num_attention_heads"]
-        return ModelShape(hf["num_hidden_layers"], heads, hf.get("num_key_value_heads") or heads)
+        shape = ModelShape(hf["num_hidden_layers"], heads, hf.get("num_key_value_heads") or heads)
+        for key, value in (("layers", shape.layers), ("heads", shape.heads), ("kv_heads", shape.kv_heads)):
+            if key in settings and settings[key] != value:  # a plan made before the weights existed was wrong
+                raise ValueError(f"models.{model_id}.{key}: {settings[key]} in the config, but {config_json} says "
+                                 f"{value}; correct the config (it plans the layer jobs until config.json exists)")
+        return shape
     missing = [key for key in ("layers", "heads") if key not in settings]
     if missing:
         raise ValueError(
