@@ -295,3 +295,18 @@ def test_edge_rule_on_real_tokenizers_marks_each_sentence_without_its_edges(kind
     # byte pieces: every token over the emojis is marked
     emoji = EDGE_PROMPT.index("🧙")
     assert all(mask[i] for i in range(len(pieces)) if emoji <= offsets[i, 0] < emoji + 4), kind
+
+
+def test_a_lone_space_piece_before_a_first_digit_is_an_edge_token():
+    """LLaMA splits digits, so a prompt opening with `3` starts `▁`, `3`; the fast tokenizer gives the
+    lone `▁` the span of the `3`. The paper drops a leading `▁` from the sentence's tokens (lima_author_88)."""
+    from workflow_scripts.attribution import tokenize_pair
+
+    prompt = "3 paragraph essay about a cat."
+    tokenizer = llama_sentencepiece()
+    tokens = tokenize_pair(tokenizer, prompt, "Fine.")
+    pieces = [tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist())[i] for i in tokens.prompt_rows]
+    assert pieces[:2] == ["\u2581", "3"]
+    mask = instruction_mask(prompt, pieces, tokens.prompt_offsets, instruction_spans(prompt, prompt))
+    assert mask.tolist() == [False] + [True] * (len(pieces) - 1)
+    assert is_edge_token("\u2581", "3") and is_edge_token("\u0120", "x") and not is_edge_token("\u25813", "3")

@@ -84,7 +84,11 @@ BOUNDARY_MARKERS = ("\u2581", "\u0120")
 
 def is_edge_token(token: str, text: str) -> bool:
     """Whether a token is dropped at the edge of an instruction sentence: whitespace-only, a line
-    break, or a space plus a double quote. `text` is the token's text in the prompt."""
+    break, or a space plus a double quote. `text` is the token's text in the prompt. A piece that is
+    only a space marker is white space whatever span it reports (a fast LLaMA tokenizer gives the `▁`
+    before a prompt's first digit the digit's span)."""
+    if not token.strip("".join(BOUNDARY_MARKERS)):
+        return True
     if token.startswith(BOUNDARY_MARKERS) and not text.startswith((" ", "\n")):
         text = " " + text
     return not text.strip() or text == ' "'
