@@ -166,6 +166,19 @@ def test_table2_gives_nan_t_and_p_for_a_group_of_one_sample():
 # --- write_table ---------------------------------------------------------------------------------
 
 
+def test_a_table_that_fails_while_being_written_leaves_no_file(tmp_path):
+    """A job killed or failing mid-write must not leave a half table that looks finished."""
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("cannot print")
+
+    rows = [("a", 1.0)] * 5000 + [("b", Unprintable())]
+    tsv = tmp_path / "table1.tsv"
+    with pytest.raises(RuntimeError, match="cannot print"):
+        write_table(pd.DataFrame(rows, columns=["dataset", "mean"]), tsv, "Table 1")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_write_table_writes_the_tsv_and_a_markdown_twin(tmp_path):
     table = pd.DataFrame(
         [("self_instruct", 4, 0.35, 0.111803, 0.95, 0.295804, -3.286335, 0.0161016),

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .annotation_files import DESCRIBED_COLUMNS, LABEL_COLUMN
+from .atomic import atomic_file
 from .table_files import write_table
 from .tsv import read_tsv
 
@@ -136,9 +137,9 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
     ax.grid(True)
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never over data
     fig.tight_layout()
-    Path(output_stem).parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".pdf", ".png"):
-        fig.savefig(Path(output_stem).with_suffix(suffix), dpi=150, bbox_inches="tight")  # legend kept whole
+        with atomic_file(Path(output_stem).with_suffix(suffix)) as tmp:
+            fig.savefig(tmp, format=suffix[1:], dpi=150, bbox_inches="tight")  # legend kept whole
     plt.close(fig)
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_file, atomic_write_text
+
 
 def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = (), notice: str = "") -> None:
     """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side; the
@@ -15,13 +17,13 @@ def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[st
         table: the rows and columns as written (floats to 6 significant digits in the TSV, NaN empty)
     """
     tsv = Path(tsv)
-    tsv.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(tsv, sep="\t", index=False, float_format="%.6g")
     header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
     body = "".join("| " + " | ".join(cell_text(v) for v in row) + " |\n" for row in table.itertuples(index=False))
     footer = "".join(f"\n{note}.\n" for note in notes if note)
     preface = f"> {notice}\n\n" if notice else ""
-    tsv.with_suffix(".md").write_text(f"# {title}\n\n{preface}{header}{body}{footer}")
+    with atomic_file(tsv) as tmp:  # whole or not at all, like every output
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    atomic_write_text(tsv.with_suffix(".md"), f"# {title}\n\n{preface}{header}{body}{footer}")
 
 
 def cell_text(value) -> str:
