@@ -73,6 +73,7 @@ def poisoned_config(work: Path, payload: str) -> dict:
     config["models"]["demo-base"] = {"path": f"models/base{payload}", "gpus": 0, "size": f"7B{payload}"}
     config["models"]["extra"] = {"path": "org/extra", "attribution": "released", "released": "ifa_extra"}
     config["attention"]["word_vectors"] = {"kind": "glove-text", "path": f"vectors{payload}.txt"}
+    (work / f"vectors{payload}.txt").write_text("the 1 0\nwrite 0 1\n")  # an input of the head jobs
     config["attention"]["released"] = {"path": released_pairs,
                                        "models": {"demo-base": f"llama{payload}", "demo-tuned": f"vicuna{payload}"}}
     for model in ("demo-base", "demo-tuned"):  # the tables' inputs, so that the table jobs start
