@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .annotation_files import DESCRIBED_COLUMNS, question_field, step_columns
+from .annotation_files import DESCRIBED_COLUMNS, ORIGIN_COLUMNS, question_field, step_columns
 from .annotation_prompts import STEPS, concept_message, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
@@ -201,9 +201,9 @@ def component_rows(path: str | Path, max_rank: int | None = None) -> list[dict]:
     return rows
 
 
-def origin(row: dict) -> tuple[str, str, str]:
+def origin(row: dict) -> tuple[str, ...]:
     """The component a request is about (replay tells repeated questions apart by it)."""
-    return row["Model"], row["Layer"], row["Rank"]
+    return tuple(row[column] for column in ORIGIN_COLUMNS)
 
 
 def describe_requests(rows: list[dict], seed: int, words: int, max_tokens: int) -> list[ChatRequest]:

@@ -19,6 +19,8 @@ LABEL_COLUMN = {"describe": "Summary", "task": "Task", "level": "Concept"}
 # describe's file: every component, `Explainable` 1/0, `Words` the question asked, `Summary` the answer,
 # then the component's linear_words.tsv columns; task and level put their label column in front.
 DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)
+# A row's component (model, layer, rank), in every step's file: what a request is about.
+ORIGIN_COLUMNS = ("Model", "Layer", "Rank")
 # The paper's own files head the question column `Tokens` (its analysis script calls it `Words`).
 QUESTION_COLUMNS = ("Words", "Tokens")
 _LAYOUT_ESCAPES = str.maketrans({"\n": "/n", "\t": "/t", "\r": "/r"})

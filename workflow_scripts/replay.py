@@ -17,11 +17,9 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from .annotation_files import FILES, LABEL_COLUMN, QUESTION_COLUMNS, question_field
+from .annotation_files import FILES, LABEL_COLUMN, ORIGIN_COLUMNS, QUESTION_COLUMNS, question_field
 from .annotation_prompts import concept_message
 from .chat import ChatError, ChatRequest, ChatResponse
-
-ORIGIN_COLUMNS = ("Model", "Layer", "Rank")  # a row's component, in every layout (tsv.LINEAR_COLUMNS)
 
 
 def answers(directory: str | Path, step: str, seed: int) -> dict[str, list[tuple[tuple[str, str, str], str]]]:
@@ -73,15 +71,14 @@ class Replay:
     def __init__(self, directory: str | Path, step: str, seed: int):
         self.model = f"replay:{directory}"
         self.fingerprint = ""
-        self.directory, self.step, self.seed = Path(directory), step, seed
+        self.file = Path(directory) / FILES[step].format(seed=seed)
         self._answers = answers(directory, step, seed)
 
     def stream(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResponse]]:
         for index, request in enumerate(requests):
             message = request.messages[-1]["content"]
             question = question_field(message)
-            where = self.directory / FILES[self.step].format(seed=self.seed)
             if question not in self._answers:
-                raise ChatError(f"replay: {where} never asked {message[:120]!r}")
-            answer = answer_for(self._answers[question], request.origin, str(where), question)
+                raise ChatError(f"replay: {self.file} never asked {message[:120]!r}")
+            answer = answer_for(self._answers[question], request.origin, str(self.file), question)
             yield index, ChatResponse(answer, "stop", 0, 0, 0.0, "")

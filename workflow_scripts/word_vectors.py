@@ -232,11 +232,12 @@ def load_word2vec_binary(path: str | Path, vocabulary: Iterable[str] | None = No
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty (a word2vec binary file)")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        header = data[: data.find(b"\n")].split()
+        newline = data.find(b"\n")
+        header = data[:newline].split()
         if len(header) != 2 or not all(x.isdigit() for x in header):
             raise ValueError(f"{path}:1: expected a word2vec binary header `count dim`, got {data[:40]!r}")
         count, dim = int(header[0]), int(header[1])
-        position = data.find(b"\n") + 1
+        position = newline + 1
         for index in range(count):
             space = data.find(b" ", position)
             start, stop = space + 1, space + 1 + 4 * dim
