@@ -19,6 +19,10 @@ Two diagnostic rows, not workflow modes, split bfloat16's disagreement into its 
 float32,bf16-weights,autocast-bf16,bfloat16): `bf16-weights` runs the bf16-rounded weights in float32
 arithmetic (what rounding the checkpoint alone changes); `autocast-bf16` keeps float32 weights and
 residual stream and runs the body's matmuls in bf16 under torch.autocast (the head in float32).
+
+A mode may name its autodiff mode after a slash (`float32/reverse`, `bfloat16/forward`; without one, the
+workflow's default `auto`): `--modes float32/reverse,float32/forward,bfloat16/reverse,bfloat16/forward`
+compares forward mode with reverse mode in each precision, against float32 in reverse mode.
 """
 from __future__ import annotations
 
@@ -35,7 +39,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_scripts.attribution import PRECISIONS, attribute_sample, generate_response, load_model  # noqa: E402
+from workflow_scripts.attribution import (  # noqa: E402
+    AUTODIFF,
+    PRECISIONS,
+    Attributor,
+    attribute_sample,
+    autodiff_summary,
+    generate_response,
+    load_model,
+)
 from workflow_scripts.dataset import dataset_group, read_dataset  # noqa: E402
 from workflow_scripts.importance import bin_attributions  # noqa: E402
 from workflow_scripts.local_chat import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
@@ -95,10 +107,18 @@ def load_mode(model_dir: str, mode: str):
     return load_model(model_dir, mode)
 
 
-def attribute_all(model, tokenizer, chosen, chunk_size: int) -> tuple[list, float]:
+def attribute_all(model, tokenizer, chosen, chunk_size: int, autodiff: str) -> tuple[list, float, str]:
+    """The matrices, seconds per sample and the samples per autodiff mode it ran."""
     started = time.perf_counter()
-    out = [attribute_sample(model, tokenizer, s.id, s.prompt, tokens, chunk_size) for s, tokens in chosen]
-    return out, (time.perf_counter() - started) / len(chosen)
+    attributor = Attributor(model, chunk_size, autodiff=autodiff)
+    out = [attribute_sample(attributor, tokenizer, s.id, s.prompt, tokens) for s, tokens in chosen]
+    return out, (time.perf_counter() - started) / len(chosen), autodiff_summary(attributor.record()["autodiff_samples"])
+
+
+def split_mode(mode: str) -> tuple[str, str]:
+    """`bfloat16/forward` -> (bfloat16, forward); `bfloat16` -> (bfloat16, auto)."""
+    precision, _, autodiff = mode.partition("/")
+    return precision, autodiff or "auto"
 
 
 def group_means(scores) -> dict[str, float]:
@@ -133,12 +153,13 @@ def compare(reference, other, ref_scores, scores) -> dict:
 
 
 def markdown(results: dict) -> str:
-    groups = list(results["modes"]["float32"]["group_means"])
-    head = ("| mode | s/sample | binned cells = float32 | score max / mean abs diff | score diff mean (bias) / SD | "
-            "group mean max abs diff | " + " | ".join(f"mean {g}" for g in groups) + " |")
-    rows = [head, "|" + "---|" * (6 + len(groups))]
+    groups = list(next(iter(results["modes"].values()))["group_means"])
+    head = ("| mode | autodiff (samples) | s/sample | binned cells = float32 | score max / mean abs diff | "
+            "score diff mean (bias) / SD | group mean max abs diff | " + " | ".join(f"mean {g}" for g in groups) + " |")
+    rows = [head, "|" + "---|" * (7 + len(groups))]
     for mode, r in results["modes"].items():
-        rows.append(f"| {mode} | {r['seconds_per_sample']:.1f} | {r['cells_equal']:.2%} of {r['cells']:,} | "
+        rows.append(f"| {mode} | {r['autodiff_samples']} | {r['seconds_per_sample']:.1f} | "
+                    f"{r['cells_equal']:.2%} of {r['cells']:,} | "
                     f"{r['score_max_abs_diff']:.4f} / {r['score_mean_abs_diff']:.4f} | "
                     f"{r['score_bias']:+.4f} / {r['score_diff_sd']:.4f} | {r['group_mean_max_abs_diff']:.4f} | "
                     + " | ".join(f"{r['group_means'][g]:.4f}" for g in groups) + " |")
@@ -165,11 +186,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     modes = args.modes.split(",")
-    if modes[0] != "float32":
-        parser.error("--modes must start with float32 (the reference)")
-    unknown = [mode for mode in modes if mode not in (*PRECISIONS, *DIAGNOSTICS)]
+    if split_mode(modes[0])[0] != "float32":
+        parser.error("--modes must start with a float32 mode (the reference)")
+    unknown = [mode for mode in modes if split_mode(mode)[0] not in (*PRECISIONS, *DIAGNOSTICS)
+               or split_mode(mode)[1] not in AUTODIFF]
     if unknown:
-        parser.error(f"unknown --modes {unknown} (known: {', '.join((*PRECISIONS, *DIAGNOSTICS))})")
+        parser.error(f"unknown --modes {unknown} (known: {', '.join((*PRECISIONS, *DIAGNOSTICS))}, "
+                     f"each optionally /{'|'.join(AUTODIFF)})")
     started = time.perf_counter()
     ensure_smollm2(args.model_dir)
     model, tokenizer = load_model(args.model_dir, "float32")
@@ -182,16 +205,19 @@ def main(argv=None):
                "response_tokens": int(sum(t.input_ids.numel() - t.n_prompt for _, t in chosen)), "modes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         dataset = subset_dataset(Path(args.dataset), {s.id for s, _ in chosen}, Path(tmp) / "subset.tsv")
-        matrices, scores = {}, {}
+        matrices, scores, loaded, first = {}, {}, "float32", modes[0]
         for mode in modes:
-            if mode != "float32":
-                model, tokenizer = load_mode(args.model_dir, mode)
-            matrices[mode], seconds = attribute_all(model, tokenizer, chosen, args.chunk_size)
-            save_shard(Shard(matrices[mode], {"model": "smollm2", "source": "bench"}), Path(tmp) / f"{mode}.npz")
-            scores[mode] = instruction_scores(Path(tmp) / f"{mode}.npz", dataset, GROUPS, ANALYSIS)
-            results["modes"][mode] = {"seconds_per_sample": seconds,
-                                      **compare(matrices["float32"], matrices[mode], scores["float32"], scores[mode])}
-            if mode == "bfloat16":  # in the workflow each mode writes its own greedy response
+            precision, autodiff = split_mode(mode)
+            if precision != loaded:
+                model, tokenizer = load_mode(args.model_dir, precision)
+                loaded = precision
+            matrices[mode], seconds, used = attribute_all(model, tokenizer, chosen, args.chunk_size, autodiff)
+            shard = Path(tmp) / f"{mode.replace('/', '-')}.npz"
+            save_shard(Shard(matrices[mode], {"model": "smollm2", "source": "bench"}), shard)
+            scores[mode] = instruction_scores(shard, dataset, GROUPS, ANALYSIS)
+            results["modes"][mode] = {"seconds_per_sample": seconds, "autodiff_samples": used,
+                                      **compare(matrices[first], matrices[mode], scores[first], scores[mode])}
+            if precision == "bfloat16" and not any("own_responses_equal" in r for r in results["modes"].values()):
                 own = [generate_response(model, tokenizer, s.prompt, args.max_new_tokens) for s, _ in chosen]
                 same = sum(torch.equal(a.input_ids, t.input_ids) for a, (_, t) in zip(own, chosen))
                 results["modes"][mode]["own_responses_equal"] = same
@@ -202,9 +228,9 @@ def main(argv=None):
           f"responses of up to {args.max_new_tokens} tokens ({results['response_tokens']} in all), CPU, "
           f"{args.threads} thread(s), torch {torch.__version__}:\n")
     print(markdown(results))
-    if "bfloat16" in results["modes"]:
-        same = results["modes"]["bfloat16"]["own_responses_equal"]
-        print(f"\nbfloat16's own greedy responses equal to float32's: {same} of {len(chosen)}")
+    for r in results["modes"].values():
+        if "own_responses_equal" in r:
+            print(f"\nbfloat16's own greedy responses equal to float32's: {r['own_responses_equal']} of {len(chosen)}")
     print(f"whole benchmark: {results['total_seconds']:.0f} s")
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1) + "\n")

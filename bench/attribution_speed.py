@@ -1,6 +1,7 @@
-"""Benchmark: batched attribution vs the per-token loop, same model and sample, one run.
+"""Benchmark: batched attribution (reverse and forward mode) vs the per-token loop, same model and sample, one run.
 
     python bench/attribution_speed.py [--hidden 256 --layers 4 --prompt 120 --response 80]
+    python bench/attribution_speed.py --prompt 31 --response 299   # the paper's median sample shape
 
 Prints the times, the speed-ups and the max difference of the matrices. Not a test: the
 ratio depends on the machine (the target on a 2-core CPU is >= 2.5x at equal results).
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from workflow_scripts.attribution import attribute_ids, attribute_ids_reference
+from workflow_scripts.attribution import attribute_ids, attribute_ids_forward, attribute_ids_reference, choose_autodiff
 
 
 def main():
@@ -25,6 +26,7 @@ def main():
     parser.add_argument("--prompt", type=int, default=120)
     parser.add_argument("--response", type=int, default=80)
     parser.add_argument("--chunk-sizes", default="32", help="comma-separated; 0: all response tokens in one chunk")
+    parser.add_argument("--forward-batch", type=int, default=0, help="tangents per forward-mode pass; 0: auto")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -36,6 +38,7 @@ def main():
     model = LlamaForCausalLM(config).to(args.device).eval().requires_grad_(False)
     ids = torch.randint(3, args.vocab, (args.prompt + args.response,), device=args.device)
     attribute_ids(model, ids[: 16], 8)  # warm-up
+    attribute_ids_forward(model, ids[: 16], 8)
 
     def timed(fn, *a):
         if args.device.startswith("cuda"):
@@ -59,6 +62,13 @@ def main():
         peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if args.device.startswith("cuda") else ""
         print(f"this project, chunk size {chunk_size or 'all':>4}: {t_fast:8.3f} s  speed-up {t_slow / t_fast:5.2f}x  "
               f"max |difference| {np.abs(fast - slow).max():.3g} (max |value| {np.abs(slow).max():.3g}){peak}")
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    forward, t_forward = timed(attribute_ids_forward, model, ids, args.prompt, None, args.forward_batch)
+    peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if args.device.startswith("cuda") else ""
+    print(f"this project, forward mode:      {t_forward:8.3f} s  speed-up {t_slow / t_forward:5.2f}x  "
+          f"max |difference| {np.abs(forward - slow).max():.3g}{peak}")
+    print(f"auto would run: {choose_autodiff('auto', args.prompt, args.prompt, args.response)} mode")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ no model weights, no GloVe package. In one run, on one card:
    difference to the float32 matrix and the share of binned cells equal to its. When the whole
    loop would not fit the time budget, it is timed on the last N response tokens and scaled up
    (every iteration is one forward and backward over the whole sample, so its time is linear in N);
+   then, per precision mode, forward mode (`attribute_ids_forward`: one tangent per prompt token,
+   --forward-batch, 0: from free memory) on the same sample, and the workflow's `auto` choice on a
+   sample of the paper's mean shape (51 prompt + 300 response tokens: the released attributions'
+   prompts average 50.9 tokens with BOS, their responses 294 for LLaMA-7B and 197 for Vicuna-7B);
 2. one attention and one FFN layer job (layer 0), through the modules' `main` as the rules run
    them, in child processes, on a checkpoint holding the model's own tensors a layer-0 job reads
    (float16, as LLaMA ships), a BPE tokenizer trained on a random vocabulary of 26,000 words (the
@@ -81,10 +85,11 @@ class Shape:
     prompt: int
     response: int
     words: int
+    paper_prompt: int  # the sample of the paper's mean shape: this many prompt tokens, `response` response tokens
 
 
-LLAMA_7B = Shape("LLaMA-7B shape", 4096, 11008, 32, 32, 32, 32000, 200, 300, 26000)
-SMALL = Shape("tiny smoke-test shape", 64, 128, 2, 4, 4, 2000, 20, 30, 2000)
+LLAMA_7B = Shape("LLaMA-7B shape", 4096, 11008, 32, 32, 32, 32000, 200, 300, 26000, 51)
+SMALL = Shape("tiny smoke-test shape", 64, 128, 2, 4, 4, 2000, 20, 30, 2000, 6)
 
 
 def llama_config(shape: Shape) -> LlamaConfig:
@@ -115,7 +120,8 @@ def print_plan(args, shape: Shape) -> None:
           f"{args.chunk_size}, backward batch {args.backward_batch or 'auto'}, modes {args.precisions}, "
           f"vs attribute_ids_reference in float32 ("
           f"{'all tokens if they fit' if args.reference_tokens is None else f'{args.reference_tokens} tokens'}, "
-          f"budget {args.reference_budget:.0f} s)")
+          f"budget {args.reference_budget:.0f} s); forward mode (batch {args.forward_batch or 'auto'}) per mode; "
+          f"auto on {shape.paper_prompt} + {shape.response} tokens (the paper's mean shape)")
     print(f"  layer jobs: checkpoint of {checkpoint:.2f} GiB (float16): "
           + ", ".join(f"{name} {tuple(tensors[name].shape)}" for name in LAYER_TENSORS))
     print(f"  vocabulary: {shape.words} random words, BPE tokenizer of {shape.vocab} tokens, 50-d random GloVe text")
@@ -162,13 +168,22 @@ def cells_equal(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> dict:
-    """The per-token loop (float32), then `attribute_ids` per-token and batched, per precision mode."""
-    from workflow_scripts.attribution import PRECISIONS, attribute_ids, set_matmul_precision
+    """The per-token loop (float32), then `attribute_ids` per-token and batched, per precision mode,
+    forward mode on the same sample, and `auto` on a sample of the paper's mean shape."""
+    from workflow_scripts.attribution import (
+        PRECISIONS,
+        Attributor,
+        attribute_ids,
+        attribute_ids_forward,
+        autodiff_summary,
+        set_matmul_precision,
+    )
 
     ids = torch.randint(3, shape.vocab, (shape.prompt + shape.response,), device=device)
     m = shape.response
     set_matmul_precision("float32")
     attribute_ids(model, ids[:16], 8)  # warm-up: kernels, allocator, autograd
+    attribute_ids_forward(model, ids[:16], 8)  # and vmap's and forward AD's first-call costs
     tokens = args.reference_tokens
     if tokens is None:  # a few iterations say whether the whole loop fits the budget
         _, t_calibration, _ = timed(device, reference_tail, model, ids, shape.prompt, CALIBRATION_TOKENS)
@@ -181,6 +196,7 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
     t_slow_all = t_slow * m / tokens
     scale = np.abs(slow).max()
     results = {"chunk_size": args.chunk_size, "backward_batch": args.backward_batch,
+               "forward_batch": args.forward_batch,
                "reference_seconds": t_slow_all, "reference_peak_gpu_gib": peak_slow,
                "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m, "max_abs_value": float(scale)}
     per_token_body, t_body, peak_body = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size, 1)
@@ -189,6 +205,8 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
         "max_relative_difference": float(np.abs(per_token_body[:, m - tokens:] - slow).max() / scale)}
     print(f"attribute_ids float32, one backward per token: {t_body:.2f} s")
     modes, reference = {}, per_token_body
+    paper_ids = ids[shape.prompt - shape.paper_prompt :]  # the same response after a shorter prompt
+    paper_reference = None
     for mode in args.precisions.split(","):
         set_matmul_precision(mode)
         model.to(PRECISIONS[mode])
@@ -199,6 +217,24 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
                        "cells_equal": cells_equal(reference, fast)}
         print(f"attribute_ids {mode}, backward batch {args.backward_batch or 'auto'}: {seconds:.2f} s, "
               f"{modes[mode]['cells_equal']:.2%} of binned cells equal to float32's")
+        forward, seconds, peak = timed(device, attribute_ids_forward, model, ids, shape.prompt, None,
+                                       args.forward_batch)
+        modes[mode]["forward"] = {
+            "seconds": seconds, "peak_gpu_gib": peak, "speed_up": t_slow_all / seconds,
+            "max_relative_difference": float(np.abs(forward - reference).max() / np.abs(reference).max()),
+            "cells_equal": cells_equal(reference, forward)}
+        print(f"attribute_ids_forward {mode}: {seconds:.2f} s, {modes[mode]['forward']['cells_equal']:.2%} "
+              "of binned cells equal to float32's")
+        attributor = Attributor(model, args.chunk_size, args.backward_batch, "auto", args.forward_batch)
+        rows = np.arange(shape.paper_prompt)
+        paper, seconds, peak = timed(device, attributor.matrix, paper_ids, shape.paper_prompt, rows)
+        paper_reference = paper if paper_reference is None else paper_reference
+        modes[mode]["paper_shape_auto"] = {
+            "seconds": seconds, "peak_gpu_gib": peak,
+            "autodiff_samples": autodiff_summary(attributor.record()["autodiff_samples"]),
+            "cells_equal_to_first_mode": cells_equal(paper_reference, paper)}
+        print(f"auto on the paper's mean shape ({shape.paper_prompt} + {shape.response}), {mode}: {seconds:.2f} s "
+              f"({modes[mode]['paper_shape_auto']['autodiff_samples']})")
     set_matmul_precision("float32")
     results["modes"] = modes
     return results
@@ -208,10 +244,11 @@ def projection(r: dict, args) -> dict:
     """Seconds of each component of the paper's workflow on one GPU, per precision mode.
 
     Attribution: 632 samples x 2 models at this sample's time (200 + 300 tokens: the paper's
-    responses are at most 300 tokens, so this errs long); model loads: one per shard of 16
-    (--load-seconds, assumed); layer jobs: 2 x 32 of each kind at the measured wall time; annotation:
-    at most 5 seeds x 2 models x 32 layers x 300 components x 3 steps requests at
-    --annotation-seconds-per-request (assumed: it depends on the server, not on this code)."""
+    responses are at most 300 tokens, so this errs long), and at the time of the paper's mean shape
+    (51 + 300: the mean prompt, and responses as long as LLaMA-7B's, longer than Vicuna-7B's); model
+    loads: one per shard of 16 (--load-seconds, assumed); layer jobs: 2 x 32 of each kind at the
+    measured wall time; annotation: at most 5 seeds x 2 models x 32 layers x 300 components x 3 steps
+    requests at --annotation-seconds-per-request (assumed: it depends on the server, not on this code)."""
     jobs = r.get("layer_jobs")
     shards = -(-PAPER["samples"] // PAPER["shard_size"]) * PAPER["models"]
     requests = PAPER["seeds"] * PAPER["models"] * PAPER["layers"] * PAPER["components"] * PAPER["steps"]
@@ -228,6 +265,11 @@ def projection(r: dict, args) -> dict:
                    "this project, float32, one backward per token": attributed * a["float32_per_token_backward"][
                        "seconds"]}
     attribution.update({f"this project, {mode}": attributed * m["seconds"] for mode, m in a["modes"].items()})
+    attribution.update({f"this project, {mode}, forward mode": attributed * m["forward"]["seconds"]
+                        for mode, m in a["modes"].items()})
+    attribution.update({
+        f"this project, {mode}, auto, paper's mean shape ({m['paper_shape_auto']['autodiff_samples']})":
+        attributed * m["paper_shape_auto"]["seconds"] for mode, m in a["modes"].items()})
     known = sum(v for v in fixed.values() if v is not None)
     return {"shards": shards, "annotation_requests": requests, "fixed_seconds": fixed,
             "attribution_seconds": attribution, "total_hours": {k: (v + known) / 3600 for k, v in attribution.items()}}
@@ -345,6 +387,16 @@ def markdown(r: dict) -> str:
                      f"{m['seconds']:.2f} s ({m['speed_up']:.2f}x the loop), peak GPU {gib(m['peak_gpu_gib'])}, "
                      f"vs float32: max relative difference {m['max_relative_difference']:.1e}, "
                      f"{m['cells_equal']:.2%} of binned cells equal"))
+        f = m["forward"]
+        rows.append((f"attribution, this project, {mode}, forward mode, batch {a['forward_batch'] or 'auto'}",
+                     f"{f['seconds']:.2f} s ({f['speed_up']:.2f}x the loop), peak GPU {gib(f['peak_gpu_gib'])}, "
+                     f"vs float32: max relative difference {f['max_relative_difference']:.1e}, "
+                     f"{f['cells_equal']:.2%} of binned cells equal"))
+        p = m["paper_shape_auto"]
+        rows.append((f"attribution, this project, {mode}, auto, the paper's mean shape "
+                     f"({r['sample']['paper_prompt']} + {r['sample']['response']} tokens)",
+                     f"{p['seconds']:.2f} s ({p['autodiff_samples']}), peak GPU {gib(p['peak_gpu_gib'])}, "
+                     f"{p['cells_equal_to_first_mode']:.2%} of binned cells equal to the first mode's"))
     for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
                               ("ffn", "FFN", "top 300 components")):
         if jobs is None:
@@ -373,6 +425,7 @@ def parse_args(argv=None):
                         help="attribution modes, in this order (the weights are cast down in place)")
     parser.add_argument("--chunk-size", type=int, default=32, help="attribute_ids chunk size (0: all)")
     parser.add_argument("--backward-batch", type=int, default=0, help="response tokens per backward; 0: auto")
+    parser.add_argument("--forward-batch", type=int, default=0, help="prompt tokens per forward-mode pass; 0: auto")
     parser.add_argument("--load-seconds", type=float, default=30.0,
                         help="projection: seconds to load a 7B model per shard (assumed, not measured here)")
     parser.add_argument("--annotation-seconds-per-request", type=float, default=0.01,
@@ -424,7 +477,7 @@ def main(argv=None):
         "shape": shape.name, "config": dataclasses.asdict(shape), "params": sum(p.numel() for p in model.parameters()),
         "attention_implementation": model.config._attn_implementation,
         "init_seconds": time.perf_counter() - init_start,
-        "sample": {"prompt": shape.prompt, "response": shape.response},
+        "sample": {"prompt": shape.prompt, "response": shape.response, "paper_prompt": shape.paper_prompt},
     }
     print(f"model built in {results['init_seconds']:.1f} s on {results['card']}")
     results["attribution"] = benchmark_attribution(model, shape, args, device)

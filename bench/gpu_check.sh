@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # One short GPU check (about 5 minutes on an H100): equality of the GPU attribution (chunked, batched
-# backward passes) with the per-token definition on tiny models and the arithmetic each precision
-# mode records, then bench/gpu_bench.py (LLaMA-7B shape: the per-token loop, every precision mode,
-# one attention and one FFN layer job, the projected paper workflow). Arguments go to gpu_bench.py, e.g.
+# backward passes, forward mode) with the per-token definition on tiny models and the arithmetic each
+# precision mode records, then bench/gpu_bench.py (LLaMA-7B shape: the per-token loop, every precision
+# mode in reverse and forward mode, one attention and one FFN layer job, the projected paper workflow).
+# Arguments go to gpu_bench.py, e.g.
 #   bash bench/gpu_check.sh --output gpu_bench.json
+# Smoke test on a CPU (the same code paths, a tiny shape): GPU_CHECK_ALLOW_CPU=1 bash bench/gpu_check.sh --allow-cpu --small
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+           torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 # 1. equality on tiny LLaMA/Mistral GQA models, every chunk size, on the GPU
 python - <<'PY'
 import numpy as np, torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-from workflow_scripts.attribution import (attribute_ids, attribute_ids_reference, precision_record,
-                                         set_matmul_precision)
+import os
+from workflow_scripts.attribution import (attribute_ids, attribute_ids_forward, attribute_ids_reference,
+                                         precision_record, set_matmul_precision)
+device = "cuda" if torch.cuda.is_available() or not os.environ.get("GPU_CHECK_ALLOW_CPU") else "cpu"
 for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralForCausalLM)):
     torch.manual_seed(0)
     cfg = cfg_cls(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
-    m = cls(cfg).cuda().eval().requires_grad_(False)
-    ids = torch.randint(3, 300, (40,), device="cuda")
+    m = cls(cfg).to(device).eval().requires_grad_(False)
+    ids = torch.randint(3, 300, (40,), device=device)
     set_matmul_precision("float32")
     ref = attribute_ids_reference(m, ids, 25)
     for chunk in (0, 1, 4, 16):
@@ -28,17 +33,23 @@ for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralFor
             err = np.abs(fast - ref).max() / np.abs(ref).max()
             print(f"{cls.__name__} chunk={chunk} backward batch={batch}: max relative difference {err:.2e}")
             assert err < 1e-4
+    for batch in (1, 3, 0):  # forward mode: one tangent per prompt token, forced batches, automatic
+        err = np.abs(attribute_ids_forward(m, ids, 25, None, batch) - ref).max() / np.abs(ref).max()
+        print(f"{cls.__name__} forward mode batch={batch}: max relative difference {err:.2e}")
+        assert err < 1e-4
     for mode, dtype, matmul, bound in (("tf32", torch.float32, "tf32", 1e-2), ("bfloat16", torch.bfloat16,
                                                                               "bfloat16", 1e-1)):
         set_matmul_precision(mode)
         m.to(dtype)
         record = precision_record(m, mode)
-        assert (record["weights_dtype"], record["matmul"]) == (str(dtype)[6:], matmul), record
+        assert record["weights_dtype"] == str(dtype)[6:] and (device == "cpu" or record["matmul"] == matmul), record
         err = np.abs(attribute_ids(m, ids, 25, 16, 0) - ref).max() / np.abs(ref).max()
-        print(f"{cls.__name__} {mode}: {record['matmul']} matmuls, max relative difference {err:.2e}")
-        assert err < bound
+        forward = np.abs(attribute_ids_forward(m, ids, 25) - ref).max() / np.abs(ref).max()
+        print(f"{cls.__name__} {mode}: {record['matmul']} matmuls, max relative difference {err:.2e}, "
+              f"forward mode {forward:.2e}")
+        assert err < bound and forward < bound
     set_matmul_precision("float32")
 PY
 # 2. the LLaMA-7B-shaped benchmark (random weights built on the GPU)
 python bench/gpu_bench.py "$@"
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi

@@ -130,6 +130,7 @@ def test_provenance_ignores_speed_settings_other_models_and_key_order(config):
     before = dag.attribution_provenance(config, ["tuned"])
     config["attribution"]["chunk_size"] = 4  # speed only
     config["attribution"]["backward_batch"] = 8  # speed only
+    config["attribution"]["autodiff"] = "forward"  # speed only
     config["models"]["base"]["precision"] = "bfloat16"  # not a member
     config["models"]["tuned"] = dict(reversed(list(config["models"]["tuned"].items())))
     assert dag.attribution_provenance(config, ["tuned"]) == before

@@ -127,6 +127,24 @@ def test_shards_of_one_arithmetic_on_different_devices_merge_and_the_merge_names
     assert merged.meta == {"model": "m", "precision": "float32", "device": "cpu, cuda:0"}
 
 
+def test_shards_attributed_by_other_autodiff_routes_merge_and_the_merge_counts_their_samples(tmp_path):
+    """Forward and reverse mode compute the same matrices (to float precision): a shard of each merges,
+    and the merged header says how many samples took each route; the arithmetic must still agree."""
+    paths = [tmp_path / f"shard-{i}.npz" for i in range(3)]
+    metas = [{"autodiff": "auto", "autodiff_samples": {"forward": 14, "reverse": 2}},
+             {"autodiff": "reverse", "autodiff_samples": {"reverse": 16}},
+             {"autodiff": "auto", "autodiff_samples": {"reverse": 3}, "forward_failed": "NotImplementedError: x"}]
+    for path, sample, meta in zip(paths, "abc", metas):
+        save_shard(Shard([one(sample)], {"model": "m", "precision": "float32", **meta}), path)
+    merged = merge_shards(paths, tmp_path / "merged.npz")
+    assert load_shard(tmp_path / "merged.npz").meta == merged.meta == {
+        "model": "m", "precision": "float32", "autodiff": "auto, reverse",
+        "autodiff_samples": {"forward": 14, "reverse": 21}, "forward_failed": "NotImplementedError: x"}
+    save_shard(Shard([one("c")], {"model": "m", "precision": "bfloat16", **metas[2]}), paths[2])
+    with pytest.raises(ValueError, match="rerun the older shards"):
+        merge_shards(paths, tmp_path / "merged.npz")
+
+
 def test_merge_rejects_a_sample_in_two_shards_naming_both_files(tmp_path):
     first, second = tmp_path / "shard-0.npz", tmp_path / "shard-1.npz"
     save_shard(Shard([one("a"), one("b")]), first)

@@ -118,6 +118,31 @@ def load_header(path: str | Path) -> dict:
     return header
 
 
+# Where and by which route a shard ran, not what it computed (to float precision): shards that differ
+# here merge, and the merged header says all of them.
+PLACEMENT = ("device", "autodiff", "autodiff_samples", "forward_failed")
+
+
+def arithmetic(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k not in PLACEMENT}
+
+
+def merged_placement(metas: list[dict]) -> dict:
+    """Devices, autodiff modes asked for and failures joined; samples per autodiff mode summed."""
+    out: dict = {}
+    for key in ("device", "autodiff", "forward_failed"):
+        values = sorted({m[key] for m in metas if key in m})
+        if values:
+            out[key] = ", ".join(values)
+    counts: dict[str, int] = {}
+    for m in metas:
+        for mode, count in m.get("autodiff_samples", {}).items():
+            counts[mode] = counts.get(mode, 0) + count
+    if counts:
+        out["autodiff_samples"] = dict(sorted(counts.items()))
+    return out
+
+
 def merge_shards(paths: list[str | Path], output: str | Path) -> Shard:
     """Concatenate shards of one model; the same sample id twice is an error, not a silent overwrite."""
     shards = [load_shard(p, discard_corrupt=True) for p in paths]
@@ -127,16 +152,11 @@ def merge_shards(paths: list[str | Path], output: str | Path) -> Shard:
             if sample.id in seen:
                 raise ValueError(f"sample {sample.id} is in both {seen[sample.id]} and {path}")
             seen[sample.id] = str(path)
-    def arithmetic(meta: dict) -> dict:  # where a shard ran (a GPU, or the CPU) is not how it computed
-        return {k: v for k, v in meta.items() if k != "device"}
-
     meta = dict(shards[0].meta) if shards else {}
     for path, shard in zip(paths[1:], shards[1:]):  # a table over mixed arithmetic would say only the first's
         if arithmetic(shard.meta) != arithmetic(meta):
             raise ValueError(f"{path} was made with {shard.meta}, {paths[0]} with {meta}: rerun the older shards")
-    devices = sorted({s.meta["device"] for s in shards if "device" in s.meta})
-    if devices:
-        meta["device"] = ", ".join(devices)
+    meta.update(merged_placement([s.meta for s in shards]))
     merged = Shard([x for s in shards for x in s.samples], meta)
     save_shard(merged, output)
     return merged
