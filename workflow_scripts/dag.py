@@ -125,7 +125,8 @@ def attribution_precision(config: dict, model: str) -> str:
 
 
 def attribution_inputs(config: dict, model: str) -> dict:
-    """Everything that decides a model's attributions (chunk_size trades speed only: not in it)."""
+    """Everything that decides a model's attributions (chunk_size, backward_batch and autodiff trade speed
+    only: not in it)."""
     settings = model_config(config, model)
     record = {"model": model, "source": attribution_source(config, model), "dataset": dataset_digest(config)}
     if record["source"] == "released":
