@@ -104,21 +104,42 @@ def auto_backward_batch(config, sequence: int, element_bytes: int, free_bytes: i
     return max(1, min(limit, int(free_bytes * 0.5 // per_cotangent)))
 
 
-def _backward_batch(model, sequence: int, tokens: int, forced: int) -> int:
-    """`forced` when set; else from the free memory on CUDA (the least free of the visible GPUs);
-    else 1: on a CPU the free memory is not a budget this job owns (a forced batch of 8 was 1.3x
-    faster on SmolLM2, docs/benchmarks.md)."""
+def _batch_size(model, sequence: int, count: int, forced: int, cpu: int) -> int:
+    """Items (response tokens' cotangents, prompt tokens' tangents) per batched pass: `forced` when
+    set; else from the free memory on CUDA (the least free of the visible GPUs, `auto_backward_batch`:
+    a tangent holds about what a cotangent holds); else `cpu`: on a CPU the free memory is not a
+    budget this job owns (docs/benchmarks.md)."""
     if forced:
-        return min(forced, tokens)
+        return min(forced, count)
     if model.device.type != "cuda":
-        return 1
+        return min(cpu, count)
     free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
     element = next(model.parameters()).element_size()
-    return auto_backward_batch(model.config, sequence, element, free, tokens)
+    return auto_backward_batch(model.config, sequence, element, free, count)
 
 
 def _is_out_of_memory(error: RuntimeError) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+
+
+def _in_batches(count: int, batch: int, run, what: str):
+    """run(k, size) over consecutive slices of `count` items, `batch` at a time, each result yielded in
+        order; an out-of-memory error halves the batch, down to one item at a time (`what`: the pass,
+    with {} for its size, for the warning)."""
+    k = 0
+    while k < count:
+        size = min(batch, count - k)
+        try:
+            out = run(k, size)
+        except RuntimeError as error:
+            if size == 1 or not _is_out_of_memory(error):
+                raise
+            batch = size // 2
+            log.warning("out of memory in a %s: retrying %d at a time", what.format(size), batch)
+            torch.cuda.empty_cache()
+            continue
+        yield out
+        k += size
 
 
 def _body_gradients(hidden: torch.Tensor, prefix: torch.Tensor, positions: torch.Tensor, cotangents: torch.Tensor,
@@ -126,26 +147,17 @@ def _body_gradients(hidden: torch.Tensor, prefix: torch.Tensor, positions: torch
     """d objective_k / d prefix for each k in order, `batch` objectives per backward pass (stacked
     cotangents through `is_grads_batched`), yielded as (batch, T, d) tensors; an out-of-memory error
     halves the batch, down to one at a time (the per-token path)."""
-    k = 0
-    while k < len(positions):
-        size = min(batch, len(positions) - k)
-        try:
-            if size == 1:
-                (grad,) = torch.autograd.grad(hidden[positions[k]], prefix, cotangents[k], retain_graph=True)
-                grad = grad[None]
-            else:
-                stacked = hidden.new_zeros((size, *hidden.shape))
-                stacked[torch.arange(size), positions[k : k + size]] = cotangents[k : k + size]
-                (grad,) = torch.autograd.grad(hidden, prefix, stacked, retain_graph=True, is_grads_batched=True)
-        except RuntimeError as error:
-            if size == 1 or not _is_out_of_memory(error):
-                raise
-            batch = size // 2
-            log.warning("out of memory in a backward of %d response tokens: retrying %d at a time", size, batch)
-            torch.cuda.empty_cache()
-            continue
-        yield grad
-        k += size
+
+    def backward(k: int, size: int) -> torch.Tensor:
+        if size == 1:
+            (grad,) = torch.autograd.grad(hidden[positions[k]], prefix, cotangents[k], retain_graph=True)
+            return grad[None]
+        stacked = hidden.new_zeros((size, *hidden.shape))
+        stacked[torch.arange(size), positions[k : k + size]] = cotangents[k : k + size]
+        (grad,) = torch.autograd.grad(hidden, prefix, stacked, retain_graph=True, is_grads_batched=True)
+        return grad
+
+    yield from _in_batches(len(positions), batch, backward, "backward of {} response tokens")
 
 
 def attribute_ids(
@@ -173,7 +185,7 @@ def attribute_ids(
         hidden = model.base_model(inputs_embeds=prefix.unsqueeze(0)).last_hidden_state[0]
         positions = torch.arange(n_prompt - 1 + start, n_prompt - 1 + stop, device=hidden.device)
         cotangents = _head_cotangents(model, hidden[positions], input_ids[n_prompt + start : n_prompt + stop])
-        batch = _backward_batch(model, prefix.shape[0], len(positions), backward_batch)
+        batch = _batch_size(model, prefix.shape[0], len(positions), backward_batch, cpu=1)
         for grads in _body_gradients(hidden, prefix, positions, cotangents.to(hidden.dtype), batch):
             columns.append((grads[:, :n_prompt].float() * prompt_embeddings).sum(-1).T)
         del hidden  # frees the retained graph before the next chunk's forward
@@ -195,27 +207,19 @@ def autodiff_summary(samples: dict) -> str:
     return ", ".join(f"{mode} {count}" for mode, count in samples.items()) or "no sample"
 
 
+def check_autodiff(autodiff: str) -> None:
+    if autodiff not in AUTODIFF:
+        raise ValueError(f"unknown autodiff {autodiff!r} (known: {', '.join(AUTODIFF)})")
+
+
 def choose_autodiff(autodiff: str, rows: int, n_prompt: int, m: int) -> str:
     """`auto`: the mode that traverses fewer positions (each pass costs about one forward pass of its
     positions; forward mode's tangents were 2.7-3.1x faster than reverse mode's passes on a CPU where
     this count said 2.1x, so the count leans towards reverse)."""
-    if autodiff not in AUTODIFF:
-        raise ValueError(f"unknown autodiff {autodiff!r} (known: {', '.join(AUTODIFF)})")
+    check_autodiff(autodiff)
     if autodiff != "auto":
         return autodiff
     return "forward" if forward_positions(rows, n_prompt, m) < reverse_positions(n_prompt, m) else "reverse"
-
-
-def _forward_batch(model, sequence: int, rows: int, forced: int) -> int:
-    """`forced` when set; else from the free memory on CUDA (a tangent holds about what a batched
-    backward's cotangent holds, `auto_backward_batch`); else `FORWARD_BATCH_CPU`."""
-    if forced:
-        return min(forced, rows)
-    if model.device.type != "cuda":
-        return min(FORWARD_BATCH_CPU, rows)
-    free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-    element = next(model.parameters()).element_size()
-    return auto_backward_batch(model.config, sequence, element, free, rows)
 
 
 def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=None, batch: int = 0) -> np.ndarray:
@@ -245,24 +249,16 @@ def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=No
     with torch.no_grad():
         hidden = body(embeddings)
     cotangents = _head_cotangents(model, hidden, input_ids[n_prompt:])
-    batch = _forward_batch(model, embeddings.shape[0], len(rows), batch)
-    out, k = [], 0
-    while k < len(rows):
-        size = min(batch, len(rows) - k)
+
+    def forward(k: int, size: int) -> torch.Tensor:
         tangents = embeddings.new_zeros((size, *embeddings.shape))
         tangents[torch.arange(size, device=rows.device), rows[k : k + size]] = embeddings[rows[k : k + size]]
-        try:
-            with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-                dh = torch.func.vmap(tangent_out)(tangents)
-        except RuntimeError as error:
-            if size == 1 or not _is_out_of_memory(error):
-                raise
-            batch = size // 2
-            log.warning("out of memory in a forward pass of %d tangents: retrying %d at a time", size, batch)
-            torch.cuda.empty_cache()
-            continue
-        out.append((dh.float() * cotangents).sum(-1))
-        k += size
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            dh = torch.func.vmap(tangent_out)(tangents)
+        return (dh.float() * cotangents).sum(-1)
+
+    batch = _batch_size(model, embeddings.shape[0], len(rows), batch, cpu=FORWARD_BATCH_CPU)
+    out = list(_in_batches(len(rows), batch, forward, "forward pass of {} tangents"))
     return torch.cat(out).cpu().numpy().astype(np.float32)
 
 
@@ -282,7 +278,7 @@ class Attributor:
     forward_failed: str = ""
 
     def __post_init__(self):
-        choose_autodiff(self.autodiff, 0, 1, 0)  # refuses an unknown mode before any sample
+        check_autodiff(self.autodiff)  # before any sample
 
     def matrix(self, input_ids: torch.Tensor, n_prompt: int, rows: np.ndarray) -> np.ndarray:
         m = input_ids.numel() - n_prompt
