@@ -26,7 +26,9 @@ no model weights, no GloVe package. In one run, on one card:
    samples x 2 models attributed, 2 x 32 attention and FFN layer jobs, annotation of 5 seeds),
    from the times above and two stated assumptions (model load per shard, seconds per annotation
    request), which the table labels as such.
-Prints Markdown tables and optionally writes the results as JSON for docs/benchmarks.md. About
+Prints Markdown tables and optionally writes the results as JSON for docs/benchmarks.md (--output:
+rewritten after every measurement, `"complete": false` until the end, so that a run stopped by a
+time limit or an error keeps what it measured). About
 4-5 minutes on an H100 (an estimate from the 4-layer H200 run in docs/benchmarks.md; the
 per-token loop is capped by --reference-budget).
 """
@@ -167,9 +169,11 @@ def cells_equal(a: np.ndarray, b: np.ndarray) -> float:
     return float((bin_attributions(a) == bin_attributions(b)).mean())
 
 
-def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> dict:
+def benchmark_attribution(model, shape: Shape, args, device: torch.device, results: dict, save) -> None:
     """The per-token loop (float32), then `attribute_ids` per-token and batched, per precision mode,
-    forward mode on the same sample, and `auto` on a sample of the paper's mean shape."""
+    forward mode on the same sample, and `auto` on a sample of the paper's mean shape, into
+    `results` (the run's `attribution` entry); `save()` after each measurement, so that a run cut
+    short (a time limit, an out-of-memory error) keeps what it measured."""
     from workflow_scripts.attribution import (
         PRECISIONS,
         Attributor,
@@ -195,16 +199,20 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
     slow, t_slow, peak_slow = timed(device, reference_tail, model, ids, shape.prompt, tokens)
     t_slow_all = t_slow * m / tokens
     scale = np.abs(slow).max()
-    results = {"chunk_size": args.chunk_size, "backward_batch": args.backward_batch,
-               "forward_batch": args.forward_batch,
-               "reference_seconds": t_slow_all, "reference_peak_gpu_gib": peak_slow,
-               "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m, "max_abs_value": float(scale)}
+    results.update({"chunk_size": args.chunk_size, "backward_batch": args.backward_batch,
+                    "forward_batch": args.forward_batch,
+                    "reference_seconds": t_slow_all, "reference_peak_gpu_gib": peak_slow,
+                    "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m,
+                    "max_abs_value": float(scale)})
+    save()
     per_token_body, t_body, peak_body = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size, 1)
     results["float32_per_token_backward"] = {
         "seconds": t_body, "peak_gpu_gib": peak_body,
         "max_relative_difference": float(np.abs(per_token_body[:, m - tokens:] - slow).max() / scale)}
     print(f"attribute_ids float32, one backward per token: {t_body:.2f} s")
-    modes, reference = {}, per_token_body
+    results["modes"] = modes = {}
+    save()
+    reference = per_token_body
     paper_ids = ids[shape.prompt - shape.paper_prompt :]  # the same response after a shorter prompt
     paper_reference = None
     for mode in args.precisions.split(","):
@@ -217,6 +225,7 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
                        "cells_equal": cells_equal(reference, fast)}
         print(f"attribute_ids {mode}, backward batch {args.backward_batch or 'auto'}: {seconds:.2f} s, "
               f"{modes[mode]['cells_equal']:.2%} of binned cells equal to float32's")
+        save()
         forward, seconds, peak = timed(device, attribute_ids_forward, model, ids, shape.prompt, None,
                                        args.forward_batch)
         modes[mode]["forward"] = {
@@ -225,6 +234,7 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
             "cells_equal": cells_equal(reference, forward)}
         print(f"attribute_ids_forward {mode}: {seconds:.2f} s, {modes[mode]['forward']['cells_equal']:.2%} "
               "of binned cells equal to float32's")
+        save()
         attributor = Attributor(model, args.chunk_size, args.backward_batch, "auto", args.forward_batch)
         rows = np.arange(shape.paper_prompt)
         paper, seconds, peak = timed(device, attributor.matrix, paper_ids, shape.paper_prompt, rows)
@@ -235,9 +245,8 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device) -> di
             "cells_equal_to_first_mode": cells_equal(paper_reference, paper)}
         print(f"auto on the paper's mean shape ({shape.paper_prompt} + {shape.response}), {mode}: {seconds:.2f} s "
               f"({modes[mode]['paper_shape_auto']['autodiff_samples']})")
+        save()
     set_matmul_precision("float32")
-    results["modes"] = modes
-    return results
 
 
 def projection(r: dict, args) -> dict:
@@ -359,6 +368,13 @@ def benchmark_layer_jobs(files: dict, workdir: Path) -> dict:
     return results
 
 
+def write_json(path: Path, results: dict) -> None:
+    """Replace `path` whole (temp file + rename): a run killed while writing leaves the last copy."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(results, indent=1) + "\n")
+    partial.replace(path)
+
+
 def gib(value, note: str = "") -> str:
     return "n/a" if value is None else f"{value:.1f} GiB{note}"
 
@@ -435,7 +451,7 @@ def parse_args(argv=None):
                              "(default: all if the estimate fits --reference-budget)")
     parser.add_argument("--reference-budget", type=float, default=60.0,
                         help="seconds the per-token loop may take (default 60; it is extrapolated beyond)")
-    parser.add_argument("--output", help="also write the results as JSON here")
+    parser.add_argument("--output", help="also write the results as JSON here (after every measurement)")
     parser.add_argument("--workdir", help="keep the checkpoint, word files and job logs here (default: a temp dir)")
     parser.add_argument("--skip-layer-jobs", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and check the config; no GPU needed")
@@ -480,7 +496,13 @@ def main(argv=None):
         "sample": {"prompt": shape.prompt, "response": shape.response, "paper_prompt": shape.paper_prompt},
     }
     print(f"model built in {results['init_seconds']:.1f} s on {results['card']}")
-    results["attribution"] = benchmark_attribution(model, shape, args, device)
+
+    def save() -> None:  # after every measurement: a run cut short keeps what it measured
+        if args.output:
+            write_json(Path(args.output), {**results, "complete": False})
+
+    results["attribution"] = {}
+    benchmark_attribution(model, shape, args, device, results["attribution"], save)
     if not args.skip_layer_jobs:
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-bench-"))
         workdir.mkdir(parents=True, exist_ok=True)
@@ -490,6 +512,7 @@ def main(argv=None):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             results["layer_jobs"] = benchmark_layer_jobs(files, workdir)
+            save()
         finally:
             if not args.workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -497,7 +520,7 @@ def main(argv=None):
     results["projection"] = projection(results, args)
     print(markdown(results))
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+        write_json(Path(args.output), {**results, "complete": True})
         print(f"results -> {args.output}")
 
 

@@ -1,7 +1,10 @@
 """The benchmark scripts are not run by the tests (they take minutes to hours), but they must still
-start: a renamed module once left `bench/attribution_precision.py` failing at its first import."""
+start: a renamed module once left `bench/attribution_precision.py` failing at its first import. The
+GPU check, which a session lent a GPU for a few minutes runs once, also runs whole in its CPU smoke mode."""
 import ast
 import importlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +44,36 @@ def test_every_benchmark_starts(script):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
+
+
+def run_gpu_bench(tmp_path, *arguments, script="bench/gpu_bench.py", env=None):
+    command = ["bash", script] if script.endswith(".sh") else [sys.executable, script]
+    return subprocess.run([*command, "--allow-cpu", "--small", "--output", str(tmp_path / "gpu.json"), *arguments],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
+    """The one script a GPU session runs (device time is minutes): its CPU smoke mode takes every
+    path, including the equality checks and the layer jobs, and writes the whole result."""
+    result = run_gpu_bench(tmp_path, script="bench/gpu_check.sh", env={"GPU_CHECK_ALLOW_CPU": "1"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    assert results["complete"] is True
+    modes = results["attribution"]["modes"]
+    assert list(modes) == ["float32", "tf32", "bfloat16"]
+    assert modes["float32"]["cells_equal"] == 1.0 and modes["float32"]["forward"]["max_relative_difference"] < 1e-4
+    assert results["layer_jobs"]["attention"]["rows"] > 0 and results["layer_jobs"]["ffn"]["rows"] > 0
+    assert "| **total with attribution by this project, bfloat16, forward mode** |" in result.stdout
+
+
+def test_a_gpu_bench_stopped_midway_keeps_what_it_measured(tmp_path):
+    """Device time is short: a run cut off (here by an unknown mode after float32) must leave the
+    measurements it made in --output, marked incomplete, not nothing."""
+    result = run_gpu_bench(tmp_path, "--precisions", "float32,no-such-mode", "--skip-layer-jobs")
+    assert result.returncode != 0
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    assert results["complete"] is False
+    assert list(results["attribution"]["modes"]) == ["float32"]
+    assert results["attribution"]["modes"]["float32"]["paper_shape_auto"]["seconds"] > 0
+    assert not (tmp_path / "gpu.json.partial").exists()
