@@ -18,14 +18,17 @@ no model weights, no GloVe package. In one run, on one card:
    --forward-batch, 0: from free memory) on the same sample, and the workflow's `auto` choice on a
    sample of the paper's mean shape (51 prompt + 300 response tokens: the released attributions'
    prompts average 50.9 tokens with BOS, their responses 294 for LLaMA-7B and 197 for Vicuna-7B);
-2. one attention and one FFN layer job (layer 0), through the modules' `main` as the rules run
-   them, in child processes, on a checkpoint holding the model's own tensors a layer-0 job reads
-   (float16, as LLaMA ships), a BPE tokenizer trained on a random vocabulary of 26,000 words (the
-   paper's vocabulary size) and random clustered word vectors in GloVe text format.
+2. in child processes: an attribution job's model load (`load_model`, straight onto the GPU) of
+   checkpoints of the model's first 1 and 4 layers, fitted to the whole model (a fixed cost and a cost
+   per parameter); then one
+   attention and one FFN layer job (layer 0), through the modules' `main` as the rules run them, on a
+   checkpoint holding the model's own tensors a layer-0 job reads (float16, as LLaMA ships), a BPE
+   tokenizer trained on a random vocabulary of 26,000 words (the paper's vocabulary size) and random
+   clustered word vectors in GloVe text format.
 3. the projected wall time of the paper's workflow on one such GPU, component by component (632
    samples x 2 models attributed, 2 x 32 attention and FFN layer jobs, annotation of 5 seeds),
-   from the times above and two stated assumptions (model load per shard, seconds per annotation
-   request), which the table labels as such.
+   from the times above and one stated assumption (seconds per annotation request; the model load too
+   with --skip-layer-jobs or --load-seconds), which the table labels as such.
 Prints Markdown tables and optionally writes the results as JSON for docs/benchmarks.md (--output:
 rewritten after every measurement, `"complete": false` until the end, so that a run stopped by a
 time limit or an error keeps what it measured). About
@@ -61,16 +64,39 @@ LAYER_TENSORS = (  # what a layer-0 attention job (embeddings, q, k, norm) and F
     "model.layers.0.self_attn.k_proj.weight", "model.layers.0.input_layernorm.weight",
     "model.layers.0.mlp.down_proj.weight",
 )
-# A layer job: the module's `main` (the rules run `python -m MODULE layer ...`), then its peak memory. The
-# host peak is VmHWM, this process's own: a spawned child's ru_maxrss also counts the parent's peak.
-CHILD = """
-import importlib, sys, torch
-importlib.import_module(sys.argv[1]).main(sys.argv[2:])
+# A child's peak memory, printed last. The host peak is VmHWM, the process's own: a spawned child's
+# ru_maxrss also counts the parent's peak.
+PEAKS = """
 with open("/proc/self/status") as status:
     print("peak_host_kib", status.read().split("VmHWM:")[1].split()[0], file=sys.stderr)
 if torch.cuda.is_available():
     print("peak_gpu_bytes", torch.cuda.max_memory_allocated(), file=sys.stderr)
 """
+# A layer job: the module's `main`, as the rules run `python -m MODULE layer ...`.
+LAYER_CHILD = """
+import importlib, sys, torch
+importlib.import_module(sys.argv[1]).main(sys.argv[2:])
+""" + PEAKS
+# An attribution job's model load: `load_model` in float32 (the default mode) of each checkpoint, after
+# an untimed load of the first: the imports and the CUDA start-up are paid once per job, whatever the
+# model's size (bench/job_startup.py).
+LOAD_CHILD = """
+import sys, time, torch
+from workflow_scripts.attribution import load_model
+def load(path):
+    start = time.perf_counter()
+    model, _ = load_model(path, "float32")
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return model, time.perf_counter() - start
+load(sys.argv[1])
+for path in sys.argv[1:]:
+    model, seconds = load(path)
+    print("load_seconds", seconds, "on", next(model.parameters()).device, file=sys.stderr)
+    del model
+""" + PEAKS
+DEFAULT_LOAD_SECONDS = 30.0  # a 7B model per shard when the load was not measured (--skip-layer-jobs)
+LOAD_LAYERS = (1, 4)  # checkpoints of the first 1 and 4 layers: two loads give a fixed and a per-parameter cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +152,8 @@ def print_plan(args, shape: Shape) -> None:
           f"auto on {shape.paper_prompt} + {shape.response} tokens (the paper's mean shape)")
     print(f"  layer jobs: checkpoint of {checkpoint:.2f} GiB (float16): "
           + ", ".join(f"{name} {tuple(tensors[name].shape)}" for name in LAYER_TENSORS))
+    layers = " and ".join(str(min(n, shape.layers)) for n in LOAD_LAYERS)
+    print(f"  model load: load_model of checkpoints of the first {layers} layers (float16), fitted to {shape.layers}")
     print(f"  vocabulary: {shape.words} random words, BPE tokenizer of {shape.vocab} tokens, 50-d random GloVe text")
     print("  jobs: python -m workflow_scripts.attention layer ... --word-vectors-kind glove-text; "
           "python -m workflow_scripts.ffn layer ...")
@@ -255,14 +283,16 @@ def projection(r: dict, args) -> dict:
     Attribution: 632 samples x 2 models at this sample's time (200 + 300 tokens: the paper's
     responses are at most 300 tokens, so this errs long), and at the time of the paper's mean shape
     (51 + 300: the mean prompt, and responses as long as LLaMA-7B's, longer than Vicuna-7B's); model
-    loads: one per shard of 16 (--load-seconds, assumed); layer jobs: 2 x 32 of each kind at the
-    measured wall time; annotation: at most 5 seeds x 2 models x 32 layers x 300 components x 3 steps
-    requests at --annotation-seconds-per-request (assumed: it depends on the server, not on this code)."""
+    loads: one per shard of 16, at the measured `load_model` time fitted to the whole model (from the
+    page cache: a cold disk or a network file system is slower), or --load-seconds; layer jobs: 2 x 32
+    of each kind at the measured wall time; annotation: at most 5 seeds x 2 models x 32 layers x 300
+    components x 3 steps requests at --annotation-seconds-per-request (assumed: it depends on the
+    server, not on this code)."""
     jobs = r.get("layer_jobs")
     shards = -(-PAPER["samples"] // PAPER["shard_size"]) * PAPER["models"]
     requests = PAPER["seeds"] * PAPER["models"] * PAPER["layers"] * PAPER["components"] * PAPER["steps"]
     fixed = {
-        "model loads (assumed)": shards * args.load_seconds,
+        **load_projection(r.get("model_load"), shards, args.load_seconds),
         "attention layer jobs": None if jobs is None else PAPER["models"] * PAPER["layers"] * jobs["attention"][
             "wall_seconds"],
         "FFN layer jobs": None if jobs is None else PAPER["models"] * PAPER["layers"] * jobs["ffn"]["wall_seconds"],
@@ -282,6 +312,14 @@ def projection(r: dict, args) -> dict:
     known = sum(v for v in fixed.values() if v is not None)
     return {"shards": shards, "annotation_requests": requests, "fixed_seconds": fixed,
             "attribution_seconds": attribution, "total_hours": {k: (v + known) / 3600 for k, v in attribution.items()}}
+
+
+def load_projection(load: dict | None, shards: int, load_seconds: float | None) -> dict:
+    """{label: seconds} of the shards' model loads: --load-seconds when given, else the measured load."""
+    if load_seconds is None and load is not None:
+        return {f"model loads (measured: checkpoints of up to {load['layers']} layers from the page cache, "
+                "fitted to the whole model)": shards * load["scaled_seconds"]}
+    return {"model loads (assumed)": shards * (DEFAULT_LOAD_SECONDS if load_seconds is None else load_seconds)}
 
 
 def random_words(count: int, rng: np.random.Generator) -> list[str]:
@@ -323,34 +361,89 @@ def write_checkpoint(model, words: list[str], directory: Path) -> float:
     return (directory / "model.safetensors").stat().st_size / 2**30
 
 
-def run_layer_job(module: str, arguments: list[str], log: Path, output: Path) -> dict:
-    """One layer job in a child process: wall time, the job's own time (its log), peak host and GPU memory."""
+def run_child(code: str, arguments: list[str], log: Path, what: str) -> tuple[float, str, dict]:
+    """`code` in a child process (the project importable, its output in `log`): wall seconds, the
+    log's text and the child's peak host and GPU memory (`PEAKS`); stops the benchmark if it fails."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     with open(log, "w") as handle:
-        code = subprocess.call([sys.executable, "-c", CHILD, module, *arguments, "--output", str(output)],
-                               cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        code = subprocess.call([sys.executable, "-c", code, *arguments], cwd=REPO, env=env, stdout=handle,
+                               stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     text = log.read_text()
     if code:
-        raise SystemExit(f"{module} layer job failed ({code}):\n{text[-3000:]}")
-    job = re.search(r" in ([\d.]+) s -> ", text)
+        raise SystemExit(f"{what} failed ({code}):\n{text[-3000:]}")
     host = re.search(r"peak_host_kib (\d+)", text)
     gpu = re.search(r"peak_gpu_bytes (\d+)", text)
-    return {"wall_seconds": wall, "job_seconds": float(job.group(1)) if job else None,
-            "peak_host_gib": int(host.group(1)) / 2**20 if host else None,
-            "peak_gpu_gib": int(gpu.group(1)) / 2**30 if gpu else None, "rows": output.read_text().count("\n") - 1}
+    return wall, text, {"peak_host_gib": int(host.group(1)) / 2**20 if host else None,
+                        "peak_gpu_gib": int(gpu.group(1)) / 2**30 if gpu else None}
+
+
+def run_layer_job(module: str, arguments: list[str], log: Path, output: Path) -> dict:
+    """One layer job in a child process: wall time, the job's own time (its log), peak host and GPU memory."""
+    wall, text, peaks = run_child(LAYER_CHILD, [module, *arguments, "--output", str(output)], log,
+                                  f"{module} layer job")
+    job = re.search(r" in ([\d.]+) s -> ", text)
+    return {"wall_seconds": wall, "job_seconds": float(job.group(1)) if job else None, **peaks,
+            "rows": output.read_text().count("\n") - 1}
+
+
+def benchmark_model_load(files: dict, workdir: Path, device: torch.device) -> dict:
+    """An attribution job's `load_model` of checkpoints of the first layers, in a child process, and the
+    whole model's load from them: a fixed cost plus a cost per parameter, fitted to the two loads. On
+    a GPU the weights must arrive there (loaded through a device map, `attribution.load_kwargs`)."""
+    checkpoints = files["load"]
+    wall, text, peaks = run_child(LOAD_CHILD, [str(c["model_dir"]) for c in checkpoints], workdir / "load.log",
+                                  "load_model")
+    loads = re.findall(r"load_seconds ([\d.e+-]+) on (\S+)", text)
+    wrong = [placed for _, placed in loads if placed.split(":")[0] != device.type]
+    if len(loads) != len(checkpoints) or wrong:
+        raise SystemExit(f"load_model did not load every checkpoint onto the {device.type}:\n{text[-3000:]}")
+    (small, t_small), (large, t_large) = ((c["params"], float(seconds)) for c, (seconds, _) in zip(checkpoints, loads))
+    per_param = max(0.0, (t_large - t_small) / (large - small)) if large > small else t_large / large
+    fixed = max(0.0, t_large - per_param * large)
+    results = {"checkpoints": [{k: c[k] for k in ("layers", "params", "checkpoint_gib")} | {"seconds": float(t)}
+                               for c, (t, _) in zip(checkpoints, loads)],
+               "layers": checkpoints[-1]["layers"], "device": loads[-1][1], "fixed_seconds": fixed,
+               "seconds_per_billion_params": per_param * 1e9, "scaled_seconds": fixed + per_param * files["params"],
+               "wall_seconds": wall, **peaks}
+    timed = ", ".join(f"{c['layers']} layer(s) {c['seconds']:.2f} s" for c in results["checkpoints"])
+    print(f"load_model: {timed} on {results['device']}: {fixed:.1f} s + {per_param * 1e9:.1f} s per billion "
+          f"parameters, about {results['scaled_seconds']:.1f} s for the whole model; "
+          f"peak host {gib(results['peak_host_gib'])}")
+    return results
+
+
+def write_load_checkpoints(model, tokenizer_dir: Path, workdir: Path) -> list[dict]:
+    """Loadable checkpoints of the model's first `LOAD_LAYERS` layers (float16, the tokenizer of
+    `tokenizer_dir`): what `load_model` is timed on without writing all 13 GiB of a 7B model."""
+    checkpoints, state = [], model.state_dict()
+    for layers in sorted({min(n, model.config.num_hidden_layers) for n in LOAD_LAYERS}):
+        directory = workdir / f"load-check-{layers}"
+        directory.mkdir()
+        for file in tokenizer_dir.iterdir():
+            if file.name not in ("config.json", "model.safetensors"):
+                shutil.copy(file, directory / file.name)
+        (directory / "config.json").write_text(json.dumps(model.config.to_dict() | {"num_hidden_layers": layers}))
+        kept = {name: tensor.detach().half().cpu().contiguous() for name, tensor in state.items()
+                if not name.startswith("model.layers.") or int(name.split(".")[2]) < layers}
+        save_file(kept, directory / "model.safetensors")
+        checkpoints.append({"model_dir": directory, "layers": layers, "params": sum(t.numel() for t in kept.values()),
+                            "checkpoint_gib": (directory / "model.safetensors").stat().st_size / 2**30})
+    return checkpoints
 
 
 def prepare_layer_jobs(model, shape: Shape, workdir: Path) -> dict:
-    """The checkpoint and word files the layer jobs read, written while the model is at hand."""
+    """The checkpoints and word files the layer jobs and the load read, written while the model is at hand."""
     rng = np.random.default_rng(0)
     words = random_words(shape.words, rng)
     vocabulary, vectors = write_vocabulary_files(words, workdir, rng)
     size = write_checkpoint(model, words, workdir / "llama-shaped")
     return {"model_dir": workdir / "llama-shaped", "vocabulary": vocabulary, "vectors": vectors,
-            "checkpoint_gib": size, "words": len(words)}
+            "checkpoint_gib": size, "words": len(words),
+            "load": write_load_checkpoints(model, workdir / "llama-shaped", workdir),
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 def benchmark_layer_jobs(files: dict, workdir: Path) -> dict:
@@ -423,6 +516,15 @@ def markdown(r: dict) -> str:
         rows.append((f"{label} layer job (layer 0, {what}, {jobs['words']:,} words)",
                      f"wall {j['wall_seconds']:.1f} s{job}, peak GPU {gib(j['peak_gpu_gib'])}, "
                      + f"peak host {gib(j['peak_host_gib'])}, {j['rows']} rows"))
+    load = r.get("model_load")
+    if load is not None:
+        loads = ", ".join(f"first {c['layers']} layer(s) ({c['checkpoint_gib']:.2f} GiB float16) {c['seconds']:.2f} s"
+                          for c in load["checkpoints"])
+        rows.append(("attribution job's model load (`load_model`, float32, from the page cache)",
+                     f"{loads}, onto {load['device']}: {load['fixed_seconds']:.1f} s + "
+                     f"{load['seconds_per_billion_params']:.1f} s per billion parameters, about "
+                     f"{load['scaled_seconds']:.1f} s for the whole model; peak host {gib(load['peak_host_gib'])}, "
+                     f"peak GPU {gib(load['peak_gpu_gib'])}"))
     rows.append(("whole benchmark", f"{r['total_seconds']:.0f} s"))
     table = "\n".join(["| measurement | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
     p = r["projection"]
@@ -442,8 +544,9 @@ def parse_args(argv=None):
     parser.add_argument("--chunk-size", type=int, default=32, help="attribute_ids chunk size (0: all)")
     parser.add_argument("--backward-batch", type=int, default=0, help="response tokens per backward; 0: auto")
     parser.add_argument("--forward-batch", type=int, default=0, help="prompt tokens per forward-mode pass; 0: auto")
-    parser.add_argument("--load-seconds", type=float, default=30.0,
-                        help="projection: seconds to load a 7B model per shard (assumed, not measured here)")
+    parser.add_argument("--load-seconds", type=float,
+                        help="projection: seconds to load the model per shard (default: the measured load, "
+                             f"scaled to the whole model; {DEFAULT_LOAD_SECONDS:.0f} assumed with --skip-layer-jobs)")
     parser.add_argument("--annotation-seconds-per-request", type=float, default=0.01,
                         help="projection: seconds per annotation request at the server's concurrency (assumed)")
     parser.add_argument("--reference-tokens", type=int,
@@ -511,6 +614,8 @@ def main(argv=None):
             del model  # its memory goes back to the jobs' processes
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            results["model_load"] = benchmark_model_load(files, workdir, device)
+            save()
             results["layer_jobs"] = benchmark_layer_jobs(files, workdir)
             save()
         finally:

@@ -20,6 +20,7 @@ from workflow_scripts.attribution import (
     auto_backward_batch,
     choose_autodiff,
     generate_response,
+    load_kwargs,
     load_model,
     set_matmul_precision,
     tokenize_pair,
@@ -369,6 +370,16 @@ def test_bfloat16_agrees_with_float32_within_a_loose_bound(precision_shards):
         assert np.abs(a.matrix - b.matrix).max() <= 0.1 * np.abs(a.matrix).max()
         assert (bin_attributions(a.matrix) == bin_attributions(b.matrix)).mean() >= 0.9
         assert np.corrcoef(a.matrix.ravel(), b.matrix.ravel())[0, 1] > 0.999
+
+
+def test_a_model_is_loaded_straight_onto_its_gpus():
+    """One GPU: a single-device map, so that transformers puts each tensor on the GPU as it loads it (the
+    whole float32 model in host memory first needed 27 GiB of the job's host memory for 7B); several:
+    spread by accelerate; a CPU: no map. (bench/gpu_bench.py loads a checkpoint this way on a GPU.)"""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert load_kwargs("float32", cuda, 1) == {"dtype": torch.float32, "device_map": {"": 0}}
+    assert load_kwargs("bfloat16", cuda, 2) == {"dtype": torch.bfloat16, "device_map": "auto"}
+    assert load_kwargs("tf32", cpu, 0) == {"dtype": torch.float32}
 
 
 def test_an_unknown_precision_is_refused_naming_the_known_ones(tiny_model_dir):

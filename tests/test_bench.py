@@ -64,6 +64,9 @@ def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
     assert list(modes) == ["float32", "tf32", "bfloat16"]
     assert modes["float32"]["cells_equal"] == 1.0 and modes["float32"]["forward"]["max_relative_difference"] < 1e-4
     assert results["layer_jobs"]["attention"]["rows"] > 0 and results["layer_jobs"]["ffn"]["rows"] > 0
+    load = results["model_load"]  # load_model timed on checkpoints of 1 and 2 layers, in a child process
+    assert [c["layers"] for c in load["checkpoints"]] == [1, 2] and load["device"] == "cpu"
+    assert load["checkpoints"][0]["params"] < load["checkpoints"][1]["params"] and load["scaled_seconds"] > 0
     assert "| **total with attribution by this project, bfloat16, forward mode** |" in result.stdout
 
 

@@ -412,21 +412,26 @@ def precision_record(model, precision: str) -> dict:
             "matmul": matmul, "accumulation": "float32 (output head, softmax, gradient x input sums)"}
 
 
+def load_kwargs(precision: str, device: torch.device, gpus: int) -> dict:
+    """`from_pretrained` arguments: the mode's weight dtype; on GPUs a device map, so that each tensor
+    is loaded straight onto its GPU (spread over the job's GPUs when it has several) rather than the
+    whole model first built in host memory (27 GiB for a 7B model in float32) and then copied over."""
+    kwargs = {"dtype": PRECISIONS[precision]}
+    if device.type == "cuda":
+        kwargs["device_map"] = "auto" if gpus > 1 else {"": 0}
+    return kwargs
+
+
 def load_model(path: str, precision: str = "float32"):
-    """A frozen causal LM in the mode's weight dtype and its tokenizer; spread over the job's GPUs
-    (those its lease made visible, or its SLURM allocation) when it has several."""
+    """A frozen causal LM in the mode's weight dtype and its tokenizer, on the job's GPUs (those its
+    lease made visible, or its SLURM allocation) or the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_precision(precision)
     check_model_path(path)
     device = pick_device()
     set_matmul_precision(precision)
-    kwargs = {"dtype": PRECISIONS[precision]}
-    if device.type == "cuda" and torch.cuda.device_count() > 1:
-        kwargs["device_map"] = "auto"
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if "device_map" not in kwargs:
-        model.to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(precision, device, torch.cuda.device_count()))
     model.eval().requires_grad_(False)
     return model, AutoTokenizer.from_pretrained(path)
 
