@@ -2,7 +2,9 @@
 # One short GPU check (about 5 minutes on an H100): equality of the GPU attribution (chunked, batched
 # backward passes, forward mode) with the per-token definition on tiny models and the arithmetic each
 # precision mode records, then bench/gpu_bench.py (LLaMA-7B shape: the per-token loop, every precision
-# mode in reverse and forward mode, one attention and one FFN layer job, the projected paper workflow).
+# mode in reverse and forward mode, an attribution job's model load, one attention and one FFN layer
+# job, the projected paper workflow). Give --output a path under the device's $OUT: it is rewritten
+# after every measurement, so a run cut off by the time limit still returns what it measured.
 # Arguments go to gpu_bench.py, e.g.
 #   bash bench/gpu_check.sh --output gpu_bench.json
 # Smoke test on a CPU (the same code paths, a tiny shape): GPU_CHECK_ALLOW_CPU=1 bash bench/gpu_check.sh --allow-cpu --small
