@@ -502,3 +502,41 @@ def test_a_forward_batch_that_runs_out_of_memory_is_halved(monkeypatch, caplog):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7 * np.abs(expected).max())
     assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2 and sum(sizes[2:]) == 15
     assert "retrying 4 at a time" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_both_modes_run_through_the_device_hooks_a_model_spread_over_gpus_has(kind):
+    """`device_map="auto"` over several GPUs wraps each block in accelerate's AlignDevicesHook, which
+    moves the block's inputs to its device: forward mode's batched dual tensors pass it as reverse
+    mode's do (here every block's device is the CPU; the hooks and their moves are the same code)."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    model = tiny_model(kind)
+    ids = torch.randint(3, 300, (24,), generator=torch.Generator().manual_seed(1))
+    reference = attribute_ids_reference(model, ids, n_prompt=15)
+    for block in (model.model.embed_tokens, *model.model.layers, model.model.norm, model.lm_head):
+        add_hook_to_module(block, AlignDevicesHook(execution_device="cpu", io_same_device=True))
+    assert all(hasattr(layer, "_hf_hook") for layer in model.model.layers)
+    for got in (attribute_ids_forward(model, ids, n_prompt=15, batch=4),
+                attribute_ids(model, ids, n_prompt=15, chunk_size=4, backward_batch=2)):
+        np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-6 * np.abs(reference).max())
+
+
+def test_a_model_with_a_layer_offloaded_to_disk_is_attributed_in_reverse_mode_under_auto(tmp_path):
+    """`device_map="auto"` offloads layers to disk when the GPUs and host memory are full; accelerate's
+    offload hook then reads data pointers, which forward mode's batched tensors do not have (accelerate
+    1.x). `auto` notices, goes reverse and says so; the matrix is the definition's either way."""
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "model")
+    ids = torch.randint(3, 300, (40,), generator=torch.Generator().manual_seed(3))
+    rows = np.arange(1, 5)
+    expected = attribute_ids_reference(model, ids, n_prompt=5)[rows]
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    offloaded = LlamaForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32, device_map=device_map,
+                                                 offload_folder=tmp_path / "offload").eval().requires_grad_(False)
+    auto = Attributor(offloaded, autodiff="auto")
+    got = auto.matrix(ids, 5, rows)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    record = auto.record()
+    assert record["autodiff_samples"] == {"reverse": 1} and "data pointer" in record["forward_failed"]
