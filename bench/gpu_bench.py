@@ -20,11 +20,10 @@ no model weights, no GloVe package. In one run, on one card:
    prompts average 50.9 tokens with BOS, their responses 294 for LLaMA-7B and 197 for Vicuna-7B);
 2. in child processes: an attribution job's model load (`load_model`, straight onto the GPU) of
    checkpoints of the model's first 1 and 4 layers, fitted to the whole model (a fixed cost and a cost
-   per parameter); then one
-   attention and one FFN layer job (layer 0), through the modules' `main` as the rules run them, on a
-   checkpoint holding the model's own tensors a layer-0 job reads (float16, as LLaMA ships), a BPE
-   tokenizer trained on a random vocabulary of 26,000 words (the paper's vocabulary size) and random
-   clustered word vectors in GloVe text format.
+   per parameter); then one attention and one FFN layer job (layer 0), through the modules' `main` as
+   the rules run them, on a checkpoint holding the model's own tensors a layer-0 job reads (float16,
+   as LLaMA ships), a BPE tokenizer trained on a random vocabulary of 26,000 words (the paper's
+   vocabulary size) and random clustered word vectors in GloVe text format.
 3. the projected wall time of the paper's workflow on one such GPU, component by component (632
    samples x 2 models attributed, 2 x 32 attention and FFN layer jobs, annotation of 5 seeds),
    from the times above and one stated assumption (seconds per annotation request; the model load too
@@ -368,12 +367,12 @@ def run_child(code: str, arguments: list[str], log: Path, what: str) -> tuple[fl
            "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     with open(log, "w") as handle:
-        code = subprocess.call([sys.executable, "-c", code, *arguments], cwd=REPO, env=env, stdout=handle,
-                               stderr=subprocess.STDOUT)
+        status = subprocess.call([sys.executable, "-c", code, *arguments], cwd=REPO, env=env, stdout=handle,
+                                 stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     text = log.read_text()
-    if code:
-        raise SystemExit(f"{what} failed ({code}):\n{text[-3000:]}")
+    if status:
+        raise SystemExit(f"{what} failed ({status}):\n{text[-3000:]}")
     host = re.search(r"peak_host_kib (\d+)", text)
     gpu = re.search(r"peak_gpu_bytes (\d+)", text)
     return wall, text, {"peak_host_gib": int(host.group(1)) / 2**20 if host else None,
@@ -546,7 +545,7 @@ def parse_args(argv=None):
     parser.add_argument("--forward-batch", type=int, default=0, help="prompt tokens per forward-mode pass; 0: auto")
     parser.add_argument("--load-seconds", type=float,
                         help="projection: seconds to load the model per shard (default: the measured load, "
-                             f"scaled to the whole model; {DEFAULT_LOAD_SECONDS:.0f} assumed with --skip-layer-jobs)")
+                             f"fitted to the whole model; {DEFAULT_LOAD_SECONDS:.0f} assumed with --skip-layer-jobs)")
     parser.add_argument("--annotation-seconds-per-request", type=float, default=0.01,
                         help="projection: seconds per annotation request at the server's concurrency (assumed)")
     parser.add_argument("--reference-tokens", type=int,
