@@ -522,17 +522,19 @@ def test_both_modes_run_through_the_device_hooks_a_model_spread_over_gpus_has(ki
         np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-6 * np.abs(reference).max())
 
 
-def test_a_model_with_a_layer_offloaded_to_disk_is_attributed_in_reverse_mode_under_auto(tmp_path):
-    """`device_map="auto"` offloads layers to disk when the GPUs and host memory are full; accelerate's
-    offload hook then reads data pointers, which forward mode's batched tensors do not have (accelerate
-    1.x). `auto` notices, goes reverse and says so; the matrix is the definition's either way."""
+def test_a_model_offloaded_to_disk_is_attributed_in_reverse_mode_under_auto(tmp_path):
+    """`device_map="auto"` offloads the last modules (the output head first) to host memory, then to
+    disk, when the GPUs are full: their weights stay on the meta device until accelerate's hook loads
+    them for a forward call, and the head's gradients, taken from its weight outside a forward call,
+    must load them too. The offload hook reads data pointers, which forward mode's batched tensors do
+    not have (accelerate 1.x): `auto` notices, goes reverse and says so; the matrix is the definition's."""
     model = tiny_model("llama")
     model.save_pretrained(tmp_path / "model")
     ids = torch.randint(3, 300, (40,), generator=torch.Generator().manual_seed(3))
     rows = np.arange(1, 5)
     expected = attribute_ids_reference(model, ids, n_prompt=5)[rows]
     device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
-                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
     offloaded = LlamaForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32, device_map=device_map,
                                                  offload_folder=tmp_path / "offload").eval().requires_grad_(False)
     auto = Attributor(offloaded, autodiff="auto")
@@ -540,3 +542,4 @@ def test_a_model_with_a_layer_offloaded_to_disk_is_attributed_in_reverse_mode_un
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
     record = auto.record()
     assert record["autodiff_samples"] == {"reverse": 1} and "data pointer" in record["forward_failed"]
+    assert offloaded.lm_head.weight.device.type == "meta"  # loaded for the gradients only, then released

@@ -80,12 +80,17 @@ def _head_cotangents(model, hidden: torch.Tensor, targets: torch.Tensor) -> torc
     The head runs in float32 whatever the weights' dtype (a no-op for float32 weights), so that the
     objectives are float32 probabilities: bf16 logits keep 2-3 significant digits (on SmolLM2, one
     sample's largest difference to float32 went from 0.16 to 0.11 of its largest value with this).
+    The head's weight is read outside a forward call, so a head that `device_map="auto"` offloaded
+    (its weight on the meta device between calls) is loaded for it by its accelerate hook.
     """
+    from accelerate.utils import align_module_device
+
     head = model.get_output_embeddings()
-    h = hidden.detach().to(head.weight.device).float().requires_grad_(True)  # one device, model spread or not
-    bias = None if head.bias is None else head.bias.float()
-    probs = torch.softmax(torch.nn.functional.linear(h, head.weight.float(), bias), dim=-1)
-    (grad,) = torch.autograd.grad(probs.gather(1, targets.to(h.device)[:, None]).sum(), h)
+    with align_module_device(head):
+        h = hidden.detach().to(head.weight.device).float().requires_grad_(True)  # one device, model spread or not
+        bias = None if head.bias is None else head.bias.float()
+        probs = torch.softmax(torch.nn.functional.linear(h, head.weight.float(), bias), dim=-1)
+        (grad,) = torch.autograd.grad(probs.gather(1, targets.to(h.device)[:, None]).sum(), h)
     return grad.to(hidden.device)
 
 
