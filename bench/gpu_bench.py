@@ -354,10 +354,14 @@ def write_checkpoint(model, words: list[str], directory: Path) -> float:
     corpus.write_text("".join(" ".join(words[i:i + 10]) + "\n" for i in range(0, len(words), 10)))
     train_tokenizer(corpus, directory, vocab_size=model.config.vocab_size)  # creates the directory
     model.config.save_pretrained(directory)
-    state = model.state_dict()
-    save_file({name: state[name].detach().half().cpu().contiguous() for name in LAYER_TENSORS},
-              directory / "model.safetensors")
+    save_file(float16_on_host(model, lambda name: name in LAYER_TENSORS), directory / "model.safetensors")
     return (directory / "model.safetensors").stat().st_size / 2**30
+
+
+def float16_on_host(model, keep) -> dict[str, torch.Tensor]:
+    """The model's tensors whose names `keep` accepts, as LLaMA ships them (float16), in host memory."""
+    return {name: tensor.detach().half().cpu().contiguous() for name, tensor in model.state_dict().items()
+            if keep(name)}
 
 
 def run_child(code: str, arguments: list[str], log: Path, what: str) -> tuple[float, str, dict]:
@@ -399,7 +403,8 @@ def benchmark_model_load(files: dict, workdir: Path, device: torch.device) -> di
     wrong = [placed for _, placed in loads if placed.split(":")[0] != device.type]
     if len(loads) != len(checkpoints) or wrong:
         raise SystemExit(f"load_model did not load every checkpoint onto the {device.type}:\n{text[-3000:]}")
-    (small, t_small), (large, t_large) = ((c["params"], float(seconds)) for c, (seconds, _) in zip(checkpoints, loads))
+    points = [(c["params"], float(seconds)) for c, (seconds, _) in zip(checkpoints, loads)]
+    (small, t_small), (large, t_large) = points[0], points[-1]  # one checkpoint (a 1-layer model): no fixed part
     per_param = max(0.0, (t_large - t_small) / (large - small)) if large > small else t_large / large
     fixed = max(0.0, t_large - per_param * large)
     results = {"checkpoints": [{k: c[k] for k in ("layers", "params", "checkpoint_gib")} | {"seconds": float(t)}
@@ -407,8 +412,8 @@ def benchmark_model_load(files: dict, workdir: Path, device: torch.device) -> di
                "layers": checkpoints[-1]["layers"], "device": loads[-1][1], "fixed_seconds": fixed,
                "seconds_per_billion_params": per_param * 1e9, "scaled_seconds": fixed + per_param * files["params"],
                "wall_seconds": wall, **peaks}
-    timed = ", ".join(f"{c['layers']} layer(s) {c['seconds']:.2f} s" for c in results["checkpoints"])
-    print(f"load_model: {timed} on {results['device']}: {fixed:.1f} s + {per_param * 1e9:.1f} s per billion "
+    each = ", ".join(f"{c['layers']} layer(s) {c['seconds']:.2f} s" for c in results["checkpoints"])
+    print(f"load_model: {each} on {results['device']}: {fixed:.1f} s + {per_param * 1e9:.1f} s per billion "
           f"parameters, about {results['scaled_seconds']:.1f} s for the whole model; "
           f"peak host {gib(results['peak_host_gib'])}")
     return results
@@ -417,16 +422,19 @@ def benchmark_model_load(files: dict, workdir: Path, device: torch.device) -> di
 def write_load_checkpoints(model, tokenizer_dir: Path, workdir: Path) -> list[dict]:
     """Loadable checkpoints of the model's first `LOAD_LAYERS` layers (float16, the tokenizer of
     `tokenizer_dir`): what `load_model` is timed on without writing all 13 GiB of a 7B model."""
-    checkpoints, state = [], model.state_dict()
-    for layers in sorted({min(n, model.config.num_hidden_layers) for n in LOAD_LAYERS}):
+    def layer(name: str) -> int:  # a decoder layer's index; -1 for the embeddings, the final norm and the head
+        return int(name.split(".")[2]) if name.startswith("model.layers.") else -1
+
+    counts = sorted({min(n, model.config.num_hidden_layers) for n in LOAD_LAYERS})
+    tensors, checkpoints = float16_on_host(model, lambda name: layer(name) < counts[-1]), []  # converted once
+    for layers in counts:
         directory = workdir / f"load-check-{layers}"
         directory.mkdir()
         for file in tokenizer_dir.iterdir():
             if file.name not in ("config.json", "model.safetensors"):
                 shutil.copy(file, directory / file.name)
         (directory / "config.json").write_text(json.dumps(model.config.to_dict() | {"num_hidden_layers": layers}))
-        kept = {name: tensor.detach().half().cpu().contiguous() for name, tensor in state.items()
-                if not name.startswith("model.layers.") or int(name.split(".")[2]) < layers}
+        kept = {name: tensor for name, tensor in tensors.items() if layer(name) < layers}
         save_file(kept, directory / "model.safetensors")
         checkpoints.append({"model_dir": directory, "layers": layers, "params": sum(t.numel() for t in kept.values()),
                             "checkpoint_gib": (directory / "model.safetensors").stat().st_size / 2**30})
