@@ -207,6 +207,8 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device, resul
         attribute_ids,
         attribute_ids_forward,
         autodiff_summary,
+        forward_positions,
+        reverse_positions,
         set_matmul_precision,
     )
 
@@ -255,8 +257,11 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device, resul
         save()
         forward, seconds, peak = timed(device, attribute_ids_forward, model, ids, shape.prompt, None,
                                        args.forward_batch)
+        per_position = (seconds / forward_positions(shape.prompt, shape.prompt, m)) / (
+            modes[mode]["seconds"] / reverse_positions(shape.prompt, m, args.chunk_size))
         modes[mode]["forward"] = {
             "seconds": seconds, "peak_gpu_gib": peak, "speed_up": t_slow_all / seconds,
+            "position_cost": per_position,  # what `auto` assumes: FORWARD_POSITION_COST
             "max_relative_difference": float(np.abs(forward - reference).max() / np.abs(reference).max()),
             "cells_equal": cells_equal(reference, forward)}
         print(f"attribute_ids_forward {mode}: {seconds:.2f} s, {modes[mode]['forward']['cells_equal']:.2%} "
@@ -481,6 +486,8 @@ def gib(value, note: str = "") -> str:
 
 def markdown(r: dict) -> str:
     """The results as a two-column Markdown table, then the projection of the paper's workflow."""
+    from workflow_scripts.attribution import FORWARD_POSITION_COST
+
     a, jobs = r["attribution"], r.get("layer_jobs")
     timed_on = (f"timed on the last {a['reference_tokens_timed']} of {r['sample']['response']} tokens, "
                 "EXTRAPOLATED linearly" if a["reference_extrapolated"] else "timed on all tokens")
@@ -507,7 +514,8 @@ def markdown(r: dict) -> str:
         rows.append((f"attribution, this project, {mode}, forward mode, batch {a['forward_batch'] or 'auto'}",
                      f"{f['seconds']:.2f} s ({f['speed_up']:.2f}x the loop), peak GPU {gib(f['peak_gpu_gib'])}, "
                      f"vs float32: max relative difference {f['max_relative_difference']:.1e}, "
-                     f"{f['cells_equal']:.2%} of binned cells equal"))
+                     f"{f['cells_equal']:.2%} of binned cells equal; a position costs "
+                     f"{f['position_cost']:.2f}x a reverse-mode one (`auto` assumes {FORWARD_POSITION_COST})"))
         p = m["paper_shape_auto"]
         rows.append((f"attribution, this project, {mode}, auto, the paper's mean shape "
                      f"({r['sample']['paper_prompt']} + {r['sample']['response']} tokens)",

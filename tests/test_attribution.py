@@ -432,13 +432,34 @@ def test_forward_mode_in_bfloat16_runs_bf16_tangents_and_agrees_with_float32_as_
         assert np.corrcoef(bf16.ravel(), float32.ravel())[0, 1] > 0.998
 
 
-def test_auto_picks_the_mode_that_traverses_fewer_positions():
-    # the paper's median sample (31 prompt rows, 299 response tokens): 31 x 329 against 299 x 31 + 44,551
+def test_auto_picks_the_mode_with_less_work():
+    # the paper's median sample (31 prompt rows, 299 response tokens): 1.3 x 32 x 329 against 60,378 in chunks of 32
     assert choose_autodiff("auto", 31, 31, 299) == "forward"
-    assert choose_autodiff("auto", 15, 15, 9) == "reverse"  # 15 x 23 = 345 against 9 x 15 + 36 = 171
+    assert choose_autodiff("auto", 15, 15, 9) == "reverse"  # 1.3 x 16 x 23 = 478 against 10 x 23 = 230
+    # SmolLM2 on a CPU (docs/benchmarks.md): forward mode took 0.50x reverse's time at 23 x 80, 1.41x at 60 x 64
+    assert choose_autodiff("auto", 23, 23, 80) == "forward" and choose_autodiff("auto", 60, 60, 64) == "reverse"
     assert choose_autodiff("reverse", 31, 31, 299) == "reverse" and choose_autodiff("forward", 15, 15, 9) == "forward"
     with pytest.raises(ValueError, match=r"unknown autodiff 'jvp' \(known: auto, reverse, forward\)"):
         Attributor(tiny_model("llama"), autodiff="jvp")
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4, 7])
+def test_the_position_counts_are_what_each_mode_runs_through_the_body(chunk_size):
+    """`auto` compares these counts, so they must count what the passes do: here every call of the
+    first layer, forward and backward, with the positions it ran over."""
+    from workflow_scripts.attribution import forward_positions, reverse_positions
+
+    model = tiny_model("llama")
+    layer, ran = model.model.layers[0], []
+    layer.register_forward_hook(lambda module, args, out: ran.append(args[0].shape[-2]))
+    layer.register_full_backward_hook(lambda module, grad_in, grad_out: ran.append(grad_out[0].shape[-2]))
+    ids = torch.randint(3, 300, (30,), generator=torch.Generator().manual_seed(1))
+    attribute_ids(model, ids, n_prompt=12, chunk_size=chunk_size, backward_batch=1)
+    assert len(ran) > 18 and sum(ran) == reverse_positions(12, 18, chunk_size)
+    ran.clear()
+    rows = np.arange(2, 9)
+    attribute_ids_forward(model, ids, n_prompt=12, rows=rows, batch=1)  # a tangent per call: the primal rides along
+    assert len(ran) == len(rows) + 1 and sum(ran) == forward_positions(len(rows), 12, 18)
 
 
 class NoForwardDerivative(torch.autograd.Function):

@@ -63,6 +63,8 @@ def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
     modes = results["attribution"]["modes"]
     assert list(modes) == ["float32", "tf32", "bfloat16"]
     assert modes["float32"]["cells_equal"] == 1.0 and modes["float32"]["forward"]["max_relative_difference"] < 1e-4
+    assert all(mode["forward"]["position_cost"] > 0 for mode in modes.values())  # the weight `auto` assumes
+    assert "a position costs" in result.stdout
     assert results["layer_jobs"]["attention"]["rows"] > 0 and results["layer_jobs"]["ffn"]["rows"] > 0
     load = results["model_load"]  # load_model timed on checkpoints of 1 and 2 layers, in a child process
     assert [c["layers"] for c in load["checkpoints"]] == [1, 2] and load["device"] == "cpu"

@@ -14,7 +14,7 @@ token's own embedding at its position) through the body, batched with `torch.fun
 shared forward pass, and meets the head's gradients at the end. A forward tangent along e_i gives
 sum_k d p_j / d e_ik * e_ik for every j at once: row i of the matrix. The paper's prompts are short
 next to their responses (median 31 tokens against 240-299), so forward mode needs far fewer passes;
-`auto` picks, per sample, the one that traverses fewer positions.
+`auto` picks, per sample, the one with less work (`choose_autodiff`).
 
 Precision modes (`PRECISIONS`, docs/design.md#precision-modes): float32 is the paper's (its loop runs
 `.float()`); tf32 keeps float32 weights and lets CUDA run float32 matmuls in TF32; bfloat16 runs the
@@ -41,6 +41,10 @@ from .shards import SampleAttribution, Shard, save_shard
 log = logging.getLogger(__name__)
 
 AUTODIFF = ("auto", "reverse", "forward")
+# What a position costs a forward-mode tangent against a reverse-mode pass (JVPs of the norms, activations and
+# attention on top of the same matrix products): 1.29-1.35 on SmolLM2-135M on a CPU at four prompt x response
+# shapes (docs/benchmarks.md, forward vs reverse mode); bench/gpu_bench.py prints it for the GPU it runs on.
+FORWARD_POSITION_COST = 1.3
 FORWARD_BATCH_CPU = 16  # tangents per forward pass on a CPU (SmolLM2: 16-23 were 1.2x faster than 8)
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16}  # mode -> weights
 # Bytes a batched backward holds per cotangent, per position, per unit below (see `auto_backward_batch`):
@@ -197,14 +201,19 @@ def attribute_ids(
     return torch.cat(columns, dim=1).cpu().numpy().astype(np.float32)
 
 
-def reverse_positions(n_prompt: int, m: int) -> int:
-    """Positions reverse mode's body backward passes traverse: the prefix of each response token."""
-    return m * n_prompt + m * (m - 1) // 2
+def reverse_positions(n_prompt: int, m: int, chunk_size: int = 32) -> int:
+    """Positions reverse mode runs through the body (`attribute_ids`): per chunk of response tokens, one
+    forward pass and one backward pass per token, each over the chunk's whole prefix (a backward from
+    one position still runs every layer over every position of the graph, most of them zero)."""
+    chunk_size = chunk_size or m
+    return sum((min(start + chunk_size, m) - start + 1) * (n_prompt + min(start + chunk_size, m) - 1)
+               for start in range(0, m, chunk_size))
 
 
 def forward_positions(rows: int, n_prompt: int, m: int) -> int:
-    """Positions forward mode's tangents traverse: the whole sequence but its last token, per row."""
-    return rows * (n_prompt + m - 1)
+    """Positions forward mode runs through the body (`attribute_ids_forward`): the primal pass and one
+    tangent per row, each over the whole sequence but its last token."""
+    return (rows + 1) * (n_prompt + m - 1)
 
 
 def autodiff_summary(samples: dict) -> str:
@@ -217,14 +226,14 @@ def check_autodiff(autodiff: str) -> None:
         raise ValueError(f"unknown autodiff {autodiff!r} (known: {', '.join(AUTODIFF)})")
 
 
-def choose_autodiff(autodiff: str, rows: int, n_prompt: int, m: int) -> str:
-    """`auto`: the mode that traverses fewer positions (each pass costs about one forward pass of its
-    positions; forward mode's tangents were 2.7-3.1x faster than reverse mode's passes on a CPU where
-    this count said 2.1x, so the count leans towards reverse)."""
+def choose_autodiff(autodiff: str, rows: int, n_prompt: int, m: int, chunk_size: int = 32) -> str:
+    """`auto`: the mode with less work, counted as positions run through the body, a forward-mode
+    position weighing `FORWARD_POSITION_COST` reverse-mode ones (docs/benchmarks.md, forward vs reverse mode)."""
     check_autodiff(autodiff)
     if autodiff != "auto":
         return autodiff
-    return "forward" if forward_positions(rows, n_prompt, m) < reverse_positions(n_prompt, m) else "reverse"
+    forward = FORWARD_POSITION_COST * forward_positions(rows, n_prompt, m) < reverse_positions(n_prompt, m, chunk_size)
+    return "forward" if forward else "reverse"
 
 
 def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=None, batch: int = 0) -> np.ndarray:
@@ -287,7 +296,8 @@ class Attributor:
 
     def matrix(self, input_ids: torch.Tensor, n_prompt: int, rows: np.ndarray) -> np.ndarray:
         m = input_ids.numel() - n_prompt
-        mode = "reverse" if self.forward_failed else choose_autodiff(self.autodiff, len(rows), n_prompt, m)
+        mode = "reverse" if self.forward_failed else choose_autodiff(
+            self.autodiff, len(rows), n_prompt, m, self.chunk_size)
         if mode == "forward":
             try:
                 out = attribute_ids_forward(self.model, input_ids, n_prompt, rows, self.forward_batch)
@@ -518,7 +528,7 @@ def main(argv=None):
                         help="response tokens per body backward pass; 0: from the free GPU memory (1 on a CPU)")
     parser.add_argument("--autodiff", choices=AUTODIFF, default="auto",
                         help="reverse: a backward pass per response token; forward: a tangent per prompt token; "
-                             "auto: per sample, the one that traverses fewer positions")
+                             "auto: per sample, the one with less work")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
