@@ -26,6 +26,7 @@ from workflow_scripts.attribution import (  # noqa: E402
     attribute_ids,
     attribute_ids_forward,
     choose_autodiff,
+    forward_position_cost,
     forward_positions,
     load_model,
     reverse_positions,
@@ -71,7 +72,7 @@ def main(argv=None):
         forward = fastest(args.repeat, attribute_ids_forward, model, ids, n, None, args.forward_batch)
         positions = reverse_positions(n, m, args.chunk_size) / forward_positions(n, n, m)
         print(f"| {n} x {m} | {reverse:.2f} s | {forward:.2f} s | {reverse / forward:.2f} | {positions:.2f} | "
-              f"{positions * forward / reverse:.2f} | {choose_autodiff('auto', n, n, m, args.chunk_size)} |",
+              f"{forward_position_cost(forward, reverse, n, n, m, args.chunk_size):.2f} | {choose_autodiff('auto', n, n, m, args.chunk_size)} |",
               flush=True)
     print(f"\n`auto` weighs a forward-mode position as {FORWARD_POSITION_COST} reverse-mode ones.")
 

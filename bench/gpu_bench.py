@@ -207,8 +207,7 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device, resul
         attribute_ids,
         attribute_ids_forward,
         autodiff_summary,
-        forward_positions,
-        reverse_positions,
+        forward_position_cost,
         set_matmul_precision,
     )
 
@@ -257,8 +256,8 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device, resul
         save()
         forward, seconds, peak = timed(device, attribute_ids_forward, model, ids, shape.prompt, None,
                                        args.forward_batch)
-        per_position = (seconds / forward_positions(shape.prompt, shape.prompt, m)) / (
-            modes[mode]["seconds"] / reverse_positions(shape.prompt, m, args.chunk_size))
+        per_position = forward_position_cost(seconds, modes[mode]["seconds"], shape.prompt, shape.prompt, m,
+                                             args.chunk_size)
         modes[mode]["forward"] = {
             "seconds": seconds, "peak_gpu_gib": peak, "speed_up": t_slow_all / seconds,
             "position_cost": per_position,  # what `auto` assumes: FORWARD_POSITION_COST

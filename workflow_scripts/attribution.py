@@ -216,6 +216,14 @@ def forward_positions(rows: int, n_prompt: int, m: int) -> int:
     return (rows + 1) * (n_prompt + m - 1)
 
 
+def forward_position_cost(forward_seconds: float, reverse_seconds: float, rows: int, n_prompt: int, m: int,
+                          chunk_size: int = 32) -> float:
+    """What a forward-mode position cost against a reverse-mode one in a timed pair of runs: what
+    `FORWARD_POSITION_COST` stands for (the benchmarks measure it with this)."""
+    return (forward_seconds / forward_positions(rows, n_prompt, m)) / (
+        reverse_seconds / reverse_positions(n_prompt, m, chunk_size))
+
+
 def autodiff_summary(samples: dict) -> str:
     """`{"forward": 14, "reverse": 2}` -> "forward 14, reverse 2" (a shard header's `autodiff_samples`)."""
     return ", ".join(f"{mode} {count}" for mode, count in samples.items()) or "no sample"
