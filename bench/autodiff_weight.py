@@ -71,8 +71,9 @@ def main(argv=None):
         reverse = fastest(args.repeat, attribute_ids, model, ids, n, args.chunk_size, 1)
         forward = fastest(args.repeat, attribute_ids_forward, model, ids, n, None, args.forward_batch)
         positions = reverse_positions(n, m, args.chunk_size) / forward_positions(n, n, m)
+        weight = forward_position_cost(forward, reverse, n, n, m, args.chunk_size)
         print(f"| {n} x {m} | {reverse:.2f} s | {forward:.2f} s | {reverse / forward:.2f} | {positions:.2f} | "
-              f"{forward_position_cost(forward, reverse, n, n, m, args.chunk_size):.2f} | {choose_autodiff('auto', n, n, m, args.chunk_size)} |",
+              f"{weight:.2f} | {choose_autodiff('auto', n, n, m, args.chunk_size)} |",
               flush=True)
     print(f"\n`auto` weighs a forward-mode position as {FORWARD_POSITION_COST} reverse-mode ones.")
 
