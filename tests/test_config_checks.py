@@ -121,15 +121,15 @@ def test_released_attributions_are_read_only_by_plain_sample_ids(demo, tmp_path,
     assert dag.released_dir(demo, "demo-base") == "resources/paper/results/attribution_interpret/ifa_base"
 
 
-def test_the_old_dtype_key_names_its_replacement_and_precision_takes_only_the_three_modes(demo):
+def test_the_old_dtype_key_names_its_replacement_and_precision_takes_only_the_four_modes(demo):
     old = copy.deepcopy(demo)
     old["models"]["demo-base"]["dtype"] = "bfloat16"
-    with pytest.raises(dag.ConfigError, match=r"models.demo-base.dtype: .*Replaced by precision \(float32, tf32 or "
-                                              r"bfloat16\)"):
+    with pytest.raises(dag.ConfigError, match=r"models.demo-base.dtype: .*Replaced by precision \(float32, tf32, "
+                                              r"bfloat16 or float16\)"):
         check(old)
-    demo["models"]["demo-base"]["precision"] = "float16"
-    with pytest.raises(dag.ConfigError, match=r"models.demo-base.precision: 'float16' is not one of \['float32', "
-                                              r"'tf32', 'bfloat16'\]"):
+    demo["models"]["demo-base"]["precision"] = "float64"
+    with pytest.raises(dag.ConfigError, match=r"models.demo-base.precision: 'float64' is not one of \['float32', "
+                                              r"'tf32', 'bfloat16', 'float16'\]"):
         check(demo)
     demo["models"]["demo-base"]["precision"] = "tf32"
     checked = check(demo)

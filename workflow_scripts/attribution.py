@@ -17,9 +17,11 @@ next to their responses (median 31 tokens against 240-299), so forward mode need
 `auto` picks, per sample, the one with less work (`choose_autodiff`).
 
 Precision modes (`PRECISIONS`, docs/design.md#precision-modes): float32 is the paper's (its loop runs
-`.float()`); tf32 keeps float32 weights and lets CUDA run float32 matmuls in TF32; bfloat16 runs the
-weights and activations in bf16 while the objectives (output head and softmax) and the gradient x
-input sums are computed in float32.
+`.float()`); tf32 keeps float32 weights and lets CUDA run float32 matmuls in TF32; bfloat16 and
+float16 run the weights and activations in that half dtype while the objectives (output head and
+softmax) and the gradient x input sums are computed in float32. float16 keeps 3 more bits than
+bfloat16 but ends at 65504: the backward passes start from cotangents scaled by a power of two
+(`unit_scale`, exact), and a matrix that still overflowed is an error, never a table entry.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ AUTODIFF = ("auto", "reverse", "forward")
 # shapes (docs/benchmarks.md, forward vs reverse mode); bench/gpu_bench.py prints it for the GPU it runs on.
 FORWARD_POSITION_COST = 1.3
 FORWARD_BATCH_CPU = 16  # tangents per forward pass on a CPU (SmolLM2: 16-23 were 1.2x faster than 8)
-PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16}  # mode -> weights
+PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
+              "float16": torch.float16}  # mode -> weights
 # Bytes a batched backward holds per cotangent, per position, per unit below (see `auto_backward_batch`):
 # a layer's hidden-size and intermediate-size gradients and its attention weights' gradients, x 2 for slack.
 _GRADIENT_COPIES = {"hidden": 6, "intermediate": 4, "attention": 2}
@@ -151,6 +154,18 @@ def _in_batches(count: int, batch: int, run, what: str):
         k += size
 
 
+def unit_scale(cotangents: torch.Tensor) -> torch.Tensor:
+    """A power of two per row that brings the row's largest magnitude into [0.5, 1), as a column.
+
+    A cotangent d p_j / d h_j is as small as p_j(1 - p_j), below float16's normal range for an
+    unlikely token, and would underflow on its way through the body; the backward pass is linear
+    in its cotangent and a power of two scales without rounding, so scaling before and dividing
+    after changes no float32 or bfloat16 bit (those share float32's exponent range)."""
+    largest = cotangents.abs().amax(dim=-1, keepdim=True)
+    _, exponent = torch.frexp(torch.where(largest > 0, largest, torch.full_like(largest, 0.5)))  # 0: scale 1
+    return torch.ldexp(torch.ones_like(largest), -exponent)
+
+
 def _body_gradients(hidden: torch.Tensor, prefix: torch.Tensor, positions: torch.Tensor, cotangents: torch.Tensor,
                     batch: int):
     """d objective_k / d prefix for each k in order, `batch` objectives per backward pass (stacked
@@ -194,9 +209,13 @@ def attribute_ids(
         hidden = model.base_model(inputs_embeds=prefix.unsqueeze(0)).last_hidden_state[0]
         positions = torch.arange(n_prompt - 1 + start, n_prompt - 1 + stop, device=hidden.device)
         cotangents = _head_cotangents(model, hidden[positions], input_ids[n_prompt + start : n_prompt + stop])
+        scale = unit_scale(cotangents)
         batch = _batch_size(model, prefix.shape[0], len(positions), backward_batch, cpu=1)
-        for grads in _body_gradients(hidden, prefix, positions, cotangents.to(hidden.dtype), batch):
-            columns.append((grads[:, :n_prompt].float() * prompt_embeddings).sum(-1).T)
+        done = 0
+        for grads in _body_gradients(hidden, prefix, positions, (cotangents * scale).to(hidden.dtype), batch):
+            products = (grads[:, :n_prompt].float() * prompt_embeddings).sum(-1)
+            columns.append((products / scale[done : done + len(grads)]).T)
+            done += len(grads)
         del hidden  # frees the retained graph before the next chunk's forward
     return torch.cat(columns, dim=1).cpu().numpy().astype(np.float32)
 
@@ -392,6 +411,12 @@ def attribute_sample(attributor: Attributor, tokenizer, sample_id: str, prompt: 
                      ) -> SampleAttribution:
     ids = tokens.input_ids.to(attributor.model.get_input_embeddings().weight.device)
     matrix = attributor.matrix(ids, tokens.n_prompt, tokens.prompt_rows)
+    if not np.isfinite(matrix).all():
+        dtype = str(attributor.model.dtype).removeprefix("torch.")
+        raise FloatingPointError(
+            f"sample {sample_id}: its gradient x input matrix holds inf or nan ({dtype} arithmetic)"
+            + ("; float16 ends at 65504: `precision: bfloat16` (float32's range) or float32 runs this model"
+               if dtype == "float16" else ""))
     all_tokens = tokenizer.convert_ids_to_tokens(tokens.input_ids.tolist())
     return SampleAttribution(
         id=sample_id,
