@@ -1,4 +1,4 @@
-"""Benchmark: how far the tf32 and bfloat16 attribution modes land from float32 on a real checkpoint.
+"""Benchmark: how far the tf32, bfloat16 and float16 attribution modes land from float32 on a real checkpoint.
 
     PYTHONPATH=. python bench/attribution_precision.py [--samples 40 --max-new-tokens 64] [--output x.json]
 
@@ -20,6 +20,11 @@ float32,bf16-weights,autocast-bf16,bfloat16): `bf16-weights` runs the bf16-round
 arithmetic (what rounding the checkpoint alone changes); `autocast-bf16` keeps float32 weights and
 residual stream and runs the body's matmuls in bf16 under torch.autocast (the head in float32).
 
+`float16-f32mm` (and `bfloat16-f32mm`) is the float16 workflow mode with its matrix products computed
+in float32 and rounded to float16 (`HalfMatmulsInFloat32`): a GPU's half kernels accumulate in float32
+too, and this CPU's own float16 products are ~100x slower than its float32 ones (`float16` itself runs,
+at that speed).
+
 A mode may name its autodiff mode after a slash (`float32/reverse`, `bfloat16/forward`; without one, the
 workflow's default `auto`): `--modes float32/reverse,float32/forward,bfloat16/reverse,bfloat16/forward`
 compares forward mode with reverse mode in each precision, against float32 in reverse mode.
@@ -27,6 +32,7 @@ compares forward mode with reverse mode in each precision, against float32 in re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -35,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -86,7 +93,25 @@ def subset_dataset(path: Path, ids: set[str], target: Path) -> Path:
     return target
 
 
-DIAGNOSTICS = ("bf16-weights", "autocast-bf16")  # not workflow modes: see the docstring
+# Not workflow modes (see the docstring): `<mode>-f32mm` is a half mode with `HalfMatmulsInFloat32`.
+DIAGNOSTICS = ("bf16-weights", "autocast-bf16", "float16-f32mm", "bfloat16-f32mm")
+
+
+HALF_MATMULS = {"mm", "bmm", "addmm", "baddbmm", "mv", "addmv", "dot"}
+
+
+class HalfMatmulsInFloat32(TorchDispatchMode):
+    """Half-precision matrix products computed on the CPU's float32 units, the result rounded to the
+    half dtype: what a GPU's half kernels do (float32 accumulation), at float32 speed (this CPU's float16
+    products are ~100x slower than its float32 ones). Everything else runs in the model's own dtype."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        half = [a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16)]
+        if func.overloadpacket.__name__ not in HALF_MATMULS or not half:
+            return func(*args, **kwargs)
+        wide = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        return func(*wide, **kwargs).to(half[0])
 
 
 def load_mode(model_dir: str, mode: str):
@@ -94,6 +119,8 @@ def load_mode(model_dir: str, mode: str):
     if mode == "bf16-weights":
         model, tokenizer = load_model(model_dir, "bfloat16")
         return model.float(), tokenizer
+    if mode.endswith("-f32mm"):
+        return load_model(model_dir, mode.removesuffix("-f32mm"))
     if mode == "autocast-bf16":  # the body only: the output head stays float32, as in every mode
         model, tokenizer = load_model(model_dir, "float32")
         body_forward = model.base_model.forward
@@ -150,6 +177,25 @@ def compare(reference, other, ref_scores, scores) -> dict:
             "scores": dict(zip(scores["id"], map(float, scores["score"]))),
             "max_rel_matrix_diff": max(float(np.abs(a.matrix - b.matrix).max() / max(np.abs(a.matrix).max(), 1e-30))
                                        for a, b in zip(reference, other))}
+
+
+def emulation_checks(matrices: dict) -> dict:
+    """Each `<mode>-f32mm` against the real `<mode>` with the same autodiff, where both ran: what the
+    emulation changes, cell by cell."""
+    checks = {}
+    for mode, emulated in matrices.items():
+        precision, autodiff = split_mode(mode)
+        real = next((m for m in matrices if split_mode(m) == (precision.removesuffix("-f32mm"), autodiff)), None)
+        if not precision.endswith("-f32mm") or real is None:
+            continue
+        pairs = [(bin_attributions(a.matrix, ANALYSIS["levels"], ANALYSIS["threshold"]),
+                  bin_attributions(b.matrix, ANALYSIS["levels"], ANALYSIS["threshold"]))
+                 for a, b in zip(matrices[real], emulated)]
+        checks[mode] = {"against": real, "cells": sum(x.size for x, _ in pairs),
+                        "cells_differing": sum(int((x != y).sum()) for x, y in pairs),
+                        "max_rel_matrix_diff": max(float(np.abs(a.matrix - b.matrix).max() / max(
+                            np.abs(a.matrix).max(), 1e-30)) for a, b in zip(matrices[real], emulated))}
+    return checks
 
 
 def markdown(results: dict) -> str:
@@ -211,7 +257,8 @@ def main(argv=None):
             if precision != loaded:
                 model, tokenizer = load_mode(args.model_dir, precision)
                 loaded = precision
-            matrices[mode], seconds, used = attribute_all(model, tokenizer, chosen, args.chunk_size, autodiff)
+            with HalfMatmulsInFloat32() if precision.endswith("-f32mm") else contextlib.nullcontext():
+                matrices[mode], seconds, used = attribute_all(model, tokenizer, chosen, args.chunk_size, autodiff)
             shard = Path(tmp) / f"{mode.replace('/', '-')}.npz"
             save_shard(Shard(matrices[mode], {"model": "smollm2", "source": "bench"}), shard)
             scores[mode] = instruction_scores(shard, dataset, GROUPS, ANALYSIS)
@@ -223,11 +270,15 @@ def main(argv=None):
                 results["modes"][mode]["own_responses_equal"] = same
             print(f"{mode}: {seconds:.1f} s per sample, {results['modes'][mode]['cells_equal']:.2%} of cells equal",
                   flush=True)
+    results["emulation_checks"] = emulation_checks(matrices)
     results["total_seconds"] = time.perf_counter() - started
     print(f"\nSmolLM2-135M-Instruct, {len(chosen)} prompts of the paper's dataset {results['groups']}, float32 greedy "
           f"responses of up to {args.max_new_tokens} tokens ({results['response_tokens']} in all), CPU, "
           f"{args.threads} thread(s), torch {torch.__version__}:\n")
     print(markdown(results))
+    for mode, check in results["emulation_checks"].items():
+        print(f"\n{mode} against {check['against']}: {check['cells_differing']} of {check['cells']:,} binned cells "
+              f"differ, largest difference {check['max_rel_matrix_diff']:.4f} of a matrix's largest value")
     for r in results["modes"].values():
         if "own_responses_equal" in r:
             print(f"\nbfloat16's own greedy responses equal to float32's: {r['own_responses_equal']} of {len(chosen)}")

@@ -1,6 +1,6 @@
 """GPU benchmark: the project's GPU jobs on a LLaMA-7B-shaped model with random weights.
 
-    PYTHONPATH=. python bench/gpu_bench.py [--precisions float32,tf32,bfloat16] [--output gpu_bench.json]
+    PYTHONPATH=. python bench/gpu_bench.py [--precisions float32,tf32,bfloat16,float16] [--output gpu_bench.json]
     PYTHONPATH=. python bench/gpu_bench.py --dry-run             # the plan only; no GPU needed
     PYTHONPATH=. python bench/gpu_bench.py --allow-cpu --small   # smoke test on a tiny shape
 
@@ -9,8 +9,8 @@ no model weights, no GloVe package. In one run, on one card:
 1. attribution of one sample (200 prompt + 300 response random token ids): the paper's per-token
    loop (`attribute_ids_reference`, float32: the paper runs `.float()`), then `attribute_ids`
    (chunk 32) in float32 with one body backward per token, then with batched backward passes
-   (--backward-batch, 0: from free memory) in each precision mode (float32, tf32, bfloat16, in
-   that order: the weights are cast down in place): times, peak GPU memory, the max relative
+   (--backward-batch, 0: from free memory) in each precision mode (float32, tf32, bfloat16, float16,
+   each from the float32 weights): times, peak GPU memory, the max relative
    difference to the float32 matrix and the share of binned cells equal to its. When the whole
    loop would not fit the time budget, it is timed on the last N response tokens and scaled up
    (every iteration is one forward and backward over the whole sample, so its time is linear in N);
@@ -243,8 +243,10 @@ def benchmark_attribution(model, shape: Shape, args, device: torch.device, resul
     reference = per_token_body
     paper_ids = ids[shape.prompt - shape.paper_prompt :]  # the same response after a shorter prompt
     paper_reference = None
+    float32_weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     for mode in args.precisions.split(","):
         set_matmul_precision(mode)
+        model.to(torch.float32).load_state_dict(float32_weights)  # rounded from float32, not from the last mode
         model.to(PRECISIONS[mode])
         fast, seconds, peak = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size,
                                     args.backward_batch)
@@ -553,8 +555,8 @@ def markdown(r: dict) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precisions", default="float32,tf32,bfloat16",
-                        help="attribution modes, in this order (the weights are cast down in place)")
+    parser.add_argument("--precisions", default="float32,tf32,bfloat16,float16",
+                        help="attribution modes, in this order (each rounds the float32 weights)")
     parser.add_argument("--chunk-size", type=int, default=32, help="attribute_ids chunk size (0: all)")
     parser.add_argument("--backward-batch", type=int, default=0, help="response tokens per backward; 0: auto")
     parser.add_argument("--forward-batch", type=int, default=0, help="prompt tokens per forward-mode pass; 0: auto")

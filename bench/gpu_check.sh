@@ -39,9 +39,11 @@ for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralFor
         err = np.abs(attribute_ids_forward(m, ids, 25, None, batch) - ref).max() / np.abs(ref).max()
         print(f"{cls.__name__} forward mode batch={batch}: max relative difference {err:.2e}")
         assert err < 1e-4
-    for mode, dtype, matmul, bound in (("tf32", torch.float32, "tf32", 1e-2), ("bfloat16", torch.bfloat16,
-                                                                              "bfloat16", 1e-1)):
+    weights = {name: tensor.clone() for name, tensor in m.state_dict().items()}
+    for mode, dtype, matmul, bound in (("tf32", torch.float32, "tf32", 1e-2), ("float16", torch.float16, "float16",
+                                       2e-2), ("bfloat16", torch.bfloat16, "bfloat16", 1e-1)):
         set_matmul_precision(mode)
+        m.to(torch.float32).load_state_dict(weights)  # each mode rounds the float32 weights
         m.to(dtype)
         record = precision_record(m, mode)
         assert record["weights_dtype"] == str(dtype)[6:] and (device == "cpu" or record["matmul"] == matmul), record

@@ -61,7 +61,7 @@ def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert results["complete"] is True
     modes = results["attribution"]["modes"]
-    assert list(modes) == ["float32", "tf32", "bfloat16"]
+    assert list(modes) == ["float32", "tf32", "bfloat16", "float16"]
     assert modes["float32"]["cells_equal"] == 1.0 and modes["float32"]["forward"]["max_relative_difference"] < 1e-4
     assert all(mode["forward"]["position_cost"] > 0 for mode in modes.values())  # the weight `auto` assumes
     assert "a position costs" in result.stdout
@@ -82,3 +82,29 @@ def test_a_gpu_bench_stopped_midway_keeps_what_it_measured(tmp_path):
     assert list(results["attribution"]["modes"]) == ["float32"]
     assert results["attribution"]["modes"]["float32"]["paper_shape_auto"]["seconds"] > 0
     assert not (tmp_path / "gpu.json.partial").exists()
+
+
+def test_the_precision_benchmarks_float16_emulation_rounds_float32_products_and_leaves_the_rest():
+    """`float16-f32mm` stands in for float16 on a CPU (docs/benchmarks.md): its products must be
+    float32 products rounded once to the half dtype, as a GPU's half kernels accumulate, and every
+    other operation must run as the model's own dtype does."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from attribution_precision import HalfMatmulsInFloat32
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(64, 256, generator=generator), torch.randn(256, 32, generator=generator))
+    bias = torch.randn(32, generator=generator)
+    for dtype in (torch.float16, torch.bfloat16):
+        with HalfMatmulsInFloat32():
+            product = a.to(dtype) @ b.to(dtype)
+            linear = torch.nn.functional.linear(a.to(dtype), b.T.to(dtype), bias.to(dtype))
+            summed = a.to(dtype) + 1
+        assert product.dtype == linear.dtype == dtype
+        assert torch.equal(product, (a.to(dtype).float() @ b.to(dtype).float()).to(dtype))
+        assert torch.equal(linear, torch.addmm(bias.to(dtype).float(), a.to(dtype).float(),
+                                               b.to(dtype).float()).to(dtype))
+        assert torch.equal(summed, a.to(dtype) + 1)
