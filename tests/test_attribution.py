@@ -391,6 +391,13 @@ def test_a_model_is_loaded_straight_onto_its_gpus():
     assert load_kwargs("tf32", cpu, 0) == {"dtype": torch.float32}
 
 
+def test_float16_on_a_cpu_warns_that_it_is_slower_there(tiny_model_dir, caplog):
+    load_model(str(tiny_model_dir), "float32")
+    assert "on a CPU" not in caplog.text
+    model, _ = load_model(str(tiny_model_dir), "float16")
+    assert model.dtype == torch.float16 and "float16 on a CPU: slower than float32 here" in caplog.text
+
+
 def test_an_unknown_precision_is_refused_naming_the_known_ones(tiny_model_dir):
     with pytest.raises(ValueError, match=r"unknown precision 'float64' \(known: float32, tf32, bfloat16, float16\)"):
         load_model(str(tiny_model_dir), "float64")
