@@ -156,27 +156,32 @@ def group_means(scores) -> dict[str, float]:
 PAPER_GROUP_SIZES = {"self_instruct": 252, "lima": 300, "mtbench": 80}  # Table 2's n
 
 
+def matrix_agreement(reference, other) -> tuple[int, int, float]:
+    """Binned cells in all, binned cells that differ, and the largest difference of a matrix as a share of
+    that reference matrix's largest value, over two runs' samples in the same order."""
+    binned = [(bin_attributions(a.matrix, ANALYSIS["levels"], ANALYSIS["threshold"]),
+               bin_attributions(b.matrix, ANALYSIS["levels"], ANALYSIS["threshold"])) for a, b in zip(reference, other)]
+    largest = max(float(np.abs(a.matrix - b.matrix).max() / max(np.abs(a.matrix).max(), 1e-30))
+                  for a, b in zip(reference, other))
+    return sum(x.size for x, _ in binned), sum(int((x != y).sum()) for x, y in binned), largest
+
+
 def compare(reference, other, ref_scores, scores) -> dict:
     """Cells and scores of one mode against float32. A group mean's difference is the mean of its samples'
     differences: the bias (`score_bias`, with its standard error over these prompts) plus a sampling part
     of +- 1.96 `score_diff_sd` / sqrt(n) at 95% for a group of n (`paper_size_half_width`, at the paper's
     group sizes): what this sample of prompts says about a full-size Table 2."""
-    binned = [(bin_attributions(a.matrix, ANALYSIS["levels"], ANALYSIS["threshold"]),
-               bin_attributions(b.matrix, ANALYSIS["levels"], ANALYSIS["threshold"])) for a, b in zip(reference, other)]
-    equal = sum(int((x == y).sum()) for x, y in binned)
-    cells = sum(x.size for x, _ in binned)
+    cells, differing, max_rel_matrix_diff = matrix_agreement(reference, other)
     signed = scores.set_index("id")["score"].reindex(ref_scores["id"]).to_numpy() - ref_scores["score"].to_numpy()
     diff = np.abs(signed)
     sd = float(signed.std(ddof=1)) if len(signed) > 1 else 0.0
     ref_means, means = group_means(ref_scores), group_means(scores)
-    return {"cells_equal": equal / cells, "cells": cells, "score_max_abs_diff": float(diff.max()),
+    return {"cells_equal": (cells - differing) / cells, "cells": cells, "score_max_abs_diff": float(diff.max()),
             "score_mean_abs_diff": float(diff.mean()), "score_bias": float(signed.mean()),
             "score_bias_se": sd / len(signed) ** 0.5, "score_diff_sd": sd,
             "paper_size_half_width": {g: 1.96 * sd / n ** 0.5 for g, n in PAPER_GROUP_SIZES.items()},
             "group_means": means, "group_mean_max_abs_diff": max(abs(means[g] - ref_means[g]) for g in ref_means),
-            "scores": dict(zip(scores["id"], map(float, scores["score"]))),
-            "max_rel_matrix_diff": max(float(np.abs(a.matrix - b.matrix).max() / max(np.abs(a.matrix).max(), 1e-30))
-                                       for a, b in zip(reference, other))}
+            "scores": dict(zip(scores["id"], map(float, scores["score"]))), "max_rel_matrix_diff": max_rel_matrix_diff}
 
 
 def emulation_checks(matrices: dict) -> dict:
@@ -185,16 +190,12 @@ def emulation_checks(matrices: dict) -> dict:
     checks = {}
     for mode, emulated in matrices.items():
         precision, autodiff = split_mode(mode)
-        real = next((m for m in matrices if split_mode(m) == (precision.removesuffix("-f32mm"), autodiff)), None)
-        if not precision.endswith("-f32mm") or real is None:
-            continue
-        pairs = [(bin_attributions(a.matrix, ANALYSIS["levels"], ANALYSIS["threshold"]),
-                  bin_attributions(b.matrix, ANALYSIS["levels"], ANALYSIS["threshold"]))
-                 for a, b in zip(matrices[real], emulated)]
-        checks[mode] = {"against": real, "cells": sum(x.size for x, _ in pairs),
-                        "cells_differing": sum(int((x != y).sum()) for x, y in pairs),
-                        "max_rel_matrix_diff": max(float(np.abs(a.matrix - b.matrix).max() / max(
-                            np.abs(a.matrix).max(), 1e-30)) for a, b in zip(matrices[real], emulated))}
+        real = (precision.removesuffix("-f32mm"), autodiff)
+        against = next((m for m in matrices if split_mode(m) == real), None) if precision.endswith("-f32mm") else None
+        if against is not None:
+            cells, differing, largest = matrix_agreement(matrices[against], emulated)
+            checks[mode] = {"against": against, "cells": cells, "cells_differing": differing,
+                            "max_rel_matrix_diff": largest}
     return checks
 
 
