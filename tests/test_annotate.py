@@ -101,6 +101,35 @@ def test_cache_survives_concurrent_writers(tmp_path):
         assert len(cache) == 125
 
 
+def open_together(path, openers: int = 8) -> list[sqlite3.Error]:
+    """Open one cache file from `openers` threads at the same moment; the errors they met."""
+    barrier, errors = threading.Barrier(openers), []
+
+    def open_cache():
+        barrier.wait()
+        try:
+            with ResponseCache(path, "openai", "m") as cache:
+                len(cache)
+        except sqlite3.Error as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_cache) for _ in range(openers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_jobs_opening_a_new_cache_at_the_same_moment_all_open_it(tmp_path):
+    """Annotation jobs of one run start together on a cache nobody has made yet. Switching a new
+    file to WAL takes an exclusive lock, and SQLite answers a second switcher "database is locked"
+    at once, without its busy timeout, where waiting could deadlock. A race: about one try in 50
+    failed before the fix, so 8 openers try 400 times (threads: the locks are the file's)."""
+    for trial in range(400):
+        assert open_together(tmp_path / f"try{trial}" / "cache.sqlite") == [], f"try {trial}"
+
+
 def test_a_job_writes_the_answer_the_cache_holds_when_another_job_answered_first(tmp_path):
     path = tmp_path / "cache.sqlite"
     requests = [STEPS["level"].request(f"Concept: Words are {w}.", 0, 8) for w in ("dates", "verbs", "dates")]

@@ -289,8 +289,8 @@ def test_two_processes_in_two_directories_send_each_request_once(tmp_path, seria
     shards = wide_shards(tmp_path / "shards")
     cache = tmp_path / "shared" / "cache.sqlite"
     jobs = [start_job(job_command(server, shards, tmp_path / name, cache), tmp_path / name) for name in ("a", "b")]
-    for job in jobs:
-        assert job.wait(timeout=180) == 0, (tmp_path / "a" / "job.log").read_text()
+    for name, job in zip(("a", "b"), jobs):
+        assert job.wait(timeout=180) == 0, (tmp_path / name / "job.log").read_text()
     asked = Counter(user_messages(server.requests))
     assert len(asked) == 60 and max(asked.values()) == 1  # 60 requests, each sent once
     outputs = [tmp_path / name / "out" / "describe_seed0.tsv" for name in ("a", "b")]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sqlite3
 import threading
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS claims (
 """,
 )
 STALE_AFTER_S = 300.0
+BUSY_TIMEOUT_S = 120.0
 BATCH = 500  # keys per `IN (...)` query (SQLite allows 999 variables in old builds)
 
 
@@ -78,9 +80,27 @@ def process_start(pid: int) -> str | None:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=120, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA busy_timeout = 120000")
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     return db
+
+
+def _set_up(db: sqlite3.Connection, path: Path, timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    """WAL mode and the tables, retried while the file is locked: jobs that start together on a new
+    file all switch it to WAL, and SQLite answers all but one "database is locked" at once rather
+    than wait (waiting could deadlock), busy timeout or not."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            for table in SCHEMA:
+                db.execute(table)
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"{path}: {error}") from error
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 class ResponseCache:
@@ -93,10 +113,7 @@ class ResponseCache:
         self.started = process_start(self.pid) or ""
         self.owner = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:12]}"
         self._db = connect(self.path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        for table in SCHEMA:
-            self._db.execute(table)
+        _set_up(self._db, self.path)
         self._beating = threading.Event()
         self._heart: threading.Thread | None = None
 
