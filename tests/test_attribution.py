@@ -28,6 +28,7 @@ from workflow_scripts.attribution import (
     unit_scale,
 )
 from workflow_scripts.demo_models import train_tokenizer
+from workflow_scripts.devices import input_device
 from workflow_scripts.importance import bin_attributions
 from workflow_scripts.shards import load_shard
 
@@ -638,3 +639,43 @@ def test_a_model_offloaded_to_disk_is_attributed_in_reverse_mode_under_auto(tmp_
     record = auto.record()
     assert record["autodiff_samples"] == {"reverse": 1} and "data pointer" in record["forward_failed"]
     assert offloaded.lm_head.weight.device.type == "meta"  # loaded for the gradients only, then released
+
+
+def test_a_model_whose_input_embeddings_are_offloaded_generates_and_is_attributed(tmp_path, tokenizer_dir):
+    """`device_map="auto"` can offload the input embeddings too (a model larger than its GPUs, or a
+    `max_memory` that leaves GPU 0 little room): their weight then waits on the meta device, so the
+    token ids go where accelerate's hook computes the embeddings, not where the weight is."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    device_map = {"model.embed_tokens": "disk", "model.layers": "cpu", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    offloaded = LlamaForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32, device_map=device_map,
+                                                 offload_folder=tmp_path / "offload").eval().requires_grad_(False)
+    assert offloaded.get_input_embeddings().weight.device.type == "meta"
+    prompt = "Write a short poem about the sea."
+    tokens = generate_response(offloaded, tokenizer, prompt, max_new_tokens=6)
+    assert tokens.response_text == generate_response(model, tokenizer, prompt, max_new_tokens=6).response_text
+    sample = attribution.attribute_sample(Attributor(offloaded), tokenizer, "s0", prompt, tokens)
+    expected = attribute_ids_reference(model, tokens.input_ids, n_prompt=tokens.n_prompt)[tokens.prompt_rows]
+    np.testing.assert_allclose(sample.matrix, expected, rtol=1e-5, atol=FLOAT32_SPREAD * np.abs(expected).max())
+    record = attribution.precision_record(offloaded, "float32")
+    assert record["activations_dtype"] == "float32" and record["matmul"].startswith("float32 (CPU")
+    assert input_device(offloaded) == torch.device("cpu")
+
+
+def test_the_input_device_of_an_offloaded_model_is_where_its_hook_runs_the_embeddings():
+    """On GPUs accelerate names the execution device by its index; embeddings offloaded inside a
+    larger module carry no hook of their own, and run on the device map's first GPU."""
+    from types import SimpleNamespace
+
+    model = tiny_model("llama")
+    assert input_device(model) == torch.device("cpu")
+    model.get_input_embeddings()._hf_hook = SimpleNamespace(execution_device=1)
+    assert input_device(model) == torch.device("cuda", 1)
+    del model.get_input_embeddings()._hf_hook
+    model.get_input_embeddings().to("meta")
+    model.hf_device_map = {"model": "cpu", "model.layers.3": 2, "lm_head": 1}
+    assert input_device(model) == torch.device("cuda", 1)
+    model.hf_device_map = {"": "disk"}
+    assert input_device(model) == torch.device("cpu")

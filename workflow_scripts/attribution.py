@@ -35,7 +35,7 @@ import torch
 
 from .cli import non_negative_int
 from .dataset import read_dataset, shard_samples
-from .devices import pick_device
+from .devices import input_device, pick_device
 from .model_paths import check_model_path
 from .progress import progress
 from .shards import SampleAttribution, Shard, save_shard
@@ -123,7 +123,7 @@ def _batch_size(model, sequence: int, count: int, forced: int, cpu: int) -> int:
     budget this job owns (docs/benchmarks.md)."""
     if forced:
         return min(forced, count)
-    if model.device.type != "cuda":
+    if input_device(model).type != "cuda":
         return min(cpu, count)
     free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
     element = next(model.parameters()).element_size()
@@ -388,7 +388,7 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
     tokenized again with the prompt (`tokenize_pair`), so a response opened by a line break or a
     space is attributed from its first word."""
     enc = tokenizer(prompt, return_offsets_mapping=True, return_tensors="pt")
-    prompt_ids = enc["input_ids"].to(model.device)
+    prompt_ids = enc["input_ids"].to(input_device(model))
     with torch.no_grad():
         out = model.generate(
             prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
@@ -409,7 +409,7 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
 
 def attribute_sample(attributor: Attributor, tokenizer, sample_id: str, prompt: str, tokens: Tokenized
                      ) -> SampleAttribution:
-    ids = tokens.input_ids.to(attributor.model.get_input_embeddings().weight.device)
+    ids = tokens.input_ids.to(input_device(attributor.model))
     matrix = attributor.matrix(ids, tokens.n_prompt, tokens.prompt_rows)
     if not np.isfinite(matrix).all():
         dtype = str(attributor.model.dtype).removeprefix("torch.")
@@ -446,11 +446,11 @@ def precision_record(model, precision: str) -> dict:
     the request, so that a mode that silently fell back to another is seen in the file."""
     weights = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
     with torch.no_grad():
-        probe = model.get_input_embeddings().weight[:2][None]
+        probe = model.get_input_embeddings()(torch.arange(2, device=input_device(model))[None])  # offloaded or not
         activations = str(model.base_model(inputs_embeds=probe).last_hidden_state.dtype).removeprefix("torch.")
     if weights != ["float32"]:
         matmul = "/".join(weights)
-    elif model.device.type == "cuda":
+    elif input_device(model).type == "cuda":
         matmul = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "float32"
     else:  # oneDNN's float32 matmuls stay IEEE unless torch.backends.mkldnn.matmul.fp32_precision says otherwise
         setting = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
@@ -531,8 +531,8 @@ def attribute_shard(
     started = time.perf_counter()
     model, tokenizer = load_model(model_dir, precision)
     arithmetic = precision_record(model, precision)
-    log.info("loaded %s (%s) in %.1f s on %s: %s", model_id, model_dir, time.perf_counter() - started, model.device,
-             arithmetic)
+    log.info("loaded %s (%s) in %.1f s on %s: %s", model_id, model_dir, time.perf_counter() - started,
+             input_device(model), arithmetic)
     check_fits(model, tokenizer, samples[shard], response, max_new_tokens, dataset)
     attributor = Attributor(model, chunk_size, backward_batch, autodiff)
     results = []
@@ -543,7 +543,7 @@ def attribute_shard(
             tokens = tokenize_pair(tokenizer, sample.prompt, sample.response)
         results.append(attribute_sample(attributor, tokenizer, sample.id, sample.prompt, tokens))
     out = Shard(results, {"model": model_id, "source": f"computed:{response}", "binned_levels": 0,
-                          "device": str(model.device), **arithmetic, **attributor.record()})
+                          "device": str(input_device(model)), **arithmetic, **attributor.record()})
     save_shard(out, output)
     log.info("attributed %d samples in %.1f s -> %s", len(results), time.perf_counter() - started, output)
     return out

@@ -25,3 +25,22 @@ def pick_device() -> torch.device:
         return torch.device("cuda")
     log.info("no GPU visible: running on the CPU")
     return torch.device("cpu")
+
+
+def input_device(model) -> torch.device:
+    """Where the model embeds its token ids: `model.device` is its first weight's device, the meta
+    device when `device_map` offloaded the input embeddings to host memory or disk; accelerate's
+    hook then computes them on its execution device (a GPU's index, "cuda:0" or "cpu")."""
+    import torch
+
+    embeddings = model.get_input_embeddings()
+    device = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    if device is None:
+        device = embeddings.weight.device
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    device = torch.device(device)
+    if device.type == "meta":  # offloaded inside a larger module's hook: the map's first GPU runs it
+        gpus = [d for d in getattr(model, "hf_device_map", {}).values() if isinstance(d, int)]
+        return torch.device("cuda", min(gpus)) if gpus else torch.device("cpu")
+    return device
