@@ -22,8 +22,9 @@ residual stream and runs the body's matmuls in bf16 under torch.autocast (the he
 
 `float16-f32mm` (and `bfloat16-f32mm`) is the float16 workflow mode with its matrix products computed
 in float32 and rounded to float16 (`HalfMatmulsInFloat32`): a GPU's half kernels accumulate in float32
-too, and this CPU's own float16 products are ~100x slower than its float32 ones (`float16` itself runs,
-at that speed).
+too, and a CPU without AVX512-FP16 computes its own float16 products ~100x slower than float32 ones
+(an AMD EPYC; `float16` itself runs, at that speed). On a CPU with AVX512-FP16 (a 5th-generation Xeon)
+`float16` runs at about float32's speed, and the emulation is not needed.
 
 A mode may name its autodiff mode after a slash (`float32/reverse`, `bfloat16/forward`; without one, the
 workflow's default `auto`): `--modes float32/reverse,float32/forward,bfloat16/reverse,bfloat16/forward`
@@ -102,8 +103,8 @@ HALF_MATMULS = {"mm", "bmm", "addmm", "baddbmm", "mv", "addmv", "dot"}
 
 class HalfMatmulsInFloat32(TorchDispatchMode):
     """Half-precision matrix products computed on the CPU's float32 units, the result rounded to the
-    half dtype: what a GPU's half kernels do (float32 accumulation), at 1.4-1.6x float32's time (this CPU's
-    own float16 products are ~100x slower than its float32 ones). Everything else runs in the model's dtype."""
+    half dtype: what a GPU's half kernels do (float32 accumulation), at 1.4-1.6x float32's time (a CPU
+    without AVX512-FP16 computes float16 products ~100x slower). Everything else runs in the model's dtype."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

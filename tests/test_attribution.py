@@ -392,11 +392,11 @@ def test_a_model_is_loaded_straight_onto_its_gpus():
     assert load_kwargs("tf32", cpu, 0) == {"dtype": torch.float32}
 
 
-def test_float16_on_a_cpu_warns_that_it_is_slower_there(tiny_model_dir, caplog):
+def test_float16_on_a_cpu_warns_that_it_is_a_gpu_mode(tiny_model_dir, caplog):
     load_model(str(tiny_model_dir), "float32")
     assert "on a CPU" not in caplog.text
     model, _ = load_model(str(tiny_model_dir), "float16")
-    assert model.dtype == torch.float16 and "float16 on a CPU: slower than float32 here" in caplog.text
+    assert model.dtype == torch.float16 and "float16 on a CPU: a GPU mode" in caplog.text
 
 
 def test_an_unknown_precision_is_refused_naming_the_known_ones(tiny_model_dir):

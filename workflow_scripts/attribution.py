@@ -478,9 +478,9 @@ def load_model(path: str, precision: str = "float32"):
     check_precision(precision)
     check_model_path(path)
     device = pick_device()
-    if device.type == "cpu" and precision == "float16":  # docs/benchmarks.md: 19x float32's time on SmolLM2
-        log.warning("float16 on a CPU: slower than float32 here (float16 matrix products are emulated on most "
-                    "CPUs; 19x float32's time on the benchmark CPU); float16 is a GPU mode")
+    if device.type == "cpu" and precision == "float16":  # docs/benchmarks.md, SmolLM2
+        log.warning("float16 on a CPU: a GPU mode; CPUs without AVX512-FP16 emulate its matrix products (19x "
+                    "float32's time on an AMD EPYC, about float32's on a Xeon with AVX512-FP16)")
     set_matmul_precision(precision)
     model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(precision, device, torch.cuda.device_count()))
     model.eval().requires_grad_(False)
