@@ -445,12 +445,13 @@ def precision_record(model, precision: str) -> dict:
     """What a shard says about its arithmetic, read back from the model and torch rather than from
     the request, so that a mode that silently fell back to another is seen in the file."""
     weights = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    device = input_device(model)
     with torch.no_grad():
-        probe = model.get_input_embeddings()(torch.arange(2, device=input_device(model))[None])  # offloaded or not
+        probe = model.get_input_embeddings()(torch.arange(2, device=device)[None])  # offloaded or not
         activations = str(model.base_model(inputs_embeds=probe).last_hidden_state.dtype).removeprefix("torch.")
     if weights != ["float32"]:
         matmul = "/".join(weights)
-    elif input_device(model).type == "cuda":
+    elif device.type == "cuda":
         matmul = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "float32"
     else:  # oneDNN's float32 matmuls stay IEEE unless torch.backends.mkldnn.matmul.fp32_precision says otherwise
         setting = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
