@@ -129,8 +129,7 @@ def explain_layer(
     model_dir: str, model_id: str, layer: int, vocabulary: str, word_vectors: dict, output: str,
     top_k: int = 100, baseline_words: int = 3000, size: str = "NA", threshold_rule: str = "paper",
 ) -> None:
-    from transformers import AutoTokenizer
-
+    from .model_tokenizer import load_tokenizer
     from .vocabulary import read_vocabulary
     from .weights import ModelWeights
     from .word_vectors import load_word_vectors
@@ -139,7 +138,7 @@ def explain_layer(
     started = time.perf_counter()
     weights = ModelWeights(model_dir)
     wq, wk = (w.to(device) for w in weights.attention_qk(layer))  # first: a bad layer fails at once
-    tokenizer = AutoTokenizer.from_pretrained(weights.directory)
+    tokenizer = load_tokenizer(weights.source)
     words = read_vocabulary(vocabulary)
     vectors = load_word_vectors(word_vectors, vocabulary=words)  # a large GloVe file keeps only these rows
     vocab = explanation_vocabulary(weights, tokenizer, words, vectors, baseline_words, device, threshold_rule)

@@ -80,8 +80,7 @@ def component_words(
 
 def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, output: str,
                   rank: int = 300, top_k: int = 50, size: str = "NA") -> None:
-    from transformers import AutoTokenizer
-
+    from .model_tokenizer import load_tokenizer
     from .vocabulary import read_vocabulary
     from .weights import ModelWeights
     from .word_embeddings import mean_embeddings, word_token_ids
@@ -94,7 +93,7 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
         components, ratios = principal_components(weights.down_projection(layer).to(device), rank)
         steps.update()
         words = read_vocabulary(vocabulary)
-        tokenizer = AutoTokenizer.from_pretrained(weights.directory)
+        tokenizer = load_tokenizer(weights.source)
         word_vectors = mean_embeddings(weights.output_embeddings().to(device), word_token_ids(tokenizer, words))
         log.info("read %s", ", ".join(weights.read))
         steps.update()

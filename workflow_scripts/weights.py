@@ -116,6 +116,12 @@ class ModelWeights:
         self.lazy = self._shard_of is not None or (self.directory / SAFETENSORS_SINGLE).is_file()
 
     @property
+    def source(self) -> str:
+        """What `from_pretrained` loads from: the local directory, or the hub id, which fetches the files
+        beyond this snapshot's json and safetensors (a SentencePiece tokenizer.model, `.bin` weights)."""
+        return str(self.directory) if looks_local(self.path) else self.path
+
+    @property
     def shape(self) -> ModelShape:
         return ModelShape(self.layers, self.heads, self.kv_heads)
 
@@ -149,8 +155,7 @@ class ModelWeights:
             from transformers import AutoModelForCausalLM
 
             log.warning("no safetensors in %s: loading the whole model", self.directory)
-            source = str(self.directory) if looks_local(self.path) else self.path  # hub: fetch the .bin
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(self.source, dtype=torch.float32)
             self._state_dict = {name: value.detach() for name, value in model.state_dict().items()}
         return self._state_dict
 

@@ -15,13 +15,20 @@ if TYPE_CHECKING:  # annotations only: the explainers' merge jobs and --help sta
 
 
 def word_token_ids(tokenizer, words: list[str]) -> list[list[int]]:
-    """Sub-token ids of " " + word, without special tokens or a lone leading space piece."""
+    """Sub-token ids of " " + word, without special tokens or a lone leading space piece.
+
+    A word split into nothing would get a zero vector, never chosen by a head and chosen at random
+    for an FFN component: an error, naming the words."""
     ids = []
     for word in words:
         tokens = tokenizer.tokenize(" " + word)
         if len(tokens) > 1 and tokens[0] in BOUNDARY_MARKERS:
             tokens = tokens[1:]
         ids.append(tokenizer.convert_tokens_to_ids(tokens))
+    empty = [word for word, pieces in zip(words, ids) if not pieces]
+    if empty:
+        raise ValueError(f"{len(empty)} of {len(words)} vocabulary words split into no tokens "
+                         f"({', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''})")
     return ids
 
 

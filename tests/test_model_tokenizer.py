@@ -1,0 +1,102 @@
+"""A model's tokenizer: one built without its vocabulary is refused by every job that loads one, and a
+SentencePiece model whose only vocabulary file is `tokenizer.model` (LLaMA-1, Vicuna) loads.
+
+transformers 5 builds a `LlamaTokenizer` from tokenizer_config.json alone when the vocabulary file is
+missing: three special tokens, and every text split into nothing. Before the check, the head job then
+wrote empty heads and the FFN job arbitrary words for every component, without an error.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from workflow_scripts import attention, attribution, ffn  # noqa: E402
+from workflow_scripts.word_embeddings import word_token_ids  # noqa: E402
+
+WORDS = [f"{a}{b}" for a in ("cat", "dog", "sun", "sea", "tree") for b in ("", "s", "ty", "ly")]
+LLAMA_TOKENIZER_CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                          "unk_token": "<unk>"}
+
+
+def tiny_llama(directory, vocab_size: int):
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False))
+    model.save_pretrained(directory)
+    (directory / "tokenizer_config.json").write_text(json.dumps(LLAMA_TOKENIZER_CONFIG))
+    return directory
+
+
+def explainer_inputs(tmp_path):
+    (tmp_path / "vocab.tsv").write_text("".join(f"{w}\t{100 - i}\n" for i, w in enumerate(WORDS)))
+    g = torch.Generator().manual_seed(0)
+    with open(tmp_path / "glove.txt", "w") as handle:
+        for word in WORDS:
+            handle.write(word + " " + " ".join(f"{v:.5f}" for v in torch.randn(6, generator=g).tolist()) + "\n")
+    return str(tmp_path / "vocab.tsv"), {"kind": "glove-text", "path": str(tmp_path / "glove.txt")}
+
+
+def test_a_tokenizer_without_its_vocabulary_is_refused_by_every_job_that_loads_one(tmp_path):
+    model_dir = tiny_llama(tmp_path / "model", vocab_size=300)  # tokenizer_config.json, no vocabulary file
+    vocabulary, vectors = explainer_inputs(tmp_path)
+    refused = rf"tokenizer of {model_dir}.*no tokens.*tokenizer\.json.*tokenizer\.model"
+    with pytest.raises(ValueError, match=refused):
+        attention.explain_layer(str(model_dir), "m", 1, vocabulary, vectors, str(tmp_path / "heads.tsv"),
+                                top_k=4, baseline_words=8)
+    with pytest.raises(ValueError, match=refused):
+        ffn.explain_layer(str(model_dir), "m", 1, vocabulary, str(tmp_path / "ffn.tsv"), rank=4, top_k=4)
+    with pytest.raises(ValueError, match=refused):
+        attribution.load_model(str(model_dir))
+    assert not (tmp_path / "heads.tsv").exists() and not (tmp_path / "ffn.tsv").exists()
+
+
+class NoPieces:
+    """A tokenizer that knows some words and splits the others into nothing."""
+
+    def tokenize(self, text):
+        return {" cat": ["\u2581cat"]}.get(text, [])
+
+    def convert_tokens_to_ids(self, tokens):
+        return [7 for _ in tokens]
+
+
+def test_words_split_into_nothing_are_named_not_given_a_zero_vector():
+    with pytest.raises(ValueError, match=r"2 of 3 vocabulary words.*'dog', 'sun'"):
+        word_token_ids(NoPieces(), ["cat", "dog", "sun"])
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(tmp_path_factory):
+    """A LLaMA-style directory whose tokenizer is SentencePiece's tokenizer.model alone (no tokenizer.json),
+    trained here on the vocabulary's words."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    directory = tmp_path_factory.mktemp("spm") / "model"
+    directory.mkdir()
+    lines = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 5
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=60, model_type="bpe", character_coverage=1.0,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
+    return tiny_llama(directory, vocab_size=processor.get_piece_size()), processor
+
+
+def test_a_sentencepiece_model_with_only_tokenizer_model_is_explained(sentencepiece_model, tmp_path):
+    model_dir, processor = sentencepiece_model
+    vocabulary, vectors = explainer_inputs(tmp_path)
+    _, tokenizer = attribution.load_model(str(model_dir))
+    assert len(tokenizer) == processor.get_piece_size()
+    assert word_token_ids(tokenizer, WORDS) == [processor.encode(word) for word in WORDS]  # SentencePiece's own ids
+    ffn.explain_layer(str(model_dir), "m", 1, vocabulary, str(tmp_path / "ffn.tsv"), rank=4, top_k=4)
+    attention.explain_layer(str(model_dir), "m", 1, vocabulary, vectors, str(tmp_path / "heads.tsv"),
+                            top_k=4, baseline_words=8)
+    ffn_rows = (tmp_path / "ffn.tsv").read_text().splitlines()[1:]
+    assert len(ffn_rows) == 4 and all(row.split("\t")[-1] for row in ffn_rows)
+    assert len((tmp_path / "heads.tsv").read_text().splitlines()) == 1 + 4 * 8
