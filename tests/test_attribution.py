@@ -399,6 +399,25 @@ def test_float16_on_a_cpu_warns_that_it_is_a_gpu_mode(tiny_model_dir, caplog):
     assert model.dtype == torch.float16 and "float16 on a CPU: a GPU mode" in caplog.text
 
 
+def test_a_model_that_reworks_its_logits_after_the_head_is_refused(tmp_path, tokenizer_dir):
+    """The objectives come from the output head alone: Gemma-2 soft-caps its logits after it, so its
+    probabilities are not the head's; before the check it was attributed for the head's, without a word."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.5))
+    model.save_pretrained(tmp_path / "gemma2")
+    tokenizer.save_pretrained(tmp_path / "gemma2")
+    with pytest.raises(ValueError, match=r"gemma2: its logits are not its output head's \(Gemma2ForCausalLM"):
+        load_model(str(tmp_path / "gemma2"))
+    model.config.final_logit_softcapping = None  # the same weights without the cap: attributed
+    model.save_pretrained(tmp_path / "gemma2")
+    assert load_model(str(tmp_path / "gemma2"))[0].config.final_logit_softcapping is None
+
+
 def test_an_unknown_precision_is_refused_naming_the_known_ones(tiny_model_dir):
     with pytest.raises(ValueError, match=r"unknown precision 'float64' \(known: float32, tf32, bfloat16, float16\)"):
         load_model(str(tiny_model_dir), "float64")

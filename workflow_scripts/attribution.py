@@ -101,6 +101,26 @@ def _head_cotangents(model, hidden: torch.Tensor, targets: torch.Tensor) -> torc
     return grad.to(hidden.device)
 
 
+def check_head_only_logits(model, path: str) -> None:
+    """The objectives are the output head's softmax of the final hidden state (`_head_cotangents`): a model
+    that reworks its logits after the head (Gemma-2's soft-capping, Cohere's logit scale) would be
+    attributed for probabilities it never gives. One probe forward pass compares the two."""
+    from accelerate.utils import align_module_device
+
+    ids = (torch.arange(1, 9) % model.config.vocab_size).to(input_device(model))[None]
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        own = model(input_ids=ids).logits[0].float()
+        hidden = model.base_model(input_ids=ids).last_hidden_state[0]
+        with align_module_device(head):
+            ours = torch.nn.functional.linear(hidden.to(head.weight.device), head.weight, head.bias).float()
+    largest = float((ours.to(own.device) - own).abs().max())
+    if largest > 1e-3 * max(float(own.abs().max()), 1e-30):
+        raise ValueError(f"{path}: its logits are not its output head's ({type(model).__name__} reworks them "
+                         f"after the head, by up to {largest:.3g}), so attribution's objectives would not be its "
+                         f"probabilities; architectures without such a step (LLaMA, Mistral, Qwen2) are supported")
+
+
 def auto_backward_batch(config, sequence: int, element_bytes: int, free_bytes: int, limit: int) -> int:
     """How many response tokens' body backward passes to run at once, from the free memory.
 
@@ -210,11 +230,12 @@ def attribute_ids(
         positions = torch.arange(n_prompt - 1 + start, n_prompt - 1 + stop, device=hidden.device)
         cotangents = _head_cotangents(model, hidden[positions], input_ids[n_prompt + start : n_prompt + stop])
         scale = unit_scale(cotangents)
+        unscale = scale.to(prompt_embeddings.device)  # the gradients are where the embeddings are, not the last layer
         batch = _batch_size(model, prefix.shape[0], len(positions), backward_batch, cpu=1)
         done = 0
         for grads in _body_gradients(hidden, prefix, positions, (cotangents * scale).to(hidden.dtype), batch):
             products = (grads[:, :n_prompt].float() * prompt_embeddings).sum(-1)
-            columns.append((products / scale[done : done + len(grads)]).T)
+            columns.append((products / unscale[done : done + len(grads)]).T)
             done += len(grads)
         del hidden  # frees the retained graph before the next chunk's forward
     return torch.cat(columns, dim=1).cpu().numpy().astype(np.float32)
@@ -474,10 +495,13 @@ def load_kwargs(precision: str, device: torch.device, gpus: int) -> dict:
 def load_model(path: str, precision: str = "float32"):
     """A frozen causal LM in the mode's weight dtype and its tokenizer, on the job's GPUs (those its
     lease made visible, or its SLURM allocation) or the CPU."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .model_tokenizer import load_tokenizer
 
     check_precision(precision)
     check_model_path(path)
+    tokenizer = load_tokenizer(path)  # first: a broken tokenizer fails before the weights load
     device = pick_device()
     if device.type == "cpu" and precision == "float16":  # docs/benchmarks.md, SmolLM2
         log.warning("float16 on a CPU: a GPU mode; CPUs without AVX512-FP16 emulate its matrix products (19x "
@@ -485,7 +509,8 @@ def load_model(path: str, precision: str = "float32"):
     set_matmul_precision(precision)
     model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(precision, device, torch.cuda.device_count()))
     model.eval().requires_grad_(False)
-    return model, AutoTokenizer.from_pretrained(path)
+    check_head_only_logits(model, path)
+    return model, tokenizer
 
 
 def context_length(model) -> int | None:
