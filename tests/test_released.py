@@ -249,6 +249,21 @@ def test_released_sample_refuses_a_pickle_of_another_sample(paper_dir):
         released_sample(path, "irrelevant", "user_oriented_task_1")
 
 
+
+def test_released_sample_refuses_a_transposed_matrix_instead_of_reshaping_it(paper_dir, tmp_path):
+    """Explain is (Input x Output): a (Output x Input) array of the same size was reshaped into a scrambled one."""
+    import numpy as np
+
+    from workflow_scripts.released import safe_load_pickle
+
+    folder = paper_dir / "results" / "attribution_interpret" / "ifa_vicuna_7b"
+    record = safe_load_pickle(folder / "user_oriented_task_0.pkl")
+    matrix = np.asarray(record["Explain"], dtype=np.float32)
+    assert matrix.shape == (len(record["Input"]), len(record["Output"])) and matrix.shape[0] != matrix.shape[1]
+    transposed = write_pickle(tmp_path / "user_oriented_task_0.pkl", {**record, "Explain": matrix.T.copy()})
+    with pytest.raises(ValueError, match=rf"Explain of shape \({matrix.shape[1]}, {matrix.shape[0]}\), expected"):
+        released_sample(transposed, "irrelevant", "user_oriented_task_0")
+
 # --- bounded before allocation (issue 10) ---------------------------------------------------------
 
 # the child limited to 2 GiB of address space: an 8 GiB ask cannot succeed

@@ -246,7 +246,11 @@ def released_sample(path: Path, prompt: str, sample_id: str) -> SampleAttributio
     if str(record["ID"]) != sample_id:
         raise ValueError(f"{path}: holds sample {record['ID']!r}, expected {sample_id!r}")
     inputs, outputs = [str(t) for t in record["Input"]], [str(t) for t in record["Output"]]
-    matrix = np.asarray(record["Explain"], dtype=np.float32).reshape(len(inputs), len(outputs))
+    matrix = np.asarray(record["Explain"], dtype=np.float32)
+    if matrix.size and matrix.shape != (len(inputs), len(outputs)):  # a transposed one would reshape, scrambled
+        raise ValueError(f"{path}: Explain of shape {matrix.shape}, expected (Input, Output) = "
+                         f"({len(inputs)}, {len(outputs)})")
+    matrix = matrix.reshape(len(inputs), len(outputs))
     response = detokenize(outputs)
     return SampleAttribution(
         id=sample_id,
