@@ -51,3 +51,17 @@ def test_the_console_hears_the_start_the_end_and_a_line_every_so_often_not_every
     assert console[0] == "job: 0/20 steps" and console[-1].startswith("job: 20/20 steps done")
     # about 0.6 s of work and a line a second: not the ten 10% lines the log gets
     assert len(console) <= 5, console
+
+
+def test_a_file_the_job_opens_as_descriptor_3_is_never_written(tmp_path):
+    """Run by hand, without `3>&2`, a job's first file takes descriptor 3: the annotation cache's SQLite
+    file got progress lines over its header ("file is not a database")."""
+    data = tmp_path / "cache.sqlite"
+    data.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    script = ("import os, sys\nfrom workflow_scripts.progress import progress\n"
+              "fd = os.open(sys.argv[1], os.O_RDWR)\nassert fd == 3, fd\n"
+              "for _ in progress(range(3), 'job', 'step'): pass\n")
+    result = subprocess.run([sys.executable, "-c", script, str(data)], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert data.read_bytes() == b"SQLite format 3\x00" + bytes(100)

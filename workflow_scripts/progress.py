@@ -2,7 +2,10 @@
 
 Lines go to the job's log (through `logging`) and, when the rule's shell line opened file
 descriptor 3 on Snakemake's own stderr (`3>&2 > {log} 2>&1`), to the Snakemake console too, so a
-user sees a long job move without `tail -f` on its log. The log gets a line at the start, at
+user sees a long job move without `tail -f` on its log. Descriptor 3 is taken as the process found
+it, when this module is first imported (before a job opens any file): run by hand without `3>&2`,
+the job's first file gets the number 3, and the annotation cache's SQLite file once got progress
+lines over its header. The log gets a line at the start, at
 every 10% and at the end; the console gets the start, a line at most every `every` seconds, and
 the end, so a short job says two lines there and a long one keeps saying where it is.
 """
@@ -20,12 +23,19 @@ CONSOLE_FD = 3
 T = TypeVar("T")
 
 
-def console_open() -> bool:
+def _inherited_console() -> int | None:
+    """A duplicate of descriptor 3 as inherited, or None: later files opened as 3 are not the console."""
     try:
-        os.fstat(CONSOLE_FD)
+        return os.dup(CONSOLE_FD)
     except OSError:
-        return False
-    return True
+        return None
+
+
+_CONSOLE = _inherited_console()
+
+
+def console_open() -> bool:
+    return _CONSOLE is not None
 
 
 def _duration(seconds: float) -> str:
@@ -78,7 +88,7 @@ class Progress:
         log.info(text)
         if to_console:
             try:
-                os.write(CONSOLE_FD, f"[{time.strftime('%H:%M:%S')}] {text}\n".encode("utf8", "replace"))
+                os.write(_CONSOLE, f"[{time.strftime('%H:%M:%S')}] {text}\n".encode("utf8", "replace"))
             except OSError:
                 self.console = False
 
