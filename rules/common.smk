@@ -138,9 +138,7 @@ ANNOTATION_RUNTIME = json.dumps(
 )
 ANNOTATION_KEY_ENV = PROVIDER.get("api_key_env") or ""
 ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
-# Paid or slow answers rerun only when the method's version is raised; replay reads files, costs
-# nothing, and follows its code like a table job.
-ANNOTATION_CODE = code_digest("annotate") if PROVIDER["kind"] == "replay" else method_version("annotate")
+ANNOTATION_CODE = dag.annotation_code(PROVIDER)
 
 
 def annotator_input(step):

@@ -1,5 +1,11 @@
 # The paper's released data and the offline demo model pair.
 
+# What the paper data are is the manifest's SHA-256 of each file, checked before a file is moved into
+# place, so the fetch rules' only param is a digest of their files' checksums (dag.paper_checksums).
+# Where they are read from (paper_data, or GitHub at paper_commit) reaches the job through the shell
+# line, whose text stays the same: moving the local copy or naming another commit reruns nothing.
+PAPER_COMMIT = config["paper_commit"]
+
 
 rule paper_datasets:
     """The paper's prompts and human ratings, copied from paper_data or downloaded, checksummed."""
@@ -11,11 +17,10 @@ rule paper_datasets:
     conda:
         "../envs/shiftlens.yaml"
     params:
-        source=PAPER_SOURCE,
-        commit=config["paper_commit"],
+        checksums=dag.paper_checksums(PAPER_DATASETS),
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
-        " --destination resources/paper --source={params.source:q} --commit={params.commit:q}"
+        " --destination resources/paper --source={PAPER_SOURCE:q} --commit={PAPER_COMMIT:q}"
         " --files {PAPER_DATASETS:q} 3>&2 > {log:q} 2>&1"
 
 
@@ -29,11 +34,10 @@ rule paper_released_attributions:
     conda:
         "../envs/shiftlens.yaml"
     params:
-        source=PAPER_SOURCE,
-        commit=config["paper_commit"],
+        checksums=lambda w: dag.paper_checksums(folder=f"results/attribution_interpret/{w.release}"),
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
-        " --destination resources/paper --source={params.source:q} --commit={params.commit:q}"
+        " --destination resources/paper --source={PAPER_SOURCE:q} --commit={PAPER_COMMIT:q}"
         " --folder results/attribution_interpret/{wildcards.release:q} 3>&2 > {log:q} 2>&1"
 
 

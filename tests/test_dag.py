@@ -281,3 +281,14 @@ def test_the_word_vectors_file_is_an_input_of_the_head_jobs(config):
 def test_the_annotator_input_checks_the_provider_first():
     with pytest.raises(dag.ConfigError, match="annotation.provider.path: required for the local provider"):
         dag.annotator_input({"kind": "local"})
+
+
+def test_a_local_annotators_answers_follow_its_decoders_version_and_paid_ones_do_not():
+    """Raising local_chat changes a local model's cache key (annotate.LazyLocal): its steps must rerun
+    to ask again, while an openai provider's paid answers rerun only when annotate is raised."""
+    from workflow_scripts.code_version import code_digest, method_version
+
+    local = dag.annotation_code({"kind": "local", "path": "models/mine"})
+    assert method_version("annotate") in local and method_version("local_chat") in local
+    assert dag.annotation_code({"kind": "openai", "model": "gpt-4o"}) == method_version("annotate")
+    assert dag.annotation_code({"kind": "replay", "path": "answers"}) == code_digest("annotate")

@@ -28,6 +28,7 @@ from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
 from .chat_cache import ResponseCache
 from .cli import non_negative_int, positive_int, setup_logging
+from .code_version import method_version
 from .model_paths import model_fingerprint
 from .progress import Progress
 from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, read_tsv, write_tsv
@@ -77,8 +78,9 @@ class LazyLocal:
         self.path, self.model, self.batch_size = path, model, batch_size
         self.fingerprint = model_fingerprint(path)
         # the name alone would let another model in a directory of the same name (or new weights in
-        # this one) be answered from this model's cached answers
-        self.cache_model = f"{model} {self.fingerprint}"
+        # this one) be answered from this model's cached answers, and without the decoder's method
+        # version a decoding fix (local_chat raised) would read the old decoder's answers back
+        self.cache_model = f"{model} {self.fingerprint} {method_version('local_chat')}"
         self.chunk = 4 * batch_size  # requests claimed at a time: whole batches
         self._loaded = None
 

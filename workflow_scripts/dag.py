@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .annotation_files import FILES
-from .code_version import method_version
+from .code_version import code_digest, method_version
 from .dataset import Sample, read_dataset, shard_samples
 from .instructions import instruction_spans
 from .model_paths import ModelShape, cached_config, looks_local
@@ -88,6 +88,16 @@ def _file_sha256(path: str, mtime_ns: int) -> str:
 @functools.lru_cache(maxsize=2)
 def _manifest(path: str, mtime_ns: int) -> dict[str, str]:
     return read_manifest(path)
+
+
+def paper_checksums(names: list[str] | None = None, folder: str | None = None) -> str:
+    """The paper-data fetch rules' one param: 16 hex digits of the manifest's checksums of the files a job
+    fetches (`names`, or every file under `folder`), which change exactly when one's content does. Where
+    the files are read from is no param: the fetch checks each against the manifest, and moving the
+    local copy must not rerun the 128 head and FFN layer jobs that read the vocabulary."""
+    manifest = _manifest(PAPER_MANIFEST, Path(PAPER_MANIFEST).stat().st_mtime_ns)
+    chosen = sorted(names if names is not None else [n for n in manifest if n.startswith(f"{folder}/")])
+    return hashlib.sha256("".join(f"{manifest.get(n)}  {n}\n" for n in chosen).encode()).hexdigest()[:16]
 
 
 def dataset_digest(config: dict) -> str:
@@ -271,6 +281,17 @@ def annotator_input(provider: dict, step: str | None = None, seed: int | str | N
     if provider["kind"] == "replay" and step is not None:
         return [str(Path(provider["path"]) / FILES[step].format(seed=seed))]
     return []
+
+
+def annotation_code(provider: dict) -> str:
+    """The annotation steps' `code` param. Paid or slow answers rerun only when the method's version is
+    raised; a local model's also when its decoder's (local_chat) is, which is in their cache key; replay
+    reads files, costs nothing, and follows its code like a table job."""
+    if provider["kind"] == "replay":
+        return code_digest("annotate")
+    if provider["kind"] == "local":
+        return f"{method_version('annotate')}, {method_version('local_chat')}"
+    return method_version("annotate")
 
 
 def word_vectors_input(config: dict) -> list[str]:

@@ -1,0 +1,96 @@
+"""The paper-data rules in real Snakemake runs: what reruns them (the manifest's checksums) and what
+does not (where the identical, checksum-verified data are read from)."""
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import clone_run
+from test_workflow import copy_workflow, snakemake
+
+pytestmark = [pytest.mark.workflow, pytest.mark.paper]
+
+RELEASES = ["resources/paper/results/attribution_interpret/ifa_llama_7b",
+            "resources/paper/results/attribution_interpret/ifa_vicuna_7b"]
+DATA_RULES = {"paper_datasets", "paper_released_attributions"}
+# what reads the fetched data: the head and FFN layer jobs (the vocabulary), the conversion of the releases
+DOWNSTREAM = {"config/paper.yaml": ["ffn", "table3"], "config/paper-released.yaml": ["table1", "table2"]}
+
+
+def local_copy(paper_dir: Path, target: Path) -> Path:
+    """A local copy of the paper data at its own path: the same files (linked, not copied)."""
+    target.mkdir(parents=True)
+    for name in ("datasets", "results"):
+        os.symlink(paper_dir / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def fetched(paper_dir, tmp_path_factory):
+    """A workflow whose paper data (datasets and both released folders) were fetched for real from dirA."""
+    root = tmp_path_factory.mktemp("paper_source")
+    (root / "work").mkdir()
+    work = copy_workflow(root / "work")
+    copy_a, copy_b = local_copy(paper_dir, root / "dirA"), local_copy(paper_dir, root / "dirB")
+    snakemake(work, "paper_datasets", *RELEASES, "--configfile", "config/paper-released.yaml",
+              "--config", f"paper_data={copy_a}")
+    planned = {config: dry_run(work, *targets, "--configfile", config, "--config", f"paper_data={copy_a}")[0]
+               for config, targets in DOWNSTREAM.items()}
+    return work, copy_a, copy_b, planned
+
+
+def dry_run(workdir: Path, *args: str) -> tuple[dict[str, int], str]:
+    """Rule -> job count of a dry run (empty when nothing is to be done), and its output."""
+    out = snakemake(workdir, "--dry-run", *args)
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}, text
+    block = text.split("Job stats:", 1)[1]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", block, re.M) if rule != "total"}, text
+
+
+@pytest.mark.parametrize("change", ["moved", "null", "commit"])
+def test_where_the_verified_paper_data_come_from_plans_nothing(fetched, change):
+    """Moving the local copy (dirA -> dirB), dropping it (download), or naming another commit changes
+    no content (the files are checked against the manifest), so neither the data rules nor the 128
+    head and FFN layer jobs that read the vocabulary may rerun."""
+    work, copy_a, copy_b, planned = fetched
+    after = {"moved": [f"paper_data={copy_b}"], "null": ["paper_data="],
+             "commit": [f"paper_data={copy_a}", "paper_commit=0123abcd"]}[change]
+    assert dry_run(work, "paper_datasets", *RELEASES, "--configfile", "config/paper-released.yaml",
+                   "--config", *after)[0] == {}
+    for config, targets in DOWNSTREAM.items():
+        jobs, text = dry_run(work, *targets, "--configfile", config, "--config", *after)
+        assert "Params have changed" not in text and "updated by another job: resources/paper/" not in text
+        assert jobs == planned[config] and not DATA_RULES & set(jobs)
+
+
+def test_a_changed_checksum_in_the_manifest_plans_that_data_rule_again(fetched, tmp_path):
+    """The manifest's checksums decide the content: a new one for a dataset reruns paper_datasets
+    (and only it among the data rules)."""
+    work = clone_run(fetched[0], tmp_path / "work")
+    manifest = work / "datasets/paper-manifest.sha256"
+    text = manifest.read_text()
+    manifest.unlink()  # a hard link to the fixture's copy: replace it, never write through it
+    manifest.write_text(re.sub(r"^\w{64}(?=  \./datasets/FinalDataset\.tsv$)", "0" * 64, text, flags=re.M))
+    jobs, text = dry_run(work, "paper_datasets", *RELEASES, "--configfile", "config/paper-released.yaml",
+                         "--config", f"paper_data={fetched[1]}")
+    assert jobs == {"paper_datasets": 1} and "Params have changed" in text
+
+
+def test_a_local_copy_whose_file_does_not_match_the_manifest_fails_naming_it(paper_dir, tmp_path):
+    """The vocabulary (read by no planning step) stands for any file: the job fails, the log names the
+    file, and nothing is moved into place."""
+    (tmp_path / "work").mkdir()
+    work = copy_workflow(tmp_path / "work")
+    source = tmp_path / "tampered"
+    shutil.copytree(paper_dir / "datasets", source / "datasets")
+    (source / "datasets/SingleShareGPT_Vocab.tsv.gz").unlink()
+    (source / "datasets/SingleShareGPT_Vocab.tsv").write_text("the\t0.5\n")
+    out = snakemake(work, "paper_datasets", "--configfile", "config/paper.yaml", "--config", f"paper_data={source}",
+                    check=False)
+    assert out.returncode != 0
+    assert re.search(rf"{re.escape(str(source))}/datasets/SingleShareGPT_Vocab.tsv: SHA-256 \w+ does not match the "
+                     "manifest", out.stdout + out.stderr)
+    assert not (work / "resources/paper/datasets/SingleShareGPT_Vocab.tsv").exists()
