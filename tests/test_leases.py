@@ -169,11 +169,78 @@ def test_a_users_cuda_visible_devices_is_the_pool_under_the_users_ids(start, tmp
     assert a.finish() == 0 and b.finish() == 0
 
 
-def test_under_slurm_the_allocation_is_kept_and_nothing_is_locked(start, tmp_path):
-    job = run_now(start, "slurm", env=job_env(SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="7"))
+def fake_squeue(tmp_path: Path, env: dict[str, str], name: str, comment: str = "", job_id: str = "42",
+                answer: str | None = None) -> dict[str, str]:
+    """`env` with a squeue that knows one job, `job_id`, called `name`, with `comment`, when asked what the
+    launcher asks (or whose answer is the shell line `answer`)."""
+    bin_dir = tmp_path / "squeue-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    expected = f"--noheader --jobs={job_id} --format=%j|%k"
+    answer = answer or f"printf '%s\\n' '{name}|{comment}'"
+    (bin_dir / "squeue").write_text(
+        f'#!/bin/sh\ntest "$*" = "{expected}" || {{ echo "squeue: unexpected $*" >&2; exit 1; }}\n{answer}\n')
+    (bin_dir / "squeue").chmod(0o755)
+    return env | {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
+
+
+# what snakemake-executor-plugin-slurm 2.x gives each job it submits: `--job-name <run ID>` (a UUID, after
+# `--slurm-jobname-prefix` if set) and `--comment rule_<rule>[_wildcards_<values>]`
+RUN_ID = "0d6b2f1e-8c1a-4f7e-9b3a-5c2d1e0f9a84"
+
+
+@pytest.mark.parametrize("name, comment", [
+    (RUN_ID, "rule_explain_attention_layer_wildcards_base_3"),
+    (f"shiftlens_{RUN_ID}", "rule_merge_bilinear_words"),
+], ids=["run-id", "prefixed-run-id"])
+def test_a_job_the_slurm_executor_submitted_keeps_its_allocation_and_locks_nothing(start, tmp_path, name, comment):
+    env = fake_squeue(tmp_path, job_env(fake_gpus=None, SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="7"), name, comment)
+    job = run_now(start, "slurm", env=env)
     assert job.devices() == "7"
-    assert "SLURM job 42" in job.stderr()
+    assert "SLURM job 42: using its allocation, CUDA_VISIBLE_DEVICES=7" in job.stderr()
     assert not (tmp_path / ".snakemake").exists()
+
+
+@pytest.mark.parametrize("name, comment", [
+    ("interactive", ""),  # salloc
+    ("bash", ""),  # srun --pty bash
+    ("run-demo.sh", "rule_all"),  # sbatch of a script running Snakemake, whatever its comment
+    (RUN_ID, ""),  # a UUID name alone is not the executor's mark
+], ids=["salloc", "srun-pty", "sbatch-script", "uuid-name-only"])
+def test_a_local_run_inside_a_slurm_allocation_splits_its_devices_between_jobs(start, tmp_path, name, comment):
+    """`snakemake --cores all --resources gpu=2` run inside salloc or an sbatch session: every job of the
+    run sees SLURM_JOB_ID and the allocation's two GPUs, and must still get one of them to itself."""
+    env = fake_squeue(tmp_path, job_env(fake_gpus=None, SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="0,1"), name, comment)
+    a, b = start("a", env=env), start("b", env=env)
+    assert {a.devices(), b.devices()} == {"0", "1"}
+    c = start("c", env=env)
+    wait_until(lambda: "waiting for 1 free GPU(s)" in c.stderr(), "job c to wait")
+    assert a.finish() == 0 and b.finish() == 0 and c.finish() == 0
+    assert "SLURM job 42 was not submitted by Snakemake's SLURM executor" in a.stderr()
+    # the leases are the allocation's own: its device ids are its own too (0 may be another job's GPU 5)
+    locks = tmp_path / ".snakemake/gpu-leases/slurm-job-42"
+    assert sorted(p.name for p in locks.iterdir()) == ["gpu-0.lock", "gpu-1.lock"]
+
+
+def test_a_local_run_inside_an_allocation_whose_squeue_fails_still_splits_its_devices(start, tmp_path):
+    unreachable = "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2; exit 1"
+    env = fake_squeue(tmp_path, job_env(fake_gpus=None, SLURM_JOB_ID="42", CUDA_VISIBLE_DEVICES="0,1"), "",
+                      answer=unreachable)
+    a, b = start("a", env=env), start("b", env=env)
+    assert {a.devices(), b.devices()} == {"0", "1"}
+    assert a.finish() == 0 and b.finish() == 0
+    assert "cannot ask SLURM about job 42" in a.stderr() and "Unable to contact slurm controller" in a.stderr()
+
+
+def test_two_allocations_on_one_node_lease_their_own_devices_apart(start, tmp_path):
+    """Two allocations on one node with devices confined by cgroups both call their GPU 0: one must not
+    wait for the other's (the locks of one allocation are its own)."""
+    first = start("first", env=fake_squeue(tmp_path, job_env(fake_gpus=None, SLURM_JOB_ID="41",
+                                                             CUDA_VISIBLE_DEVICES="0"), "interactive", job_id="41"))
+    assert first.devices() == "0"
+    second = start("second", env=fake_squeue(tmp_path / "other", job_env(fake_gpus=None, SLURM_JOB_ID="42",
+                                                                        CUDA_VISIBLE_DEVICES="0"), "interactive"))
+    assert second.devices() == "0" and "waiting" not in second.stderr()
+    assert first.finish() == 0 and second.finish() == 0
 
 
 def test_the_lock_file_names_the_holder_while_the_job_runs(start, tmp_path):

@@ -17,8 +17,15 @@ The pool of devices is the user's CUDA_VISIBLE_DEVICES when set (leases go to it
 the user's ids), else the machine's GPUs as nvidia-smi lists them (or the driver's
 /proc/driver/nvidia/gpus where nvidia-smi is missing; none if neither answers). CUDA is never
 initialised here, so the launcher costs no GPU memory and no seconds. SHIFTLENS_FAKE_GPUS=N pretends the
-machine has GPUs 0..N-1 (tests, rehearsals on a CPU box). Under SLURM (SLURM_JOB_ID set) the
-allocation already chose the job's devices, so nothing is locked.
+machine has GPUs 0..N-1 (tests, rehearsals on a CPU box).
+
+Under SLURM (SLURM_JOB_ID set) a job that Snakemake's SLURM executor submitted has an allocation of its
+own, which already chose its devices: nothing is locked. Any other process in an allocation (a local
+`snakemake --resources gpu=N` run inside salloc, `srun --pty bash` or an sbatch script) shares it with
+the run's other jobs, so it leases as above, from locks of that allocation only
+(`LOCK_DIR/slurm-job-ID`): its device ids count from 0 again in another allocation on the same node.
+The executor's jobs are told apart by what snakemake-executor-plugin-slurm gives each job it submits
+(`executor_job`).
 """
 from __future__ import annotations
 
@@ -49,6 +56,37 @@ def default_lock_dir() -> Path:
     return Path(os.environ.get(LOCK_DIR_VARIABLE) or DEFAULT_LOCK_DIR)
 POLL_SECONDS = 0.5
 CPU_LINE = "no GPU leased: running on the CPU"
+
+# snakemake-executor-plugin-slurm 2.x submits each job as `sbatch --job-name <run ID> --comment
+# rule_<rule>[_wildcards_<values>]`: the run ID is a uuid4, after `<slurm-jobname-prefix>_` if that is set
+# (its status checks find its jobs by that name: `squeue --name <run ID>`). Neither reaches the job's
+# environment (its jobstep runs the job in an `srun` step with the SLURM_* variables other than the job's
+# id removed), so SLURM is asked. An allocation a person made is named after its command or script.
+EXECUTOR_JOB_NAME = re.compile(r"(?:[A-Za-z0-9_-]{1,50}_)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+EXECUTOR_JOB_COMMENT = "rule_"
+
+
+def executor_job(job_id: str) -> bool:
+    """Whether SLURM job `job_id` is one that Snakemake's SLURM executor submitted (for this one job), by
+    its name and comment; False, with a warning, when squeue cannot say (leasing inside the job's own
+    allocation is harmless: it gets all of its devices at once)."""
+    command = ["squeue", "--noheader", f"--jobs={job_id}", "--format=%j|%k"]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("cannot ask SLURM about job %s (%s): leasing GPUs inside its allocation", job_id, err)
+        return False
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        log.warning("cannot ask SLURM about job %s (%s: %s): leasing GPUs inside its allocation", job_id,
+                    shlex.join(command), (out.stderr or out.stdout).strip() or f"exit status {out.returncode}")
+        return False
+    name, _, comment = lines[0].partition("|")
+    if EXECUTOR_JOB_NAME.fullmatch(name.strip()) and comment.startswith(EXECUTOR_JOB_COMMENT):
+        return True
+    log.info("SLURM job %s was not submitted by Snakemake's SLURM executor (name %r, comment %r): its GPUs "
+             "are shared by the jobs run inside it, leasing", job_id, name.strip(), comment.strip())
+    return False
 
 
 def machine_gpus() -> list[str]:
@@ -173,13 +211,18 @@ def note_holder(held: dict[str, int], command: list[str]) -> None:
 def lease(count: int, command: list[str], lock_dir: Path | None = None) -> dict[str, int]:
     """Lease `count` GPUs for `command` and point CUDA_VISIBLE_DEVICES at them; returns the lock
     descriptors (device -> fd), which must stay open as long as the job runs. The job runs on the
-    CPU (CUDA_VISIBLE_DEVICES="") when it asks for none or there are none; under SLURM the
-    allocation's devices are kept.
+    CPU (CUDA_VISIBLE_DEVICES="") when it asks for none or there are none; in a SLURM job that
+    Snakemake's SLURM executor submitted the allocation's devices are kept; in any other SLURM
+    allocation the devices are leased among the processes of that allocation.
     (A request larger than the pool gets the whole pool, with a warning: waiting could never end.)"""
-    if "SLURM_JOB_ID" in os.environ:
-        log.info("SLURM job %s: using its allocation, CUDA_VISIBLE_DEVICES=%s", os.environ["SLURM_JOB_ID"],
-                 os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
-        return {}
+    machine_lock_dir = lock_dir = Path(lock_dir or default_lock_dir())
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job:
+        if executor_job(slurm_job):
+            log.info("SLURM job %s: using its allocation, CUDA_VISIBLE_DEVICES=%s (submitted by Snakemake's "
+                     "SLURM executor)", slurm_job, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
+            return {}
+        lock_dir = machine_lock_dir / f"slurm-job-{re.sub(r'[^A-Za-z0-9._-]', '_', slurm_job)}"
     pool = device_pool()
     if count == 0 or not pool:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -197,7 +240,7 @@ def lease(count: int, command: list[str], lock_dir: Path | None = None) -> dict[
         log.warning("the job asks for %d GPUs but only %d can be leased (%s): it gets all of them",
                     count, len(pool), ",".join(pool))
         count = len(pool)
-    lock_dir = lock_dir or default_lock_dir()
+    make_lock_dir(machine_lock_dir)  # sticky and open to every user, also above an allocation's own folder
     held = acquire(count, pool, lock_dir)
     note_holder(held, command)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(held)
