@@ -428,3 +428,91 @@ def test_each_table_says_which_precision_made_its_attributions(tmp_path, write_t
     assert "\ntuned: attributions computed:generate, precision bfloat16" in text
     released = {"model": "x", "source": "released:ifa_llama_7b", "binned_levels": 10}  # the paper's own
     assert arithmetic_note(released, "llama-7b") == "llama-7b: attributions released:ifa_llama_7b"
+
+
+# --- Table 1: the attributed responses are the texts that were rated ----------------------------
+
+RATINGS_HEADER = "File\tModel\tPrompt\tReference\tInstruct\tResponse\tRating"
+
+
+def rated_row(sample_id, response, rating):
+    """A ratings-file line; `response` as the file writes it (tabs and newlines as /t and /n)."""
+    return "\t".join((f"{sample_id}.pkl", "tuned_7B", "prompt", "reference", "instruct", response, str(rating)))
+
+
+def table1_main(tmp_path, shard, dataset, ratings, *extra):
+    (tmp_path / "tuned").mkdir(exist_ok=True)
+    save_shard(shard, tmp_path / "tuned" / "attributions.npz")
+    main(["table1", "--dataset", str(dataset), "--attributions", str(tmp_path / "tuned" / "attributions.npz"),
+          "--ratings", str(ratings), "--rated-model", "tuned_7B", "--groups",
+          ",".join(f"{prefix}={group}" for prefix, group in GROUPS.items()), *extra,
+          "--output", str(tmp_path / "table1.tsv")])
+    return pd.read_csv(tmp_path / "table1.tsv", sep="\t"), (tmp_path / "table1.md").read_text()
+
+
+def test_table1_says_how_many_rated_responses_differ_from_the_attributed_ones(tmp_path, write_tsv, caplog):
+    """A regenerated response that is not the rated text inherits a rating given to another text:
+    Table 1 keeps it (as the paper's code does) but its note and the job's log count and name it."""
+    shard = tiny_shard()
+    responses = {
+        "user_oriented_task_0": '"Hi, I\'m here ."',  # the rated text, as another decoder wrote it
+        "lima_author_1": "See path/to/dir",           # the file writes "/t" for a tab: read back as "path<TAB>o"
+        "mtbench_1": "",                              # empty: not in Table 1
+        "zzz_1": "No.",                               # not the rated text
+    }
+    for sample in shard.samples:
+        sample.response = responses[sample.id]
+    ratings = write_tsv([
+        rated_row("user_oriented_task_0", '"Hi, I\'m here."   ', 4),
+        rated_row("lima_author_1", "See path/to/dir", 1),
+        rated_row("mtbench_1", "Something.", 3),
+        rated_row("zzz_1", "Yes.", 2),
+    ], name="ratings.tsv", header=RATINGS_HEADER)
+    table, markdown = table1_main(tmp_path, shard, write_tsv(DATASET_ROWS), ratings, "--min-response-tokens", "1")
+    assert table["n_unfollowed"].sum() + table["n_followed"].sum() == 3  # the differing sample is kept
+    note = ("1 of the 3 rated responses of tuned in Table 1 differ from the text that was rated "
+            "(their ratings rate another text): zzz_1")
+    assert f"\n{note}.\n" in markdown
+    assert any(r.levelname == "WARNING" and note in r.getMessage() for r in caplog.records)
+
+
+def test_rated_response_comparison_ignores_only_formatting():
+    from workflow_scripts.table1_2 import same_rated_text
+
+    assert same_rated_text('"A reply ."', ' A reply.  ')       # enclosing quotes, white space, " ." clean-up
+    assert same_rated_text("x != y", "x!= y")                  # the tokenizer's clean-up of spaces
+    assert same_rated_text("path/to", "path\to")               # the ratings file's "/t" read as a tab
+    assert same_rated_text("🐾🐾\ufffd\ufffd", "🐾🐾  ")        # the bytes of a character cut off at the end
+    assert not same_rated_text("Yes.", "No.")
+    assert not same_rated_text("A reply.", "A reply. More.")
+    assert not same_rated_text('"A" and', "A and")
+
+
+@pytest.mark.paper
+def test_the_released_vicuna_responses_are_the_rated_texts(released, tmp_path):
+    """On the paper's data all 632 rated Vicuna texts are the released responses (up to formatting),
+    Table 1's note says none differ, and its numbers are those of table1() without the check."""
+    from conftest import PAPER_DIR
+
+    from workflow_scripts.dataset import read_rated_responses, read_ratings
+    from workflow_scripts.shards import load_shard
+    from workflow_scripts.table1_2 import same_rated_text
+
+    dataset, shards, _ = released
+    annotated = PAPER_DIR / "datasets" / "AnnotatedDataset.tsv"
+    rated = read_rated_responses(annotated, "vicuna_7B")
+    attributed = {a.id: a.response for a in load_shard(shards["vicuna"]).samples}
+    assert len(rated) == 632
+    assert [i for i, text in rated.items() if not same_rated_text(attributed[i], text)] == []
+    (tmp_path / "vicuna-7b").mkdir()
+    shard = tmp_path / "vicuna-7b" / "attributions.npz"
+    shard.symlink_to(shards["vicuna"])
+    main(["table1", "--dataset", str(dataset), "--attributions", str(shard), "--ratings", str(annotated),
+          "--rated-model", "vicuna_7B", "--groups", ",".join(f"{p}={g}" for p, g in GROUPS.items()),
+          "--output", str(tmp_path / "table1.tsv")])
+    table = pd.read_csv(tmp_path / "table1.tsv", sep="\t")
+    assert table["n_unfollowed"].tolist() == [44, 50, 19] and table["n_followed"].tolist() == [194, 249, 60]
+    expected = table1(instruction_scores(shard, dataset, GROUPS, ANALYSIS), read_ratings(annotated, "vicuna_7B"), 5)
+    pd.testing.assert_frame_equal(table, expected, rtol=1e-5)
+    assert ("\n0 of the 616 rated responses of vicuna-7b in Table 1 differ from the text that was rated.\n"
+            in (tmp_path / "table1.md").read_text())

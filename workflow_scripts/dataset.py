@@ -110,10 +110,19 @@ def read_dataset(path: str | Path) -> list[Sample]:
 
 def read_ratings(path: str | Path, rated_model: str) -> dict[str, int]:
     """Human ratings (1-4; <= 0 means not rated) of `rated_model`'s responses, by sample id."""
+    return {sample_id: rating for sample_id, rating, _ in _rated_rows(path, rated_model)}
+
+
+def read_rated_responses(path: str | Path, rated_model: str) -> dict[str, str]:
+    """The response texts that were rated (column Response, decoded as `decode_field` does), by sample id."""
+    return {sample_id: response for sample_id, _, response in _rated_rows(path, rated_model)}
+
+
+def _rated_rows(path: str | Path, rated_model: str):
+    """(sample id, rating, decoded Response) of each row of `rated_model` in a ratings file."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"ratings file not found: {path}")
-    ratings: dict[str, int] = {}
     lines: dict[str, int] = {}
     for number, fields in _rows(path, RATING_COLUMNS):
         if fields[1] != rated_model:
@@ -129,10 +138,10 @@ def read_ratings(path: str | Path, rated_model: str) -> dict[str, int]:
             raise DatasetError(
                 f"{path}:{number}: a second rating of {sample_id} by {rated_model} (first on line {lines[sample_id]})"
             )
-        ratings[sample_id], lines[sample_id] = rating, number
-    if not ratings:
+        lines[sample_id] = number
+        yield sample_id, rating, decode_field(fields[5])
+    if not lines:
         raise DatasetError(f"{path}: no ratings for the model {rated_model!r} (column Model)")
-    return ratings
 
 
 def dataset_group(sample_id: str, groups: dict[str, str]) -> str:

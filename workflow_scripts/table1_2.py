@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .dataset import dataset_group, read_dataset, read_ratings
+from .dataset import dataset_group, encode_field, read_dataset, read_rated_responses, read_ratings
 from .importance import check_binned, sample_score
 from .instructions import instruction_mask, instruction_spans
 from .shards import load_shard
@@ -65,6 +66,7 @@ def instruction_scores(attributions: str | Path, dataset: str | Path, groups: di
         rows.append((a.id, dataset_group(a.id, groups), score, len(a.response_tokens), int(mask.sum())))
     frame = pd.DataFrame(rows, columns=["id", "group", "score", "response_tokens", "instruction_tokens"])
     frame.attrs["meta"] = dict(shard.meta)  # how the attributions were made, for the note under the table
+    frame.attrs["responses"] = {a.id: a.response for a in shard.samples}  # the texts attributed (Table 1's check)
     return frame
 
 
@@ -93,8 +95,7 @@ def table1(scores: pd.DataFrame, ratings: dict[str, int], min_response_tokens: i
 
     Returns one row per group, the columns TABLE1_COLUMNS.
     """
-    scores = scores.assign(rating=scores["id"].map(ratings).fillna(-1).astype(int))
-    rated = scores[(scores["rating"] > 0) & (scores["response_tokens"] >= min_response_tokens)]
+    rated = _table1_samples(scores, ratings, min_response_tokens)
     rows = []
     for group in _groups_in_order(rated["group"]):
         g = rated[rated["group"] == group]
@@ -103,6 +104,65 @@ def table1(scores: pd.DataFrame, ratings: dict[str, int], min_response_tokens: i
         rows.append((group, len(unfollowed), len(followed), _mean(unfollowed), _std(unfollowed),
                      _mean(followed), _std(followed), t, p))
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+
+
+def _table1_samples(scores: pd.DataFrame, ratings: dict[str, int], min_response_tokens: int) -> pd.DataFrame:
+    """The rows Table 1 counts, with their rating: rated (> 0), responses of min_response_tokens or more."""
+    scores = scores.assign(rating=scores["id"].map(ratings).fillna(-1).astype(int))
+    return scores[(scores["rating"] > 0) & (scores["response_tokens"] >= min_response_tokens)]
+
+
+# transformers' `clean_up_tokenization` (the paper's `decode` had it on): it removes the space a
+# tokenizer's pieces put before some punctuation, e.g. "x ." -> "x.", "a != b" -> "a!= b".
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def comparable_text(text: str) -> str:
+    """A response as Table 1 compares it with the rated text: formatting that one text can carry and
+    the other not, removed (docs/design.md#tables-1-and-2). Surrounding white space; the bytes of a
+    character cut off at the end, decoded as U+FFFD; one pair of enclosing double quotes (the ratings
+    file's quoting, which `decode_field` removes, or the model's own); tabs and line breaks written
+    as the ratings file writes them (`/t`, `/n`: it reads a literal "path/to" back as "path<TAB>o");
+    and the tokenizer's clean-up of spaces before punctuation."""
+    text = re.sub(r"[\s\ufffd]+\Z", "", text).strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    text = encode_field(text)
+    while True:  # to a fixed point, so that a text already cleaned up compares equal to the raw one
+        cleaned = text
+        for old, new in _CLEAN_UP:
+            cleaned = cleaned.replace(old, new)
+        if cleaned == text:
+            return text
+        text = cleaned
+
+
+def same_rated_text(attributed: str, rated: str) -> bool:
+    """Whether an attributed response is the text that was rated, up to formatting (comparable_text)."""
+    return comparable_text(attributed) == comparable_text(rated)
+
+
+def rated_response_note(scores: pd.DataFrame, ratings: dict[str, int], rated: dict[str, str],
+                        min_response_tokens: int, model: str) -> str:
+    """How many of the responses Table 1 counts differ from the text that was rated: a regenerated
+    response (`attribution.response: generate`) that is not the rated one keeps the sample's rating,
+    which rates another text. Kept in the table, as in the paper's code; said in the note and the log.
+
+    Args:
+        scores: one row per sample (instruction_scores) of `model`, attrs["responses"] their texts
+        rated: sample id -> the rated response text (read_rated_responses)
+    """
+    counted = _table1_samples(scores, ratings, min_response_tokens)["id"].tolist()
+    attributed = scores.attrs["responses"]
+    differ = [i for i in counted if not same_rated_text(attributed[i], rated[i])]
+    note = (f"{len(differ)} of the {len(counted)} rated responses of {model} in Table 1 differ from the text "
+            "that was rated")
+    if not differ:
+        return note
+    note += f" (their ratings rate another text): {', '.join(differ[:5])}"
+    log.warning(note)
+    return note + ("" if len(differ) <= 5 else ", ...")
 
 
 def table2(pretrained: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
@@ -185,13 +245,16 @@ def main(argv=None):
             parser.error("table1 needs one --attributions file, --ratings and --rated-model")
         ratings = read_ratings(args.ratings, args.rated_model)
         table = table1(scores[0], ratings, args.min_response_tokens)
+        rated = read_rated_responses(args.ratings, args.rated_model)
+        notes = [rated_response_note(scores[0], ratings, rated, args.min_response_tokens,
+                                     Path(args.attributions[0]).parent.name)]
     else:
         if len(scores) != 2:
             parser.error("table2 needs two --attributions files: pretrained, tuned")
         table = table2(scores[0], scores[1])
-    notes = [] if args.table == "table1" else [  # Table 1 keeps responses of min_response_tokens or more
-        empty_response_note(frame, Path(path).parent.name) for frame, path in zip(scores, args.attributions)
-    ]
+        notes = [  # Table 1 keeps responses of min_response_tokens or more
+            empty_response_note(frame, Path(path).parent.name) for frame, path in zip(scores, args.attributions)
+        ]
     notes += [arithmetic_note(frame.attrs["meta"], Path(path).parent.name)
               for frame, path in zip(scores, args.attributions)]
     write_table(table, args.output, args.title, notes, args.notice)
