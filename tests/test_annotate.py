@@ -6,6 +6,7 @@ import math
 import os
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -408,3 +409,21 @@ def test_describe_reads_separator_words_from_the_lossless_shards(tmp_path):
     (out,) = read(described)
     assert out["Summary"] == "Pipes." and out["Explainable"] == "1"
     assert split_words(out["TopK"]) == top
+
+
+MOUNTS = """overlay / overlay rw 0 0
+/dev/sda1 /home ext4 rw 0 0
+server:/export /home/shared nfs4 rw,vers=4.2 0 0
+/dev/sdb1 /home/shared/local\\040disk xfs rw 0 0
+"""
+
+
+def test_a_cache_on_a_network_filesystem_is_named_by_its_longest_mount_point(tmp_path):
+    """SQLite's WAL needs one host and locks a network filesystem may not keep: the job warns."""
+    from workflow_scripts.chat_cache import network_filesystem
+
+    assert network_filesystem(Path("/home/shared/run/resources"), MOUNTS) == "nfs4"
+    assert network_filesystem(Path("/home/shared"), MOUNTS) == "nfs4"
+    assert network_filesystem(Path("/home/shared/local disk/cache"), MOUNTS) is None  # xfs below the nfs mount
+    assert network_filesystem(Path("/home/sharedness"), MOUNTS) is None  # a prefix is not a parent
+    assert network_filesystem(tmp_path) is None  # this machine's own mount table: a local disk

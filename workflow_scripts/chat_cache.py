@@ -3,7 +3,10 @@ paid for again, and every job writes the answer the cache holds.
 
 One SQLite file under `resources/` (not `results/`, so deleting results never re-bills), shared
 by concurrent annotation jobs, also from several working directories: WAL journal and a generous
-busy timeout. Two tables:
+busy timeout. WAL needs every process using the file on one host, and SQLite's locks are not to be
+trusted over a network filesystem: a cache there gets a warning (`network_filesystem`); the
+annotation jobs are local rules, so a cache on the submitting host's own disk serves a cluster run.
+Two tables:
 
 - `responses`: one answer per request key, `INSERT OR IGNORE` (the first answer wins) and read
   back at once, so a job that raced another one uses the winner's answer, never its own copy.
@@ -18,6 +21,7 @@ busy timeout. Two tables:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import socket
@@ -53,6 +57,8 @@ CREATE TABLE IF NOT EXISTS claims (
 )
 """,
 )
+log = logging.getLogger(__name__)
+
 STALE_AFTER_S = 300.0
 BUSY_TIMEOUT_S = 120.0
 BATCH = 500  # keys per `IN (...)` query (SQLite allows 999 variables in old builds)
@@ -77,6 +83,29 @@ def process_start(pid: int) -> str | None:
         return ""
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (command)": state is field 3, starttime 22
     return None if fields[0] in ("Z", "X") else fields[19]
+
+
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+                       "fuse.glusterfs", "fuse.sshfs", "9p", "afs", "pvfs2", "fuse.ceph"}
+
+
+def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the network filesystem holding `path` (the longest mount point above it in
+    /proc/self/mounts), or None: a local one, or no mount table to read."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    target, best, kind = str(path.resolve()), -1, None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > best:
+            best, kind = len(point), fields[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -112,6 +141,10 @@ class ResponseCache:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.started = process_start(self.pid) or ""
         self.owner = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:12]}"
+        remote = network_filesystem(self.path.parent)
+        if remote:
+            log.warning("the answer cache %s is on a %s filesystem: SQLite's WAL and locks are not safe there; "
+                        "set annotation.cache to a path on this host's own disk", self.path, remote)
         self._db = connect(self.path)
         _set_up(self._db, self.path)
         self._beating = threading.Event()
