@@ -50,6 +50,8 @@ rule convert_released_attributions:
         "results/attribution/{model}/released.npz",
     log:
         "logs/convert_released_attributions/{model}.log",
+    benchmark:
+        "benchmarks/convert_released_attributions/{model}.tsv"
     conda:
         "../envs/shiftlens.yaml"
     params:

@@ -14,6 +14,8 @@ rule browse_pair:
         directory("results/browse/{pair}"),
     log:
         "logs/browse/{pair}.log",
+    benchmark:
+        "benchmarks/browse/{pair}.tsv"
     conda:
         "../envs/shiftlens.yaml"
     params:
