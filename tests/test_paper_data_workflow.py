@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import clone_run
-from test_workflow import copy_workflow, snakemake
+from test_workflow import copy_workflow, dry_run, snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.paper]
 
@@ -38,16 +38,6 @@ def fetched(paper_dir, tmp_path_factory):
     planned = {config: dry_run(work, *targets, "--configfile", config, "--config", f"paper_data={copy_a}")[0]
                for config, targets in DOWNSTREAM.items()}
     return work, copy_a, copy_b, planned
-
-
-def dry_run(workdir: Path, *args: str) -> tuple[dict[str, int], str]:
-    """Rule -> job count of a dry run (empty when nothing is to be done), and its output."""
-    out = snakemake(workdir, "--dry-run", *args)
-    text = out.stdout + out.stderr
-    if "Nothing to be done" in text:
-        return {}, text
-    block = text.split("Job stats:", 1)[1]
-    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", block, re.M) if rule != "total"}, text
 
 
 @pytest.mark.parametrize("change", ["moved", "null", "commit"])

@@ -494,13 +494,13 @@ def test_the_released_vicuna_responses_are_the_rated_texts(released, tmp_path):
     Table 1's note says none differ, and its numbers are those of table1() without the check."""
     from conftest import PAPER_DIR
 
-    from workflow_scripts.dataset import read_rated_responses, read_ratings
+    from workflow_scripts.dataset import read_rated, read_ratings
     from workflow_scripts.shards import load_shard
     from workflow_scripts.table1_2 import same_rated_text
 
     dataset, shards, _ = released
     annotated = PAPER_DIR / "datasets" / "AnnotatedDataset.tsv"
-    rated = read_rated_responses(annotated, "vicuna_7B")
+    rated = read_rated(annotated, "vicuna_7B")[1]
     attributed = {a.id: a.response for a in load_shard(shards["vicuna"]).samples}
     assert len(rated) == 632
     assert [i for i, text in rated.items() if not same_rated_text(attributed[i], text)] == []

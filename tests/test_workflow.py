@@ -30,14 +30,19 @@ def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = 
     return result
 
 
-def planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> dict[str, int]:
-    """Rule -> job count of a dry run (empty when nothing is to be done)."""
+def dry_run(workdir: Path, *args: str, env: dict | None = None) -> tuple[dict[str, int], str]:
+    """Rule -> job count of a dry run (empty when nothing is to be done), and its output."""
     out = snakemake(workdir, "--dry-run", *args, env=env)
     text = out.stdout + out.stderr
     if "Nothing to be done" in text:
-        return {}
+        return {}, text
     block = text.split("Job stats:", 1)[1]
-    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", block, re.M) if rule != "total"}
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", block, re.M) if rule != "total"}, text
+
+
+def planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> dict[str, int]:
+    """Rule -> job count of a dry run (empty when nothing is to be done)."""
+    return dry_run(workdir, *args, env=env)[0]
 
 
 def copy_workflow(target: Path) -> Path:

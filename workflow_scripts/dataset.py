@@ -110,19 +110,17 @@ def read_dataset(path: str | Path) -> list[Sample]:
 
 def read_ratings(path: str | Path, rated_model: str) -> dict[str, int]:
     """Human ratings (1-4; <= 0 means not rated) of `rated_model`'s responses, by sample id."""
-    return {sample_id: rating for sample_id, rating, _ in _rated_rows(path, rated_model)}
+    return read_rated(path, rated_model)[0]
 
 
-def read_rated_responses(path: str | Path, rated_model: str) -> dict[str, str]:
-    """The response texts that were rated (column Response, decoded as `decode_field` does), by sample id."""
-    return {sample_id: response for sample_id, _, response in _rated_rows(path, rated_model)}
-
-
-def _rated_rows(path: str | Path, rated_model: str):
-    """(sample id, rating, decoded Response) of each row of `rated_model` in a ratings file."""
+def read_rated(path: str | Path, rated_model: str) -> tuple[dict[str, int], dict[str, str]]:
+    """The ratings (read_ratings) and the response texts they rate (column Response, decoded as
+    `decode_field` does), by sample id, from one reading of the file."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"ratings file not found: {path}")
+    ratings: dict[str, int] = {}
+    responses: dict[str, str] = {}
     lines: dict[str, int] = {}
     for number, fields in _rows(path, RATING_COLUMNS):
         if fields[1] != rated_model:
@@ -138,10 +136,10 @@ def _rated_rows(path: str | Path, rated_model: str):
             raise DatasetError(
                 f"{path}:{number}: a second rating of {sample_id} by {rated_model} (first on line {lines[sample_id]})"
             )
-        lines[sample_id] = number
-        yield sample_id, rating, decode_field(fields[5])
-    if not lines:
+        lines[sample_id], ratings[sample_id], responses[sample_id] = number, rating, decode_field(fields[5])
+    if not ratings:
         raise DatasetError(f"{path}: no ratings for the model {rated_model!r} (column Model)")
+    return ratings, responses
 
 
 def dataset_group(sample_id: str, groups: dict[str, str]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .dataset import dataset_group, encode_field, read_dataset, read_rated_responses, read_ratings
+from .dataset import dataset_group, encode_field, read_dataset, read_rated
 from .importance import check_binned, sample_score
 from .instructions import instruction_mask, instruction_spans
 from .shards import load_shard
@@ -151,7 +151,7 @@ def rated_response_note(scores: pd.DataFrame, ratings: dict[str, int], rated: di
 
     Args:
         scores: one row per sample (instruction_scores) of `model`, attrs["responses"] their texts
-        rated: sample id -> the rated response text (read_rated_responses)
+        rated: sample id -> the rated response text (read_rated)
     """
     counted = _table1_samples(scores, ratings, min_response_tokens)["id"].tolist()
     attributed = scores.attrs["responses"]
@@ -243,9 +243,8 @@ def main(argv=None):
     if args.table == "table1":
         if not (args.ratings and args.rated_model) or len(scores) != 1:
             parser.error("table1 needs one --attributions file, --ratings and --rated-model")
-        ratings = read_ratings(args.ratings, args.rated_model)
+        ratings, rated = read_rated(args.ratings, args.rated_model)
         table = table1(scores[0], ratings, args.min_response_tokens)
-        rated = read_rated_responses(args.ratings, args.rated_model)
         notes = [rated_response_note(scores[0], ratings, rated, args.min_response_tokens,
                                      Path(args.attributions[0]).parent.name)]
     else:
