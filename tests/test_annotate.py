@@ -286,6 +286,25 @@ def test_replay_reproduces_all_three_steps_in_the_paper_layout(tmp_path, shards)
     assert not (tmp_path / "cache.sqlite").exists()
 
 
+def test_replay_finds_the_task_and_level_answers_of_a_summary_written_with_extra_spaces(tmp_path, shards):
+    """The paper deleted an answer's line breaks and tabs but kept its spaces, so a released Summary can
+    end in one or hold two; describe writes it folded to one line, and task and level ask with that:
+    the replay once looked them up as written and stopped ("never asked 'Concept: Words are dates.'")."""
+    answers = {}
+    for k, row in enumerate([[f"w{r}x{i}" for i in range(20)] for r in range(3)]):
+        for words in (row, row[::-1]):
+            summary, task = [("Dates. ", "None"), ("Programming  Languages", "coding"), (" Months\u00a0", "writing")][k]
+            answers["Words: {}.".format(", ".join(words[:15]))] = (summary, task, "Semantic")
+    write_replay(tmp_path / "released", 0, answers)
+    provider = {"kind": "replay", "path": str(tmp_path / "released")}
+    described, _ = run("describe", 0, shards, tmp_path, provider)
+    assert [r["Summary"] for r in read(described)] == ["Dates.", "Programming Languages", "Months"] * 2
+    tasks, _ = run("task", 0, [str(described)], tmp_path, provider)
+    assert [r["Task"] for r in read(tasks)] == ["None", "coding", "writing"] * 2
+    levels, _ = run("level", 0, [str(described)], tmp_path, provider)
+    assert [r["Concept"] for r in read(levels)] == ["Semantic"] * 6
+
+
 def test_replay_refuses_a_question_its_files_never_asked(tmp_path, shards):
     write_replay(tmp_path / "released", 0, {"Words: other.": ("Dates.", "None", "Semantic")})
     with pytest.raises(ChatError, match=r"linear_seed0\.tsv never asked 'Words: w0x0"):

@@ -137,8 +137,25 @@ def test_read_ratings_rejects_a_non_numeric_rating_naming_file_and_line(write_ts
 
 def test_read_ratings_rejects_a_rating_above_four(write_tsv):
     path = write_tsv([rating_row("a.pkl", "vicuna_7B", "5")], name="ratings.tsv", header=RATINGS_HEADER)
-    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:2: Rating 5 is outside"):
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:2: Rating 5 is not one of -1, 0, 1, 2, 3, 4 "):
         read_ratings(path, "vicuna_7B")
+
+
+@pytest.mark.parametrize("rating", ["1.5", "0.5", "2.9", "-7", "-2"])
+def test_read_ratings_rejects_a_rating_that_is_not_one_of_the_scale_instead_of_truncating_it(write_tsv, rating):
+    """int(float(x)) once made 1.5 unfollowed, 0.5 unrated and -7 a rating: each moved a sample
+    between Table 1's groups without a word."""
+    path = write_tsv([rating_row("a.pkl", "vicuna_7B", "3"), rating_row("b.pkl", "vicuna_7B", rating)],
+                     name="ratings.tsv", header=RATINGS_HEADER)
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:3: Rating {re.escape(rating)} is not one of "):
+        read_ratings(path, "vicuna_7B")
+
+
+def test_read_ratings_drops_white_space_around_a_file_name_as_the_dataset_does_around_an_id(write_tsv):
+    """A stray space once made the rating name no sample: that sample counted as unrated, silently."""
+    path = write_tsv([rating_row("a.pkl ", "vicuna_7B", "3"), rating_row(" b", "vicuna_7B", "2")],
+                     name="ratings.tsv", header=RATINGS_HEADER)
+    assert read_ratings(path, "vicuna_7B") == {"a": 3, "b": 2}
 
 
 def test_read_ratings_rejects_an_infinite_rating_naming_file_and_line(write_tsv):

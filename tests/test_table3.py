@@ -70,8 +70,9 @@ TOPK = {
     #   give 1>0 win, eat 1=1 skipped.
     ("tuned", 3, 0): ["give=gift|||eat=food", "give=gift|||eat=food", "give=gift"],
     ("pre", 3, 0): ["give=gift|||eat=food", "eat=food", "eat=food"],
-    # layer 3, head 1 exists for the tuned model only: not compared (else run would win here).
+    # layer 3, head 1: both know fast=run as often: run is equal, skipped.
     ("tuned", 3, 1): ["run=fast", "run=fast", "run=fast"],
+    ("pre", 3, 1): ["fast=run", "run=fast", "run=fast"],
 }
 
 
@@ -165,8 +166,8 @@ def test_released_paper_layout_is_counted_as_the_papers_script(tmp_path):
         (0, 0): [("explain", "why")]}
     # instruct: write 1 > 0 wins under both rules, explain 0 < 1 loses: mean 0.5 of 2.
     # general: code 1 > 0 wins under the paper's rule; under the canonical rule 0 = 0, no score.
-    paper = table3(frame, "llama", "vicuna", 4, ["write", "explain"], ["code"], counting="paper").iloc[0]
-    canonical = table3(frame, "llama", "vicuna", 4, ["write", "explain"], ["code"], counting="canonical").iloc[0]
+    paper = table3(frame, "llama", "vicuna", 1, ["write", "explain"], ["code"], counting="paper").iloc[0]
+    canonical = table3(frame, "llama", "vicuna", 1, ["write", "explain"], ["code"], counting="canonical").iloc[0]
     assert (paper.instruct_n, paper.instruct_mean, paper.general_n, paper.general_mean) == (2, 0.5, 1, 1.0)
     assert (canonical.instruct_n, canonical.instruct_mean, canonical.general_n) == (2, 0.5, 0)
 
@@ -238,12 +239,34 @@ def test_table3_skips_heads_with_equal_counts_and_leaves_out_words_with_no_diffe
     assert all(math.isnan(g[c]) for c in stats_columns)
 
 
-def test_table3_compares_only_heads_present_for_both_models(bilinear_words):
+def test_table3_in_layer_3_counts_give_and_no_general_verb(bilinear_words):
     table = table3(read_bilinear_words(bilinear_words), "pre", "tuned", 4, INSTRUCT, GENERAL).set_index("layers")
     g = table.loc["3-3"]
-    # give wins in head 0; eat is equal there; head 1 (tuned only, where run would win) is not compared
+    # give wins in head 0; eat is equal there, run equal in head 1
     assert (g.instruct_n, g.instruct_mean) == (1, 1.0)
     assert g.general_n == 0
+
+
+@pytest.mark.parametrize("missing", [("pre", 3, 1, 2), ("tuned", 0, 1, 0), ("pre", 2, 0, 1)])
+def test_a_head_dimension_missing_for_one_model_is_named_not_skipped(tmp_path, bilinear_words, missing):
+    """The released file comes in 23 pieces to join: a piece left out removed rows, and Table 3 was
+    computed on the heads and dimensions that were left, without a word (a mean moved by 0.19)."""
+    model, layer, head, dim = missing
+    lines = bilinear_words.read_text(encoding="utf8").splitlines()
+    cut = tmp_path / "cut.tsv"
+    gone = row(model, layer, head, dim, TOPK[model, layer, head][dim])
+    cut.write_text("\n".join(line for line in lines if line != gone) + "\n", encoding="utf8")
+    other = "tuned" if model == "pre" else "pre"
+    with pytest.raises(ValueError, match=rf"^{cut}: model {model} has no row of layer {layer} head {head} dimension "
+                                         rf"{dim}, which model {other} has \(the bilinear words of the two models must "
+                                         "cover the same layers, heads and dimensions"):
+        table3(read_bilinear_words(cut), "pre", "tuned", 4, INSTRUCT, GENERAL)
+
+
+def test_a_layer_missing_from_both_models_is_named(tmp_path, bilinear_words):
+    """A layer count above the file's once split the layers into the wrong four groups, silently."""
+    with pytest.raises(ValueError, match=rf"^{bilinear_words}: no row of layer 4 \(expected layers 0\.\.5"):
+        table3(read_bilinear_words(bilinear_words), "pre", "tuned", 6, INSTRUCT, GENERAL)
 
 
 def test_table3_word_lists_are_case_insensitive_and_deduplicated(bilinear_words):
@@ -349,3 +372,29 @@ def test_the_verb_lists_are_the_papers():
     # most frequent first: common verbs lead the list
     assert {"get", "go"} <= set(general[:10])
     assert {"know", "see", "think", "take"} <= set(general[:20])
+
+
+# --- the released recipe of config/paper-released.yaml, through Snakemake ----------------------------------
+
+
+@pytest.mark.workflow
+def test_the_released_table3_recipe_of_the_paper_config_runs_offline_as_its_comment_says(tmp_path):
+    """Uncommenting the config's `attention.released` block (its path made ours) must plan and run
+    Table 3 offline: it once stopped at planning, the models' layer count unknown without config.json."""
+    from test_workflow import copy_workflow, snakemake
+
+    work = copy_workflow(tmp_path)
+    text = (work / "config/paper-released.yaml").read_text(encoding="utf8")
+    block = text[text.index("\n# attention:\n") + 1:]
+    released = tmp_path / "bilinear_words.tsv"
+    text = text.replace(block, "".join(line.removeprefix("# ") + "\n" for line in block.splitlines())
+                        .replace("/path/to/bilinear_words.tsv", str(released)))
+    (work / "config/paper-released.yaml").write_text(text, encoding="utf8")
+    # the released layout, 32 layers of one head of two dimensions; vicuna knows write=code in layers 0-7
+    rows = [HEADER] + [row(model, layer, 0, dim, "write=code" if model == "vicuna" and layer < 8 else "")
+                       for model in ("llama", "vicuna") for layer in range(32) for dim in range(2)]
+    released.write_text("\n".join(rows) + "\n", encoding="utf8")
+    snakemake(work, "table3", "--configfile", "config/paper-released.yaml")
+    table = pd.read_csv(work / "results/tables/llama-vicuna/table3.tsv", sep="\t")
+    assert table["layers"].tolist() == ["0-7", "8-15", "16-23", "24-31"]
+    assert (table["instruct_n"].tolist(), table["instruct_mean"].iloc[0]) == ([1, 0, 0, 0], 1.0)

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .annotation_files import DESCRIBED_COLUMNS, ORIGIN_COLUMNS, question_field, step_columns
+from .annotation_files import DESCRIBED_COLUMNS, ORIGIN_COLUMNS, one_line, question_field, step_columns
 from .annotation_prompts import STEPS, concept_message, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
@@ -34,11 +34,6 @@ from .progress import Progress
 from .tsv import LINEAR_COLUMNS, WORDS_COLUMNS, decode_words, join_words, read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
-
-
-def one_line(text: str) -> str:
-    """Answers go into one TSV cell: no tabs or newlines."""
-    return " ".join(text.replace("\t", " ").split())
 
 
 def label_of(response: ChatResponse) -> str:

@@ -32,6 +32,11 @@ def question_field(message: str) -> str:
     return message.translate(_LAYOUT_ESCAPES)
 
 
+def one_line(text: str) -> str:
+    """An answer as its file holds it: one TSV cell, its white space (tabs and line breaks too) folded."""
+    return " ".join(text.replace("\t", " ").split())
+
+
 def step_columns(step: str) -> tuple[str, ...]:
     """The header of a step's file."""
     return DESCRIBED_COLUMNS if step == "describe" else (LABEL_COLUMN[step], *DESCRIBED_COLUMNS)

@@ -125,13 +125,8 @@ def read_rated(path: str | Path, rated_model: str) -> tuple[dict[str, int], dict
     for number, fields in _rows(path, RATING_COLUMNS):
         if fields[1] != rated_model:
             continue
-        sample_id = fields[0].removesuffix(".pkl")
-        try:
-            rating = int(float(fields[6]))
-        except (ValueError, OverflowError):
-            raise DatasetError(f"{path}:{number}: Rating {fields[6]!r} is not a number") from None
-        if rating > 4:
-            raise DatasetError(f"{path}:{number}: Rating {rating} is outside -1..4")
+        sample_id = fields[0].strip().removesuffix(".pkl")  # stripped as read_dataset strips its ids
+        rating = _rating(fields[6], f"{path}:{number}")
         if sample_id in lines:
             raise DatasetError(
                 f"{path}:{number}: a second rating of {sample_id} by {rated_model} (first on line {lines[sample_id]})"
@@ -140,6 +135,24 @@ def read_rated(path: str | Path, rated_model: str) -> tuple[dict[str, int], dict
     if not ratings:
         raise DatasetError(f"{path}: no ratings for the model {rated_model!r} (column Model)")
     return ratings, responses
+
+
+RATING_SCALE = (-1, 0, 1, 2, 3, 4)  # <= 0: not rated; 1: not followed; 2-4: followed
+
+
+def _rating(text: str, where: str) -> int:
+    """A rating of the scale, written as an integer ("3", "3.0"). A fraction or another number is an
+    error: truncated, 1.5 would count as unfollowed and 0.5 as unrated."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DatasetError(f"{where}: Rating {text!r} is not a number") from None
+    if value not in RATING_SCALE:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise DatasetError(f"{where}: Rating {text!r} is not a number")
+        scale = ", ".join(map(str, RATING_SCALE))
+        raise DatasetError(f"{where}: Rating {text.strip()} is not one of {scale} (<= 0: not rated)")
+    return int(value)
 
 
 def dataset_group(sample_id: str, groups: dict[str, str]) -> str:

@@ -17,7 +17,7 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from .annotation_files import FILES, LABEL_COLUMN, ORIGIN_COLUMNS, QUESTION_COLUMNS, question_field
+from .annotation_files import FILES, LABEL_COLUMN, ORIGIN_COLUMNS, QUESTION_COLUMNS, one_line, question_field
 from .annotation_prompts import concept_message
 from .chat import ChatError, ChatRequest, ChatResponse
 
@@ -42,7 +42,8 @@ def answers(directory: str | Path, step: str, seed: int) -> dict[str, list[tuple
                 raise ChatError(f"replay: {path} has no column {column!r}")
         table: dict[str, list[tuple[tuple[str, str, str], str]]] = {}
         for row in reader:
-            question = row[asked] if step == "describe" else question_field(concept_message(row[asked], step))
+            # describe wrote the summary as one line (one_line), and task and level asked with that
+            question = row[asked] if step == "describe" else question_field(concept_message(one_line(row[asked]), step))
             origin = tuple(row[column] for column in ORIGIN_COLUMNS)
             table.setdefault(question, []).append((origin, row[LABEL_COLUMN[step]]))
     return table

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .dataset import dataset_group, encode_field, read_dataset, read_rated
+from .dataset import DatasetError, dataset_group, encode_field, read_dataset, read_rated
 from .importance import check_binned, sample_score
 from .instructions import instruction_mask, instruction_spans
 from .shards import load_shard
@@ -143,6 +143,26 @@ def same_rated_text(attributed: str, rated: str) -> bool:
     return comparable_text(attributed) == comparable_text(rated)
 
 
+def unmatched_ratings_note(scores: pd.DataFrame, ratings: dict[str, int], path: str, rated_model: str) -> str:
+    """Which ratings name no sample of the dataset: Table 1 cannot count them (a typo in a File, or the
+    ratings of a larger dataset than this run's). Said in the note and the log; none matching is an error.
+
+    Args:
+        scores: one row per dataset sample (instruction_scores)
+        ratings: sample id -> rating (read_rated), of the ratings file `path`'s model `rated_model`
+    """
+    unmatched = sorted(set(ratings) - set(scores["id"]))
+    if len(unmatched) == len(ratings):
+        raise DatasetError(f"{path}: none of the {len(ratings)} ratings of {rated_model} names a sample of the "
+                           f"dataset (File, without .pkl, is a sample's ID), e.g. {unmatched[0]!r}")
+    if not unmatched:
+        return ""
+    note = (f"{len(unmatched)} of the {len(ratings)} ratings of {rated_model} in {path} name no sample of the "
+            f"dataset, and Table 1 leaves them out: {', '.join(map(repr, unmatched[:5]))}")
+    log.warning(note)
+    return note + ("" if len(unmatched) <= 5 else ", ...")
+
+
 def rated_response_note(scores: pd.DataFrame, ratings: dict[str, int], rated: dict[str, str],
                         min_response_tokens: int, model: str) -> str:
     """How many of the responses Table 1 counts differ from the text that was rated: a regenerated
@@ -245,7 +265,8 @@ def main(argv=None):
             parser.error("table1 needs one --attributions file, --ratings and --rated-model")
         ratings, rated = read_rated(args.ratings, args.rated_model)
         table = table1(scores[0], ratings, args.min_response_tokens)
-        notes = [rated_response_note(scores[0], ratings, rated, args.min_response_tokens,
+        notes = [unmatched_ratings_note(scores[0], ratings, args.ratings, args.rated_model),
+                 rated_response_note(scores[0], ratings, rated, args.min_response_tokens,
                                      Path(args.attributions[0]).parent.name)]
     else:
         if len(scores) != 2:

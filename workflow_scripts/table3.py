@@ -12,7 +12,7 @@ e.g. the paper's released file), whose `TopK` is split as the paper's script spl
    its dimension rows;
 3. per head and model, each word counts the head-level pairs it is part of;
 4. layers fall into four equal groups (layer * 4 // n_layers); for each group, each word of a
-   list gets the share of the group's heads (those present for both models) where the tuned
+   list gets the share of the group's heads where the tuned
    model's count exceeds the pre-trained one's, over the heads where the two counts differ; a
    word whose counts never differ has no score;
 5. per list: mean, population std and number of the word scores; a two-sided Welch t-test
@@ -25,10 +25,9 @@ Counting rules:
 - `canonical` (a correction): the two words lower-cased, then sorted (`B=a` and `a=b` are one
   pair, as docs/design.md#table-3 defines it), each pair once per dimension row.
 Both rules: an empty `TopK` holds no pairs (the script made one empty "pair" of it, which names
-no verb), and heads are matched between the models by (layer, head), each model's knowledge
-taken over all its own dimension rows (the script joined the models' rows on (layer, head,
-dimension) first, which is the same when both models list the same dimensions, as the explainer
-writes them).
+no verb), and heads are matched between the models by (layer, head). Both models must have rows
+for the same (layer, head, dimension)s over every layer (check_same_rows), so this equals the
+script's join of the models' rows on (layer, head, dimension).
 """
 from __future__ import annotations
 
@@ -107,7 +106,9 @@ def read_bilinear_words(path: str | Path) -> pd.DataFrame:
         else:
             row["pairs"] = [tuple(piece.split("=", 1)) for piece in paper_pairs(row.pop("TopK"))]
         rows.append(row)
-    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    frame.attrs["source"] = str(path)
+    return frame
 
 
 def _check_models(frame: pd.DataFrame, *models: str) -> None:
@@ -132,6 +133,29 @@ def head_knowledge(frame: pd.DataFrame, model: str, counting: str = "paper") -> 
         counts.setdefault((int(layer), int(head)), Counter()).update(row_pair_keys(pairs, counting))
     return {key: [p for p, n in sorted(c.items(), key=lambda item: (-item[1], item[0])) if n > 1]
             for key, c in sorted(counts.items())}
+
+
+def check_same_rows(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int) -> None:
+    """Both models must have a row for the same (layer, head, dimension)s, over every layer. The
+    explainer writes all of them; a row missing (a piece of the paper's 23-piece release left out
+    when joining it) would take heads out of a group or a head's knowledge over fewer dimensions
+    without a word, and the paper's script, which joins the models on the dimension, would differ."""
+    source = frame.attrs.get("source", "the bilinear words")
+    keys = {model: set(frame.loc[frame["Model"] == model, ["Layer", "Head", "Dim"]].itertuples(index=False, name=None))
+            for model in (pretrained, tuned)}
+    present = {layer for rows in keys.values() for layer, _, _ in rows}
+    missing = sorted(set(range(n_layers)) - present)
+    if missing:
+        raise ValueError(f"{source}: no row of layer {missing[0]} (expected layers 0..{n_layers - 1}, the models' "
+                         f"layer count; the file holds layers {min(present, default=0)}..{max(present, default=-1)})")
+    for model, other in ((pretrained, tuned), (tuned, pretrained)):
+        lacking = sorted(keys[other] - keys[model])
+        if lacking:
+            layer, head, dim = lacking[0]
+            raise ValueError(
+                f"{source}: model {model} has no row of layer {layer} head {head} dimension {dim}, which model {other} "
+                "has (the bilinear words of the two models must cover the same layers, heads and dimensions; "
+                f"{len(lacking)} such row(s) missing: was a piece of the file left out?)")
 
 
 def word_counts(knowledge: dict[tuple[int, int], list[tuple]]) -> dict[tuple[int, int], Counter]:
@@ -192,6 +216,7 @@ def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
     if len(too_deep) or (frame["Layer"] < 0).any():
         bad = int(too_deep.iloc[0]) if len(too_deep) else int(frame["Layer"].min())
         raise ValueError(f"layer {bad} in the bilinear words is outside 0..{n_layers - 1} (n_layers is {n_layers})")
+    check_same_rows(frame, pretrained, tuned, n_layers)
     instruct_words, general_words = _unique_lower(instruct_words), _unique_lower(general_words)
     tuned_counts = word_counts(head_knowledge(frame, tuned, counting))
     pretrained_counts = word_counts(head_knowledge(frame, pretrained, counting))
