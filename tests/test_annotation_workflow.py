@@ -241,20 +241,23 @@ def test_replaying_the_answers_from_files_in_the_papers_layout_gives_the_same_ta
     assert jobs.get("annotate_task") == 1 and "annotate_describe" not in jobs and "annotate_level" not in jobs
 
 
-@pytest.mark.parametrize("args", [("--forcerun", "demo_annotator"), ("--forceall",)])
-def test_a_local_annotator_of_ones_own_is_never_rebuilt_over(tmp_path, args):
-    """Only a provider with `build:` is demo_annotator's output: a model directory of the user's, given
-    as `path` alone, was deleted and replaced by SmolLM2 under -F, -R demo_annotator or --delete-all-output."""
+@pytest.mark.parametrize("where", ["elsewhere", "the demo's folder"])
+@pytest.mark.parametrize("args", [("--forcerun", "annotate_describe"), ("--forceall",)])
+def test_a_local_annotator_of_ones_own_is_never_rebuilt_over(tmp_path, args, where):
+    """Only a provider with `build:` has a demo_annotator rule: a model directory of the user's, given as
+    `path` alone, was deleted and replaced by SmolLM2 under -F, -R demo_annotator or --delete-all-output,
+    and still was after a first fix when it sat in the demo's own folder (build: removed to keep it)."""
     (tmp_path / "work").mkdir()
     work = copy_workflow(tmp_path / "work")
-    own = tmp_path / "my-annotator"
-    own.mkdir()
+    own = tmp_path / "my-annotator" if where == "elsewhere" else work / "resources/models/smollm2-135m-instruct"
+    own.mkdir(parents=True)
     (own / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     config = yaml.safe_load((work / "config.yaml").read_text())
-    config["annotation"]["provider"] = {"kind": "local", "path": str(own)}
+    config["annotation"]["provider"] = {"kind": "local", "path": str(own.relative_to(work) if work in own.parents
+                                                                     else own)}
     write_config(work, "own.yaml", config)
     planned = snakemake(work, "--dry-run", "table5", *args, "--configfile", "own.yaml")
-    assert "rule demo_annotator" not in planned.stdout or args[0] == "--forcerun"  # -R: the default folder
-    assert f"output: {own}" not in planned.stdout + planned.stderr
+    assert "rule demo_annotator" not in planned.stdout
+    assert "output: resources/models/smollm2" not in planned.stdout and f"output: {own}" not in planned.stdout
     deleted = snakemake(work, "--delete-all-output", "--dry-run", "table5", "--configfile", "own.yaml")
-    assert str(own) not in deleted.stdout + deleted.stderr
+    assert own.name not in deleted.stdout + deleted.stderr

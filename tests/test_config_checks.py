@@ -108,6 +108,26 @@ def test_paths_the_workflow_writes_stay_in_the_working_directory(demo, path, mon
     dag.check_config(demo)
 
 
+def test_a_built_model_goes_where_its_build_rule_writes_it_and_no_two_builds_share_a_folder(demo, monkeypatch):
+    """The demo rules write fixed folders: another path for a built model once passed the checks and
+    failed planning with an unexplained MissingInputException; an annotator built into a demo model's
+    folder failed as an AmbiguousRuleException."""
+    monkeypatch.chdir(REPO)
+    bad = copy.deepcopy(demo)
+    bad["models"]["demo-base"]["path"] = "resources/models/my-base"
+    with pytest.raises(dag.ConfigError, match=r"^models\.demo-base\.path: resources/models/my-base: `build: demo-base` "
+                                              r"writes the model to resources/models/demo-base"):
+        dag.check_config(bad)
+    bad = copy.deepcopy(demo)
+    bad["annotation"]["provider"]["path"] = "resources/models/demo-tuned/annotator"
+    with pytest.raises(dag.ConfigError, match=r"^annotation\.provider\.path \(resources/models/demo-tuned/annotator\) "
+                                              r"lies in models\.demo-tuned\.path \(resources/models/demo-tuned\)"):
+        dag.check_config(bad)
+    good = copy.deepcopy(demo)
+    good["models"]["demo-base"]["path"] = "./resources/models/demo-base/"
+    dag.check_config(good)
+
+
 @pytest.mark.parametrize("sample_id", ["../../x", "a/b", ".."])
 def test_released_attributions_are_read_only_by_plain_sample_ids(demo, tmp_path, sample_id):
     dataset = tmp_path / "data.tsv"

@@ -122,6 +122,9 @@ def describe(error: jsonschema.ValidationError, schema: dict) -> str:
         return _unknown_keys(error, schema)
     where = key_name(error.absolute_path)
     description = _resolve(error.schema, schema).get("description", "")
+    if error.validator == "pattern" and where.endswith("api_key_env"):  # a key pasted here is not printed
+        return (f"{where}: not the name of an environment variable (letters, digits and `_`): give the name of "
+                "the variable that holds the API key, never the key itself")
     if error.validator == "pattern" and "propertyNames" in error.schema_path:
         return f"{where}: the key {error.instance!r} is not allowed: {description or error.message}"
     text = f"{where}: {error.message}"

@@ -215,6 +215,7 @@ def check_config(config: dict) -> None:
         )
     for key, path in built_paths(config):
         check_inside_workdir(key, path)
+    check_built_paths(config)
     for model, settings in config["models"].items():
         if settings.get("attribution") == "released":
             released_dir(config, model)  # sample ids as file names, when the dataset is readable
@@ -238,6 +239,27 @@ def built_paths(config: dict) -> list[tuple[str, str]]:
     if provider.get("build") and provider.get("path"):
         paths.append(("annotation.provider.path", provider["path"]))
     return paths
+
+
+BUILT_MODEL_DIR = "resources/models/{build}"  # where rules/data.smk's demo rules write each built model
+
+
+def check_built_paths(config: dict) -> None:
+    """A built model must be where its demo rule writes it, and no built folder may hold another: else
+    planning fails later, as a missing input or two rules claiming one folder, without naming the keys."""
+    for model, settings in config["models"].items():
+        if settings.get("build"):
+            fixed = BUILT_MODEL_DIR.format(build=settings["build"])
+            if os.path.normpath(settings["path"]) != fixed:
+                raise ConfigError(f"models.{model}.path: {settings['path']}: `build: {settings['build']}` writes the "
+                                  f"model to {fixed}; give that path, or drop `build:` to read a model of your own")
+    paths = [(key, Path(os.path.normpath(path))) for key, path in built_paths(config)]
+    for key, path in paths:
+        for other, where in paths:
+            shared = path == where and "annotation.provider.path" in (key, other)  # models of one build share one
+            if key != other and (shared or where in path.parents):
+                raise ConfigError(f"{key} ({path}) lies in {other} ({where}): each is a folder this workflow writes "
+                                  "as a whole; give them separate folders")
 
 
 def check_inside_workdir(key: str, path: str) -> None:
