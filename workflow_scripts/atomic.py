@@ -5,6 +5,7 @@ Snakemake or the next job would take as finished.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -13,10 +14,31 @@ from pathlib import Path
 
 
 def temp_sibling(output: str | Path) -> Path:
-    """A hidden sibling of `output`, unique to this process; its folder is created."""
+    """A hidden sibling of `output`, unique to this process; its folder is created, and the siblings
+    that killed writers of `output` left behind (no rule owns them) are removed."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    return output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    prefix = f".{output.name}.tmp-"
+    for leftover in output.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = leftover.name.removeprefix(prefix)
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+    return output.with_name(f"{prefix}{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this id runs on this host (a writer of the same output on another host
+    cannot be: Snakemake locks the working directory)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
