@@ -292,3 +292,24 @@ def test_a_local_annotators_answers_follow_its_decoders_version_and_paid_ones_do
     assert method_version("annotate") in local and method_version("local_chat") in local
     assert dag.annotation_code({"kind": "openai", "model": "gpt-4o"}) == method_version("annotate")
     assert dag.annotation_code({"kind": "replay", "path": "answers"}) == code_digest("annotate")
+
+
+def test_a_local_model_is_read_as_its_directory_and_the_files_that_make_it(tmp_path, monkeypatch):
+    """Its files are inputs (a weight written over in place reruns its jobs); notes, hidden files and
+    subfolders are not; a built model stays its rule's directory output, a hub id no input at all."""
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "models/own"
+    (model / "sub").mkdir(parents=True)
+    for name in ("config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+                 "tokenizer.model", "merges.txt", "chat_template.jinja", "README.md", ".snakemake_timestamp",
+                 "sub/other.safetensors"):
+        (model / name).write_text("x")
+    config = {"models": {"own": {"path": "models/own"}, "built": {"path": "resources/models/demo-base",
+                                                                  "build": "demo-base"},
+                         "hub": {"path": "org/name"}}}
+    dag.model_files.cache_clear()
+    assert dag.model_dir_input(config, "own") == ["models/own", *(f"models/own/{name}" for name in (
+        "chat_template.jinja", "config.json", "merges.txt", "model-00001-of-00002.safetensors",
+        "model.safetensors.index.json", "tokenizer.model"))]
+    assert dag.model_dir_input(config, "built") == ["resources/models/demo-base"]
+    assert dag.model_dir_input(config, "hub") == []

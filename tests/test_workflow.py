@@ -165,6 +165,28 @@ def test_new_word_vectors_in_the_same_file_plan_the_attention_jobs_again(demo, t
         "browse_pair": 1, "all": 1}
 
 
+@pytest.mark.parametrize("replaced", ["model.safetensors", "tokenizer.json"])
+def test_a_model_folder_whose_files_are_replaced_in_place_plans_that_models_jobs_again(demo, tmp_path, replaced):
+    """A folder's date changes only when an entry is added or removed, so weights copied over a model's
+    own (a new download into the same --local-dir) left every job from it "up to date", and the tables
+    described the old weights. The model's files are inputs themselves now."""
+    from conftest import clone_run
+
+    work = clone_run(demo, tmp_path / "work")
+    own = work / "mymodels/tuned"
+    shutil.copytree(work / "resources/models/demo-tuned", own, ignore=shutil.ignore_patterns(".snakemake*"))
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["models"]["demo-tuned"] = {"path": "mymodels/tuned", "layers": 4}
+    (work / "own.yaml").write_text(yaml.safe_dump(config))
+    snakemake(work, "--touch", "--configfile", "own.yaml")  # as if every job had run with this folder
+    assert planned_jobs(work, "--configfile", "own.yaml") == {}
+    target = own / replaced  # a copy of the fixture's file (copytree), so written in place: the folder is unchanged
+    shutil.copyfile(work / "resources/models/demo-base" / replaced, target)
+    os.utime(target, (time.time() + 5, time.time() + 5))
+    jobs = planned_jobs(work, "--configfile", "own.yaml")
+    assert (jobs["attribute_shard"], jobs["explain_attention_layer"], jobs["explain_ffn_layer"]) == (6, 4, 4)
+
+
 def test_changing_fidelity_plans_only_the_attention_jobs_and_table3(demo):
     """The threshold rule reaches the head jobs, the counting rule Table 3; nothing else reruns."""
     assert "fidelity: paper" in (demo / "results/tables/demo/table3.md").read_text().splitlines()[0]

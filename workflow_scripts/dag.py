@@ -295,11 +295,14 @@ def check_annotation_provider(provider: dict) -> None:
 
 def annotator_input(provider: dict, step: str | None = None, seed: int | str | None = None) -> list[str]:
     """What an annotation step reads besides its rows: the local model's directory when there is one
-    (to be built by demo_annotator, or on disk), so that the steps wait for it; for `replay`, the
-    step's answers file of the seed, so that a file replaced reruns the step that read it."""
+    (to be built by demo_annotator, or on disk with its model_files), so that the steps wait for it and
+    rerun when it changes; for `replay`, the step's answers file of the seed, so that a file replaced
+    reruns the step that read it."""
     check_annotation_provider(provider)
-    if provider["kind"] == "local" and (provider.get("build") or Path(provider["path"]).exists()):
+    if provider["kind"] == "local" and provider.get("build"):
         return [provider["path"]]
+    if provider["kind"] == "local" and Path(provider["path"]).exists():
+        return [provider["path"], *model_files(provider["path"])]
     if provider["kind"] == "replay" and step is not None:
         return [str(Path(provider["path"]) / FILES[step].format(seed=seed))]
     return []
@@ -377,12 +380,30 @@ def table1_pairs(config: dict) -> list[str]:
 
 
 def model_dir_input(config: dict, model: str) -> list[str]:
-    """The model directory as a job input when the workflow builds it or it is local."""
+    """What a job reads of a model, as its inputs: the directory the workflow builds (its output), or a
+    local directory with the files in it that make the model (model_files)."""
     settings = model_config(config, model)
     path = settings["path"]
-    if settings.get("build") or Path(path).exists():
+    if settings.get("build"):
         return [path]
+    if Path(path).exists():
+        return [path, *model_files(path)]
     return []
+
+
+# The files of a model directory that a job reads: config, weights, tokenizer, chat template.
+MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "merges.txt", "vocab.txt", "*.jinja")
+
+
+@functools.lru_cache(maxsize=None)
+def model_files(path: str) -> tuple[str, ...]:
+    """The files of a model directory that make the model (MODEL_FILE_PATTERNS), each an input of the
+    jobs reading it: a folder's date changes only when an entry is added or removed, so weights written
+    over a model's own (a new download into the same folder) would leave those jobs "up to date". Once
+    per planning process and directory."""
+    root = Path(path)
+    found = {file for pattern in MODEL_FILE_PATTERNS for file in root.glob(pattern) if file.is_file()}
+    return tuple(str(Path(path) / file.name) for file in sorted(found))
 
 
 def model_shape(config: dict, model: str) -> ModelShape:
