@@ -235,19 +235,32 @@ def rules_code(*names):
 
 
 def config_slices():
-    """The config keys each table is computed from (shown on the provenance page)."""
+    """The config keys each table is computed from (shown on the provenance page): speed and placement
+    keys left out, so that changing one neither reruns the page nor makes it state a setting the
+    results were not made with."""
     dataset = {k: config["dataset"][k] for k in ("samples", "groups")}
+    annotation = {**config["annotation"], "provider": dag.without_speed(PROVIDER, "provider")}
     return json.dumps(
         {
             "tables 1 and 2": {
                 "analysis": config["analysis"],
-                "attribution": config["attribution"],
+                "attribution": dag.without_speed(config["attribution"], "attribution"),
                 "dataset": dataset,
                 "ratings": config.get("ratings"),
             },
-            "table 3": {"attention": config["attention"], "fidelity": config["fidelity"]},
-            "table 5, figure 3": {"ffn": config["ffn"], "annotation": config["annotation"]},
+            "table 3": {
+                "attention": dag.without_speed(config["attention"], "attention"),
+                "fidelity": config["fidelity"],
+            },
+            "table 5, figure 3": {"ffn": dag.without_speed(config["ffn"], "ffn"), "annotation": annotation},
             "pictures": {"report": config["report"], "analysis": config["analysis"]},
         },
         sort_keys=True,
+    )
+
+
+def pair_model_configs(pair):
+    """The pair's models' config (the provenance page), without speed and placement keys."""
+    return json.dumps(
+        {m: dag.without_speed(config["models"][m], "model") for m in dag.pair_members(config, pair)}, sort_keys=True
     )

@@ -157,7 +157,7 @@ rule provenance:
         code=code_digest("report_pages"),
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
-        models=lambda w: json.dumps({m: config["models"][m] for m in dag.pair_members(config, w.pair)}, sort_keys=True),
+        models=lambda w: pair_model_configs(w.pair),
         slices=config_slices(),
         rules_code=rules_code(*PROVENANCE_RULES),
     shell:

@@ -187,6 +187,14 @@ def test_a_model_folder_whose_files_are_replaced_in_place_plans_that_models_jobs
     assert (jobs["attribute_shard"], jobs["explain_attention_layer"], jobs["explain_ffn_layer"]) == (6, 4, 4)
 
 
+@pytest.mark.parametrize("override", ["attribution={chunk_size: 16}", "attribution={autodiff: reverse}",
+                                      "models={demo-base: {gpus: 1}}", "attention={gpus: 2}",
+                                      "annotation={provider: {batch_size: 8, timeout_s: 30}}"])
+def test_a_speed_or_placement_setting_plans_nothing(demo, override):
+    """Not even the provenance page: it reran, then stated settings the results were not made with."""
+    assert planned_jobs(demo, "--config", override) == {}
+
+
 def test_changing_fidelity_plans_only_the_attention_jobs_and_table3(demo):
     """The threshold rule reaches the head jobs, the counting rule Table 3; nothing else reruns."""
     assert "fidelity: paper" in (demo / "results/tables/demo/table3.md").read_text().splitlines()[0]

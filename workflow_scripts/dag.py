@@ -184,6 +184,22 @@ def shard_digest(config: dict, shard: int) -> str:
     return shard_digests(config)[int(shard)]
 
 
+# Keys that change only speed or placement (docs/design.md#what-reruns-on-what): no result depends on
+# them, so neither a job's params nor the provenance page, which says what the tables were computed from.
+SPEED_KEYS = {
+    "attribution": ("chunk_size", "backward_batch", "autodiff"),
+    "model": ("gpus",),
+    "attention": ("gpus",),
+    "ffn": ("gpus",),
+    "provider": ("concurrency", "max_retries", "timeout_s", "batch_size"),
+}
+
+
+def without_speed(settings: dict | None, kind: str) -> dict | None:
+    """A config section without its speed and placement keys (SPEED_KEYS[kind])."""
+    return None if settings is None else {k: v for k, v in settings.items() if k not in SPEED_KEYS[kind]}
+
+
 def model_config(config: dict, model: str) -> dict:
     try:
         return config["models"][model]
