@@ -198,7 +198,7 @@ def test_the_paper_configs_summary_and_change_list_need_no_key(tmp_path, monkeyp
 def test_hostile_strings_in_the_annotation_config_reach_the_job_verbatim_and_run_nothing(annotated, server):
     work, _, _ = annotated
     model = "gpt-test$(touch pwned1)`touch pwned2`'; touch pwned3 #\" x"
-    key_env = "KEY_$(touch pwned4);'x"  # a strange name, but a name: only the job's environment is asked
+    key_env = "KEY_4_pwned"  # a hostile name is refused by the config check (test_config_cli)
     hostile = write_config(work, "hostile.yaml", annotation_config(work, server, model=model, api_key_env=key_env))
     asked = len(server.requests)
     os.environ[key_env] = KEY

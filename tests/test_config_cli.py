@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import yaml
 from test_workflow import copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -37,16 +38,20 @@ def test_numbers_that_would_give_wrong_tables_or_a_type_error_stop_the_plan(work
     assert len((out.stdout + out.stderr).splitlines()) < 15
 
 
-@pytest.mark.parametrize("value", ["sk-proj-Secret123+/=", "my key"])
+@pytest.mark.parametrize("value", ["sk-proj-Secret123+/=", "my key", "KEY_$(touch pwned4);'x"])
 def test_a_key_pasted_where_its_variable_name_goes_is_refused_without_printing_it(work, value):
     """The value once went into every annotation job's shell line (printed by -p) and into the error of
-    a run that stopped for want of that variable."""
-    provider = f"annotation={{provider: {{kind: openai, model: gpt-x, api_key_env: '{value}'}}}}"
-    out = snakemake(work, "--dry-run", "-p", "table5", "--config", provider, check=False)
+    a run that stopped for want of that variable; a name that is no variable's is refused too."""
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["annotation"]["provider"] = {"kind": "openai", "model": "gpt-x", "api_key_env": value}
+    (work / "key.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(work, "--dry-run", "-p", "table5", "--configfile", "key.yaml", check=False)
     text = out.stdout + out.stderr
     assert out.returncode != 0 and "annotation.provider.api_key_env: not the name of an environment variable" in text
-    assert value not in text and value.split()[0] not in text
-    ok = snakemake(work, "--dry-run", "table5", "--config", provider.replace(value, "MY_KEY_2"), check=False)
+    assert value not in text and value.split()[0] not in text and not list(work.glob("pwned*"))
+    config["annotation"]["provider"]["api_key_env"] = "MY_KEY_2"
+    (work / "key.yaml").write_text(yaml.safe_dump(config))
+    ok = snakemake(work, "--dry-run", "table5", "--configfile", "key.yaml", check=False)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
 
 
