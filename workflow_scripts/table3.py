@@ -139,7 +139,12 @@ def check_same_rows(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: 
     """Both models must have a row for the same (layer, head, dimension)s, over every layer. The
     explainer writes all of them; a row missing (a piece of the paper's 23-piece release left out
     when joining it) would take heads out of a group or a head's knowledge over fewer dimensions
-    without a word, and the paper's script, which joins the models on the dimension, would differ."""
+    without a word, and the paper's script, which joins the models on the dimension, would differ.
+
+    Args:
+        frame: one row per (model, layer, head, dimension) (read_bilinear_words): Model, Layer, Head, Dim;
+            attrs["source"] names the file in the error
+    """
     source = frame.attrs.get("source", "the bilinear words")
     keys = {model: set(frame.loc[frame["Model"] == model, ["Layer", "Head", "Dim"]].itertuples(index=False, name=None))
             for model in (pretrained, tuned)}
