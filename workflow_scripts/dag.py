@@ -184,7 +184,7 @@ def shard_digest(config: dict, shard: int) -> str:
     return shard_digests(config)[int(shard)]
 
 
-# Keys that change only speed or placement (docs/design.md#what-reruns-on-what): no result depends on
+# Keys that change only speed or placement (docs/design.md#configuration-and-incrementality): no result depends on
 # them, so neither a job's params nor the provenance page, which says what the tables were computed from.
 SPEED_KEYS = {
     "attribution": ("chunk_size", "backward_batch", "autodiff"),
