@@ -315,10 +315,8 @@ def annotator_input(provider: dict, step: str | None = None, seed: int | str | N
     rerun when it changes; for `replay`, the step's answers file of the seed, so that a file replaced
     reruns the step that read it."""
     check_annotation_provider(provider)
-    if provider["kind"] == "local" and provider.get("build"):
-        return [provider["path"]]
-    if provider["kind"] == "local" and Path(provider["path"]).exists():
-        return [provider["path"], *model_files(provider["path"])]
+    if provider["kind"] == "local":
+        return model_input(provider["path"], bool(provider.get("build")))
     if provider["kind"] == "replay" and step is not None:
         return [str(Path(provider["path"]) / FILES[step].format(seed=seed))]
     return []
@@ -399,8 +397,13 @@ def model_dir_input(config: dict, model: str) -> list[str]:
     """What a job reads of a model, as its inputs: the directory the workflow builds (its output), or a
     local directory with the files in it that make the model (model_files)."""
     settings = model_config(config, model)
-    path = settings["path"]
-    if settings.get("build"):
+    return model_input(settings["path"], bool(settings.get("build")))
+
+
+def model_input(path: str, built: bool) -> list[str]:
+    """A model directory as job inputs: the folder a rule builds (its output, so the job waits for it),
+    else a local folder and its model_files, else nothing (a hub id)."""
+    if built:
         return [path]
     if Path(path).exists():
         return [path, *model_files(path)]
