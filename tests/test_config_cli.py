@@ -55,6 +55,28 @@ def test_a_key_pasted_where_its_variable_name_goes_is_refused_without_printing_i
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
 
 
+@pytest.mark.parametrize("url, expected", [
+    ("https://me:sk-Secret123@llm.example.org/v1", "holds credentials"),
+    ("https://sk-Secret123@llm.example.org/v1", "holds credentials"),
+    ("http://localhost:8000/v1?api_key=sk-Secret123", "has a query or fragment"),
+    ("llm.example.org/sk-Secret123", "not an http(s) URL"),
+])
+def test_an_endpoint_carrying_credentials_is_refused_without_printing_them(work, url, expected):
+    """The endpoint is part of the annotation jobs' params, of the provenance page and of every cached
+    answer's key: a key written into it would be kept in all three, and printed by a dry run's reasons."""
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["annotation"]["provider"] = {"kind": "openai", "model": "gpt-x", "base_url": url}
+    (work / "url.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(work, "--dry-run", "-p", "--configfile", "url.yaml", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and f"annotation.provider.base_url: {expected}" in text, text[-2000:]
+    assert "sk-Secret123" not in text
+    config["annotation"]["provider"]["base_url"] = "http://localhost:8000/v1"
+    (work / "url.yaml").write_text(yaml.safe_dump(config))
+    ok = snakemake(work, "--dry-run", "table5", "--configfile", "url.yaml", check=False)
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+
+
 def test_target_rules_describe_themselves(work):
     listing = snakemake(work, "--list-rules").stdout.splitlines()
     for target in ("all", "table1", "table2", "table3", "ffn"):

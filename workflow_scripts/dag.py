@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import urllib.parse
 from pathlib import Path
 
 from .annotation_files import FILES
@@ -232,6 +233,7 @@ def check_config(config: dict) -> None:
     for key, path in built_paths(config):
         check_inside_workdir(key, path)
     check_built_paths(config)
+    check_endpoint(((config.get("annotation") or {}).get("provider") or {}).get("base_url"))
     for model, settings in config["models"].items():
         if settings.get("attribution") == "released":
             released_dir(config, model)  # sample ids as file names, when the dataset is readable
@@ -296,6 +298,27 @@ def released_dir(config: dict, model: str) -> str:
     if found is not None:
         _samples(*found)
     return f"resources/paper/results/attribution_interpret/{name}"
+
+
+def check_endpoint(url: str | None) -> None:
+    """The endpoint goes into the annotation jobs' params and shell lines, the provenance page and every
+    cached answer's key, so it must hold no secret; the errors never quote it."""
+    if url is None:
+        return
+    key = "annotation.provider.base_url"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if host is None or parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{key}: not an http(s) URL; give the endpoint, e.g. http://localhost:8000/v1")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{key}: holds credentials (user:password@ before the host); give the endpoint alone "
+                          "and the key in the environment variable named by annotation.provider.api_key_env")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{key}: has a query or fragment (after ? or #); give the endpoint alone, e.g. "
+                          "http://localhost:8000/v1, and any key in the variable named by api_key_env")
 
 
 def check_annotation_provider(provider: dict) -> None:
