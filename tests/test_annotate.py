@@ -2,6 +2,7 @@
 response cache, the output layouts and the cost report."""
 import csv
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -303,6 +304,24 @@ def test_replay_finds_the_task_and_level_answers_of_a_summary_written_with_extra
     assert [r["Task"] for r in read(tasks)] == ["None", "coding", "writing"] * 2
     levels, _ = run("level", 0, [str(described)], tmp_path, provider)
     assert [r["Concept"] for r in read(levels)] == ["Semantic"] * 6
+
+
+def test_replay_says_how_many_rows_of_its_file_the_run_never_asked(tmp_path, shards, caplog):
+    """Rows a run does not ask (components beyond max_rank, another pair's models, a file of a larger
+    run) are legitimate, but a Table 5 from fewer rows than the file holds should say so in the log."""
+    answers = {"Words: {}.".format(", ".join(row[:15])): ("Dates.", "None", "Semantic")
+               for row in [[f"w{r}x{i}" for i in range(20)] for r in range(3)] for row in (row, row[::-1])}
+    answers["Words: asked by nobody."] = ("Months.", "None", "Semantic")
+    write_replay(tmp_path / "released", 0, answers)
+    provider = {"kind": "replay", "path": str(tmp_path / "released")}
+    with caplog.at_level(logging.INFO, logger="workflow_scripts.annotate"):
+        described, _ = run("describe", 0, shards, tmp_path, provider)
+    assert "1 of 7 rows of" in caplog.text and "linear_seed0.tsv were not asked by this run" in caplog.text
+    assert "'Words: asked by nobody.'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="workflow_scripts.annotate"):
+        run("task", 0, [str(described)], tmp_path, provider)
+    assert "1 of 7 rows of" in caplog.text and "linear_task_seed0.tsv were not asked" in caplog.text
 
 
 def test_replay_refuses_a_question_its_files_never_asked(tmp_path, shards):

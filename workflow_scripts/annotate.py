@@ -235,6 +235,9 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
     finally:
         if cache is not None:
             cache.close()
+    not_asked = getattr(provider, "not_asked", lambda: None)()
+    if not_asked:
+        log.info("%s", not_asked)
 
     if step == "describe":
         out = []

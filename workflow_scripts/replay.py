@@ -74,6 +74,18 @@ class Replay:
         self.fingerprint = ""
         self.file = Path(directory) / FILES[step].format(seed=seed)
         self._answers = answers(directory, step, seed)
+        self._asked: set[str] = set()
+
+    def not_asked(self) -> str | None:
+        """A line for the log when rows of the file were not asked (beyond max_rank, another pair's
+        models, a larger run's file): legitimate, but a table from fewer rows than the file should say so."""
+        left = [question for question in self._answers if question not in self._asked]
+        if not left:
+            return None
+        rows = sum(len(self._answers[question]) for question in left)
+        total = sum(len(found) for found in self._answers.values())
+        return (f"replay: {rows} of {total} rows of {self.file} were not asked by this run "
+                f"(the first: {left[0][:120]!r})")
 
     def stream(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResponse]]:
         for index, request in enumerate(requests):
@@ -81,5 +93,6 @@ class Replay:
             question = question_field(message)
             if question not in self._answers:
                 raise ChatError(f"replay: {self.file} never asked {message[:120]!r}")
+            self._asked.add(question)
             answer = answer_for(self._answers[question], request.origin, str(self.file), question)
             yield index, ChatResponse(answer, "stop", 0, 0, 0.0, "")
