@@ -139,6 +139,25 @@ def test_demo_report_shows_every_table_with_numbers_and_every_image(demo_report,
     assert errors == []
 
 
+def test_a_report_made_after_a_config_edit_states_the_settings_its_numbers_were_computed_with(finished_demo, tmp_path):
+    """`--report` does not check that the outputs are up to date: after `analysis.threshold: 7 -> 5`,
+    before the run, the captions said b = 5 beside tables, pictures and a paper comparison computed with
+    b = 7. Every setting a result shows now comes from the files the job wrote, never from the config."""
+    work = clone_run(finished_demo, tmp_path / "work")
+    config = (work / "config.yaml").read_text()
+    edited = config.replace("  threshold: 7 ", "  threshold: 5 ").replace("seeds: [0, 1, 2, 3, 4]", "seeds: [0, 1]")
+    assert edited.count("threshold: 5") == 1, "the demo config's lines changed"
+    (work / "config.yaml").write_text(edited)
+    assert "table2_pair" in planned_jobs(work)  # stale, and the report is made anyway
+    snakemake(work, "--report", "report.zip")
+    with zipfile.ZipFile(work / "report.zip") as archive:
+        text = "\n".join(archive.read(n).decode("utf8", "replace") for n in archive.namelist() if n.endswith(".html"))
+    assert not re.search(r"b = 5|threshold\W{0,12}= 5|threshold&quot;: 5|\"threshold\": 5", text)
+    assert not re.search(r"seeds\W{0,12}= \[0, 1\]", text)
+    assert "b = 7 (analysis.threshold)" in text  # under Tables 1 and 2, as the tables were computed
+    assert "seeds 0, 1, 2, 3, 4" in text  # under Table 5
+
+
 @pytest.mark.paper
 def test_released_data_report_shows_the_paper_table2_beside_the_computed_one(tmp_path):
     if not PAPER_DIR.is_dir():

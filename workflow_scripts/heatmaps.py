@@ -197,7 +197,9 @@ def main(argv=None):
         for sample_id in progress(ids, "heatmaps", "sample"):
             views = {model: (role, views[sample_id]) for model, (role, views) in models.items()}
             title = f"Sample {sample_id}: attribution, pre-trained vs tuned"
-            draw_sample(views, args.levels, title, pngs / f"{sample_id}.png")
+            # the settings in the picture: a report made after a config edit shows them, not the config's
+            settings = f" (cells: L = {args.levels}; bars: b = {args.threshold}, p = {args.p:g})"
+            draw_sample(views, args.levels, title + settings, pngs / f"{sample_id}.png")
             atomic_write_text(pages / f"{sample_id}.html", sample_page(views, title, note))
     log.info("%d samples -> %s, %s", len(ids), args.png_dir, args.html_dir)
 

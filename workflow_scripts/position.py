@@ -128,7 +128,8 @@ def main(argv=None):
     table = profiles_table({model: profile for model, (_, profile) in profiles.items()})
     with atomic_file(args.tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    draw_profiles(profiles, f"Importance by prompt position ({args.pair})", args.png)
+    settings = f"L = {args.levels}, b = {args.threshold}, p = {args.p:g}"  # in the picture, not only the config
+    draw_profiles(profiles, f"Importance by prompt position ({args.pair}; {settings})", args.png)
 
 
 if __name__ == "__main__":

@@ -230,6 +230,18 @@ def empty_response_note(scores: pd.DataFrame, model: str) -> str:
     return note + ("" if len(empty) <= 5 else ", ...")
 
 
+def settings_note(analysis: dict, min_response_tokens: int | None = None, ratings: str = "",
+                  rated_model: str = "") -> str:
+    """The settings the table was computed with, under it: `snakemake --report` shows the tables as they
+    are, stale or not, so the report quotes these rather than the config of the moment."""
+    note = (f"Computed with L = {analysis['levels']} (analysis.levels), b = {analysis['threshold']} "
+            f"(analysis.threshold), p = {analysis['p']:g} (analysis.p)")
+    if min_response_tokens is not None:
+        note += (f"; responses of fewer than {min_response_tokens} tokens left out (analysis.min_response_tokens); "
+                 f"ratings: {ratings}, model {rated_model} (ratings)")
+    return note
+
+
 def arithmetic_note(meta: dict, model: str) -> str:
     """Which arithmetic made a model's attributions, from the shard header (computed shards record
     what they actually ran in; released ones are the paper's own)."""
@@ -265,16 +277,16 @@ def main(argv=None):
             parser.error("table1 needs one --attributions file, --ratings and --rated-model")
         ratings, rated = read_rated(args.ratings, args.rated_model)
         table = table1(scores[0], ratings, args.min_response_tokens)
-        notes = [unmatched_ratings_note(scores[0], ratings, args.ratings, args.rated_model),
+        notes = [settings_note(analysis, args.min_response_tokens, args.ratings, args.rated_model),
+                 unmatched_ratings_note(scores[0], ratings, args.ratings, args.rated_model),
                  rated_response_note(scores[0], ratings, rated, args.min_response_tokens,
                                      Path(args.attributions[0]).parent.name)]
     else:
         if len(scores) != 2:
             parser.error("table2 needs two --attributions files: pretrained, tuned")
         table = table2(scores[0], scores[1])
-        notes = [  # Table 1 keeps responses of min_response_tokens or more
-            empty_response_note(frame, Path(path).parent.name) for frame, path in zip(scores, args.attributions)
-        ]
+        notes = [settings_note(analysis)]  # Table 1 keeps responses of min_response_tokens or more:
+        notes += [empty_response_note(frame, Path(path).parent.name) for frame, path in zip(scores, args.attributions)]
     notes += [arithmetic_note(frame.attrs["meta"], Path(path).parent.name)
               for frame, path in zip(scores, args.attributions)]
     write_table(table, args.output, args.title, notes, args.notice)
