@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workflow_scripts.table5 import LEVELS, figure3, layer_group_labels, level_shares_by_group, read_seed_file, table5
+from workflow_scripts.table5 import (
+    LEVELS,
+    figure3,
+    layer_group_labels,
+    level_shares_by_group,
+    read_seed_file,
+    refusals_note,
+    table5,
+)
 
 HEADER = "{label}\tExplainable\tWords\tSummary\tModel\tSize\tLayer\tType\tHead\tRank\tScore\tTopK\n"
 
@@ -89,6 +97,25 @@ def test_bad_files_are_named(tmp_path, task_seeds):
         read_seed_file(bad, "Task")
     with pytest.raises(ValueError, match=r"line 1: expected the header 'Concept Explainable"):
         read_seed_file(task_seeds[0], "Concept")
+
+
+def test_a_refusal_counts_as_naming_no_category_not_as_every_category_its_text_names(tmp_path):
+    """A refusal is written `Refused: <the endpoint's text>`; one reading "I can't classify this as
+    Phonology, Morphology, Syntax or Semantic." once counted under all four levels, in Table 5 and in
+    Figure 3 alike. It names no category (it is `other`), and the table says how many there were."""
+    refusal = "Refused: I can't classify this as Phonology, Morphology, Syntax or Semantic."
+    files = []
+    for s in range(2):
+        rows = [("Semantic", 1, "llama", 0), (refusal, 1, "llama", 1), ("Syntax", 1, "vicuna", 0),
+                ("Semantic", 1, "vicuna", 1)]
+        files.append(seed_file(tmp_path / f"linear_concept_seed{s}.tsv", "Concept", rows))
+    table = table5(files, "Concept", "llama", "vicuna", LEVELS).set_index("category")
+    assert table.loc["semantic"].mean_pretrained == pytest.approx(0.5)
+    assert table.loc[["phonology", "morphology", "syntax"], "mean_pretrained"].tolist() == [0, 0, 0]
+    assert table.loc["other"].mean_pretrained == pytest.approx(0.5)
+    assert refusals_note(files, "Concept") == "2 of the 8 answers are refusals, counted as other (naming no category)"
+    shares = level_shares_by_group(files, "llama", "vicuna", layers=2, groups=2)
+    assert shares["llama"][:, 1, :].tolist() == [[0.0] * 4] * 2  # layer 1: the refusal only
 
 
 def test_level_shares_by_layer_group_and_the_figure_files(tmp_path):

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .annotation_files import DESCRIBED_COLUMNS, ORIGIN_COLUMNS, one_line, question_field, step_columns
+from .annotation_files import DESCRIBED_COLUMNS, ORIGIN_COLUMNS, REFUSED, one_line, question_field, step_columns
 from .annotation_prompts import STEPS, concept_message, words_message
 from .atomic import atomic_write_text
 from .chat import ChatError, ChatRequest, ChatResponse
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def label_of(response: ChatResponse) -> str:
     if response.finish_reason == "refusal":
-        return "Refused: " + one_line(response.refusal or "")
+        return REFUSED + one_line(response.refusal or "")
     return one_line(response.text)
 
 

@@ -21,6 +21,8 @@ LABEL_COLUMN = {"describe": "Summary", "task": "Task", "level": "Concept"}
 DESCRIBED_COLUMNS = ("Explainable", "Words", "Summary", *LINEAR_COLUMNS)
 # A row's component (model, layer, rank), in every step's file: what a request is about.
 ORIGIN_COLUMNS = ("Model", "Layer", "Rank")
+# how a refusal is written in a label column: it names no category, whatever its text says
+REFUSED = "Refused: "
 # The paper's own files head the question column `Tokens` (its analysis script calls it `Words`).
 QUESTION_COLUMNS = ("Words", "Tokens")
 _LAYOUT_ESCAPES = str.maketrans({"\n": "/n", "\t": "/t", "\r": "/r"})

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .annotation_files import DESCRIBED_COLUMNS, LABEL_COLUMN
+from .annotation_files import DESCRIBED_COLUMNS, LABEL_COLUMN, REFUSED
 from .atomic import atomic_file
 from .table_files import write_table
 from .tsv import read_tsv
@@ -44,6 +44,22 @@ def read_seed_file(path: str | Path, label: str) -> pd.DataFrame:
     return frame.rename(columns={label: "Label"})
 
 
+def category_text(labels: pd.Series) -> pd.Series:
+    """Labels as the categories are looked for in them (lower case, substrings, as the paper): a
+    refusal names no category, even where its text lists them ("I can't classify this as Syntax...")."""
+    return labels.where(~labels.str.startswith(REFUSED), "").str.lower()
+
+
+def refusals_note(seed_files, label: str) -> str:
+    """How many of the answers in the table's files are refusals (counted as `other`), if any."""
+    labels = [read_seed_file(path, label)["Label"] for path in seed_files]
+    refused = sum(int(label.str.startswith(REFUSED).sum()) for label in labels)
+    if not refused:
+        return ""
+    return (f"{refused} of the {sum(len(label) for label in labels)} answers are refusals, counted as other "
+            "(naming no category)")
+
+
 def _shares(frame: pd.DataFrame, model: str, categories, path) -> list[float]:
     """Per category, the share of the model's described concepts whose label names it; then the
     share naming none of them (`other`: free-text labels such as "business accounting") and the
@@ -51,7 +67,7 @@ def _shares(frame: pd.DataFrame, model: str, categories, path) -> list[float]:
     described = frame[(frame["Model"] == model) & (frame["Explainable"] == 1)]
     if described.empty:
         raise ValueError(f"{path}: no described concepts of the model {model!r}")
-    labels = described["Label"].str.lower()
+    labels = category_text(described["Label"])
     named = np.array([labels.str.contains(re.escape(c)).to_numpy() for c in categories])  # (categories, concepts)
     return [*named.mean(axis=1).tolist(), float((~named.any(axis=0)).mean()), float(len(described))]
 
@@ -78,6 +94,14 @@ def table5(seed_files: list[str | Path], label: str, pretrained: str, tuned: str
     return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
 
 
+def seeds_note(seed_files) -> str:
+    """The seeds the table averages, from its files' names, under the table: a report made after
+    `annotation.seeds` was edited, before the run, shows these and not the config's."""
+    seeds = [re.search(r"seed(\d+)\.tsv$", Path(path).name) for path in seed_files]
+    named = ", ".join(m.group(1) for m in seeds if m) if all(seeds) else f"{len(seed_files)} files"
+    return f"Over seeds {named} (annotation.seeds; one answers file each)"
+
+
 def level_shares_by_group(seed_files, pretrained: str, tuned: str, layers: int, groups: int = 8) -> dict:
     """{model: (seeds, groups, levels) array}: share of each level among described concepts."""
     out = {}
@@ -87,7 +111,7 @@ def level_shares_by_group(seed_files, pretrained: str, tuned: str, layers: int, 
             frame = read_seed_file(path, LABEL_COLUMN["level"])
             frame = frame[(frame["Model"] == model) & (frame["Explainable"] == 1)]
             group = frame["Layer"] * groups // layers
-            labels = frame["Label"].str.lower()
+            labels = category_text(frame["Label"])
             per_seed.append([[float(labels[group == g].str.contains(level).mean()) if (group == g).any() else np.nan
                               for level in LEVELS] for g in range(groups)])
         out[model] = np.array(per_seed)
@@ -163,10 +187,11 @@ def main(argv=None):
         out = Path(args.output_dir)
         tasks = table5(args.tasks, LABEL_COLUMN["task"], args.pretrained, args.tuned, TASKS)
         write_table(tasks, out / "table5_tasks.tsv", f"Table 5 ({args.pair}): tasks of the described FFN concepts",
-                    notice=args.notice)
+                    [seeds_note(args.tasks), refusals_note(args.tasks, LABEL_COLUMN["task"])], args.notice)
         levels = table5(args.concepts, LABEL_COLUMN["level"], args.pretrained, args.tuned, LEVELS)
         write_table(levels, out / "table5_levels.tsv",
-                    f"Table 5 ({args.pair}): linguistic levels of the described FFN concepts", notice=args.notice)
+                    f"Table 5 ({args.pair}): linguistic levels of the described FFN concepts",
+                    [seeds_note(args.concepts), refusals_note(args.concepts, LABEL_COLUMN["level"])], args.notice)
     else:
         groups = min(8, args.layers)
         shares = level_shares_by_group(args.concepts, args.pretrained, args.tuned, args.layers, groups)
