@@ -127,7 +127,7 @@ def bilinear_words():
 # --- annotate.smk --------------------------------------------------------------------------------
 
 ANNOTATION = config["annotation"]
-PROVIDER = ANNOTATION["provider"]
+PROVIDER = dag.resolved_provider(ANNOTATION["provider"])
 # What decides the answers (params: a change reruns the annotation). The rest reaches the job
 # through globals named in the shell line (whose text stays the same, so no rerun): concurrency,
 # retries, timeouts and batch size only change speed, and api_key_env only names the environment

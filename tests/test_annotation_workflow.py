@@ -195,6 +195,25 @@ def test_the_paper_configs_summary_and_change_list_need_no_key(tmp_path, monkeyp
     assert_no_key_asked(work, *args, "--configfile", "config/paper.yaml", "--config", f"paper_data={paper_dir}")
 
 
+def test_the_endpoint_the_openai_client_takes_from_its_environment_is_the_jobs_param(tmp_path, monkeypatch):
+    """With `base_url: null` the openai client sends to OPENAI_BASE_URL when it is set, but the params,
+    the provenance page and the cache's keys said OpenAI's: answers of a local vLLM were kept as
+    OpenAI's and given back, unasked, to a run against another endpoint. The planner now resolves the
+    variable into the endpoint the jobs are given (and that reruns them when it changes)."""
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["annotation"]["provider"] = {"kind": "openai", "model": "gpt-test", "api_key_env": KEY_ENV}
+    write_config(work, "openai.yaml", config)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    out = snakemake(work, "--dry-run", "-p", "table5", "--configfile", "openai.yaml")
+    assert '"base_url": "http://127.0.0.1:9/v1"' in out.stdout and '"base_url": null' not in out.stdout
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://me:sk-Secret123@llm.example.org/v1")
+    out = snakemake(work, "--dry-run", "table5", "--configfile", "openai.yaml", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "OPENAI_BASE_URL" in text and "holds credentials" in text
+    assert "sk-Secret123" not in text
+
+
 def test_hostile_strings_in_the_annotation_config_reach_the_job_verbatim_and_run_nothing(annotated, server):
     work, _, _ = annotated
     model = "gpt-test$(touch pwned1)`touch pwned2`'; touch pwned3 #\" x"

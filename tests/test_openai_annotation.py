@@ -189,6 +189,18 @@ def test_bad_or_missing_key_fails_clearly_without_leaking_it(tmp_path, shards, s
         run("describe", 0, shards, tmp_path, server)
 
 
+def test_the_job_sends_to_the_endpoint_it_was_given_never_to_one_its_environment_names(monkeypatch):
+    """The planner resolves OPENAI_BASE_URL into the job's endpoint; a variable set only where the job
+    runs (a cluster node) would otherwise send its requests elsewhere than its params and cache say."""
+    from workflow_scripts.openai_chat import OpenAIChat
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv(KEY_ENV, KEY)
+    chat = OpenAIChat("gpt-test", None, KEY_ENV)
+    assert str(chat.client.base_url).rstrip("/") == "https://api.openai.com/v1"
+    assert chat.cache_scope == "openai:https://api.openai.com/v1"
+
+
 def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, shards, server):
     held = "Words: {}.".format(", ".join(f"tr5x{i}" for i in range(15)))
     server.add_fault("hold", match=lambda b: b["messages"][-1]["content"] == held)

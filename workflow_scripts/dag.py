@@ -300,12 +300,11 @@ def released_dir(config: dict, model: str) -> str:
     return f"resources/paper/results/attribution_interpret/{name}"
 
 
-def check_endpoint(url: str | None) -> None:
+def check_endpoint(url: str | None, key: str = "annotation.provider.base_url") -> None:
     """The endpoint goes into the annotation jobs' params and shell lines, the provenance page and every
     cached answer's key, so it must hold no secret; the errors never quote it."""
     if url is None:
         return
-    key = "annotation.provider.base_url"
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname
@@ -319,6 +318,17 @@ def check_endpoint(url: str | None) -> None:
     if parts.query or parts.fragment:
         raise ConfigError(f"{key}: has a query or fragment (after ? or #); give the endpoint alone, e.g. "
                           "http://localhost:8000/v1, and any key in the variable named by api_key_env")
+
+
+def resolved_provider(provider: dict) -> dict:
+    """The provider with the endpoint its requests go to: with `base_url: null` the openai client sends
+    to OPENAI_BASE_URL when set, so that goes into the params (a change reruns the annotation), the
+    provenance and the cache's keys; the job gets it explicitly and never reads the variable itself."""
+    variable = os.environ.get("OPENAI_BASE_URL", "")
+    if provider.get("kind", "openai") != "openai" or provider.get("base_url") or not variable:
+        return provider
+    check_endpoint(variable, "OPENAI_BASE_URL (the environment variable, used as annotation.provider.base_url is null)")
+    return {**provider, "base_url": variable}
 
 
 def check_annotation_provider(provider: dict) -> None:

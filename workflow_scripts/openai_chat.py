@@ -25,6 +25,7 @@ from .chat import ChatError, ChatRequest, ChatResponse
 
 log = logging.getLogger(__name__)
 
+DEFAULT_ENDPOINT = "https://api.openai.com/v1"  # given to the client explicitly: it never reads OPENAI_BASE_URL
 MAX_WAIT_S = 300.0  # never sleep longer than this on one retry, whatever a server asks
 
 
@@ -74,8 +75,10 @@ class OpenAIChat:
 
         self._openai = openai
         self.model = model
-        # two endpoints may serve different models under one name: the endpoint is part of the cache key
-        self.cache_scope = f"openai:{(base_url or 'https://api.openai.com/v1').rstrip('/')}"
+        # two endpoints may serve different models under one name: the endpoint is part of the cache key,
+        # and the one the client sends to (the planner resolved OPENAI_BASE_URL into base_url)
+        base_url = base_url or DEFAULT_ENDPOINT
+        self.cache_scope = f"openai:{base_url.rstrip('/')}"
         self.fingerprint = ""
         self.concurrency = concurrency
         self.chunk = max(64, 8 * concurrency)  # requests claimed at a time in a shared cache
