@@ -16,7 +16,8 @@ Fault kinds (`add_fault(kind, times=1, match=None, **options)`); every kind also
 `headers={...}` (extra response headers, e.g. {"x-should-retry": "false"}):
   "429"        429 + error body; `retry_after` (default "0.1"; seconds, fractional allowed; None:
                no `Retry-After` header) and `retry_after_ms` (sends `retry-after-ms`, which the
-               openai client prefers over `Retry-After`).
+               openai client prefers over `Retry-After`); `code` (default "rate_limit_exceeded";
+               OpenAI sends "insufficient_quota" when the account's credit is spent).
   "500", "503" (any 3-digit status string) that status + error body; `message` overrides the text.
   "timeout"    waits `delay` seconds (default 10) and then answers normally, unless the client has
                hung up by then (its timeout fired): then nothing is sent (recorded status None).
@@ -442,7 +443,7 @@ class ChatServer:
             if options.get("retry_after_ms") is not None:
                 extra.setdefault("retry-after-ms", str(options["retry_after_ms"]))
             message = options.get("message", "Rate limit reached for requests. Please try again later.")
-            return _error(429, message, "requests", "rate_limit_exceeded", extra)
+            return _error(429, message, "requests", options.get("code", "rate_limit_exceeded"), extra)
         elif kind is not None and kind.isdigit():
             status = int(kind)
             message = options.get("message", f"The server had an error while processing your request ({status}).")

@@ -151,6 +151,45 @@ def test_faults_are_retried_without_lost_or_duplicated_rows(tmp_path, shards, se
     assert retried and all(r.headers.get("x-stainless-retry-count") == "0" for r in retried)
 
 
+@pytest.mark.parametrize("header", [{"retry_after": "0"}, {"retry_after": None, "retry_after_ms": "0"},
+                                    {"retry_after": "-1"}, {"retry_after": "nan"}])
+def test_a_retry_waits_at_least_its_backoff_whatever_retry_after_asks(server, caplog, header):
+    """`Retry-After: 0` (or OpenAI's few-ms `retry-after-ms`) replaced the backoff, so seven 429s spent
+    every retry in half a second; -1 and nan stopped the job with a ValueError from time.sleep."""
+    from workflow_scripts.openai_chat import OpenAIChat
+
+    server.add_fault("429", times=3, **header)
+    chat = OpenAIChat("gpt-test", server.url, KEY_ENV, concurrency=1, max_retries=3, backoff_s=0.05)
+    with caplog.at_level("WARNING", logger="workflow_scripts.openai_chat"):
+        response = chat.complete_one(STEPS["task"].request("Concept: Words are dates.", 0, 16))
+    assert response.text == "coding; translation" and server.counts() == {429: 3, 200: 1}
+    waits = [float(w) for w in re.findall(r"retrying in ([\d.]+) s", caplog.text)]
+    assert len(waits) == 3 and all(w >= 0.05 * 2 ** n * 0.5 - 0.005 for n, w in enumerate(waits)), waits
+
+
+@pytest.mark.parametrize("status", ["408", "409"])
+def test_request_timeout_and_conflict_are_retried_as_the_openai_client_does(server, status):
+    from workflow_scripts.openai_chat import OpenAIChat
+
+    server.add_fault(status, times=2)
+    chat = OpenAIChat("gpt-test", server.url, KEY_ENV, concurrency=1, max_retries=3, backoff_s=0.01)
+    assert chat.complete_one(STEPS["task"].request("Concept: Words are dates.", 0, 16)).text
+    assert server.counts() == {int(status): 2, 200: 1}
+
+
+def test_a_spent_quota_fails_at_once_instead_of_retrying_like_a_rate_limit(server):
+    """429 `insufficient_quota` does not pass with waiting: every thread of every job used to sleep
+    through its whole backoff (about a minute) before the job failed."""
+    from workflow_scripts.openai_chat import OpenAIChat
+
+    server.add_fault("429", times=5, retry_after=None, code="insufficient_quota",
+                     message="You exceeded your current quota, please check your plan and billing details.")
+    chat = OpenAIChat("gpt-test", server.url, KEY_ENV, concurrency=1, max_retries=4, backoff_s=0.01)
+    with pytest.raises(ChatError, match="refused the request.*exceeded your current quota"):
+        chat.complete_one(STEPS["task"].request("Concept: Words are dates.", 0, 16))
+    assert server.counts() == {429: 1}
+
+
 def test_a_request_failing_for_good_fails_the_job_and_keeps_the_answers_it_had(tmp_path, shards, server):
     doomed = "Words: {}.".format(", ".join(f"tr4x{i}" for i in range(15)))
     server.add_fault("500", times=100, match=lambda body: body["messages"][-1]["content"] == doomed)

@@ -3,10 +3,10 @@
 Requests run concurrently on a thread pool and are yielded as they complete, so the caller can
 cache each answer at once. Retries are ours, not the client's (it gets max_retries=0), so that
 every kind of transient failure gets the same policy and the same log line: rate limits (429,
-waiting what Retry-After / retry-after-ms asks), server errors (5xx), timeouts, dropped
-connections and malformed bodies, with exponential backoff and jitter. A request still failing
-after `max_retries` retries raises ChatError; so does any other client error (400, 401, 404),
-at once. The API key comes from the environment variable named in the config (only its name
+waiting at least what Retry-After / retry-after-ms asks), 408, 409, server errors (5xx), timeouts,
+dropped connections and malformed bodies, with exponential backoff and jitter. A request still
+failing after `max_retries` retries raises ChatError; so does, at once, any other client error
+(400, 401, 404), a spent quota (429 `insufficient_quota`) and an answer saying `x-should-retry: false`. The API key comes from the environment variable named in the config (only its name
 travels through the workflow), read when the first request is about to be sent: a job whose
 answers are all cached needs no key. It is never logged.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import os
 import random
 import threading
@@ -45,7 +46,13 @@ def api_key_from_env(variable: str | None) -> str:
 
 
 def retry_after_s(error) -> float | None:
-    """What a 429/503 answer asks us to wait, from retry-after-ms or Retry-After (seconds or a date)."""
+    """What a 429/503 answer asks us to wait, from retry-after-ms or Retry-After (seconds or a date);
+    None for a value that is no finite, non-negative number."""
+    wait_s = _asked_wait_s(error)
+    return wait_s if wait_s is not None and math.isfinite(wait_s) and wait_s >= 0 else None
+
+
+def _asked_wait_s(error) -> float | None:
     response = getattr(error, "response", None)
     if response is None:
         return None
@@ -98,11 +105,18 @@ class OpenAIChat:
         return self._client
 
     def _transient(self, error: Exception) -> bool:
+        """What waiting may cure, as the openai client decides (408, 409, 429, 5xx, timeouts, dropped
+        connections; `x-should-retry` overrides the status), plus malformed bodies; never a spent quota."""
         openai = self._openai
-        if isinstance(error, (MalformedResponse, openai.APITimeoutError, openai.APIConnectionError,
-                              openai.RateLimitError, openai.APIResponseValidationError, ValueError)):
-            return True
-        return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+        if isinstance(error, openai.APIStatusError):
+            should = error.response.headers.get("x-should-retry", "").lower()
+            if should in ("true", "false"):
+                return should == "true"
+            if getattr(error, "code", None) == "insufficient_quota":
+                return False
+            return error.status_code in (408, 409, 429) or error.status_code >= 500
+        return isinstance(error, (MalformedResponse, openai.APITimeoutError, openai.APIConnectionError,
+                                  openai.APIResponseValidationError, ValueError))
 
     def _create(self, request: ChatRequest) -> ChatResponse:
         started = time.perf_counter()
@@ -144,10 +158,10 @@ class OpenAIChat:
                 if attempt == self.max_retries:
                     raise ChatError(f"{self.model}: still failing after {self.max_retries} retries: "
                                     f"{type(error).__name__}: {error}") from error
-                wait_s = retry_after_s(error)
-                if wait_s is None:
-                    wait_s = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
-                wait_s = min(wait_s, MAX_WAIT_S)
+                # the server's wait is a floor under our backoff, never a replacement: a Retry-After of 0
+                # (or OpenAI's few-ms retry-after-ms) would otherwise spend every retry at once
+                wait_s = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+                wait_s = min(max(wait_s, retry_after_s(error) or 0.0), MAX_WAIT_S)
                 with self._retries_lock:
                     self.retries += 1
                 log.warning("%s (attempt %d of %d); retrying in %.2f s", type(error).__name__, attempt + 1,
