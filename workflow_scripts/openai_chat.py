@@ -6,9 +6,10 @@ every kind of transient failure gets the same policy and the same log line: rate
 waiting at least what Retry-After / retry-after-ms asks), 408, 409, server errors (5xx), timeouts,
 dropped connections and malformed bodies, with exponential backoff and jitter. A request still
 failing after `max_retries` retries raises ChatError; so does, at once, any other client error
-(400, 401, 404), a spent quota (429 `insufficient_quota`) and an answer saying `x-should-retry: false`. The API key comes from the environment variable named in the config (only its name
-travels through the workflow), read when the first request is about to be sent: a job whose
-answers are all cached needs no key. It is never logged.
+(400, 401, 404), a spent quota (429 `insufficient_quota`) and an answer saying
+`x-should-retry: false`. The API key comes from the environment variable named in the config (only
+its name travels through the workflow), read when the first request is about to be sent: a job
+whose answers are all cached needs no key. It is never logged.
 """
 from __future__ import annotations
 
