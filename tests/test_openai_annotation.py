@@ -277,6 +277,45 @@ def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, sh
     assert len(rows(out)) == 12
 
 
+def test_ctrl_c_keeps_the_answers_in_flight_and_does_not_wait_out_a_backoff(tmp_path, shards, monkeypatch):
+    """On SIGINT the thread pool's exit waited for every running request, including one sleeping in its
+    backoff (here 30 s), and the answers that then arrived were thrown away: paid for, never cached."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    sleeper = "Words: {}.".format(", ".join(f"br1x{i}" for i in range(15)))
+    with ChatServer(responder=responder, api_key=KEY, latency=2.0) as slow:
+        slow.add_fault("429", retry_after="30", match=lambda b: b["messages"][-1]["content"] == sleeper)
+        cache = tmp_path / "cache.sqlite"
+        out = tmp_path / "out" / "describe_seed0.tsv"
+        command = [sys.executable, "-m", "workflow_scripts.annotate", "describe", "--seed", "0", "--inputs", *shards,
+                   "--output", str(out), "--stats", str(out.with_suffix(".json")),
+                   "--provider", json.dumps(provider(slow)), "--api-key-env", KEY_ENV,
+                   "--cache", str(cache), "--runtime", json.dumps({**FAST, "concurrency": 4})]
+        job = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            assert slow.wait_until(lambda: len(slow.requests) >= 4, timeout=60)
+            time.sleep(0.5)  # four in flight; the 429 comes with the others' answers, then its wait of 30 s
+            interrupted = time.perf_counter()
+            job.send_signal(signal.SIGINT)
+            job.wait(timeout=60)
+            stopped_s = time.perf_counter() - interrupted
+        finally:
+            if job.poll() is None:
+                job.kill()
+        in_flight = Counter(user_messages(slow.completed))
+        assert job.returncode != 0 and not out.exists()
+        assert stopped_s < 15, f"waited {stopped_s:.1f} s after Ctrl-C"
+        with ResponseCache(cache, "x", "y") as reader:
+            kept = len(reader)
+        assert len(in_flight) == 3 and kept == 3  # every answer received was kept
+        start = len(slow.requests)
+        slow.clear_faults()
+        subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
+                       capture_output=True, timeout=120)
+        assert not set(user_messages(slow.requests[start:])) & set(in_flight)  # none paid twice
+        assert len(rows(out)) == 12
+
+
 # --- concurrent jobs sharing one cache: each request is sent once, and every job writes what the cache holds ---
 
 def wide_shards(folder: Path, ranks: int = 30) -> list[str]:

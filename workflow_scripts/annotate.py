@@ -145,12 +145,19 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
                     if mine:
                         waiting = False
                         first = [requests[asking[key][0]] for key in mine]
-                        for position, response in provider.stream(first):
-                            stored = cache.put(first[position], response)  # the cache's answer wins
-                            _paid(counts, response)
-                            counts["superseded"] += stored != response
-                            settle({mine[position]: stored}, "asked")
-                            bar.update()
+                        answers = provider.stream(first)
+                        try:
+                            for position, response in answers:
+                                stored = cache.put(first[position], response)  # the cache's answer wins
+                                _paid(counts, response)
+                                counts["superseded"] += stored != response
+                                settle({mine[position]: stored}, "asked")
+                                bar.update()
+                        except BaseException:  # Ctrl-C or a failure: keep what was paid for and still arrives
+                            answers.close()
+                            for position, response in getattr(provider, "unyielded", ()):
+                                cache.put(first[position], response)
+                            raise
                     elif not waiting:
                         waiting = True
                         log.info("%s: waiting for %d requests claimed by other jobs", label, len(asking))

@@ -96,6 +96,8 @@ class OpenAIChat:
         self._client = None
         self.retries = 0  # attempts that failed transiently and were retried (the cost report's count)
         self._retries_lock = threading.Lock()
+        self._stop = threading.Event()  # set when the stream is abandoned: backoff sleeps end at once
+        self.unyielded: list[tuple[int, ChatResponse]] = []  # answers received after the stream was abandoned
 
     @property
     def client(self):
@@ -167,34 +169,52 @@ class OpenAIChat:
                     self.retries += 1
                 log.warning("%s (attempt %d of %d); retrying in %.2f s", type(error).__name__, attempt + 1,
                             self.max_retries + 1, wait_s)
-                time.sleep(wait_s)
+                if self._stop.wait(wait_s):
+                    raise ChatError(f"{self.model}: stopped while waiting to retry") from error
         raise AssertionError("unreachable")
 
     def stream(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResponse]]:
         """(index, response) as each completes, `concurrency` at a time. On a failure, the requests
-        already running finish (and are yielded, so they get cached) before ChatError is raised."""
+        already running finish (and are yielded, so they get cached) before ChatError is raised.
+
+        Abandoned (Ctrl-C, or the caller closing the stream on an error of its own): no request is
+        started, backoff sleeps end, and the answers still in flight are awaited (each within the
+        request timeout: they are paid for) and left in `unyielded` for the caller to keep."""
         pending = iter(enumerate(requests))
         self.client  # noqa: B018 - the key is checked here, before any thread starts
+        self._stop.clear()
+        self.unyielded = []
         with ThreadPoolExecutor(self.concurrency) as pool:
             running = {}
-            failure = None
+            try:
+                yield from self._run(pool, running, pending)
+            except BaseException:
+                self._stop.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                done, _ = wait(running, timeout=self.timeout_s + 1)
+                self.unyielded = [(running[f], f.result()) for f in done if not f.cancelled() and not f.exception()]
+                raise
 
-            def submit_next() -> None:
-                for index, request in pending:
-                    running[pool.submit(self.complete_one, request)] = index
-                    return
+    def _run(self, pool, running: dict, pending) -> Iterator[tuple[int, ChatResponse]]:
+        """Submit and yield, `concurrency` in flight; `running` maps each future to its index."""
+        failure = None
 
-            for _ in range(self.concurrency):
-                submit_next()
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index = running.pop(future)
-                    try:
-                        yield index, future.result()
-                    except ChatError as error:
-                        failure = failure or error
-                    if failure is None:
-                        submit_next()
-            if failure is not None:
-                raise failure
+        def submit_next() -> None:
+            for index, request in pending:
+                running[pool.submit(self.complete_one, request)] = index
+                return
+
+        for _ in range(self.concurrency):
+            submit_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = running.pop(future)
+                try:
+                    yield index, future.result()
+                except ChatError as error:
+                    failure = failure or error
+                if failure is None:
+                    submit_next()
+        if failure is not None:
+            raise failure
