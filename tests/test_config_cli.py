@@ -31,6 +31,8 @@ def test_typed_overrides_plan_like_the_same_values_in_a_file(work):
 @pytest.mark.parametrize("override, expected", [
     ("attribution={shard_size: 8.0}", "attribution.shard_size: 8.0 is not an integer (write 8 if that is meant)"),
     ("analysis={threshold: 10}", "analysis.threshold (10) must be below analysis.levels (10)"),
+    # an empty path turned the response cache off: a paid run kept no answer, and a rerun paid again
+    ("annotation={cache: ''}", "annotation.cache: '' should be non-empty"),
 ])
 def test_numbers_that_would_give_wrong_tables_or_a_type_error_stop_the_plan(work, override, expected):
     out = snakemake(work, "--dry-run", "--config", override, check=False)
