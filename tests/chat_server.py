@@ -27,6 +27,8 @@ Fault kinds (`add_fault(kind, times=1, match=None, **options)`); every kind also
   "refusal"    200, message content null and `refusal` (default "I can't help with that."),
                finish_reason "stop".
   "length"     200, normal content (or `content`) but finish_reason "length".
+  "answer"     200 with exactly `content` (default "": None sends null) and `finish_reason`
+               (default "stop"), e.g. an empty answer, or a null one cut by the token limit.
   "hold"       blocks until `release()` (then answers normally, unless the client has hung up
                meanwhile) or until the server stops (then the connection is dropped without an
                answer: recorded status None, the client sees a connection error).
@@ -65,7 +67,7 @@ from typing import Any
 CHAT_PATH = "/v1/chat/completions"
 FINGERPRINT = "fp_test"
 DEFAULT_REFUSAL = "I can't help with that."
-FAULT_KINDS = ("429", "timeout", "malformed", "refusal", "length", "hold")  # and any 3-digit status
+FAULT_KINDS = ("429", "timeout", "malformed", "refusal", "length", "answer", "hold")  # and any 3-digit status
 
 
 def _text(content: Any) -> str:
@@ -460,6 +462,9 @@ class ChatServer:
             data = self._completion(body, None, "stop", refusal=options.get("refusal", DEFAULT_REFUSAL))
             return _Answer(200, json.dumps(data).encode(), headers=extra, completion=True)
 
+        if kind == "answer":
+            data = self._completion(body, options.get("content", ""), options.get("finish_reason", "stop"))
+            return _Answer(200, json.dumps(data).encode(), headers=extra, completion=True)
         if kind == "length":
             content = options.get("content")
             data = self._completion(body, self.responder(body) if content is None else content, "length")

@@ -217,6 +217,25 @@ def test_refusals_and_truncated_answers_are_recorded(tmp_path, shards, server):
     assert log.get(STEPS["describe"].request(refuse, 0, 32)).finish_reason == "refusal"
 
 
+def test_empty_answers_are_counted_and_warned_and_a_null_one_cut_short_is_not_paid_again(tmp_path, shards, server,
+                                                                                          caplog):
+    """An empty (or blank) answer silently became "not described": no count, no warning. A null answer cut
+    by the token limit was taken as malformed and retried, each retry a paid 200, then failed the job."""
+    empty = "Words: {}.".format(", ".join(f"br1x{i}" for i in range(15)))
+    cut = "Words: {}.".format(", ".join(f"br3x{i}" for i in range(15)))
+    server.add_fault("answer", content="   ", match=lambda b: b["messages"][-1]["content"] == empty)
+    server.add_fault("answer", content=None, finish_reason="length",
+                     match=lambda b: b["messages"][-1]["content"] == cut)
+    with caplog.at_level("WARNING", logger="workflow_scripts.annotate"):
+        out, stats = run("describe", 0, shards, tmp_path, server)
+    got = {r["Words"]: r for r in rows(out)}
+    assert (got[empty]["Explainable"], got[empty]["Summary"]) == ("0", "")
+    assert (got[cut]["Explainable"], got[cut]["Summary"]) == ("0", "")
+    assert server.counts() == {200: 12} and stats["retries"] == 0
+    assert (stats["empty"], stats["truncated"]) == (2, 1)
+    assert "empty answer for base layer 0 rank 1" in caplog.text and "empty answer for base layer 0 rank 3" in caplog.text
+
+
 def test_bad_or_missing_key_fails_clearly_without_leaking_it(tmp_path, shards, server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-wrong-key-456")
     with pytest.raises(ChatError, match="refused the request") as failure:

@@ -182,6 +182,7 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
         counts["completion_tokens"] += response.completion_tokens
         counts["refused"] += response.finish_reason == "refusal"
         counts["truncated"] += response.finish_reason == "length"
+        counts["empty"] += response.finish_reason != "refusal" and not response.text.strip()
     return responses, counts
 
 
@@ -260,12 +261,15 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
         if response.finish_reason in ("refusal", "length"):
             log.warning("%s answer for %s layer %s rank %s: %r", response.finish_reason, row["Model"], row["Layer"],
                         row["Rank"], response.refusal or response.text)
+        if response.finish_reason != "refusal" and not response.text.strip():
+            log.warning("empty answer for %s layer %s rank %s (%s): %s", row["Model"], row["Layer"], row["Rank"],
+                        response.finish_reason, "not described" if step == "describe" else "names no category")
     write_tsv(out, step_columns(step), output)
     fingerprints = sorted({r.fingerprint for r in responses if r.fingerprint})
     report = {"pair": pair, "step": step, "seed": seed, "provider": provider.provider, "model": provider.model,
               "fingerprints": fingerprints, "rows": len(rows), **{k: counts[k] for k in (
                   "requests", "cache_hits", "prompt_tokens", "completion_tokens", "new_prompt_tokens",
-                  "new_completion_tokens", "refused", "truncated", "retries", "from_other_jobs")},
+                  "new_completion_tokens", "refused", "truncated", "empty", "retries", "from_other_jobs")},
               "seconds": round(time.perf_counter() - started, 3)}
     if step == "describe":
         report["described"] = counts["described"]

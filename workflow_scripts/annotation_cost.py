@@ -2,7 +2,8 @@
 
 `requests` were sent by the job's last run (0 when everything came from the cache), `cache_hits`
 were not (answers a concurrent job sent included); `retries` counts the attempts of the last run
-that failed transiently (429, 5xx, timeouts, malformed answers) and were sent again; the token
+that failed transiently (429, 5xx, timeouts, malformed answers) and were sent again; `empty` the
+answers without text (not described, or naming no category), refusals aside; the token
 counts and `cost_usd` cover every answer the step used, cached or not (what
 the annotation cost when it was made), `cost_usd_last_run` only the requests the last run sent.
 Prices are USD per million tokens per model (annotation.prices); a model without a price gets
@@ -18,7 +19,7 @@ import pandas as pd
 from .table_files import write_table
 
 COLUMNS = ["seed", "step", "provider", "model", "rows", "requests", "retries", "cache_hits", "prompt_tokens",
-           "completion_tokens", "refused", "truncated", "cost_usd", "cost_usd_last_run"]
+           "completion_tokens", "refused", "truncated", "empty", "cost_usd", "cost_usd_last_run"]
 COUNTED = COLUMNS[:12]
 STEP_ORDER = {"describe": 0, "task": 1, "level": 2}
 
@@ -38,6 +39,7 @@ def cost_table(stats_files: list[str], prices: dict) -> pd.DataFrame:
         rows.append({
             **{k: s[k] for k in COUNTED if k != "retries"},
             "retries": s.get("retries", float("nan")),  # stats written before retries were counted: n/a
+            "empty": s.get("empty", float("nan")),  # nor empty answers
             "cost_usd": price(s["prompt_tokens"], s["completion_tokens"], model_prices),
             "cost_usd_last_run": price(s["new_prompt_tokens"], s["new_completion_tokens"], model_prices),
         })

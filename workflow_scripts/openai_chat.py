@@ -137,9 +137,10 @@ class OpenAIChat:
         choice = choices[0]
         refusal = getattr(choice.message, "refusal", None)
         if refusal is None and choice.message.content is None:
-            if choice.finish_reason != "content_filter":
+            if choice.finish_reason == "content_filter":
+                refusal = "content_filter"
+            elif choice.finish_reason != "length":  # cut before its first token: an answer, empty, not a fault
                 raise MalformedResponse("an answer with neither content nor refusal")
-            refusal = "content_filter"
         usage = completion.usage
         return ChatResponse(
             text=choice.message.content or "",
