@@ -237,6 +237,27 @@ def test_empty_answers_are_counted_and_warned_and_a_null_one_cut_short_is_not_pa
         assert f"empty answer for base layer 0 rank {rank}" in caplog.text
 
 
+def test_the_cost_counts_a_request_shared_by_several_rows_once(tmp_path, server):
+    """Components of both models with the same words are one request; the tokens (and so cost_usd) were
+    summed over rows, twice what was billed, and the shared rows were counted under no column."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shards = []
+    for model in ("base", "tuned"):  # the same words in both models
+        lines = ["\t".join(WORDS_COLUMNS)]
+        lines += [f"{model}\tNA\t0\tFFN\t0\t{rank}\t0.1\t" + encode_words(f"br{rank}x{i}" for i in range(20))
+                  for rank in range(1, 5)]
+        (folder / f"{model}.tsv").write_text("\n".join(lines) + "\n")
+        shards.append(str(folder / f"{model}.tsv"))
+    _, stats = run("describe", 0, shards, tmp_path, server)
+    billed = [sum(len(m["content"].split()) for m in r["messages"]) for r in server.completed]
+    assert (stats["rows"], stats["requests"], stats["cache_hits"], stats["shared"]) == (8, 4, 0, 4)
+    assert stats["prompt_tokens"] == stats["new_prompt_tokens"] == sum(billed)
+    _, again = run("describe", 0, shards, tmp_path, server, name="again")
+    assert (again["requests"], again["cache_hits"], again["shared"]) == (0, 8, 0)  # rows, as the first run's
+    assert again["prompt_tokens"] == sum(billed) and again["new_prompt_tokens"] == 0
+
+
 def test_bad_or_missing_key_fails_clearly_without_leaking_it(tmp_path, shards, server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-wrong-key-456")
     with pytest.raises(ChatError, match="refused the request") as failure:

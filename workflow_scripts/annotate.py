@@ -116,6 +116,7 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
     asked once. Without a cache every request is asked."""
     counts = Counter()
     responses: list[ChatResponse | None] = [None] * len(requests)
+    billed = range(len(requests))  # the rows whose answers were paid for: one per distinct request when cached
     if cache is None:
         log.info("%s: %d requests to ask %s %s (no cache)", label, len(requests), provider.provider, provider.model)
         with Progress(len(requests), label, "request") as bar:
@@ -127,6 +128,7 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
         asking: dict[str, list[int]] = {}  # key -> indices asking it
         for index, request in enumerate(requests):
             asking.setdefault(cache.key(request), []).append(index)
+        billed = [indices[0] for indices in asking.values()]
 
         def settle(found: dict[str, ChatResponse], counter: str) -> None:
             for key, response in found.items():
@@ -169,6 +171,7 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
         finally:
             cache.release()
         counts["cache_hits"] += counts["from_other_jobs"]
+        counts["shared"] = counts["asked"] - counts["requests"]  # rows answered by another row's request
         if counts["from_other_jobs"] or counts["superseded"]:
             log.info("%s: %d answers came from concurrent jobs; %d of this job's answers were superseded by "
                      "an earlier one in the cache (the cache's answer is written)", label,
@@ -177,9 +180,10 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
     if missing:
         raise ChatError(f"{label}: {len(missing)} requests got no answer (first: request {missing[0]})")
     counts["retries"] = getattr(provider, "retries", 0)
+    for index in billed:  # what the answers cost when they were made, each once
+        counts["prompt_tokens"] += responses[index].prompt_tokens
+        counts["completion_tokens"] += responses[index].completion_tokens
     for response in responses:
-        counts["prompt_tokens"] += response.prompt_tokens
-        counts["completion_tokens"] += response.completion_tokens
         counts["refused"] += response.finish_reason == "refusal"
         counts["truncated"] += response.finish_reason == "length"
         counts["empty"] += response.finish_reason != "refusal" and not response.text.strip()
@@ -269,7 +273,7 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
     report = {"pair": pair, "step": step, "seed": seed, "provider": provider.provider, "model": provider.model,
               "fingerprints": fingerprints, "rows": len(rows), **{k: counts[k] for k in (
                   "requests", "cache_hits", "prompt_tokens", "completion_tokens", "new_prompt_tokens",
-                  "new_completion_tokens", "refused", "truncated", "empty", "retries", "from_other_jobs")},
+                  "new_completion_tokens", "refused", "truncated", "empty", "retries", "from_other_jobs", "shared")},
               "seconds": round(time.perf_counter() - started, 3)}
     if step == "describe":
         report["described"] = counts["described"]

@@ -1,11 +1,13 @@
 """What the annotation cost, per seed and step, from the jobs' stats files.
 
 `requests` were sent by the job's last run (0 when everything came from the cache), `cache_hits`
-were not (answers a concurrent job sent included); `retries` counts the attempts of the last run
-that failed transiently (429, 5xx, timeouts, malformed answers) and were sent again; `empty` the
-answers without text (not described, or naming no category), refusals aside; the token
-counts and `cost_usd` cover every answer the step used, cached or not (what
-the annotation cost when it was made), `cost_usd_last_run` only the requests the last run sent.
+were not (rows answered from the cache, a concurrent job's answers included), `shared` rows asked
+what another row asked and answered by its request (rows = requests + cache_hits + shared);
+`retries` counts the attempts of the last run that failed transiently (429, 5xx, timeouts,
+malformed answers) and were sent again; `empty` the answers without text (not described, or naming
+no category), refusals aside; the token counts and `cost_usd` cover each distinct answer the step
+used once, cached or not (what the annotation cost when it was made), `cost_usd_last_run` only the
+requests the last run sent.
 Prices are USD per million tokens per model (annotation.prices); a model without a price gets
 n/a, never a made-up zero.
 """
@@ -18,9 +20,10 @@ import pandas as pd
 
 from .table_files import write_table
 
-COLUMNS = ["seed", "step", "provider", "model", "rows", "requests", "retries", "cache_hits", "prompt_tokens",
+COLUMNS = ["seed", "step", "provider", "model", "rows", "requests", "retries", "cache_hits", "shared", "prompt_tokens",
            "completion_tokens", "refused", "truncated", "empty", "cost_usd", "cost_usd_last_run"]
-COUNTED = COLUMNS[:12]
+COUNTED = [c for c in COLUMNS[:13] if c not in ("retries", "shared")]
+OPTIONAL = ("retries", "shared", "empty")  # stats written before these were counted: n/a
 STEP_ORDER = {"describe": 0, "task": 1, "level": 2}
 
 
@@ -37,9 +40,8 @@ def cost_table(stats_files: list[str], prices: dict) -> pd.DataFrame:
             s = json.load(handle)
         model_prices = prices.get(s["model"]) if s["provider"] == "openai" else {"prompt": 0.0, "completion": 0.0}
         rows.append({
-            **{k: s[k] for k in COUNTED if k != "retries"},
-            "retries": s.get("retries", float("nan")),  # stats written before retries were counted: n/a
-            "empty": s.get("empty", float("nan")),  # nor empty answers
+            **{k: s[k] for k in COUNTED},
+            **{k: s.get(k, float("nan")) for k in OPTIONAL},
             "cost_usd": price(s["prompt_tokens"], s["completion_tokens"], model_prices),
             "cost_usd_last_run": price(s["new_prompt_tokens"], s["new_completion_tokens"], model_prices),
         })
