@@ -23,6 +23,7 @@ import os, sys, time
 from pathlib import Path
 out, release = Path(sys.argv[1]), Path(sys.argv[2])
 tmp = out.with_suffix(".tmp")
+out.with_suffix(".order").write_text(os.environ.get("CUDA_DEVICE_ORDER", "(unset)"))
 tmp.write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
 tmp.rename(out)
 while not release.exists():
@@ -63,6 +64,11 @@ class Job:
         wait_until(lambda: self.out.exists() or self.proc.poll() is not None, f"job {self.name} to start")
         assert self.out.exists(), f"job {self.name} exited {self.proc.returncode}: {self.stderr()}"
         return self.out.read_text()
+
+    def order(self) -> str:
+        """The CUDA_DEVICE_ORDER the job got."""
+        self.devices()
+        return self.out.with_suffix(".order").read_text()
 
     def stderr(self) -> str:
         return self.log.read_text()
@@ -271,6 +277,17 @@ def fake_nvidia_smi(tmp_path: Path, script: str) -> dict[str, str]:
 def test_without_cuda_visible_devices_the_pool_is_the_gpus_nvidia_smi_lists(start, tmp_path):
     env = fake_nvidia_smi(tmp_path, 'test "$*" = "--query-gpu=index --format=csv,noheader" && printf "0\\n1\\n"')
     assert run_now(start, "both", gpus=2, env=env).devices() == "0,1"
+
+
+def test_gpus_leased_by_nvidia_smis_index_are_those_cuda_numbers_alike(start, tmp_path):
+    """nvidia-smi numbers GPUs in PCI bus order, CUDA fastest first unless told otherwise: on a machine
+    of mixed GPUs, the job leasing nvidia-smi's GPU 0 computed on another card than its lock named."""
+    env = fake_nvidia_smi(tmp_path, 'printf "0\\n1\\n"')
+    assert run_now(start, "pci", gpus=1, env=env).order() == "PCI_BUS_ID"
+    assert run_now(start, "override", gpus=1, env=env | {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}).order() == "PCI_BUS_ID"
+    # a pool of the user's own CUDA_VISIBLE_DEVICES is under the user's numbering: left as it is
+    own = run_now(start, "own", gpus=1, env=job_env(fake_gpus=None, CUDA_VISIBLE_DEVICES="1"))
+    assert (own.devices(), own.order()) == ("1", "(unset)")
 
 
 def test_a_failing_nvidia_smi_means_the_cpu_not_a_crash(start, tmp_path):

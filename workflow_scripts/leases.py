@@ -15,7 +15,8 @@ what `flock -n FILE true` answers.
 
 The pool of devices is the user's CUDA_VISIBLE_DEVICES when set (leases go to its entries, under
 the user's ids), else the machine's GPUs as nvidia-smi lists them (or the driver's
-/proc/driver/nvidia/gpus where nvidia-smi is missing; none if neither answers). CUDA is never
+/proc/driver/nvidia/gpus where nvidia-smi is missing; none if neither answers), numbered as nvidia-smi
+numbers them: the job gets CUDA_DEVICE_ORDER=PCI_BUS_ID, so that CUDA means the same cards. CUDA is never
 initialised here, so the launcher costs no GPU memory and no seconds. SHIFTLENS_FAKE_GPUS=N pretends the
 machine has GPUs 0..N-1 (tests, rehearsals on a CPU box).
 
@@ -224,6 +225,10 @@ def lease(count: int, command: list[str], lock_dir: Path | None = None) -> dict[
             return {}
         lock_dir = machine_lock_dir / f"slurm-job-{re.sub(r'[^A-Za-z0-9._-]', '_', slurm_job)}"
     pool = device_pool()
+    if "CUDA_VISIBLE_DEVICES" not in os.environ and pool:
+        # the pool is nvidia-smi's numbering, PCI bus order; CUDA's default is fastest first, which on a
+        # machine of mixed GPUs would put the job on another card than the one its lock names
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if count == 0 or not pool:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         if count > 0:
