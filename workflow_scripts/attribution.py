@@ -145,9 +145,16 @@ def _batch_size(model, sequence: int, count: int, forced: int, cpu: int) -> int:
         return min(forced, count)
     if input_device(model).type != "cuda":
         return min(cpu, count)
-    free = min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    free = min(cuda_free_bytes(i) for i in range(torch.cuda.device_count()))
     element = next(model.parameters()).element_size()
     return auto_backward_batch(model.config, sequence, element, free, count)
+
+
+def cuda_free_bytes(device: int) -> int:
+    """What this process can still allocate on a GPU: the driver's free memory plus what torch's caching
+    allocator holds unused (the driver counts that as taken, so a job that freed a pass's tensors would
+    otherwise size its next batches by what ran before)."""
+    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def _is_out_of_memory(error: RuntimeError) -> bool:
@@ -168,10 +175,12 @@ def _in_batches(count: int, batch: int, run, what: str):
                 raise
             batch = size // 2
             log.warning("out of memory in a %s: retrying %d at a time", what.format(size), batch)
-            torch.cuda.empty_cache()
+        else:
+            yield out
+            k += size
             continue
-        yield out
-        k += size
+        # out of the except block: the error's traceback (and the failed pass's tensors) is gone
+        torch.cuda.empty_cache()
 
 
 def unit_scale(cotangents: torch.Tensor) -> torch.Tensor:
@@ -194,10 +203,12 @@ def _body_gradients(hidden: torch.Tensor, prefix: torch.Tensor, positions: torch
 
     def backward(k: int, size: int) -> torch.Tensor:
         if size == 1:
-            (grad,) = torch.autograd.grad(hidden[positions[k]], prefix, cotangents[k], retain_graph=True)
+            # slices, not positions[k]: a 0-d CUDA index is read back to the host, a sync per token
+            (grad,) = torch.autograd.grad(hidden[positions[k : k + 1]], prefix, cotangents[k : k + 1],
+                                          retain_graph=True)
             return grad[None]
         stacked = hidden.new_zeros((size, *hidden.shape))
-        stacked[torch.arange(size), positions[k : k + size]] = cotangents[k : k + size]
+        stacked[torch.arange(size, device=hidden.device), positions[k : k + size]] = cotangents[k : k + size]
         (grad,) = torch.autograd.grad(hidden, prefix, stacked, retain_graph=True, is_grads_batched=True)
         return grad
 
