@@ -12,6 +12,7 @@ from workflow_scripts.table5 import (
     level_shares_by_group,
     read_seed_file,
     refusals_note,
+    shared_words_note,
     table5,
 )
 
@@ -116,6 +117,31 @@ def test_a_refusal_counts_as_naming_no_category_not_as_every_category_its_text_n
     assert refusals_note(files, "Concept") == "2 of the 8 answers are refusals, counted as other (naming no category)"
     shares = level_shares_by_group(files, "llama", "vicuna", layers=2, groups=2)
     assert shares["llama"][:, 1, :].tolist() == [[0.0] * 4] * 2  # layer 1: the refusal only
+
+
+def test_the_table_says_how_many_components_of_the_two_models_share_their_words_and_so_their_answers(tmp_path):
+    """Rows asking the same question are asked once (the seed is sent, so an endpoint would answer them
+    alike anyway), where the paper asked every row on its own: the two models' shares then move
+    together in those components, which makes the t-test between them conservative. Said, counted."""
+    def seed(path, rows):  # (label, model, words)
+        lines = [HEADER.format(label="Task")]
+        for r, (value, model, words) in enumerate(rows, start=1):
+            lines.append(f"{value}\t1\t{words}\tWords are x.\t{model}\t7B\t0\tFFN\t0\t{r}\t0.1\ta|||b\n")
+        path.write_text("".join(lines))
+        return path
+
+    files = [seed(tmp_path / "linear_task_seed0.tsv",
+                  [("Math", "llama", "Words: a, b."), ("Math", "vicuna", "Words: a, b."),
+                   ("None", "llama", "Words: c."), ("Coding", "vicuna", "Words: d.")]),
+             seed(tmp_path / "linear_task_seed1.tsv",
+                  [("Math", "llama", "Words: a, b."), ("None", "vicuna", "Words: e."),
+                   ("Math", "vicuna", "Words: f.")])]
+    assert shared_words_note(files, "Task", "llama", "vicuna") == (
+        "Components of vicuna with the words of a component of llama, so one request and one answer for both: "
+        "1 of 2 described (seed 0), 0 of 2 (seed 1); the paper asked each row on its own, so there the two "
+        "models' shares move together and the t-test between them is conservative")
+    files = [seed(tmp_path / "linear_task_seed2.tsv", [("Math", "llama", "Words: a."), ("Math", "vicuna", "W: b.")])]
+    assert shared_words_note(files, "Task", "llama", "vicuna") == ""
 
 
 def test_level_shares_by_layer_group_and_the_figure_files(tmp_path):

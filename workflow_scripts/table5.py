@@ -94,6 +94,32 @@ def table5(seed_files: list[str | Path], label: str, pretrained: str, tuned: str
     return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
 
 
+def shared_words_note(seed_files, label: str, pretrained: str, tuned: str) -> str:
+    """How many described components of the tuned model show the words of one of the pre-trained model,
+    per seed. Such rows ask the same question and get one request and one answer (the seed is sent,
+    so an endpoint would answer them alike anyway), where the paper asked each row on its own: the two
+    models' shares move together there, and the t-test between them is conservative."""
+    counts = []
+    for path in seed_files:
+        frame = read_seed_file(path, label)
+        frame = frame[frame["Explainable"] == 1]
+        words = set(frame.loc[frame["Model"] == pretrained, "Words"])
+        mine = frame.loc[frame["Model"] == tuned, "Words"]
+        counts.append((int(mine.isin(words).sum()), len(mine), seed_name(path)))
+    if not any(shared for shared, _, _ in counts):
+        return ""
+    first, *rest = counts
+    parts = [f"{first[0]} of {first[1]} described ({first[2]})", *(f"{s} of {n} ({name})" for s, n, name in rest)]
+    return (f"Components of {tuned} with the words of a component of {pretrained}, so one request and one answer "
+            f"for both: {', '.join(parts)}; the paper asked each row on its own, so there the two models' shares "
+            "move together and the t-test between them is conservative")
+
+
+def seed_name(path) -> str:
+    found = re.search(r"seed(\d+)\.tsv$", Path(path).name)
+    return f"seed {found.group(1)}" if found else Path(path).name
+
+
 def seeds_note(seed_files) -> str:
     """The seeds the table averages, from its files' names, under the table: a report made after
     `annotation.seeds` was edited, before the run, shows these and not the config's."""
@@ -187,11 +213,13 @@ def main(argv=None):
         out = Path(args.output_dir)
         tasks = table5(args.tasks, LABEL_COLUMN["task"], args.pretrained, args.tuned, TASKS)
         write_table(tasks, out / "table5_tasks.tsv", f"Table 5 ({args.pair}): tasks of the described FFN concepts",
-                    [seeds_note(args.tasks), refusals_note(args.tasks, LABEL_COLUMN["task"])], args.notice)
+                    [seeds_note(args.tasks), refusals_note(args.tasks, LABEL_COLUMN["task"]),
+                     shared_words_note(args.tasks, LABEL_COLUMN["task"], args.pretrained, args.tuned)], args.notice)
         levels = table5(args.concepts, LABEL_COLUMN["level"], args.pretrained, args.tuned, LEVELS)
         write_table(levels, out / "table5_levels.tsv",
                     f"Table 5 ({args.pair}): linguistic levels of the described FFN concepts",
-                    [seeds_note(args.concepts), refusals_note(args.concepts, LABEL_COLUMN["level"])], args.notice)
+                    [seeds_note(args.concepts), refusals_note(args.concepts, LABEL_COLUMN["level"]),
+                     shared_words_note(args.concepts, LABEL_COLUMN["level"], args.pretrained, args.tuned)], args.notice)
     else:
         groups = min(8, args.layers)
         shares = level_shares_by_group(args.concepts, args.pretrained, args.tuned, args.layers, groups)
