@@ -5,47 +5,60 @@
     PYTHONPATH=. python bench/gpu_bench.py --allow-cpu --small   # smoke test on a tiny shape
 
 Needs only torch, transformers (with tokenizers), numpy, scipy and safetensors: no internet,
-no model weights, no GloVe package. In one run, on one card:
+no model weights, no GloVe package. In one run, on one card, in this order (the most distinctive
+measurements first, so that a run short of time loses the least):
 1. attribution of one sample (200 prompt + 300 response random token ids): the paper's per-token
    loop (`attribute_ids_reference`, float32: the paper runs `.float()`), then `attribute_ids`
-   (chunk 32) in float32 with one body backward per token, then with batched backward passes
-   (--backward-batch, 0: from free memory) in each precision mode (float32, tf32, bfloat16, float16,
-   each from the float32 weights): times, peak GPU memory, the max relative
-   difference to the float32 matrix and the share of binned cells equal to its. When the whole
-   loop would not fit the time budget, it is timed on the last N response tokens and scaled up
-   (every iteration is one forward and backward over the whole sample, so its time is linear in N);
-   then, per precision mode, forward mode (`attribute_ids_forward`: one tangent per prompt token,
-   --forward-batch, 0: from free memory) on the same sample, and the workflow's `auto` choice on a
-   sample of the paper's mean shape (51 prompt + 300 response tokens: the released attributions'
-   prompts average 50.9 tokens with BOS, their responses 294 for LLaMA-7B and 197 for Vicuna-7B);
+   (chunk 32) in float32 with one body backward per token, then, in the first precision mode
+   (float32), `attribute_ids` with batched backward passes (--backward-batch, 0: from free memory),
+   forward mode (`attribute_ids_forward`: one tangent per prompt token, --forward-batch, 0: from
+   free memory) on the same sample, and the workflow's `auto` choice on a sample of the paper's
+   mean shape (51 prompt + 300 response tokens: the released attributions' prompts average 50.9
+   tokens with BOS, their responses 294 for LLaMA-7B and 197 for Vicuna-7B): times, peak GPU
+   memory, the max relative difference to the float32 matrix and the share of binned cells equal
+   to its. When the whole per-token loop would not fit --reference-budget (or a tenth of the time
+   left), it is timed on the last N response tokens and scaled up (every iteration is one forward
+   and backward over the whole sample, so its time is linear in N);
 2. in child processes: an attribution job's model load (`load_model`, straight onto the GPU) of
    checkpoints of the model's first 1 and 4 layers, fitted to the whole model (a fixed cost and a cost
    per parameter); then one attention and one FFN layer job (layer 0), through the modules' `main` as
    the rules run them, on a checkpoint holding the model's own tensors a layer-0 job reads (float16,
    as LLaMA ships), a BPE tokenizer trained on a random vocabulary of 26,000 words (the paper's
-   vocabulary size) and random clustered word vectors in GloVe text format.
-3. the projected wall time of the paper's workflow on one such GPU, component by component (632
+   vocabulary size) and random clustered word vectors in GloVe text format;
+3. the other precision modes (tf32, bfloat16, float16) as in 1, each on the model rebuilt from the
+   same seed on the device and cast to the mode's weights (the same float32 weights, checked; the
+   rotary embeddings' frequencies stay float32, as `from_pretrained` leaves them), with what
+   arithmetic ran (torch's TF32 and reduced-precision switches, the TF32 override variables, and a
+   512 x 512 float32 matmul against float64, which shows whether TF32 really ran);
+4. the projected wall time of the paper's workflow on one such GPU, component by component (632
    samples x 2 models attributed, 2 x 32 attention and FFN layer jobs, annotation of 5 seeds),
    from the times above and one stated assumption (seconds per annotation request; the model load too
    with --skip-layer-jobs or --load-seconds), which the table labels as such.
-Prints Markdown tables and optionally writes the results as JSON for docs/benchmarks.md (--output:
-rewritten after every measurement, `"complete": false` until the end, so that a run stopped by a
-time limit or an error keeps what it measured). About
-4-5 minutes on an H100 (an estimate from the 4-layer H200 run in docs/benchmarks.md; the
-per-token loop is capped by --reference-budget).
+Every section runs under --deadline-s (seconds from the process's start): a section whose estimate
+does not fit the time left is skipped, one still running at the deadline is cut off (a child job
+killed), and the JSON says which and why (`skipped`); a section that fails records its error
+(`errors`) and the run goes on. Prints Markdown tables and optionally writes the results as JSON for
+docs/benchmarks.md (--output: rewritten after every section, `"complete": false` until the end, and
+at the end false too when a section failed or was left out by the deadline; the exit status is 1
+when a section failed). About 6-7 minutes on an H200 (an estimate; --deadline-s bounds it).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
+import inspect
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -56,31 +69,94 @@ from transformers import LlamaConfig, LlamaForCausalLM
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # workflow_scripts without `pip install -e .` (imported in the functions)
 
+
+def process_started() -> float:
+    """`time.monotonic()` at this process's start (its start time and the system's uptime in /proc),
+    so that --deadline-s also counts the imports; the time of this call where /proc cannot say."""
+    now = time.monotonic()
+    try:
+        with open("/proc/self/stat") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as uptime:
+            age = float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - age if 0 <= age < 300 else now  # a sandbox's /proc may not agree with itself
+
+
+PROCESS_STARTED = process_started()
 PAPER = {"samples": 632, "models": 2, "layers": 32, "shard_size": 16, "seeds": 5, "components": 300, "steps": 3}
+SEED = 0  # every build of the model: the same float32 weights
 CALIBRATION_TOKENS = 3  # per-token loop iterations timed to decide whether the whole loop fits
+REFERENCE_SHARE = 0.1  # the per-token loop takes at most this share of the time left (and --reference-budget)
+BODY_PER_LOOP = 0.5  # estimate: one backward per token / the per-token loop (0.39 on an H200, 4 layers)
+FINAL_RESERVE_S = 5.0  # kept after the last section: the projection, the tables, the JSON, the exit
+LOG_TAIL = 2000  # characters of a child's log kept in the JSON (its work folder is deleted)
 LAYER_TENSORS = (  # what a layer-0 attention job (embeddings, q, k, norm) and FFN job (down, lm_head) read
     "model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.q_proj.weight",
     "model.layers.0.self_attn.k_proj.weight", "model.layers.0.input_layernorm.weight",
     "model.layers.0.mlp.down_proj.weight",
 )
-# A child's peak memory, printed last. The host peak is VmHWM, the process's own: a spawned child's
-# ru_maxrss also counts the parent's peak.
-PEAKS = """
-with open("/proc/self/status") as status:
-    print("peak_host_kib", status.read().split("VmHWM:")[1].split()[0], file=sys.stderr)
-if torch.cuda.is_available():
-    print("peak_gpu_bytes", torch.cuda.max_memory_allocated(), file=sys.stderr)
+TF32_OVERRIDES = ("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "NVIDIA_TF32_OVERRIDE")  # env variables that force TF32 on/off
+
+
+def host_peak(maxrss_at_start_kib: int | None = None) -> tuple[int | None, str]:
+    """This process's peak resident memory in KiB and where it was read. /proc/self/status's VmHWM where
+    it exists; else getrusage's ru_maxrss (KiB on Linux; gVisor's /proc has no VmHWM), which in a
+    spawned process also counts what the process inherited at its start (its parent's memory): it is
+    the process's own peak when it rose above `maxrss_at_start_kib`, an upper bound otherwise;
+    (None, "unavailable") when neither can be read. Never raises: the child processes run it last."""
+    try:
+        with open("/proc/self/status") as status:
+            found = re.search(r"^VmHWM:\s*(\d+)\s*kB", status.read(), re.MULTILINE)
+        if found:
+            return int(found.group(1)), "VmHWM"
+    except Exception:  # a probe: any failure means "not here"
+        pass
+    try:
+        import resource
+
+        kib = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    except Exception:
+        return None, "unavailable"
+    if maxrss_at_start_kib is not None and kib <= maxrss_at_start_kib:
+        return kib, "ru_maxrss, an upper bound (no more than the process inherited at its start)"
+    return kib, "ru_maxrss"
+
+
+# Run first and at exit in each child process: its peak memory, printed last (atexit: also after a
+# job's SystemExit or an exception, whose exit status is kept).
+CHILD_PROLOGUE = """
+import atexit, re, sys
+try:
+    import resource
+    _maxrss_at_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+except Exception:
+    _maxrss_at_start = None
+""" + textwrap.dedent(inspect.getsource(host_peak)) + """
+def _report_peaks():
+    try:
+        kib, source = host_peak(_maxrss_at_start)
+        print("peak_host_kib", "none" if kib is None else kib, source, file=sys.stderr)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            print("peak_gpu_bytes", torch.cuda.max_memory_allocated(), file=sys.stderr)
+    except Exception as error:
+        print("peak probe failed:", type(error).__name__, error, file=sys.stderr)
+atexit.register(_report_peaks)
 """
-# A layer job: the module's `main`, as the rules run `python -m MODULE layer ...`.
-LAYER_CHILD = """
-import importlib, sys, torch
+# A layer job: the module's `main`, as the rules run `python -m MODULE layer ...`, its float32
+# matmuls in IEEE float32 (no TF32), whatever torch's default.
+LAYER_CHILD = CHILD_PROLOGUE + """
+import importlib, torch
+torch.set_float32_matmul_precision("highest")
 importlib.import_module(sys.argv[1]).main(sys.argv[2:])
-""" + PEAKS
+"""
 # An attribution job's model load: `load_model` in float32 (the default mode) of each checkpoint, after
 # an untimed load of the first: the imports and the CUDA start-up are paid once per job, whatever the
 # model's size (bench/job_startup.py).
-LOAD_CHILD = """
-import sys, time, torch
+LOAD_CHILD = CHILD_PROLOGUE + """
+import time, torch
 from workflow_scripts.attribution import load_model
 def load(path):
     start = time.perf_counter()
@@ -93,14 +169,15 @@ for path in sys.argv[1:]:
     model, seconds = load(path)
     print("load_seconds", seconds, "on", next(model.parameters()).device, file=sys.stderr)
     del model
-""" + PEAKS
+"""
 DEFAULT_LOAD_SECONDS = 30.0  # a 7B model per shard when the load was not measured (--skip-layer-jobs)
 LOAD_LAYERS = (1, 4)  # checkpoints of the first 1 and 4 layers: two loads give a fixed and a per-parameter cost
 
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """The model, sample and vocabulary sizes of one benchmark."""
+    """The model, sample and vocabulary sizes of one benchmark, and the seconds the child sections are
+    expected to take (deadline estimates: writing the job files, the model load, the two layer jobs)."""
 
     name: str
     hidden: int
@@ -113,10 +190,11 @@ class Shape:
     response: int
     words: int
     paper_prompt: int  # the sample of the paper's mean shape: this many prompt tokens, `response` response tokens
+    job_estimates: tuple[float, float, float, float] = (30.0, 45.0, 60.0, 45.0)
 
 
 LLAMA_7B = Shape("LLaMA-7B shape", 4096, 11008, 32, 32, 32, 32000, 200, 300, 26000, 51)
-SMALL = Shape("tiny smoke-test shape", 64, 128, 2, 4, 4, 2000, 20, 30, 2000, 6)
+SMALL = Shape("tiny smoke-test shape", 64, 128, 2, 4, 4, 2000, 20, 30, 2000, 6, (3.0, 8.0, 10.0, 10.0))
 
 
 def llama_config(shape: Shape) -> LlamaConfig:
@@ -147,7 +225,8 @@ def print_plan(args, shape: Shape) -> None:
           f"{args.chunk_size}, backward batch {args.backward_batch or 'auto'}, modes {args.precisions}, "
           f"vs attribute_ids_reference in float32 ("
           f"{'all tokens if they fit' if args.reference_tokens is None else f'{args.reference_tokens} tokens'}, "
-          f"budget {args.reference_budget:.0f} s); forward mode (batch {args.forward_batch or 'auto'}) per mode; "
+          f"budget {args.reference_budget:.0f} s, at most a tenth of the time left); "
+          f"forward mode (batch {args.forward_batch or 'auto'}) per mode; "
           f"auto on {shape.paper_prompt} + {shape.response} tokens (the paper's mean shape)")
     print(f"  layer jobs: checkpoint of {checkpoint:.2f} GiB (float16): "
           + ", ".join(f"{name} {tuple(tensors[name].shape)}" for name in LAYER_TENSORS))
@@ -156,6 +235,11 @@ def print_plan(args, shape: Shape) -> None:
     print(f"  vocabulary: {shape.words} random words, BPE tokenizer of {shape.vocab} tokens, 50-d random GloVe text")
     print("  jobs: python -m workflow_scripts.attention layer ... --word-vectors-kind glove-text; "
           "python -m workflow_scripts.ffn layer ...")
+    modes = args.precisions.split(",")
+    print(f"  order: the per-token loop, {modes[0]}, "
+          + ("" if args.skip_layer_jobs else "the model load and the layer jobs, ")
+          + (f"then {', '.join(modes[1:])}, " if modes[1:] else "")
+          + f"within {args.deadline_s:.0f} s of the process's start (--deadline-s)")
 
 
 def synchronize(device: torch.device) -> None:
@@ -196,90 +280,452 @@ def cells_equal(a: np.ndarray, b: np.ndarray) -> float:
     return float((bin_attributions(a) == bin_attributions(b)).mean())
 
 
-def benchmark_attribution(model, shape: Shape, args, device: torch.device, results: dict, save) -> None:
-    """The per-token loop (float32), then `attribute_ids` per-token and batched, per precision mode,
-    forward mode on the same sample, and `auto` on a sample of the paper's mean shape, into
-    `results` (the run's `attribution` entry); `save()` after each measurement, so that a run cut
-    short (a time limit, an out-of-memory error) keeps what it measured."""
-    from workflow_scripts.attribution import (
-        PRECISIONS,
-        Attributor,
-        attribute_ids,
-        attribute_ids_forward,
-        autodiff_summary,
-        forward_position_cost,
-        set_matmul_precision,
-    )
+def cast_weights(model, dtype: torch.dtype):
+    """`model.to(dtype)` for what a checkpoint holds (parameters and persistent buffers) only: the
+    non-persistent buffers (the rotary embeddings' `inv_freq` and `original_inv_freq`, computed in
+    float32 at init) keep their dtype, as `from_pretrained(dtype=...)` leaves them in a real job;
+    a plain `.to(dtype)` would round the frequencies to bfloat16 or float16 too."""
+    persistent = set(model.state_dict())
+    kept = {name: buffer for name, buffer in model.named_buffers() if name not in persistent}
+    model.to(dtype)
+    for name, buffer in kept.items():
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, buffer)
+    return model
 
-    ids = torch.randint(3, shape.vocab, (shape.prompt + shape.response,), device=device)
-    m = shape.response
-    set_matmul_precision("float32")
-    attribute_ids(model, ids[:16], 8)  # warm-up: kernels, allocator, autograd
-    attribute_ids_forward(model, ids[:16], 8)  # and vmap's and forward AD's first-call costs
-    tokens = args.reference_tokens
-    if tokens is None:  # a few iterations say whether the whole loop fits the budget
-        _, t_calibration, _ = timed(device, reference_tail, model, ids, shape.prompt, CALIBRATION_TOKENS)
-        per_token = t_calibration / CALIBRATION_TOKENS
-        tokens = m if per_token * m <= args.reference_budget else max(1, int(args.reference_budget / per_token))
-        print(f"per-token loop: {per_token:.2f} s per token, estimated {per_token * m:.0f} s for all {m}: "
-              f"timing {'all' if tokens == m else f'the last {tokens}'}")
-    tokens = min(tokens, m)
-    slow, t_slow, peak_slow = timed(device, reference_tail, model, ids, shape.prompt, tokens)
-    t_slow_all = t_slow * m / tokens
-    scale = np.abs(slow).max()
-    results.update({"chunk_size": args.chunk_size, "backward_batch": args.backward_batch,
-                    "forward_batch": args.forward_batch,
-                    "reference_seconds": t_slow_all, "reference_peak_gpu_gib": peak_slow,
-                    "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m,
-                    "max_abs_value": float(scale)})
-    save()
-    per_token_body, t_body, peak_body = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size, 1)
-    results["float32_per_token_backward"] = {
-        "seconds": t_body, "peak_gpu_gib": peak_body,
-        "max_relative_difference": float(np.abs(per_token_body[:, m - tokens:] - slow).max() / scale)}
-    print(f"attribute_ids float32, one backward per token: {t_body:.2f} s")
-    results["modes"] = modes = {}
-    save()
-    reference = per_token_body
-    paper_ids = ids[shape.prompt - shape.paper_prompt :]  # the same response after a shorter prompt
-    paper_reference = None
-    float32_weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
-    for mode in args.precisions.split(","):
+
+def weights_fingerprint(model) -> torch.Tensor:
+    """One float64 sum per parameter (on the host): equal for equal weights (the reduction is
+    deterministic), so a rebuild from the seed can be checked against the first build."""
+    with torch.no_grad():
+        return torch.stack([p.detach().sum(dtype=torch.float64) for p in model.parameters()]).cpu()
+
+
+class Models:
+    """The benchmark's model on the device, one at a time. Each is built from the same seed in float32
+    (the same weights, bit for bit: `weights_fingerprint` checks it) straight on the device and cast
+    to the mode's weights with `cast_weights`; `get` reuses the model in hand when its dtype is the
+    one asked for (float32 and tf32 share one) and otherwise rebuilds: no float32 copy of the
+    weights is kept, and nothing crosses between host and device."""
+
+    def __init__(self, shape: Shape, device: torch.device):
+        self.shape, self.device = shape, device
+        self.model, self.dtype = None, None
+        self.first_fingerprint, self.build_seconds = None, None
+
+    def get(self, dtype: torch.dtype):
+        """(the model in `dtype`, what its build did, or None when the model in hand was reused)."""
+        if self.model is not None and self.dtype == dtype:
+            return self.model, None
+        self.release()
+        start = time.perf_counter()
+        torch.manual_seed(SEED)
+        with self.device:  # built where it runs: a 6.7B-parameter init takes seconds on a GPU, minutes on a CPU
+            model = LlamaForCausalLM(llama_config(self.shape))
+        model = model.eval().requires_grad_(False)
+        synchronize(self.device)
+        init_seconds = time.perf_counter() - start
+        fingerprint = weights_fingerprint(model)
+        equal = None if self.first_fingerprint is None else bool(torch.equal(fingerprint, self.first_fingerprint))
+        if self.first_fingerprint is None:
+            self.first_fingerprint = fingerprint
+        if equal is False:
+            print("WARNING: the rebuilt model's float32 weights differ from the first build's", file=sys.stderr)
+        cast_weights(model, dtype)
+        synchronize(self.device)
+        self.model, self.dtype = model, dtype
+        self.build_seconds = self.build_seconds or time.perf_counter() - start
+        return model, {"init_seconds": init_seconds, "seconds": time.perf_counter() - start,
+                       "float32_weights_equal_to_first_build": equal,
+                       "weights_dtype": sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}),
+                       "buffers_dtype": {name: str(b.dtype).removeprefix("torch.")
+                                         for name, b in model.named_buffers()}}
+
+    def release(self) -> None:
+        self.model, self.dtype = None, None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def read_setting(read):
+    """A torch setting's value, or why it could not be read (torch >= 2.9 refuses to read the legacy
+    TF32 flags once the new `fp32_precision` API set them differently)."""
+    try:
+        return read()
+    except Exception as error:
+        return f"unreadable: {type(error).__name__}: {error}"
+
+
+def arithmetic_environment() -> dict:
+    """The versions and environment variables that decide a run's arithmetic (recorded once)."""
+    try:
+        import accelerate
+
+        accelerate_version = accelerate.__version__
+    except ImportError:
+        accelerate_version = None
+    return {"torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": read_setting(torch.backends.cudnn.version), "python": sys.version.split()[0],
+            "transformers": __import__("transformers").__version__, "accelerate": accelerate_version,
+            "env": {name: os.environ.get(name) for name in TF32_OVERRIDES}}
+
+
+def tf32_probe(device: torch.device) -> dict:
+    """A 512 x 512 float32 matmul on the device against float64: TF32 (10-bit mantissas) leaves a
+    relative error near 1e-3, IEEE float32 near 1e-6; `ran` says which it looks like."""
+    generator = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(512, 512, generator=generator, dtype=torch.float64) for _ in range(2))
+    exact = a @ b
+    product = (a.float().to(device) @ b.float().to(device)).double().cpu()
+    error = float((product - exact).abs().max() / exact.abs().max())
+    return {"relative_error": error, "ran": "tf32 or lower" if error > 1e-4 else "ieee float32"}
+
+
+def arithmetic_record(model, mode: str, device: torch.device) -> dict:
+    """What arithmetic a mode's measurements ran: the project's own record (weights, activations,
+    matmuls), torch's switches as they stand, and the probe."""
+    from workflow_scripts.attribution import precision_record
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    return {
+        "precision_record": read_setting(lambda: precision_record(model, mode)),
+        "cuda_matmul_allow_tf32": read_setting(lambda: matmul.allow_tf32),
+        "cudnn_allow_tf32": read_setting(lambda: cudnn.allow_tf32),
+        "float32_matmul_precision": read_setting(torch.get_float32_matmul_precision),
+        "cuda_matmul_fp32_precision": read_setting(lambda: getattr(matmul, "fp32_precision", None)),
+        "allow_bf16_reduced_precision_reduction": read_setting(lambda: matmul.allow_bf16_reduced_precision_reduction),
+        "allow_fp16_reduced_precision_reduction": read_setting(lambda: matmul.allow_fp16_reduced_precision_reduction),
+        "env": {name: os.environ.get(name) for name in TF32_OVERRIDES},
+        "tf32_probe": read_setting(lambda: tf32_probe(device)),
+    }
+
+
+class DeadlineExceeded(BaseException):
+    """Raised in the running section when the deadline comes (a BaseException: no `except Exception`
+    in a library swallows it)."""
+
+
+def error_record(error: BaseException) -> dict:
+    record = {"error": f"{type(error).__name__}: {error}"[:1000], "traceback_tail": traceback.format_exc()[-2000:]}
+    if getattr(error, "log_tail", None):
+        record["log_tail"] = error.log_tail
+    return record
+
+
+class Sections:
+    """Runs the benchmark's sections in order before a deadline (seconds from the process's start,
+    less `FINAL_RESERVE_S` for the tables and the JSON). A section is skipped when a section it needs
+    did not finish or when its estimate exceeds the time left; one still running at the deadline is
+    cut off by SIGALRM; one that raises has its error recorded. Each outcome goes into the results
+    (`skipped`, `errors`, `sections`), which `write` saves after every section."""
+
+    def __init__(self, results: dict, deadline_s: float, write):
+        self.deadline_s, self.end = deadline_s, PROCESS_STARTED + deadline_s - FINAL_RESERVE_S
+        self.results, self.write, self.done = results, write, set()
+        self.armed = self.held = self.pending = False
+        results.update({"skipped": {}, "errors": {}, "sections": {}})
+        if hasattr(signal, "setitimer"):
+            signal.signal(signal.SIGALRM, self._alarm)
+
+    def left(self) -> float:
+        """Seconds left to the sections."""
+        return self.end - time.monotonic()
+
+    def _cut(self) -> DeadlineExceeded:
+        self.armed = self.pending = False
+        return DeadlineExceeded(f"the deadline ({self.deadline_s:.0f} s from the process's start) came")
+
+    def _alarm(self, signum, frame) -> None:
+        if self.held:  # in the middle of a save: raised once it is done
+            self.pending = True
+        elif self.armed:
+            raise self._cut()
+
+    def _disarm(self) -> None:
+        self.armed = False
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def save(self) -> None:
+        """`write` (the results, as they stand), never cut off in the middle of the file."""
+        self.held = True
+        try:
+            self.write()
+        finally:
+            self.held = False
+        if self.pending and self.armed:
+            raise self._cut()
+
+    def skip(self, name: str, reason: str, kind: str, **extra) -> None:
+        self.results["skipped"][name] = {"reason": reason, "kind": kind, **extra}
+        print(f"SKIPPED {name}: {reason}", flush=True)
+        self.save()
+
+    def run(self, name: str, fn, estimate=0.0, needs=()) -> bool:
+        """Run `fn()` as section `name`; True when it finished. `estimate`: seconds, or a function
+        called once the sections in `needs` are known to have finished."""
+        missing = [n for n in needs if n not in self.done]
+        if missing:
+            self.skip(name, f"needs {', '.join(missing)}, which did not finish", "needs")
+            return False
+        try:
+            estimate = float(estimate() if callable(estimate) else estimate)
+        except Exception as error:  # an estimate is no reason to fail
+            print(f"estimate of {name} failed: {type(error).__name__}: {error}", file=sys.stderr)
+            estimate = 0.0
+        left = self.left()
+        if left <= 0 or estimate > left:
+            self.skip(name, f"estimated {estimate:.0f} s, {max(left, 0):.0f} s left before the deadline", "deadline",
+                      estimated_seconds=estimate, seconds_left=left)
+            return False
+        start = time.monotonic()
+        try:
+            try:
+                if hasattr(signal, "setitimer"):
+                    self.armed, self.pending = True, False
+                    signal.setitimer(signal.ITIMER_REAL, left)
+                fn()
+            finally:
+                self._disarm()
+            self.done.add(name)
+        except DeadlineExceeded as cut:
+            seconds = time.monotonic() - start
+            self.results["skipped"][name] = {
+                "reason": f"cut off by the deadline after {seconds:.0f} s (estimated {estimate:.0f} s); what it "
+                          "measured before is kept", "kind": "deadline", "cut_off": True, "estimated_seconds": estimate}
+            if getattr(cut, "log_tail", None):
+                self.results["skipped"][name]["log_tail"] = cut.log_tail
+            print(f"CUT OFF {name}: the deadline came after {seconds:.0f} s", flush=True)
+        except Exception as error:
+            self.results["errors"][name] = error_record(error)
+            print(f"FAILED {name}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            traceback.print_exc()
+        finally:
+            self._disarm()
+            self.results["sections"][name] = {"seconds": time.monotonic() - start, "estimated_seconds": estimate}
+            self.save()
+        return name in self.done
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def ratio(numerator, denominator):
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+class AttributionBench:
+    """The attribution measurements, one method per section, into `results` (the run's `attribution`
+    entry), `save()` after each measurement; each method reads what the sections before it measured
+    and copes with their absence (skipped by the deadline, or failed): the modes are compared with
+    float32's one-backward-per-token matrix, or, without it, with the first mode's batched one."""
+
+    def __init__(self, models: Models, shape: Shape, args, device: torch.device, results: dict, save, left):
+        from workflow_scripts.attribution import set_matmul_precision
+
+        self.models, self.shape, self.args, self.device = models, shape, args, device
+        self.results, self.save, self.left = results, save, left
+        set_matmul_precision("float32")
+        self.ids = torch.randint(3, shape.vocab, (shape.prompt + shape.response,), device=device)
+        self.per_token = self.slow = self.t_slow_all = self.tokens = None  # the per-token loop
+        self.reference = self.paper_reference = None
+        results.update({"chunk_size": args.chunk_size, "backward_batch": args.backward_batch,
+                        "forward_batch": args.forward_batch, "modes": {}})
+
+    def model(self, dtype: torch.dtype = torch.float32):
+        return self.models.get(dtype)[0]
+
+    def reference_loop(self) -> None:
+        """Warm-up, then the per-token loop in float32: whole when it fits --reference-budget and a
+        tenth of the time left, else its last tokens, extrapolated."""
+        from workflow_scripts.attribution import attribute_ids, attribute_ids_forward, set_matmul_precision
+
+        model, ids, m, shape = self.model(), self.ids, self.shape.response, self.shape
+        set_matmul_precision("float32")
+        attribute_ids(model, ids[:16], 8)  # warm-up: kernels, allocator, autograd
+        attribute_ids_forward(model, ids[:16], 8)  # and vmap's and forward AD's first-call costs
+        tokens, budget = self.args.reference_tokens, min(self.args.reference_budget, REFERENCE_SHARE * self.left())
+        if tokens is None:  # a few iterations say whether the whole loop fits the budget
+            _, t_calibration, _ = timed(self.device, reference_tail, model, ids, shape.prompt, CALIBRATION_TOKENS)
+            self.per_token = t_calibration / CALIBRATION_TOKENS
+            tokens = m if self.per_token * m <= budget else max(1, int(budget / self.per_token))
+            print(f"per-token loop: {self.per_token:.2f} s per token, estimated {self.per_token * m:.0f} s for all "
+                  f"{m}: timing {'all' if tokens == m else f'the last {tokens}'} (budget {budget:.0f} s)")
+        tokens = min(tokens, m)
+        slow, t_slow, peak_slow = timed(self.device, reference_tail, model, ids, shape.prompt, tokens)
+        self.slow, self.tokens, self.per_token = slow, tokens, t_slow / tokens
+        self.t_slow_all = t_slow * m / tokens
+        self.results.update({"reference_seconds": self.t_slow_all, "reference_peak_gpu_gib": peak_slow,
+                             "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m,
+                             "reference_budget_seconds": budget, "max_abs_value": float(np.abs(slow).max())})
+
+    def body_estimate(self) -> float:
+        """Seconds of `attribute_ids` with one backward per token, from the per-token loop's."""
+        return BODY_PER_LOOP * self.per_token * self.shape.response if self.per_token else 0.0
+
+    def per_token_backward(self) -> None:
+        from workflow_scripts.attribution import attribute_ids, set_matmul_precision
+
+        set_matmul_precision("float32")
+        shape, m = self.shape, self.shape.response
+        body, seconds, peak = timed(self.device, attribute_ids, self.model(), self.ids, shape.prompt,
+                                    self.args.chunk_size, 1)
+        self.results["float32_per_token_backward"] = {
+            "seconds": seconds, "peak_gpu_gib": peak,
+            "max_relative_difference": None if self.slow is None else float(
+                np.abs(body[:, m - self.tokens:] - self.slow).max() / np.abs(self.slow).max())}
+        self.reference = body
+        self.results["compared_with"] = "float32, one backward per token"
+        print(f"attribute_ids float32, one backward per token: {seconds:.2f} s")
+
+    def measured(self, key: str, field: str = "seconds"):
+        """The first mode's measurement of `key` ("backward": the mode's own entry), None if none."""
+        for entry in self.results["modes"].values():
+            value = entry.get(field) if key == "backward" else (entry.get(key) or {}).get(field)
+            if value is not None:
+                return value
+        return None
+
+    def estimate(self, mode: str, kind: str) -> float:
+        """Seconds a mode's section should take: what the first mode measured (the other modes are
+        no slower on a GPU), else derived from the per-token loop."""
+        entry = self.results["modes"].get(mode, {})
+        backward = entry.get("seconds") or self.measured("backward") or (
+            self.results.get("float32_per_token_backward") or {}).get("seconds") or self.body_estimate()
+        if kind == "model":
+            from workflow_scripts.attribution import PRECISIONS
+
+            rebuild = self.models.dtype != PRECISIONS[mode] and self.models.build_seconds
+            return 1.5 * rebuild + 1 if rebuild else 0.0
+        if kind == "backward":
+            return backward
+        if kind == "forward":
+            from workflow_scripts.attribution import FORWARD_POSITION_COST
+
+            shape = self.shape
+            return self.measured("forward") or backward * FORWARD_POSITION_COST * shape.prompt / shape.response
+        forward = (entry.get("forward") or {}).get("seconds")
+        return self.measured("paper_shape_auto") or min(x for x in (backward, forward) if x is not None)
+
+    def mode_model(self, mode: str) -> None:
+        """The mode's model (rebuilt unless the model in hand has its weights) and its arithmetic."""
+        from workflow_scripts.attribution import PRECISIONS, set_matmul_precision
+
+        dtype = PRECISIONS[mode]  # an unknown mode fails here: recorded, and the run goes on
         set_matmul_precision(mode)
-        model.to(torch.float32).load_state_dict(float32_weights)  # rounded from float32, not from the last mode
-        model.to(PRECISIONS[mode])
-        fast, seconds, peak = timed(device, attribute_ids, model, ids, shape.prompt, args.chunk_size,
-                                    args.backward_batch)
-        modes[mode] = {"seconds": seconds, "peak_gpu_gib": peak, "speed_up": t_slow_all / seconds,
-                       "max_relative_difference": float(np.abs(fast - reference).max() / np.abs(reference).max()),
-                       "cells_equal": cells_equal(reference, fast)}
+        model, built = self.models.get(dtype)
+        entry = self.results["modes"].setdefault(mode, {})
+        entry["model"] = built or {"reused": "the model in hand, which has this mode's weights"}
+        entry["arithmetic"] = arithmetic_record(model, mode, self.device)
+        probe = entry["arithmetic"]["tf32_probe"]
+        print(f"{mode}: {entry['arithmetic']['precision_record'].get('matmul')} matmuls, float32 matmul probe: "
+              f"{probe.get('ran') if isinstance(probe, dict) else probe}"
+              + ("" if built is None else f"; model rebuilt in {built['seconds']:.1f} s, float32 weights equal to "
+                 f"the first build's: {built['float32_weights_equal_to_first_build']}"))
+
+    def mode_backward(self, mode: str) -> None:
+        from workflow_scripts.attribution import PRECISIONS, attribute_ids, set_matmul_precision
+
+        set_matmul_precision(mode)
+        entry, args = self.results["modes"][mode], self.args
+        fast, seconds, peak = timed(self.device, attribute_ids, self.model(PRECISIONS[mode]), self.ids,
+                                    self.shape.prompt, args.chunk_size, args.backward_batch)
+        if self.reference is None:
+            self.reference = fast
+            self.results["compared_with"] = f"{mode}, backward batch {args.backward_batch or 'auto'}"
+        entry.update({"seconds": seconds, "peak_gpu_gib": peak, "speed_up": ratio(self.t_slow_all, seconds),
+                      "max_relative_difference": relative_difference(fast, self.reference),
+                      "cells_equal": cells_equal(self.reference, fast)})
         print(f"attribute_ids {mode}, backward batch {args.backward_batch or 'auto'}: {seconds:.2f} s, "
-              f"{modes[mode]['cells_equal']:.2%} of binned cells equal to float32's")
-        save()
-        forward, seconds, peak = timed(device, attribute_ids_forward, model, ids, shape.prompt, None,
-                                       args.forward_batch)
-        per_position = forward_position_cost(seconds, modes[mode]["seconds"], shape.prompt, shape.prompt, m,
-                                             args.chunk_size)
-        modes[mode]["forward"] = {
-            "seconds": seconds, "peak_gpu_gib": peak, "speed_up": t_slow_all / seconds,
+              f"{entry['cells_equal']:.2%} of binned cells equal to {self.results['compared_with']}'s")
+
+    def mode_forward(self, mode: str) -> None:
+        from workflow_scripts.attribution import (
+            PRECISIONS,
+            attribute_ids_forward,
+            forward_position_cost,
+            set_matmul_precision,
+        )
+
+        set_matmul_precision(mode)
+        entry, shape = self.results["modes"][mode], self.shape
+        forward, seconds, peak = timed(self.device, attribute_ids_forward, self.model(PRECISIONS[mode]), self.ids,
+                                       shape.prompt, None, self.args.forward_batch)
+        if self.reference is None:
+            self.reference = forward
+            self.results["compared_with"] = f"{mode}, forward mode"
+        per_position = None if entry.get("seconds") is None else forward_position_cost(
+            seconds, entry["seconds"], shape.prompt, shape.prompt, shape.response, self.args.chunk_size)
+        entry["forward"] = {
+            "seconds": seconds, "peak_gpu_gib": peak, "speed_up": ratio(self.t_slow_all, seconds),
             "position_cost": per_position,  # what `auto` assumes: FORWARD_POSITION_COST
-            "max_relative_difference": float(np.abs(forward - reference).max() / np.abs(reference).max()),
-            "cells_equal": cells_equal(reference, forward)}
-        print(f"attribute_ids_forward {mode}: {seconds:.2f} s, {modes[mode]['forward']['cells_equal']:.2%} "
-              "of binned cells equal to float32's")
-        save()
-        attributor = Attributor(model, args.chunk_size, args.backward_batch, "auto", args.forward_batch)
-        rows = np.arange(shape.paper_prompt)
-        paper, seconds, peak = timed(device, attributor.matrix, paper_ids, shape.paper_prompt, rows)
-        paper_reference = paper if paper_reference is None else paper_reference
-        modes[mode]["paper_shape_auto"] = {
+            "max_relative_difference": relative_difference(forward, self.reference),
+            "cells_equal": cells_equal(self.reference, forward)}
+        print(f"attribute_ids_forward {mode}: {seconds:.2f} s, {entry['forward']['cells_equal']:.2%} "
+              f"of binned cells equal to {self.results['compared_with']}'s")
+
+    def mode_auto(self, mode: str) -> None:
+        from workflow_scripts.attribution import PRECISIONS, Attributor, autodiff_summary, set_matmul_precision
+
+        set_matmul_precision(mode)
+        entry, shape, args = self.results["modes"][mode], self.shape, self.args
+        paper_ids = self.ids[shape.prompt - shape.paper_prompt:]  # the same response after a shorter prompt
+        attributor = Attributor(self.model(PRECISIONS[mode]), args.chunk_size, args.backward_batch, "auto",
+                                args.forward_batch)
+        paper, seconds, peak = timed(self.device, attributor.matrix, paper_ids, shape.paper_prompt,
+                                     np.arange(shape.paper_prompt))
+        if self.paper_reference is None:
+            self.paper_reference = paper
+            self.results["paper_shape_compared_with"] = mode
+        entry["paper_shape_auto"] = {
             "seconds": seconds, "peak_gpu_gib": peak,
             "autodiff_samples": autodiff_summary(attributor.record()["autodiff_samples"]),
-            "cells_equal_to_first_mode": cells_equal(paper_reference, paper)}
+            "cells_equal_to_first_mode": cells_equal(self.paper_reference, paper)}
         print(f"auto on the paper's mean shape ({shape.paper_prompt} + {shape.response}), {mode}: {seconds:.2f} s "
-              f"({modes[mode]['paper_shape_auto']['autodiff_samples']})")
-        save()
-    set_matmul_precision("float32")
+              f"({entry['paper_shape_auto']['autodiff_samples']})")
+
+    def run_mode(self, sections: Sections, mode: str) -> None:
+        """A mode's four sections: its model, then batched backward passes, forward mode and `auto`."""
+        model = f"{mode} model"
+        sections.run(model, lambda: self.mode_model(mode), lambda: self.estimate(mode, "model"))
+        for kind, fn in (("backward", self.mode_backward), ("forward", self.mode_forward), ("auto", self.mode_auto)):
+            sections.run(f"{mode} {kind}", lambda fn=fn: fn(mode), lambda kind=kind: self.estimate(mode, kind),
+                         needs=[model])
+
+
+def run_jobs(sections: Sections, models: Models, shape: Shape, workdir: Path, device: torch.device,
+             results: dict) -> None:
+    """The child sections: the job files (from the float32 model, which is then freed: its memory goes
+    back to the jobs' processes), the model load, the attention and the FFN layer job (layer 0, with the
+    rules' arguments). Each child is killed when the deadline comes."""
+    files = {}
+    prepare_estimate, load_estimate, attention_estimate, ffn_estimate = shape.job_estimates
+
+    def prepare() -> None:
+        files.update(prepare_layer_jobs(models.get(torch.float32)[0], shape, workdir))
+        models.release()
+        results["layer_jobs"] = {"checkpoint_gib": files["checkpoint_gib"], "words": files["words"]}
+
+    def load() -> None:
+        results["model_load"] = benchmark_model_load(files, workdir, device, sections.left())
+
+    def layer(name: str, module: str, extra: list[str]) -> None:
+        common = ["layer", "--model-dir", str(files["model_dir"]), "--model-id", "bench", "--layer", "0",
+                  "--vocabulary", str(files["vocabulary"])]
+        results["layer_jobs"][name] = run_layer_job(module, common + extra, workdir / f"{name}.log",
+                                                    workdir / f"{name}-layer-0.tsv", sections.left())
+        print(f"{'FFN' if name == 'ffn' else name} layer job: {results['layer_jobs'][name]['wall_seconds']:.1f} s, "
+              f"peak host {gib(results['layer_jobs'][name]['peak_host_gib'])}")
+
+    sections.run("layer-job files", prepare, prepare_estimate)
+    sections.run("model load", load, load_estimate, needs=["layer-job files"])
+    vectors = ["--word-vectors-kind", "glove-text", "--word-vectors-path", str(files.get("vectors"))]
+    sections.run("attention layer job", lambda: layer("attention", "workflow_scripts.attention", vectors),
+                 attention_estimate, needs=["layer-job files"])
+    sections.run("FFN layer job", lambda: layer("ffn", "workflow_scripts.ffn", []), ffn_estimate,
+                 needs=["layer-job files"])
 
 
 def projection(r: dict, args) -> dict:
@@ -292,28 +738,33 @@ def projection(r: dict, args) -> dict:
     page cache: a cold disk or a network file system is slower), or --load-seconds; layer jobs: 2 x 32
     of each kind at the measured wall time; annotation: at most 5 seeds x 2 models x 32 layers x 300
     components x 3 steps requests at --annotation-seconds-per-request (assumed: it depends on the
-    server, not on this code)."""
-    jobs = r.get("layer_jobs")
+    server, not on this code). What was not measured (skipped, failed) is left out, or None."""
+    jobs = r.get("layer_jobs") or {}
     shards = -(-PAPER["samples"] // PAPER["shard_size"]) * PAPER["models"]
     requests = PAPER["seeds"] * PAPER["models"] * PAPER["layers"] * PAPER["components"] * PAPER["steps"]
+    per_kind = PAPER["models"] * PAPER["layers"]
     fixed = {
         **load_projection(r.get("model_load"), shards, args.load_seconds),
-        "attention layer jobs": None if jobs is None else PAPER["models"] * PAPER["layers"] * jobs["attention"][
-            "wall_seconds"],
-        "FFN layer jobs": None if jobs is None else PAPER["models"] * PAPER["layers"] * jobs["ffn"]["wall_seconds"],
+        "attention layer jobs": per_kind * jobs["attention"]["wall_seconds"] if "attention" in jobs else None,
+        "FFN layer jobs": per_kind * jobs["ffn"]["wall_seconds"] if "ffn" in jobs else None,
         "annotation (assumed)": requests * args.annotation_seconds_per_request,
     }
     attributed = PAPER["samples"] * PAPER["models"]
-    a = r["attribution"]
-    attribution = {"per-token loop (paper), float32": attributed * a["reference_seconds"],
-                   "this project, float32, one backward per token": attributed * a["float32_per_token_backward"][
-                       "seconds"]}
-    attribution.update({f"this project, {mode}": attributed * m["seconds"] for mode, m in a["modes"].items()})
+    a = r.get("attribution") or {}
+    attribution = {}
+    if a.get("reference_seconds") is not None:
+        attribution["per-token loop (paper), float32"] = attributed * a["reference_seconds"]
+    if a.get("float32_per_token_backward"):
+        attribution["this project, float32, one backward per token"] = attributed * a["float32_per_token_backward"][
+            "seconds"]
+    modes = a.get("modes") or {}
+    attribution.update({f"this project, {mode}": attributed * m["seconds"] for mode, m in modes.items()
+                        if m.get("seconds") is not None})
     attribution.update({f"this project, {mode}, forward mode": attributed * m["forward"]["seconds"]
-                        for mode, m in a["modes"].items()})
+                        for mode, m in modes.items() if m.get("forward")})
     attribution.update({
         f"this project, {mode}, auto, paper's mean shape ({m['paper_shape_auto']['autodiff_samples']})":
-        attributed * m["paper_shape_auto"]["seconds"] for mode, m in a["modes"].items()})
+        attributed * m["paper_shape_auto"]["seconds"] for mode, m in modes.items() if m.get("paper_shape_auto")})
     known = sum(v for v in fixed.values() if v is not None)
     return {"shards": shards, "annotation_requests": requests, "fixed_seconds": fixed,
             "attribution_seconds": attribution, "total_hours": {k: (v + known) / 3600 for k, v in attribution.items()}}
@@ -370,45 +821,80 @@ def float16_on_host(model, keep) -> dict[str, torch.Tensor]:
             if keep(name)}
 
 
-def run_child(code: str, arguments: list[str], log: Path, what: str) -> tuple[float, str, dict]:
-    """`code` in a child process (the project importable, its output in `log`): wall seconds, the
-    log's text and the child's peak host and GPU memory (`PEAKS`); stops the benchmark if it fails."""
+class ChildFailed(RuntimeError):
+    """A child process failed or was killed; `log_tail` is the end of its log."""
+
+    def __init__(self, message: str, log_tail: str):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+def run_child(code: str, arguments: list[str], log: Path, what: str, timeout: float) -> tuple[float, str, dict]:
+    """`code` in a child process (the project importable, its output in `log`), killed (with the
+    processes it started) after `timeout` seconds or when this process is cut off: wall seconds, the
+    log's text and the child's peak host and GPU memory (`CHILD_PROLOGUE`); ChildFailed if it fails."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    with open(log, "w") as handle:
-        status = subprocess.call([sys.executable, "-c", code, *arguments], cwd=REPO, env=env, stdout=handle,
-                                 stderr=subprocess.STDOUT)
+    status = None
+    try:
+        with open(log, "w") as handle:
+            child = subprocess.Popen([sys.executable, "-c", code, *arguments], cwd=REPO, env=env, stdout=handle,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                status = child.wait(timeout=max(1.0, timeout))
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGKILL)  # its own session: the child and what it started
+                    child.wait()
+    except DeadlineExceeded as cut:
+        cut.log_tail = log_tail(log)
+        raise
     wall = time.perf_counter() - start
-    text = log.read_text()
+    text = log.read_text(errors="replace")
+    if status is None:
+        raise ChildFailed(f"{what} did not finish in {timeout:.0f} s (the time left before the deadline): killed",
+                          text[-LOG_TAIL:])
     if status:
-        raise SystemExit(f"{what} failed ({status}):\n{text[-3000:]}")
-    host = re.search(r"peak_host_kib (\d+)", text)
+        raise ChildFailed(f"{what} failed (exit status {status})", text[-LOG_TAIL:])
+    host = re.search(r"^peak_host_kib (\d+|none) (.*)$", text, re.MULTILINE)
     gpu = re.search(r"peak_gpu_bytes (\d+)", text)
-    return wall, text, {"peak_host_gib": int(host.group(1)) / 2**20 if host else None,
-                        "peak_gpu_gib": int(gpu.group(1)) / 2**30 if gpu else None}
+    return wall, text, {
+        "peak_host_gib": int(host.group(1)) / 2**20 if host and host.group(1) != "none" else None,
+        "peak_host_source": host.group(2).strip() if host else "not reported",
+        "peak_gpu_gib": int(gpu.group(1)) / 2**30 if gpu else None,
+        "log_tail": text[-LOG_TAIL:]}
 
 
-def run_layer_job(module: str, arguments: list[str], log: Path, output: Path) -> dict:
+def log_tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-LOG_TAIL:]
+    except OSError:
+        return ""
+
+
+def run_layer_job(module: str, arguments: list[str], log: Path, output: Path, timeout: float) -> dict:
     """One layer job in a child process: wall time, the job's own time (its log), peak host and GPU memory."""
     wall, text, peaks = run_child(LAYER_CHILD, [module, *arguments, "--output", str(output)], log,
-                                  f"{module} layer job")
+                                  f"{module} layer job", timeout)
     job = re.search(r" in ([\d.]+) s -> ", text)
     return {"wall_seconds": wall, "job_seconds": float(job.group(1)) if job else None, **peaks,
             "rows": output.read_text().count("\n") - 1}
 
 
-def benchmark_model_load(files: dict, workdir: Path, device: torch.device) -> dict:
+def benchmark_model_load(files: dict, workdir: Path, device: torch.device, timeout: float) -> dict:
     """An attribution job's `load_model` of checkpoints of the first layers, in a child process, and the
     whole model's load from them: a fixed cost plus a cost per parameter, fitted to the two loads. On
     a GPU the weights must arrive there (loaded through a device map, `attribution.load_kwargs`)."""
     checkpoints = files["load"]
     wall, text, peaks = run_child(LOAD_CHILD, [str(c["model_dir"]) for c in checkpoints], workdir / "load.log",
-                                  "load_model")
+                                  "load_model", timeout)
     loads = re.findall(r"load_seconds ([\d.e+-]+) on (\S+)", text)
     wrong = [placed for _, placed in loads if placed.split(":")[0] != device.type]
     if len(loads) != len(checkpoints) or wrong:
-        raise SystemExit(f"load_model did not load every checkpoint onto the {device.type}:\n{text[-3000:]}")
+        raise ChildFailed(f"load_model did not load every checkpoint onto the {device.type}", text[-LOG_TAIL:])
     points = [(c["params"], float(seconds)) for c, (seconds, _) in zip(checkpoints, loads)]
     (small, t_small), (large, t_large) = points[0], points[-1]  # one checkpoint (a 1-layer model): no fixed part
     per_param = max(0.0, (t_large - t_small) / (large - small)) if large > small else t_large / large
@@ -421,7 +907,7 @@ def benchmark_model_load(files: dict, workdir: Path, device: torch.device) -> di
     each = ", ".join(f"{c['layers']} layer(s) {c['seconds']:.2f} s" for c in results["checkpoints"])
     print(f"load_model: {each} on {results['device']}: {fixed:.1f} s + {per_param * 1e9:.1f} s per billion "
           f"parameters, about {results['scaled_seconds']:.1f} s for the whole model; "
-          f"peak host {gib(results['peak_host_gib'])}")
+          f"peak host {gib(results['peak_host_gib'])} ({results['peak_host_source']})")
     return results
 
 
@@ -459,21 +945,6 @@ def prepare_layer_jobs(model, shape: Shape, workdir: Path) -> dict:
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def benchmark_layer_jobs(files: dict, workdir: Path) -> dict:
-    """One attention and one FFN job on layer 0 of the checkpoint, with the rules' arguments."""
-    common = ["layer", "--model-dir", str(files["model_dir"]), "--model-id", "bench", "--layer", "0",
-              "--vocabulary", str(files["vocabulary"])]
-    results = {"checkpoint_gib": files["checkpoint_gib"], "words": files["words"]}
-    results["attention"] = run_layer_job(
-        "workflow_scripts.attention",
-        common + ["--word-vectors-kind", "glove-text", "--word-vectors-path", str(files["vectors"])],
-        workdir / "attention.log", workdir / "attention-layer-0.tsv")
-    print(f"attention layer job: {results['attention']['wall_seconds']:.1f} s")
-    results["ffn"] = run_layer_job("workflow_scripts.ffn", common, workdir / "ffn.log", workdir / "ffn-layer-0.tsv")
-    print(f"FFN layer job: {results['ffn']['wall_seconds']:.1f} s")
-    return results
-
-
 def write_json(path: Path, results: dict) -> None:
     """Replace `path` whole (temp file + rename): a run killed while writing leaves the last copy."""
     partial = path.with_name(path.name + ".partial")
@@ -485,53 +956,82 @@ def gib(value, note: str = "") -> str:
     return "n/a" if value is None else f"{value:.1f} GiB{note}"
 
 
+def cell(text: str, limit: int = 300) -> str:
+    """`text` fit for a Markdown table cell: one line, no column bars, at most `limit` characters."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def speed(value) -> str:
+    return "" if value is None else f" ({value:.2f}x the loop)"
+
+
 def markdown(r: dict) -> str:
-    """The results as a two-column Markdown table, then the projection of the paper's workflow."""
+    """The results as a two-column Markdown table (what was measured, then what was skipped or failed),
+    then the projection of the paper's workflow."""
     from workflow_scripts.attribution import FORWARD_POSITION_COST
 
-    a, jobs = r["attribution"], r.get("layer_jobs")
-    timed_on = (f"timed on the last {a['reference_tokens_timed']} of {r['sample']['response']} tokens, "
-                "EXTRAPOLATED linearly" if a["reference_extrapolated"] else "timed on all tokens")
-    body = a["float32_per_token_backward"]
+    a, jobs = r.get("attribution") or {}, r.get("layer_jobs") or {}
+    versions = r.get("arithmetic_environment") or {}
     rows = [
         ("card", r["card"]),
-        ("torch / transformers", f"{r['torch']} (CUDA {r['cuda']}) / {r['transformers']}"),
-        ("model", f"{r['shape']}: {r['params'] / 1e6:,.1f}M params, built in float32 "
-                  + f"({r['attention_implementation']} attention), random weights built in {r['init_seconds']:.1f} s"),
-        ("sample", f"{r['sample']['prompt']} prompt + {r['sample']['response']} response tokens (random ids)"),
-        ("attribution, per-token loop (the paper's), float32",
-         f"{a['reference_seconds']:.2f} s ({timed_on}), peak GPU {gib(a['reference_peak_gpu_gib'])}"),
-        (f"attribution, this project, float32, chunk {a['chunk_size']}, one backward per token",
-         f"{body['seconds']:.2f} s ({a['reference_seconds'] / body['seconds']:.2f}x), peak GPU "
-         f"{gib(body['peak_gpu_gib'], ' (weights included)')}, max relative difference to the loop "
-         f"{body['max_relative_difference']:.1e}"),
+        ("torch / transformers / accelerate", f"{r['torch']} (CUDA {r['cuda']}) / {r['transformers']} / "
+                                              f"{versions.get('accelerate')}"),
     ]
-    for mode, m in a["modes"].items():
-        rows.append((f"attribution, this project, {mode}, backward batch {a['backward_batch'] or 'auto'}",
-                     f"{m['seconds']:.2f} s ({m['speed_up']:.2f}x the loop), peak GPU {gib(m['peak_gpu_gib'])}, "
-                     f"vs float32: max relative difference {m['max_relative_difference']:.1e}, "
-                     f"{m['cells_equal']:.2%} of binned cells equal"))
-        f = m["forward"]
-        rows.append((f"attribution, this project, {mode}, forward mode, batch {a['forward_batch'] or 'auto'}",
-                     f"{f['seconds']:.2f} s ({f['speed_up']:.2f}x the loop), peak GPU {gib(f['peak_gpu_gib'])}, "
-                     f"vs float32: max relative difference {f['max_relative_difference']:.1e}, "
-                     f"{f['cells_equal']:.2%} of binned cells equal; a position costs "
-                     f"{f['position_cost']:.2f}x a reverse-mode one (`auto` assumes {FORWARD_POSITION_COST})"))
-        p = m["paper_shape_auto"]
-        rows.append((f"attribution, this project, {mode}, auto, the paper's mean shape "
-                     f"({r['sample']['paper_prompt']} + {r['sample']['response']} tokens)",
-                     f"{p['seconds']:.2f} s ({p['autodiff_samples']}), peak GPU {gib(p['peak_gpu_gib'])}, "
-                     f"{p['cells_equal_to_first_mode']:.2%} of binned cells equal to the first mode's"))
+    if "params" in r:
+        rows.append(("model", f"{r['shape']}: {r['params'] / 1e6:,.1f}M params, built in float32 "
+                              f"({r['attention_implementation']} attention), random weights built in "
+                              f"{r['init_seconds']:.1f} s"))
+    rows.append(("sample", f"{r['sample']['prompt']} prompt + {r['sample']['response']} response tokens (random ids)"))
+    if a.get("reference_seconds") is not None:
+        timed_on = (f"timed on the last {a['reference_tokens_timed']} of {r['sample']['response']} tokens, "
+                    "EXTRAPOLATED linearly" if a["reference_extrapolated"] else "timed on all tokens")
+        rows.append(("attribution, per-token loop (the paper's), float32",
+                     f"{a['reference_seconds']:.2f} s ({timed_on}), peak GPU {gib(a['reference_peak_gpu_gib'])}"))
+    body = a.get("float32_per_token_backward")
+    if body:
+        difference = body["max_relative_difference"]
+        rows.append((f"attribution, this project, float32, chunk {a['chunk_size']}, one backward per token",
+                     f"{body['seconds']:.2f} s{speed(ratio(a.get('reference_seconds'), body['seconds']))}, peak GPU "
+                     f"{gib(body['peak_gpu_gib'], ' (weights included)')}, max relative difference to the loop "
+                     + ("n/a" if difference is None else f"{difference:.1e}")))
+    compared = a.get("compared_with", "float32")
+    for mode, m in (a.get("modes") or {}).items():
+        arithmetic = m.get("arithmetic") or {}
+        probe, record = arithmetic.get("tf32_probe"), arithmetic.get("precision_record")
+        if arithmetic:
+            rows.append((f"arithmetic, {mode}", cell(
+                f"{record.get('matmul') if isinstance(record, dict) else record} matmuls; allow_tf32 "
+                f"{arithmetic['cuda_matmul_allow_tf32']}, float32 matmul precision "
+                f"{arithmetic['float32_matmul_precision']}; 512x512 float32 matmul vs float64: "
+                + (f"{probe['relative_error']:.1e} ({probe['ran']})" if isinstance(probe, dict) else str(probe)))))
+        if m.get("seconds") is not None:
+            rows.append((f"attribution, this project, {mode}, backward batch {a['backward_batch'] or 'auto'}",
+                         f"{m['seconds']:.2f} s{speed(m['speed_up'])}, peak GPU {gib(m['peak_gpu_gib'])}, "
+                         f"vs {compared}: max relative difference {m['max_relative_difference']:.1e}, "
+                         f"{m['cells_equal']:.2%} of binned cells equal"))
+        f = m.get("forward")
+        if f:
+            cost = "n/a" if f["position_cost"] is None else f"{f['position_cost']:.2f}x"
+            rows.append((f"attribution, this project, {mode}, forward mode, batch {a['forward_batch'] or 'auto'}",
+                         f"{f['seconds']:.2f} s{speed(f['speed_up'])}, peak GPU {gib(f['peak_gpu_gib'])}, "
+                         f"vs {compared}: max relative difference {f['max_relative_difference']:.1e}, "
+                         f"{f['cells_equal']:.2%} of binned cells equal; a position costs "
+                         f"{cost} a reverse-mode one (`auto` assumes {FORWARD_POSITION_COST})"))
+        p = m.get("paper_shape_auto")
+        if p:
+            rows.append((f"attribution, this project, {mode}, auto, the paper's mean shape "
+                         f"({r['sample']['paper_prompt']} + {r['sample']['response']} tokens)",
+                         f"{p['seconds']:.2f} s ({p['autodiff_samples']}), peak GPU {gib(p['peak_gpu_gib'])}, "
+                         f"{p['cells_equal_to_first_mode']:.2%} of binned cells equal to the first mode's"))
     for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
                               ("ffn", "FFN", "top 300 components")):
-        if jobs is None:
-            rows.append((f"{label} layer job", "skipped (--skip-layer-jobs)"))
-            continue
-        j = jobs[name]
-        job = f", in-job {j['job_seconds']:.1f} s" if j["job_seconds"] is not None else ""
-        rows.append((f"{label} layer job (layer 0, {what}, {jobs['words']:,} words)",
-                     f"wall {j['wall_seconds']:.1f} s{job}, peak GPU {gib(j['peak_gpu_gib'])}, "
-                     + f"peak host {gib(j['peak_host_gib'])}, {j['rows']} rows"))
+        if name in jobs:
+            j = jobs[name]
+            job = f", in-job {j['job_seconds']:.1f} s" if j["job_seconds"] is not None else ""
+            rows.append((f"{label} layer job (layer 0, {what}, {jobs['words']:,} words)",
+                         f"wall {j['wall_seconds']:.1f} s{job}, peak GPU {gib(j['peak_gpu_gib'])}, "
+                         f"peak host {gib(j['peak_host_gib'])} ({j['peak_host_source']}), {j['rows']} rows"))
     load = r.get("model_load")
     if load is not None:
         loads = ", ".join(f"first {c['layers']} layer(s) ({c['checkpoint_gib']:.2f} GiB float16) {c['seconds']:.2f} s"
@@ -539,11 +1039,18 @@ def markdown(r: dict) -> str:
         rows.append(("attribution job's model load (`load_model`, float32, from the page cache)",
                      f"{loads}, onto {load['device']}: {load['fixed_seconds']:.1f} s + "
                      f"{load['seconds_per_billion_params']:.1f} s per billion parameters, about "
-                     f"{load['scaled_seconds']:.1f} s for the whole model; peak host {gib(load['peak_host_gib'])}, "
-                     f"peak GPU {gib(load['peak_gpu_gib'])}"))
-    rows.append(("whole benchmark", f"{r['total_seconds']:.0f} s"))
+                     f"{load['scaled_seconds']:.1f} s for the whole model; peak host {gib(load['peak_host_gib'])} "
+                     f"({load['peak_host_source']}), peak GPU {gib(load['peak_gpu_gib'])}"))
+    for name, skipped in (r.get("skipped") or {}).items():
+        rows.append((cell(name), cell(f"SKIPPED: {skipped['reason']}")))
+    for name, error in (r.get("errors") or {}).items():
+        rows.append((cell(name), cell(f"FAILED: {error['error']}")))
+    rows.append(("whole benchmark", f"{r['total_seconds']:.0f} s ({r['deadline']['process_seconds']:.0f} s since "
+                                    f"the process started; deadline {r['deadline']['deadline_s']:.0f} s)"))
     table = "\n".join(["| measurement | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
-    p = r["projection"]
+    p = r.get("projection")
+    if not p:
+        return table
     lines = ["", f"Projected paper workflow on one {r['card']} ({PAPER['samples']} samples x {PAPER['models']} "
              f"models, {p['shards']} shards, {PAPER['models']} x {PAPER['layers']} layer jobs of each kind, "
              f"<= {p['annotation_requests']:,} annotation requests):", "", "| component | hours |", "|---|---|"]
@@ -556,7 +1063,8 @@ def markdown(r: dict) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precisions", default="float32,tf32,bfloat16,float16",
-                        help="attribution modes, in this order (each rounds the float32 weights)")
+                        help="attribution modes, in this order (each rounds the same float32 weights); the first "
+                             "runs before the model load and the layer jobs, the others after them")
     parser.add_argument("--chunk-size", type=int, default=32, help="attribute_ids chunk size (0: all)")
     parser.add_argument("--backward-batch", type=int, default=0, help="response tokens per backward; 0: auto")
     parser.add_argument("--forward-batch", type=int, default=0, help="prompt tokens per forward-mode pass; 0: auto")
@@ -568,15 +1076,24 @@ def parse_args(argv=None):
     parser.add_argument("--reference-tokens", type=int,
                         help="time the per-token loop on this many response tokens and extrapolate "
                              "(default: all if the estimate fits --reference-budget)")
-    parser.add_argument("--reference-budget", type=float, default=60.0,
-                        help="seconds the per-token loop may take (default 60; it is extrapolated beyond)")
+    parser.add_argument("--reference-budget", type=float, default=20.0,
+                        help="seconds the per-token loop may take (default 20, and at most a tenth of the time "
+                             "left; it is extrapolated beyond)")
+    parser.add_argument("--deadline-s", type=float, default=540.0,
+                        help="seconds from this process's start by which the run must end (default 540): a section "
+                             "that would not fit is skipped, one running at the deadline is cut off, and the JSON "
+                             "says which")
     parser.add_argument("--output", help="also write the results as JSON here (after every measurement)")
     parser.add_argument("--workdir", help="keep the checkpoint, word files and job logs here (default: a temp dir)")
-    parser.add_argument("--skip-layer-jobs", action="store_true")
+    parser.add_argument("--skip-layer-jobs", action="store_true", help="no model load and no layer jobs")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and check the config; no GPU needed")
     parser.add_argument("--small", action="store_true", help="a tiny shape, to smoke-test the script")
     parser.add_argument("--allow-cpu", action="store_true", help="with --small: run on the CPU")
     return parser.parse_args(argv)
+
+
+def terminated(signum, frame):
+    raise SystemExit(f"terminated by signal {signum}")
 
 
 def main(argv=None):
@@ -600,49 +1117,86 @@ def main(argv=None):
         print("SMOKE TEST on the CPU (--allow-cpu --small): a tiny shape, not a benchmark")
         torch.set_num_threads(1)  # tiny ops: on a busy machine, OpenMP's spinning threads made them 100x slower
     started = time.perf_counter()
-    torch.manual_seed(0)
-    init_start = time.perf_counter()
-    with device:  # built where it runs: a 6.7B-parameter init takes seconds on a GPU, minutes on a CPU
-        model = LlamaForCausalLM(llama_config(shape))
-    model = model.eval().requires_grad_(False)
-    synchronize(device)
+    environment = arithmetic_environment()
     results = {
         "card": torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test)",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": __import__("transformers").__version__,
-        "shape": shape.name, "config": dataclasses.asdict(shape), "params": sum(p.numel() for p in model.parameters()),
-        "attention_implementation": model.config._attn_implementation,
-        "init_seconds": time.perf_counter() - init_start,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": environment["transformers"],
+        "arithmetic_environment": environment, "shape": shape.name, "config": dataclasses.asdict(shape),
         "sample": {"prompt": shape.prompt, "response": shape.response, "paper_prompt": shape.paper_prompt},
+        "deadline": {"deadline_s": args.deadline_s, "started_before_main_s": time.monotonic() - PROCESS_STARTED},
     }
-    print(f"model built in {results['init_seconds']:.1f} s on {results['card']}")
 
-    def save() -> None:  # after every measurement: a run cut short keeps what it measured
+    def write(complete: bool = False) -> None:  # after every section: a run cut short keeps what it measured
+        results["deadline"]["process_seconds"] = time.monotonic() - PROCESS_STARTED
         if args.output:
-            write_json(Path(args.output), {**results, "complete": False})
+            write_json(Path(args.output), {**results, "complete": complete})
 
-    results["attribution"] = {}
-    benchmark_attribution(model, shape, args, device, results["attribution"], save)
-    if not args.skip_layer_jobs:
+    sections = Sections(results, args.deadline_s, write)
+    signal.signal(signal.SIGTERM, terminated)  # a `timeout` around the run: the child jobs end with it
+    print(f"deadline: {args.deadline_s:.0f} s from the process's start, {sections.left():.0f} s left to the "
+          f"sections ({FINAL_RESERVE_S:.0f} s kept for the end)")
+    models = Models(shape, device)
+    attribution = None
+
+    def build() -> None:
+        nonlocal attribution
+        model, built = models.get(torch.float32)
+        results.update({"params": sum(p.numel() for p in model.parameters()),
+                        "attention_implementation": model.config._attn_implementation,
+                        "init_seconds": built["init_seconds"], "build": built})
+        print(f"model built in {results['init_seconds']:.1f} s on {results['card']}")
+        results["attribution"] = {}
+        attribution = AttributionBench(models, shape, args, device, results["attribution"], sections.save,
+                                       sections.left)
+
+    sections.run("build", build)
+    precisions = args.precisions.split(",")
+    if "build" in sections.done:
+        sections.run("per-token loop", attribution.reference_loop)
+        sections.run("float32 one backward per token", attribution.per_token_backward, attribution.body_estimate)
+        attribution.run_mode(sections, precisions[0])
+    if args.skip_layer_jobs:
+        for name in ("layer-job files", "model load", "attention layer job", "FFN layer job"):
+            results["skipped"][name] = {"reason": "--skip-layer-jobs", "kind": "option"}
+    else:
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-bench-"))
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            files = prepare_layer_jobs(model, shape, workdir)
-            del model  # its memory goes back to the jobs' processes
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            results["model_load"] = benchmark_model_load(files, workdir, device)
-            save()
-            results["layer_jobs"] = benchmark_layer_jobs(files, workdir)
-            save()
+            run_jobs(sections, models, shape, workdir, device, results)
         finally:
             if not args.workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
+    if attribution is not None:
+        for mode in precisions[1:]:
+            attribution.run_mode(sections, mode)
+    models.release()
+    from workflow_scripts.attribution import set_matmul_precision
+
+    set_matmul_precision("float32")
     results["total_seconds"] = time.perf_counter() - started
-    results["projection"] = projection(results, args)
-    print(markdown(results))
+    results["peak_host_kib"], results["peak_host_source"] = host_peak()
+    try:
+        results["projection"] = projection(results, args)
+    except Exception as error:
+        results["errors"]["projection"] = error_record(error)
+        traceback.print_exc()
+    results["deadline"]["process_seconds"] = time.monotonic() - PROCESS_STARTED
+    try:
+        print(markdown(results))
+    except Exception as error:
+        results["errors"]["table"] = error_record(error)
+        traceback.print_exc()
+    deadline_skips = sorted(name for name, s in results["skipped"].items() if s["kind"] == "deadline")
+    results["finished"] = True
+    if deadline_skips:
+        print(f"left out by the deadline: {', '.join(deadline_skips)}")
+    if results["errors"]:
+        print(f"FAILED sections: {', '.join(results['errors'])}", file=sys.stderr)
+    write(complete=not results["errors"] and not deadline_skips)
     if args.output:
-        write_json(Path(args.output), {**results, "complete": True})
         print(f"results -> {args.output}")
+    if results["errors"]:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
