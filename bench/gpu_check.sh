@@ -1,86 +1,87 @@
 #!/usr/bin/env bash
-# One short GPU check (about 5 minutes on an H100): equality of the GPU attribution (chunked, batched
-# backward passes, forward mode; a model whose last layers run on another device) with the per-token
-# definition on tiny models and the arithmetic each precision mode records, then bench/gpu_bench.py
-# (LLaMA-7B shape: the per-token loop, every precision mode in reverse and forward mode, an attribution
-# job's model load, one attention and one FFN layer job, the projected paper workflow). Give --output a path under the device's $OUT: it is rewritten
-# after every measurement, so a run cut off by the time limit still returns what it measured.
-# Arguments go to gpu_bench.py, e.g.
+# One short GPU check (within GPU_CHECK_DEADLINE_S, default 540 s, of its start): equality of the GPU
+# attribution (chunked, batched backward passes, forward mode; a model whose last layers run on another
+# device) with the per-token definition on tiny models and the arithmetic each precision mode records
+# (bench/gpu_check_steps.py, steps 1 and 1b), then bench/gpu_bench.py (LLaMA-7B shape: the per-token
+# loop and float32 in reverse and forward mode, an attribution job's model load, one attention and one
+# FFN layer job, then the other precision modes, and the projected paper workflow) with the time left
+# as its --deadline-s. Give --output a path under the device's $OUT: it is rewritten after every
+# measurement, so a run cut off still returns what it measured; next to it go gpu_check_steps.json
+# (steps 1/1b: every measured difference, its bound, pass or fail, the error text of a step that
+# failed) and gpu_check.log (everything this script printed). A failed step is recorded and the
+# benchmark still runs; the exit status is 1 when any step or the benchmark failed.
+# Arguments go to gpu_bench.py (a --deadline-s among them replaces the computed one), e.g.
 #   bash bench/gpu_check.sh --output gpu_bench.json
 # Smoke test on a CPU (the same code paths, a tiny shape): GPU_CHECK_ALLOW_CPU=1 bash bench/gpu_check.sh --allow-cpu --small
-set -euo pipefail
+# PYTHON picks the interpreter (default python3, else python).
+set -uo pipefail  # no -e: a failing step is recorded, and the next one still runs
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-           torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
-# 1. equality on tiny LLaMA/Mistral GQA models, every chunk size, on the GPU
-python - <<'PY'
-import numpy as np, torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-import os
-from workflow_scripts.attribution import (attribute_ids, attribute_ids_forward, attribute_ids_reference,
-                                         precision_record, set_matmul_precision)
-device = "cuda" if torch.cuda.is_available() or not os.environ.get("GPU_CHECK_ALLOW_CPU") else "cpu"
-for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralForCausalLM)):
-    torch.manual_seed(0)
-    cfg = cfg_cls(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2)
-    m = cls(cfg).to(device).eval().requires_grad_(False)
-    ids = torch.randint(3, 300, (40,), device=device)
-    set_matmul_precision("float32")
-    ref = attribute_ids_reference(m, ids, 25)
-    for chunk in (0, 1, 4, 16):
-        for batch in (1, 3, 0):  # per token, forced batches, automatic from free memory
-            fast = attribute_ids(m, ids, 25, chunk, batch)
-            err = np.abs(fast - ref).max() / np.abs(ref).max()
-            print(f"{cls.__name__} chunk={chunk} backward batch={batch}: max relative difference {err:.2e}")
-            assert err < 1e-4
-    for batch in (1, 3, 0):  # forward mode: one tangent per prompt token, forced batches, automatic
-        err = np.abs(attribute_ids_forward(m, ids, 25, None, batch) - ref).max() / np.abs(ref).max()
-        print(f"{cls.__name__} forward mode batch={batch}: max relative difference {err:.2e}")
-        assert err < 1e-4
-    weights = {name: tensor.clone() for name, tensor in m.state_dict().items()}
-    for mode, dtype, matmul, bound in (("tf32", torch.float32, "tf32", 1e-2), ("float16", torch.float16, "float16",
-                                       2e-2), ("bfloat16", torch.bfloat16, "bfloat16", 1e-1)):
-        set_matmul_precision(mode)
-        m.to(torch.float32).load_state_dict(weights)  # each mode rounds the float32 weights
-        m.to(dtype)
-        record = precision_record(m, mode)
-        assert record["weights_dtype"] == str(dtype)[6:] and (device == "cpu" or record["matmul"] == matmul), record
-        err = np.abs(attribute_ids(m, ids, 25, 16, 0) - ref).max() / np.abs(ref).max()
-        forward = np.abs(attribute_ids_forward(m, ids, 25) - ref).max() / np.abs(ref).max()
-        print(f"{cls.__name__} {mode}: {record['matmul']} matmuls, max relative difference {err:.2e}, "
-              f"forward mode {forward:.2e}")
-        assert err < bound and forward < bound
-    set_matmul_precision("float32")
-PY
-# 1b. a model that ends on another device than it starts (as device_map="auto" spreads a 7B model over
-# two GPUs): body on the GPU, final norm and head run on the CPU through accelerate hooks, so the last
-# hidden state is not where the input embeddings are; both autodiff modes against the plain model
-python - <<'PY'
-import copy, os
-import numpy as np, torch
-from accelerate.hooks import AlignDevicesHook, add_hook_to_module
-from transformers import LlamaConfig, LlamaForCausalLM
-from workflow_scripts.attribution import attribute_ids, attribute_ids_forward, attribute_ids_reference
-device = "cuda" if torch.cuda.is_available() or not os.environ.get("GPU_CHECK_ALLOW_CPU") else "cpu"
-torch.manual_seed(0)
-plain = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2)).eval().requires_grad_(False)
-ids = torch.randint(3, 300, (40,))
-ref = attribute_ids_reference(plain, ids, 25)
-split = copy.deepcopy(plain).to(device)
-for module in (split.model.norm, split.lm_head):
-    module.to("cpu")
-    add_hook_to_module(module, AlignDevicesHook(execution_device="cpu", io_same_device=False))
-ids = ids.to(device)
-hidden = split.model(input_ids=ids[None]).last_hidden_state
-print(f"split model: embeddings on {split.model.embed_tokens.weight.device}, last hidden state on {hidden.device}")
-for name, matrix in (("reverse", attribute_ids(split, ids, 25, 16, 0)), ("forward", attribute_ids_forward(split, ids, 25))):
-    err = np.abs(matrix - ref).max() / np.abs(ref).max()
-    print(f"split model, {name} mode: max relative difference {err:.2e}")
-    assert err < 1e-4
-PY
-# 2. the LLaMA-7B-shaped benchmark (random weights built on the GPU)
-python bench/gpu_bench.py "$@"
-if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
+# Seconds for the whole check and for steps 1 and 1b (killed after them): sized for a GPU machine whose
+# run is stopped at 600 s; a CPU smoke test (GPU_CHECK_ALLOW_CPU, maybe on a busy machine) gets more.
+if [ -n "${GPU_CHECK_ALLOW_CPU:-}" ]; then cpu=1; else cpu=""; fi
+deadline=${GPU_CHECK_DEADLINE_S:-${cpu:+1800}}
+deadline=${deadline:-540}
+step1_limit=${GPU_CHECK_STEP1_S:-${cpu:+900}}
+step1b_limit=${GPU_CHECK_STEP1B_S:-${cpu:+600}}
+
+output=""  # gpu_bench.py's --output: its folder gets the steps' JSON and the log
+previous=""
+for argument in "$@"; do
+    if [ "$previous" = "--output" ]; then output=$argument; fi
+    case $argument in --output=*) output=${argument#--output=} ;; esac
+    previous=$argument
+done
+if [ -n "$output" ]; then
+    folder=$(dirname "$output")
+else
+    folder=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-XXXXXX")
+fi
+mkdir -p "$folder"
+steps="$folder/gpu_check_steps.json"
+log="$folder/gpu_check.log"
+rm -f "$steps"
+
+run_step() {  # NAME SECONDS COMMAND...: the command, killed after SECONDS; its exit status recorded
+    local name=$1 limit=$2 status
+    shift 2
+    echo "== step $name ($(date -u +%H:%M:%S), ${SECONDS} s in)"
+    if command -v timeout >/dev/null; then
+        timeout -k 10 "$limit" "$@"
+    else
+        "$@"
+    fi
+    status=$?
+    "$PYTHON" bench/gpu_check_steps.py status --json "$steps" --step "$name" --exit-status "$status" ||
+        echo "could not record step $name's exit status ($status) in $steps" >&2
+    if [ "$status" != 0 ]; then echo "== step $name FAILED (exit status $status)"; fi
+    return "$status"
+}
+
+main() {
+    local failed=()
+    "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+               torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" || failed+=("torch")
+    # 1. equality on tiny LLaMA/Mistral GQA models, every chunk size, on the GPU; the precision modes
+    run_step "1 equality" "${step1_limit:-180}" "$PYTHON" bench/gpu_check_steps.py equality --json "$steps" ||
+        failed+=("1 equality")
+    # 1b. a model whose final norm and head run on the CPU through accelerate hooks, both autodiff modes
+    run_step "1b split model" "${step1b_limit:-90}" "$PYTHON" bench/gpu_check_steps.py split --json "$steps" ||
+        failed+=("1b split model")
+    # 2. the LLaMA-7B-shaped benchmark (random weights built on the GPU), in the time the steps left
+    local left=$((deadline - SECONDS))
+    if [ "$left" -lt 60 ]; then left=60; fi
+    run_step "2 gpu_bench" "$((left + 30))" "$PYTHON" bench/gpu_bench.py --deadline-s "$left" "$@" ||
+        failed+=("2 gpu_bench")
+    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
+    echo "== gpu_check: ${SECONDS} s; steps -> $steps; log -> $log${output:+; results -> $output}"
+    if [ "${#failed[@]}" -gt 0 ]; then
+        printf '== gpu_check FAILED: %s\n' "${failed[*]}"
+        return 1
+    fi
+    echo "== gpu_check: every step passed"
+}
+
+main "$@" 2>&1 | tee "$log"
+exit "${PIPESTATUS[0]}"
