@@ -70,6 +70,16 @@ def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
     assert [c["layers"] for c in load["checkpoints"]] == [1, 2] and load["device"] == "cpu"
     assert load["checkpoints"][0]["params"] < load["checkpoints"][1]["params"] and load["scaled_seconds"] > 0
     assert "| **total with attribution by this project, bfloat16, forward mode** |" in result.stdout
+    assert results["skipped"] == {} and results["errors"] == {}
+    for mode in modes.values():  # each mode's model: the same float32 weights, the rotary frequencies in float32
+        assert mode["model"].get("float32_weights_equal_to_first_build") in (None, True)
+        assert set(mode["model"].get("buffers_dtype", {"kept": "float32"}).values()) == {"float32"}
+        assert mode["arithmetic"]["tf32_probe"]["relative_error"] < 1e-4  # a CPU never runs TF32
+    assert load["peak_host_source"] and load["log_tail"]  # the child's log is kept: its folder is deleted
+    steps = json.loads((tmp_path / "gpu_check_steps.json").read_text())  # steps 1/1b, next to --output
+    assert steps["failed"] == [] and set(steps["steps"]) == {"1 equality", "1b split model", "2 gpu_bench"}
+    assert all(check["passed"] for check in steps["steps"]["1 equality"]["checks"])
+    assert (tmp_path / "gpu_check.log").read_text().count("== step") == 3
 
 
 def test_a_gpu_bench_stopped_midway_keeps_what_it_measured(tmp_path):
@@ -82,6 +92,81 @@ def test_a_gpu_bench_stopped_midway_keeps_what_it_measured(tmp_path):
     assert list(results["attribution"]["modes"]) == ["float32"]
     assert results["attribution"]["modes"]["float32"]["paper_shape_auto"]["seconds"] > 0
     assert not (tmp_path / "gpu.json.partial").exists()
+    assert results["errors"]["no-such-mode model"]["error"].startswith("KeyError")  # recorded, and the run went on
+    assert results["finished"] is True and results["projection"]["attribution_seconds"]
+
+
+def import_bench(name: str):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_each_mode_of_the_gpu_bench_rounds_the_same_weights_as_a_real_job_loads_them(tmp_path):
+    """Every mode's model is rebuilt from the seed and cast: the weights bit-equal to the float32
+    weights rounded once (what the benchmark did by reloading them) and to what `from_pretrained(dtype=...)`
+    loads, and the rotary frequencies float32 as the loader leaves them (a plain `.to(dtype)` rounds them)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gpu_bench = import_bench("gpu_bench")
+    from workflow_scripts.attribution import PRECISIONS, attribute_ids
+
+    models = gpu_bench.Models(gpu_bench.SMALL, torch.device("cpu"))
+    float32, _ = models.get(torch.float32)
+    float32.save_pretrained(tmp_path)
+    weights = {name: tensor.clone() for name, tensor in float32.state_dict().items()}
+    ids = torch.randint(3, gpu_bench.SMALL.vocab, (40,), generator=torch.Generator().manual_seed(0))
+    for mode in ("bfloat16", "float16", "float32"):
+        model, built = models.get(PRECISIONS[mode])
+        assert built["float32_weights_equal_to_first_build"] is True
+        assert {str(b.dtype) for b in model.buffers()} == {"torch.float32"}
+        assert all(torch.equal(t, weights[name].to(PRECISIONS[mode])) for name, t in model.state_dict().items())
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=PRECISIONS[mode]).eval().requires_grad_(False)
+        assert (attribute_ids(model, ids, 20, 8, 0) == attribute_ids(loaded, ids, 20, 8, 0)).all()
+
+
+def test_the_peak_memory_probe_falls_back_to_ru_maxrss_without_vmhwm(monkeypatch):
+    """gVisor's /proc/self/status has no VmHWM: the probe reads getrusage instead, and never raises."""
+    import builtins
+    import io
+
+    gpu_bench = import_bench("gpu_bench")
+    assert gpu_bench.host_peak()[0] > 0
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO("Name:\tpython\n")
+                        if path == "/proc/self/status" else real_open(path, *a, **k))
+    kib, source = gpu_bench.host_peak()
+    assert kib > 0 and source == "ru_maxrss"
+    assert gpu_bench.host_peak(maxrss_at_start_kib=kib)[1].startswith("ru_maxrss, an upper bound")
+
+
+def test_the_gpu_bench_deadline_skips_what_does_not_fit_and_cuts_off_what_overruns():
+    """Device time is short: a section that would not fit is skipped, one still running at the
+    deadline is cut off, one that fails is recorded, and each outcome is saved as it happens."""
+    import time
+
+    gpu_bench = import_bench("gpu_bench")
+    results, saves = {}, []
+    sections = gpu_bench.Sections(results, time.monotonic() - gpu_bench.PROCESS_STARTED + gpu_bench.FINAL_RESERVE_S
+                                  + 1.0, lambda: saves.append(1))
+
+    def fails():
+        raise ValueError("broken")
+
+    assert sections.run("fast", lambda: None, 0.1)
+    assert not sections.run("fails", fails)
+    assert not sections.run("after the failure", lambda: None, needs=["fails"])
+    assert not sections.run("too long", lambda: None, 100.0)
+    assert not sections.run("overruns", lambda: time.sleep(5), 0.1)  # cut off by the alarm after about 1 s
+    assert not sections.run("past the deadline", lambda: None)
+    assert results["errors"]["fails"]["error"] == "ValueError: broken" and results["errors"]["fails"]["traceback_tail"]
+    skipped = results["skipped"]
+    assert skipped["after the failure"]["kind"] == "needs" and skipped["too long"]["kind"] == "deadline"
+    assert skipped["overruns"]["cut_off"] is True and results["sections"]["overruns"]["seconds"] < 4
+    assert skipped["past the deadline"]["kind"] == "deadline" and len(saves) >= 6
 
 
 def test_the_precision_benchmarks_float16_emulation_rounds_float32_products_and_leaves_the_rest():
