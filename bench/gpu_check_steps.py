@@ -47,11 +47,13 @@ class Step:
         self.path, self.name, self.checks, self.started = path, name, [], time.monotonic()
         update(path, name, {"passed": None, "checks": [], "error": None, "started": time.time()})
 
-    def check(self, what: str, value, bound=None, ok=None, **extra) -> bool:
-        """Record `what`: a difference `value` below `bound`, or a condition `ok`."""
+    def check(self, what: str, value, bound=None, ok=None, shown=None) -> bool:
+        """Record `what`: a difference `value` below `bound`, or a condition `ok` on `value` (printed as
+        `shown`, the JSON has it whole)."""
         passed = bool(ok if bound is None else value < bound)
-        self.checks.append({"what": what, "value": value, "bound": bound, "passed": passed, **extra})
-        shown = value if bound is None else f"max relative difference {value:.2e} (bound {bound:g})"
+        self.checks.append({"what": what, "value": value, "bound": bound, "passed": passed})
+        if shown is None:
+            shown = value if bound is None else f"max relative difference {value:.2e} (bound {bound:g})"
         print(f"{what}: {shown}{'' if passed else '  FAILED'}", flush=True)
         update(self.path, self.name, {"checks": self.checks})
         return passed
@@ -118,15 +120,19 @@ def equality(step: Step) -> None:
             cast_weights(m, dtype)  # the rotary frequencies stay float32
             record = precision_record(m, mode)
             buffers = {key: str(b.dtype).removeprefix("torch.") for key, b in m.named_buffers()}
+            probe = tf32_probe(torch.device(where))
             step.check(f"{name} {mode}: weights, matmuls and rotary buffers", {
-                "precision_record": record, "buffers_dtype": buffers,
-                "tf32_probe": tf32_probe(torch.device(where)), "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                "precision_record": record, "buffers_dtype": buffers, "tf32_probe": probe,
+                "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                 "float32_matmul_precision": torch.get_float32_matmul_precision()},
                 ok=record["weights_dtype"] == str(dtype)[6:] and (where == "cpu" or record["matmul"] == matmul)
-                and set(buffers.values()) <= {"float32"})
-            step.check(f"{name} {mode} ({record['matmul']} matmuls), reverse mode",
+                and set(buffers.values()) <= {"float32"},
+                shown=f"weights {record['weights_dtype']}, {record['matmul']} matmuls, rotary buffers "
+                      f"{'/'.join(sorted(set(buffers.values())))}, float32 matmul probe {probe['ran']} "
+                      f"({probe['relative_error']:.1e})")
+            step.check(f"{name} {mode}, reverse mode",
                        relative(attribute_ids(m, ids, 25, 16, 0), ref), MODE_BOUNDS[mode])
-            step.check(f"{name} {mode} ({record['matmul']} matmuls), forward mode",
+            step.check(f"{name} {mode}, forward mode",
                        relative(attribute_ids_forward(m, ids, 25), ref), MODE_BOUNDS[mode])
         set_matmul_precision("float32")
 
@@ -157,9 +163,10 @@ def split(step: Step) -> None:
         add_hook_to_module(module, AlignDevicesHook(execution_device="cpu", io_same_device=False))
     ids = ids.to(where)
     hidden = model.model(input_ids=ids[None]).last_hidden_state
-    step.check("split model: devices", {"embeddings": str(model.model.embed_tokens.weight.device),
-                                        "last_hidden_state": str(hidden.device),
-                                        "float32_matmul_precision": torch.get_float32_matmul_precision()}, ok=True)
+    devices = {"embeddings": str(model.model.embed_tokens.weight.device), "last_hidden_state": str(hidden.device),
+               "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    step.check("split model: devices", devices, ok=True,
+               shown=f"embeddings on {devices['embeddings']}, last hidden state on {devices['last_hidden_state']}")
     step.check("split model, reverse mode", relative(attribute_ids(model, ids, 25, 16, 0), ref), EXACT)
     step.check("split model, forward mode", relative(attribute_ids_forward(model, ids, 25), ref), EXACT)
 
