@@ -46,7 +46,11 @@ def read_seed_file(path: str | Path, label: str) -> pd.DataFrame:
 
 def category_text(labels: pd.Series) -> pd.Series:
     """Labels as the categories are looked for in them (lower case, substrings, as the paper): a
-    refusal names no category, even where its text lists them ("I can't classify this as Syntax...")."""
+    refusal names no category, even where its text lists them ("I can't classify this as Syntax...").
+
+    Args:
+        labels: (concepts,) one answer each (a Task or Concept column), as read_seed_file gives them
+    """
     return labels.where(~labels.str.startswith(REFUSED), "").str.lower()
 
 
