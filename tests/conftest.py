@@ -66,11 +66,13 @@ def clone_run(source: Path, target: Path) -> Path:
     """A copy of a finished workflow directory, cheap enough for every test that changes one:
     hard links for what jobs only read or replace (Snakemake deletes a job's outputs before it
     runs), real copies for what may be written in place (Snakemake's metadata and locks, logs,
-    benchmarks, the SQLite answer cache)."""
+    benchmarks, the SQLite answer cache, and the config files a test edits: written through a hard
+    link, an edit would change the shared finished run for every later test)."""
     in_place = {".snakemake", "logs", "benchmarks"}
 
     def link_or_copy(src, dst):
-        if in_place & set(Path(src).relative_to(source).parts) or ".sqlite" in Path(src).name:
+        name = Path(src).name
+        if in_place & set(Path(src).relative_to(source).parts) or ".sqlite" in name or name.endswith(".yaml"):
             return shutil.copy2(src, dst)
         return os.link(src, dst)
 

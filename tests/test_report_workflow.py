@@ -139,6 +139,15 @@ def test_demo_report_shows_every_table_with_numbers_and_every_image(demo_report,
     assert errors == []
 
 
+def test_a_clone_of_a_finished_run_copies_the_config_files_a_test_may_edit(tmp_path):
+    (tmp_path / "run/results").mkdir(parents=True)
+    for name in ("config.yaml", "results/table.tsv"):
+        (tmp_path / "run" / name).write_text("x")
+    clone = clone_run(tmp_path / "run", tmp_path / "clone")
+    assert (clone / "config.yaml").stat().st_ino != (tmp_path / "run/config.yaml").stat().st_ino
+    assert (clone / "results/table.tsv").stat().st_ino == (tmp_path / "run/results/table.tsv").stat().st_ino
+
+
 def test_a_report_made_after_a_config_edit_states_the_settings_its_numbers_were_computed_with(finished_demo, tmp_path):
     """`--report` does not check that the outputs are up to date: after `analysis.threshold: 7 -> 5`,
     before the run, the captions said b = 5 beside tables, pictures and a paper comparison computed with
@@ -147,7 +156,6 @@ def test_a_report_made_after_a_config_edit_states_the_settings_its_numbers_were_
     config = (work / "config.yaml").read_text()
     edited = config.replace("  threshold: 7 ", "  threshold: 5 ").replace("seeds: [0, 1, 2, 3, 4]", "seeds: [0, 1]")
     assert edited.count("threshold: 5") == 1, "the demo config's lines changed"
-    (work / "config.yaml").unlink()  # a hard link to the finished demo's (clone_run): never written through
     (work / "config.yaml").write_text(edited)
     assert "table2_pair" in planned_jobs(work)  # stale, and the report is made anyway
     snakemake(work, "--report", "report.zip")

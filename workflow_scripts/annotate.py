@@ -42,6 +42,11 @@ def label_of(response: ChatResponse) -> str:
     return one_line(response.text)
 
 
+def is_empty(response: ChatResponse) -> bool:
+    """An answer without text (a refusal aside): not described, or naming no category."""
+    return response.finish_reason != "refusal" and not response.text.strip()
+
+
 def is_described(summary: str, response: ChatResponse) -> bool:
     """The paper's test ('cannot tell' absent), plus: a refusal or an empty answer describes nothing."""
     return response.finish_reason != "refusal" and bool(summary) and "cannot tell" not in summary.lower()
@@ -186,7 +191,7 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
     for response in responses:
         counts["refused"] += response.finish_reason == "refusal"
         counts["truncated"] += response.finish_reason == "length"
-        counts["empty"] += response.finish_reason != "refusal" and not response.text.strip()
+        counts["empty"] += is_empty(response)
     return responses, counts
 
 
@@ -265,7 +270,7 @@ def run_step(step: str, seed: int, inputs: list[str], output: str, stats: str, p
         if response.finish_reason in ("refusal", "length"):
             log.warning("%s answer for %s layer %s rank %s: %r", response.finish_reason, row["Model"], row["Layer"],
                         row["Rank"], response.refusal or response.text)
-        if response.finish_reason != "refusal" and not response.text.strip():
+        if is_empty(response):
             log.warning("empty answer for %s layer %s rank %s (%s): %s", row["Model"], row["Layer"], row["Rank"],
                         response.finish_reason, "not described" if step == "describe" else "names no category")
     write_tsv(out, step_columns(step), output)

@@ -119,16 +119,22 @@ def shared_words_note(seed_files, label: str, pretrained: str, tuned: str) -> st
             "move together and the t-test between them is conservative")
 
 
-def seed_name(path) -> str:
+def seed_number(path) -> str | None:
+    """The seed a step's answers file is of, from its name (annotation_files.FILES), else None."""
     found = re.search(r"seed(\d+)\.tsv$", Path(path).name)
-    return f"seed {found.group(1)}" if found else Path(path).name
+    return found.group(1) if found else None
+
+
+def seed_name(path) -> str:
+    seed = seed_number(path)
+    return f"seed {seed}" if seed is not None else Path(path).name
 
 
 def seeds_note(seed_files) -> str:
     """The seeds the table averages, from its files' names, under the table: a report made after
     `annotation.seeds` was edited, before the run, shows these and not the config's."""
-    seeds = [re.search(r"seed(\d+)\.tsv$", Path(path).name) for path in seed_files]
-    named = ", ".join(m.group(1) for m in seeds if m) if all(seeds) else f"{len(seed_files)} files"
+    seeds = [seed_number(path) for path in seed_files]
+    named = ", ".join(seeds) if None not in seeds else f"{len(seed_files)} files"
     return f"Over seeds {named} (annotation.seeds; one answers file each)"
 
 
