@@ -36,6 +36,8 @@ rule annotate_describe:
     localrule: True
     conda:
         "../envs/shiftlens.yaml"
+    resources:
+        **ANNOTATION_RESOURCES,
     params:
         code=ANNOTATION_CODE,
         provider=PROVIDER_PARAM,
@@ -62,6 +64,8 @@ rule annotate_task:
     localrule: True
     conda:
         "../envs/shiftlens.yaml"
+    resources:
+        **ANNOTATION_RESOURCES,
     params:
         code=ANNOTATION_CODE,
         provider=PROVIDER_PARAM,
@@ -86,6 +90,8 @@ rule annotate_level:
     localrule: True
     conda:
         "../envs/shiftlens.yaml"
+    resources:
+        **ANNOTATION_RESOURCES,
     params:
         code=ANNOTATION_CODE,
         provider=PROVIDER_PARAM,

@@ -139,6 +139,11 @@ ANNOTATION_RUNTIME = json.dumps(
 ANNOTATION_KEY_ENV = PROVIDER.get("api_key_env") or ""
 ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
 ANNOTATION_CODE = dag.annotation_code(PROVIDER)
+# A local annotator computes on a GPU as the explanation jobs do: it requests `provider.gpus` and starts
+# through the lease launcher, so it never runs on a device another job has leased. The other providers
+# compute nothing here: they request no GPU and start as they are.
+LOCAL_ANNOTATOR = PROVIDER["kind"] == "local"
+ANNOTATION_RESOURCES = {"gpu": PROVIDER["gpus"]} if LOCAL_ANNOTATOR else {}
 
 
 def annotator_input(step):
@@ -151,7 +156,8 @@ def pair_ffn_shards(wildcards):
 
 def annotation_shell(step, extra=""):
     return (
-        f"python -m workflow_scripts.annotate {step} --pair {{wildcards.pair:q}} --seed {{wildcards.seed:q}}"
+        ("python -m workflow_scripts.leases {resources.gpu:q} -- " if LOCAL_ANNOTATOR else "")
+        + f"python -m workflow_scripts.annotate {step} --pair {{wildcards.pair:q}} --seed {{wildcards.seed:q}}"
         " --inputs {input.rows:q} --output {output.tsv:q} --stats {output.stats:q}"
         " --provider={params.provider:q} --cache={params.cache:q} --max-tokens={params.max_tokens:q}"
         + extra

@@ -1,4 +1,5 @@
 """Real Snakemake runs of the offline demo, and what a dry run plans after each kind of edit."""
+import fcntl
 import os
 import re
 import shutil
@@ -192,7 +193,7 @@ def test_a_model_folder_whose_files_are_replaced_in_place_plans_that_models_jobs
 
 @pytest.mark.parametrize("override", ["attribution={chunk_size: 16}", "attribution={autodiff: reverse}",
                                       "models={demo-base: {gpus: 1}}", "attention={gpus: 2}",
-                                      "annotation={provider: {batch_size: 8, timeout_s: 30}}"])
+                                      "annotation={provider: {batch_size: 8, timeout_s: 30, gpus: 0}}"])
 def test_a_speed_or_placement_setting_plans_nothing(demo, override):
     """Not even the provenance page: it reran, then stated settings the results were not made with."""
     assert planned_jobs(demo, "--config", override) == {}
@@ -441,6 +442,34 @@ def test_rerun_after_deleting_the_annotations_sends_no_request(demo):
     log = (demo / "logs/annotate/demo/describe_seed0.log").read_text()
     assert "32 answered from the cache, 0 to ask" in log
     assert planned_jobs(demo) == {}
+
+
+def test_a_local_annotator_waits_for_a_gpu_lease_as_every_gpu_job_does(finished_demo, tmp_path):
+    """The in-process annotator ran on GPU 0 (torch's first device) whoever held it: with the only GPU leased
+    by another job, an annotation step must wait for it, then lease it."""
+    from conftest import clone_run
+
+    work = clone_run(finished_demo, tmp_path / "work")
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1",
+               SHIFTLENS_FAKE_GPUS="1", SHIFTLENS_GPU_LOCK_DIR=str(locks))
+    answers = work / "results/annotation/demo/linear_concept_seed0.tsv"
+    before = answers.read_text()
+    log = work / "logs/annotate/demo/level_seed0.log"
+    with open(locks / "gpu-0.lock", "w") as other_job:
+        fcntl.flock(other_job, fcntl.LOCK_EX)  # another job's lease of GPU 0
+        run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "--force", str(answers)], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+        deadline = time.monotonic() + 300
+        while "waiting for 1 free GPU(s)" not in (log.read_text() if log.exists() else ""):
+            assert run.poll() is None, f"the annotation ran while GPU 0 was leased:\n{run.stdout.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the annotation job neither waited nor ended"
+            time.sleep(0.5)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output[-3000:]
+    assert "leased GPU(s): CUDA_VISIBLE_DEVICES=0" in log.read_text()
+    assert answers.read_text() == before  # from the cache
 
 
 def test_long_jobs_show_progress_on_the_console_and_logs_hold_no_carriage_returns(finished_demo):

@@ -192,7 +192,7 @@ SPEED_KEYS = {
     "model": ("gpus",),
     "attention": ("gpus",),
     "ffn": ("gpus",),
-    "provider": ("concurrency", "max_retries", "timeout_s", "batch_size"),
+    "provider": ("concurrency", "max_retries", "timeout_s", "batch_size", "gpus"),
 }
 
 
