@@ -619,6 +619,36 @@ def test_a_forward_batch_that_runs_out_of_memory_is_halved(monkeypatch, caplog):
     assert "retrying 4 at a time" in caplog.text
 
 
+def test_auto_attributes_a_sample_forward_mode_cannot_fit_even_one_tangent_at_a_time_in_reverse_mode(monkeypatch,
+                                                                                                        caplog):
+    """Forward mode's attention runs on SDPA's math kernel, whose score matrices reverse mode's kernels never
+    hold: a long sample may not fit one tangent where reverse mode fits. Under `auto` that sample goes to reverse
+    mode (the job failed before); the next sample tries forward mode again; an explicit `forward` still fails."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 300, (40,), generator=torch.Generator().manual_seed(3))
+    rows = np.arange(1, 5)
+    expected = attribute_ids_reference(model, ids, n_prompt=5)[rows]
+    tries = []
+
+    def vmap(fn):
+        def batched(tangents):
+            tries.append(len(tangents))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return batched
+
+    monkeypatch.setattr(torch.func, "vmap", vmap)
+    auto = Attributor(model, autodiff="auto", forward_batch=2)
+    assert choose_autodiff("auto", 4, 5, 35) == "forward"
+    got = auto.matrix(ids, 5, rows)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=FLOAT32_SPREAD * np.abs(expected).max())
+    assert tries == [2, 1] and "out of memory" in caplog.text
+    auto.matrix(ids, 5, rows)
+    assert tries == [2, 1, 2, 1]  # tried again: the next sample may be shorter
+    assert auto.record() == {"autodiff": "auto", "autodiff_samples": {"reverse": 2}, "forward_out_of_memory": 2}
+    with pytest.raises(RuntimeError, match=r"forward-mode attribution failed .*`attribution.autodiff: reverse`"):
+        Attributor(model, autodiff="forward").matrix(ids, 5, rows)
+
+
 @pytest.mark.parametrize("kind", ARCHITECTURES)
 def test_both_modes_run_through_the_device_hooks_a_model_spread_over_gpus_has(kind):
     """`device_map="auto"` over several GPUs wraps each block in accelerate's AlignDevicesHook, which

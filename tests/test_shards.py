@@ -131,7 +131,7 @@ def test_shards_attributed_by_other_autodiff_routes_merge_and_the_merge_counts_t
     """Forward and reverse mode compute the same matrices (to float precision): a shard of each merges,
     and the merged header says how many samples took each route; the arithmetic must still agree."""
     paths = [tmp_path / f"shard-{i}.npz" for i in range(3)]
-    metas = [{"autodiff": "auto", "autodiff_samples": {"forward": 14, "reverse": 2}},
+    metas = [{"autodiff": "auto", "autodiff_samples": {"forward": 14, "reverse": 2}, "forward_out_of_memory": 2},
              {"autodiff": "reverse", "autodiff_samples": {"reverse": 16}},
              {"autodiff": "auto", "autodiff_samples": {"reverse": 3}, "forward_failed": "NotImplementedError: x"}]
     for path, sample, meta in zip(paths, "abc", metas):
@@ -139,7 +139,8 @@ def test_shards_attributed_by_other_autodiff_routes_merge_and_the_merge_counts_t
     merged = merge_shards(paths, tmp_path / "merged.npz")
     assert load_shard(tmp_path / "merged.npz").meta == merged.meta == {
         "model": "m", "precision": "float32", "autodiff": "auto, reverse",
-        "autodiff_samples": {"forward": 14, "reverse": 21}, "forward_failed": "NotImplementedError: x"}
+        "autodiff_samples": {"forward": 14, "reverse": 21}, "forward_failed": "NotImplementedError: x",
+        "forward_out_of_memory": 2}
     save_shard(Shard([one("c")], {"model": "m", "precision": "bfloat16", **metas[2]}), paths[2])
     with pytest.raises(ValueError, match="rerun the older shards"):
         merge_shards(paths, tmp_path / "merged.npz")

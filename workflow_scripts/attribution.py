@@ -340,7 +340,9 @@ class Attributor:
     """One job's way to its matrices: the autodiff mode (`auto` decides per sample) and batch sizes,
     and what each sample actually ran, for the shard header. Under `auto`, a model forward mode
     cannot run (an operation without a forward derivative) is attributed in reverse mode from then
-    on, with a warning and a note in the header; an explicit `forward` raises instead."""
+    on, with a warning and a note in the header; a sample whose forward pass does not fit one tangent
+    at a time (its attention runs on SDPA's math kernel, whose score matrices reverse mode's kernels never
+    hold) is attributed in reverse mode alone, counted in the header. An explicit `forward` raises instead."""
 
     model: object
     chunk_size: int = 32
@@ -349,6 +351,7 @@ class Attributor:
     forward_batch: int = 0
     used: dict = field(default_factory=dict)
     forward_failed: str = ""
+    forward_out_of_memory: int = 0
 
     def __post_init__(self):
         check_autodiff(self.autodiff)  # before any sample
@@ -357,16 +360,25 @@ class Attributor:
         m = input_ids.numel() - n_prompt
         mode = "reverse" if self.forward_failed else choose_autodiff(
             self.autodiff, len(rows), n_prompt, m, self.chunk_size)
+        out_of_memory = False
         if mode == "forward":
             try:
                 out = attribute_ids_forward(self.model, input_ids, n_prompt, rows, self.forward_batch)
             except (NotImplementedError, RuntimeError) as error:
-                if self.autodiff == "forward" or _is_out_of_memory(error):
+                if self.autodiff == "forward":
                     raise RuntimeError(f"forward-mode attribution failed ({error}); `attribution.autodiff: "
                                        "reverse` runs this model in reverse mode") from error
-                self.forward_failed = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-                log.warning("forward mode failed on this model (%s): reverse mode from now on", self.forward_failed)
+                if out_of_memory := _is_out_of_memory(error):
+                    self.forward_out_of_memory += 1
+                    log.warning("forward mode ran out of memory on a sample of %d prompt and %d response tokens, "
+                                "one tangent at a time: that sample in reverse mode", n_prompt, m)
+                else:
+                    self.forward_failed = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                    log.warning("forward mode failed on this model (%s): reverse mode from now on",
+                                self.forward_failed)
                 mode = "reverse"
+        if out_of_memory:
+            torch.cuda.empty_cache()  # out of the except block: the failed pass's tensors are gone
         if mode == "reverse":
             out = attribute_ids(self.model, input_ids, n_prompt, self.chunk_size, self.backward_batch)[rows]
         self.used[mode] = self.used.get(mode, 0) + 1
@@ -377,6 +389,8 @@ class Attributor:
         record = {"autodiff": self.autodiff, "autodiff_samples": dict(sorted(self.used.items()))}
         if self.forward_failed:
             record["forward_failed"] = self.forward_failed
+        if self.forward_out_of_memory:
+            record["forward_out_of_memory"] = self.forward_out_of_memory
         return record
 
 

@@ -120,7 +120,7 @@ def load_header(path: str | Path) -> dict:
 
 # Where and by which route a shard ran, not what it computed (to float precision): shards that differ
 # here merge, and the merged header says all of them.
-PLACEMENT = ("device", "autodiff", "autodiff_samples", "forward_failed")
+PLACEMENT = ("device", "autodiff", "autodiff_samples", "forward_failed", "forward_out_of_memory")
 
 
 def arithmetic(meta: dict) -> dict:
@@ -128,7 +128,8 @@ def arithmetic(meta: dict) -> dict:
 
 
 def merged_placement(metas: list[dict]) -> dict:
-    """Devices, autodiff modes asked for and failures joined; samples per autodiff mode summed."""
+    """Devices, autodiff modes asked for and failures joined; samples per autodiff mode, and those forward
+    mode could not fit, summed."""
     out: dict = {}
     for key in ("device", "autodiff", "forward_failed"):
         values = sorted({m[key] for m in metas if key in m})
@@ -140,6 +141,8 @@ def merged_placement(metas: list[dict]) -> dict:
             counts[mode] = counts.get(mode, 0) + count
     if counts:
         out["autodiff_samples"] = dict(sorted(counts.items()))
+    if out_of_memory := sum(m.get("forward_out_of_memory", 0) for m in metas):
+        out["forward_out_of_memory"] = out_of_memory
     return out
 
 
