@@ -525,7 +525,7 @@ class AttributionBench:
     float32's one-backward-per-token matrix, or, without it, with the first mode's batched one."""
 
     def __init__(self, models: Models, shape: Shape, args, device: torch.device, results: dict, save, left):
-        from workflow_scripts.attribution import set_matmul_precision
+        from workflow_scripts.devices import set_matmul_precision
 
         self.models, self.shape, self.args, self.device = models, shape, args, device
         self.results, self.save, self.left = results, save, left
@@ -542,7 +542,8 @@ class AttributionBench:
     def reference_loop(self) -> None:
         """Warm-up, then the per-token loop in float32: whole when it fits --reference-budget and a
         tenth of the time left, else its last tokens, extrapolated."""
-        from workflow_scripts.attribution import attribute_ids, attribute_ids_forward, set_matmul_precision
+        from workflow_scripts.attribution import attribute_ids, attribute_ids_forward
+        from workflow_scripts.devices import set_matmul_precision
 
         model, ids, m, shape = self.model(), self.ids, self.shape.response, self.shape
         set_matmul_precision("float32")
@@ -568,7 +569,8 @@ class AttributionBench:
         return BODY_PER_LOOP * self.per_token * self.shape.response if self.per_token else 0.0
 
     def per_token_backward(self) -> None:
-        from workflow_scripts.attribution import attribute_ids, set_matmul_precision
+        from workflow_scripts.attribution import attribute_ids
+        from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision("float32")
         shape, m = self.shape, self.shape.response
@@ -613,7 +615,8 @@ class AttributionBench:
 
     def mode_model(self, mode: str) -> None:
         """The mode's model (rebuilt unless the model in hand has its weights) and its arithmetic."""
-        from workflow_scripts.attribution import PRECISIONS, set_matmul_precision
+        from workflow_scripts.attribution import PRECISIONS
+        from workflow_scripts.devices import set_matmul_precision
 
         dtype = PRECISIONS[mode]  # an unknown mode fails here: recorded, and the run goes on
         set_matmul_precision(mode)
@@ -628,7 +631,8 @@ class AttributionBench:
                  f"the first build's: {built['float32_weights_equal_to_first_build']}"))
 
     def mode_backward(self, mode: str) -> None:
-        from workflow_scripts.attribution import PRECISIONS, attribute_ids, set_matmul_precision
+        from workflow_scripts.attribution import PRECISIONS, attribute_ids
+        from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision(mode)
         entry, args = self.results["modes"][mode], self.args
@@ -644,12 +648,8 @@ class AttributionBench:
               f"{entry['cells_equal']:.2%} of binned cells equal to {self.results['compared_with']}'s")
 
     def mode_forward(self, mode: str) -> None:
-        from workflow_scripts.attribution import (
-            PRECISIONS,
-            attribute_ids_forward,
-            forward_position_cost,
-            set_matmul_precision,
-        )
+        from workflow_scripts.attribution import PRECISIONS, attribute_ids_forward, forward_position_cost
+        from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision(mode)
         entry, shape = self.results["modes"][mode], self.shape
@@ -669,7 +669,8 @@ class AttributionBench:
               f"of binned cells equal to {self.results['compared_with']}'s")
 
     def mode_auto(self, mode: str) -> None:
-        from workflow_scripts.attribution import PRECISIONS, Attributor, autodiff_summary, set_matmul_precision
+        from workflow_scripts.attribution import PRECISIONS, Attributor, autodiff_summary
+        from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision(mode)
         entry, shape, args = self.results["modes"][mode], self.shape, self.args
@@ -1174,7 +1175,7 @@ def main(argv=None):
         for mode in precisions[1:]:
             attribution.run_mode(sections, mode)
     models.release()
-    from workflow_scripts.attribution import set_matmul_precision
+    from workflow_scripts.devices import set_matmul_precision
 
     set_matmul_precision("float32")
     results["total_seconds"] = time.perf_counter() - started

@@ -99,3 +99,14 @@ def finished_demo(tmp_path_factory) -> Path:
     out = snakemake(work)
     (work / "console.txt").write_text(out.stdout + out.stderr)  # what the user saw
     return work
+
+
+@pytest.fixture
+def tf32_at_start():
+    """torch as NVIDIA's PyTorch containers start it (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1): float32 matrix products
+    in TF32 on CUDA. (pytest's monkeypatch cannot restore this flag, a property of a module object.)"""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = False

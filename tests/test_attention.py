@@ -85,9 +85,10 @@ def test_word_token_ids_drop_a_lone_leading_space_piece():
 
 
 @pytest.mark.parametrize("kind", ["llama", "mistral"])
-def test_layer_job_equals_the_reference_on_the_full_models_weights(tmp_path, kind):
+def test_layer_job_equals_the_reference_on_the_full_models_weights(tmp_path, kind, tf32_at_start):
     """explain_layer (lazy weights, vocabulary, word vectors, GQA) against the reference fed with
-    weights taken from the fully loaded model."""
+    weights taken from the fully loaded model; its products in IEEE float32 on a GPU even where torch
+    started with TF32 ones (NVIDIA's containers set TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     from workflow_scripts.attention import explain_layer
@@ -119,6 +120,7 @@ def test_layer_job_equals_the_reference_on_the_full_models_weights(tmp_path, kin
     explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "vocab.tsv"),
                   {"kind": "glove-text", "path": str(tmp_path / "glove.txt")}, str(tmp_path / "out.tsv"),
                   top_k=8, baseline_words=12, threshold_rule="canonical")
+    assert torch.backends.cuda.matmul.allow_tf32 is False
     lines = [line.rstrip("\n").split("\t") for line in open(tmp_path / "out.tsv", encoding="utf8")]
     assert tuple(lines[0]) == PAIRS_COLUMNS
     rows = lines[1:]

@@ -23,12 +23,11 @@ from workflow_scripts.attribution import (
     generate_response,
     load_kwargs,
     load_model,
-    set_matmul_precision,
     tokenize_pair,
     unit_scale,
 )
 from workflow_scripts.demo_models import train_tokenizer
-from workflow_scripts.devices import input_device
+from workflow_scripts.devices import input_device, set_matmul_precision
 from workflow_scripts.importance import bin_attributions
 from workflow_scripts.shards import load_shard
 

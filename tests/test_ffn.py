@@ -47,7 +47,9 @@ def test_component_words_rank_by_absolute_projection_on_normalised_vectors():
     assert component_words(components, vectors, words, 3) == [["north", "south", "long"], ["east", "long", "south"]]
 
 
-def test_layer_job_describes_each_component_with_its_words(tmp_path, caplog):
+def test_layer_job_describes_each_component_with_its_words(tmp_path, caplog, tf32_at_start):
+    """Also: its products in IEEE float32 on a GPU even where torch started with TF32 ones (NVIDIA's containers
+    set TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from workflow_scripts.demo_models import train_tokenizer
@@ -66,6 +68,7 @@ def test_layer_job_describes_each_component_with_its_words(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="progress"):
         explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "vocab.tsv"), str(tmp_path / "out.tsv"),
                       rank=5, top_k=4, size="tiny")
+    assert torch.backends.cuda.matmul.allow_tf32 is False
     # the job's log says where it is (README, "Progress"): start, each stage, the end
     said = [r.getMessage() for r in caplog.records if r.name == "progress"]
     assert said[0] == "explain m FFN layer 1: 0/3 steps"

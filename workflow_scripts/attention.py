@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .cli import layer_job_parser, positive_int, setup_logging
-from .devices import pick_device
+from .devices import pick_device, set_matmul_precision
 from .progress import progress
 from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
 from .word_embeddings import mean_embeddings, word_token_ids
@@ -135,6 +135,7 @@ def explain_layer(
     from .word_vectors import load_word_vectors
 
     device = pick_device()
+    set_matmul_precision("float32")
     started = time.perf_counter()
     weights = ModelWeights(model_dir)
     wq, wk = (w.to(device) for w in weights.attention_qk(layer))  # first: a bad layer fails at once

@@ -35,7 +35,7 @@ import torch
 
 from .cli import non_negative_int
 from .dataset import read_dataset, shard_samples
-from .devices import input_device, pick_device
+from .devices import input_device, pick_device, set_matmul_precision
 from .model_paths import check_model_path
 from .progress import progress
 from .shards import SampleAttribution, Shard, save_shard
@@ -479,12 +479,6 @@ def attribute_sample(attributor: Attributor, tokenizer, sample_id: str, prompt: 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
-
-
-def set_matmul_precision(precision: str) -> None:
-    """TF32 float32 matmuls on CUDA for tf32 only; every other mode runs them in IEEE float32.
-    (A process-wide switch: the job attributes one model in one mode.)"""
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
 
 
 def precision_record(model, precision: str) -> dict:

@@ -27,6 +27,16 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def set_matmul_precision(precision: str) -> None:
+    """TF32 float32 matrix products on CUDA for `tf32` only; every other mode, and every job that names none,
+    runs them in IEEE float32 whatever torch started with: NVIDIA's PyTorch containers set
+    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1, which would silently round the layer jobs' covariances, projections
+    and cosines to 10-bit mantissas. (A process-wide switch: a job computes in one mode.)"""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
 def input_device(model) -> torch.device:
     """Where the model embeds its token ids: `model.device` is its first weight's device, the meta
     device when `device_map` offloaded the input embeddings to host memory or disk; accelerate's

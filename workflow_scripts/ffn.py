@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .cli import layer_job_parser, positive_int, setup_logging
-from .devices import pick_device
+from .devices import pick_device, set_matmul_precision
 from .progress import Progress
 from .tsv import WORDS_COLUMNS, encode_words, merge_and_export, write_tsv
 
@@ -86,6 +86,7 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
     from .word_embeddings import mean_embeddings, word_token_ids
 
     device = pick_device()
+    set_matmul_precision("float32")
     started = time.perf_counter()
     # three stages, not a loop: a line after each (the eigendecomposition is the long one at 7B)
     with Progress(3, f"explain {model_id} FFN layer {layer}", "step") as steps:
