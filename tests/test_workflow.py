@@ -454,13 +454,14 @@ def test_a_local_annotator_waits_for_a_gpu_lease_as_every_gpu_job_does(finished_
     locks.mkdir()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1",
                SHIFTLENS_FAKE_GPUS="1", SHIFTLENS_GPU_LOCK_DIR=str(locks))
-    answers = work / "results/annotation/demo/linear_concept_seed0.tsv"
+    target = "results/annotation/demo/linear_concept_seed0.tsv"
+    answers = work / target
     before = answers.read_text()
     log = work / "logs/annotate/demo/level_seed0.log"
     with open(locks / "gpu-0.lock", "w") as other_job:
         fcntl.flock(other_job, fcntl.LOCK_EX)  # another job's lease of GPU 0
-        run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "--force", str(answers)], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+        command = [sys.executable, "-m", "snakemake", "--cores", "2", "--force", target]
+        run = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 300
         while "waiting for 1 free GPU(s)" not in (log.read_text() if log.exists() else ""):
             assert run.poll() is None, f"the annotation ran while GPU 0 was leased:\n{run.stdout.read()[-3000:]}"
