@@ -464,7 +464,7 @@ def test_a_local_annotator_waits_for_a_gpu_lease_as_every_gpu_job_does(finished_
         run = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 300
         while "waiting for 1 free GPU(s)" not in (log.read_text() if log.exists() else ""):
-            assert run.poll() is None, f"the annotation ran while GPU 0 was leased:\n{run.stdout.read()[-3000:]}"
+            assert run.poll() is None, f"the run ended without waiting for GPU 0:\n{run.stdout.read()[-3000:]}"
             assert time.monotonic() < deadline, "the annotation job neither waited nor ended"
             time.sleep(0.5)
     output, _ = run.communicate(timeout=600)
