@@ -297,6 +297,40 @@ def test_a_batch_that_runs_out_of_memory_is_halved_down_to_the_per_token_path(mo
         attribute_ids(model, ids, n_prompt=15, backward_batch=8)
 
 
+def test_an_out_of_memory_error_sizes_the_jobs_later_batches_for_less_memory(monkeypatch):
+    """The batch chosen from free GPU memory is an estimate: where it runs high, halving only the failing
+    pass's batch made every later chunk and sample fail the same way first (a wasted pass each)."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 300, (40,), generator=torch.Generator().manual_seed(3))
+    expected = attribute_ids(model, ids, n_prompt=20, chunk_size=8, backward_batch=1)
+    free, asked, sizes = 2**30, [], []
+    real_grad = torch.autograd.grad
+
+    def fits(config, sequence, element_bytes, free_bytes, limit):  # this GPU fits 8 cotangents when all is free
+        asked.append(free_bytes)
+        return max(1, min(limit, 8 * free_bytes // free))
+
+    def grad(outputs, inputs, grad_outputs=None, **kwargs):
+        if grad_outputs is not None:  # not the output head's backward
+            sizes.append(grad_outputs.shape[0] if kwargs.get("is_grads_batched") else 1)
+            if sizes[-1] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real_grad(outputs, inputs, grad_outputs, **kwargs)
+
+    monkeypatch.setattr(attribution, "input_device", lambda model: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(attribution, "cuda_free_bytes", lambda device: free)
+    monkeypatch.setattr(attribution, "auto_backward_batch", fits)
+    monkeypatch.setattr(torch.autograd, "grad", grad)
+    attributor = Attributor(model, chunk_size=8, autodiff="reverse")
+    got = attributor.matrix(ids, 20, np.arange(20))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=FLOAT32_SPREAD * np.abs(expected).max())
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}  # the later chunks start at 2
+    assert asked[0] == free and set(asked[1:]) == {free // 4}
+    attributor.matrix(ids, 20, np.arange(20))  # and so does the next sample
+    assert set(sizes[3:]) == {2}
+
+
 def test_the_automatic_backward_batch_follows_free_memory_and_sequence_length():
     """LLaMA-7B shape in bf16, 500 positions: 6*4096 + 4*11008 + 2*32*500 = 100,608 values per position
     and cotangent, x 500 positions x 2 bytes x 2 slack = 201 MB per cotangent; half the free memory."""

@@ -136,16 +136,25 @@ def auto_backward_batch(config, sequence: int, element_bytes: int, free_bytes: i
     return max(1, min(limit, int(free_bytes * 0.5 // per_cotangent)))
 
 
-def _batch_size(model, sequence: int, count: int, forced: int, cpu: int) -> int:
+@dataclass
+class MemoryShare:
+    """The share of the free GPU memory that automatic batches are sized for, halved by each out-of-memory
+    error: where the estimate (`auto_backward_batch`) runs high on some GPU or model, the job pays for it
+    with one failed pass, not with one per chunk and sample."""
+
+    value: float = 1.0
+
+
+def _batch_size(model, sequence: int, count: int, forced: int, cpu: int, memory: MemoryShare) -> int:
     """Items (response tokens' cotangents, prompt tokens' tangents) per batched pass: `forced` when
     set; else from the free memory on CUDA (the least free of the visible GPUs, `auto_backward_batch`:
-    a tangent holds about what a cotangent holds); else `cpu`: on a CPU the free memory is not a
-    budget this job owns (docs/benchmarks.md)."""
+    a tangent holds about what a cotangent holds), `memory`'s share of it; else `cpu`: on a CPU the
+    free memory is not a budget this job owns (docs/benchmarks.md)."""
     if forced:
         return min(forced, count)
     if input_device(model).type != "cuda":
         return min(cpu, count)
-    free = min(cuda_free_bytes(i) for i in range(torch.cuda.device_count()))
+    free = int(min(cuda_free_bytes(i) for i in range(torch.cuda.device_count())) * memory.value)
     element = next(model.parameters()).element_size()
     return auto_backward_batch(model.config, sequence, element, free, count)
 
@@ -161,10 +170,10 @@ def _is_out_of_memory(error: RuntimeError) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
 
 
-def _in_batches(count: int, batch: int, run, what: str):
+def _in_batches(count: int, batch: int, run, what: str, memory: MemoryShare):
     """run(k, size) over consecutive slices of `count` items, `batch` at a time, each result yielded in
-        order; an out-of-memory error halves the batch, down to one item at a time (`what`: the pass,
-    with {} for its size, for the warning)."""
+    order; an out-of-memory error halves the batch, down to one item at a time, and `memory`'s share
+    for the batches sized after it (`what`: the pass, with {} for its size, for the warning)."""
     k = 0
     while k < count:
         size = min(batch, count - k)
@@ -174,7 +183,9 @@ def _in_batches(count: int, batch: int, run, what: str):
             if size == 1 or not _is_out_of_memory(error):
                 raise
             batch = size // 2
-            log.warning("out of memory in a %s: retrying %d at a time", what.format(size), batch)
+            memory.value /= 2
+            log.warning("out of memory in a %s: retrying %d at a time (later batches sized for %.3g of the free "
+                        "memory)", what.format(size), batch, memory.value)
         else:
             yield out
             k += size
@@ -196,7 +207,7 @@ def unit_scale(cotangents: torch.Tensor) -> torch.Tensor:
 
 
 def _body_gradients(hidden: torch.Tensor, prefix: torch.Tensor, positions: torch.Tensor, cotangents: torch.Tensor,
-                    batch: int):
+                    batch: int, memory: MemoryShare):
     """d objective_k / d prefix for each k in order, `batch` objectives per backward pass (stacked
     cotangents through `is_grads_batched`), yielded as (batch, T, d) tensors; an out-of-memory error
     halves the batch, down to one at a time (the per-token path)."""
@@ -212,18 +223,20 @@ def _body_gradients(hidden: torch.Tensor, prefix: torch.Tensor, positions: torch
         (grad,) = torch.autograd.grad(hidden, prefix, stacked, retain_graph=True, is_grads_batched=True)
         return grad
 
-    yield from _in_batches(len(positions), batch, backward, "backward of {} response tokens")
+    yield from _in_batches(len(positions), batch, backward, "backward of {} response tokens", memory)
 
 
 def attribute_ids(
-    model, input_ids: torch.Tensor, n_prompt: int, chunk_size: int = 32, backward_batch: int = 0
+    model, input_ids: torch.Tensor, n_prompt: int, chunk_size: int = 32, backward_batch: int = 0,
+    memory: MemoryShare | None = None,
 ) -> np.ndarray:
     """(n_prompt x m) gradient x input matrix (docs/design.md#attribution).
 
     Response tokens go in chunks of `chunk_size` (0: all at once). Each chunk runs one forward
     pass over the prefix it needs (the model is causal, so the sequence is cut after the chunk's
     last predicting position), then body-only backward passes, `backward_batch` response tokens
-    per pass (0: chosen from the free GPU memory; 1 on a CPU). The saving is in FLOPs: no output
+    per pass (0: chosen from `memory`'s share of the free GPU memory, the job's or this call's own; 1 on
+    a CPU). The saving is in FLOPs: no output
     head and no weight gradients in the backward passes, shorter sequences for the early tokens;
     a batched pass turns a token's matrix-vector-like products into fuller matrix products.
     The gradient x input products are summed in float32 whatever the weights' dtype.
@@ -232,6 +245,7 @@ def attribute_ids(
     if m <= 0:
         return np.zeros((n_prompt, 0), dtype=np.float32)
     chunk_size = chunk_size or m
+    memory = memory or MemoryShare()
     prompt_embeddings = model.get_input_embeddings()(input_ids[:n_prompt]).detach().float()
     columns = []
     for start in range(0, m, chunk_size):
@@ -242,9 +256,9 @@ def attribute_ids(
         cotangents = _head_cotangents(model, hidden[positions], input_ids[n_prompt + start : n_prompt + stop])
         scale = unit_scale(cotangents)
         unscale = scale.to(prompt_embeddings.device)  # the gradients are where the embeddings are, not the last layer
-        batch = _batch_size(model, prefix.shape[0], len(positions), backward_batch, cpu=1)
+        batch = _batch_size(model, prefix.shape[0], len(positions), backward_batch, 1, memory)
         done = 0
-        for grads in _body_gradients(hidden, prefix, positions, (cotangents * scale).to(hidden.dtype), batch):
+        for grads in _body_gradients(hidden, prefix, positions, (cotangents * scale).to(hidden.dtype), batch, memory):
             products = (grads[:, :n_prompt].float() * prompt_embeddings).sum(-1)
             columns.append((products / unscale[done : done + len(grads)]).T)
             done += len(grads)
@@ -295,7 +309,8 @@ def choose_autodiff(autodiff: str, rows: int, n_prompt: int, m: int, chunk_size:
     return "forward" if forward else "reverse"
 
 
-def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=None, batch: int = 0) -> np.ndarray:
+def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=None, batch: int = 0,
+                          memory: MemoryShare | None = None) -> np.ndarray:
     """Rows `rows` (default: every prompt position) of the gradient x input matrix, by forward mode.
 
     The tangent of prompt row i is its own embedding at position i (zero elsewhere), so the body's
@@ -303,7 +318,8 @@ def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=No
     the head's gradient d p_j / d h_j (float32, `_head_cotangents`) it is the attribution of row i to
     response token j. `torch.func.vmap` runs `batch` tangents over one shared primal pass (0: from the
     free GPU memory; `FORWARD_BATCH_CPU` on a CPU); attention runs through SDPA's math kernel, the one
-    with forward-mode derivatives. An out-of-memory error halves the batch, down to one tangent."""
+    with forward-mode derivatives. An out-of-memory error halves the batch, down to one tangent, and
+    `memory`'s share (the job's, or this call's own)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     m = input_ids.numel() - n_prompt
@@ -330,8 +346,9 @@ def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=No
             dh = torch.func.vmap(tangent_out)(tangents)
         return (dh.float() * cotangents).sum(-1)
 
-    batch = _batch_size(model, embeddings.shape[0], len(rows), batch, cpu=FORWARD_BATCH_CPU)
-    out = list(_in_batches(len(rows), batch, forward, "forward pass of {} tangents"))
+    memory = memory or MemoryShare()
+    batch = _batch_size(model, embeddings.shape[0], len(rows), batch, FORWARD_BATCH_CPU, memory)
+    out = list(_in_batches(len(rows), batch, forward, "forward pass of {} tangents", memory))
     return torch.cat(out).cpu().numpy().astype(np.float32)
 
 
@@ -352,6 +369,8 @@ class Attributor:
     used: dict = field(default_factory=dict)
     forward_failed: str = ""
     forward_out_of_memory: int = 0
+    # each mode's share of the free GPU memory for its automatic batches (MemoryShare): kept for the job
+    memory: dict = field(default_factory=lambda: {"forward": MemoryShare(), "reverse": MemoryShare()})
 
     def __post_init__(self):
         check_autodiff(self.autodiff)  # before any sample
@@ -363,7 +382,8 @@ class Attributor:
         out_of_memory = False
         if mode == "forward":
             try:
-                out = attribute_ids_forward(self.model, input_ids, n_prompt, rows, self.forward_batch)
+                out = attribute_ids_forward(self.model, input_ids, n_prompt, rows, self.forward_batch,
+                                            self.memory["forward"])
             except (NotImplementedError, RuntimeError) as error:
                 if self.autodiff == "forward":
                     raise RuntimeError(f"forward-mode attribution failed ({error}); `attribution.autodiff: "
@@ -380,7 +400,8 @@ class Attributor:
         if out_of_memory:
             torch.cuda.empty_cache()  # out of the except block: the failed pass's tensors are gone
         if mode == "reverse":
-            out = attribute_ids(self.model, input_ids, n_prompt, self.chunk_size, self.backward_batch)[rows]
+            out = attribute_ids(self.model, input_ids, n_prompt, self.chunk_size, self.backward_batch,
+                                self.memory["reverse"])[rows]
         self.used[mode] = self.used.get(mode, 0) + 1
         return out
 
