@@ -92,8 +92,8 @@ def equality(step: Step) -> None:
         attribute_ids_forward,
         attribute_ids_reference,
         precision_record,
-        set_matmul_precision,
     )
+    from workflow_scripts.devices import set_matmul_precision
 
     where = device()
     for cfg_cls, cls in ((LlamaConfig, LlamaForCausalLM), (MistralConfig, MistralForCausalLM)):

@@ -107,6 +107,7 @@ def tf32_at_start():
     in TF32 on CUDA. (pytest's monkeypatch cannot restore this flag, a property of a module object.)"""
     import torch
 
+    before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     yield
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = before

@@ -675,6 +675,7 @@ def test_auto_attributes_a_sample_forward_mode_cannot_fit_even_one_tangent_at_a_
     got = auto.matrix(ids, 5, rows)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=FLOAT32_SPREAD * np.abs(expected).max())
     assert tries == [2, 1] and "out of memory" in caplog.text
+    assert auto.memory["forward"].value == 1  # the halvings for this sample do not shrink the next ones' batches
     auto.matrix(ids, 5, rows)
     assert tries == [2, 1, 2, 1]  # tried again: the next sample may be shorter
     assert auto.record() == {"autodiff": "auto", "autodiff_samples": {"reverse": 2}, "forward_out_of_memory": 2}

@@ -381,6 +381,7 @@ class Attributor:
             self.autodiff, len(rows), n_prompt, m, self.chunk_size)
         out_of_memory = False
         if mode == "forward":
+            share = self.memory["forward"].value
             try:
                 out = attribute_ids_forward(self.model, input_ids, n_prompt, rows, self.forward_batch,
                                             self.memory["forward"])
@@ -390,8 +391,11 @@ class Attributor:
                                        "reverse` runs this model in reverse mode") from error
                 if out_of_memory := _is_out_of_memory(error):
                     self.forward_out_of_memory += 1
-                    log.warning("forward mode ran out of memory on a sample of %d prompt and %d response tokens, "
-                                "one tangent at a time: that sample in reverse mode", n_prompt, m)
+                    # the sample was too long for forward mode, not the memory estimate too high: the shorter
+                    # samples after it keep their batches
+                    self.memory["forward"].value = share
+                    log.warning("forward mode ran out of memory on a sample of %d prompt and %d response tokens: "
+                                "that sample in reverse mode", n_prompt, m)
                 else:
                     self.forward_failed = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
                     log.warning("forward mode failed on this model (%s): reverse mode from now on",

@@ -63,10 +63,12 @@ def messages_digest(messages) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
-def row_generator(request: ChatRequest, device: torch.device) -> torch.Generator:
-    """The sampling stream of one request: a function of its seed and messages only."""
+def row_generator(request: ChatRequest) -> torch.Generator:
+    """The sampling stream of one request: a function of its seed and messages only, on the CPU whatever
+    device the model runs on (CPU and CUDA generators give different numbers for one seed, and a cached
+    answer's key names no device; a draw is one number a token, so its place costs nothing)."""
     digest = hashlib.sha256(f"{request.seed}:".encode() + messages_digest(request.messages)).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:
@@ -86,7 +88,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
 
     Args:
         logits: (vocabulary,) float, the next token's logits of one sequence
-        generator: that sequence's own stream (row_generator), on the logits' device
+        generator: that sequence's own stream (row_generator, on the CPU)
 
     Drawn by inverting the cumulative distribution with one uniform number from the row's own
     generator, so the draw depends only on this row (torch.multinomial's use of the generator
@@ -230,7 +232,7 @@ class LocalChat:
         # positions count real tokens only, so a padded row sees the same positions as alone
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        generators = [row_generator(r, self.device) for r in requests]
+        generators = [row_generator(r) for r in requests]
         outputs: list[list[int]] = [[] for _ in requests]
         finish = [""] * rows
         active = list(range(rows))  # batch row -> request row
