@@ -359,7 +359,8 @@ class Attributor:
     cannot run (an operation without a forward derivative) is attributed in reverse mode from then
     on, with a warning and a note in the header; a sample whose forward pass does not fit one tangent
     at a time (its attention runs on SDPA's math kernel, whose score matrices reverse mode's kernels never
-    hold) is attributed in reverse mode alone, counted in the header. An explicit `forward` raises instead."""
+    hold) is attributed in reverse mode, and so is any later sample as long, counted in the header. An explicit
+    `forward` raises instead."""
 
     model: object
     chunk_size: int = 32
@@ -369,6 +370,7 @@ class Attributor:
     used: dict = field(default_factory=dict)
     forward_failed: str = ""
     forward_out_of_memory: int = 0
+    forward_too_long: int = 0  # the shortest sequence forward mode could not fit (0: none): longer ones skip it
     # each mode's share of the free GPU memory for its automatic batches (MemoryShare): kept for the job
     memory: dict = field(default_factory=lambda: {"forward": MemoryShare(), "reverse": MemoryShare()})
 
@@ -379,6 +381,9 @@ class Attributor:
         m = input_ids.numel() - n_prompt
         mode = "reverse" if self.forward_failed else choose_autodiff(
             self.autodiff, len(rows), n_prompt, m, self.chunk_size)
+        if mode == "forward" and self.autodiff == "auto" and 0 < self.forward_too_long <= input_ids.numel():
+            mode = "reverse"  # a tangent's memory grows with the sequence: it would fail as the shorter one did
+            self.forward_out_of_memory += 1
         out_of_memory = False
         if mode == "forward":
             share = self.memory["forward"].value
@@ -394,8 +399,9 @@ class Attributor:
                     # the sample was too long for forward mode, not the memory estimate too high: the shorter
                     # samples after it keep their batches
                     self.memory["forward"].value = share
+                    self.forward_too_long = input_ids.numel()  # shorter than any before: they skip forward mode
                     log.warning("forward mode ran out of memory on a sample of %d prompt and %d response tokens: "
-                                "that sample in reverse mode", n_prompt, m)
+                                "that sample, and any as long, in reverse mode", n_prompt, m)
                 else:
                     self.forward_failed = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
                     log.warning("forward mode failed on this model (%s): reverse mode from now on",
