@@ -235,10 +235,10 @@ def attribute_ids(
     Response tokens go in chunks of `chunk_size` (0: all at once). Each chunk runs one forward
     pass over the prefix it needs (the model is causal, so the sequence is cut after the chunk's
     last predicting position), then body-only backward passes, `backward_batch` response tokens
-    per pass (0: chosen from `memory`'s share of the free GPU memory, the job's or this call's own; 1 on
-    a CPU). The saving is in FLOPs: no output
-    head and no weight gradients in the backward passes, shorter sequences for the early tokens;
-    a batched pass turns a token's matrix-vector-like products into fuller matrix products.
+    per pass (0: chosen from `memory`'s share of the free GPU memory, the job's or this call's own;
+    1 on a CPU). The saving is in FLOPs: no output head and no weight gradients in the backward
+    passes, shorter sequences for the early tokens; a batched pass turns a token's
+    matrix-vector-like products into fuller matrix products.
     The gradient x input products are summed in float32 whatever the weights' dtype.
     """
     m = input_ids.numel() - n_prompt
