@@ -71,6 +71,30 @@ def test_views_of_a_sample_missing_from_the_file_name_it(tiny):
         load_views(shard, dataset, ANALYSIS, ["lima_author_1", "lima_author_9"])
 
 
+def test_views_refuse_attributions_binned_to_other_levels_as_the_tables_do(tmp_path, write_tsv):
+    shard = tiny_shard()
+    shard.meta["binned_levels"] = 10
+    shard.samples[1].matrix = np.array([[10.0], [5.0]], dtype=np.float32)  # valid bins of L = 10
+    save_shard(shard, tmp_path / "demo.npz")
+    with pytest.raises(ValueError, match="binned to L=10, analysis.levels is 5"):
+        load_views(tmp_path / "demo.npz", write_tsv(DATASET_ROWS), {**ANALYSIS, "levels": 5}, ["lima_author_1"])
+
+
+def test_views_refuse_a_sample_attributed_on_another_prompt_as_the_tables_do(tiny, write_tsv):
+    shard, _ = tiny
+    rows = list(DATASET_ROWS)
+    rows[1] = ("lima_author_1", "Hi!", "ok", "Hi!")
+    with pytest.raises(ValueError, match="sample lima_author_1 was attributed on a different prompt"):
+        load_views(shard, write_tsv(rows), ANALYSIS, ["lima_author_1"])
+
+
+def test_views_of_every_sample_refuse_a_file_that_misses_a_dataset_sample_as_the_tables_do(tiny, write_tsv):
+    shard, _ = tiny
+    dataset = write_tsv(DATASET_ROWS + [("lima_author_9", "Extra.", "ok", "Extra.")])
+    with pytest.raises(ValueError, match=r"1 samples without attribution \['lima_author_9'\]"):
+        load_views(shard, dataset, ANALYSIS)
+
+
 def test_chosen_samples_are_the_first_of_each_group_in_dataset_order(write_tsv):
     rows = [(f"{prefix}{i}", "Go.", "ok", "Go.") for i in range(3) for prefix in ("lima_author_", "mtbench_")]
     dataset = write_tsv(rows)

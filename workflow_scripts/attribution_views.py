@@ -1,5 +1,5 @@
 """What the report shows of one model's attributions: per sample, the binned matrix, the importance
-density and the instruction mask, computed by the same functions as Tables 1 and 2.
+density and the instruction mask, read and checked by the same functions as Tables 1 and 2.
 
 The heatmaps (`heatmaps.py`) and the position profile (`position.py`) read attributions only
 through `load_views`, so a picture never disagrees with a table on what a token's density is.
@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .attribution_samples import joined_samples
 from .dataset import dataset_group, read_dataset
-from .importance import bin_attributions, check_binned, importance_density
-from .instructions import instruction_mask, instruction_spans
-from .shards import load_shard
+from .importance import bin_attributions, importance_density
 
 
 @dataclass
@@ -29,34 +28,23 @@ class SampleView:
 
 def load_views(attributions: str | Path, dataset: str | Path, analysis: dict,
                ids: list[str] | None = None) -> dict[str, SampleView]:
-    """Views of the samples `ids` (all when None) of one model's attribution file, by sample id.
-
-    `analysis` holds levels, threshold and p (config key `analysis`). A requested id missing from
-    the file is an error naming the file, never a silently shorter picture.
+    """Views of the samples `ids` (None: every sample, and the file must hold the dataset's samples, as for
+    the tables) of one model's attribution file, by sample id. `analysis` holds levels, threshold and p
+    (config key `analysis`). The file is checked as the tables check it (`joined_samples`): a requested id
+    missing from it is an error naming the file, never a silently shorter picture.
     """
-    shard = load_shard(attributions)
-    samples = {s.id: s for s in read_dataset(dataset)}
-    binned_levels = int(shard.meta.get("binned_levels", 0))
-    by_id = {a.id: a for a in shard.samples}
-    wanted = list(by_id) if ids is None else list(ids)
-    missing = [i for i in wanted if i not in by_id or i not in samples]
-    if missing:
-        raise ValueError(f"{attributions}: no attribution (or no {dataset} sample) for {', '.join(missing[:5])}")
+    levels, threshold, p = analysis["levels"], analysis["threshold"], analysis["p"]
+    joined = joined_samples(attributions, dataset, levels, ids)
     views = {}
-    for sample_id in wanted:
-        a, sample = by_id[sample_id], samples[sample_id]
-        if binned_levels:
-            check_binned(a.matrix, binned_levels, f"{attributions}: sample {sample_id}")
-        levels, binned = analysis["levels"], bool(binned_levels)
-        spans = instruction_spans(sample.prompt, sample.annotation, sample_id)
-        scored = bin_attributions(a.matrix, levels, analysis["threshold"], binned)
-        views[sample_id] = SampleView(
-            id=sample_id,
+    for j in joined.samples:
+        a = j.attribution
+        views[a.id] = SampleView(
+            id=a.id,
             prompt_tokens=a.prompt_tokens,
             response_tokens=a.response_tokens,
-            binned=bin_attributions(a.matrix, levels, 0, binned),
-            density=importance_density(scored, analysis["p"]),
-            mask=instruction_mask(a.prompt, a.prompt_tokens, a.prompt_offsets, spans),
+            binned=bin_attributions(a.matrix, levels, 0, joined.binned),
+            density=importance_density(bin_attributions(a.matrix, levels, threshold, joined.binned), p),
+            mask=j.mask,
         )
     return views
 

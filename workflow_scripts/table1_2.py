@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .dataset import DatasetError, dataset_group, encode_field, read_dataset, read_rated
-from .importance import check_binned, sample_score
-from .instructions import instruction_mask, instruction_spans
-from .shards import load_shard
+from .attribution_samples import joined_samples
+from .dataset import DatasetError, dataset_group, encode_field, read_rated
+from .importance import sample_score
 from .table_files import write_table
 
 log = logging.getLogger(__name__)
@@ -34,39 +33,18 @@ def instruction_scores(attributions: str | Path, dataset: str | Path, groups: di
         attributions: an attribution shard (.npz) of every dataset sample
         analysis: levels, threshold and p
 
-    Returns a frame of columns id, group, score, response_tokens, instruction_tokens.
-
-    Every dataset sample must have an attribution and vice versa: a mismatch means a stale
-    or foreign attribution file, and is an error rather than a table over fewer samples.
+    Returns a frame of columns id, group, score, response_tokens, instruction_tokens. Every dataset
+    sample must have an attribution and vice versa (`joined_samples`, which names what does not match).
     """
-    shard = load_shard(attributions, discard_corrupt=True)
-    samples = {s.id: s for s in read_dataset(dataset)}
-    attributed = {a.id for a in shard.samples}
-    if attributed != set(samples):
-        missing, extra = sorted(set(samples) - attributed), sorted(attributed - set(samples))
-        raise ValueError(
-            f"{attributions}: attributions do not match {dataset}: "
-            f"{len(missing)} samples without attribution {missing[:3]}, {len(extra)} unknown {extra[:3]}"
-        )
-    binned = int(shard.meta.get("binned_levels", 0))
-    if binned and binned != analysis["levels"]:
-        raise ValueError(
-            f"{attributions}: attributions are binned to L={binned}, analysis.levels is {analysis['levels']}"
-        )
+    joined = joined_samples(attributions, dataset, analysis["levels"])
     rows = []
-    for a in shard.samples:
-        sample = samples[a.id]
-        if a.prompt != sample.prompt:
-            raise ValueError(f"{attributions}: sample {a.id} was attributed on a different prompt than {dataset}'s")
-        if binned:
-            check_binned(a.matrix, binned, f"{attributions}: sample {a.id}")
-        spans = instruction_spans(sample.prompt, sample.annotation, a.id)
-        mask = instruction_mask(a.prompt, a.prompt_tokens, a.prompt_offsets, spans)
-        score = sample_score(a.matrix, mask, analysis["levels"], analysis["threshold"], analysis["p"], bool(binned))
-        rows.append((a.id, dataset_group(a.id, groups), score, len(a.response_tokens), int(mask.sum())))
+    for j in joined.samples:
+        a = j.attribution
+        score = sample_score(a.matrix, j.mask, analysis["levels"], analysis["threshold"], analysis["p"], joined.binned)
+        rows.append((a.id, dataset_group(a.id, groups), score, len(a.response_tokens), int(j.mask.sum())))
     frame = pd.DataFrame(rows, columns=["id", "group", "score", "response_tokens", "instruction_tokens"])
-    frame.attrs["meta"] = dict(shard.meta)  # how the attributions were made, for the note under the table
-    frame.attrs["responses"] = {a.id: a.response for a in shard.samples}  # the texts attributed (Table 1's check)
+    frame.attrs["meta"] = joined.meta  # how the attributions were made, for the note under the table
+    frame.attrs["responses"] = {j.attribution.id: j.attribution.response for j in joined.samples}  # Table 1's check
     return frame
 
 
