@@ -128,14 +128,10 @@ def bilinear_words():
 
 ANNOTATION = config["annotation"]
 PROVIDER = dag.resolved_provider(ANNOTATION["provider"])
-# What decides the answers (params: a change reruns the annotation). The rest reaches the job
-# through globals named in the shell line (whose text stays the same, so no rerun): concurrency,
-# retries, timeouts and batch size only change speed, and api_key_env only names the environment
-# variable the job reads the key from (the key itself never appears in params, shell or logs).
-PROVIDER_PARAM = json.dumps({k: PROVIDER.get(k) for k in ("kind", "model", "base_url", "path")}, sort_keys=True)
-ANNOTATION_RUNTIME = json.dumps(
-    {k: PROVIDER[k] for k in ("concurrency", "max_retries", "timeout_s", "batch_size")}, sort_keys=True
-)
+# What decides the answers (params: a change reruns the annotation); speed keys reach the job through
+# globals named in the shell line, whose text stays the same (dag.PROVIDER_ANSWER_KEYS).
+PROVIDER_PARAM = dag.provider_param(PROVIDER)
+ANNOTATION_RUNTIME = dag.provider_runtime(PROVIDER)
 ANNOTATION_KEY_ENV = PROVIDER.get("api_key_env") or ""
 ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
 ANNOTATION_CODE = dag.annotation_code(PROVIDER)

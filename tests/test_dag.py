@@ -1,6 +1,7 @@
 """Planning-time logic of the rules, without Snakemake."""
 import copy
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -281,6 +282,28 @@ def test_the_word_vectors_file_is_an_input_of_the_head_jobs(config):
 def test_the_annotator_input_checks_the_provider_first():
     with pytest.raises(dag.ConfigError, match="annotation.provider.path: required for the local provider"):
         dag.annotator_input({"kind": "local"})
+
+
+def test_every_provider_key_of_the_schema_decides_the_answers_or_speed_or_nothing_and_only_one():
+    """A new provider key in none of the groups would reach the provenance page but not the params, so
+    changing it would rerun nothing (or, in two groups, rerun on a speed change)."""
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "schemas" / "config.schema.yaml").read_text())
+    keys = set(schema["properties"]["annotation"]["properties"]["provider"]["properties"])
+    groups = [dag.PROVIDER_ANSWER_KEYS, dag.SPEED_KEYS["provider"], dag.PROVIDER_PLUMBING_KEYS]
+    assert sorted(k for group in groups for k in group) == sorted(keys)
+
+
+def test_the_provider_param_holds_what_decides_the_answers_and_no_speed_or_key_name():
+    provider = {"kind": "openai", "model": "gpt-3.5-turbo-0613", "base_url": None, "path": None,
+                "api_key_env": "OPENAI_API_KEY", "build": None, "concurrency": 8, "max_retries": 5,
+                "timeout_s": 60, "batch_size": 1, "gpus": 1}
+    # the text of before the key lists moved to dag: an upgrade must not rerun a paid annotation
+    assert dag.provider_param(provider) == (
+        '{"base_url": null, "kind": "openai", "model": "gpt-3.5-turbo-0613", "path": null}')
+    assert dag.provider_param({**provider, "concurrency": 1, "api_key_env": "K"}) == dag.provider_param(provider)
+    assert dag.provider_runtime(provider) == '{"batch_size": 1, "concurrency": 8, "max_retries": 5, "timeout_s": 60}'
 
 
 def test_a_local_annotators_answers_follow_its_decoders_version_and_paid_ones_do_not():

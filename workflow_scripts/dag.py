@@ -331,6 +331,25 @@ def resolved_provider(provider: dict) -> dict:
     return {**provider, "base_url": variable}
 
 
+# The annotation provider's keys, each in one group (a test checks the schema's against them). Those that
+# decide the answers are the annotation steps' `provider` param: a change reruns the annotation. The speed
+# keys (SPEED_KEYS["provider"]) reach the job through a global its shell line names, whose text stays the
+# same; `api_key_env` only names the variable the job reads the key from (the key never reaches params,
+# shell lines or logs), and `build` how the local model is made (its folder is an input of the steps).
+PROVIDER_ANSWER_KEYS = ("kind", "model", "base_url", "path")
+PROVIDER_PLUMBING_KEYS = ("api_key_env", "build")
+
+
+def provider_param(provider: dict) -> str:
+    """What decides the provider's answers, as the annotation steps' param (JSON)."""
+    return json.dumps({k: provider.get(k) for k in PROVIDER_ANSWER_KEYS}, sort_keys=True)
+
+
+def provider_runtime(provider: dict) -> str:
+    """The provider's speed keys (JSON), for the job's command line: never a param."""
+    return json.dumps({k: provider[k] for k in SPEED_KEYS["provider"] if k != "gpus"}, sort_keys=True)
+
+
 def check_annotation_provider(provider: dict) -> None:
     """Checked when an annotation job is planned (a config without annotation needs no provider)."""
     kind = provider.get("kind", "openai")
