@@ -255,3 +255,20 @@ def test_a_sample_without_an_instruction_is_refused_naming_it(write_tsv, annotat
     path = write_tsv([("a_1", "Say hi.", "Hi.", "Say hi."), ("a_2", "Some context.", "Ok.", annotation)])
     with pytest.raises(DatasetError, match=r"dataset.tsv:3: no instruction in Instruct&Context for 'a_2'"):
         read_dataset(path)
+
+
+def test_a_sample_whose_instruction_is_only_an_input_label_is_refused_naming_it(write_tsv):
+    """The `Input:` opening a sentence is not instruction (the paper's `annotate` drops it): a sample whose
+    fragments lie only in such a label marks no prompt token and would score 0 without saying so."""
+    path = write_tsv([("a_1", "Say hi.", "Hi.", "Say hi."), ("a_2", "Translate./nInput: hello", "x", "Input:")])
+    with pytest.raises(DatasetError, match=r"dataset.tsv:3: sample 'a_2': its instruction .* marks no prompt text"):
+        read_dataset(path)
+    # beside a real instruction the label is harmless, as in 161 of the paper's samples
+    write_tsv([("a_2", "Translate./nInput: hello", "x", "Translate.|||Input:")])
+    assert [s.id for s in read_dataset(path)] == ["a_2"]
+
+
+def test_an_instruction_fragment_missing_from_its_prompt_names_the_file_and_line(write_tsv):
+    path = write_tsv([("a_1", "Say hi.", "Hi.", "Say hi."), ("a_2", "Do it.", "Ok.", "Do something else.")])
+    with pytest.raises(DatasetError, match=r"dataset.tsv:3: sample a_2: instruction fragment 'Do something else.'"):
+        read_dataset(path)

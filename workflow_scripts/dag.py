@@ -15,7 +15,6 @@ from pathlib import Path
 from .annotation_files import FILES
 from .code_version import code_digest, method_version
 from .dataset import Sample, read_dataset, shard_samples
-from .instructions import instruction_spans
 from .model_paths import ModelShape, cached_config, looks_local
 from .model_paths import model_shape as shape_of
 from .paper_data import read_manifest, sha256
@@ -30,11 +29,8 @@ class ConfigError(ValueError):
 
 @functools.lru_cache(maxsize=8)
 def _samples(path: str, mtime_ns: int) -> tuple[Sample, ...]:
-    """Read and check once: an annotation that misses its prompt fails the plan, not a table job."""
-    samples = tuple(read_dataset(path))
-    for sample in samples:
-        instruction_spans(sample.prompt, sample.annotation, sample.id)
-    return samples
+    """Read and check once (`read_dataset`: an annotation that misses its prompt fails the plan, not a table job)."""
+    return tuple(read_dataset(path))
 
 
 def dataset_samples(config: dict) -> tuple[Sample, ...]:

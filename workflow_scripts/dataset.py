@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .instructions import instruction_fragments
+from .instructions import InstructionError, instruction_fragments, instruction_spans
 
 DATASET_COLUMNS = ("ID", "Prompt", "Response", "Instruct&Context")
 RATING_COLUMNS = ("File", "Model", "Prompt", "Reference", "Instruct", "Response", "Rating")
@@ -100,6 +100,15 @@ def read_dataset(path: str | Path) -> list[Sample]:
             raise DatasetError(
                 f"{path}:{number}: no instruction in Instruct&Context for {sample_id!r} (the part before `&&&` "
                 "lists the instruction sentences; a sample without one would score 0 without saying so)"
+            )
+        try:
+            spans = instruction_spans(prompt, annotation, sample_id)
+        except InstructionError as error:
+            raise DatasetError(f"{path}:{number}: {error}") from None
+        if not spans:
+            raise DatasetError(
+                f"{path}:{number}: sample {sample_id!r}: its instruction {instruction_fragments(annotation)} marks no "
+                "prompt text (a sentence's leading `Input:` is not instruction), so it would score 0 without saying so"
             )
         seen[sample_id] = number
         samples.append(Sample(sample_id, prompt, decode_field(response), annotation, number))
