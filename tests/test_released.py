@@ -1,6 +1,7 @@
 """The paper's released attributions: restricted unpickling, SentencePiece alignment, conversion."""
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 import subprocess
@@ -139,9 +140,9 @@ LOAD_IN_CHILD = (  # a child interpreter: a crash or an allocation failure canno
 )
 
 
-def load_in_child(path: Path, script: str = LOAD_IN_CHILD) -> subprocess.CompletedProcess:
+def load_in_child(path: Path, script: str = LOAD_IN_CHILD, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=timeout)
 
 
 def test_a_pickle_forging_an_object_array_from_bytes_is_refused_without_crashing(tmp_path):
@@ -288,6 +289,44 @@ def test_a_small_pickle_asking_for_much_is_refused_before_allocating(tmp_path, n
     result = load_in_child(path, RUN_LIMITED)
     assert result.returncode == 0, result.stderr[-800:]
     assert result.stdout.startswith(f"refused: {path}: ") and reason in result.stdout, result.stdout
+
+
+def test_lists_sharing_their_children_are_checked_once_each_not_once_per_path(tmp_path):
+    """60 levels of [L, L] are 61 list objects in 377 bytes but 2**60 paths: a walk along every path
+    never ends (before: 16 s at 22 levels)."""
+    shared = [1]
+    for _ in range(60):
+        shared = [shared, shared]
+    path = write_pickle(tmp_path / "shared.pkl", shared, protocol=2)
+    result = load_in_child(path, timeout=60)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr[-500:]
+
+
+class _Encoded:
+    """Pickles as `_codecs.encode(text, encoding)`, as protocol 2 writes bytes (with latin1)."""
+
+    def __init__(self, text: str, encoding: str = "latin1"):
+        self.text, self.encoding = text, encoding
+
+    def __reduce__(self):
+        return codecs.encode, (self.text, self.encoding)
+
+
+def test_one_string_encoded_many_times_is_refused_past_the_pickles_own_size(tmp_path):
+    """The pickle's memo lets a few bytes name a stored string again: 400 encodings of one 256 KiB string
+    would allocate 100 MiB from a 262 KB file."""
+    text = "a" * 2**18
+    path = write_pickle(tmp_path / "amplified.pkl", [_Encoded(text) for _ in range(400)], protocol=2)
+    assert path.stat().st_size < 2**18 + 10_000
+    with pytest.raises(UnsafePickleError, match=r"amplified.pkl: refused .* bytes of arrays and encoded strings"):
+        safe_load_pickle(path)
+    assert safe_load_pickle(write_pickle(tmp_path / "once.pkl", [_Encoded(text)], protocol=2)) == [text.encode()]
+
+
+def test_an_encoding_other_than_latin1_is_refused(tmp_path):
+    path = write_pickle(tmp_path / "escape.pkl", [_Encoded("\\x00" * 10, "unicode_escape")], protocol=2)
+    with pytest.raises(UnsafePickleError, match=r"escape.pkl: refused .*'unicode_escape'"):
+        safe_load_pickle(path)
 
 
 def test_a_truncated_released_pickle_names_the_file(paper_dir, tmp_path):

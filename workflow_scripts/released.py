@@ -57,26 +57,45 @@ class _ArrayClass:
 _ARRAY_CLASS = _ArrayClass()
 
 
-# Limits checked before anything is allocated: an array's data travels inside the pickle, so a
-# genuine array is never larger than the file; a few bytes asking for gigabytes are refused.
+# Limits checked before anything is allocated: an array's data travels inside the pickle, so genuine
+# arrays and encoded strings never add up to more than the file (once for an array's allocation, once
+# for the bytes that fill it); a few bytes asking for gigabytes, or naming one stored string again and
+# again through the pickle's memo, are refused.
 MAX_PICKLE_BYTES = 256 * 2**20
 MAX_DEPTH = 64
 _budget = threading.local()
+
+
+def _charge(nbytes: int) -> None:
+    """Count an allocation the pickle asks for against what its own size can carry."""
+    _budget.left -= nbytes
+    if _budget.left < 0:
+        raise UnsafePickleError(f"refused more than {2 * _budget.size:,} bytes of arrays and encoded strings "
+                                f"from a {_budget.size:,}-byte pickle")
 
 
 def _reconstruct(cls, shape, dtype):
     if cls is not _ARRAY_CLASS:
         raise UnsafePickleError("refused to reconstruct something other than a plain ndarray")
     dtype = _numeric_dtype(dtype)
-    _check_array_size(shape, dtype)
+    _charge(_check_array_size(shape, dtype))
     return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _encode(text, encoding="utf-8", errors="strict"):
+    """Protocol 2 writes bytes as `_codecs.encode(str, "latin1")`: one byte a character, nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refused _codecs.encode to {encoding!r} (protocol 2 bytes are latin1)")
+    _charge(len(text))
+    return codecs.encode(text, encoding, errors)
 
 
 def _frombuffer(buffer, dtype, shape, order):
     return np.frombuffer(buffer, dtype=_numeric_dtype(dtype)).reshape(shape, order=order)
 
 
-def _check_array_size(shape, dtype: np.dtype) -> None:
+def _check_array_size(shape, dtype: np.dtype) -> int:
+    """An array's size in bytes; a shape that is not one, or an array larger than the file, is refused."""
     try:
         dims = [int(n) for n in (shape if isinstance(shape, (tuple, list)) else (shape,))]
     except (TypeError, ValueError):
@@ -84,9 +103,10 @@ def _check_array_size(shape, dtype: np.dtype) -> None:
     if any(n < 0 for n in dims) or len(dims) > 32:
         raise UnsafePickleError(f"refused an array shape {tuple(dims)}")
     nbytes = dtype.itemsize * math.prod(dims)
-    limit = getattr(_budget, "bytes", MAX_PICKLE_BYTES)
+    limit = getattr(_budget, "size", MAX_PICKLE_BYTES)
     if nbytes > limit:
         raise UnsafePickleError(f"refused an array of {nbytes:,} bytes from a {limit:,}-byte pickle")
+    return nbytes
 
 
 def _scalar(dtype, *args):
@@ -101,7 +121,7 @@ _SAFE_GLOBALS = {
     **{(m, "scalar"): _scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
     ("numpy", "ndarray"): _ARRAY_CLASS,
     ("numpy", "dtype"): _numeric_dtype,
-    ("_codecs", "encode"): codecs.encode,  # protocol 2 writes bytes as encode(str, "latin1")
+    ("_codecs", "encode"): _encode,
     **{(m, n): getattr(builtins, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset")},
 }
 _PLAIN = (dict, list, tuple, set, frozenset, str, bytes, int, float, bool, complex, type(None), np.generic)
@@ -123,12 +143,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _check_plain(value, source: str) -> None:
-    """Walk the loaded value without recursion; nesting deeper than MAX_DEPTH is refused."""
-    stack = [(value, 0)]
+    """Walk the loaded value without recursion, each container once (the memo lets containers share
+    children: 61 lists can hold 2**60 paths); nesting deeper than MAX_DEPTH is refused."""
+    stack, seen = [(value, 0)], set()
     while stack:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise UnsafePickleError(f"{source}: refused data nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, (dict, list, tuple, set, frozenset)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if isinstance(value, np.ndarray):
             if value.dtype.hasobject:
                 raise UnsafePickleError(f"{source}: refused an object-dtype array")
@@ -147,7 +172,8 @@ def safe_load_pickle(path: str | Path):
     if size > MAX_PICKLE_BYTES:
         raise UnsafePickleError(f"{path}: refused a {size:,}-byte pickle (more than {MAX_PICKLE_BYTES:,})")
     data = path.read_bytes()
-    _budget.bytes = len(data)
+    _budget.size = len(data)
+    _budget.left = 2 * len(data)
     try:
         value = _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
     except UnsafePickleError as error:
@@ -157,7 +183,7 @@ def safe_load_pickle(path: str | Path):
             MemoryError, RecursionError, OverflowError) as error:
         raise UnsafePickleError(f"{path}: not a readable pickle ({type(error).__name__}: {error})") from None
     finally:
-        del _budget.bytes
+        del _budget.size, _budget.left
     _check_plain(value, str(path))
     return value
 
