@@ -107,6 +107,14 @@ def test_importance_density_uses_the_given_p():
     assert density == pytest.approx([0.5, 1.0, math.sqrt(2) / 2, 0.0], abs=1e-8)
 
 
+@pytest.mark.parametrize("p", [400, 1000, math.inf])
+def test_importance_density_of_a_large_p_is_l1_over_the_largest_bin_not_an_overflow(p):
+    """10**p overflows float64 past p = 308: every density (and so every score) became 0, with only a
+    numpy warning. L1/Lp tends to L1/Linf, the row's sum over its largest bin."""
+    density = importance_density(np.array([[8.0, 9.0, 10.0], [10.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), p)
+    assert density == pytest.approx([1.0, 10 / 27, 0.0], rel=1e-6)
+
+
 def test_importance_density_of_all_zero_rows_is_zero():
     assert importance_density(np.zeros((3, 4)), p=4).tolist() == [0.0, 0.0, 0.0]
 

@@ -59,7 +59,10 @@ def importance_density(binned: np.ndarray, p: float = 4.0) -> np.ndarray:
     """
     binned = np.asarray(binned, dtype=np.float64)
     l1 = binned.sum(axis=1)
-    lp = (binned**p).sum(axis=1) ** (1.0 / p) + EPS
+    # ||x||_p = max(x) ||x / max(x)||_p: no bin**p overflows (past p = 308 at L = 10), and p = inf is L-inf
+    largest = binned.max(axis=1, initial=0.0)
+    scaled = binned / np.where(largest > 0, largest, 1.0)[:, None]
+    lp = largest * (scaled**p).sum(axis=1) ** (1.0 / p) + EPS
     density = l1 / lp
     if density.size == 0:
         return density
