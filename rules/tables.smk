@@ -1,5 +1,5 @@
 # Tables 1 and 2 per pair (docs/design.md#tables-1-and-2). Analysis settings are params: changing b, L or p reruns
-# only these jobs, never an attribution.
+# these jobs and the report's heatmaps, position profile and pages (rules/report.smk), never an attribution.
 
 
 rule table1_pair:

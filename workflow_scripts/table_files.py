@@ -1,4 +1,4 @@
-"""Every table's files: the TSV (full precision, the data) and its Markdown twin (for reading)."""
+"""Every table's files: the TSV (6 significant digits, the data) and its Markdown twin (for reading)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from .atomic import atomic_file, atomic_write_text
 
 
 def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = (), notice: str = "") -> None:
-    """The TSV (full precision) and its Markdown twin (4 significant decimals) side by side; the
+    """The TSV (6 significant digits) and its Markdown twin (4 decimals) side by side; the
     config's `notice` goes under the title, `notes` under the table.
 
     Args:
