@@ -105,6 +105,10 @@ def test_paths_the_workflow_writes_stay_in_the_working_directory(demo, path, mon
     bad["annotation"]["provider"]["path"] = path
     with pytest.raises(dag.ConfigError, match=f"annotation.provider.path: {path} is written by this workflow"):
         dag.check_config(bad)
+    bad = copy.deepcopy(demo)
+    bad["annotation"]["cache"] = path  # the answer cache's SQLite file: the annotation steps create it
+    with pytest.raises(dag.ConfigError, match=f"annotation.cache: {path} is written by this workflow"):
+        dag.check_config(bad)
     dag.check_config(demo)
 
 

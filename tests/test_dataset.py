@@ -158,6 +158,13 @@ def test_read_ratings_drops_white_space_around_a_file_name_as_the_dataset_does_a
     assert read_ratings(path, "vicuna_7B") == {"a": 3, "b": 2}
 
 
+def test_read_ratings_drops_white_space_around_the_model_name_too(write_tsv):
+    """`vicuna_7B ` once named no model: its unfollowed rating left Table 1 without a word."""
+    path = write_tsv([rating_row("a", "vicuna_7B", "3"), rating_row("b", "vicuna_7B ", "1")],
+                     name="ratings.tsv", header=RATINGS_HEADER)
+    assert read_ratings(path, "vicuna_7B") == {"a": 3, "b": 1}
+
+
 def test_read_ratings_rejects_an_infinite_rating_naming_file_and_line(write_tsv):
     path = write_tsv([rating_row("a.pkl", "vicuna_7B", "inf")], name="ratings.tsv", header=RATINGS_HEADER)
     with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:2: Rating 'inf' is not a number$"):
@@ -248,6 +255,27 @@ def test_a_byte_order_mark_before_the_header_is_dropped(tmp_path):
     path = tmp_path / "bom.tsv"
     path.write_bytes(b"\xef\xbb\xbf" + "ID\tPrompt\tResponse\tInstruct&Context\na_1\tSay hi.\tHi.\tSay hi.\n".encode())
     assert [s.id for s in read_dataset(path)] == ["a_1"]
+
+
+@pytest.mark.parametrize("sample_id, reason", [
+    ("a\r1", "a control character"),
+    ("x" * 201, "longer than 200 bytes"),
+])
+def test_read_dataset_rejects_an_id_that_cannot_name_a_file_everywhere(write_tsv, sample_id, reason):
+    """Ids name each sample's heatmap files: a carriage return or 300 characters failed only in the heatmap job."""
+    path = write_tsv([("a_1", "Say hi.", "Hi.", "Say hi."), (sample_id, "Go.", "Ok.", "Go.")])
+    with pytest.raises(DatasetError, match=rf"dataset.tsv:3: ID .* is not a plain file name \({reason}"):
+        read_dataset(path)
+
+
+def test_read_dataset_rejects_ids_that_differ_only_in_case_or_unicode_form(write_tsv):
+    """`A1` and `a1` overwrite each other's heatmaps on a case-insensitive filesystem (macOS, Windows)."""
+    path = write_tsv([("A1", "Say hi.", "Hi.", "Say hi."), ("a1", "Go.", "Ok.", "Go.")])
+    with pytest.raises(DatasetError, match=r"dataset.tsv:3: ID 'a1' names the same file as 'A1' \(line 2\)"):
+        read_dataset(path)
+    path = write_tsv([("caf\u00e9", "Say hi.", "Hi.", "Say hi."), ("cafe\u0301", "Go.", "Ok.", "Go.")])
+    with pytest.raises(DatasetError, match=r"dataset.tsv:3: ID .* names the same file as"):
+        read_dataset(path)
 
 
 @pytest.mark.parametrize("annotation", ["", "&&&Some context.", "|||&&&x", "   "])

@@ -228,6 +228,7 @@ def check_config(config: dict) -> None:
         )
     for key, path in built_paths(config):
         check_inside_workdir(key, path)
+    check_cache_path((config.get("annotation") or {}).get("cache"))
     check_built_paths(config)
     check_endpoint(((config.get("annotation") or {}).get("provider") or {}).get("base_url"))
     for model, settings in config["models"].items():
@@ -281,8 +282,21 @@ def check_inside_workdir(key: str, path: str) -> None:
     workdir = Path.cwd().resolve()
     resolved = (workdir / Path(path).expanduser()).resolve()
     if Path(path).expanduser().is_absolute() or not resolved.is_relative_to(workdir) or resolved == workdir:
-        raise ConfigError(f"{key}: {path} is written by this workflow, so it must be a folder inside the "
+        raise ConfigError(f"{key}: {path} is written by this workflow, so it must lie inside the "
                           f"working directory {workdir} (a relative path without `..` out of it)")
+
+
+def check_cache_path(path: str | None) -> None:
+    """The answer cache is written by the annotation steps, so its path stays inside the working directory
+    as written; working directories that share one cache link their `resources/annotation` folder to it
+    (a link is followed: Snakemake never deletes the cache, which is no rule's output)."""
+    if path is None:
+        return
+    parts = Path(os.path.normpath(Path(path).expanduser())).parts
+    if Path(path).expanduser().is_absolute() or not parts or parts[0] in ("..", "."):
+        raise ConfigError(f"annotation.cache: {path} is written by this workflow, so it must lie inside the working "
+                          f"directory {Path.cwd()} (a relative path without `..` out of it; to share one cache "
+                          "between working directories, link each one's resources/annotation to one folder)")
 
 
 def released_dir(config: dict, model: str) -> str:

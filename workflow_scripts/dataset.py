@@ -7,6 +7,7 @@ escapes; `decode_field` undoes both exactly as the paper's loader does.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,20 +79,41 @@ def _rows(path: Path, columns: tuple[str, ...]):
         yield number, fields
 
 
+MAX_ID_LENGTH = 200  # bytes: an id plus a heatmap file's suffix stays under the 255 a file name may hold
+
+
+def _file_name_problem(sample_id: str) -> str:
+    """Why an id cannot name a file on every filesystem ("" when it can)."""
+    if sample_id in (".", "..") or any(c in sample_id for c in "/\\"):
+        return "'/', '\\' or '..'"
+    if any(unicodedata.category(c) == "Cc" for c in sample_id):
+        return "a control character"
+    if len(sample_id.encode("utf8")) > MAX_ID_LENGTH:
+        return f"longer than {MAX_ID_LENGTH} bytes in UTF-8"
+    return ""
+
+
 def read_dataset(path: str | Path) -> list[Sample]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}")
-    samples, seen = [], {}
+    samples, seen, same_file = [], {}, {}
     for number, (sample_id, prompt, response, annotation) in _rows(path, DATASET_COLUMNS):
         sample_id = sample_id.strip()
         if not sample_id:
             raise DatasetError(f"{path}:{number}: empty ID")
-        if sample_id in (".", "..") or any(c in sample_id for c in "/\\\0"):
-            raise DatasetError(f"{path}:{number}: ID {sample_id!r} is not a plain file name (ids name each sample's "
-                               "heatmap files and a released attribution's pickle: no '/', '\\' or '..')")
+        problem = _file_name_problem(sample_id)
+        if problem:
+            raise DatasetError(f"{path}:{number}: ID {sample_id!r} is not a plain file name ({problem}: ids name "
+                               "each sample's heatmap files and a released attribution's pickle)")
         if sample_id in seen:
             raise DatasetError(f"{path}:{number}: duplicate ID {sample_id!r} (first on line {seen[sample_id]})")
+        file_name = unicodedata.normalize("NFC", sample_id).casefold()
+        if file_name in same_file:
+            other = same_file[file_name]
+            raise DatasetError(f"{path}:{number}: ID {sample_id!r} names the same file as {other!r} (line "
+                               f"{seen[other]}) on a filesystem that ignores case or Unicode form (macOS, Windows)")
+        same_file[file_name] = sample_id
         prompt = decode_field(prompt)
         if not prompt.strip():
             raise DatasetError(f"{path}:{number}: empty Prompt for {sample_id!r}")
@@ -132,7 +154,7 @@ def read_rated(path: str | Path, rated_model: str) -> tuple[dict[str, int], dict
     responses: dict[str, str] = {}
     lines: dict[str, int] = {}
     for number, fields in _rows(path, RATING_COLUMNS):
-        if fields[1] != rated_model:
+        if fields[1].strip() != rated_model:  # stripped as the ids are
             continue
         sample_id = fields[0].strip().removesuffix(".pkl")  # stripped as read_dataset strips its ids
         rating = _rating(fields[6], f"{path}:{number}")
