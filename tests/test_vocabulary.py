@@ -16,7 +16,7 @@ def write(tmp_path, text, name="vocab.tsv"):
 
 
 def test_case_variants_merge_into_the_first_seen_form_in_order_of_first_appearance(tmp_path):
-    path = write(tmp_path, "the\t5\nThe\t3\nTHE\t1\nApple\t2\napple\t1\n")
+    path = write(tmp_path, "the\t5\nThe\t3\nApple\t2\nTHE\t1\napple\t1\n")
     assert read_vocabulary(path) == ["the", "Apple"]
     assert read_vocabulary_frequencies(path) == {"the": 9.0, "Apple": 3.0}
 
@@ -24,7 +24,7 @@ def test_case_variants_merge_into_the_first_seen_form_in_order_of_first_appearan
 def test_only_lower_upper_and_capitalized_forms_are_variants(tmp_path):
     # `MCDONALD` is none of lower/upper/capitalize of `McDonald`: kept apart, as in the paper;
     # `mcdonald` then joins the first form it finds, `MCDONALD` (its upper case)
-    path = write(tmp_path, "McDonald 4\nMCDONALD 2\nmcdonald 1\nUS 3\nus 1\nUs 1\n")
+    path = write(tmp_path, "McDonald 4\nUS 3\nMCDONALD 2\nmcdonald 1\nus 1\nUs 1\n")
     assert read_vocabulary_frequencies(path) == {"McDonald": 4.0, "MCDONALD": 3.0, "US": 5.0}
 
 
@@ -148,3 +148,32 @@ def test_build_vocabulary_adds_the_words_it_must_hold_after_the_corpus_words(tmp
     lines = [line.split("\t") for line in out.read_text().splitlines()]
     assert [word for word, _ in lines] == ["the", "Write", "explain"]  # "write" and "the" are there already
     assert float(lines[2][1]) == 0.0  # not in the corpus: frequency 0
+
+
+def test_a_word_more_frequent_than_the_one_before_names_the_line(tmp_path):
+    """The heads' baseline is the file's first words: an unsorted file once moved every threshold quietly."""
+    path = tmp_path / "vocab.tsv"
+    path.write_text("the\t100\nrare\t1\ncommon\t50\n")
+    with pytest.raises(ValueError, match=r"vocab.tsv:3: 'common' \(50\) is more frequent than 'rare' on the line"):
+        read_vocabulary(path)
+
+
+def test_build_vocabulary_writes_the_added_words_most_frequent_first(tmp_path):
+    """The demo's instruction verbs that missed the top words once followed in the include list's order,
+    which the vocabulary's own order check refuses."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the the the cat cat explain write write\n")
+    out = tmp_path / "vocab.tsv"
+    build_vocabulary(corpus, out, max_words=1, min_count=1, include=["summarize", "explain", "write"])
+    assert [line.split("\t")[0] for line in out.read_text().splitlines()] == ["the", "write", "explain", "summarize"]
+    assert read_vocabulary(out) == ["the", "write", "explain", "summarize"]
+
+
+def test_a_gz_vocabulary_that_is_not_gzip_or_is_cut_names_the_file(tmp_path):
+    path = tmp_path / "vocab.tsv.gz"
+    path.write_bytes(b"the\t1\n")
+    with pytest.raises(ValueError, match=r"vocab.tsv.gz: not a readable gzip file after line 0 \(BadGzipFile"):
+        read_vocabulary(path)
+    path.write_bytes(gzip.compress(b"".join(b"w%d\t%d\n" % (i, 5000 - i) for i in range(5000)))[:-20])
+    with pytest.raises(ValueError, match=r"vocab.tsv.gz: not a readable gzip file after line \d+ \(EOFError"):
+        read_vocabulary(path)

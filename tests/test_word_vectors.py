@@ -87,6 +87,26 @@ def test_glove_text_malformed_lines_name_file_and_line(tmp_path):
         load_word_vectors({"kind": "glove-text", "path": str(path)})
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_vector_that_is_not_finite_names_file_and_line_instead_of_counting_as_no_vector(tmp_path, value):
+    """A NaN row once failed `norm > 0` quietly: its word never paired, and under `fidelity: paper` it counted
+    as a baseline cosine of 0, moving every threshold."""
+    path = tmp_path / "bad.txt"
+    path.write_text(f"a 1 2\ncat {value} 1\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2: the vector of 'cat' is not finite"):
+        load_word_vectors({"kind": "glove-text", "path": str(path)})
+    binary = word2vec_binary(tmp_path / "bad.bin", [("a", [1, 2]), ("cat", [float(value), 1])])
+    with pytest.raises(ValueError, match=r"bad.bin: the vector of 'cat' \(word 2\) is not finite"):
+        load_word_vectors({"kind": "word2vec-binary", "path": str(binary)})
+
+
+def test_a_glove_text_file_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"a 1 2\ncaf\xe9 1 2\n")
+    with pytest.raises(ValueError, match=r"latin1.txt:2: not UTF-8"):
+        load_word_vectors({"kind": "glove-text", "path": str(path)})
+
+
 def test_spec_errors_name_the_config_key_or_the_path(tmp_path):
     with pytest.raises(ValueError, match=r"attention\.word_vectors\.kind: unknown kind 'glove'"):
         load_word_vectors({"kind": "glove"})

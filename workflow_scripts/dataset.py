@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .instructions import InstructionError, instruction_fragments, instruction_spans
+from .text_files import utf8_lines
 
 DATASET_COLUMNS = ("ID", "Prompt", "Response", "Instruct&Context")
 RATING_COLUMNS = ("File", "Model", "Prompt", "Reference", "Instruct", "Response", "Rating")
@@ -47,18 +48,9 @@ def encode_field(text: str) -> str:
 
 
 def _decoded_lines(path: Path):
-    """(line number, text) of a UTF-8 file; a byte that is not UTF-8 is an error naming the line.
-
-    A byte-order mark at the start is dropped (spreadsheet exports write one)."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise DatasetError(
-                    f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line)"
-                ) from None
-            yield number, line.rstrip("\r\n")
+    """(line number, text) of a UTF-8 file, line endings dropped (`utf8_lines`)."""
+    for number, line in utf8_lines(path, DatasetError):
+        yield number, line.rstrip("\r\n")
 
 
 def _rows(path: Path, columns: tuple[str, ...]):

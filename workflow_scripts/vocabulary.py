@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_text
 from .cli import positive_int
+from .text_files import utf8_lines
 
 log = logging.getLogger(__name__)
 
@@ -29,32 +30,21 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf8") if path.suffix == ".gz" else open(path, encoding="utf8")
 
 
-def _lines(path: Path):
-    """(line number, text) of a UTF-8 (optionally gzipped) file; a byte-order mark at the start is
-    dropped, and a byte that is not UTF-8 is an error naming the line."""
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line)"
-                ) from None
-
-
 def read_vocabulary_frequencies(path: str | Path) -> dict[str, float]:
     """Word -> frequency, in order of first appearance, with case variants merged as the paper
     does (utils.load_wiki_words): a word whose lower(), upper() or capitalize() form (checked in
     that order) was already seen adds its frequency to that earlier form; otherwise it is a new
     word. Blank lines are skipped; any other line that is not exactly two whitespace-separated
     fields with a finite, non-negative number second raises ValueError naming file and line
-    (the paper skipped such lines silently). `.gz` files are read decompressed. Words holding
-    control characters are kept, as the paper keeps them (its own file has `\x0f` and
-    `high\x02risk`), and named in a warning; a file without any word is an error."""
+    (the paper skipped such lines silently), and so does a word more frequent than the one before
+    (the heads' baseline is the first words of the file, as in the paper). `.gz` files are read
+    decompressed. Words holding control characters are kept, as the paper keeps them (its own file
+    has `\x0f` and `high\x02risk`), and named in a warning; a file without any word is an error."""
     path = Path(path)
     words: dict[str, float] = {}
     control: list[str] = []
-    for number, line in _lines(path):
+    previous = ("", math.inf)
+    for number, line in utf8_lines(path):
         fields = line.split()
         if not fields:
             continue
@@ -69,6 +59,11 @@ def read_vocabulary_frequencies(path: str | Path) -> dict[str, float]:
             frequency = math.nan
         if not math.isfinite(frequency) or frequency < 0:
             raise ValueError(f"{path}:{number}: frequency {text!r} of {word!r} is not a non-negative number")
+        if frequency > previous[1]:
+            raise ValueError(f"{path}:{number}: {word!r} ({text}) is more frequent than {previous[0]!r} on the line "
+                             "before: list the words most frequent first (the first `attention.baseline_words` "
+                             "are the heads' baseline)")
+        previous = (word, frequency)
         if any(unicodedata.category(c) == "Cc" for c in word):
             control.append(f"{number} {word!r}")
         for variant in (word.lower(), word.upper(), word.capitalize()):
@@ -102,7 +97,8 @@ def build_vocabulary(
     case kept (read_vocabulary merges the variants); the frequency is the word's count over all
     word occurrences of the corpus; at most `max_words` words with count >= `min_count`, by count
     descending then word; then every word of `include` the corpus did not give (the demo's
-    instruction verbs, so that its Table 3 has an instruction column), at its own frequency.
+    instruction verbs, so that its Table 3 has an instruction column), at its own frequency, most
+    frequent first.
     Written atomically."""
     if max_words < 1 or min_count < 1:
         raise ValueError(f"max_words ({max_words}) and min_count ({min_count}) must be >= 1")
@@ -116,7 +112,8 @@ def build_vocabulary(
     if not kept:
         raise ValueError(f"{corpus_txt}: no word occurs at least {min_count} times ({total} words in all)")
     have = {word.lower() for word, _ in kept}
-    kept += [(word, counts.get(word, 0)) for word in dict.fromkeys(include) if word.lower() not in have]
+    added = [(word, counts.get(word, 0)) for word in dict.fromkeys(include) if word.lower() not in have]
+    kept += sorted(added, key=lambda x: -x[1])  # most frequent first, as the corpus words (stable: ties in order)
     atomic_write_text(output_tsv, "".join(f"{word}\t{count / total!r}\n" for word, count in kept))
     log.info(
         "%s: %d of %d distinct words (%d occurrences) -> %s", corpus_txt, len(kept), len(counts), total, output_tsv

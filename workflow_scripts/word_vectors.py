@@ -20,7 +20,6 @@ Kinds:
 """
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import logging
 import mmap
@@ -28,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .text_files import utf8_lines
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,11 @@ class EncodedWordVectors(WordVectors):
 # --- loaders ---------------------------------------------------------------------------------
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf8") if path.suffix == ".gz" else open(path, encoding="utf8")
+def _finite(row: np.ndarray, word: str, where: str, which: str = "") -> np.ndarray:
+    """A vector with NaN or inf would fail `norm > 0` and quietly count as no vector."""
+    if not np.isfinite(row).all():
+        raise ValueError(f"{where}: the vector of {word!r}{which} is not finite")
+    return row
 
 
 def _existing(spec: dict, what: str) -> Path:
@@ -189,29 +193,29 @@ def load_glove_text(path: str | Path, vocabulary: Iterable[str] | None = None) -
     rows: list[np.ndarray] = []
     seen: set[str] = set()
     dim = None
-    with _open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip()
-            if not line:
-                continue
-            fields = line.split(" ")
-            if dim is None:
-                if number == 1 and len(fields) == 2 and all(x.isdigit() for x in fields):
-                    continue  # word2vec header: count dim
-                dim = len(fields) - 1
-                if dim < 1:
-                    raise ValueError(f"{path}:{number}: expected `word v1 ... vd`, got {line[:60]!r}")
-            if len(fields) < dim + 1:
-                raise ValueError(f"{path}:{number}: {len(fields)} fields, expected a word and {dim} numbers")
-            word = " ".join(fields[:-dim])
-            if (wanted is not None and word not in wanted) or word in seen:
-                continue  # unwanted, or a duplicate (the first row wins, as in lookup)
-            try:
-                rows.append(np.array(fields[-dim:], dtype=np.float32))
-            except ValueError as e:
-                raise ValueError(f"{path}:{number}: the last {dim} fields are not all numbers ({e})") from None
-            words.append(word)
-            seen.add(word)
+    for number, line in utf8_lines(path):
+        line = line.rstrip()
+        if not line:
+            continue
+        fields = line.split(" ")
+        if dim is None:
+            if number == 1 and len(fields) == 2 and all(x.isdigit() for x in fields):
+                continue  # word2vec header: count dim
+            dim = len(fields) - 1
+            if dim < 1:
+                raise ValueError(f"{path}:{number}: expected `word v1 ... vd`, got {line[:60]!r}")
+        if len(fields) < dim + 1:
+            raise ValueError(f"{path}:{number}: {len(fields)} fields, expected a word and {dim} numbers")
+        word = " ".join(fields[:-dim])
+        if (wanted is not None and word not in wanted) or word in seen:
+            continue  # unwanted, or a duplicate (the first row wins, as in lookup)
+        try:
+            row = np.array(fields[-dim:], dtype=np.float32)
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: the last {dim} fields are not all numbers ({e})") from None
+        rows.append(_finite(row, word, f"{path}:{number}"))
+        words.append(word)
+        seen.add(word)
     if dim is None:
         raise ValueError(f"{path}: no vectors (empty file)")
     matrix = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
@@ -249,7 +253,8 @@ def load_word2vec_binary(path: str | Path, vocabulary: Iterable[str] | None = No
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}: word {index + 1} (byte {position}) is not UTF-8 ({e})") from None
             if (wanted is None or word in wanted) and word not in seen:
-                rows.append(np.frombuffer(data[start:stop], dtype="<f4").astype(np.float32))
+                row = np.frombuffer(data[start:stop], dtype="<f4").astype(np.float32)
+                rows.append(_finite(row, word, str(path), f" (word {index + 1})"))
                 words.append(word)
                 seen.add(word)
             position = stop
