@@ -251,6 +251,27 @@ def test_released_sample_refuses_a_pickle_of_another_sample(paper_dir):
 
 
 
+@pytest.mark.parametrize("edit, reason", [
+    ({"Input": 5}, "Input must be a list of token strings, not int"),
+    ({"Output": "abc"}, "Output must be a list of token strings, not str"),
+    ({"Explain": [[1.0, 2.0], [3.0]]}, "Explain is not a numeric matrix"),
+    ({"Explain": "high"}, "Explain is not a numeric matrix"),
+    ({"Explain": []}, r"Explain of shape \(0,\), expected \(Input, Output\) = \(2, 1\)"),
+])
+def test_a_released_record_of_the_wrong_shape_names_its_file(tmp_path, edit, reason):
+    """These raised bare numpy errors (`cannot reshape array of size 0`) that named no file."""
+    record = {"ID": "s1", "Input": ["▁Hi", "."], "Reference": "", "Output": ["▁ok"],
+              "Explain": np.ones((2, 1), np.float32), **edit}
+    path = write_pickle(tmp_path / "s1.pkl", record)
+    with pytest.raises(ValueError, match=rf"s1.pkl: {reason}"):
+        released_sample(path, "Hi.", "s1")
+
+
+def test_a_released_record_without_a_response_holds_an_empty_matrix(tmp_path):
+    record = {"ID": "s1", "Input": ["▁Hi", "."], "Reference": "", "Output": [], "Explain": []}
+    assert released_sample(write_pickle(tmp_path / "s1.pkl", record), "Hi.", "s1").matrix.shape == (2, 0)
+
+
 def test_released_sample_refuses_a_transposed_matrix_instead_of_reshaping_it(paper_dir, tmp_path):
     """Explain is (Input x Output): a (Output x Input) array of the same size was reshaped into a scrambled one."""
     import numpy as np

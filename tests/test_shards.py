@@ -199,3 +199,23 @@ def test_a_damaged_shard_member_is_reported_not_crashed_on(tmp_path):
     with pytest.raises(CorruptShardError, match=re.escape(str(path))):
         load_shard(path)
     assert path.exists()  # only a consumer that can have it recomputed deletes it
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda a: a.pop("prompt_lengths"), "no array 'prompt_lengths'"),
+    (lambda a: a.update(matrices=a["matrices"][:-1]), "the matrices hold 47 values, the lengths say 48"),
+    (lambda a: a.update(prompt_tokens=a["prompt_tokens"][:-1]), "11 prompt tokens, the lengths say 12"),
+    (lambda a: a.update(ids=a["ids"][:0]), "0 ids for 1 samples"),
+])
+def test_a_shard_whose_arrays_do_not_fit_together_is_corrupt_named_and_deleted(tmp_path, damage, reason):
+    """A missing array raised a bare KeyError and the file stayed; a short array was sliced quietly."""
+    path = tmp_path / "shard.npz"
+    save_shard(Shard([with_answer()], {}), path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    damage(arrays)
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    with pytest.raises(CorruptShardError, match=rf"shard.npz: cannot read attribution shard \(ValueError: {reason}"):
+        load_shard(path, discard_corrupt=True)
+    assert not path.exists()

@@ -271,9 +271,16 @@ def released_sample(path: Path, prompt: str, sample_id: str) -> SampleAttributio
         raise ValueError(f"{path}: expected a dict with the keys {', '.join(RELEASED_KEYS)}")
     if str(record["ID"]) != sample_id:
         raise ValueError(f"{path}: holds sample {record['ID']!r}, expected {sample_id!r}")
-    inputs, outputs = [str(t) for t in record["Input"]], [str(t) for t in record["Output"]]
-    matrix = np.asarray(record["Explain"], dtype=np.float32)
-    if matrix.size and matrix.shape != (len(inputs), len(outputs)):  # a transposed one would reshape, scrambled
+    for key in ("Input", "Output"):
+        if not isinstance(record[key], (list, tuple)) or not all(isinstance(t, str) for t in record[key]):
+            raise ValueError(f"{path}: {key} must be a list of token strings, not {type(record[key]).__name__}")
+    inputs, outputs = list(record["Input"]), list(record["Output"])
+    try:
+        matrix = np.asarray(record["Explain"], dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: Explain is not a numeric matrix ({error})") from None
+    empty = matrix.size == 0 == len(inputs) * len(outputs)  # no response token: stored as [] or (n, 0)
+    if matrix.shape != (len(inputs), len(outputs)) and not empty:  # a transposed one would reshape, scrambled
         raise ValueError(f"{path}: Explain of shape {matrix.shape}, expected (Input, Output) = "
                          f"({len(inputs)}, {len(outputs)})")
     matrix = matrix.reshape(len(inputs), len(outputs))

@@ -72,6 +72,28 @@ class CorruptShardError(ValueError):
     """A shard file that cannot be read (truncated, damaged, or not a shard); names the file."""
 
 
+ARRAYS = ("ids", "prompts", "responses", "prompt_lengths", "response_lengths", "prompt_tokens", "response_tokens",
+          "prompt_offsets", "response_offsets", "matrices")
+
+
+def _check_arrays(a: dict) -> None:
+    """The arrays a shard is read from fit together: else a sample would be sliced short, unseen."""
+    for name in ARRAYS:
+        if name not in a:
+            raise ValueError(f"no array {name!r}")
+    samples = len(a["prompt_lengths"])
+    for name in ("ids", "prompts", "responses", "response_lengths"):
+        if len(a[name]) != samples:
+            raise ValueError(f"{len(a[name])} {name} for {samples} samples")
+    n, m = a["prompt_lengths"].astype(np.int64), a["response_lengths"].astype(np.int64)
+    for part, lengths in (("prompt", n), ("response", m)):
+        for name in (f"{part}_tokens", f"{part}_offsets"):
+            if len(a[name]) != lengths.sum():
+                raise ValueError(f"{len(a[name])} {part} {name.split('_')[1]}, the lengths say {lengths.sum()}")
+    if a["matrices"].size != (n * m).sum():
+        raise ValueError(f"the matrices hold {a['matrices'].size} values, the lengths say {(n * m).sum()}")
+
+
 def load_shard(path: str | Path, discard_corrupt: bool = False) -> Shard:
     """Read a shard. With `discard_corrupt`, an unreadable file is deleted before the error is
     raised, so that the next run of the workflow recomputes it instead of failing on it again."""
@@ -81,6 +103,7 @@ def load_shard(path: str | Path, discard_corrupt: bool = False) -> Shard:
             if header.pop("format", None) != FORMAT:
                 raise ValueError(f"not a {FORMAT} file")
             a = {k: data[k] for k in data.files}
+        _check_arrays(a)
     except FileNotFoundError as error:
         raise ValueError(f"{path}: cannot read attribution shard: {error}") from error
     except Exception as error:  # zipfile, zlib, numpy and json all raise their own kinds
