@@ -202,6 +202,23 @@ def test_offline_a_scheduled_hub_model_missing_from_the_cache_fails_naming_it(co
     with pytest.raises(dag.ConfigError, match=r"models.base.path: no-such-org/no-such-model is not in the local cache"):
         dag.require_cached_models(config, scheduled)
     dag.require_cached_models(config, [("table2_pair", {"pair": "p"})])  # no job needs the weights
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", " 1 ")  # huggingface_hub reads this one too
+    with pytest.raises(dag.ConfigError, match=r"not in the local cache, and TRANSFORMERS_OFFLINE is set"):
+        dag.require_cached_models(config, scheduled)
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+@pytest.mark.parametrize("value, offline", [("1", True), (" yes ", True), ("ON", True), ("0", False), ("", False)])
+def test_the_plan_and_the_jobs_read_the_offline_switch_alike(monkeypatch, variable, value, offline):
+    """The planner read `TRANSFORMERS_OFFLINE`, the jobs did not, and only the jobs stripped white space."""
+    from workflow_scripts import model_paths, weights
+
+    for name in model_paths.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, value)
+    assert model_paths.hub_offline() == (variable if offline else "")
+    assert weights.hub_offline is model_paths.hub_offline and dag.hub_offline is model_paths.hub_offline
 
 
 def test_a_missing_dataset_of_ones_own_is_not_sent_to_fetch_the_paper_data(config, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from pathlib import Path
 from .annotation_files import FILES
 from .code_version import code_digest, method_version
 from .dataset import Sample, read_dataset, shard_samples
-from .model_paths import ModelShape, cached_config, looks_local
+from .model_paths import ModelShape, cached_config, hub_offline, looks_local
 from .model_paths import model_shape as shape_of
 from .paper_data import read_manifest, sha256
 
@@ -425,25 +425,19 @@ def require_api_key(provider: dict, scheduled_rules: list[str], annotation_rules
 
 
 WEIGHT_RULES = ("attribute_shard", "explain_attention_layer", "explain_ffn_layer")
-_TRUE = ("1", "true", "yes", "on")
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def require_cached_models(config: dict, scheduled: list[tuple[str, dict]]) -> None:
     """Called once the DAG is built and a real run is about to start: offline, a hub model id that
     a scheduled job needs and the local cache lacks fails here, once, before any job (else every
     shard job would fail on its own after minutes of retries, saying only "couldn't connect")."""
-    if not hub_offline():
+    offline = hub_offline()
+    if not offline:
         return
     needed = sorted({w["model"] for rule, w in scheduled if rule in WEIGHT_RULES and "model" in w})
     for model in needed:
         path = model_config(config, model)["path"]
         if not looks_local(path) and cached_config(path) is None:
             raise ConfigError(
-                f"models.{model}.path: {path} is not in the local cache, and HF_HUB_OFFLINE is set; download it "
+                f"models.{model}.path: {path} is not in the local cache, and {offline} is set; download it "
                 f"once where there is network (`hf download {path}`) and copy the cache, or set models.{model}.path "
                 "to a local directory (a mistyped id shows here too)"
             )

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # huggingface_hub reads either
+
+
+def hub_offline() -> str:
+    """The variable that sets the Hugging Face hub offline ("" when none does): the planner and the jobs
+    read it alike, so a model the plan let through is never refused by its job, or the reverse."""
+    return next((v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}),
+                "")
 
 
 def looks_local(path: str) -> bool:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import safetensors
 import torch
 
-from .model_paths import ModelShape, looks_local
+from .model_paths import ModelShape, hub_offline, looks_local
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +46,6 @@ class UnsupportedArchitecture(ValueError):
     """The checkpoint's architecture has no tensor-name adapter here."""
 
 
-def _offline() -> bool:
-    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-    return env or bool(constants.HF_HUB_OFFLINE)
-
-
 def resolve_model_dir(path: str) -> Path:
     """A local model directory as given, or a hub id's snapshot (offline: from the cache only).
 
@@ -69,13 +60,13 @@ def resolve_model_dir(path: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
-    offline = _offline()
+    offline = hub_offline()
     try:
         snapshot = snapshot_download(
             path, allow_patterns=["*.json", "model*.safetensors"], local_files_only=offline
         )
     except (LocalEntryNotFoundError, RepositoryNotFoundError) as error:
-        where = "in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "on the Hugging Face hub"
+        where = f"in the Hugging Face cache ({offline} is set)" if offline else "on the Hugging Face hub"
         raise FileNotFoundError(f"model {path} not found {where}: {error}") from error
     directory = Path(snapshot)
     if not (directory / "config.json").is_file():
