@@ -766,3 +766,14 @@ def test_the_input_device_of_an_offloaded_model_is_where_its_hook_runs_the_embed
     assert input_device(model) == torch.device("cuda", 1)
     model.hf_device_map = {"": "disk"}
     assert input_device(model) == torch.device("cpu")
+
+
+def test_the_command_line_asks_which_response_to_attribute_instead_of_defaulting_to_the_reference(capsys):
+    """The schema's default is the paper's `generate`; the command line's was `reference`, so a shard run
+    by hand without the flag attributed another text than the workflow's."""
+    from workflow_scripts.attribution import main
+
+    with pytest.raises(SystemExit):
+        main(["--model-dir", "m", "--model-id", "m", "--dataset", "d.tsv", "--shard", "0", "--shard-size", "1",
+              "--output", "o.npz"])
+    assert "the following arguments are required: --response" in capsys.readouterr().err

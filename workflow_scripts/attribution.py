@@ -632,7 +632,8 @@ def main(argv=None):
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--shard", type=int, required=True)
     parser.add_argument("--shard-size", type=int, required=True)
-    parser.add_argument("--response", choices=("reference", "generate"), default="reference")
+    parser.add_argument("--response", choices=("reference", "generate"), required=True,
+                        help="generate: the model's own greedy response (the paper's); reference: the dataset's")
     parser.add_argument("--max-new-tokens", type=int, default=300)
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="float32")
     parser.add_argument("--chunk-size", type=int, default=32, help="response tokens per forward pass; 0: all")
