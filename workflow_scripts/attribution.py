@@ -355,12 +355,11 @@ def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=No
 @dataclass
 class Attributor:
     """One job's way to its matrices: the autodiff mode (`auto` decides per sample) and batch sizes,
-    and what each sample actually ran, for the shard header. Under `auto`, a model forward mode
-    cannot run (an operation without a forward derivative) is attributed in reverse mode from then
-    on, with a warning and a note in the header; a sample whose forward pass does not fit one tangent
-    at a time (its attention runs on SDPA's math kernel, whose score matrices reverse mode's kernels never
-    hold) is attributed in reverse mode, and so is any later sample as long, counted in the header. An explicit
-    `forward` raises instead."""
+    and what each sample actually ran, for the shard header. Under `auto`, forward mode falls back to
+    reverse mode, with a warning and a count in the header: for good on a model it cannot run (an
+    operation without a forward derivative), and for a sample it cannot fit one tangent at a time
+    (forward attention runs on SDPA's math kernel, whose score matrices reverse mode's kernels never
+    hold). An explicit `forward` raises instead."""
 
     model: object
     chunk_size: int = 32
@@ -378,42 +377,51 @@ class Attributor:
         check_autodiff(self.autodiff)  # before any sample
 
     def matrix(self, input_ids: torch.Tensor, n_prompt: int, rows: np.ndarray) -> np.ndarray:
-        m = input_ids.numel() - n_prompt
-        mode = "reverse" if self.forward_failed else choose_autodiff(
-            self.autodiff, len(rows), n_prompt, m, self.chunk_size)
-        if mode == "forward" and self.autodiff == "auto" and 0 < self.forward_too_long <= input_ids.numel():
-            mode = "reverse"  # a tangent's memory grows with the sequence: it would fail as the shorter one did
-            self.forward_out_of_memory += 1
-        out_of_memory = False
-        if mode == "forward":
-            share = self.memory["forward"].value
-            try:
-                out = attribute_ids_forward(self.model, input_ids, n_prompt, rows, self.forward_batch,
-                                            self.memory["forward"])
-            except (NotImplementedError, RuntimeError) as error:
-                if self.autodiff == "forward":
-                    raise RuntimeError(f"forward-mode attribution failed ({error}); `attribution.autodiff: "
-                                       "reverse` runs this model in reverse mode") from error
-                if out_of_memory := _is_out_of_memory(error):
-                    self.forward_out_of_memory += 1
-                    # the sample was too long for forward mode, not the memory estimate too high: the shorter
-                    # samples after it keep their batches
-                    self.memory["forward"].value = share
-                    self.forward_too_long = input_ids.numel()  # shorter than any before: they skip forward mode
-                    log.warning("forward mode ran out of memory on a sample of %d prompt and %d response tokens: "
-                                "that sample, and any as long, in reverse mode", n_prompt, m)
-                else:
-                    self.forward_failed = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-                    log.warning("forward mode failed on this model (%s): reverse mode from now on",
-                                self.forward_failed)
-                mode = "reverse"
-        if out_of_memory:
-            torch.cuda.empty_cache()  # out of the except block: the failed pass's tensors are gone
-        if mode == "reverse":
+        mode = self._mode(input_ids.numel(), n_prompt, len(rows))
+        out = self._forward(input_ids, n_prompt, rows) if mode == "forward" else None
+        if out is None:
+            mode = "reverse"
             out = attribute_ids(self.model, input_ids, n_prompt, self.chunk_size, self.backward_batch,
                                 self.memory["reverse"])[rows]
         self.used[mode] = self.used.get(mode, 0) + 1
         return out
+
+    def _mode(self, length: int, n_prompt: int, rows: int) -> str:
+        """The mode a sample tries first: reverse mode once forward mode failed on this model, and for a
+        sequence as long as one forward mode could not fit (a tangent's memory grows with the sequence)."""
+        if self.forward_failed:
+            return "reverse"
+        mode = choose_autodiff(self.autodiff, rows, n_prompt, length - n_prompt, self.chunk_size)
+        if mode == "forward" and self.autodiff == "auto" and 0 < self.forward_too_long <= length:
+            self.forward_out_of_memory += 1
+            return "reverse"
+        return mode
+
+    def _forward(self, input_ids: torch.Tensor, n_prompt: int, rows: np.ndarray) -> np.ndarray | None:
+        """The sample's matrix in forward mode, or None where `auto` falls back to reverse mode."""
+        share = self.memory["forward"].value
+        try:
+            return attribute_ids_forward(self.model, input_ids, n_prompt, rows, self.forward_batch,
+                                         self.memory["forward"])
+        except (NotImplementedError, RuntimeError) as error:
+            if self.autodiff == "forward":
+                raise RuntimeError(f"forward-mode attribution failed ({error}); `attribution.autodiff: "
+                                   "reverse` runs this model in reverse mode") from error
+            out_of_memory = _is_out_of_memory(error)
+            if out_of_memory:
+                self.forward_out_of_memory += 1
+                # the sample was too long for forward mode, not the memory estimate too high: the shorter
+                # samples after it keep their batches
+                self.memory["forward"].value = share
+                self.forward_too_long = input_ids.numel()  # shorter than any before: they skip forward mode
+                log.warning("forward mode ran out of memory on a sample of %d prompt and %d response tokens: "
+                            "that sample, and any as long, in reverse mode", n_prompt, input_ids.numel() - n_prompt)
+            else:
+                self.forward_failed = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                log.warning("forward mode failed on this model (%s): reverse mode from now on", self.forward_failed)
+        if out_of_memory:
+            torch.cuda.empty_cache()  # out of the except block: the failed pass's tensors are gone
+        return None
 
     def record(self) -> dict:
         """What the shard header says: the mode asked for, the samples per mode it ran."""
