@@ -161,3 +161,20 @@ def test_the_old_dtype_key_names_its_replacement_and_precision_takes_only_the_fo
     assert "precision" not in checked["models"]["demo-tuned"]  # no default: it inherits attribution.precision
     assert dag.attribution_precision(checked, "demo-tuned") == "float32"
     assert dag.attribution_precision(checked, "demo-base") == "tf32"
+
+
+@pytest.mark.parametrize("key, value", [
+    (("models", "demo-base", "size"), "7B\t"),  # a tab split the Size column after each layer job had computed
+    (("models", "demo-base", "size"), "7B\n"),
+    (("attention", "released", "models", "demo-base"), "-h"),  # read as an option by the browser's command line
+])
+def test_a_label_that_would_break_a_file_or_a_command_line_names_its_key(demo, key, value):
+    config = copy.deepcopy(demo)
+    if key[0] == "attention":
+        config["attention"]["released"] = {"path": "bilinear_words.tsv", "models": {"demo-base": "llama"}}
+    node = config
+    for part in key[:-1]:
+        node = node[part]
+    node[key[-1]] = value
+    with pytest.raises(dag.ConfigError, match=rf"{'.'.join(key)}: .* does not match"):
+        check(config, overrides=False)
