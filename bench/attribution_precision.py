@@ -47,15 +47,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_scripts.attribution import (  # noqa: E402
-    AUTODIFF,
-    PRECISIONS,
-    Attributor,
-    attribute_sample,
-    autodiff_summary,
-    generate_response,
-    load_model,
-)
+from workflow_scripts.attribution import AUTODIFF, Attributor, attribute_sample, autodiff_summary  # noqa: E402
+from workflow_scripts.attribution_model import PRECISIONS, load_model  # noqa: E402
+from workflow_scripts.attribution_tokens import generate_response  # noqa: E402
 from workflow_scripts.dataset import dataset_group, read_dataset  # noqa: E402
 from workflow_scripts.importance import bin_attributions  # noqa: E402
 from workflow_scripts.local_chat import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402

@@ -28,9 +28,9 @@ from workflow_scripts.attribution import (  # noqa: E402
     choose_autodiff,
     forward_position_cost,
     forward_positions,
-    load_model,
     reverse_positions,
 )
+from workflow_scripts.attribution_model import load_model  # noqa: E402
 from workflow_scripts.local_chat import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
 
 

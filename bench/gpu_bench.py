@@ -387,7 +387,7 @@ def tf32_probe(device: torch.device) -> dict:
 def arithmetic_record(model, mode: str, device: torch.device) -> dict:
     """What arithmetic a mode's measurements ran: the project's own record (weights, activations,
     matmuls), torch's switches as they stand, and the probe."""
-    from workflow_scripts.attribution import precision_record
+    from workflow_scripts.attribution_model import precision_record
 
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     return {
@@ -599,7 +599,7 @@ class AttributionBench:
         backward = entry.get("seconds") or self.measured("backward") or (
             self.results.get("float32_per_token_backward") or {}).get("seconds") or self.body_estimate()
         if kind == "model":
-            from workflow_scripts.attribution import PRECISIONS
+            from workflow_scripts.attribution_model import PRECISIONS
 
             rebuild = self.models.dtype != PRECISIONS[mode] and self.models.build_seconds
             return 1.5 * rebuild + 1 if rebuild else 0.0
@@ -615,7 +615,7 @@ class AttributionBench:
 
     def mode_model(self, mode: str) -> None:
         """The mode's model (rebuilt unless the model in hand has its weights) and its arithmetic."""
-        from workflow_scripts.attribution import PRECISIONS
+        from workflow_scripts.attribution_model import PRECISIONS
         from workflow_scripts.devices import set_matmul_precision
 
         dtype = PRECISIONS[mode]  # an unknown mode fails here: recorded, and the run goes on
@@ -631,7 +631,8 @@ class AttributionBench:
                  f"the first build's: {built['float32_weights_equal_to_first_build']}"))
 
     def mode_backward(self, mode: str) -> None:
-        from workflow_scripts.attribution import PRECISIONS, attribute_ids
+        from workflow_scripts.attribution import attribute_ids
+        from workflow_scripts.attribution_model import PRECISIONS
         from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision(mode)
@@ -648,7 +649,8 @@ class AttributionBench:
               f"{entry['cells_equal']:.2%} of binned cells equal to {self.results['compared_with']}'s")
 
     def mode_forward(self, mode: str) -> None:
-        from workflow_scripts.attribution import PRECISIONS, attribute_ids_forward, forward_position_cost
+        from workflow_scripts.attribution import attribute_ids_forward, forward_position_cost
+        from workflow_scripts.attribution_model import PRECISIONS
         from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision(mode)
@@ -669,7 +671,8 @@ class AttributionBench:
               f"of binned cells equal to {self.results['compared_with']}'s")
 
     def mode_auto(self, mode: str) -> None:
-        from workflow_scripts.attribution import PRECISIONS, Attributor, autodiff_summary
+        from workflow_scripts.attribution import Attributor, autodiff_summary
+        from workflow_scripts.attribution_model import PRECISIONS
         from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision(mode)
@@ -892,7 +895,7 @@ def run_layer_job(module: str, arguments: list[str], log: Path, output: Path, ti
 def benchmark_model_load(files: dict, workdir: Path, device: torch.device, timeout: float) -> dict:
     """An attribution job's `load_model` of checkpoints of the first layers, in a child process, and the
     whole model's load from them: a fixed cost plus a cost per parameter, fitted to the two loads. On
-    a GPU the weights must arrive there (loaded through a device map, `attribution.load_kwargs`)."""
+    a GPU the weights must arrive there (loaded through a device map, `attribution_model.load_kwargs`)."""
     checkpoints = files["load"]
     wall, text, peaks = run_child(LOAD_CHILD, [str(c["model_dir"]) for c in checkpoints], workdir / "load.log",
                                   "load_model", timeout)

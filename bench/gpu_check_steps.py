@@ -87,12 +87,8 @@ def equality(step: Step) -> None:
     from gpu_bench import cast_weights, tf32_probe
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-    from workflow_scripts.attribution import (
-        attribute_ids,
-        attribute_ids_forward,
-        attribute_ids_reference,
-        precision_record,
-    )
+    from workflow_scripts.attribution import attribute_ids, attribute_ids_forward, attribute_ids_reference
+    from workflow_scripts.attribution_model import precision_record
     from workflow_scripts.devices import set_matmul_precision
 
     where = device()

@@ -10,22 +10,19 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from workflow_scripts import attribution
+from workflow_scripts import attribution, attribution_batches, attribution_model
 from workflow_scripts.attribution import (
-    PRECISIONS,
     Attributor,
     attribute_ids,
     attribute_ids_forward,
     attribute_ids_reference,
     attribute_shard,
-    auto_backward_batch,
     choose_autodiff,
-    generate_response,
-    load_kwargs,
-    load_model,
-    tokenize_pair,
     unit_scale,
 )
+from workflow_scripts.attribution_batches import auto_backward_batch
+from workflow_scripts.attribution_model import PRECISIONS, load_kwargs, load_model
+from workflow_scripts.attribution_tokens import generate_response, tokenize_pair
 from workflow_scripts.demo_models import train_tokenizer
 from workflow_scripts.devices import input_device, set_matmul_precision
 from workflow_scripts.importance import bin_attributions
@@ -206,8 +203,6 @@ def test_attribute_shard_writes_the_shard_samples_in_the_safe_format(tmp_path, t
 
 def test_missing_model_directory_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="model directory not found"):
-        from workflow_scripts.attribution import load_model
-
         load_model(str(tmp_path / "nope"))
 
 
@@ -317,10 +312,10 @@ def test_an_out_of_memory_error_sizes_the_jobs_later_batches_for_less_memory(mon
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return real_grad(outputs, inputs, grad_outputs, **kwargs)
 
-    monkeypatch.setattr(attribution, "input_device", lambda model: torch.device("cuda"))
+    monkeypatch.setattr(attribution_batches, "input_device", lambda model: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(attribution, "cuda_free_bytes", lambda device: free)
-    monkeypatch.setattr(attribution, "auto_backward_batch", fits)
+    monkeypatch.setattr(attribution_batches, "cuda_free_bytes", lambda device: free)
+    monkeypatch.setattr(attribution_batches, "auto_backward_batch", fits)
     monkeypatch.setattr(torch.autograd, "grad", grad)
     attributor = Attributor(model, chunk_size=8, autodiff="reverse")
     got = attributor.matrix(ids, 20, np.arange(20))
@@ -746,7 +741,7 @@ def test_a_model_whose_input_embeddings_are_offloaded_generates_and_is_attribute
     sample = attribution.attribute_sample(Attributor(offloaded), tokenizer, "s0", prompt, tokens)
     expected = attribute_ids_reference(model, tokens.input_ids, n_prompt=tokens.n_prompt)[tokens.prompt_rows]
     np.testing.assert_allclose(sample.matrix, expected, rtol=1e-5, atol=FLOAT32_SPREAD * np.abs(expected).max())
-    record = attribution.precision_record(offloaded, "float32")
+    record = attribution_model.precision_record(offloaded, "float32")
     assert record["activations_dtype"] == "float32" and record["matmul"].startswith("float32 (CPU")
     assert input_device(offloaded) == torch.device("cpu")
 

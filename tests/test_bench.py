@@ -112,7 +112,8 @@ def test_each_mode_of_the_gpu_bench_rounds_the_same_weights_as_a_real_job_loads_
     from transformers import AutoModelForCausalLM
 
     gpu_bench = import_bench("gpu_bench")
-    from workflow_scripts.attribution import PRECISIONS, attribute_ids
+    from workflow_scripts.attribution import attribute_ids
+    from workflow_scripts.attribution_model import PRECISIONS
 
     models = gpu_bench.Models(gpu_bench.SMALL, torch.device("cpu"))
     float32, _ = models.get(torch.float32)

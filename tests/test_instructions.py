@@ -273,7 +273,7 @@ def demo_metaspace(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["llama-sentencepiece", "smollm2-byte-level", "demo-metaspace"])
 def test_edge_rule_on_real_tokenizers_marks_each_sentence_without_its_edges(kind, tmp_path_factory):
-    from workflow_scripts.attribution import tokenize_pair
+    from workflow_scripts.attribution_tokens import tokenize_pair
 
     tokenizer = {
         "llama-sentencepiece": llama_sentencepiece,
@@ -300,7 +300,7 @@ def test_edge_rule_on_real_tokenizers_marks_each_sentence_without_its_edges(kind
 def test_a_lone_space_piece_before_a_first_digit_is_an_edge_token():
     """LLaMA splits digits, so a prompt opening with `3` starts `▁`, `3`; the fast tokenizer gives the
     lone `▁` the span of the `3`. The paper drops a leading `▁` from the sentence's tokens (lima_author_88)."""
-    from workflow_scripts.attribution import tokenize_pair
+    from workflow_scripts.attribution_tokens import tokenize_pair
 
     prompt = "3 paragraph essay about a cat."
     tokenizer = llama_sentencepiece()

@@ -15,7 +15,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from workflow_scripts import attention, attribution, ffn  # noqa: E402
+from workflow_scripts import attention, attribution_model, ffn  # noqa: E402
 from workflow_scripts.word_embeddings import word_token_ids  # noqa: E402
 
 WORDS = [f"{a}{b}" for a in ("cat", "dog", "sun", "sea", "tree") for b in ("", "s", "ty", "ly")]
@@ -52,7 +52,7 @@ def test_a_tokenizer_without_its_vocabulary_is_refused_by_every_job_that_loads_o
     with pytest.raises(ValueError, match=refused):
         ffn.explain_layer(str(model_dir), "m", 1, vocabulary, str(tmp_path / "ffn.tsv"), rank=4, top_k=4)
     with pytest.raises(ValueError, match=refused):
-        attribution.load_model(str(model_dir))
+        attribution_model.load_model(str(model_dir))
     assert not (tmp_path / "heads.tsv").exists() and not (tmp_path / "ffn.tsv").exists()
 
 
@@ -91,7 +91,7 @@ def sentencepiece_model(tmp_path_factory):
 def test_a_sentencepiece_model_with_only_tokenizer_model_is_explained(sentencepiece_model, tmp_path):
     model_dir, processor = sentencepiece_model
     vocabulary, vectors = explainer_inputs(tmp_path)
-    _, tokenizer = attribution.load_model(str(model_dir))
+    _, tokenizer = attribution_model.load_model(str(model_dir))
     assert len(tokenizer) == processor.get_piece_size()
     assert word_token_ids(tokenizer, WORDS) == [processor.encode(word) for word in WORDS]  # SentencePiece's own ids
     ffn.explain_layer(str(model_dir), "m", 1, vocabulary, str(tmp_path / "ffn.tsv"), rank=4, top_k=4)

@@ -16,7 +16,7 @@ sum_k d p_j / d e_ik * e_ik for every j at once: row i of the matrix. The paper'
 next to their responses (median 31 tokens against 240-299), so forward mode needs far fewer passes;
 `auto` picks, per sample, the one with less work (`choose_autodiff`).
 
-Precision modes (`PRECISIONS`, docs/design.md#precision-modes): float32 is the paper's (its loop runs
+Precision modes (`attribution_model`, docs/design.md#precision-modes): float32 is the paper's (its loop runs
 `.float()`); tf32 keeps float32 weights and lets CUDA run float32 matmuls in TF32; bfloat16 and
 float16 run the weights and activations in that half dtype while the objectives (output head and
 softmax) and the gradient x input sums are computed in float32. float16 keeps 3 more bits than
@@ -33,10 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .attribution_batches import MemoryShare, batch_size, in_batches, is_out_of_memory
+from .attribution_model import PRECISIONS, load_model, precision_record
+from .attribution_tokens import Tokenized, check_fits, generate_response, tokenize_pair
 from .cli import non_negative_int
 from .dataset import read_dataset, shard_samples
-from .devices import input_device, pick_device, set_matmul_precision
-from .model_paths import check_model_path
+from .devices import input_device
 from .progress import progress
 from .shards import SampleAttribution, Shard, save_shard
 
@@ -48,23 +50,6 @@ AUTODIFF = ("auto", "reverse", "forward")
 # shapes (docs/benchmarks.md, forward vs reverse mode); bench/gpu_bench.py prints it for the GPU it runs on.
 FORWARD_POSITION_COST = 1.3
 FORWARD_BATCH_CPU = 16  # tangents per forward pass on a CPU (SmolLM2: 16-23 were 1.2x faster than 8)
-PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
-              "float16": torch.float16}  # mode -> weights
-# Bytes a batched backward holds per cotangent, per position, per unit below (see `auto_backward_batch`):
-# a layer's hidden-size and intermediate-size gradients and its attention weights' gradients, x 2 for slack.
-_GRADIENT_COPIES = {"hidden": 6, "intermediate": 4, "attention": 2}
-
-
-@dataclass
-class Tokenized:
-    """A prompt + response token sequence with the character offsets of both parts."""
-
-    input_ids: torch.Tensor  # (T,)
-    prompt_rows: np.ndarray  # positions of the real (non-special) prompt tokens
-    n_prompt: int  # the response starts at this position
-    prompt_offsets: np.ndarray
-    response_text: str
-    response_offsets: np.ndarray
 
 
 def _objectives(model, embeddings: torch.Tensor, input_ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
@@ -101,99 +86,6 @@ def _head_cotangents(model, hidden: torch.Tensor, targets: torch.Tensor) -> torc
     return grad.to(hidden.device)
 
 
-def check_head_only_logits(model, path: str) -> None:
-    """The objectives are the output head's softmax of the final hidden state (`_head_cotangents`): a model
-    that reworks its logits after the head (Gemma-2's soft-capping, Cohere's logit scale) would be
-    attributed for probabilities it never gives. One probe forward pass compares the two."""
-    from accelerate.utils import align_module_device
-
-    ids = (torch.arange(1, 9) % model.config.vocab_size).to(input_device(model))[None]
-    head = model.get_output_embeddings()
-    with torch.no_grad():
-        own = model(input_ids=ids).logits[0].float()
-        hidden = model.base_model(input_ids=ids).last_hidden_state[0]
-        with align_module_device(head):
-            ours = torch.nn.functional.linear(hidden.to(head.weight.device), head.weight, head.bias).float()
-    largest = float((ours.to(own.device) - own).abs().max())
-    if largest > 1e-3 * max(float(own.abs().max()), 1e-30):
-        raise ValueError(f"{path}: its logits are not its output head's ({type(model).__name__} reworks them "
-                         f"after the head, by up to {largest:.3g}), so attribution's objectives would not be its "
-                         f"probabilities; architectures without such a step (LLaMA, Mistral, Qwen2) are supported")
-
-
-def auto_backward_batch(config, sequence: int, element_bytes: int, free_bytes: int, limit: int) -> int:
-    """How many response tokens' body backward passes to run at once, from the free memory.
-
-    A batched backward keeps one copy of every layer's activation gradients per cotangent. The
-    estimate counts, per position, a few hidden-size and intermediate-size tensors and one row of
-    attention weights per head, doubled for slack, and uses half the free memory (an OOM still
-    halves the batch, down to the per-token path)."""
-    heads = getattr(config, "num_attention_heads", 1)
-    per_position = (_GRADIENT_COPIES["hidden"] * config.hidden_size
-                    + _GRADIENT_COPIES["intermediate"] * getattr(config, "intermediate_size", 4 * config.hidden_size)
-                    + _GRADIENT_COPIES["attention"] * heads * sequence)
-    per_cotangent = per_position * sequence * element_bytes * 2
-    return max(1, min(limit, int(free_bytes * 0.5 // per_cotangent)))
-
-
-@dataclass
-class MemoryShare:
-    """The share of the free GPU memory that automatic batches are sized for, halved by each out-of-memory
-    error: where the estimate (`auto_backward_batch`) runs high on some GPU or model, the job pays for it
-    with one failed pass, not with one per chunk and sample."""
-
-    value: float = 1.0
-
-
-def _batch_size(model, sequence: int, count: int, forced: int, cpu: int, memory: MemoryShare) -> int:
-    """Items (response tokens' cotangents, prompt tokens' tangents) per batched pass: `forced` when
-    set; else from the free memory on CUDA (the least free of the visible GPUs, `auto_backward_batch`:
-    a tangent holds about what a cotangent holds), `memory`'s share of it; else `cpu`: on a CPU the
-    free memory is not a budget this job owns (docs/benchmarks.md)."""
-    if forced:
-        return min(forced, count)
-    if input_device(model).type != "cuda":
-        return min(cpu, count)
-    free = int(min(cuda_free_bytes(i) for i in range(torch.cuda.device_count())) * memory.value)
-    element = next(model.parameters()).element_size()
-    return auto_backward_batch(model.config, sequence, element, free, count)
-
-
-def cuda_free_bytes(device: int) -> int:
-    """What this process can still allocate on a GPU: the driver's free memory plus what torch's caching
-    allocator holds unused (the driver counts that as taken, so a job that freed a pass's tensors would
-    otherwise size its next batches by what ran before)."""
-    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-
-
-def _is_out_of_memory(error: RuntimeError) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
-
-
-def _in_batches(count: int, batch: int, run, what: str, memory: MemoryShare):
-    """run(k, size) over consecutive slices of `count` items, `batch` at a time, each result yielded in
-    order; an out-of-memory error halves the batch, down to one item at a time, and `memory`'s share
-    for the batches sized after it (`what`: the pass, with {} for its size, for the warning)."""
-    k = 0
-    while k < count:
-        size = min(batch, count - k)
-        try:
-            out = run(k, size)
-        except RuntimeError as error:
-            if size == 1 or not _is_out_of_memory(error):
-                raise
-            batch = size // 2
-            memory.value /= 2
-            log.warning("out of memory in a %s: retrying %d at a time (later batches sized for %.3g of the free "
-                        "memory)", what.format(size), batch, memory.value)
-        else:
-            yield out
-            k += size
-            continue
-        # out of the except block: the error's traceback (and the failed pass's tensors) is gone
-        torch.cuda.empty_cache()
-
-
 def unit_scale(cotangents: torch.Tensor) -> torch.Tensor:
     """A power of two per row that brings the row's largest magnitude into [0.5, 1), as a column.
 
@@ -223,7 +115,7 @@ def _body_gradients(hidden: torch.Tensor, prefix: torch.Tensor, positions: torch
         (grad,) = torch.autograd.grad(hidden, prefix, stacked, retain_graph=True, is_grads_batched=True)
         return grad
 
-    yield from _in_batches(len(positions), batch, backward, "backward of {} response tokens", memory)
+    yield from in_batches(len(positions), batch, backward, "backward of {} response tokens", memory)
 
 
 def attribute_ids(
@@ -256,7 +148,7 @@ def attribute_ids(
         cotangents = _head_cotangents(model, hidden[positions], input_ids[n_prompt + start : n_prompt + stop])
         scale = unit_scale(cotangents)
         unscale = scale.to(prompt_embeddings.device)  # the gradients are where the embeddings are, not the last layer
-        batch = _batch_size(model, prefix.shape[0], len(positions), backward_batch, 1, memory)
+        batch = batch_size(model, prefix.shape[0], len(positions), backward_batch, 1, memory)
         done = 0
         for grads in _body_gradients(hidden, prefix, positions, (cotangents * scale).to(hidden.dtype), batch, memory):
             products = (grads[:, :n_prompt].float() * prompt_embeddings).sum(-1)
@@ -347,8 +239,8 @@ def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=No
         return (dh.float() * cotangents).sum(-1)
 
     memory = memory or MemoryShare()
-    batch = _batch_size(model, embeddings.shape[0], len(rows), batch, FORWARD_BATCH_CPU, memory)
-    out = list(_in_batches(len(rows), batch, forward, "forward pass of {} tangents", memory))
+    batch = batch_size(model, embeddings.shape[0], len(rows), batch, FORWARD_BATCH_CPU, memory)
+    out = list(in_batches(len(rows), batch, forward, "forward pass of {} tangents", memory))
     return torch.cat(out).cpu().numpy().astype(np.float32)
 
 
@@ -407,7 +299,7 @@ class Attributor:
             if self.autodiff == "forward":
                 raise RuntimeError(f"forward-mode attribution failed ({error}); `attribution.autodiff: "
                                    "reverse` runs this model in reverse mode") from error
-            out_of_memory = _is_out_of_memory(error)
+            out_of_memory = is_out_of_memory(error)
             if out_of_memory:
                 self.forward_out_of_memory += 1
                 # the sample was too long for forward mode, not the memory estimate too high: the shorter
@@ -445,53 +337,6 @@ def attribute_ids_reference(model, input_ids: torch.Tensor, n_prompt: int) -> np
     return matrix
 
 
-def tokenize_pair(tokenizer, prompt: str, response: str) -> Tokenized:
-    """Tokenize prompt + " " + response once, and split the tokens at the prompt's end: the text the
-    paper's `prepare4explain` attributes (its response stripped; the paper's prompts have no white
-    space at their ends to strip, and the instruction spans are offsets into the prompt as given)."""
-    response = response.strip()
-    text = prompt + " " + response
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    ids, offsets = np.asarray(enc["input_ids"]), np.asarray(enc["offset_mapping"], dtype=np.int64)
-    special = np.asarray(tokenizer.get_special_tokens_mask(ids.tolist(), already_has_special_tokens=True), bool)
-    in_response = (offsets[:, 0] >= len(prompt)) & ~special
-    if not in_response.any():
-        raise ValueError(f"the response {response[:40]!r} gave no tokens")
-    n_prompt = int(np.argmax(in_response))
-    if not in_response[n_prompt:].all():
-        raise ValueError(f"prompt and response tokens interleave for {prompt[:40]!r}")
-    prompt_rows = np.flatnonzero(~special[:n_prompt])
-    response_offsets = np.clip(offsets[n_prompt:] - (len(prompt) + 1), 0, None)
-    return Tokenized(
-        torch.as_tensor(ids), prompt_rows, n_prompt, offsets[prompt_rows], response, response_offsets
-    )
-
-
-def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tokenized:
-    """The model's own greedy response to the raw prompt (no chat template), attributed as the paper's
-    code did: at least one new token (its `min_length`), decoded without special tokens, then
-    tokenized again with the prompt (`tokenize_pair`), so a response opened by a line break or a
-    space is attributed from its first word."""
-    enc = tokenizer(prompt, return_offsets_mapping=True, return_tensors="pt")
-    prompt_ids = enc["input_ids"].to(input_device(model))
-    with torch.no_grad():
-        out = model.generate(
-            prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
-            min_new_tokens=min(1, max_new_tokens), do_sample=False,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-        )[0]
-    new = out[prompt_ids.shape[1] :].tolist()
-    special = set(tokenizer.all_special_ids)
-    keep = next((k for k, token in enumerate(new) if token in special), len(new))
-    text = tokenizer.decode(new[:keep], skip_special_tokens=True).strip()
-    if text:
-        return tokenize_pair(tokenizer, prompt, text)
-    prompt_offsets = enc["offset_mapping"][0].numpy().astype(np.int64)
-    prompt_rows = np.flatnonzero(~np.isin(enc["input_ids"][0].numpy(), list(special)))
-    nothing = np.zeros((0, 2), np.int64)  # no response token: the sample scores 0, as in the paper
-    return Tokenized(enc["input_ids"][0], prompt_rows, prompt_ids.shape[1], prompt_offsets[prompt_rows], "", nothing)
-
-
 def attribute_sample(attributor: Attributor, tokenizer, sample_id: str, prompt: str, tokens: Tokenized
                      ) -> SampleAttribution:
     ids = tokens.input_ids.to(input_device(attributor.model))
@@ -513,95 +358,6 @@ def attribute_sample(attributor: Attributor, tokenizer, sample_id: str, prompt: 
         response_offsets=tokens.response_offsets,
         matrix=matrix,
     )
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
-
-
-def precision_record(model, precision: str) -> dict:
-    """What a shard says about its arithmetic, read back from the model and torch rather than from
-    the request, so that a mode that silently fell back to another is seen in the file."""
-    weights = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
-    device = input_device(model)
-    with torch.no_grad():
-        probe = model.get_input_embeddings()(torch.arange(2, device=device)[None])  # offloaded or not
-        activations = str(model.base_model(inputs_embeds=probe).last_hidden_state.dtype).removeprefix("torch.")
-    if weights != ["float32"]:
-        matmul = "/".join(weights)
-    elif device.type == "cuda":
-        matmul = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "float32"
-    else:  # oneDNN's float32 matmuls stay IEEE unless torch.backends.mkldnn.matmul.fp32_precision says otherwise
-        setting = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
-        matmul = "float32 (CPU: TF32 is a CUDA mode; tf32 runs as float32)" if setting in ("none", "ieee") \
-            else f"float32 as oneDNN {setting}"
-    return {"precision": precision, "weights_dtype": "/".join(weights), "activations_dtype": activations,
-            "matmul": matmul, "accumulation": "float32 (output head, softmax, gradient x input sums)"}
-
-
-def load_kwargs(precision: str, device: torch.device, gpus: int) -> dict:
-    """`from_pretrained` arguments: the mode's weight dtype; on GPUs a device map, so that each tensor
-    is loaded straight onto its GPU (spread over the job's GPUs when it has several) rather than the
-    whole model first built in host memory (27 GiB for a 7B model in float32) and then copied over."""
-    kwargs = {"dtype": PRECISIONS[precision]}
-    if device.type == "cuda":
-        kwargs["device_map"] = "auto" if gpus > 1 else {"": 0}
-    return kwargs
-
-
-def load_model(path: str, precision: str = "float32"):
-    """A frozen causal LM in the mode's weight dtype and its tokenizer, on the job's GPUs (those its
-    lease made visible, or its SLURM allocation) or the CPU."""
-    from transformers import AutoModelForCausalLM
-
-    from .model_tokenizer import load_tokenizer
-
-    check_precision(precision)
-    check_model_path(path)
-    tokenizer = load_tokenizer(path)  # first: a broken tokenizer fails before the weights load
-    device = pick_device()
-    if device.type == "cpu" and precision == "float16":  # docs/benchmarks.md, SmolLM2
-        log.warning("float16 on a CPU: a GPU mode; CPUs without AVX512-FP16 emulate its matrix products (19x "
-                    "float32's time on an AMD EPYC, about float32's on a Xeon with AVX512-FP16)")
-    set_matmul_precision(precision)
-    model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(precision, device, torch.cuda.device_count()))
-    model.eval().requires_grad_(False)
-    check_head_only_logits(model, path)
-    return model, tokenizer
-
-
-def context_length(model) -> int | None:
-    """The model's context window, from its config (None when the config does not say)."""
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def check_fits(model, tokenizer, samples, response: str, max_new_tokens: int, dataset: str) -> None:
-    """Refuse, before any attribution, a sample whose tokens would not fit the model's context
-    (attributing past it only earns a transformers warning and meaningless positions), and an empty
-    reference response (it would be attributed as a lone word-boundary token)."""
-    limit = context_length(model)
-    for sample in samples:
-        if response == "reference" and not sample.response.strip():
-            raise ValueError(f"{dataset}:{sample.line}: sample {sample.id} has an empty Response to attribute")
-        if limit is None:
-            continue
-        prompt_tokens = len(tokenizer(sample.prompt, add_special_tokens=True)["input_ids"])
-        if response == "reference":
-            total = len(tokenizer(sample.prompt + " " + sample.response, add_special_tokens=True)["input_ids"])
-            what = "prompt and reference response"
-        else:
-            total, what = prompt_tokens + max_new_tokens, f"prompt and up to {max_new_tokens} new tokens"
-        if total > limit:
-            raise ValueError(
-                f"{dataset}:{sample.line}: sample {sample.id} needs {total} tokens ({what}), "
-                f"more than the model's context of {limit}"
-            )
 
 
 def attribute_shard(

@@ -172,7 +172,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-# What a shard header says about how its attributions were made (attribution.precision_record, shards).
+# What a shard header says about how its attributions were made (attribution_model.precision_record, shards).
 RECORDED = ("source", "device", "precision", "weights_dtype", "activations_dtype", "matmul", "binned_levels",
             "autodiff", "autodiff_samples", "forward_failed", "forward_out_of_memory")
 
