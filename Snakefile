@@ -47,7 +47,7 @@ onstart:
     # annotation jobs are to run; offline, the hub models that jobs needing weights will load.
     if not workflow.touch:
         scheduled = [(job.rule.name, dict(job.wildcards)) for job in workflow.dag.needrun_jobs()]
-        dag.require_api_key(PROVIDER, [rule for rule, _ in scheduled], ANNOTATION_RULES)
+        plan_annotation.require_api_key(PROVIDER, [rule for rule, _ in scheduled], ANNOTATION_RULES)
         dag.require_cached_models(config, scheduled)
 
 

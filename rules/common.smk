@@ -5,7 +5,7 @@ import inspect
 import json
 import re
 
-from workflow_scripts import code_version, dag
+from workflow_scripts import code_version, dag, plan_annotation
 from workflow_scripts.code_version import code_digest, method_version  # every rule's `code` param
 from workflow_scripts.annotation_files import FILES
 
@@ -127,14 +127,14 @@ def bilinear_words():
 # --- annotate.smk --------------------------------------------------------------------------------
 
 ANNOTATION = config["annotation"]
-PROVIDER = dag.resolved_provider(ANNOTATION["provider"])
+PROVIDER = plan_annotation.resolved_provider(ANNOTATION["provider"])
 # What decides the answers (params: a change reruns the annotation); speed keys reach the job through
-# globals named in the shell line, whose text stays the same (dag.PROVIDER_ANSWER_KEYS).
-PROVIDER_PARAM = dag.provider_param(PROVIDER)
-ANNOTATION_RUNTIME = dag.provider_runtime(PROVIDER)
+# globals named in the shell line, whose text stays the same (plan_annotation.PROVIDER_ANSWER_KEYS).
+PROVIDER_PARAM = plan_annotation.provider_param(PROVIDER)
+ANNOTATION_RUNTIME = plan_annotation.provider_runtime(PROVIDER)
 ANNOTATION_KEY_ENV = PROVIDER.get("api_key_env") or ""
 ANNOTATION_RULES = ("annotate_describe", "annotate_task", "annotate_level")
-ANNOTATION_CODE = dag.annotation_code(PROVIDER)
+ANNOTATION_CODE = plan_annotation.annotation_code(PROVIDER)
 # A local annotator computes on a GPU as the explanation jobs do: it requests `provider.gpus` and starts
 # through the lease launcher, so it never runs on a device another job has leased. The other providers
 # compute nothing here: they request no GPU and start as they are.

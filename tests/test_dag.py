@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts import dag
+from workflow_scripts import dag, plan_annotation
 
 HEADER = "ID\tPrompt\tResponse\tInstruct&Context\n"
 
@@ -308,7 +308,9 @@ def test_every_provider_key_of_the_schema_decides_the_answers_or_speed_or_nothin
 
     schema = yaml.safe_load((Path(__file__).parents[1] / "schemas" / "config.schema.yaml").read_text())
     keys = set(schema["properties"]["annotation"]["properties"]["provider"]["properties"])
-    groups = [dag.PROVIDER_ANSWER_KEYS, dag.SPEED_KEYS["provider"], dag.PROVIDER_PLUMBING_KEYS]
+    groups = [plan_annotation.PROVIDER_ANSWER_KEYS, plan_annotation.PROVIDER_SPEED_KEYS,
+              plan_annotation.PROVIDER_PLUMBING_KEYS]
+    assert dag.SPEED_KEYS["provider"] is plan_annotation.PROVIDER_SPEED_KEYS  # the provenance page leaves them out
     assert sorted(k for group in groups for k in group) == sorted(keys)
 
 
@@ -317,10 +319,12 @@ def test_the_provider_param_holds_what_decides_the_answers_and_no_speed_or_key_n
                 "api_key_env": "OPENAI_API_KEY", "build": None, "concurrency": 8, "max_retries": 5,
                 "timeout_s": 60, "batch_size": 1, "gpus": 1}
     # the text of before the key lists moved to dag: an upgrade must not rerun a paid annotation
-    assert dag.provider_param(provider) == (
+    assert plan_annotation.provider_param(provider) == (
         '{"base_url": null, "kind": "openai", "model": "gpt-3.5-turbo-0613", "path": null}')
-    assert dag.provider_param({**provider, "concurrency": 1, "api_key_env": "K"}) == dag.provider_param(provider)
-    assert dag.provider_runtime(provider) == '{"batch_size": 1, "concurrency": 8, "max_retries": 5, "timeout_s": 60}'
+    faster = {**provider, "concurrency": 1, "api_key_env": "K"}
+    assert plan_annotation.provider_param(faster) == plan_annotation.provider_param(provider)
+    assert plan_annotation.provider_runtime(provider) == (
+        '{"batch_size": 1, "concurrency": 8, "max_retries": 5, "timeout_s": 60}')
 
 
 def test_a_local_annotators_answers_follow_its_decoders_version_and_paid_ones_do_not():
@@ -328,10 +332,10 @@ def test_a_local_annotators_answers_follow_its_decoders_version_and_paid_ones_do
     to ask again, while an openai provider's paid answers rerun only when annotate is raised."""
     from workflow_scripts.code_version import code_digest, method_version
 
-    local = dag.annotation_code({"kind": "local", "path": "models/mine"})
+    local = plan_annotation.annotation_code({"kind": "local", "path": "models/mine"})
     assert method_version("annotate") in local and method_version("local_chat") in local
-    assert dag.annotation_code({"kind": "openai", "model": "gpt-4o"}) == method_version("annotate")
-    assert dag.annotation_code({"kind": "replay", "path": "answers"}) == code_digest("annotate")
+    assert plan_annotation.annotation_code({"kind": "openai", "model": "gpt-4o"}) == method_version("annotate")
+    assert plan_annotation.annotation_code({"kind": "replay", "path": "answers"}) == code_digest("annotate")
 
 
 def test_a_local_model_is_read_as_its_directory_and_the_files_that_make_it(tmp_path, monkeypatch):

@@ -16,11 +16,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .dag import ConfigError
-
 SCHEMA = "schemas/config.schema.yaml"
 BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 NULLS = {"null", "~", ""}
+
+
+class ConfigError(ValueError):
+    """A config that is invalid or inconsistent; the message names the key."""
 
 
 def load_schema(basedir: str | Path) -> dict:

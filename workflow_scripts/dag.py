@@ -9,22 +9,19 @@ import functools
 import hashlib
 import json
 import os
-import urllib.parse
 from pathlib import Path
 
 from .annotation_files import FILES
-from .code_version import code_digest, method_version
+from .code_version import method_version
+from .config_checks import ConfigError
 from .dataset import Sample, read_dataset, shard_samples
 from .model_paths import ModelShape, cached_config, hub_offline, looks_local
 from .model_paths import model_shape as shape_of
 from .paper_data import read_manifest, sha256
+from .plan_annotation import PROVIDER_SPEED_KEYS, check_annotation_provider, check_endpoint
 
 PAPER_MANIFEST = "datasets/paper-manifest.sha256"
 FETCHED = "resources/paper/"
-
-
-class ConfigError(ValueError):
-    """A config that is valid JSON Schema but inconsistent; the message names the key."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -188,7 +185,7 @@ SPEED_KEYS = {
     "model": ("gpus",),
     "attention": ("gpus",),
     "ffn": ("gpus",),
-    "provider": ("concurrency", "max_retries", "timeout_s", "batch_size", "gpus"),
+    "provider": PROVIDER_SPEED_KEYS,
 }
 
 
@@ -310,67 +307,6 @@ def released_dir(config: dict, model: str) -> str:
     return f"resources/paper/results/attribution_interpret/{name}"
 
 
-def check_endpoint(url: str | None, key: str = "annotation.provider.base_url") -> None:
-    """The endpoint goes into the annotation jobs' params and shell lines, the provenance page and every
-    cached answer's key, so it must hold no secret; the errors never quote it."""
-    if url is None:
-        return
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        host = None
-    if host is None or parts.scheme not in ("http", "https"):
-        raise ConfigError(f"{key}: not an http(s) URL; give the endpoint, e.g. http://localhost:8000/v1")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{key}: holds credentials (user:password@ before the host); give the endpoint alone "
-                          "and the key in the environment variable named by annotation.provider.api_key_env")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{key}: has a query or fragment (after ? or #); give the endpoint alone, e.g. "
-                          "http://localhost:8000/v1, and any key in the variable named by api_key_env")
-
-
-def resolved_provider(provider: dict) -> dict:
-    """The provider with the endpoint its requests go to: with `base_url: null` the openai client sends
-    to OPENAI_BASE_URL when set, so that goes into the params (a change reruns the annotation), the
-    provenance and the cache's keys; the job gets it explicitly and never reads the variable itself."""
-    variable = os.environ.get("OPENAI_BASE_URL", "")
-    if provider.get("kind", "openai") != "openai" or provider.get("base_url") or not variable:
-        return provider
-    check_endpoint(variable, "OPENAI_BASE_URL (the environment variable, used as annotation.provider.base_url is null)")
-    return {**provider, "base_url": variable}
-
-
-# The annotation provider's keys, each in one group (a test checks the schema's against them). Those that
-# decide the answers are the annotation steps' `provider` param: a change reruns the annotation. The speed
-# keys (SPEED_KEYS["provider"]) reach the job through a global its shell line names, whose text stays the
-# same; `api_key_env` only names the variable the job reads the key from (the key never reaches params,
-# shell lines or logs), and `build` how the local model is made (its folder is an input of the steps).
-PROVIDER_ANSWER_KEYS = ("kind", "model", "base_url", "path")
-PROVIDER_PLUMBING_KEYS = ("api_key_env", "build")
-
-
-def provider_param(provider: dict) -> str:
-    """What decides the provider's answers, as the annotation steps' param (JSON)."""
-    return json.dumps({k: provider.get(k) for k in PROVIDER_ANSWER_KEYS}, sort_keys=True)
-
-
-def provider_runtime(provider: dict) -> str:
-    """The provider's speed keys (JSON), for the job's command line: never a param."""
-    return json.dumps({k: provider[k] for k in SPEED_KEYS["provider"] if k != "gpus"}, sort_keys=True)
-
-
-def check_annotation_provider(provider: dict) -> None:
-    """Checked when an annotation job is planned (a config without annotation needs no provider)."""
-    kind = provider.get("kind", "openai")
-    if kind == "openai" and not provider.get("model"):
-        raise ConfigError("annotation.provider.model: required for the openai provider (e.g. gpt-3.5-turbo-0613)")
-    if kind in ("local", "replay") and not provider.get("path"):
-        raise ConfigError(f"annotation.provider.path: required for the {kind} provider")
-    if kind == "replay" and not Path(provider["path"]).is_dir():
-        raise ConfigError(f"annotation.provider.path: replay folder {provider['path']} not found")
-
-
 def annotator_input(provider: dict, step: str | None = None, seed: int | str | None = None) -> list[str]:
     """What an annotation step reads besides its rows: the local model's directory when there is one
     (to be built by demo_annotator, or on disk with its model_files), so that the steps wait for it and
@@ -384,44 +320,11 @@ def annotator_input(provider: dict, step: str | None = None, seed: int | str | N
     return []
 
 
-def annotation_code(provider: dict) -> str:
-    """The annotation steps' `code` param. Paid or slow answers rerun only when the method's version is
-    raised; a local model's also when its decoder's (local_chat) is, which is in their cache key; replay
-    reads files, costs nothing, and follows its code like a table job."""
-    if provider["kind"] == "replay":
-        return code_digest("annotate")
-    if provider["kind"] == "local":
-        return f"{method_version('annotate')}, {method_version('local_chat')}"
-    return method_version("annotate")
-
-
 def word_vectors_input(config: dict) -> list[str]:
     """The word-vectors file or folder the head jobs read (none for the packaged default): vectors
     replaced in place change which word pairs every head keeps."""
     path = config["attention"]["word_vectors"].get("path")
     return [path] if path else []
-
-
-def missing_api_key(provider: dict) -> str | None:
-    """The name of the unset environment variable the openai provider needs, else None."""
-    variable = provider.get("api_key_env")
-    if provider.get("kind", "openai") == "openai" and variable and not os.environ.get(variable):
-        return variable
-    return None
-
-
-def require_api_key(provider: dict, scheduled_rules: list[str], annotation_rules: tuple[str, ...]) -> None:
-    """Called once the DAG is built and a real run is about to start: if an annotation job is
-    scheduled and the openai provider's key is missing, fail before any job (a dry run,
-    --summary or --list-changes never gets here, so they never need the key)."""
-    missing = missing_api_key(provider)
-    planned = sorted(set(scheduled_rules) & set(annotation_rules))
-    if missing and planned:
-        raise ConfigError(
-            f"annotation.provider.api_key_env: the environment variable {missing} is not set, and this run "
-            f"has annotation jobs to do ({', '.join(planned)}); export {missing}=... (the key never goes into "
-            "the config; the job reads it from the environment) or use another provider"
-        )
 
 
 WEIGHT_RULES = ("attribute_shard", "explain_attention_layer", "explain_ffn_layer")
