@@ -119,80 +119,111 @@ def answer_all(requests: list[ChatRequest], provider, cache: ResponseCache | Non
     (each answer cached, and the cache's answer used, as it arrives); requests other live jobs
     have claimed are waited for, and taken over if their claimant dies. Identical requests are
     asked once. Without a cache every request is asked."""
-    counts = Counter()
-    responses: list[ChatResponse | None] = [None] * len(requests)
-    billed = range(len(requests))  # the rows whose answers were paid for: one per distinct request when cached
-    if cache is None:
-        log.info("%s: %d requests to ask %s %s (no cache)", label, len(requests), provider.provider, provider.model)
-        with Progress(len(requests), label, "request") as bar:
-            for index, response in provider.stream(requests):
-                responses[index] = response
-                _paid(counts, response)
+    answers = _Answers(requests, label)
+    billed = answers.ask_all(provider) if cache is None else answers.through_cache(provider, cache, chunk, poll_s)
+    return answers.finish(billed, provider)
+
+
+class _Answers:
+    """One job's responses as they arrive, by request index, and what it counted on the way (answer_all)."""
+
+    def __init__(self, requests: list[ChatRequest], label: str):
+        self.requests, self.label = requests, label
+        self.responses: list[ChatResponse | None] = [None] * len(requests)
+        self.counts = Counter()
+
+    def ask_all(self, provider) -> range:
+        """Without a cache: every request asked, and every row paid for."""
+        log.info("%s: %d requests to ask %s %s (no cache)", self.label, len(self.requests), provider.provider,
+                 provider.model)
+        with Progress(len(self.requests), self.label, "request") as bar:
+            for index, response in provider.stream(self.requests):
+                self.responses[index] = response
+                _paid(self.counts, response)
                 bar.update()
-    else:
+        return range(len(self.requests))
+
+    def through_cache(self, provider, cache: ResponseCache, chunk: int, poll_s: float) -> list[int]:
+        """Each distinct request answered once, through the cache; returns the rows whose answers were paid
+        for (one per distinct request)."""
         asking: dict[str, list[int]] = {}  # key -> indices asking it
-        for index, request in enumerate(requests):
+        for index, request in enumerate(self.requests):
             asking.setdefault(cache.key(request), []).append(index)
         billed = [indices[0] for indices in asking.values()]
-
-        def settle(found: dict[str, ChatResponse], counter: str) -> None:
-            for key, response in found.items():
-                for index in asking.pop(key):
-                    responses[index] = response
-                    counts[counter] += 1
-
-        settle(cache.answered(asking), "cache_hits")
-        log.info("%s: %d requests, %d answered from the cache, %d to ask %s %s", label, len(requests),
+        counts = self.counts
+        self._settle(asking, cache.answered(asking), "cache_hits")
+        log.info("%s: %d requests, %d answered from the cache, %d to ask %s %s", self.label, len(self.requests),
                  counts["cache_hits"], len(asking), provider.provider, provider.model)
-        waiting = False
         try:
-            with Progress(len(asking), label, "request") as bar:
-                while asking:
-                    mine = cache.claim(list(asking), chunk)
-                    if mine:
-                        waiting = False
-                        first = [requests[asking[key][0]] for key in mine]
-                        answers = provider.stream(first)
-                        try:
-                            for position, response in answers:
-                                stored = cache.put(first[position], response)  # the cache's answer wins
-                                _paid(counts, response)
-                                counts["superseded"] += stored != response
-                                settle({mine[position]: stored}, "asked")
-                                bar.update()
-                        except BaseException:  # Ctrl-C or a failure: keep what was paid for and still arrives
-                            answers.close()
-                            for position, response in getattr(provider, "unyielded", ()):
-                                cache.put(first[position], response)
-                            raise
-                    elif not waiting:
-                        waiting = True
-                        log.info("%s: waiting for %d requests claimed by other jobs", label, len(asking))
-                    else:
-                        time.sleep(poll_s)
-                    found = cache.answered(asking)
-                    settle(found, "from_other_jobs")
-                    bar.update(len(found))
+            self._claim_and_ask(provider, cache, asking, chunk, poll_s)
         finally:
             cache.release()
         counts["cache_hits"] += counts["from_other_jobs"]
         counts["shared"] = counts["asked"] - counts["requests"]  # rows answered by another row's request
         if counts["from_other_jobs"] or counts["superseded"]:
             log.info("%s: %d answers came from concurrent jobs; %d of this job's answers were superseded by "
-                     "an earlier one in the cache (the cache's answer is written)", label,
+                     "an earlier one in the cache (the cache's answer is written)", self.label,
                      counts["from_other_jobs"], counts["superseded"])
-    missing = [i for i, r in enumerate(responses) if r is None]
-    if missing:
-        raise ChatError(f"{label}: {len(missing)} requests got no answer (first: request {missing[0]})")
-    counts["retries"] = getattr(provider, "retries", 0)
-    for index in billed:  # what the answers cost when they were made, each once
-        counts["prompt_tokens"] += responses[index].prompt_tokens
-        counts["completion_tokens"] += responses[index].completion_tokens
-    for response in responses:
-        counts["refused"] += response.finish_reason == "refusal"
-        counts["truncated"] += response.finish_reason == "length"
-        counts["empty"] += is_empty(response)
-    return responses, counts
+        return billed
+
+    def _settle(self, asking: dict[str, list[int]], found: dict[str, ChatResponse], counter: str) -> None:
+        for key, response in found.items():
+            for index in asking.pop(key):
+                self.responses[index] = response
+                self.counts[counter] += 1
+
+    def _claim_and_ask(self, provider, cache: ResponseCache, asking: dict[str, list[int]], chunk: int,
+                       poll_s: float) -> None:
+        """Until every request has its answer: ask those this job can claim, `chunk` at a time, and wait for
+        those other live jobs have claimed (`cache.claim` takes over a claim whose job died)."""
+        waiting = False
+        with Progress(len(asking), self.label, "request") as bar:
+            while asking:
+                mine = cache.claim(list(asking), chunk)
+                if mine:
+                    waiting = False
+                    self._ask_claimed(provider, cache, asking, mine, bar)
+                elif not waiting:
+                    waiting = True
+                    log.info("%s: waiting for %d requests claimed by other jobs", self.label, len(asking))
+                else:
+                    time.sleep(poll_s)
+                found = cache.answered(asking)
+                self._settle(asking, found, "from_other_jobs")
+                bar.update(len(found))
+
+    def _ask_claimed(self, provider, cache: ResponseCache, asking: dict[str, list[int]], mine: list[str],
+                     bar: Progress) -> None:
+        first = [self.requests[asking[key][0]] for key in mine]
+        answers = provider.stream(first)
+        try:
+            for position, response in answers:
+                stored = cache.put(first[position], response)  # the cache's answer wins
+                _paid(self.counts, response)
+                self.counts["superseded"] += stored != response
+                self._settle(asking, {mine[position]: stored}, "asked")
+                bar.update()
+        except BaseException:  # Ctrl-C or a failure: keep what was paid for and still arrives
+            answers.close()
+            for position, response in getattr(provider, "unyielded", ()):
+                cache.put(first[position], response)
+            raise
+
+    def finish(self, billed, provider) -> tuple[list[ChatResponse], Counter]:
+        """Every row answered (else an error), and the costs: the billed rows' tokens, each once."""
+        missing = [i for i, r in enumerate(self.responses) if r is None]
+        if missing:
+            raise ChatError(f"{self.label}: {len(missing)} requests got no answer (first: request {missing[0]})")
+        counts = self.counts
+        counts["retries"] = getattr(provider, "retries", 0)
+        for index in billed:  # what the answers cost when they were made, each once
+            counts["prompt_tokens"] += self.responses[index].prompt_tokens
+            counts["completion_tokens"] += self.responses[index].completion_tokens
+        for response in self.responses:
+            counts["refused"] += response.finish_reason == "refusal"
+            counts["truncated"] += response.finish_reason == "length"
+            counts["empty"] += is_empty(response)
+        return self.responses, counts
 
 
 def _paid(counts: Counter, response: ChatResponse) -> None:
