@@ -11,13 +11,13 @@ import logging
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .attribution_samples import joined_samples
 from .dataset import DatasetError, dataset_group, encode_field, read_rated
 from .importance import sample_score
 from .table_files import write_table
+from .table_stats import mean_std, t_test
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,6 @@ def instruction_scores(attributions: str | Path, dataset: str | Path, groups: di
     return frame
 
 
-def _welch_less(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """One-sided Welch t-test of mean(x) < mean(y); NaN when a side has fewer than 2 values."""
-    if len(x) < 2 or len(y) < 2:
-        return float("nan"), float("nan")
-    from scipy import stats  # here: scipy costs ~0.7 s to import, and only the tests need it
-
-    result = stats.ttest_ind(x, y, equal_var=False, alternative="less")
-    return float(result.statistic), float(result.pvalue)
-
-
 def _groups_in_order(groups: pd.Series) -> list[str]:
     """Dataset groups in order of first appearance in the data (not of config keys, whose order
     may change without changing the table)."""
@@ -78,9 +68,8 @@ def table1(scores: pd.DataFrame, ratings: dict[str, int], min_response_tokens: i
     for group in _groups_in_order(rated["group"]):
         g = rated[rated["group"] == group]
         unfollowed, followed = g.loc[g["rating"] == 1, "score"].to_numpy(), g.loc[g["rating"] >= 2, "score"].to_numpy()
-        t, p = _welch_less(unfollowed, followed)
-        rows.append((group, len(unfollowed), len(followed), _mean(unfollowed), _std(unfollowed),
-                     _mean(followed), _std(followed), t, p))
+        t, p = t_test(unfollowed, followed, equal_var=False, alternative="less")
+        rows.append((group, len(unfollowed), len(followed), *mean_std(unfollowed), *mean_std(followed), t, p))
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
@@ -177,17 +166,9 @@ def table2(pretrained: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
     for group in _groups_in_order(merged["group"]):
         g = merged[merged["group"] == group]
         x, y = g["score_pre"].to_numpy(), g["score_tuned"].to_numpy()
-        t, p = _welch_less(x, y)
-        rows.append((group, len(g), _mean(x), _std(x), _mean(y), _std(y), t, p))
+        t, p = t_test(x, y, equal_var=False, alternative="less")
+        rows.append((group, len(g), *mean_std(x), *mean_std(y), t, p))
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
-
-
-def _mean(x: np.ndarray) -> float:
-    return float(np.mean(x)) if len(x) else float("nan")
-
-
-def _std(x: np.ndarray) -> float:
-    return float(np.std(x, ddof=0)) if len(x) else float("nan")
 
 
 def empty_response_note(scores: pd.DataFrame, model: str) -> str:

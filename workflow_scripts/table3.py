@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .table_files import write_table
+from .table_stats import mean_std, t_test
 from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs, read_tsv_layout
 
 log = logging.getLogger(__name__)
@@ -191,19 +192,6 @@ def word_scores(words, heads, tuned_counts, pretrained_counts) -> list[float]:
     return scores
 
 
-def _welch_two_sided(x, y) -> tuple[float, float]:
-    if len(x) < 2 or len(y) < 2:
-        return float("nan"), float("nan")
-    from scipy import stats  # here: scipy costs ~0.7 s to import, and only the test needs it
-
-    result = stats.ttest_ind(x, y, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
-
-
-def _mean_std(x) -> tuple[float, float]:
-    return (float(np.mean(x)), float(np.std(x))) if len(x) else (float("nan"), float("nan"))
-
-
 def _unique_lower(words) -> list[str]:
     return list(dict.fromkeys(w.strip().lower() for w in words if w.strip()))
 
@@ -231,8 +219,8 @@ def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
         group_heads = [h for h in heads if h[0] * N_GROUPS // n_layers == group]
         instruct = word_scores(instruct_words, group_heads, tuned_counts, pretrained_counts)
         general = word_scores(general_words, group_heads, tuned_counts, pretrained_counts)
-        t, p = _welch_two_sided(instruct, general)
-        rows.append((f"{first}-{last}", *_mean_std(instruct), len(instruct), *_mean_std(general), len(general), t, p))
+        t, p = t_test(instruct, general, equal_var=False)
+        rows.append((f"{first}-{last}", *mean_std(instruct), len(instruct), *mean_std(general), len(general), t, p))
     return pd.DataFrame(rows, columns=TABLE3_COLUMNS)
 
 

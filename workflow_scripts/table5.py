@@ -23,6 +23,7 @@ import pandas as pd
 from .annotation_files import DESCRIBED_COLUMNS, LABEL_COLUMN, REFUSED
 from .atomic import atomic_file
 from .table_files import write_table
+from .table_stats import t_test
 from .tsv import read_tsv
 
 TASKS = ("writing", "math", "coding", "translation", "none")
@@ -90,10 +91,7 @@ def table5(seed_files: list[str | Path], label: str, pretrained: str, tuned: str
         if len(x) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
             t = p = float("nan")  # fewer than two seeds, or no spread at all: no test
         else:
-            from scipy import stats  # here: scipy costs ~0.7 s to import, and only the test needs it
-
-            result = stats.ttest_ind(x, y)
-            t, p = float(result.statistic), float(result.pvalue)
+            t, p = t_test(x, y, equal_var=True)  # Student's, as the paper's
         rows.append((category, x.mean(), x.std(), y.mean(), y.std(), t, p))
     return pd.DataFrame(rows, columns=TABLE5_COLUMNS)
 
