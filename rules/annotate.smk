@@ -115,7 +115,7 @@ rule annotation_cost:
         "../envs/shiftlens.yaml"
     params:
         code=code_digest("annotation_cost"),
-        prices=json.dumps(ANNOTATION["prices"], sort_keys=True),
+        prices=json.dumps(plan_annotation.used_prices(ANNOTATION["prices"], PROVIDER), sort_keys=True),
     shell:
         "python -m workflow_scripts.annotation_cost --stats {input:q} --prices={params.prices:q}"
         " --pair {wildcards.pair:q} --output {output.tsv:q} > {log:q} 2>&1"

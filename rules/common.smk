@@ -241,7 +241,11 @@ def config_slices():
     keys left out, so that changing one neither reruns the page nor makes it state a setting the
     results were not made with."""
     dataset = {k: config["dataset"][k] for k in ("samples", "groups")}
-    annotation = {**config["annotation"], "provider": dag.without_speed(PROVIDER, "provider")}
+    annotation = {
+        **config["annotation"],
+        "provider": dag.without_speed(PROVIDER, "provider"),
+        "prices": plan_annotation.used_prices(ANNOTATION["prices"], PROVIDER),
+    }
     return json.dumps(
         {
             "tables 1 and 2": {

@@ -327,6 +327,14 @@ def test_the_provider_param_holds_what_decides_the_answers_and_no_speed_or_key_n
         '{"batch_size": 1, "concurrency": 8, "max_retries": 5, "timeout_s": 60}')
 
 
+def test_the_cost_table_is_given_the_price_of_the_model_it_asks_and_no_other():
+    prices = {"gpt-4o": {"prompt": 2.5, "completion": 10.0}, "gpt-x": {"prompt": 1.0, "completion": 2.0}}
+    openai = {"kind": "openai", "model": "gpt-4o"}
+    assert plan_annotation.used_prices(prices, openai) == {"gpt-4o": {"prompt": 2.5, "completion": 10.0}}
+    assert plan_annotation.used_prices(prices, {**openai, "model": "unpriced"}) == {}
+    assert plan_annotation.used_prices(prices, {"kind": "local", "path": "m", "model": "gpt-4o"}) == {}  # costs 0
+
+
 def test_a_local_annotators_answers_follow_its_decoders_version_and_paid_ones_do_not():
     """Raising local_chat changes a local model's cache key (annotate.LazyLocal): its steps must rerun
     to ask again, while an openai provider's paid answers rerun only when annotate is raised."""

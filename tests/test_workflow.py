@@ -143,6 +143,12 @@ def test_adding_a_seed_plans_only_that_seeds_jobs_and_the_tables(demo):
                     "all": 1}
 
 
+def test_a_price_of_a_model_the_annotation_does_not_ask_reruns_nothing(demo):
+    """The cost table's params held every model's price: pricing another model reran it and the provenance page."""
+    prices = {"gpt-x": {"prompt": 1.0, "completion": 2.0}}  # the demo asks its local annotator, priced at 0
+    assert planned_jobs(demo, "--configfile", edited_config(demo, "annotation", prices=prices)) == {}
+
+
 def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "attention", top_k=50))
     assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,

@@ -77,6 +77,13 @@ def check_annotation_provider(provider: dict) -> None:
         raise ConfigError(f"annotation.provider.path: replay folder {provider['path']} not found")
 
 
+def used_prices(prices: dict, provider: dict) -> dict:
+    """The prices the cost table uses: the asked model's, for the openai provider (the others cost 0), so
+    that pricing another model reruns nothing."""
+    model = provider.get("model")
+    return {model: prices[model]} if provider.get("kind", "openai") == "openai" and model in prices else {}
+
+
 def annotation_code(provider: dict) -> str:
     """The annotation steps' `code` param. Paid or slow answers rerun only when the method's version is
     raised; a local model's also when its decoder's (local_chat) is, which is in their cache key; replay
