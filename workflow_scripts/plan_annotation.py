@@ -46,13 +46,11 @@ def resolved_provider(provider: dict) -> dict:
 
 # The annotation provider's keys, each in one group (a test checks the schema's against them). Those that
 # decide the answers are the annotation steps' `provider` param: a change reruns the annotation. The speed
-# keys (also dag.SPEED_KEYS["provider"]) reach the job through a global its shell line names, whose text stays the
-# same; `api_key_env` only names the variable the job reads the key from (the key never reaches params,
-# shell lines or logs), and `build` how the local model is made (its folder is an input of the steps).
+# keys (also dag.SPEED_KEYS["provider"]) reach the job through a global its shell line names, whose text
+# stays the same; `api_key_env` only names the variable the job reads the key from (the key never reaches
+# params, shell lines or logs), and `build` how the local model is made (its folder is an input of the steps).
 PROVIDER_ANSWER_KEYS = ("kind", "model", "base_url", "path")
 PROVIDER_SPEED_KEYS = ("concurrency", "max_retries", "timeout_s", "batch_size", "gpus")
-
-
 PROVIDER_PLUMBING_KEYS = ("api_key_env", "build")
 
 
