@@ -225,7 +225,10 @@ def check_config(config: dict) -> None:
         )
     for key, path in built_paths(config):
         check_inside_workdir(key, path)
-    check_cache_path((config.get("annotation") or {}).get("cache"))
+    cache = (config.get("annotation") or {}).get("cache")
+    if cache:
+        check_inside_workdir("annotation.cache", cache, follow_links=False, hint="; to share one cache between "
+                             "working directories, link each one's resources/annotation to one folder")
     check_built_paths(config)
     check_endpoint(((config.get("annotation") or {}).get("provider") or {}).get("base_url"))
     for model, settings in config["models"].items():
@@ -274,26 +277,17 @@ def check_built_paths(config: dict) -> None:
                                   "as a whole; give them separate folders")
 
 
-def check_inside_workdir(key: str, path: str) -> None:
-    """A path the workflow writes must stay inside the working directory (no absolute, no `..` out)."""
+def check_inside_workdir(key: str, path: str, follow_links: bool = True, hint: str = "") -> None:
+    """A path the workflow writes must stay inside the working directory (no absolute, no `..` out). With
+    `follow_links` False it is checked as written, so a link inside may lead elsewhere: the answer cache,
+    which working directories share through a linked `resources/annotation` (Snakemake never deletes it,
+    as it is no rule's output)."""
     workdir = Path.cwd().resolve()
-    resolved = (workdir / Path(path).expanduser()).resolve()
-    if Path(path).expanduser().is_absolute() or not resolved.is_relative_to(workdir) or resolved == workdir:
+    given = Path(path).expanduser()
+    resolved = (workdir / given).resolve() if follow_links else Path(os.path.normpath(workdir / given))
+    if given.is_absolute() or not resolved.is_relative_to(workdir) or resolved == workdir:
         raise ConfigError(f"{key}: {path} is written by this workflow, so it must lie inside the "
-                          f"working directory {workdir} (a relative path without `..` out of it)")
-
-
-def check_cache_path(path: str | None) -> None:
-    """The answer cache is written by the annotation steps, so its path stays inside the working directory
-    as written; working directories that share one cache link their `resources/annotation` folder to it
-    (a link is followed: Snakemake never deletes the cache, which is no rule's output)."""
-    if path is None:
-        return
-    parts = Path(os.path.normpath(Path(path).expanduser())).parts
-    if Path(path).expanduser().is_absolute() or not parts or parts[0] in ("..", "."):
-        raise ConfigError(f"annotation.cache: {path} is written by this workflow, so it must lie inside the working "
-                          f"directory {Path.cwd()} (a relative path without `..` out of it; to share one cache "
-                          "between working directories, link each one's resources/annotation to one folder)")
+                          f"working directory {workdir} (a relative path without `..` out of it{hint})")
 
 
 def released_dir(config: dict, model: str) -> str:
