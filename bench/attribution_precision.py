@@ -51,8 +51,8 @@ from workflow_scripts.attribution import AUTODIFF, Attributor, attribute_sample,
 from workflow_scripts.attribution_model import PRECISIONS, load_model  # noqa: E402
 from workflow_scripts.attribution_tokens import generate_response  # noqa: E402
 from workflow_scripts.dataset import dataset_group, read_dataset  # noqa: E402
+from workflow_scripts.demo_annotator import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
 from workflow_scripts.importance import bin_attributions  # noqa: E402
-from workflow_scripts.local_chat import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
 from workflow_scripts.shards import Shard, save_shard  # noqa: E402
 from workflow_scripts.table1_2 import instruction_scores  # noqa: E402
 

@@ -31,7 +31,7 @@ from workflow_scripts.attribution import (  # noqa: E402
     reverse_positions,
 )
 from workflow_scripts.attribution_model import load_model  # noqa: E402
-from workflow_scripts.local_chat import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
+from workflow_scripts.demo_annotator import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
 
 
 def fastest(repeat: int, run, *args) -> float:

