@@ -48,7 +48,7 @@ onstart:
     if not workflow.touch:
         scheduled = [(job.rule.name, dict(job.wildcards)) for job in workflow.dag.needrun_jobs()]
         plan_annotation.require_api_key(PROVIDER, [rule for rule, _ in scheduled], ANNOTATION_RULES)
-        dag.require_cached_models(config, scheduled)
+        plan_models.require_cached_models(config, scheduled)
 
 
 rule all:

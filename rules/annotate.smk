@@ -164,7 +164,7 @@ rule figure3_pair:
         code=code_digest("table5"),
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
-        layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["tuned"]).layers,
+        layers=lambda w: plan_models.model_shape(config, config["pairs"][w.pair]["tuned"]).layers,
     shell:
         "python -m workflow_scripts.table5 figure --concepts {input.concepts:q} --layers={params.layers:q}"
         " --pretrained={params.pretrained:q} --tuned={params.tuned:q} --pair {wildcards.pair:q}"

@@ -7,7 +7,7 @@
 rule explain_attention_layer:
     """Word pairs of every dimension of every head of one layer (reads that layer's weights only)."""
     input:
-        model=lambda w: dag.model_dir_input(config, w.model),
+        model=lambda w: plan_models.model_dir_input(config, w.model),
         vocabulary=lambda w: dag.vocabulary(config),
         vectors=dag.word_vectors_input(config),
     output:
@@ -73,7 +73,7 @@ rule table3_pair:
         code=code_digest("table3"),
         pretrained=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["pretrained"]],
         tuned=lambda w: dag.bilinear_model_names(config)[config["pairs"][w.pair]["tuned"]],
-        layers=lambda w: dag.model_shape(config, config["pairs"][w.pair]["pretrained"]).layers,
+        layers=lambda w: plan_models.model_shape(config, config["pairs"][w.pair]["pretrained"]).layers,
         counting=dag.fidelity_rule(config, "counting"),
         notice=config.get("notice", ""),
     shell:

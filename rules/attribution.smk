@@ -8,7 +8,7 @@ rule attribute_shard:
         # ancient: the dataset's mtime must not rerun every shard; the digest param below reruns
         # exactly the shards whose samples changed
         dataset=ancient(config["dataset"]["samples"]),
-        model=per_model(lambda model: dag.model_dir_input(config, model)),
+        model=per_model(lambda model: plan_models.model_dir_input(config, model)),
     output:
         "results/attribution/{model}/shards/shard-{shard}.npz",
     log:

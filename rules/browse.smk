@@ -20,8 +20,8 @@ rule browse_pair:
         "../envs/shiftlens.yaml"
     params:
         code=code_digest("browser_index", "browser_assets"),
-        models=lambda w: dag.pair_members(config, w.pair),
-        names=lambda w: [dag.bilinear_model_names(config)[m] for m in dag.pair_members(config, w.pair)],
+        models=lambda w: plan_models.pair_members(config, w.pair),
+        names=lambda w: [dag.bilinear_model_names(config)[m] for m in plan_models.pair_members(config, w.pair)],
         seeds=",".join(map(str, ANNOTATION["seeds"])),
     shell:
         "python -m workflow_scripts.browser_index --pair {wildcards.pair:q} --models {params.models:q}"

@@ -1,17 +1,18 @@
 # Config access, enumerations, wildcard constraints, and the input functions and helpers of every
-# rule file (which hold only rules); the logic lives in workflow_scripts.dag (unit-tested).
+# rule file (which hold only rules); the logic lives in workflow_scripts.dag, plan_dataset, plan_models and
+# plan_annotation (unit-tested).
 import functools
 import inspect
 import json
 import re
 
-from workflow_scripts import code_version, dag, plan_annotation
+from workflow_scripts import code_version, dag, plan_annotation, plan_dataset, plan_models
 from workflow_scripts.code_version import code_digest, method_version  # every rule's `code` param
 from workflow_scripts.annotation_files import FILES
 
 code_version.use_cache(".snakemake/shiftlens/parsed-code.json")  # parses only modules that changed
 dag.check_config(config)
-dag.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
+plan_dataset.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
 
 PAIRS = list(config["pairs"])
 MODELS = list(config["models"])
@@ -27,7 +28,7 @@ wildcard_constraints:
 
 
 def model_setting(model, key, default=None):
-    return dag.model_config(config, model).get(key, default)
+    return plan_models.model_config(config, model).get(key, default)
 
 
 # Snakemake calls a rule's input, params and resources functions once per job and inspects each
@@ -73,7 +74,7 @@ PAPER_SOURCE = config.get("paper_data") or ""  # empty: download at paper_commit
 @functools.cache
 def shard_digests():
     """Every shard's digest, once per planning process (the dataset does not change during a plan)."""
-    return dag.shard_digests(config)
+    return plan_dataset.shard_digests(config)
 
 
 @per_job
@@ -86,7 +87,7 @@ def attribution_shards(wildcards):
     return expand(
         "results/attribution/{model}/shards/shard-{shard}.npz",
         model=wildcards.model,
-        shard=dag.shard_ids(config),
+        shard=plan_dataset.shard_ids(config),
     )
 
 
@@ -111,11 +112,11 @@ FFN = config["ffn"]
 
 
 def attention_shards(wildcards):
-    return dag.layer_shards(config, "attention", dag.pair_models(config))
+    return dag.layer_shards(config, "attention", plan_models.pair_models(config))
 
 
 def ffn_shards(wildcards):
-    return dag.layer_shards(config, "ffn", dag.pair_models(config))
+    return dag.layer_shards(config, "ffn", plan_models.pair_models(config))
 
 
 def bilinear_words():
@@ -147,7 +148,7 @@ def annotator_input(step):
 
 
 def pair_ffn_shards(wildcards):
-    return dag.layer_shards(config, "ffn", dag.pair_members(config, wildcards.pair))
+    return dag.layer_shards(config, "ffn", plan_models.pair_members(config, wildcards.pair))
 
 
 def annotation_shell(step, extra=""):
@@ -268,5 +269,6 @@ def config_slices():
 def pair_model_configs(pair):
     """The pair's models' config (the provenance page), without speed and placement keys."""
     return json.dumps(
-        {m: dag.without_speed(config["models"][m], "model") for m in dag.pair_members(config, pair)}, sort_keys=True
+        {m: dag.without_speed(config["models"][m], "model") for m in plan_models.pair_members(config, pair)},
+        sort_keys=True,
     )

@@ -1,7 +1,7 @@
 # The paper's released data and the offline demo model pair.
 
 # What the paper data are is the manifest's SHA-256 of each file, checked before a file is moved into
-# place, so the fetch rules' only param is a digest of their files' checksums (dag.paper_checksums).
+# place, so the fetch rules' only param is a digest of their files' checksums (plan_dataset.paper_checksums).
 # Where they are read from (paper_data, or GitHub at paper_commit) reaches the job through the shell
 # line, whose text stays the same: moving the local copy or naming another commit reruns nothing.
 PAPER_COMMIT = config["paper_commit"]
@@ -17,7 +17,7 @@ rule paper_datasets:
     conda:
         "../envs/shiftlens.yaml"
     params:
-        checksums=dag.paper_checksums(PAPER_DATASETS),
+        checksums=plan_dataset.paper_checksums(PAPER_DATASETS),
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
         " --destination resources/paper --source={PAPER_SOURCE:q} --commit={PAPER_COMMIT:q}"
@@ -34,7 +34,7 @@ rule paper_released_attributions:
     conda:
         "../envs/shiftlens.yaml"
     params:
-        checksums=lambda w: dag.paper_checksums(folder=f"results/attribution_interpret/{w.release}"),
+        checksums=lambda w: plan_dataset.paper_checksums(folder=f"results/attribution_interpret/{w.release}"),
     shell:
         "python -m workflow_scripts.paper_data --manifest datasets/paper-manifest.sha256"
         " --destination resources/paper --source={PAPER_SOURCE:q} --commit={PAPER_COMMIT:q}"

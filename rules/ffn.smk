@@ -5,7 +5,7 @@
 rule explain_ffn_layer:
     """Principal components of one layer's down-projection, each described by its top words."""
     input:
-        model=lambda w: dag.model_dir_input(config, w.model),
+        model=lambda w: plan_models.model_dir_input(config, w.model),
         vocabulary=lambda w: dag.vocabulary(config),
     output:
         "results/ffn/{model}/layer-{layer}.tsv",

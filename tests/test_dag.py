@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts import dag, plan_annotation
+from workflow_scripts import dag, plan_annotation, plan_dataset, plan_models
 
 HEADER = "ID\tPrompt\tResponse\tInstruct&Context\n"
 
@@ -29,18 +29,18 @@ def config(tmp_path):
 
 
 def test_shards_are_consecutive_blocks_and_only_an_edited_shard_changes_digest(config, tmp_path):
-    assert dag.shard_ids(config) == [0, 1, 2]
-    before = [dag.shard_digest(config, s) for s in range(3)]
+    assert plan_dataset.shard_ids(config) == [0, 1, 2]
+    before = [plan_dataset.shard_digest(config, s) for s in range(3)]
     rows = "".join(row(i, "Changed." if i == 3 else "An answer.") for i in range(5))
     (tmp_path / "data.tsv").write_text(HEADER + rows)
-    after = [dag.shard_digest(config, s) for s in range(3)]
+    after = [plan_dataset.shard_digest(config, s) for s in range(3)]
     assert [b == a for b, a in zip(before, after)] == [True, False, True]
 
 
 def test_an_annotation_missing_from_its_prompt_fails_planning(config, tmp_path):
     (tmp_path / "data.tsv").write_text(HEADER + "s1\tDo it.\tOk.\tDo something else.\n")
     with pytest.raises(ValueError, match="sample s1: instruction fragment 'Do something else.'"):
-        dag.shard_ids(config)
+        plan_dataset.shard_ids(config)
 
 
 def test_dataset_is_read_from_paper_data_before_it_is_fetched(config, tmp_path, monkeypatch):
@@ -49,9 +49,9 @@ def test_dataset_is_read_from_paper_data_before_it_is_fetched(config, tmp_path, 
     (tmp_path / "copy" / "datasets" / "FinalDataset.tsv").write_text(HEADER + row(1))
     config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
     with pytest.raises(dag.ConfigError, match="run `snakemake --cores 1 paper_datasets` first"):
-        dag.shard_ids(config)
+        plan_dataset.shard_ids(config)
     config["paper_data"] = str(tmp_path / "copy")
-    assert dag.shard_ids(config) == [0]
+    assert plan_dataset.shard_ids(config) == [0]
 
 
 def test_inconsistent_configs_are_named_by_key(config):
@@ -78,9 +78,9 @@ def test_table1_is_planned_only_for_pairs_whose_tuned_model_was_rated(config):
 
 def test_model_shape_from_the_config_when_config_json_is_absent(config):
     with pytest.raises(dag.ConfigError, match="give models.base.layers and models.base.heads"):
-        dag.model_shape(config, "base")
+        plan_models.model_shape(config, "base")
     config["models"]["base"].update(layers=32, heads=32)
-    assert dag.model_shape(config, "base").layers == 32
+    assert plan_models.model_shape(config, "base").layers == 32
 
 
 def test_released_word_pairs_need_a_name_for_every_paired_model(config):
@@ -101,7 +101,7 @@ def test_vocabulary_is_required_only_when_asked_for(config):
 
 def test_pair_models_are_listed_once_in_config_order(config):
     config["pairs"]["q"] = {"pretrained": "base", "tuned": "tuned"}
-    assert dag.pair_models(config) == ["base", "tuned"]
+    assert plan_models.pair_models(config) == ["base", "tuned"]
 
 
 def test_released_and_computed_attributions_never_share_a_path(config):
@@ -161,25 +161,26 @@ def test_paper_dataset_digest_is_the_same_before_and_after_the_fetch(config, tmp
     monkeypatch.chdir(tmp_path)
     data = HEADER + row(1)
     (tmp_path / "datasets").mkdir()
-    (tmp_path / dag.PAPER_MANIFEST).write_text(f"{hashlib.sha256(data.encode()).hexdigest()}  datasets/Final.tsv\n")
+    checksum = hashlib.sha256(data.encode()).hexdigest()
+    (tmp_path / plan_dataset.PAPER_MANIFEST).write_text(f"{checksum}  datasets/Final.tsv\n")
     config["dataset"]["samples"] = "resources/paper/datasets/Final.tsv"
-    before = dag.dataset_digest(config)  # neither fetched nor a local copy: the manifest's checksum
+    before = plan_dataset.dataset_digest(config)  # neither fetched nor a local copy: the manifest's checksum
     (tmp_path / "resources/paper/datasets").mkdir(parents=True)
     (tmp_path / "resources/paper/datasets/Final.tsv").write_text(data)
-    assert dag.dataset_digest(config) == before
+    assert plan_dataset.dataset_digest(config) == before
     config["dataset"]["samples"] = "resources/paper/datasets/Other.tsv"
     with pytest.raises(dag.ConfigError, match="run `snakemake --cores 1 paper_datasets` first"):
-        dag.dataset_digest(config)
+        plan_dataset.dataset_digest(config)
 
 
 def test_the_dataset_is_checked_when_it_is_there_and_skipped_before_the_fetch(config, tmp_path, monkeypatch):
-    dag.check_dataset(config)
+    plan_dataset.check_dataset(config)
     (tmp_path / "data.tsv").write_text(HEADER + row(1) + "s2\tonly\ttwo\n")
     with pytest.raises(ValueError, match=r"data.tsv:3: expected 4 tab-separated fields"):
-        dag.check_dataset(config)
+        plan_dataset.check_dataset(config)
     monkeypatch.chdir(tmp_path)
     config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
-    dag.check_dataset(config)  # not fetched yet: nothing to check
+    plan_dataset.check_dataset(config)  # not fetched yet: nothing to check
 
 
 def test_fidelity_gives_each_rule_only_its_own_slice():
@@ -197,15 +198,15 @@ def test_offline_a_scheduled_hub_model_missing_from_the_cache_fails_naming_it(co
     scheduled = [("attribute_shard", {"model": "base", "shard": "0"}), ("table2_pair", {"pair": "p"})]
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    dag.require_cached_models(config, scheduled)  # online: the job downloads it
+    plan_models.require_cached_models(config, scheduled)  # online: the job downloads it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(dag.ConfigError, match=r"models.base.path: no-such-org/no-such-model is not in the local cache"):
-        dag.require_cached_models(config, scheduled)
-    dag.require_cached_models(config, [("table2_pair", {"pair": "p"})])  # no job needs the weights
+        plan_models.require_cached_models(config, scheduled)
+    plan_models.require_cached_models(config, [("table2_pair", {"pair": "p"})])  # no job needs the weights
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", " 1 ")  # huggingface_hub reads this one too
     with pytest.raises(dag.ConfigError, match=r"not in the local cache, and TRANSFORMERS_OFFLINE is set"):
-        dag.require_cached_models(config, scheduled)
+        plan_models.require_cached_models(config, scheduled)
 
 
 @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
@@ -218,18 +219,18 @@ def test_the_plan_and_the_jobs_read_the_offline_switch_alike(monkeypatch, variab
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(variable, value)
     assert model_paths.hub_offline() == (variable if offline else "")
-    assert weights.hub_offline is model_paths.hub_offline and dag.hub_offline is model_paths.hub_offline
+    assert weights.hub_offline is model_paths.hub_offline and plan_models.hub_offline is model_paths.hub_offline
 
 
 def test_a_missing_dataset_of_ones_own_is_not_sent_to_fetch_the_paper_data(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "..")  # as when run from the parent folder
     config["dataset"]["samples"] = "datasets/demo.tsv"
     with pytest.raises(dag.ConfigError, match=r"datasets/demo.tsv not found in the working directory") as error:
-        dag.dataset_samples(config)
+        plan_dataset.dataset_samples(config)
     assert "paper_datasets" not in str(error.value)
     config["dataset"]["samples"] = "resources/paper/datasets/FinalDataset.tsv"
     with pytest.raises(dag.ConfigError, match="run `snakemake --cores 1 paper_datasets` first"):
-        dag.dataset_samples(config)
+        plan_dataset.dataset_samples(config)
 
 
 def test_layer_shards_list_every_layer_of_each_model_in_the_order_given(config):
@@ -268,7 +269,7 @@ def test_layer_shards_of_a_model_without_a_known_shape_name_the_keys_to_give(con
 
 
 def test_pair_members_are_the_pretrained_then_the_tuned_model(config):
-    assert dag.pair_members(config, "p") == ["base", "tuned"]
+    assert plan_models.pair_members(config, "p") == ["base", "tuned"]
 
 
 def test_the_annotator_is_an_input_only_when_it_is_a_local_model_to_build_or_on_disk(tmp_path):
@@ -359,9 +360,9 @@ def test_a_local_model_is_read_as_its_directory_and_the_files_that_make_it(tmp_p
     config = {"models": {"own": {"path": "models/own"}, "built": {"path": "resources/models/demo-base",
                                                                   "build": "demo-base"},
                          "hub": {"path": "org/name"}}}
-    dag.model_files.cache_clear()
-    assert dag.model_dir_input(config, "own") == ["models/own", *(f"models/own/{name}" for name in (
+    plan_models.model_files.cache_clear()
+    assert plan_models.model_dir_input(config, "own") == ["models/own", *(f"models/own/{name}" for name in (
         "chat_template.jinja", "config.json", "merges.txt", "model-00001-of-00002.safetensors",
         "model.safetensors.index.json", "tokenizer.model"))]
-    assert dag.model_dir_input(config, "built") == ["resources/models/demo-base"]
-    assert dag.model_dir_input(config, "hub") == []
+    assert plan_models.model_dir_input(config, "built") == ["resources/models/demo-base"]
+    assert plan_models.model_dir_input(config, "hub") == []

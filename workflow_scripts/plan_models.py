@@ -1,0 +1,89 @@
+"""The models as the plan sees them: their settings, the files a job reads of them, their shape, and
+the hub models a run needs from the local cache. No weight is loaded here."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from .config_checks import ConfigError
+from .model_paths import ModelShape, cached_config, hub_offline, looks_local
+from .model_paths import model_shape as shape_of
+
+
+def model_config(config: dict, model: str) -> dict:
+    try:
+        return config["models"][model]
+    except KeyError:
+        raise ConfigError(f"models: no model {model!r} (known: {', '.join(config['models'])})") from None
+
+
+def pair_members(config: dict, pair: str) -> list[str]:
+    """The pair's pre-trained model, then its tuned one."""
+    members = config["pairs"][pair]
+    return [members["pretrained"], members["tuned"]]
+
+
+def pair_models(config: dict) -> list[str]:
+    """Models that belong to a pair, in config order, each once."""
+    return list(dict.fromkeys(m for pair in config["pairs"].values() for m in (pair["pretrained"], pair["tuned"])))
+
+
+def model_dir_input(config: dict, model: str) -> list[str]:
+    """What a job reads of a model, as its inputs: the directory the workflow builds (its output), or a
+    local directory with the files in it that make the model (model_files)."""
+    settings = model_config(config, model)
+    return model_input(settings["path"], bool(settings.get("build")))
+
+
+def model_input(path: str, built: bool) -> list[str]:
+    """A model directory as job inputs: the folder a rule builds (its output, so the job waits for it),
+    else a local folder and its model_files, else nothing (a hub id)."""
+    if built:
+        return [path]
+    if Path(path).exists():
+        return [path, *model_files(path)]
+    return []
+
+
+# The files of a model directory that a job reads: config, weights, tokenizer, chat template.
+MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "merges.txt", "vocab.txt", "*.jinja")
+
+
+@functools.lru_cache(maxsize=None)
+def model_files(path: str) -> tuple[str, ...]:
+    """The files of a model directory that make the model (MODEL_FILE_PATTERNS), each an input of the
+    jobs reading it: a folder's date changes only when an entry is added or removed, so weights written
+    over a model's own (a new download into the same folder) would leave those jobs "up to date". Once
+    per planning process and directory."""
+    root = Path(path)
+    found = {file for pattern in MODEL_FILE_PATTERNS for file in root.glob(pattern) if file.is_file()}
+    return tuple(str(Path(path) / file.name) for file in sorted(found))
+
+
+def model_shape(config: dict, model: str) -> ModelShape:
+    """Layers and heads of a model, known before its weights are (config.json, else the config)."""
+    try:
+        return shape_of(model, model_config(config, model))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+WEIGHT_RULES = ("attribute_shard", "explain_attention_layer", "explain_ffn_layer")
+
+
+def require_cached_models(config: dict, scheduled: list[tuple[str, dict]]) -> None:
+    """Called once the DAG is built and a real run is about to start: offline, a hub model id that
+    a scheduled job needs and the local cache lacks fails here, once, before any job (else every
+    shard job would fail on its own after minutes of retries, saying only "couldn't connect")."""
+    offline = hub_offline()
+    if not offline:
+        return
+    needed = sorted({w["model"] for rule, w in scheduled if rule in WEIGHT_RULES and "model" in w})
+    for model in needed:
+        path = model_config(config, model)["path"]
+        if not looks_local(path) and cached_config(path) is None:
+            raise ConfigError(
+                f"models.{model}.path: {path} is not in the local cache, and {offline} is set; download it "
+                f"once where there is network (`hf download {path}`) and copy the cache, or set models.{model}.path "
+                "to a local directory (a mistyped id shows here too)"
+            )
