@@ -2,6 +2,7 @@
 import gzip
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,9 +193,11 @@ def test_a_cut_or_headerless_word2vec_file_names_the_file(tmp_path):
         load_word_vectors({"kind": "word2vec-binary", "path": str(tmp_path / "text.bin")})
 
 
-def test_sentence_transformers_encode_each_word_as_a_sentence(tmp_path):
-    pytest.importorskip("sentence_transformers")
+def averaged_word_model(folder: Path, words: list[str], weights: np.ndarray) -> Path:
+    """A real sentence-transformers model (word embeddings, mean pooling), as the paper's averaged GloVe,
+    built and saved offline."""
     from sentence_transformers import SentenceTransformer
+
     try:  # the modules' home since sentence-transformers 6
         from sentence_transformers.sentence_transformer.modules import Pooling, WordEmbeddings
         from sentence_transformers.sentence_transformer.modules.tokenizer import WhitespaceTokenizer
@@ -202,22 +205,37 @@ def test_sentence_transformers_encode_each_word_as_a_sentence(tmp_path):
         from sentence_transformers.models import Pooling, WordEmbeddings
         from sentence_transformers.models.tokenizer import WhitespaceTokenizer
 
-    words = ["king", "queen", "apple"]
-    weights = np.array([[3, 0, 4], [3, 1, 4], [1, 0, 0]], np.float32)
     embeddings = WordEmbeddings(
         tokenizer=WhitespaceTokenizer(vocab=words, do_lower_case=False),
         embedding_weights=weights,
         update_embeddings=False,
     )
-    model = SentenceTransformer(modules=[embeddings, Pooling(3, pooling_mode="mean")], device="cpu")
-    model.save(str(tmp_path / "avg-words"))
-    wv = load_word_vectors({"kind": "sentence-transformers", "path": str(tmp_path / "avg-words")})
+    model = SentenceTransformer(modules=[embeddings, Pooling(weights.shape[1], pooling_mode="mean")], device="cpu")
+    model.save(str(folder))
+    return folder
+
+
+def test_sentence_transformers_encode_each_word_as_a_sentence(tmp_path):
+    """The paper's own route (installed by the test extra, so this runs wherever the tests do)."""
+    words = ["king", "queen", "apple"]
+    weights = np.array([[3, 0, 4], [3, 1, 4], [1, 0, 0]], np.float32)
+    path = averaged_word_model(tmp_path / "avg-words", words, weights)
+    wv = load_word_vectors({"kind": "sentence-transformers", "path": str(path)})
     assert wv.dim == 3
     vectors, has_vector = wv.lookup(["king", "apple", "unknownword", "king"])
     assert has_vector.tolist() == [True, True, False, True]
     np.testing.assert_allclose(vectors[0], [0.6, 0, 0.8], rtol=1e-5)
     np.testing.assert_allclose(vectors[1], [1, 0, 0], rtol=1e-5)
     np.testing.assert_array_equal(vectors[2], 0)
+
+
+def test_a_sentence_encoder_answering_nan_names_the_word_instead_of_giving_it_no_vector(tmp_path):
+    """As for GloVe and word2vec files: a word left without a vector moves every threshold unseen."""
+    weights = np.array([[3, 0, 4], [np.nan, 1, 4]], np.float32)
+    path = averaged_word_model(tmp_path / "nan-words", ["king", "queen"], weights)
+    wv = load_word_vectors({"kind": "sentence-transformers", "path": str(path)})
+    with pytest.raises(ValueError, match=r"nan-words: the vector of 'queen' \(encoded\) is not finite"):
+        wv.lookup(["king", "queen"])
 
 
 # --- thresholds ------------------------------------------------------------------------------

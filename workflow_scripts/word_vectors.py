@@ -100,7 +100,8 @@ class StaticWordVectors(WordVectors):
 class EncodedWordVectors(WordVectors):
     """Vectors computed by a sentence encoder, each word encoded as a one-word sentence (the
     paper's use of sentence-transformers' averaged GloVe). Encodings are cached per word; a word
-    the encoder maps to a zero vector (no known token) has no vector."""
+    the encoder maps to a zero vector (no known token) has no vector; one it maps to NaN or inf is an
+    error naming the word, as in the files."""
 
     def __init__(self, model, name: str = "", batch_size: int = 1024):
         self.model = model
@@ -121,8 +122,8 @@ class EncodedWordVectors(WordVectors):
             encoded = self.model.encode(
                 new, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False
             )
-            encoded = np.nan_to_num(np.asarray(encoded, dtype=np.float32).reshape(len(new), self.dim))
-            self._cache.update(zip(new, encoded))
+            encoded = np.asarray(encoded, dtype=np.float32).reshape(len(new), self.dim)
+            self._cache.update((word, _finite(row, word, self.name, " (encoded)")) for word, row in zip(new, encoded))
         if not words:
             return np.zeros((0, self.dim), np.float32), np.zeros(0, bool)
         return _normalise(np.stack([self._cache[w] for w in words]))
