@@ -141,6 +141,8 @@ def test_layer_job_equals_the_reference_on_the_full_models_weights(tmp_path, kin
                                           torch.as_tensor(thresholds), wq[:, head], wk[:, head // 2], top_k=8)
         got = [r for r in rows if r[4] == str(head)]
         assert [int(r[5]) for r in got] == [d for d, _, _ in expected]
+        # the dimension's activation, written with 4 decimals (the browser and the released layout show it)
+        np.testing.assert_allclose([float(r[7]) for r in got], [s for _, s, _ in expected], rtol=1e-5, atol=5e-5)
         assert [decode_pairs(r[8]) for r in got] == [p for _, _, p in expected]
         assert [int(r[6]) for r in got] == list(range(1, 9))
     assert any(decode_pairs(r[8]) for r in rows)

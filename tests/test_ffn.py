@@ -80,7 +80,8 @@ def test_layer_job_describes_each_component_with_its_words(tmp_path, caplog, tf3
     assert ratios == sorted(ratios, reverse=True) and 0 < sum(ratios) <= 1.0001
     # the same words from the fully loaded model's weights, through the reference SVD
     down = model.model.layers[1].mlp.down_proj.weight.detach().T  # (intermediate, hidden)
-    expected_components, _ = full_svd_reference(down, 5)
+    expected_components, expected_ratios = full_svd_reference(down, 5)
+    np.testing.assert_allclose(ratios, expected_ratios.numpy(), rtol=0, atol=5.1e-5)  # the file's 4 decimals
     vectors = mean_embeddings(model.lm_head.weight.detach(), word_token_ids(tokenizer, words))
     normalised = torch.nn.functional.normalize(vectors, dim=-1).double()
     for row, component in zip(rows[1:], expected_components):

@@ -86,6 +86,21 @@ def test_files_already_in_place_and_verified_are_kept(tmp_path, upstream):
     fetch(["datasets/a.tsv"], tmp_path / "out", manifest, str(root), "52508a0a")
     (root / "datasets/a.tsv").unlink()  # the source is not read again
     fetch(["datasets/a.tsv"], tmp_path / "out", manifest, str(root), "52508a0a")
+    assert (tmp_path / "out/datasets/a.tsv").read_bytes() == files["datasets/a.tsv"]
+
+
+def test_a_file_in_place_that_fails_its_checksum_is_fetched_again_never_kept(tmp_path, upstream):
+    """An edited or half-written copy under resources/paper would otherwise feed Tables 1 and 2 as it is."""
+    root, files, manifest = upstream
+    target = tmp_path / "out/datasets/a.tsv"
+    fetch(["datasets/a.tsv"], tmp_path / "out", manifest, str(root), "52508a0a")
+    target.write_bytes(b"tampered\n")
+    fetch(["datasets/a.tsv"], tmp_path / "out", manifest, str(root), "52508a0a")
+    assert target.read_bytes() == files["datasets/a.tsv"]
+    target.write_bytes(b"tampered\n")
+    (root / "datasets/a.tsv").unlink()  # nothing to fetch it again from: an error, not the tampered file
+    with pytest.raises(FileNotFoundError, match="has no datasets/a.tsv"):
+        fetch(["datasets/a.tsv"], tmp_path / "out", manifest, str(root), "52508a0a")
 
 
 def test_project_manifest_lists_the_paper_files():

@@ -104,7 +104,11 @@ def test_chosen_samples_are_the_first_of_each_group_in_dataset_order(write_tsv):
 
 def test_position_command_writes_the_profile_of_both_models(tiny, tmp_path):
     shard, dataset = tiny
-    position.main(["--dataset", str(dataset), "--pretrained", "base", str(shard), "--tuned", "chat", str(shard),
+    tuned = tiny_shard()  # the tuned model's own file: its Hi gets the lowest bin (density 0), not 1
+    tuned.samples[1] = attribution("lima_author_1", "Hi.", ["▁Hi", "."], [[0, 2], [2, 3]], [[0.0], [1.0]])
+    save_shard(tuned, tmp_path / "chat.npz")
+    position.main(["--dataset", str(dataset), "--pretrained", "base", str(shard), "--tuned", "chat",
+                   str(tmp_path / "chat.npz"),
                    "--levels", "10", "--threshold", "7", "--p", "4", "--pair", "demo",
                    "--png", str(tmp_path / "p.png"), "--tsv", str(tmp_path / "p.tsv")])
     table = pd.read_csv(tmp_path / "p.tsv", sep="\t")
@@ -115,6 +119,8 @@ def test_position_command_writes_the_profile_of_both_models(tiny, tmp_path):
     assert (table.loc[0, "mean"], table.loc[0, "samples"]) == (0, 1)
     assert table.loc[2, "mean"] == pytest.approx((2**-0.75 + 1) / 3, abs=1e-6) and table.loc[2, "samples"] == 3
     assert table.loc[1, "samples"] == 1 and table.loc[5, "samples"] == 2  # bin 6: "." (3.5/7) and ▁now (1.5/3)
+    tuned_bins = table[table["model"] == "chat"].reset_index(drop=True)
+    assert tuned_bins.loc[2, "mean"] == pytest.approx(2**-0.75 / 3, abs=1e-6) and tuned_bins.loc[2, "samples"] == 3
     assert Image.open(tmp_path / "p.png").size[0] > 600
 
 

@@ -1,12 +1,12 @@
 """The vocabulary: the paper's file read with case variants merged, and the demo's own file."""
 import gzip
-from pathlib import Path
 
 import pytest
+from conftest import PAPER_DIR
 
 from workflow_scripts.vocabulary import build_vocabulary, main, read_vocabulary, read_vocabulary_frequencies
 
-PAPER_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "paper" / "datasets" / "SingleShareGPT_Vocab.tsv.gz"
+PAPER_VOCAB = PAPER_DIR / "datasets" / "SingleShareGPT_Vocab.tsv.gz"
 
 
 def write(tmp_path, text, name="vocab.tsv"):
