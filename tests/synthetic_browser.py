@@ -13,6 +13,9 @@ XSS = "<img src=x onerror=alert(1)>"
 AWKWARD = [XSS, "Translate", "translate", 'say "hi"', "it's", "back\\slash", "__proto__", "constructor", "naïve",
            "日本", "</script>", "a\u2028b"]
 PLAIN = [f"w{i:02d}" for i in range(40)]
+LONG = "supercalifragilistic" * 12  # wider than a pane: it must wrap inside it
+RTL_PAIR = ("שלום", "עולם")  # two right-to-left words: still drawn key, then query
+FIXED_PAIRS = [RTL_PAIR, (LONG, "w00")]  # in every model's first head row, beside its random pairs
 MODELS = ("base", "tuned")
 
 
@@ -32,6 +35,8 @@ def write_inputs(folder: Path, layers: int = 3, heads: int = 4, dims: int = 10, 
             for head in range(heads):
                 for rank, dim in enumerate(rng.sample(range(dims), dims), start=1):
                     pairs = [tuple(rng.sample(words, 2)) for _ in range(rng.randrange(0, 4))]
+                    if layer == head == 0 and rank == 1:
+                        pairs += FIXED_PAIRS
                     rows.append((model, "NA", layer, "QK", head, dim, rank, f"{100 / rank:.4f}", encode_pairs(pairs)))
                     expected["heads"][model].append([w for p in pairs for w in p])
             path = folder / f"attention-{model}-{layer}.tsv"

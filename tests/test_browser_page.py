@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from browser import chromium, console_errors
 from browser_actions import choose, click, open_page, search, shown, status
-from synthetic_browser import MODELS, XSS, write_inputs
+from synthetic_browser import LONG, MODELS, RTL_PAIR, XSS, write_inputs
 
 from workflow_scripts.browser_index import build
 
@@ -154,6 +154,33 @@ def test_suggestions_list_the_indexed_words_with_the_typed_prefix(page):
     options = WebDriverWait(driver, 10).until(lambda d: d.execute_script(
         "return Array.from(document.querySelectorAll('#word-suggestions option')).map(o => o.value)"))
     assert options == [f"w{i:02d}" for i in range(10)]
+
+
+def test_a_long_word_wraps_inside_its_pane_and_a_right_to_left_pair_reads_key_then_query(page):
+    """A 240-letter word ran across the other model's pane; two right-to-left words under "key = query" were
+    drawn query first (one bidi run)."""
+    driver, _ = page
+    geometry = driver.execute_script("""
+        const left = (node, text) => {  // where `text` is drawn inside `node`, whatever elements hold it
+          const walker = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+          for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+            const at = t.data.indexOf(text);
+            if (at >= 0) { const r = document.createRange(); r.setStart(t, at); r.setEnd(t, at + text.length);
+                           return r.getBoundingClientRect().left; }
+          }
+          return null;
+        };
+        const pairs = Array.from(document.querySelectorAll('.pair'));
+        const rtl = pairs.filter(p => p.textContent === arguments[0] + ' = ' + arguments[1]);
+        const long = pairs.filter(p => p.textContent.includes(arguments[2]));
+        return {page: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+                long: long.map(p => [p.closest('.pane').getBoundingClientRect().right,
+                                     p.getBoundingClientRect().right]),
+                rtl: rtl.map(p => [left(p, arguments[0]), left(p, arguments[1])])};""", *RTL_PAIR, LONG)
+    assert len(geometry["long"]) == 2 and len(geometry["rtl"]) == 2  # one per model's first row
+    assert geometry["page"][0] <= geometry["page"][1]  # no horizontal scrolling
+    assert all(pair_right <= pane_right + 1 for pane_right, pair_right in geometry["long"])
+    assert all(key < query for key, query in geometry["rtl"])
 
 
 def test_the_state_in_the_address_opens_the_same_view(page, site):

@@ -167,6 +167,8 @@ def test_the_old_dtype_key_names_its_replacement_and_precision_takes_only_the_fo
     (("models", "demo-base", "size"), "7B\t"),  # a tab split the Size column after each layer job had computed
     (("models", "demo-base", "size"), "7B\n"),
     (("attention", "released", "models", "demo-base"), "-h"),  # read as an option by the browser's command line
+    (("notice",), "Demo.\n\n.. raw:: html\n\n   <img src=x onerror=alert(1)>"),  # a directive in the report
+    (("notice",), "Demo.\n"),
 ])
 def test_a_label_that_would_break_a_file_or_a_command_line_names_its_key(demo, key, value):
     config = copy.deepcopy(demo)

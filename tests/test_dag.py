@@ -99,6 +99,14 @@ def test_vocabulary_is_required_only_when_asked_for(config):
     assert dag.vocabulary(config) == "v.tsv"
 
 
+def test_a_pair_of_a_model_with_itself_is_refused_naming_the_pair(config):
+    """Its pages keyed the two roles by model id and showed one column labelled "(tuned)"; its Table 2 would
+    compare a model with itself."""
+    config["pairs"]["p"]["tuned"] = config["pairs"]["p"]["pretrained"]
+    with pytest.raises(dag.ConfigError, match=r"pairs\.p: the pre-trained and the tuned model are both 'base'"):
+        dag.check_config(config)
+
+
 def test_pair_models_are_listed_once_in_config_order(config):
     config["pairs"]["q"] = {"pretrained": "base", "tuned": "tuned"}
     assert plan_models.pair_models(config) == ["base", "tuned"]

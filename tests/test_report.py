@@ -1,5 +1,6 @@
 """The report's data and picture modules: position profile, attribution views, heatmaps, HTML pages."""
 import hashlib
+import html
 import re
 
 import numpy as np
@@ -9,10 +10,11 @@ from PIL import Image
 from test_tables import ANALYSIS, DATASET_ROWS, GROUPS, attribution, tiny_shard
 
 from workflow_scripts import heatmaps, position, report_pages
-from workflow_scripts.attribution_views import chosen_samples, load_views
+from workflow_scripts.attribution_views import SampleView, chosen_samples, load_views
 from workflow_scripts.importance import instruction_score
 from workflow_scripts.shards import Shard, load_header, save_shard
 from workflow_scripts.table1_2 import instruction_scores
+from workflow_scripts.table_files import write_table
 
 # --- position profile ----------------------------------------------------------------------------
 
@@ -178,6 +180,22 @@ def test_sample_page_colours_every_prompt_token_by_its_density(tiny):
     assert "http" not in page  # self-contained
 
 
+def test_a_sample_page_wraps_long_tokens_inside_each_models_column(tmp_path):
+    """An unbroken 500-letter response ran across the other model's column, opened in Chromium."""
+    from browser import chromium
+
+    view = SampleView("s", ["\u2581" + "y" * 300, "\u2581b"], ["z" * 500], np.zeros((2, 1)), np.array([1.0, 0.5]),
+                      np.array([True, False]))
+    (tmp_path / "s.html").write_text(heatmaps.sample_page({"base": ("pretrained", view), "chat": ("tuned", view)},
+                                                          "Sample s", "note"), encoding="utf8")
+    with chromium(tmp_path) as driver:
+        driver.get((tmp_path / "s.html").as_uri())
+        widths = driver.execute_script("""return [[document.documentElement.scrollWidth,
+            document.documentElement.clientWidth], ...Array.from(document.querySelectorAll('section'),
+            s => [s.scrollWidth, s.clientWidth])];""")
+    assert len(widths) == 3 and all(scroll <= client for scroll, client in widths), widths
+
+
 def test_heatmaps_command_writes_a_png_and_a_page_per_chosen_sample(tiny, tmp_path):
     shard, dataset = tiny
     heatmaps.main(["--dataset", str(dataset), "--groups", "lima_author_=lima,mtbench_=mtbench", "--samples", "1",
@@ -189,18 +207,50 @@ def test_heatmaps_command_writes_a_png_and_a_page_per_chosen_sample(tiny, tmp_pa
     assert sorted(p.stem for p in (tmp_path / "html").iterdir()) == names
 
 
+def test_a_sample_id_with_dollar_signs_is_drawn_as_written_not_as_math(tiny, tmp_path):
+    """`price_$5_vs_$10` was read as matplotlib math in the title: a ParseSyntaxException failed the whole job."""
+    shard, dataset = tiny
+    view = load_views(shard, dataset, ANALYSIS)["lima_author_1"]
+    heatmaps.draw_sample({"base": ("pretrained", view), "chat": ("tuned", view)}, 10,
+                         "Sample price_$5_vs_$10: attribution, pre-trained vs tuned", tmp_path / "s.png")
+    assert Image.open(tmp_path / "s.png").size[0] > 300
+
+
 # --- report pages -------------------------------------------------------------------------------
 
 
 def test_table_page_shows_the_numbers_title_notice_and_notes(tmp_path):
-    (tmp_path / "t.tsv").write_text("dataset\tn\tmean\tp_value\nlima\t300\t1.26834\t2.53e-14\nmtbench\t80\tnan\t0.5\n")
-    (tmp_path / "t.md").write_text("# Table 2 (x): scores\n\n> Offline demo.\n\n| dataset |\n|---|\n| lima |\n\n"
-                                   "2 sample(s) have an empty response.\n")
+    table = pd.DataFrame({"dataset": ["lima", "mtbench"], "n": [300, 80], "mean": [1.26834, float("nan")],
+                          "p_value": [2.53e-14, 0.5]})
+    write_table(table, tmp_path / "t.tsv", "Table 2 (x): scores", ["2 sample(s) have an empty response"],
+                "Offline demo.")
     page = report_pages.table_page(tmp_path / "t.tsv", tmp_path / "t.md", "fallback")
     assert "<h1>Table 2 (x): scores</h1>" in page and '<p class="notice">Offline demo.</p>' in page
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", page)
     assert cells == ["lima", "300", "1.2683", "2.5e-14", "mtbench", "80", "n/a", "0.5000"]
     assert "<p>2 sample(s) have an empty response.</p>" in page
+
+
+def test_table_page_cells_are_the_markdown_twins_rounded_once_whatever_they_hold(tmp_path):
+    """The page re-read the 6-digit TSV and rounded again (1.582849 -> 1.58285 -> 1.5829, the twin 1.5828),
+    made floats of an integer column with a blank cell (seed 1.0000), and read groups NA or nan as missing."""
+    table = pd.DataFrame({
+        "dataset": ["NA", "nan", "a|b <i>&amp;", "total"],
+        "seed": pd.array([1, 2, 3, None], dtype=object),
+        "mean": [1.582849, 123.45678, 1234567.891, 0.12344996],
+        "cost": [0, 0, 0, 0],
+    })
+    table.loc[3, "seed"] = ""
+    write_table(table, tmp_path / "t.tsv", "T", notice=">= 3 seeds per table")
+    markdown = (tmp_path / "t.md").read_text()
+    page = report_pages.table_page(tmp_path / "t.tsv", tmp_path / "t.md", "fallback")
+    cells = [html.unescape(c) for c in re.findall(r"<td[^>]*>([^<]*)</td>", page)]
+    assert cells == ["NA", "1", "1.5828", "0", "nan", "2", "123.4568", "0", "a|b <i>&amp;", "3", "1234567.8910", "0",
+                     "total", "", "0.1234", "0"]
+    assert '<p class="notice">&gt;= 3 seeds per table</p>' in page
+    # the twin shows the same cells: a text cell's | and < cannot split a row or become HTML
+    assert "| a\\|b &lt;i>&amp;amp; | 3 | 1234567.8910 | 0 |" in markdown
+    assert len(re.findall(r"<td class=text>", page)) == 4 and "<th class=text>dataset</th>" in page
 
 
 def test_paper_comparison_gives_the_difference_and_keeps_missing_rows():
@@ -222,6 +272,17 @@ def test_paper_comparison_gives_the_difference_and_keeps_missing_rows():
                           "lima", "n", "300", "300", "0",
                           "lima", "mean_pretrained", "1.2680", "1.2683", "0.0003"]  # as printed: 4 decimals
     assert cells[-3:] == ["80", "n/a", "n/a"]
+
+
+def test_compare_command_keeps_a_group_named_na(tmp_path):
+    """pandas read the group NA as missing: the paper's numbers for it were shown beside n/a."""
+    (tmp_path / "t2.tsv").write_text("dataset\tn\tmean_tuned\nNA\t20\t1.5\nlima\t300\t\n")
+    report_pages.main(["compare", "--tsv", str(tmp_path / "t2.tsv"), "--pair", "x", "--name", "Table 2",
+                       "--printed", '{"NA": {"mean_tuned": 1.6, "n": 20}, "lima": {"mean_tuned": 1.2}}',
+                       "--output-tsv", str(tmp_path / "cmp.tsv"), "--output", str(tmp_path / "cmp.html")])
+    rows = [line.split("\t") for line in (tmp_path / "cmp.tsv").read_text().splitlines()[1:]]
+    assert rows == [["NA", "n", "20", "20", "0"], ["NA", "mean_tuned", "1.6", "1.5", "-0.1"],
+                    ["lima", "mean_tuned", "1.2", "", ""]]
 
 
 def test_provenance_records_hashes_recorded_device_and_config(tmp_path):

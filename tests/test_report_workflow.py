@@ -2,6 +2,7 @@
 opened in headless Chromium the way a user opens it: every table shows numbers, every image loads."""
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 
@@ -165,6 +166,23 @@ def test_a_report_made_after_a_config_edit_states_the_settings_its_numbers_were_
     assert not re.search(r"seeds\W{0,12}= \[0, 1\]", text)
     assert "b = 7 (analysis.threshold)" in text  # under Tables 1 and 2, as the tables were computed
     assert "seeds 0, 1, 2, 3, 4" in text  # under Table 5
+
+
+def test_the_notice_reaches_the_reports_front_page_as_text(finished_demo, tmp_path):
+    """The notice went into the front page's RST as it was: a link or a raw HTML directive in it ran in the
+    report (docutils allows both); now every character that is not a letter or digit is escaped."""
+    work = clone_run(finished_demo, tmp_path / "work")
+    notice = "Demo: see `the docs <javascript:alert(1)>`_ and <img src=x onerror=alert(1)> *.tsv results_"
+    config = (work / "config.yaml").read_text()
+    edited = re.sub(r"(?m)^notice: .*$", "notice: " + json.dumps(notice), config)
+    assert edited != config, "the demo config has no notice line"
+    (work / "config.yaml").write_text(edited)
+    snakemake(work, "--report", "report.html")
+    text = (work / "report.html").read_text(encoding="utf8")
+    assert "javascript:alert" not in text.replace("javascript:alert(1)&gt;`_", "")
+    assert "<img src=x" not in text and "System Message" not in text
+    shown = "Demo: see `the docs &lt;javascript:alert(1)&gt;`_ and &lt;img src=x onerror=alert(1)&gt; *.tsv results_"
+    assert shown in text
 
 
 @pytest.mark.paper

@@ -88,6 +88,9 @@ def check_config(config: dict) -> None:
         for role in ("pretrained", "tuned"):
             if members[role] not in config["models"]:
                 raise ConfigError(f"pairs.{pair}.{role}: {members[role]!r} is not a key of models")
+        if members["pretrained"] == members["tuned"]:
+            raise ConfigError(f"pairs.{pair}: the pre-trained and the tuned model are both {members['tuned']!r}; "
+                              "a pair compares two models (a copy under another id, if that is what is meant)")
     for model, settings in config["models"].items():
         if settings.get("attribution") == "released" and not settings.get("released"):
             raise ConfigError(f"models.{model}.released: required when attribution is 'released'")

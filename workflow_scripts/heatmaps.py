@@ -89,7 +89,7 @@ def draw_sample(views: dict[str, tuple[str, SampleView]], levels: int, title: st
     if image is not None:
         bar = fig.colorbar(image, ax=fig.axes, fraction=0.015, pad=0.01)
         bar.set_label(f"binned attribution (0..{levels}, b = 0)", fontsize=9)
-    fig.suptitle(title, fontsize=12, y=1 - 0.2 / height)
+    fig.suptitle(title, fontsize=12, y=1 - 0.2 / height, parse_math=False)  # a sample id may hold `$`
     with atomic_file(output) as tmp, open(tmp, "wb") as handle:
         fig.savefig(handle, format="png", bbox_inches="tight")
     plt.close(fig)
@@ -155,9 +155,9 @@ def sample_page(views: dict[str, tuple[str, SampleView]], title: str, note: str)
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; max-width: 110em; }}
 .columns {{ display: flex; gap: 2em; }} section {{ flex: 1; min-width: 0; }}
-.prompt {{ font-family: monospace; line-height: 1.9; white-space: pre-wrap; word-wrap: break-word; }}
+.prompt {{ font-family: monospace; line-height: 1.9; white-space: pre-wrap; overflow-wrap: anywhere; }}
 .tok {{ border-radius: 2px; }} .tok.ins {{ border-bottom: 2px solid #1f4e99; }}
-.response {{ white-space: pre-wrap; background: #f4f4f4; padding: .5em; }}
+.response {{ white-space: pre-wrap; overflow-wrap: anywhere; background: #f4f4f4; padding: .5em; }}
 .legend span {{ padding: 0 .4em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>

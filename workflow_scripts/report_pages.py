@@ -2,8 +2,8 @@
 provenance (docs/design.md#report).
 
 Snakemake 9's report shows images, PDFs and HTML pages inline but offers a TSV only as a download,
-so every table is rendered here to a small HTML page: the numbers from the TSV (formatted as its
-Markdown twin formats them), the title, notice and notes from the Markdown twin.
+so every table is rendered here to a small HTML page from its Markdown twin: title, notice, the cells as
+the twin prints them (numbers rounded once, from the full-precision values), and notes.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import html
 import json
 import logging
 import platform
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 from .atomic import atomic_file, atomic_write_text
 from .cli import setup_logging
 from .paper_data import sha256
-from .table_files import cell_text
+from .table_files import cell_text, markdown_cells, markdown_unescape
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +61,68 @@ def html_table(frame: pd.DataFrame, formats: dict | None = None) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
 
 
-def markdown_frame(markdown: str) -> tuple[str, list[str], list[str]]:
-    """Title, notice lines (`> `) and note paragraphs of a table's Markdown twin (table lines skipped)."""
-    title, notices, notes = "", [], []
+@dataclass
+class MarkdownTable:
+    """A table's Markdown twin as `write_table` wrote it: the page shows its cells, so that numbers are
+    rounded once, from the full-precision values (the TSV holds 6 significant digits)."""
+
+    title: str = ""
+    notices: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_markdown_table(markdown: str) -> MarkdownTable:
+    """Title, notice lines (`> `), the table's header and rows, and note paragraphs, unescaped."""
+    twin = MarkdownTable()
     for line in markdown.splitlines():
         line = line.strip()
-        if line.startswith("# ") and not title:
-            title = line[2:]
+        if line.startswith("# ") and not twin.title:
+            twin.title = markdown_unescape(line[2:])
         elif line.startswith(">"):
-            notices.append(line.lstrip("> "))
-        elif line and not line.startswith("|") and not line.startswith("#"):
-            notes.append(line)
-    return title, notices, notes
+            twin.notices.append(markdown_unescape(line[2:] if line.startswith("> ") else line[1:]))
+        elif line.startswith("|"):
+            if not twin.columns:
+                twin.columns = markdown_cells(line)
+            elif not set(line) <= set("|-: "):  # not the |---| line
+                twin.rows.append(markdown_cells(line))
+        elif line and not line.startswith("#"):
+            twin.notes.append(markdown_unescape(line))
+    return twin
 
 
-def table_page(tsv: str | Path, markdown: str | Path | None, fallback_title: str) -> str:
-    frame = pd.read_csv(tsv, sep="\t", keep_default_na=False, na_values=["", "nan", "NaN"])
-    title, notices, notes = markdown_frame(Path(markdown).read_text(encoding="utf8")) if markdown else ("", [], [])
-    title = title or fallback_title
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.lower() not in ("nan", "inf", "-inf", "infinity")
+
+
+def cells_table(columns: list[str], rows: list[list[str]]) -> str:
+    """Cells as printed; a column of numbers (n/a and blanks aside) right-aligned, any other left-aligned."""
+    text_columns = {
+        i for i in range(len(columns)) if not all(is_number(r[i]) or r[i] in ("n/a", "") for r in rows if i < len(r))
+    }
+
+    def cell(tag: str, i: int, text: str) -> str:
+        return f'<{tag}{" class=text" if i in text_columns else ""}>{html.escape(text)}</{tag}>'
+
+    head = "".join(cell("th", i, c) for i, c in enumerate(columns))
+    body = "\n".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
+
+
+def table_page(tsv: str | Path, markdown: str | Path, fallback_title: str) -> str:
+    twin = read_markdown_table(Path(markdown).read_text(encoding="utf8"))
+    title = twin.title or fallback_title
     body = [f"<h1>{html.escape(title)}</h1>"]
-    body += [f'<p class="notice">{html.escape(n)}</p>' for n in notices]
-    body.append(html_table(frame))
-    body += [f"<p>{html.escape(n)}</p>" for n in notes]
-    body.append(f"<p><small>{len(frame)} rows from {html.escape(str(tsv))}</small></p>")
+    body += [f'<p class="notice">{html.escape(n)}</p>' for n in twin.notices]
+    body.append(cells_table(twin.columns, twin.rows))
+    body += [f"<p>{html.escape(n)}</p>" for n in twin.notes]
+    source = html.escape(str(tsv))
+    body.append(f"<p><small>{len(twin.rows)} rows; the data, to 6 significant digits: {source}</small></p>")
     return page(title, "\n".join(body))
 
 
@@ -228,7 +268,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     table = sub.add_parser("table", help="a table's TSV (and Markdown twin) as an HTML page")
     table.add_argument("--tsv", required=True)
-    table.add_argument("--markdown")
+    table.add_argument("--markdown", required=True)
     table.add_argument("--title", required=True)
     table.add_argument("--output", required=True)
     compare = sub.add_parser("compare", help="the paper's printed numbers beside the computed table")
@@ -251,7 +291,8 @@ def main(argv=None):
     if args.command == "table":
         atomic_write_text(args.output, table_page(args.tsv, args.markdown, args.title))
     elif args.command == "compare":
-        result = paper_comparison(pd.read_csv(args.tsv, sep="\t"), json.loads(args.printed))
+        computed = pd.read_csv(args.tsv, sep="\t", keep_default_na=False, na_values=[""], dtype={"dataset": str})
+        result = paper_comparison(computed, json.loads(args.printed))  # a group named NA stays one
         with atomic_file(args.output_tsv) as tmp:
             result.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
         atomic_write_text(args.output, comparison_page(result, args.pair, args.name))

@@ -181,7 +181,9 @@
       const span = element("span", "pair");
       pair.forEach((w, i) => {
         if (i) span.appendChild(document.createTextNode(" = "));
-        word(span, w, key);
+        const isolated = element("bdi");  // two right-to-left words are still drawn key, then query
+        word(isolated, w, key);
+        span.appendChild(isolated);
       });
       td.appendChild(span);
     }
