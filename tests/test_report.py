@@ -10,7 +10,7 @@ from PIL import Image
 from test_tables import ANALYSIS, DATASET_ROWS, GROUPS, attribution, tiny_shard
 
 from workflow_scripts import heatmaps, position, report_pages
-from workflow_scripts.attribution_views import SampleView, chosen_samples, load_views
+from workflow_scripts.attribution_views import SampleView, chosen_samples, load_views, token_text
 from workflow_scripts.importance import instruction_score
 from workflow_scripts.shards import Shard, load_header, save_shard
 from workflow_scripts.table1_2 import instruction_scores
@@ -130,8 +130,8 @@ def test_position_command_writes_the_profile_of_both_models(tiny, tmp_path):
 
 
 def test_tick_labels_are_visible_short_and_safe_for_matplotlib():
-    assert heatmaps.tick_label("\u2581the") == "\u2423the"
-    assert heatmaps.tick_label("<0x0A>") == "\u21b5" and heatmaps.tick_label("\u010a") == "\u21b5"
+    assert heatmaps.tick_label(token_text("\u2581the")) == "\u2423the"
+    assert heatmaps.tick_label(token_text("<0x0A>")) == "\u21b5" == heatmaps.tick_label(token_text("\u010a"))
     assert heatmaps.tick_label("$x$") == r"\$x\$"  # not math text
     assert heatmaps.tick_label("abcdefghijklmnopq") == "abcdefghijk\u2026"
     assert heatmaps.tick_label("") == "\u2205"
@@ -168,6 +168,25 @@ def test_long_prompts_wrap_into_rows_of_panels(tmp_path, write_tsv):
     assert pngs[95][1] > 1.3 * pngs[45][1] and pngs[45][1] > 1.6 * pngs[30][1]
 
 
+def test_byte_pieces_are_shown_as_the_characters_they_stand_for(tmp_path, write_tsv):
+    """SentencePiece's byte fallback (`<0xF0>` ...) and byte-level BPE (`âĢĻ` for ’) were shown as such on
+    the token pages and heatmap labels: every emoji, most non-Latin text, curly quotes under Llama 3 or Qwen."""
+    prompt = "Say 😀 now."
+    tokens = ["<s>", "▁Say", "▁", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>", "▁now", "."]
+    offsets = [[0, 0], [0, 3], [3, 4], [4, 5], [4, 5], [4, 5], [4, 5], [6, 9], [9, 10]]
+    sample = attribution("lima_author_1", prompt, tokens, offsets, np.ones((9, 3)))
+    sample.response, sample.response_tokens = "It’s", ["It", "âĢĻ", "s"]
+    sample.response_offsets = np.array([[0, 2], [2, 3], [3, 4]])
+    save_shard(Shard([sample], {"model": "demo", "binned_levels": 0}), tmp_path / "b.npz")
+    dataset = write_tsv([("lima_author_1", prompt, "It’s", "Say 😀 now.")])
+    view = load_views(tmp_path / "b.npz", dataset, ANALYSIS)["lima_author_1"]
+    assert view.prompt_texts == ["<s>", " Say", " ", "😀", "", "", "", " now", "."]
+    assert view.response_texts == ["It", "’", "s"]
+    page = heatmaps.sample_page({"base": ("pretrained", view), "chat": ("tuned", view)}, "Sample", "note")
+    assert "😀" in page and "It’s" in page and "0xF0" not in page and "âĢĻ" not in page
+    assert [heatmaps.tick_label(t) for t in view.prompt_texts[1:5]] == ["\u2423Say", "\u2423", "😀", "\u2205"]
+
+
 def test_sample_page_colours_every_prompt_token_by_its_density(tiny):
     shard, dataset = tiny
     view = load_views(shard, dataset, ANALYSIS, ["user_oriented_task_0"])["user_oriented_task_0"]
@@ -184,7 +203,7 @@ def test_a_sample_page_wraps_long_tokens_inside_each_models_column(tmp_path):
     """An unbroken 500-letter response ran across the other model's column, opened in Chromium."""
     from browser import chromium
 
-    view = SampleView("s", ["\u2581" + "y" * 300, "\u2581b"], ["z" * 500], np.zeros((2, 1)), np.array([1.0, 0.5]),
+    view = SampleView("s", [" " + "y" * 300, " b"], ["z" * 500], np.zeros((2, 1)), np.array([1.0, 0.5]),
                       np.array([True, False]))
     (tmp_path / "s.html").write_text(heatmaps.sample_page({"base": ("pretrained", view), "chat": ("tuned", view)},
                                                           "Sample s", "note"), encoding="utf8")

@@ -19,7 +19,6 @@ import numpy as np
 from .atomic import atomic_dir, atomic_file, atomic_write_text
 from .attribution_views import SampleView, chosen_samples, load_views
 from .cli import positive_int, setup_logging
-from .instructions import BOUNDARY_MARKERS
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -29,21 +28,10 @@ MAX_RESPONSE_LABELS = 40  # response tick labels per panel at most
 TOKEN_INCH = 0.17  # width of one prompt token, and height of one labelled response row
 INSTRUCTION_COLOUR = "#c0392b"
 OTHER_COLOUR = "#7f8c8d"
-_NEWLINES = ("<0x0A>", "\u010a")  # SentencePiece, byte-level `Ċ`
-
-
-def token_text(token: str) -> str:
-    """What a token stands for, as text: word-boundary markers become spaces, line-break pieces `\\n`."""
-    for piece in _NEWLINES:
-        token = token.replace(piece, "\n")
-    for marker in BOUNDARY_MARKERS:
-        token = token.replace(marker, " ")
-    return token
-
-
-def tick_label(token: str, limit: int = 12) -> str:
-    """A short, visible label: spaces as `␣`, line breaks as `↵`, `$` escaped (matplotlib math)."""
-    text = token_text(token).replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5")
+def tick_label(text: str, limit: int = 12) -> str:
+    """A short, visible label of a token's text (token_texts): spaces as `␣`, line breaks as `↵`, `$`
+    escaped (matplotlib math), and `∅` for a token that stands for no text of its own."""
+    text = text.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5")
     text = text if len(text) <= limit else text[: limit - 1] + "\u2026"
     return (text or "\u2205").replace("$", r"\$")
 
@@ -62,10 +50,10 @@ def draw_sample(views: dict[str, tuple[str, SampleView]], levels: int, title: st
     from matplotlib.patches import Patch
 
     columns = list(views.items())
-    n = max(len(v.prompt_tokens) for _, (_, v) in columns)
+    n = max(len(v.prompt_texts) for _, (_, v) in columns)
     rows = max(1, math.ceil(n / PER_ROW))
     span = max(1, min(PER_ROW, n))  # columns per row: a short prompt's panel is as wide as the prompt
-    shown = max(1, min(max(len(v.response_tokens) for _, (_, v) in columns), MAX_RESPONSE_LABELS))
+    shown = max(1, min(max(len(v.response_texts) for _, (_, v) in columns), MAX_RESPONSE_LABELS))
     bar_h, heat_h, gap_h = 0.9, max(1.2, shown * TOKEN_INCH), 1.3
     width = span * TOKEN_INCH + 2.0
     height = rows * (bar_h + heat_h + gap_h) + 0.9
@@ -76,7 +64,7 @@ def draw_sample(views: dict[str, tuple[str, SampleView]], levels: int, title: st
     image = None
     for c, (label, (role, view)) in enumerate(columns):
         for r in range(rows):
-            start, stop = r * PER_ROW, min((r + 1) * PER_ROW, len(view.prompt_tokens))
+            start, stop = r * PER_ROW, min((r + 1) * PER_ROW, len(view.prompt_texts))
             inner = outer[r, c].subgridspec(2, 1, height_ratios=[bar_h, heat_h], hspace=0.08)
             bar, heat = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
             image = _panel(bar, heat, view, start, stop, levels, span)
@@ -108,20 +96,20 @@ def _panel(bar, heat, view: SampleView, start: int, stop: int, levels: int, span
     bar.set_yticks([0, 1])
     bar.tick_params(labelsize=7)
     bar.set_ylabel("density", fontsize=8)
-    m = len(view.response_tokens)
+    m = len(view.response_texts)
     image = heat.imshow(view.binned[start:stop].T if m else np.zeros((1, stop - start)), aspect="auto",
                         cmap="YlOrRd", vmin=0, vmax=levels, interpolation="nearest",
                         extent=(-0.5, stop - start - 0.5, max(m, 1) - 0.5, -0.5))
     heat.set_xlim(-0.5, span - 0.5)
     heat.set_xticks(x)
-    heat.set_xticklabels([tick_label(t) for t in view.prompt_tokens[start:stop]], rotation=90, fontsize=7)
+    heat.set_xticklabels([tick_label(t) for t in view.prompt_texts[start:stop]], rotation=90, fontsize=7)
     for tick, marked in zip(heat.get_xticklabels(), mask):
         if marked:
             tick.set_color(INSTRUCTION_COLOUR)
             tick.set_fontweight("bold")
     ticks = response_ticks(m)
     heat.set_yticks(ticks)
-    heat.set_yticklabels([f"{j} {tick_label(view.response_tokens[j])}" for j in ticks], fontsize=7)
+    heat.set_yticklabels([f"{j} {tick_label(view.response_texts[j])}" for j in ticks], fontsize=7)
     heat.set_ylabel(f"response tokens ({m})", fontsize=8)
     heat.set_xlabel(f"prompt tokens {start}..{stop - 1}", fontsize=8)
     return image
@@ -137,17 +125,17 @@ def sample_page(views: dict[str, tuple[str, SampleView]], title: str, note: str)
     sections = []
     for label, (role, view) in views.items():
         tokens = []
-        for i, (token, value, marked) in enumerate(zip(view.prompt_tokens, view.density, view.mask)):
-            text = html.escape(token_text(token)).replace("\n", "\u21b5<br>")
+        for i, (token, value, marked) in enumerate(zip(view.prompt_texts, view.density, view.mask)):
+            text = html.escape(token).replace("\n", "\u21b5<br>")
             kind = " instruction token" if marked else ""
             tokens.append(
                 f'<span class="tok{" ins" if marked else ""}" style="background:{_density_colour(value)}" '
                 f'title="token {i}: density {value:.3f}{kind}" data-density="{value:.6f}">{text}</span>'
             )
-        response = html.escape("".join(token_text(t) for t in view.response_tokens))
+        response = html.escape("".join(view.response_texts))
         sections.append(
             f'<section><h2>{html.escape(label)} <small>({role})</small></h2>\n<div class="prompt">{"".join(tokens)}'
-            f'</div>\n<h3>Response ({len(view.response_tokens)} tokens)</h3>\n<pre class="response">{response}</pre>'
+            f'</div>\n<h3>Response ({len(view.response_texts)} tokens)</h3>\n<pre class="response">{response}</pre>'
             "</section>"
         )
     return f"""<!DOCTYPE html>
