@@ -191,6 +191,46 @@ def test_claims_hold_for_live_jobs_and_pass_on_when_the_claimant_is_gone(tmp_pat
         assert a.claim(["k4"], limit=10) == []
 
 
+def test_a_claim_of_a_killed_but_unreaped_job_passes_on(tmp_path):
+    """A zombie (killed, its parent has not collected it) still has a /proc entry: it must count as gone."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from workflow_scripts.chat_cache import process_start
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = process_start(child.pid)
+    os.kill(child.pid, signal.SIGKILL)
+    for _ in range(100):  # not waited for: a zombie until child.wait()
+        if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    try:
+        assert started and process_start(child.pid) is None
+        path = tmp_path / "cache.sqlite"
+        with ResponseCache(path, "openai", "m") as cache:
+            insert_claim(path, "k1", socket.gethostname(), child.pid, started, time.time())
+            assert cache.claim(["k1"], limit=1) == ["k1"]
+    finally:
+        child.wait()
+
+
+def test_a_working_jobs_heartbeat_keeps_its_claims_past_the_stale_age(tmp_path):
+    """Claims are refreshed every stale_after_s / 4 while the job runs; without that, a job slower than the
+    stale age lost its claims and its requests were asked (and paid) twice."""
+    import time
+
+    path = tmp_path / "cache.sqlite"
+    with ResponseCache(path, "openai", "m", stale_after_s=2) as working:
+        assert working.claim(["k1"], limit=1) == ["k1"]
+        time.sleep(3)
+        with ResponseCache(path, "openai", "m", stale_after_s=2) as other:
+            assert other.claim(["k1"], limit=1) == []  # still held: its heartbeat is recent
+
+
 def test_a_job_answers_only_what_it_claimed_and_waits_for_the_rest(tmp_path):
     import time
 
