@@ -75,17 +75,18 @@ class MarkdownTable:
 
 def read_markdown_table(markdown: str) -> MarkdownTable:
     """Title, notice lines (`> `), the table's header and rows, and note paragraphs, unescaped."""
-    twin = MarkdownTable()
+    twin, table_lines = MarkdownTable(), 0
     for line in markdown.splitlines():
         line = line.strip()
         if line.startswith("# ") and not twin.title:
             twin.title = markdown_unescape(line[2:])
         elif line.startswith(">"):
             twin.notices.append(markdown_unescape(line[2:] if line.startswith("> ") else line[1:]))
-        elif line.startswith("|"):
-            if not twin.columns:
+        elif line.startswith("|"):  # the header, the |---| line, then the rows
+            table_lines += 1
+            if table_lines == 1:
                 twin.columns = markdown_cells(line)
-            elif not set(line) <= set("|-: "):  # not the |---| line
+            elif table_lines > 2:
                 twin.rows.append(markdown_cells(line))
         elif line and not line.startswith("#"):
             twin.notes.append(markdown_unescape(line))
