@@ -181,6 +181,25 @@ def test_paper_dataset_digest_is_the_same_before_and_after_the_fetch(config, tmp
         plan_dataset.dataset_digest(config)
 
 
+def test_a_fetched_dataset_older_than_the_manifest_is_not_planned_from(config, tmp_path, monkeypatch):
+    """After the manifest names new paper data, the fetched copy is stale: shard digests planned from it
+    left the shards of changed samples as they were, and Tables 1-2 were remade from old attributions."""
+    monkeypatch.chdir(tmp_path)
+    old, new = HEADER + row(1), HEADER + row(1, "A new answer.")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / plan_dataset.PAPER_MANIFEST).write_text(f"{hashlib.sha256(new.encode()).hexdigest()}  datasets/F.tsv\n")
+    (tmp_path / "resources/paper/datasets").mkdir(parents=True)
+    (tmp_path / "resources/paper/datasets/F.tsv").write_text(old)
+    config["dataset"]["samples"] = "resources/paper/datasets/F.tsv"
+    with pytest.raises(dag.ConfigError, match=r"F.tsv does not match datasets/paper-manifest.sha256 .*paper_datasets"):
+        plan_dataset.shard_digests(config)
+    (tmp_path / "copy/datasets").mkdir(parents=True)
+    (tmp_path / "copy/datasets/F.tsv").write_text(new)  # a local copy of the new data: planned from it
+    config["paper_data"] = str(tmp_path / "copy")
+    assert plan_dataset.dataset_samples(config)[0].response == "A new answer."
+    assert plan_dataset.dataset_digest(config) == hashlib.sha256(new.encode()).hexdigest()
+
+
 def test_the_dataset_is_checked_when_it_is_there_and_skipped_before_the_fetch(config, tmp_path, monkeypatch):
     plan_dataset.check_dataset(config)
     (tmp_path / "data.tsv").write_text(HEADER + row(1) + "s2\tonly\ttwo\n")
@@ -305,6 +324,27 @@ def test_the_word_vectors_file_is_an_input_of_the_head_jobs(config):
     assert dag.word_vectors_input(config) == []
 
 
+def test_a_word_vectors_folder_is_an_input_with_every_file_in_it(config, tmp_path, monkeypatch):
+    """A sentence-transformers model is a folder of module folders; a file written over inside it left the
+    folder's date as it was, and the head jobs "up to date" with the old vectors."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("st/modules.json", "st/0_WordEmbeddings/pytorch_model.bin", "st/1_Pooling/config.json",
+                 "st/.cache/x", "st/.snakemake_timestamp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    config["attention"] = {"word_vectors": {"kind": "sentence-transformers", "path": "st"}}
+    assert dag.word_vectors_input(config) == ["st", "st/0_WordEmbeddings/pytorch_model.bin",
+                                              "st/1_Pooling/config.json", "st/modules.json"]
+
+
+def test_the_provenance_slice_of_the_provider_leaves_out_speed_and_plumbing_keys():
+    """Renaming the key's variable or dropping `build:` changes no answer: the provenance page must not rerun
+    to state it (the README says renaming the variable reruns nothing)."""
+    provider = {"kind": "openai", "model": "m", "base_url": None, "api_key_env": "MY_KEY", "build": None,
+                "concurrency": 8, "max_retries": 6, "timeout_s": 60, "batch_size": 16, "gpus": 0}
+    assert dag.without_speed(provider, "provider") == {"kind": "openai", "model": "m", "base_url": None}
+
+
 def test_the_annotator_input_checks_the_provider_first():
     with pytest.raises(dag.ConfigError, match="annotation.provider.path: required for the local provider"):
         dag.annotator_input({"kind": "local"})
@@ -319,7 +359,8 @@ def test_every_provider_key_of_the_schema_decides_the_answers_or_speed_or_nothin
     keys = set(schema["properties"]["annotation"]["properties"]["provider"]["properties"])
     groups = [plan_annotation.PROVIDER_ANSWER_KEYS, plan_annotation.PROVIDER_SPEED_KEYS,
               plan_annotation.PROVIDER_PLUMBING_KEYS]
-    assert dag.SPEED_KEYS["provider"] is plan_annotation.PROVIDER_SPEED_KEYS  # the provenance page leaves them out
+    # the provenance page leaves out all but the keys that decide the answers
+    assert set(dag.SPEED_KEYS["provider"]) == set(keys) - set(plan_annotation.PROVIDER_ANSWER_KEYS)
     assert sorted(k for group in groups for k in group) == sorted(keys)
 
 
@@ -363,7 +404,7 @@ def test_a_local_model_is_read_as_its_directory_and_the_files_that_make_it(tmp_p
     (model / "sub").mkdir(parents=True)
     for name in ("config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
                  "tokenizer.model", "merges.txt", "chat_template.jinja", "README.md", ".snakemake_timestamp",
-                 "sub/other.safetensors"):
+                 "sub/other.safetensors", "pytorch_model-00001-of-00002.bin", "training_args.bin"):
         (model / name).write_text("x")
     config = {"models": {"own": {"path": "models/own"}, "built": {"path": "resources/models/demo-base",
                                                                   "build": "demo-base"},
@@ -371,6 +412,6 @@ def test_a_local_model_is_read_as_its_directory_and_the_files_that_make_it(tmp_p
     plan_models.model_files.cache_clear()
     assert plan_models.model_dir_input(config, "own") == ["models/own", *(f"models/own/{name}" for name in (
         "chat_template.jinja", "config.json", "merges.txt", "model-00001-of-00002.safetensors",
-        "model.safetensors.index.json", "tokenizer.model"))]
+        "model.safetensors.index.json", "pytorch_model-00001-of-00002.bin", "tokenizer.model"))]  # .bin weights too
     assert plan_models.model_dir_input(config, "built") == ["resources/models/demo-base"]
     assert plan_models.model_dir_input(config, "hub") == []

@@ -232,6 +232,20 @@ def test_the_fingerprint_follows_the_model_files(random_dir, taught_dir, tmp_pat
     assert local_chat.model_fingerprint(taught_dir) != local_chat.model_fingerprint(random_dir)  # config differs
 
 
+@pytest.mark.parametrize("edit", ["chat_template.jinja", "tokenizer_config.json", "generation_config.json",
+                                  "pytorch_model.bin"])
+def test_the_fingerprint_follows_what_shapes_an_answer_besides_the_weights(random_dir, tmp_path, edit):
+    """The cached answers are keyed by the fingerprint: a new chat template, tokenizer or generation config
+    (or .bin weights) reran the annotation jobs, which then wrote the old answers back from the cache."""
+    import shutil
+
+    copy = shutil.copytree(random_dir, tmp_path / "copy")
+    before = local_chat.model_fingerprint(copy)
+    path = copy / edit
+    path.write_bytes((path.read_bytes() if path.exists() else b"") + b"\n{# another template #}\n")
+    assert local_chat.model_fingerprint(copy) != before
+
+
 def same_shape_other_weights(model_dir, target):
     """A copy of a model with one weight changed: the same config.json, file names and sizes."""
     import shutil

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -172,7 +173,29 @@ def test_new_word_vectors_in_the_same_file_plan_the_attention_jobs_again(demo, t
         "browse_pair": 1, "all": 1}
 
 
-@pytest.mark.parametrize("replaced", ["model.safetensors", "tokenizer.json"])
+def test_a_word_vectors_folder_whose_files_are_replaced_in_place_plans_the_attention_jobs_again(demo, tmp_path):
+    """A sentence-transformers model (the paper's own route) is a folder of module folders: its date stays
+    as it was when a file inside is written over, and the heads were kept from the old vectors."""
+    from conftest import clone_run
+    from test_word_vectors import averaged_word_model
+
+    work = clone_run(demo, tmp_path / "work")
+    words = ["say", "the", "write"]
+    folder = averaged_word_model(work / "vectors", words, np.array([[1, 0], [0, 1], [1, 1]], np.float32))
+    config = edited_config(work, "attention", word_vectors={"kind": "sentence-transformers", "path": "vectors"})
+    snakemake(work, "--touch", "--configfile", config)  # as if the layer jobs had run with these vectors
+    assert planned_jobs(work, "--configfile", config) == {}
+    averaged_word_model(tmp_path / "other", words, np.array([[0, 1], [1, 0], [1, 1]], np.float32))
+    inner = sorted(p.relative_to(tmp_path / "other") for p in (tmp_path / "other").rglob("*") if p.is_file())
+    for name in inner:  # written over in place: the folder and its module folders keep their entries
+        shutil.copyfile(tmp_path / "other" / name, folder / name)
+        os.utime(folder / name, (time.time() + 5, time.time() + 5))
+    assert planned_jobs(work, "--configfile", config) == {
+        "explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
+        "browse_pair": 1, "all": 1}
+
+
+@pytest.mark.parametrize("replaced", ["model.safetensors", "tokenizer.json", "pytorch_model.bin"])
 def test_a_model_folder_whose_files_are_replaced_in_place_plans_that_models_jobs_again(demo, tmp_path, replaced):
     """A folder's date changes only when an entry is added or removed, so weights copied over a model's
     own (a new download into the same --local-dir) left every job from it "up to date", and the tables
@@ -182,6 +205,12 @@ def test_a_model_folder_whose_files_are_replaced_in_place_plans_that_models_jobs
     work = clone_run(demo, tmp_path / "work")
     own = work / "mymodels/tuned"
     shutil.copytree(work / "resources/models/demo-tuned", own, ignore=shutil.ignore_patterns(".snakemake*"))
+    if replaced == "pytorch_model.bin":  # weights saved the older way (transformers loads them alike)
+        import torch
+        from safetensors.torch import load_file
+
+        torch.save(load_file(own / "model.safetensors"), own / replaced)
+        (own / "model.safetensors").unlink()
     config = yaml.safe_load((work / "config.yaml").read_text())
     config["models"]["demo-tuned"] = {"path": "mymodels/tuned", "layers": 4}
     (work / "own.yaml").write_text(yaml.safe_dump(config))
@@ -190,6 +219,11 @@ def test_a_model_folder_whose_files_are_replaced_in_place_plans_that_models_jobs
     target = own / replaced  # a copy of the fixture's file (copytree), so written in place: the folder is unchanged
     if replaced == "tokenizer.json":  # the two demo models share one tokenizer: another text of it
         target.write_text(target.read_text(encoding="utf8") + "\n", encoding="utf8")
+    elif replaced == "pytorch_model.bin":
+        import torch
+        from safetensors.torch import load_file
+
+        torch.save(load_file(work / "resources/models/demo-base/model.safetensors"), target)
     else:
         shutil.copyfile(work / "resources/models/demo-base" / replaced, target)
     os.utime(target, (time.time() + 5, time.time() + 5))  # Snakemake reads the content only of a newer file
@@ -199,9 +233,11 @@ def test_a_model_folder_whose_files_are_replaced_in_place_plans_that_models_jobs
 
 @pytest.mark.parametrize("override", ["attribution={chunk_size: 16}", "attribution={autodiff: reverse}",
                                       "models={demo-base: {gpus: 1}}", "attention={gpus: 2}",
-                                      "annotation={provider: {batch_size: 8, timeout_s: 30, gpus: 0}}"])
-def test_a_speed_or_placement_setting_plans_nothing(demo, override):
-    """Not even the provenance page: it reran, then stated settings the results were not made with."""
+                                      "annotation={provider: {batch_size: 8, timeout_s: 30, gpus: 0}}",
+                                      "annotation={provider: {api_key_env: OTHER_KEY}}"])
+def test_a_speed_placement_or_plumbing_setting_plans_nothing(demo, override):
+    """Not even the provenance page: it reran, then stated settings the results were not made with (renaming
+    the variable that holds the API key reran it, though the README says it reruns nothing)."""
     assert planned_jobs(demo, "--config", override) == {}
 
 

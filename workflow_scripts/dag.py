@@ -8,6 +8,7 @@ the dataset is read once per process and cached, and no model is touched.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from .annotation_files import FILES
 from .code_version import method_version
 from .config_checks import ConfigError
 from .model_paths import looks_local
-from .plan_annotation import PROVIDER_SPEED_KEYS, check_annotation_provider, check_endpoint
+from .plan_annotation import PROVIDER_PLUMBING_KEYS, PROVIDER_SPEED_KEYS, check_annotation_provider, check_endpoint
 from .plan_dataset import check_dataset, dataset_digest
 from .plan_models import model_config, model_input, model_shape, pair_members, pair_models
 
@@ -66,19 +67,21 @@ def attribution_provenance(config: dict, models: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# Keys that change only speed or placement (docs/design.md#configuration-and-incrementality): no result depends on
-# them, so neither a job's params nor the provenance page, which says what the tables were computed from.
+# Keys that change only speed or placement, or for the provider its plumbing (where the key is read from, whether
+# a rule builds the model: the model's fingerprint keys its answers) (docs/design.md#configuration-and-incrementality):
+# no result depends on them, so neither a job's params nor the provenance page, which says what the tables were
+# computed from.
 SPEED_KEYS = {
     "attribution": ("chunk_size", "backward_batch", "autodiff"),
     "model": ("gpus",),
     "attention": ("gpus",),
     "ffn": ("gpus",),
-    "provider": PROVIDER_SPEED_KEYS,
+    "provider": PROVIDER_SPEED_KEYS + PROVIDER_PLUMBING_KEYS,
 }
 
 
 def without_speed(settings: dict | None, kind: str) -> dict | None:
-    """A config section without its speed and placement keys (SPEED_KEYS[kind])."""
+    """A config section without the keys no result depends on (SPEED_KEYS[kind])."""
     return None if settings is None else {k: v for k, v in settings.items() if k not in SPEED_KEYS[kind]}
 
 
@@ -186,10 +189,21 @@ def annotator_input(provider: dict, step: str | None = None, seed: int | str | N
 
 
 def word_vectors_input(config: dict) -> list[str]:
-    """The word-vectors file or folder the head jobs read (none for the packaged default): vectors
-    replaced in place change which word pairs every head keeps."""
+    """The word-vectors file, or folder and every file in it (a sentence-transformers model: module
+    folders), that the head jobs read (none for the packaged default): vectors replaced in place change
+    which word pairs every head keeps, and a folder's date changes only when an entry is added or removed."""
     path = config["attention"]["word_vectors"].get("path")
-    return [path] if path else []
+    if not path:
+        return []
+    return [path, *_folder_files(path)] if Path(path).is_dir() else [path]
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_files(path: str) -> tuple[str, ...]:
+    """Every file under `path`, hidden ones (Snakemake's timestamp, caches) left out; once per plan."""
+    root = Path(path)
+    inside = (f.relative_to(root) for f in root.rglob("*") if f.is_file())
+    return tuple(sorted(str(root / f) for f in inside if not any(part.startswith(".") for part in f.parts)))
 
 
 def table1_pairs(config: dict) -> list[str]:

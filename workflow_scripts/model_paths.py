@@ -76,27 +76,45 @@ def model_shape(model_id: str, settings: dict) -> ModelShape:
     return ModelShape(settings["layers"], settings["heads"], settings.get("kv_heads", settings["heads"]))
 
 
-WHOLE_FILE_BYTES = 64 << 20  # weight files up to this size are hashed whole
+# The files of a model directory that make the model: config, weights, tokenizer, chat template. Each is an
+# input of the jobs reading the model (plan_models.model_files), and the local annotator's answers are keyed
+# by their content (model_fingerprint), so that nothing else of the folder (a README, training_args.bin)
+# reruns a job and nothing of these is changed unseen.
+MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "pytorch_model*.bin", "*.model", "merges.txt", "vocab.txt",
+                       "*.jinja")
+
+
+def model_file_paths(model_dir: str | Path) -> list[Path]:
+    """The files of `model_dir` that make the model (MODEL_FILE_PATTERNS), sorted; not its subfolders."""
+    root = Path(model_dir)
+    return sorted({file for pattern in MODEL_FILE_PATTERNS for file in root.glob(pattern) if file.is_file()})
+
+
+WHOLE_FILE_BYTES = 64 << 20  # files up to this size are hashed whole
 SAMPLES, SAMPLE_BYTES = 256, 64 << 10  # larger ones: their safetensors header and 256 blocks spread over them
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """16 hex digits of config.json and every weight file's name, size and content (whole, or its
-    header and 16 MiB read at even steps through a larger file): a retrained, converted or swapped
-    model changes it, at the cost of milliseconds for a 7B model. An edit of a few bytes that falls
-    between the sampled blocks of a large file goes unseen."""
+    """16 hex digits of the name, size and content of every file that makes the model (model_file_paths:
+    config, weights, tokenizer, chat template, generation config), whole, or for a larger file its
+    safetensors header and 16 MiB read at even steps through it: a retrained, converted or swapped model,
+    or a new template, changes it, at the cost of milliseconds for a 7B model. An edit of a few bytes that
+    falls between the sampled blocks of a large file goes unseen."""
     model_dir = Path(model_dir)
-    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for path in sorted(model_dir.glob("*.safetensors")):
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir / 'config.json'}: not a model folder")
+    digest = hashlib.sha256()
+    for path in model_file_paths(model_dir):
         size = path.stat().st_size
         digest.update(f"\0{path.name}\0{size}\0".encode())
-        with open(path, "rb") as weights:
+        with open(path, "rb") as handle:
             if size <= WHOLE_FILE_BYTES:
-                digest.update(weights.read())
+                digest.update(handle.read())
                 continue
-            header = int.from_bytes(weights.read(8), "little")
-            digest.update(weights.read(min(header, WHOLE_FILE_BYTES)))
+            if path.suffix == ".safetensors":
+                header = int.from_bytes(handle.read(8), "little")
+                digest.update(handle.read(min(header, WHOLE_FILE_BYTES)))
             for block in range(SAMPLES):
-                weights.seek(block * (size - SAMPLE_BYTES) // (SAMPLES - 1))
-                digest.update(weights.read(SAMPLE_BYTES))
+                handle.seek(block * (size - SAMPLE_BYTES) // (SAMPLES - 1))
+                digest.update(handle.read(SAMPLE_BYTES))
     return digest.hexdigest()[:16]

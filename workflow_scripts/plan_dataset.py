@@ -38,11 +38,33 @@ def _dataset_file(config: dict) -> tuple[str, int]:
 
 
 def _existing_dataset(config: dict) -> tuple[str, int] | None:
-    """(path, mtime) of the fetched copy or, before the fetch, its source; None before both."""
+    """(path, mtime) of the fetched copy or, before the fetch, its source; None before both.
+
+    A paper file the manifest names is taken only with the manifest's checksum: after the manifest names
+    new data, the fetched copy is stale until the fetch job runs, and shard digests planned from it would
+    leave the shards of changed samples as they were while the tables were remade."""
+    expected = _manifest_checksum(config["dataset"]["samples"])
+    stale = []
     for path in dataset_candidates(config):
         if Path(path).is_file():
-            return str(path), Path(path).stat().st_mtime_ns
+            found = str(path), Path(path).stat().st_mtime_ns
+            if expected is None or _file_sha256(*found) == expected:
+                return found
+            stale.append(path)
+    if stale:
+        raise ConfigError(
+            f"dataset.samples: {stale[0]} does not match {PAPER_MANIFEST} (the paper data it names changed); "
+            "run `snakemake --cores 1 paper_datasets` first (it fetches the new file), or set paper_data to a "
+            "local copy of the new data"
+        )
     return None
+
+
+def _manifest_checksum(samples: str) -> str | None:
+    """The manifest's SHA-256 of a fetched paper file (`resources/paper/...`), else None."""
+    if not samples.startswith(FETCHED) or not Path(PAPER_MANIFEST).is_file():
+        return None
+    return _manifest(PAPER_MANIFEST, Path(PAPER_MANIFEST).stat().st_mtime_ns).get(samples[len(FETCHED) :])
 
 
 def _missing_dataset(config: dict) -> ConfigError:
@@ -98,11 +120,9 @@ def dataset_digest(config: dict) -> str:
     if found is not None:
         _samples(*found)
         return _file_sha256(*found)
-    samples = config["dataset"]["samples"]
-    if samples.startswith(FETCHED) and Path(PAPER_MANIFEST).is_file():
-        checksum = _manifest(PAPER_MANIFEST, Path(PAPER_MANIFEST).stat().st_mtime_ns).get(samples[len(FETCHED) :])
-        if checksum:
-            return checksum
+    checksum = _manifest_checksum(config["dataset"]["samples"])
+    if checksum:
+        return checksum
     raise _missing_dataset(config)
 
 

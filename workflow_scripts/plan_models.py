@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 
 from .config_checks import ConfigError
-from .model_paths import ModelShape, cached_config, hub_offline, looks_local
+from .model_paths import ModelShape, cached_config, hub_offline, looks_local, model_file_paths
 from .model_paths import model_shape as shape_of
 
 
@@ -45,19 +45,13 @@ def model_input(path: str, built: bool) -> list[str]:
     return []
 
 
-# The files of a model directory that a job reads: config, weights, tokenizer, chat template.
-MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "merges.txt", "vocab.txt", "*.jinja")
-
-
 @functools.lru_cache(maxsize=None)
 def model_files(path: str) -> tuple[str, ...]:
-    """The files of a model directory that make the model (MODEL_FILE_PATTERNS), each an input of the
-    jobs reading it: a folder's date changes only when an entry is added or removed, so weights written
-    over a model's own (a new download into the same folder) would leave those jobs "up to date". Once
-    per planning process and directory."""
-    root = Path(path)
-    found = {file for pattern in MODEL_FILE_PATTERNS for file in root.glob(pattern) if file.is_file()}
-    return tuple(str(Path(path) / file.name) for file in sorted(found))
+    """The files of a model directory that make the model (model_paths.MODEL_FILE_PATTERNS), each an input
+    of the jobs reading it: a folder's date changes only when an entry is added or removed, so weights
+    written over a model's own (a new download into the same folder) would leave those jobs "up to date".
+    Once per planning process and directory."""
+    return tuple(str(Path(path) / file.name) for file in model_file_paths(path))
 
 
 def model_shape(config: dict, model: str) -> ModelShape:
