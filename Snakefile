@@ -44,11 +44,13 @@ report: "report/workflow.rst"
 onstart:
     # Checks that need the planned jobs, made once the DAG is built and before any job runs (dry
     # runs, --summary and --list-changes never come here): the openai provider's key when
-    # annotation jobs are to run; offline, the hub models that jobs needing weights will load.
+    # annotation jobs are to run; offline, the hub models that jobs needing weights will load; a
+    # fetched dataset the manifest no longer matches lets only the fetch run.
     if not workflow.touch:
         scheduled = [(job.rule.name, dict(job.wildcards)) for job in workflow.dag.needrun_jobs()]
         plan_annotation.require_api_key(PROVIDER, [rule for rule, _ in scheduled], ANNOTATION_RULES)
         plan_models.require_cached_models(config, scheduled)
+        plan_dataset.require_fresh_dataset(config, [rule for rule, _ in scheduled])
 
 
 rule all:

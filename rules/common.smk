@@ -6,6 +6,8 @@ import inspect
 import json
 import re
 
+from snakemake.logging import logger
+
 from workflow_scripts import code_version, dag, plan_annotation, plan_dataset, plan_models
 from workflow_scripts.code_version import code_digest, method_version  # every rule's `code` param
 from workflow_scripts.annotation_files import FILES
@@ -13,6 +15,8 @@ from workflow_scripts.annotation_files import FILES
 code_version.use_cache(".snakemake/shiftlens/parsed-code.json")  # parses only modules that changed
 dag.check_config(config)
 plan_dataset.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
+if stale := plan_dataset.stale_dataset_warning(config):
+    logger.warning(f"WARNING: {stale}; run `snakemake --cores 1 -f paper_datasets` first (a run stops before its jobs)")
 
 PAIRS = list(config["pairs"])
 MODELS = list(config["models"])

@@ -191,8 +191,12 @@ def test_a_fetched_dataset_older_than_the_manifest_is_not_planned_from(config, t
     (tmp_path / "resources/paper/datasets").mkdir(parents=True)
     (tmp_path / "resources/paper/datasets/F.tsv").write_text(old)
     config["dataset"]["samples"] = "resources/paper/datasets/F.tsv"
+    assert "F.tsv does not match datasets/paper-manifest.sha256" in plan_dataset.stale_dataset_warning(config)
     with pytest.raises(dag.ConfigError, match=r"F.tsv does not match datasets/paper-manifest.sha256 .*paper_datasets"):
-        plan_dataset.shard_digests(config)
+        plan_dataset.require_fresh_dataset(config, ["paper_datasets", "table2_pair"])  # before a run's first job
+    plan_dataset.require_fresh_dataset(config, ["paper_datasets"])  # the fetch it asks for can run
+    with pytest.raises(dag.ConfigError, match=r"F.tsv does not match .*paper_datasets"):
+        plan_dataset.shard_digests(config)  # never planned from the stale file
     (tmp_path / "copy/datasets").mkdir(parents=True)
     (tmp_path / "copy/datasets/F.tsv").write_text(new)  # a local copy of the new data: planned from it
     config["paper_data"] = str(tmp_path / "copy")

@@ -69,6 +69,25 @@ def test_a_changed_checksum_in_the_manifest_plans_that_data_rule_again(fetched, 
     assert jobs == {"paper_datasets": 1} and "Params have changed" in text
 
 
+def test_a_run_after_the_manifest_names_a_new_dataset_stops_before_its_jobs_but_the_fetch(fetched, tmp_path):
+    """The shards of changed samples cannot be planned before the new file is fetched (and Snakemake drops an
+    input function's error where outputs exist): one run remade Tables 1-2 from attributions of the old
+    samples and said done. Now a dry run warns, a run stops before its first job, and the fetch may run."""
+    work = clone_run(fetched[0], tmp_path / "work")
+    manifest = work / "datasets/paper-manifest.sha256"
+    text = manifest.read_text()
+    manifest.unlink()  # a hard link to the fixture's copy: replace it, never write through it
+    manifest.write_text(re.sub(r"^\w{64}(?=  \./datasets/FinalDataset\.tsv$)", "0" * 64, text, flags=re.M))
+    released, log = ("--configfile", "config/paper-released.yaml"), work / "logs/paper_datasets.log"
+    assert "FinalDataset.tsv does not match datasets/paper-manifest.sha256" in dry_run(work, "table2", *released)[1]
+    before = log.read_text()
+    out = snakemake(work, "table2", *released, check=False)
+    assert out.returncode != 0 and "run `snakemake --cores 1 -f paper_datasets` first" in out.stdout + out.stderr
+    assert not (work / "results").exists() and log.read_text() == before  # no job ran
+    snakemake(work, "paper_datasets", *released, "--config", f"paper_data={fetched[1]}", check=False)
+    assert "does not match the manifest" in log.read_text()  # it ran (the local copy is not the new data)
+
+
 def test_a_local_copy_whose_file_does_not_match_the_manifest_fails_naming_it(paper_dir, tmp_path):
     """The vocabulary (read by no planning step) stands for any file: the job fails, the log names the
     file, and nothing is moved into place."""

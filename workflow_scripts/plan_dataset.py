@@ -41,23 +41,24 @@ def _existing_dataset(config: dict) -> tuple[str, int] | None:
     """(path, mtime) of the fetched copy or, before the fetch, its source; None before both.
 
     A paper file the manifest names is taken only with the manifest's checksum: after the manifest names
-    new data, the fetched copy is stale until the fetch job runs, and shard digests planned from it would
-    leave the shards of changed samples as they were while the tables were remade."""
+    new data, the fetched copy is stale until the fetch job runs (check_dataset stops such a plan)."""
     expected = _manifest_checksum(config["dataset"]["samples"])
-    stale = []
     for path in dataset_candidates(config):
         if Path(path).is_file():
             found = str(path), Path(path).stat().st_mtime_ns
             if expected is None or _file_sha256(*found) == expected:
                 return found
-            stale.append(path)
-    if stale:
-        raise ConfigError(
-            f"dataset.samples: {stale[0]} does not match {PAPER_MANIFEST} (the paper data it names changed); "
-            "run `snakemake --cores 1 paper_datasets` first (it fetches the new file), or set paper_data to a "
-            "local copy of the new data"
-        )
     return None
+
+
+def _stale_dataset(config: dict) -> str | None:
+    """The fetched paper dataset, when it is there but no longer what the manifest names, and no local
+    copy (`paper_data`) of what it names is there to plan from."""
+    path = config["dataset"]["samples"]
+    expected = _manifest_checksum(path)
+    if expected is None or not Path(path).is_file() or _existing_dataset(config) is not None:
+        return None
+    return path if _file_sha256(path, Path(path).stat().st_mtime_ns) != expected else None
 
 
 def _manifest_checksum(samples: str) -> str | None:
@@ -69,6 +70,12 @@ def _manifest_checksum(samples: str) -> str | None:
 
 def _missing_dataset(config: dict) -> ConfigError:
     samples = config["dataset"]["samples"]
+    if _stale_dataset(config):
+        return ConfigError(
+            f"dataset.samples: {samples} does not match {PAPER_MANIFEST} (the paper data it names changed); run "
+            "`snakemake --cores 1 -f paper_datasets` first (it fetches what the manifest names), or set paper_data "
+            "to a local copy of the new data"
+        )
     if not samples.startswith(FETCHED):  # the user's own file (the demo's): not something to fetch
         return ConfigError(
             f"dataset.samples: {samples} not found in the working directory {os.getcwd()}; run snakemake in "
@@ -135,6 +142,28 @@ def check_dataset(config: dict) -> None:
     found = _existing_dataset(config)
     if found is not None:
         _samples(*found)
+
+
+# The rules that fetch the paper data (rules/data.smk): a run of only these needs no shard planned.
+FETCH_RULES = ("paper_datasets", "paper_released_attributions")
+
+
+def stale_dataset_warning(config: dict) -> str | None:
+    """What a plan with a fetched dataset the manifest no longer matches must say (dry runs included)."""
+    stale = _stale_dataset(config)
+    if stale is None:
+        return None
+    return (f"{stale} does not match {PAPER_MANIFEST} (the paper data it names changed): this plan cannot hold "
+            "the shards of the changed samples until the new file is fetched")
+
+
+def require_fresh_dataset(config: dict, scheduled_rules: list[str]) -> None:
+    """Called before a real run's first job: with a stale fetched dataset, only the fetch may run. A run
+    of the rest would remake Tables 1-2 from attributions of the old samples: the shards of changed
+    samples cannot be planned before the new file is there (an input function's error is dropped by
+    Snakemake where outputs exist, so the plan itself goes through)."""
+    if _stale_dataset(config) and not set(scheduled_rules) <= set(FETCH_RULES):
+        raise _missing_dataset(config)
 
 
 def shard_ids(config: dict) -> list[int]:
