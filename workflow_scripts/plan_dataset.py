@@ -41,7 +41,7 @@ def _existing_dataset(config: dict) -> tuple[str, int] | None:
     """(path, mtime) of the fetched copy or, before the fetch, its source; None before both.
 
     A paper file the manifest names is taken only with the manifest's checksum: after the manifest names
-    new data, the fetched copy is stale until the fetch job runs (check_dataset stops such a plan)."""
+    new data, the fetched copy is stale until the fetch job runs (require_fresh_dataset stops such a run)."""
     expected = _manifest_checksum(config["dataset"]["samples"])
     for path in dataset_candidates(config):
         if Path(path).is_file():
