@@ -16,7 +16,7 @@ code_version.use_cache(".snakemake/shiftlens/parsed-code.json")  # parses only m
 dag.check_config(config)
 plan_dataset.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
 if stale := plan_dataset.stale_dataset_warning(config):
-    logger.warning(f"WARNING: {stale}; run `snakemake --cores 1 -f paper_datasets` first (a run stops before its jobs)")
+    logger.warning(f"WARNING: {stale}; run `snakemake --cores 1 -f paper_datasets` first")
 
 PAIRS = list(config["pairs"])
 MODELS = list(config["models"])

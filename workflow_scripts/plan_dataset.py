@@ -38,25 +38,19 @@ def _dataset_file(config: dict) -> tuple[str, int]:
 
 
 def _existing_dataset(config: dict) -> tuple[str, int] | None:
-    """(path, mtime) of the fetched copy or, before the fetch, its source; None before both.
-
-    A paper file the manifest names is taken only with the manifest's checksum: after the manifest names
-    new data, the fetched copy is stale until the fetch job runs (require_fresh_dataset stops such a run)."""
-    expected = _manifest_checksum(config["dataset"]["samples"])
+    """(path, mtime) of the fetched copy or, before the fetch, its source; None before both."""
     for path in dataset_candidates(config):
         if Path(path).is_file():
-            found = str(path), Path(path).stat().st_mtime_ns
-            if expected is None or _file_sha256(*found) == expected:
-                return found
+            return str(path), Path(path).stat().st_mtime_ns
     return None
 
 
 def _stale_dataset(config: dict) -> str | None:
-    """The fetched paper dataset, when it is there but no longer what the manifest names, and no local
-    copy (`paper_data`) of what it names is there to plan from."""
+    """The fetched paper dataset, when it is there but no longer what the manifest names (the manifest
+    names new data, or the copy was edited): the plan reads it, so no run may use it (require_fresh_dataset)."""
     path = config["dataset"]["samples"]
     expected = _manifest_checksum(path)
-    if expected is None or not Path(path).is_file() or _existing_dataset(config) is not None:
+    if expected is None or not Path(path).is_file():
         return None
     return path if _file_sha256(path, Path(path).stat().st_mtime_ns) != expected else None
 
@@ -70,12 +64,6 @@ def _manifest_checksum(samples: str) -> str | None:
 
 def _missing_dataset(config: dict) -> ConfigError:
     samples = config["dataset"]["samples"]
-    if _stale_dataset(config):
-        return ConfigError(
-            f"dataset.samples: {samples} does not match {PAPER_MANIFEST} (the paper data it names changed); run "
-            "`snakemake --cores 1 -f paper_datasets` first (it fetches what the manifest names), or set paper_data "
-            "to a local copy of the new data"
-        )
     if not samples.startswith(FETCHED):  # the user's own file (the demo's): not something to fetch
         return ConfigError(
             f"dataset.samples: {samples} not found in the working directory {os.getcwd()}; run snakemake in "
@@ -149,21 +137,25 @@ FETCH_RULES = ("paper_datasets", "paper_released_attributions")
 
 
 def stale_dataset_warning(config: dict) -> str | None:
-    """What a plan with a fetched dataset the manifest no longer matches must say (dry runs included)."""
+    """What a plan made from a fetched dataset the manifest no longer names must say (dry runs included)."""
     stale = _stale_dataset(config)
     if stale is None:
         return None
-    return (f"{stale} does not match {PAPER_MANIFEST} (the paper data it names changed): this plan cannot hold "
-            "the shards of the changed samples until the new file is fetched")
+    return (f"{stale} does not match {PAPER_MANIFEST} (the manifest names new data, or the file was edited): "
+            "its shards are planned from it as it is, and no job but the fetch may run")
 
 
 def require_fresh_dataset(config: dict, scheduled_rules: list[str]) -> None:
-    """Called before a real run's first job: with a stale fetched dataset, only the fetch may run. A run
-    of the rest would remake Tables 1-2 from attributions of the old samples: the shards of changed
-    samples cannot be planned before the new file is there (an input function's error is dropped by
-    Snakemake where outputs exist, so the plan itself goes through)."""
-    if _stale_dataset(config) and not set(scheduled_rules) <= set(FETCH_RULES):
-        raise _missing_dataset(config)
+    """Called before a real run's first job: with a stale fetched dataset, only the fetch may run. A run of
+    the rest remade Tables 1-2 from attributions of the old samples and said done, as the shards of changed
+    samples were planned from the old file; they cannot be planned from the new one before it is there."""
+    stale = _stale_dataset(config)
+    if stale and not set(scheduled_rules) <= set(FETCH_RULES):
+        raise ConfigError(
+            f"dataset.samples: {stale} does not match {PAPER_MANIFEST} (the manifest names new data, or the file "
+            "was edited); run `snakemake --cores 1 -f paper_datasets` first (it fetches what the manifest names), "
+            "then this command again"
+        )
 
 
 def shard_ids(config: dict) -> list[int]:
