@@ -59,7 +59,7 @@ def _manifest_checksum(samples: str) -> str | None:
     """The manifest's SHA-256 of a fetched paper file (`resources/paper/...`), else None."""
     if not samples.startswith(FETCHED) or not Path(PAPER_MANIFEST).is_file():
         return None
-    return _manifest(PAPER_MANIFEST, Path(PAPER_MANIFEST).stat().st_mtime_ns).get(samples[len(FETCHED) :])
+    return _paper_manifest().get(samples[len(FETCHED) :])
 
 
 def _missing_dataset(config: dict) -> ConfigError:
@@ -95,12 +95,17 @@ def _manifest(path: str, mtime_ns: int) -> dict[str, str]:
     return read_manifest(path)
 
 
+def _paper_manifest() -> dict[str, str]:
+    """The project's manifest of the paper data, read once per version of the file."""
+    return _manifest(PAPER_MANIFEST, Path(PAPER_MANIFEST).stat().st_mtime_ns)
+
+
 def paper_checksums(names: list[str] | None = None, folder: str | None = None) -> str:
     """The paper-data fetch rules' one param: 16 hex digits of the manifest's checksums of the files a job
     fetches (`names`, or every file under `folder`), which change exactly when one's content does. Where
     the files are read from is no param: the fetch checks each against the manifest, and moving the
     local copy must not rerun the 128 head and FFN layer jobs that read the vocabulary."""
-    manifest = _manifest(PAPER_MANIFEST, Path(PAPER_MANIFEST).stat().st_mtime_ns)
+    manifest = _paper_manifest()
     chosen = sorted(names if names is not None else [n for n in manifest if n.startswith(f"{folder}/")])
     return hashlib.sha256("".join(f"{manifest.get(n)}  {n}\n" for n in chosen).encode()).hexdigest()[:16]
 
