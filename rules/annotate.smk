@@ -28,7 +28,7 @@ rule annotate_describe:
         annotator=annotator_input("describe"),
     output:
         tsv=annotation_file("describe"),
-        stats="results/annotation/{pair}/stats/describe_seed{seed}.json",
+        stats=annotation_stats_file("describe"),
     log:
         "logs/annotate/{pair}/describe_seed{seed}.log",
     benchmark:
@@ -56,7 +56,7 @@ rule annotate_task:
         annotator=annotator_input("task"),
     output:
         tsv=annotation_file("task"),
-        stats="results/annotation/{pair}/stats/task_seed{seed}.json",
+        stats=annotation_stats_file("task"),
     log:
         "logs/annotate/{pair}/task_seed{seed}.log",
     benchmark:
@@ -82,7 +82,7 @@ rule annotate_level:
         annotator=annotator_input("level"),
     output:
         tsv=annotation_file("level"),
-        stats="results/annotation/{pair}/stats/level_seed{seed}.json",
+        stats=annotation_stats_file("level"),
     log:
         "logs/annotate/{pair}/level_seed{seed}.log",
     benchmark:

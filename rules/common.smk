@@ -176,10 +176,15 @@ def seed_files(step):
     return lambda w: [annotation_file(step).format(pair=w.pair, seed=seed) for seed in ANNOTATION["seeds"]]
 
 
+def annotation_stats_file(step):
+    """A step's per-seed stats as a rule's output pattern (the cost report reads them)."""
+    return f"results/annotation/{{pair}}/stats/{step}_seed{{seed}}.json"
+
+
 def annotation_stats(wildcards):
     """The stats of every (seed, step) of the pair, for the cost report."""
     return [
-        f"results/annotation/{wildcards.pair}/stats/{step}_seed{seed}.json"
+        annotation_stats_file(step).format(pair=wildcards.pair, seed=seed)
         for seed in ANNOTATION["seeds"]
         for step in FILES
     ]
