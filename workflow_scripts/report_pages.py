@@ -40,6 +40,20 @@ def page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
+Cell = tuple[str, bool]  # (text, left-aligned as text rather than right-aligned as a number)
+
+
+def table_html(head: list[Cell], rows: list[list[Cell]]) -> str:
+    """The one way a page writes a table: every cell escaped, text left-aligned, numbers right-aligned."""
+
+    def cells(tag: str, row: list[Cell]) -> str:
+        return "".join(f'<{tag}{" class=text" if text_cell else ""}>{html.escape(text)}</{tag}>'
+                       for text, text_cell in row)
+
+    body = "\n".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return f"<table>\n<thead><tr>{cells('th', head)}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
+
+
 def html_table(frame: pd.DataFrame, formats: dict | None = None) -> str:
     """Numbers right-aligned, 4 decimals (tiny p-values in 2 significant digits) unless `formats` names a
     column's own formatter; NaN as n/a.
@@ -48,17 +62,16 @@ def html_table(frame: pd.DataFrame, formats: dict | None = None) -> str:
         frame: the table as written to its TSV (rows and columns shown as they are)
     """
     formats = formats or {}
-    text_columns = {c for c in frame.columns if frame[c].dtype == object}
-    head = "".join(f'<th{" class=text" if c in text_columns else ""}>{html.escape(str(c))}</th>' for c in frame.columns)
+    head = [(str(c), frame[c].dtype == object) for c in frame.columns]
     rows = []
     for row in frame.itertuples(index=False):
         cells = []
         for column, value in zip(frame.columns, row):
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
             text = formats[column](value) if column in formats and numeric and value == value else cell_text(value)
-            cells.append(f'<td{"" if numeric else " class=text"}>{html.escape(text)}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
+            cells.append((text, not numeric))
+        rows.append(cells)
+    return table_html(head, rows)
 
 
 @dataclass
@@ -103,16 +116,11 @@ def is_number(text: str) -> bool:
 
 def cells_table(columns: list[str], rows: list[list[str]]) -> str:
     """Cells as printed; a column of numbers (n/a and blanks aside) right-aligned, any other left-aligned."""
-    text_columns = {
-        i for i in range(len(columns)) if not all(is_number(r[i]) or r[i] in ("n/a", "") for r in rows if i < len(r))
-    }
-
-    def cell(tag: str, i: int, text: str) -> str:
-        return f'<{tag}{" class=text" if i in text_columns else ""}>{html.escape(text)}</{tag}>'
-
-    head = "".join(cell("th", i, c) for i, c in enumerate(columns))
-    body = "\n".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
+    text_columns = [
+        not all(is_number(r[i]) or r[i] in ("n/a", "") for r in rows if i < len(r)) for i in range(len(columns))
+    ]
+    return table_html(list(zip(columns, text_columns)),
+                      [[(text, text_columns[i]) for i, text in enumerate(row)] for row in rows])
 
 
 def table_page(tsv: str | Path, markdown: str | Path, fallback_title: str) -> str:
