@@ -341,6 +341,34 @@ def test_the_automatic_backward_batch_follows_free_memory_and_sequence_length():
         auto_backward_batch(config, 500, 2, free_bytes=30 * 2**30, limit=200)  # float32 holds half as many
 
 
+def test_forward_mode_sizes_its_batches_for_float32_attention_scores_in_the_half_modes(monkeypatch):
+    """Forward mode runs attention as the math kernel, which computes a float16/bfloat16 model's T x T scores in
+    float32 (torch's default): sized at 2 bytes, a long sample's first batch ran out of memory every job."""
+    model = tiny_model("llama").to(torch.bfloat16)
+    monkeypatch.setattr(attribution_batches, "input_device", lambda model: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(attribution_batches, "cuda_free_bytes", lambda device: 2**30)
+    sizes = {}
+    monkeypatch.setattr(attribution_batches, "auto_backward_batch",
+                        lambda config, sequence, element, free, limit, attention_bytes=None:
+                        sizes.setdefault(len(sizes), (element, attention_bytes or element)) and 1)
+    memory = attribution_batches.MemoryShare()
+    attribution_batches.batch_size(model, 2048, 100, 0, 1, memory)
+    attribution_batches.batch_size(model, 2048, 100, 0, 1, memory, float32_attention=True)
+    assert sizes == {0: (2, 2), 1: (2, 4)}
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32)
+    reverse = auto_backward_batch(config, 2048, 2, free_bytes=60 * 2**30, limit=2048)
+    forward = auto_backward_batch(config, 2048, 2, free_bytes=60 * 2**30, limit=2048, attention_bytes=4)
+    assert forward < 0.6 * reverse  # at T = 2048 the scores are most of what a tangent holds
+    asked, real = [], attribution.batch_size
+    monkeypatch.setattr(attribution, "batch_size",
+                        lambda *args, **kwargs: asked.append(kwargs) or real(*args, **kwargs))
+    ids = torch.randint(3, 300, (24,), generator=torch.Generator().manual_seed(1))
+    attribute_ids_forward(tiny_model("llama"), ids, n_prompt=15)
+    attribute_ids(tiny_model("llama"), ids, n_prompt=15)
+    assert asked == [{"float32_attention": True}, {}]
+
+
 def shard_dataset(tmp_path):
     dataset = tmp_path / "data.tsv"
     rows = [f"s{i}\tRewrite the sentence {i}./nInput: The meeting was moved.\tThe meeting was moved to Monday {i}.\t"
@@ -510,11 +538,45 @@ def test_a_matrix_that_overflowed_float16_is_an_error_naming_the_sample(tmp_path
 
 
 def test_tf32_switches_cuda_matmuls_to_tf32_and_the_other_modes_back_off():
-    """The switch itself (a CUDA flag, settable without a GPU); the shard's record reads it back."""
+    """The switch itself (a CUDA flag, settable without a GPU); the shard's record reads it back. Half-precision
+    products reduce in float32 in every mode: cuBLAS's default lets split-K partial sums round to float16 or
+    bfloat16 (and overflow float16's 65504), which the modes' measured agreement does not cover."""
+    matmul = torch.backends.cuda.matmul
     try:
-        for precision, expected in (("tf32", True), ("float32", False), ("tf32", True), ("bfloat16", False)):
+        for precision, expected in (("tf32", True), ("float32", False), ("tf32", True), ("bfloat16", False),
+                                    ("float16", False)):
+            matmul.allow_fp16_reduced_precision_reduction = matmul.allow_bf16_reduced_precision_reduction = True
             set_matmul_precision(precision)
-            assert torch.backends.cuda.matmul.allow_tf32 is expected
+            assert matmul.allow_tf32 is expected
+            assert not matmul.allow_fp16_reduced_precision_reduction
+            assert not matmul.allow_bf16_reduced_precision_reduction
+    finally:
+        set_matmul_precision("float32")
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_the_output_head_runs_in_ieee_float32_in_tf32_mode_too(mode, monkeypatch):
+    """The design and every shard's record say the head, softmax and sums are float32 in every mode; the tf32
+    switch is process-wide, so the head's products ran in TF32 on a GPU. (The flag is readable without one.)"""
+    model = tiny_model("llama")
+    head = model.get_output_embeddings().weight
+    linear, seen = torch.nn.functional.linear, []
+
+    def spy(x, weight, bias=None):
+        if weight.shape == head.shape:
+            seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return linear(x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    ids = torch.randint(3, 300, (24,), generator=torch.Generator().manual_seed(1))
+    try:
+        set_matmul_precision("tf32")
+        if mode == "reverse":
+            attribute_ids(model, ids, n_prompt=15, chunk_size=4, backward_batch=1)
+        else:
+            attribute_ids_forward(model, ids, n_prompt=15, batch=4)
+        assert seen and not any(seen)
+        assert torch.backends.cuda.matmul.allow_tf32  # the body's products stay in TF32
     finally:
         set_matmul_precision("float32")
 

@@ -38,7 +38,7 @@ from .attribution_model import PRECISIONS, load_model, precision_record
 from .attribution_tokens import Tokenized, check_fits, generate_response, tokenize_pair
 from .cli import non_negative_int
 from .dataset import read_dataset, shard_samples
-from .devices import input_device
+from .devices import ieee_float32, input_device
 from .progress import progress
 from .shards import SampleAttribution, Shard, save_shard
 
@@ -72,13 +72,14 @@ def _head_cotangents(model, hidden: torch.Tensor, targets: torch.Tensor) -> torc
     The head runs in float32 whatever the weights' dtype (a no-op for float32 weights), so that the
     objectives are float32 probabilities: bf16 logits keep 2-3 significant digits (on SmolLM2, one
     sample's largest difference to float32 went from 0.16 to 0.11 of its largest value with this).
+    Its products are IEEE float32 in tf32 mode too (`ieee_float32`).
     The head's weight is read outside a forward call, so a head that `device_map="auto"` offloaded
     (its weight on the meta device between calls) is loaded for it by its accelerate hook.
     """
     from accelerate.utils import align_module_device
 
     head = model.get_output_embeddings()
-    with align_module_device(head):
+    with align_module_device(head), ieee_float32():
         h = hidden.detach().to(head.weight.device).float().requires_grad_(True)  # one device, model spread or not
         bias = None if head.bias is None else head.bias.float()
         probs = torch.softmax(torch.nn.functional.linear(h, head.weight.float(), bias), dim=-1)
@@ -239,7 +240,8 @@ def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=No
         return (dh.float() * cotangents).sum(-1)
 
     memory = memory or MemoryShare()
-    batch = batch_size(model, embeddings.shape[0], len(rows), batch, FORWARD_BATCH_CPU, memory)
+    batch = batch_size(model, embeddings.shape[0], len(rows), batch, FORWARD_BATCH_CPU, memory,
+                       float32_attention=True)  # the math kernel below
     out = list(in_batches(len(rows), batch, forward, "forward pass of {} tangents", memory))
     return torch.cat(out).cpu().numpy().astype(np.float32)
 

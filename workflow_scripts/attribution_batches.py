@@ -21,18 +21,21 @@ log = logging.getLogger(__name__)
 _GRADIENT_COPIES = {"hidden": 6, "intermediate": 4, "attention": 2}
 
 
-def auto_backward_batch(config, sequence: int, element_bytes: int, free_bytes: int, limit: int) -> int:
+def auto_backward_batch(config, sequence: int, element_bytes: int, free_bytes: int, limit: int,
+                        attention_bytes: int | None = None) -> int:
     """How many response tokens' body backward passes to run at once, from the free memory.
 
     A batched backward keeps one copy of every layer's activation gradients per cotangent. The
     estimate counts, per position, a few hidden-size and intermediate-size tensors and one row of
-    attention weights per head, doubled for slack, and uses half the free memory (an OOM still
-    halves the batch, down to the per-token path)."""
+    attention weights per head (`attention_bytes` each, default the weights' `element_bytes`),
+    doubled for slack, and uses half the free memory (an OOM still halves the batch, down to the
+    per-token path)."""
     heads = getattr(config, "num_attention_heads", 1)
-    per_position = (_GRADIENT_COPIES["hidden"] * config.hidden_size
-                    + _GRADIENT_COPIES["intermediate"] * getattr(config, "intermediate_size", 4 * config.hidden_size)
-                    + _GRADIENT_COPIES["attention"] * heads * sequence)
-    per_cotangent = per_position * sequence * element_bytes * 2
+    per_position = ((_GRADIENT_COPIES["hidden"] * config.hidden_size
+                     + _GRADIENT_COPIES["intermediate"] * getattr(config, "intermediate_size", 4 * config.hidden_size))
+                    * element_bytes
+                    + _GRADIENT_COPIES["attention"] * heads * sequence * (attention_bytes or element_bytes))
+    per_cotangent = per_position * sequence * 2
     return max(1, min(limit, int(free_bytes * 0.5 // per_cotangent)))
 
 
@@ -45,17 +48,21 @@ class MemoryShare:
     value: float = 1.0
 
 
-def batch_size(model, sequence: int, count: int, forced: int, cpu: int, memory: MemoryShare) -> int:
+def batch_size(model, sequence: int, count: int, forced: int, cpu: int, memory: MemoryShare,
+               float32_attention: bool = False) -> int:
     """Items (response tokens' cotangents, prompt tokens' tangents) per batched pass: `forced` when
     set; else from the free memory on CUDA (the least free of the visible GPUs, `auto_backward_batch`:
     a tangent holds about what a cotangent holds), `memory`'s share of it; else `cpu`: on a CPU the
-    free memory is not a budget this job owns (docs/benchmarks.md)."""
+    free memory is not a budget this job owns (docs/benchmarks.md). `float32_attention`: forward mode's
+    math attention kernel computes a half-precision model's attention scores in float32."""
     if forced:
         return min(forced, count)
     if input_device(model).type != "cuda":
         return min(cpu, count)
     free = int(min(cuda_free_bytes(i) for i in range(torch.cuda.device_count())) * memory.value)
     element = next(model.parameters()).element_size()
+    if float32_attention:
+        return auto_backward_batch(model.config, sequence, element, free, count, attention_bytes=max(element, 4))
     return auto_backward_batch(model.config, sequence, element, free, count)
 
 

@@ -55,6 +55,10 @@ def precision_record(model, precision: str) -> dict:
         activations = str(model.base_model(inputs_embeds=probe).last_hidden_state.dtype).removeprefix("torch.")
     if weights != ["float32"]:
         matmul = "/".join(weights)
+        cuda = torch.backends.cuda.matmul
+        if device.type == "cuda" and not (cuda.allow_fp16_reduced_precision_reduction
+                                          or cuda.allow_bf16_reduced_precision_reduction):
+            matmul += " (float32 reductions)"
     elif device.type == "cuda":
         matmul = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "float32"
     else:  # oneDNN's float32 matmuls stay IEEE unless torch.backends.mkldnn.matmul.fp32_precision says otherwise

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: pick_device imports torch, so that a module importing
@@ -34,7 +35,26 @@ def set_matmul_precision(precision: str) -> None:
     and cosines to 10-bit mantissas. (A process-wide switch: a job computes in one mode.)"""
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    matmul = torch.backends.cuda.matmul
+    matmul.allow_tf32 = precision == "tf32"
+    # half-precision products reduce in float32 in every mode (cuBLAS's default lets split-K partial
+    # sums round to float16/bfloat16, and overflow float16's 65504 on an 11008-long down projection)
+    matmul.allow_fp16_reduced_precision_reduction = False
+    matmul.allow_bf16_reduced_precision_reduction = False
+
+
+@contextmanager
+def ieee_float32():
+    """Float32 products in IEEE float32 within, whatever the job's mode: the attribution's output head,
+    softmax and sums are float32 in every mode, tf32 included (its switch is process-wide)."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    tf32, matmul.allow_tf32 = matmul.allow_tf32, False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = tf32
 
 
 def input_device(model) -> torch.device:
