@@ -35,24 +35,19 @@ def principal_components(rows: torch.Tensor, rank: int) -> tuple[torch.Tensor, t
 
     Returns (rank, hidden) float32 directions and (rank,) float32 ratios, on rows' device.
 
-    The covariance (one float32 product) is decomposed in float64; on the CPU only the top `rank`
-    eigenpairs are computed (LAPACK's MRRR driver), on a GPU all of them. The total variance is the
-    covariance's trace. A direction is defined up to its sign.
+    The covariance (one float32 product, on rows' device) is decomposed in float64 on the CPU, whatever
+    the device: only the top `rank` eigenpairs (LAPACK's MRRR driver), one tested path and the same
+    numbers on every machine (a GPU's full float64 eigh is slower than this on cards with little float64
+    throughput). The total variance is the covariance's trace. A direction is defined up to its sign.
     """
     import scipy.linalg
     import torch
     centred = rows.float() - rows.float().mean(0, keepdim=True)
-    covariance = (centred.T @ centred / (rows.shape[0] - 1)).double()
+    covariance = (centred.T @ centred / (rows.shape[0] - 1)).double().cpu()
     hidden = covariance.shape[0]
     rank = min(rank, hidden)
-    if covariance.device.type == "cpu":
-        values, vectors = scipy.linalg.eigh(
-            covariance.numpy(), subset_by_index=[hidden - rank, hidden - 1], driver="evr"
-        )
-        values, vectors = torch.from_numpy(values), torch.from_numpy(vectors)
-    else:
-        values, vectors = torch.linalg.eigh(covariance)
-        values, vectors = values[-rank:], vectors[:, -rank:]
+    values, vectors = scipy.linalg.eigh(covariance.numpy(), subset_by_index=[hidden - rank, hidden - 1], driver="evr")
+    values, vectors = torch.from_numpy(values), torch.from_numpy(vectors)
     order = torch.argsort(values, descending=True)
     ratios = values[order].clamp_min(0) / torch.trace(covariance)
     return vectors[:, order].T.float().to(rows.device), ratios.float().to(rows.device)
