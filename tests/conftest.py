@@ -21,6 +21,16 @@ def pytest_configure(config):
     )
 
 
+@pytest.fixture(autouse=True)
+def no_gpu_in_this_process(monkeypatch):
+    """The suite expects what a CPU computes, warns and logs: on a GPU box the code it calls in this process
+    sees no GPU either (`test_float16_on_a_cpu_warns_that_it_is_a_gpu_mode` failed there). The jobs a test
+    starts through Snakemake run in processes of their own, and may use it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def paper_dir() -> Path:
     """The paper's released data, read-only, next to the repository checkout (skip if absent)."""
