@@ -206,6 +206,36 @@ def test_a_job_the_slurm_executor_submitted_keeps_its_allocation_and_locks_nothi
     assert not (tmp_path / ".snakemake").exists()
 
 
+def executor_env(tmp_path, **extra: str) -> dict[str, str]:
+    """A job's environment as snakemake-executor-plugin-slurm's job on a node with GPUs sees it."""
+    env = job_env(fake_gpus=None, SLURM_JOB_ID="42", **extra)
+    return fake_squeue(tmp_path, env, RUN_ID, "rule_attribute_shard_wildcards_base_0")
+
+
+def test_a_cpu_job_the_slurm_executor_submitted_sees_none_of_the_nodes_gpus(start, tmp_path):
+    """SLURM sets CUDA_VISIBLE_DEVICES only for a job given GPUs: a gpus: 0 job on a node that does not
+    constrain devices would see them all, and compute on cuda:0, another job's GPU."""
+    job = run_now(start, "cpu", gpus=0, env=executor_env(tmp_path))
+    assert job.devices() == ""
+    assert "no GPU leased: running on the CPU (the job asks for 0 GPUs; SLURM allocated it none)" in job.stderr()
+
+
+def test_a_job_the_slurm_executor_gave_gpus_it_did_not_ask_for_keeps_them(start, tmp_path):
+    """A site's own GRES request beside `gpu: 0` (set-resources): the allocation is the job's."""
+    assert run_now(start, "gres", gpus=0, env=executor_env(tmp_path, CUDA_VISIBLE_DEVICES="3")).devices() == "3"
+
+
+@pytest.mark.parametrize("visible", ["0", ""], ids=["one-of-two", "none"])
+def test_a_job_the_slurm_executor_gave_fewer_gpus_than_it_asks_for_stops_naming_both(start, tmp_path, visible):
+    """A two-GPU request SLURM spread over two nodes (no --nodes=1), or a GRES of another name: the job
+    would load a 7B model onto fewer devices than planned, or onto the CPU, with only a line in its log."""
+    job = start("short", gpus=2, env=executor_env(tmp_path, CUDA_VISIBLE_DEVICES=visible))
+    assert job.proc.wait(timeout=10) == 2
+    assert not job.out.exists()
+    assert (f"SLURM job 42 asks for 2 GPUs but its allocation has {len(visible.split(',')) if visible else 0} "
+            f"(CUDA_VISIBLE_DEVICES={visible!r})") in job.stderr()
+
+
 @pytest.mark.parametrize("name, comment", [
     ("interactive", ""),  # salloc
     ("bash", ""),  # srun --pty bash

@@ -190,6 +190,17 @@ def test_a_failed_job_is_retried_with_the_profiles_larger_memory_and_time(slurm,
     assert (second["memory"], second["time"]) == ("4000M", "01:00:00")
 
 
+def test_the_profiles_status_checks_never_wait_for_a_job_squeue_has_forgotten():
+    """The plugin polls up to every max_sleep_time s and reads sacct instead of squeue only when MinJobAge is
+    under 3 x the first interval: at 10 s, a job finishing on a cluster whose MinJobAge is 30-180 s could
+    leave squeue between two polls, and the run waited for it for ever."""
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
+    longest_poll = int(re.search(r"max_sleep_time = (\d+)", Path(plugin.__file__).read_text()).group(1))
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert profile["slurm-status-command"] == "squeue"
+    assert 3 * profile["slurm-init-seconds-before-status-checks"] >= longest_poll
+
+
 @pytest.mark.workflow
 def test_paper_dry_run_asks_gpus_only_for_the_explanation_jobs(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm is not installed")
@@ -207,7 +218,10 @@ def test_paper_dry_run_asks_gpus_only_for_the_explanation_jobs(tmp_path):
         resources.setdefault(rule, []).append(dict(item.split("=", 1) for item in found.group(1).split(", ")))
     gpus = {rule for rule, jobs in resources.items() for job in jobs if int(job.get("gpu", 0)) > 0}
     assert gpus == GPU_RULES
-    assert [job["gpu"] for job in resources["attribute_shard"]] == ["2"] * 80  # models.*.gpus
+    assert [job["gpu"] for job in resources["attribute_shard"]] == ["1"] * 80  # models.*.gpus
+    # a job's GPUs on one node (the plugin's --nodes=1): SLURM may spread a --gpus=N request over nodes
+    assert {job.get("nodes") for rule in GPU_RULES for job in resources[rule]} == {"1"}
+    assert not {job.get("nodes") for rule, jobs in resources.items() if rule not in GPU_RULES for job in jobs} - {None}
     assert [job["gpu"] for job in resources["explain_attention_layer"]] == ["1"] * 64  # attention.gpus
     assert [job["gpu"] for job in resources["explain_ffn_layer"]] == ["1"] * 64  # ffn.gpus
     # the profile's set-resources and default-resources reached the jobs

@@ -21,7 +21,8 @@ initialised here, so the launcher costs no GPU memory and no seconds. SHIFTLENS_
 machine has GPUs 0..N-1 (tests, rehearsals on a CPU box).
 
 Under SLURM (SLURM_JOB_ID set) a job that Snakemake's SLURM executor submitted has an allocation of its
-own, which already chose its devices: nothing is locked. Any other process in an allocation (a local
+own, which already chose its devices: nothing is locked (a job asking no GPU is hidden from the node's, one
+given fewer than it asks stops). Any other process in an allocation (a local
 `snakemake --resources gpu=N` run inside salloc, `srun --pty bash` or an sbatch script) shares it with
 the run's other jobs, so it leases as above, from locks of that allocation only
 (`LOCK_DIR/slurm-job-ID`): its device ids count from 0 again in another allocation on the same node.
@@ -209,19 +210,43 @@ def note_holder(held: dict[str, int], command: list[str]) -> None:
         os.pwrite(fd, note.encode("utf8"), 0)
 
 
+def use_allocation(slurm_job: str, count: int) -> None:
+    """A job Snakemake's SLURM executor submitted computes on its allocation's GPUs, as SLURM numbers them.
+    SLURM sets CUDA_VISIBLE_DEVICES only for a job given GPUs: a job asking none is hidden from the node's
+    (which a node that does not constrain devices would show it: another job's GPU as its cuda:0). A job
+    given fewer than it asks (a request spread over nodes, a GRES of another name) stops: it would load its
+    model onto fewer devices than planned, or onto the CPU, with only a line in its log."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if count == 0 and visible is None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        log.info("%s (the job asks for 0 GPUs; SLURM allocated it none)", CPU_LINE)
+        return
+    if visible is not None:
+        allocated = [d for d in visible.split(",") if d.strip()]
+        if len(allocated) < count:
+            raise ValueError(
+                f"SLURM job {slurm_job} asks for {count} GPUs but its allocation has {len(allocated)} "
+                f"(CUDA_VISIBLE_DEVICES={visible!r}): give its rule `nodes: 1` (and the GPU partition) under "
+                "set-resources of the SLURM profile, or ask for fewer GPUs in the config")
+    elif count > 0:
+        log.warning("SLURM job %s asks for %d GPU(s) but SLURM set no CUDA_VISIBLE_DEVICES (a GRES without "
+                    "device files?): it sees every GPU of its node", slurm_job, count)
+    log.info("SLURM job %s: using its allocation, CUDA_VISIBLE_DEVICES=%s (submitted by Snakemake's "
+             "SLURM executor)", slurm_job, "(unset)" if visible is None else visible)
+
+
 def lease(count: int, command: list[str], lock_dir: Path | None = None) -> dict[str, int]:
     """Lease `count` GPUs for `command` and point CUDA_VISIBLE_DEVICES at them; returns the lock
     descriptors (device -> fd), which must stay open as long as the job runs. The job runs on the
     CPU (CUDA_VISIBLE_DEVICES="") when it asks for none or there are none; in a SLURM job that
-    Snakemake's SLURM executor submitted the allocation's devices are kept; in any other SLURM
+    Snakemake's SLURM executor submitted the allocation's devices are kept (`use_allocation`); in any other SLURM
     allocation the devices are leased among the processes of that allocation.
     (A request larger than the pool gets the whole pool, with a warning: waiting could never end.)"""
     machine_lock_dir = lock_dir = Path(lock_dir or default_lock_dir())
     slurm_job = os.environ.get("SLURM_JOB_ID")
     if slurm_job:
         if executor_job(slurm_job):
-            log.info("SLURM job %s: using its allocation, CUDA_VISIBLE_DEVICES=%s (submitted by Snakemake's "
-                     "SLURM executor)", slurm_job, os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
+            use_allocation(slurm_job, count)
             return {}
         lock_dir = machine_lock_dir / f"slurm-job-{re.sub(r'[^A-Za-z0-9._-]', '_', slurm_job)}"
     pool = device_pool()
