@@ -377,6 +377,15 @@ def test_the_provider_param_holds_what_decides_the_answers_and_no_speed_or_key_n
         '{"batch_size": 1, "concurrency": 8, "max_retries": 5, "timeout_s": 60}')
 
 
+def test_a_local_annotator_left_unnamed_is_planned_under_the_name_its_job_gives_it():
+    named = {"kind": "local", "model": "smol", "base_url": None, "path": "resources/models/smol", "gpus": 1}
+    unnamed = {**named, "model": None}
+    assert plan_annotation.resolved_provider(unnamed) == named
+    assert plan_annotation.provider_param(plan_annotation.resolved_provider(unnamed)) == \
+        plan_annotation.provider_param(named)
+    assert plan_annotation.resolved_provider({**unnamed, "kind": "openai"})["model"] is None  # refused later
+
+
 def test_the_cost_table_is_given_the_price_of_the_model_it_asks_and_no_other():
     prices = {"gpt-4o": {"prompt": 2.5, "completion": 10.0}, "gpt-x": {"prompt": 1.0, "completion": 2.0}}
     openai = {"kind": "openai", "model": "gpt-4o"}

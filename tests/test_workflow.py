@@ -150,6 +150,15 @@ def test_a_price_of_a_model_the_annotation_does_not_ask_reruns_nothing(demo):
     assert planned_jobs(demo, "--configfile", edited_config(demo, "annotation", prices=prices)) == {}
 
 
+def test_a_local_annotator_named_by_default_or_by_its_folder_name_reruns_nothing(demo):
+    """model: null names a local annotator after its folder: writing that name out asks the same model."""
+    config = yaml.safe_load((demo / "config.yaml").read_text())
+    provider = config["annotation"]["provider"]
+    assert provider["kind"] == "local" and provider["model"] == Path(provider["path"]).name  # the demo's
+    unnamed = {**provider, "model": None}
+    assert planned_jobs(demo, "--configfile", edited_config(demo, "annotation", provider=unnamed)) == {}
+
+
 def test_changing_an_attention_setting_plans_only_the_attention_jobs(demo):
     jobs = planned_jobs(demo, "--configfile", edited_config(demo, "attention", top_k=50))
     assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,

@@ -92,6 +92,11 @@ class LazyLocal:
         yield from Batched(self._loaded, self.batch_size).stream(requests)
 
 
+def local_model_name(settings: dict) -> str:
+    """A local model the config leaves unnamed (`model: null`) is named after its directory."""
+    return settings.get("model") or Path(settings["path"]).name
+
+
 def make_provider(settings: dict, step: str, seed: int, runtime: dict):
     """settings: annotation.provider of the config; runtime: speed-only options (not cache keys)."""
     kind = settings["kind"]
@@ -102,8 +107,7 @@ def make_provider(settings: dict, step: str, seed: int, runtime: dict):
                           concurrency=runtime.get("concurrency", 8), max_retries=runtime.get("max_retries", 6),
                           timeout_s=runtime.get("timeout_s", 60.0), backoff_s=runtime.get("backoff_s", 1.0))
     if kind == "local":
-        return LazyLocal(settings["path"], settings.get("model") or Path(settings["path"]).name,
-                         runtime.get("batch_size", 16))
+        return LazyLocal(settings["path"], local_model_name(settings), runtime.get("batch_size", 16))
     if kind == "replay":
         from .replay import Replay
 

@@ -36,7 +36,13 @@ def check_endpoint(url: str | None, key: str = "annotation.provider.base_url") -
 def resolved_provider(provider: dict) -> dict:
     """The provider with the endpoint its requests go to: with `base_url: null` the openai client sends
     to OPENAI_BASE_URL when set, so that goes into the params (a change reruns the annotation), the
-    provenance and the cache's keys; the job gets it explicitly and never reads the variable itself."""
+    provenance and the cache's keys; the job gets it explicitly and never reads the variable itself.
+    A local model left unnamed gets the name its job gives it, so that writing that name out reruns
+    nothing (it reran every annotation job and the provenance page)."""
+    if provider.get("kind") == "local" and not provider.get("model") and provider.get("path"):
+        from .annotate import local_model_name  # the job's own rule; annotate imports nothing heavy
+
+        provider = {**provider, "model": local_model_name(provider)}
     variable = os.environ.get("OPENAI_BASE_URL", "")
     if provider.get("kind", "openai") != "openai" or provider.get("base_url") or not variable:
         return provider
