@@ -303,7 +303,7 @@ DEEP = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."  # a list nested 100,
     ("huge_array", HUGE_ARRAY, "refused an array of 8,589,934,592 bytes from a 69-byte pickle"),
     ("huge_dtype", HUGE_DTYPE, "refused an array of 1,073,741,824 bytes"),
     ("deep", DEEP, "refused data nested deeper than 64 levels"),
-])
+], ids=["huge_array", "huge_dtype", "deep"])  # pytest < 9.2 puts a value into the test id: 200 KB in the env
 def test_a_small_pickle_asking_for_much_is_refused_before_allocating(tmp_path, name, data, reason):
     path = tmp_path / f"{name}.pkl"
     path.write_bytes(data)

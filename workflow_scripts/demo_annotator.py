@@ -67,6 +67,10 @@ def ensure_smollm2(target_dir: str | Path = DEFAULT_SMOLLM2_DIR) -> Path:
         model = Llama(LlamaConfig(**config))  # on "meta": no time spent on random weights
     model.load_state_dict(loaded.state_dict(), strict=True, assign=True)
     model.tie_weights()
+    for name in ("bos", "eos", "pad"):  # transformers 4's GGUF tokenizer swaps bos and eos; the config has them right
+        token_id = getattr(loaded.config, f"{name}_token_id", None)
+        if token_id is not None and getattr(tokenizer, f"{name}_token_id") != token_id:
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_dir(target_dir) as tmp:

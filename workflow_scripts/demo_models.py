@@ -155,6 +155,7 @@ def train_tokenizer(corpus: str | Path, output: str | Path, vocab_size: int = DE
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_llama_tokenizer(vocab, merges),
         bos_token="<s>", eos_token="</s>", unk_token="<unk>", model_max_length=MAX_LENGTH,
+        model_input_names=["input_ids", "attention_mask"],  # transformers 4 adds token_type_ids, which LLaMA refuses
     )
     with atomic_dir(output) as tmp:
         tokenizer.save_pretrained(tmp)

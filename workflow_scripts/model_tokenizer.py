@@ -17,10 +17,15 @@ def load_tokenizer(source: str | Path):
     the tokenizer's own files, whichever they are)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    missing = ("A tokenizer.json, or for a SentencePiece model tokenizer.model (read with the sentencepiece and "
+               "protobuf packages), must lie beside tokenizer_config.json")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except TypeError as error:  # transformers 4: the SentencePiece loader handed no file ("not a string")
+        raise ValueError(f"the tokenizer of {source} cannot be built without its vocabulary ({error}). {missing}") \
+            from error
     if not tokenizer(PROBE, add_special_tokens=False)["input_ids"]:
         raise ValueError(
             f"the tokenizer of {source} splits {PROBE!r} into no tokens: it was built without its vocabulary "
-            f"({len(tokenizer)} tokens). A tokenizer.json, or for a SentencePiece model tokenizer.model (read "
-            f"with the sentencepiece and protobuf packages), must lie beside tokenizer_config.json")
+            f"({len(tokenizer)} tokens). {missing}")
     return tokenizer
