@@ -398,7 +398,7 @@ def test_paper_config_dry_runs_with_gpu_resources(tmp_path):
                     "--resources", "gpu=2", "--config", f"paper_data={paper}")
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout.split("Job stats:", 1)[1], re.M))
     assert jobs["attribute_shard"] == str(2 * 40)  # 632 samples in shards of 16, two models
-    assert re.search(r"resources: .*gpu=2", out.stdout)
+    assert re.search(r"resources: .*gpu=1", out.stdout)  # one GPU per model (config/paper.yaml)
 
 
 def test_paper_config_plans_one_gpu_job_per_model_and_layer_for_table3(tmp_path):
