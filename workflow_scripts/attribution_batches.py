@@ -61,9 +61,8 @@ def batch_size(model, sequence: int, count: int, forced: int, cpu: int, memory: 
         return min(cpu, count)
     free = int(min(cuda_free_bytes(i) for i in range(torch.cuda.device_count())) * memory.value)
     element = next(model.parameters()).element_size()
-    if float32_attention:
-        return auto_backward_batch(model.config, sequence, element, free, count, attention_bytes=max(element, 4))
-    return auto_backward_batch(model.config, sequence, element, free, count)
+    attention = max(element, 4) if float32_attention else element
+    return auto_backward_batch(model.config, sequence, element, free, count, attention_bytes=attention)
 
 
 def cuda_free_bytes(device: int) -> int:
