@@ -140,7 +140,8 @@ def _report_peaks():
         print("peak_host_kib", "none" if kib is None else kib, source, file=sys.stderr)
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
-            print("peak_gpu_bytes", torch.cuda.max_memory_allocated(), file=sys.stderr)
+            print("peak_gpu_bytes", torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved(),
+                  file=sys.stderr)
     except Exception as error:
         print("peak probe failed:", type(error).__name__, error, file=sys.stderr)
 atexit.register(_report_peaks)
@@ -248,7 +249,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def timed(device: torch.device, fn, *args):
-    """(result, seconds, peak GPU GiB or None) of one call, the GPU's queue drained on both sides."""
+    """(result, seconds, peaks) of one call, the GPU's queue drained on both sides. peaks: the GiB of GPU
+    memory allocated at most, and reserved by torch's caching allocator (what the card must hold), or None."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     synchronize(device)
@@ -256,8 +258,9 @@ def timed(device: torch.device, fn, *args):
     out = fn(*args)
     synchronize(device)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return out, seconds, peak
+    cuda = device.type == "cuda"
+    return out, seconds, {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                          "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None}
 
 
 def reference_tail(model, ids: torch.Tensor, n_prompt: int, tokens: int) -> np.ndarray:
@@ -557,10 +560,11 @@ class AttributionBench:
             print(f"per-token loop: {self.per_token:.2f} s per token, estimated {self.per_token * m:.0f} s for all "
                   f"{m}: timing {'all' if tokens == m else f'the last {tokens}'} (budget {budget:.1f} s)")
         tokens = min(tokens, m)
-        slow, t_slow, peak_slow = timed(self.device, reference_tail, model, ids, shape.prompt, tokens)
+        slow, t_slow, peaks = timed(self.device, reference_tail, model, ids, shape.prompt, tokens)
         self.slow, self.tokens, self.per_token = slow, tokens, t_slow / tokens
         self.t_slow_all = t_slow * m / tokens
-        self.results.update({"reference_seconds": self.t_slow_all, "reference_peak_gpu_gib": peak_slow,
+        self.results.update({"reference_seconds": self.t_slow_all,
+                             **{f"reference_{key}": value for key, value in peaks.items()},
                              "reference_tokens_timed": tokens, "reference_extrapolated": tokens < m,
                              "reference_budget_seconds": budget, "max_abs_value": float(np.abs(slow).max())})
 
@@ -574,10 +578,10 @@ class AttributionBench:
 
         set_matmul_precision("float32")
         shape, m = self.shape, self.shape.response
-        body, seconds, peak = timed(self.device, attribute_ids, self.model(), self.ids, shape.prompt,
+        body, seconds, peaks = timed(self.device, attribute_ids, self.model(), self.ids, shape.prompt,
                                     self.args.chunk_size, 1)
         self.results["float32_per_token_backward"] = {
-            "seconds": seconds, "peak_gpu_gib": peak,
+            "seconds": seconds, **peaks,
             "max_relative_difference": None if self.slow is None else float(
                 np.abs(body[:, m - self.tokens:] - self.slow).max() / np.abs(self.slow).max())}
         self.reference = body
@@ -637,12 +641,12 @@ class AttributionBench:
 
         set_matmul_precision(mode)
         entry, args = self.results["modes"][mode], self.args
-        fast, seconds, peak = timed(self.device, attribute_ids, self.model(PRECISIONS[mode]), self.ids,
+        fast, seconds, peaks = timed(self.device, attribute_ids, self.model(PRECISIONS[mode]), self.ids,
                                     self.shape.prompt, args.chunk_size, args.backward_batch)
         if self.reference is None:
             self.reference = fast
             self.results["compared_with"] = f"{mode}, backward batch {args.backward_batch or 'auto'}"
-        entry.update({"seconds": seconds, "peak_gpu_gib": peak, "speed_up": ratio(self.t_slow_all, seconds),
+        entry.update({"seconds": seconds, **peaks, "speed_up": ratio(self.t_slow_all, seconds),
                       "max_relative_difference": relative_difference(fast, self.reference),
                       "cells_equal": cells_equal(self.reference, fast)})
         print(f"attribute_ids {mode}, backward batch {args.backward_batch or 'auto'}: {seconds:.2f} s, "
@@ -655,7 +659,7 @@ class AttributionBench:
 
         set_matmul_precision(mode)
         entry, shape = self.results["modes"][mode], self.shape
-        forward, seconds, peak = timed(self.device, attribute_ids_forward, self.model(PRECISIONS[mode]), self.ids,
+        forward, seconds, peaks = timed(self.device, attribute_ids_forward, self.model(PRECISIONS[mode]), self.ids,
                                        shape.prompt, None, self.args.forward_batch)
         if self.reference is None:
             self.reference = forward
@@ -663,7 +667,7 @@ class AttributionBench:
         per_position = None if entry.get("seconds") is None else forward_position_cost(
             seconds, entry["seconds"], shape.prompt, shape.prompt, shape.response, self.args.chunk_size)
         entry["forward"] = {
-            "seconds": seconds, "peak_gpu_gib": peak, "speed_up": ratio(self.t_slow_all, seconds),
+            "seconds": seconds, **peaks, "speed_up": ratio(self.t_slow_all, seconds),
             "position_cost": per_position,  # what `auto` assumes: FORWARD_POSITION_COST
             "max_relative_difference": relative_difference(forward, self.reference),
             "cells_equal": cells_equal(self.reference, forward)}
@@ -680,13 +684,13 @@ class AttributionBench:
         paper_ids = self.ids[shape.prompt - shape.paper_prompt:]  # the same response after a shorter prompt
         attributor = Attributor(self.model(PRECISIONS[mode]), args.chunk_size, args.backward_batch, "auto",
                                 args.forward_batch)
-        paper, seconds, peak = timed(self.device, attributor.matrix, paper_ids, shape.paper_prompt,
+        paper, seconds, peaks = timed(self.device, attributor.matrix, paper_ids, shape.paper_prompt,
                                      np.arange(shape.paper_prompt))
         if self.paper_reference is None:
             self.paper_reference = paper
             self.results["paper_shape_compared_with"] = mode
         entry["paper_shape_auto"] = {
-            "seconds": seconds, "peak_gpu_gib": peak,
+            "seconds": seconds, **peaks,
             "autodiff_samples": autodiff_summary(attributor.record()["autodiff_samples"]),
             "cells_equal_to_first_mode": cells_equal(self.paper_reference, paper)}
         print(f"auto on the paper's mean shape ({shape.paper_prompt} + {shape.response}), {mode}: {seconds:.2f} s "
@@ -868,11 +872,12 @@ def run_child(code: str, arguments: list[str], log: Path, what: str, timeout: fl
     if status:
         raise ChildFailed(f"{what} failed (exit status {status})", text[-LOG_TAIL:])
     host = re.search(r"^peak_host_kib (\d+|none) (.*)$", text, re.MULTILINE)
-    gpu = re.search(r"peak_gpu_bytes (\d+)", text)
+    gpu = re.search(r"peak_gpu_bytes (\d+) (\d+)", text)
     return wall, text, {
         "peak_host_gib": int(host.group(1)) / 2**20 if host and host.group(1) != "none" else None,
         "peak_host_source": host.group(2).strip() if host else "not reported",
         "peak_gpu_gib": int(gpu.group(1)) / 2**30 if gpu else None,
+        "peak_gpu_reserved_gib": int(gpu.group(2)) / 2**30 if gpu else None,
         "log_tail": text[-LOG_TAIL:]}
 
 
@@ -964,6 +969,12 @@ def gib(value, note: str = "") -> str:
     return "n/a" if value is None else f"{value:.1f} GiB{note}"
 
 
+def gpu_peak(entry: dict, prefix: str = "", note: str = "") -> str:
+    """An entry's peak GPU memory: allocated, and what the caching allocator reserved beside it."""
+    allocated, reserved = entry.get(f"{prefix}peak_gpu_gib"), entry.get(f"{prefix}peak_gpu_reserved_gib")
+    return gib(allocated, note) + ("" if reserved is None else f" ({reserved:.1f} GiB reserved)")
+
+
 def cell(text: str, limit: int = 300) -> str:
     """`text` fit for a Markdown table cell: one line, no column bars, at most `limit` characters."""
     text = " ".join(str(text).split()).replace("|", "\\|")
@@ -995,13 +1006,13 @@ def markdown(r: dict) -> str:
         timed_on = (f"timed on the last {a['reference_tokens_timed']} of {r['sample']['response']} tokens, "
                     "EXTRAPOLATED linearly" if a["reference_extrapolated"] else "timed on all tokens")
         rows.append(("attribution, per-token loop (the paper's), float32",
-                     f"{a['reference_seconds']:.2f} s ({timed_on}), peak GPU {gib(a['reference_peak_gpu_gib'])}"))
+                     f"{a['reference_seconds']:.2f} s ({timed_on}), peak GPU {gpu_peak(a, 'reference_')}"))
     body = a.get("float32_per_token_backward")
     if body:
         difference = body["max_relative_difference"]
         rows.append((f"attribution, this project, float32, chunk {a['chunk_size']}, one backward per token",
                      f"{body['seconds']:.2f} s{speed(ratio(a.get('reference_seconds'), body['seconds']))}, peak GPU "
-                     f"{gib(body['peak_gpu_gib'], ' (weights included)')}, max relative difference to the loop "
+                     f"{gpu_peak(body, note=' (weights included)')}, max relative difference to the loop "
                      + ("n/a" if difference is None else f"{difference:.1e}")))
     compared = a.get("compared_with", "float32")
     for mode, m in (a.get("modes") or {}).items():
@@ -1015,14 +1026,14 @@ def markdown(r: dict) -> str:
                 + (f"{probe['relative_error']:.1e} ({probe['ran']})" if isinstance(probe, dict) else str(probe)))))
         if m.get("seconds") is not None:
             rows.append((f"attribution, this project, {mode}, backward batch {a['backward_batch'] or 'auto'}",
-                         f"{m['seconds']:.2f} s{speed(m['speed_up'])}, peak GPU {gib(m['peak_gpu_gib'])}, "
+                         f"{m['seconds']:.2f} s{speed(m['speed_up'])}, peak GPU {gpu_peak(m)}, "
                          f"vs {compared}: max relative difference {m['max_relative_difference']:.1e}, "
                          f"{m['cells_equal']:.2%} of binned cells equal"))
         f = m.get("forward")
         if f:
             cost = "n/a" if f["position_cost"] is None else f"{f['position_cost']:.2f}x"
             rows.append((f"attribution, this project, {mode}, forward mode, batch {a['forward_batch'] or 'auto'}",
-                         f"{f['seconds']:.2f} s{speed(f['speed_up'])}, peak GPU {gib(f['peak_gpu_gib'])}, "
+                         f"{f['seconds']:.2f} s{speed(f['speed_up'])}, peak GPU {gpu_peak(f)}, "
                          f"vs {compared}: max relative difference {f['max_relative_difference']:.1e}, "
                          f"{f['cells_equal']:.2%} of binned cells equal; a position costs "
                          f"{cost} a reverse-mode one (`auto` assumes {FORWARD_POSITION_COST})"))
@@ -1030,7 +1041,7 @@ def markdown(r: dict) -> str:
         if p:
             rows.append((f"attribution, this project, {mode}, auto, the paper's mean shape "
                          f"({r['sample']['paper_prompt']} + {r['sample']['response']} tokens)",
-                         f"{p['seconds']:.2f} s ({p['autodiff_samples']}), peak GPU {gib(p['peak_gpu_gib'])}, "
+                         f"{p['seconds']:.2f} s ({p['autodiff_samples']}), peak GPU {gpu_peak(p)}, "
                          f"{p['cells_equal_to_first_mode']:.2%} of binned cells equal to the first mode's"))
     for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
                               ("ffn", "FFN", "top 300 components")):
@@ -1038,7 +1049,7 @@ def markdown(r: dict) -> str:
             j = jobs[name]
             job = f", in-job {j['job_seconds']:.1f} s" if j["job_seconds"] is not None else ""
             rows.append((f"{label} layer job (layer 0, {what}, {jobs['words']:,} words)",
-                         f"wall {j['wall_seconds']:.1f} s{job}, peak GPU {gib(j['peak_gpu_gib'])}, "
+                         f"wall {j['wall_seconds']:.1f} s{job}, peak GPU {gpu_peak(j)}, "
                          f"peak host {gib(j['peak_host_gib'])} ({j['peak_host_source']}), {j['rows']} rows"))
     load = r.get("model_load")
     if load is not None:
@@ -1048,7 +1059,7 @@ def markdown(r: dict) -> str:
                      f"{loads}, onto {load['device']}: {load['fixed_seconds']:.1f} s + "
                      f"{load['seconds_per_billion_params']:.1f} s per billion parameters, about "
                      f"{load['scaled_seconds']:.1f} s for the whole model; peak host {gib(load['peak_host_gib'])} "
-                     f"({load['peak_host_source']}), peak GPU {gib(load['peak_gpu_gib'])}"))
+                     f"({load['peak_host_source']}), peak GPU {gpu_peak(load)}"))
     for name, skipped in (r.get("skipped") or {}).items():
         rows.append((cell(name), cell(f"SKIPPED: {skipped['reason']}")))
     for name, error in (r.get("errors") or {}).items():

@@ -144,6 +144,17 @@ def test_the_peak_memory_probe_falls_back_to_ru_maxrss_without_vmhwm(monkeypatch
     assert gpu_bench.host_peak(maxrss_at_start_kib=kib)[1].startswith("ru_maxrss, an upper bound")
 
 
+def test_a_layer_jobs_gpu_peak_is_read_as_allocated_and_reserved(tmp_path):
+    """The caching allocator holds more of the card than the tensors do: what a GPU must have free for a
+    job is the reserved peak, so the table prints it beside the allocated one."""
+    gpu_bench = import_bench("gpu_bench")
+    code = "import sys; print('peak_gpu_bytes', 2**30, 3 * 2**30, file=sys.stderr)"
+    _, _, peaks = gpu_bench.run_child(code, [], tmp_path / "child.log", "probe", timeout=60)
+    assert (peaks["peak_gpu_gib"], peaks["peak_gpu_reserved_gib"]) == (1.0, 3.0)
+    assert gpu_bench.gpu_peak(peaks) == "1.0 GiB (3.0 GiB reserved)"
+    assert gpu_bench.gpu_peak({"peak_gpu_gib": None, "peak_gpu_reserved_gib": None}) == "n/a"
+
+
 def test_the_gpu_bench_deadline_skips_what_does_not_fit_and_cuts_off_what_overruns():
     """Device time is short: a section that would not fit is skipped, one still running at the
     deadline is cut off, one that fails is recorded, and each outcome is saved as it happens."""
