@@ -2,8 +2,9 @@
 node failure would, then the same command run again gives the tables of an uninterrupted run.
 
 One finished demo is the reference; each case works in its own copy of it (hard links for the
-read-only parts), forces one rule's jobs and everything downstream to run again with
-`--forcerun RULE`, kills the first job of that rule once it runs, and reruns the same command.
+read-only parts), forces one job of a rule and everything downstream to run again with
+`--forcerun OUTPUT` (one job is what a kill interrupts; forcing all of a rule's jobs took CI minutes
+to recompute what no kill touched), kills that job once it runs, and reruns the same command.
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ from test_workflow import snakemake
 
 pytestmark = pytest.mark.workflow
 
-# rule forced to run again -> the module its job runs (what we look for in /proc to kill it)
+# rule -> the module its job runs (what we look for in /proc to kill it), and the output of the job forced
 CASES = {
-    "attribute_shard": "workflow_scripts.attribution",
-    "merge_attributions": "workflow_scripts.shards",
-    "explain_attention_layer": "workflow_scripts.attention",
-    "explain_ffn_layer": "workflow_scripts.ffn",
-    "annotate_describe": "workflow_scripts.annotate",
-    "table2_pair": "workflow_scripts.table1_2",
+    "attribute_shard": ("workflow_scripts.attribution", "results/attribution/demo-base/shards/shard-0.npz"),
+    "merge_attributions": ("workflow_scripts.shards", "results/attribution/demo-base/attributions.npz"),
+    "explain_attention_layer": ("workflow_scripts.attention", "results/attention/demo-base/layer-0.tsv"),
+    "explain_ffn_layer": ("workflow_scripts.ffn", "results/ffn/demo-base/layer-0.tsv"),
+    "annotate_describe": ("workflow_scripts.annotate", "results/annotation/demo/linear_seed0.tsv"),
+    "table2_pair": ("workflow_scripts.table1_2", "results/tables/demo/table2.tsv"),
 }
 
 
@@ -91,8 +92,10 @@ def run_and_kill(work: Path, args: list[str], module: str, kill_snakemake: bool 
 @pytest.mark.parametrize("rule", CASES)
 def test_a_job_killed_mid_run_then_the_same_command_gives_the_uninterrupted_tables(reference, tmp_path, rule):
     work = clone_run(reference, tmp_path / "work")
-    command = ["--forcerun", rule]
-    assert run_and_kill(work, command, CASES[rule]) != 0
+    module, output = CASES[rule]
+    assert (reference / output).is_file(), output
+    command = ["--forcerun", output]
+    assert run_and_kill(work, command, module) != 0
     snakemake(work, *command)
     assert table_files(work) == table_files(reference)
     assert "Nothing to be done" in snakemake(work, "--dry-run").stdout
@@ -100,8 +103,9 @@ def test_a_job_killed_mid_run_then_the_same_command_gives_the_uninterrupted_tabl
 
 def test_snakemake_itself_killed_asks_for_unlock_then_the_same_command_recovers(reference, tmp_path):
     work = clone_run(reference, tmp_path / "work")
-    command = ["--forcerun", "attribute_shard"]
-    run_and_kill(work, command, CASES["attribute_shard"], kill_snakemake=True)
+    module, output = CASES["attribute_shard"]
+    command = ["--forcerun", output]
+    run_and_kill(work, command, module, kill_snakemake=True)
     locked = snakemake(work, *command, check=False)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
     snakemake(work, "--unlock")

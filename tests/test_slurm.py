@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import clone_run
 from test_workflow import REPO, copy_workflow
 
 PROFILE = ("--profile", "profiles/slurm")  # what users type (profiles/default applies on top)
@@ -109,15 +110,20 @@ def submissions(output: str) -> dict[str, list[tuple[str, Path]]]:
 
 
 @pytest.fixture(scope="module")
-def slurm_demo(slurm, tmp_path_factory):
-    """The demo run through SLURM in a scratch copy, with the layer jobs asking for one GPU each."""
-    work = copy_workflow(tmp_path_factory.mktemp("slurm-demo"))
+def slurm_demo(slurm, finished_demo, tmp_path_factory):
+    """The demo's analysis run through SLURM, with the layer jobs asking for one GPU each: a copy of the local
+    demo run without its results, and its tuned model forced (a 2-thread job), so that every job from the
+    tuned model's training to the browser runs again. The base model, tokenizer and annotator are the local
+    run's (training the base again took CI four minutes more), and so are the annotation answers: the
+    annotation jobs still run, on the submitting node (asserted below), and answer from the copied cache."""
+    work = clone_run(finished_demo, tmp_path_factory.mktemp("slurm-demo") / "work")
+    shutil.rmtree(work / "results")
     config = yaml.safe_load((work / "config.yaml").read_text())
     config["attention"]["gpus"] = config["ffn"]["gpus"] = 1
     (work / "gpu-layers.yaml").write_text(yaml.safe_dump(config))
     started = time.monotonic()
     returncode, output = run_snakemake(work, "all", *PROFILE, *QUICK, "--slurm-keep-successful-logs",
-                                       "--configfile", "gpu-layers.yaml")
+                                       "--configfile", "gpu-layers.yaml", "--forcerun", "demo_tuned_model")
     print(f"demo through SLURM: {time.monotonic() - started:.0f} s")
     assert returncode == 0, f"the demo failed through SLURM:\n{output[-8000:]}"
     return work, output
@@ -139,8 +145,8 @@ def test_every_compute_job_is_a_completed_slurm_job_and_the_local_rules_are_not(
     local = set(re.findall(r"^localrule (\w+):", output, re.MULTILINE))
     jobs = submissions(output)
     assert {rule: len(ids) for rule, ids in jobs.items()} == {rule: remote.count(rule) for rule in set(remote)}
-    assert {"demo_base_model", "attribute_shard", "explain_attention_layer", "merge_attributions"} <= set(jobs)
-    assert {"demo_annotator", "annotate_describe", "annotate_task", "annotate_level", "annotation_cost"} <= local
+    assert {"demo_tuned_model", "attribute_shard", "explain_attention_layer", "merge_attributions"} <= set(jobs)
+    assert {"annotate_describe", "annotate_task", "annotate_level", "annotation_cost"} <= local
     assert not LOCAL_RULES & set(jobs)
     for rule, rule_jobs in jobs.items():
         for job_id, log in rule_jobs:
@@ -171,6 +177,13 @@ def test_only_the_layer_jobs_get_a_gpu_allocation_and_see_it(slurm_demo):
     for log in logs:
         seen = re.search(r"SLURM job (\d+): using its allocation, CUDA_VISIBLE_DEVICES=(\S+)", log.read_text())
         assert seen and seen.group(1) in ids and re.fullmatch(r"\d+", seen.group(2)), log
+
+
+@pytest.mark.cluster
+def test_a_rules_threads_reach_its_slurm_allocation(slurm_demo):
+    _, output = slurm_demo
+    (job_id, _), = submissions(output)["demo_tuned_model"]  # threads: 2
+    assert "cpu=2" in slurm_job(job_id)["tres"].split(",")
 
 
 @pytest.mark.cluster
