@@ -251,14 +251,14 @@ def synchronize(device: torch.device) -> None:
 def timed(device: torch.device, fn, *args):
     """(result, seconds, peaks) of one call, the GPU's queue drained on both sides. peaks: the GiB of GPU
     memory allocated at most, and reserved by torch's caching allocator (what the card must hold), or None."""
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     synchronize(device)
     start = time.perf_counter()
     out = fn(*args)
     synchronize(device)
     seconds = time.perf_counter() - start
-    cuda = device.type == "cuda"
     return out, seconds, {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                           "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None}
 
@@ -972,7 +972,7 @@ def gib(value, note: str = "") -> str:
 def gpu_peak(entry: dict, prefix: str = "", note: str = "") -> str:
     """An entry's peak GPU memory: allocated, and what the caching allocator reserved beside it."""
     allocated, reserved = entry.get(f"{prefix}peak_gpu_gib"), entry.get(f"{prefix}peak_gpu_reserved_gib")
-    return gib(allocated, note) + ("" if reserved is None else f" ({reserved:.1f} GiB reserved)")
+    return gib(allocated, note) + ("" if reserved is None else f" ({gib(reserved, ' reserved')})")
 
 
 def cell(text: str, limit: int = 300) -> str:
