@@ -318,7 +318,18 @@ def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, sh
     assert len(rows(out)) == 12
 
 
-def test_ctrl_c_keeps_the_answers_in_flight_and_does_not_wait_out_a_backoff(tmp_path, shards, monkeypatch):
+@pytest.fixture
+def ctrl_c_reaches_children():
+    """Jobs started as from an interactive shell, where Ctrl-C is delivered: pytest run in the background
+    (`nohup ... &`, some CI runners) ignores SIGINT, every child inherits the ignore, and the job rightly
+    keeps it. A handled signal is reset to its default at exec, so the job gets Python's usual Ctrl-C."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_keeps_the_answers_in_flight_and_does_not_wait_out_a_backoff(tmp_path, shards, monkeypatch,
+                                                                             ctrl_c_reaches_children):
     """On SIGINT the thread pool's exit waited for every running request, including one sleeping in its
     backoff (here 30 s), and the answers that then arrived were thrown away: paid for, never cached."""
     monkeypatch.setenv(KEY_ENV, KEY)
