@@ -61,7 +61,8 @@ def _project_files() -> list[Path]:
                                 capture_output=True, text=True, check=True).stdout.splitlines()
         files = [REPO / name for name in listed]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: every file but the usual outputs
-        skip = {".git", ".venv", "results", "resources", "logs", "benchmarks", ".snakemake", "__pycache__"}
+        skip = {".git", ".venv", ".venv-floors", "results", "resources", "logs", "benchmarks", ".snakemake",
+                "__pycache__"}
         files = [p for p in REPO.rglob("*") if not skip & set(p.relative_to(REPO).parts)]
     return [p for p in files if p.is_file() and p.suffix not in {".png", ".pdf", ".npz", ".gz"}]
 

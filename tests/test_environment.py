@@ -10,6 +10,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / "envs" / "shiftlens.yaml"
@@ -62,7 +63,7 @@ def test_the_environment_lists_exactly_the_runtime_dependencies_with_their_specs
 @pytest.mark.parametrize(
     "edit, problem",
     [
-        (lambda deps: [d for d in deps if not str(d).startswith("scipy")], "scipy<2,>=1.11: missing from the env"),
+        (lambda deps: [d for d in deps if not str(d).startswith("scipy")], "scipy<2,>=1.11.1: missing from the env"),
         (lambda deps: [*deps, "seaborn>=0.13"], "seaborn>=0.13: missing from pyproject.toml"),
         (
             lambda deps: ["pandas>=2.1,<3" if str(d).startswith("pandas") else d for d in deps],
@@ -115,3 +116,59 @@ def test_every_rule_that_runs_python_uses_the_environment():
     for rule in python_rules:
         if rule.conda_env:
             assert Path(rule.basedir, rule.conda_env).resolve() == ENV_FILE, rule.name
+
+
+FLOORS_FILE = REPO / ".ci" / "floors.txt"
+# Runtime dependencies scripts/test_floors.sh cannot install at their floor here (the reason is in the file)
+UNPINNED_FLOORS = {"torch"}
+
+
+def lower_bound(requirement: Requirement) -> Version | None:
+    bounds = [Version(spec.version) for spec in requirement.specifier if spec.operator == ">="]
+    return max(bounds) if bounds else None
+
+
+def floor_disagreements(pyproject_text: str, floors_text: str) -> list[str]:
+    """Where .ci/floors.txt does not pin a runtime dependency (or the sentence-transformers extra) at the
+    lower bound pyproject.toml declares for it."""
+    project = tomllib.loads(pyproject_text)["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["sentence-transformers"]]
+    wanted = {r.name: r for r in map(Requirement, declared) if r.name not in UNPINNED_FLOORS}
+    pinned = {}
+    for line in floors_text.splitlines():
+        if line.split("#", 1)[0].strip():
+            requirement = Requirement(line.split("#", 1)[0])
+            (spec,) = requirement.specifier  # one exact pin a line
+            if spec.operator != "==":
+                raise ValueError(f"{FLOORS_FILE.name}: {line!r} is not an exact pin (==)")
+            pinned[requirement.name] = Version(spec.version)
+    problems = [f"{name}: not pinned" for name in sorted(set(wanted) - set(pinned))]
+    problems += [f"{name}: pinned, but not a runtime dependency" for name in sorted(set(pinned) - set(wanted))]
+    for name in sorted(set(wanted) & set(pinned)):
+        floor = lower_bound(wanted[name])
+        if floor is None:
+            problems.append(f"{name}: pyproject.toml declares no lower bound")
+        elif pinned[name] != floor:
+            problems.append(f"{name}: pinned at {pinned[name]}, pyproject.toml's floor is {floor}")
+    return problems
+
+
+def test_the_floors_job_installs_every_dependency_at_its_declared_lower_bound():
+    assert floor_disagreements((REPO / "pyproject.toml").read_text(), FLOORS_FILE.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda text: text.replace("numpy==1.26.0", "numpy==2.0.0"), "numpy: pinned at 2.0.0, pyproject.toml's floor"),
+        (lambda text: text.replace("pandas==2.1.0\n", ""), "pandas: not pinned"),
+        (lambda text: text + "seaborn==0.13.0\n", "seaborn: pinned, but not a runtime dependency"),
+        (lambda text: text.replace("numpy==1.26.0", "numpy==1.26"), None),  # the same version, written shorter
+    ],
+)
+def test_a_floor_that_drifts_from_pyproject_is_reported(edit, problem):
+    problems = floor_disagreements((REPO / "pyproject.toml").read_text(), edit(FLOORS_FILE.read_text()))
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(problem), problems
