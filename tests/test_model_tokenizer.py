@@ -16,6 +16,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from workflow_scripts import attention, attribution_model, ffn  # noqa: E402
+from workflow_scripts.model_tokenizer import load_tokenizer  # noqa: E402
 from workflow_scripts.word_embeddings import word_token_ids  # noqa: E402
 
 WORDS = [f"{a}{b}" for a in ("cat", "dog", "sun", "sea", "tree") for b in ("", "s", "ty", "ly")]
@@ -101,3 +102,26 @@ def test_a_sentencepiece_model_with_only_tokenizer_model_is_explained(sentencepi
     ffn_rows = (tmp_path / "ffn.tsv").read_text().splitlines()[1:]
     assert len(ffn_rows) == 4 and all(row.split("\t")[-1] for row in ffn_rows)
     assert len((tmp_path / "heads.tsv").read_text().splitlines()) == 1 + 4 * 8
+
+
+def test_a_tokenizer_class_from_a_newer_transformers_names_both_versions(tmp_path):
+    """transformers 5 saves a tokenizer as `TokenizersBackend`, a class transformers 4 does not have; its
+    bare "does not exist" said nothing of why (CI's floors job, transformers 4.56, reading a SmolLM2
+    folder converted by transformers 5.24). transformers 5 loads tokenizer.json whatever class it names."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    model_dir = tiny_llama(tmp_path / "model", vocab_size=300)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "transformers_version": "99.1.0"}))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "the": 3, "cat": 4}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.save(str(model_dir / "tokenizer.json"))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({**LLAMA_TOKENIZER_CONFIG,
+                                                                "tokenizer_class": "TokenizerFromTheFuture"}))
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert load_tokenizer(model_dir)("the cat", add_special_tokens=False)["input_ids"] == [3, 4]
+    else:
+        named = rf"{model_dir} was saved by transformers 99\.1\.0.*TokenizerFromTheFuture.*this is transformers "
+        with pytest.raises(ValueError, match=named + transformers.__version__):
+            attribution_model.load_model(str(model_dir))

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_dir
+from .model_tokenizer import saved_by_a_newer_major
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,16 @@ def ensure_smollm2(target_dir: str | Path = DEFAULT_SMOLLM2_DIR) -> Path:
 
     The GGUF loader dequantises the 4-bit weights to float32 (about 20 s); the loaded model
     refuses `save_pretrained`, so its weights are copied into a plain LlamaForCausalLM first.
-    The directory appears whole or not at all."""
+    The directory appears whole or not at all; one converted by a newer transformers major, whose
+    tokenizer this one cannot load, is converted again."""
     target_dir = Path(target_dir)
     if is_model_dir(target_dir):
-        log.info("%s already holds a converted model", target_dir)
-        return target_dir
+        written = saved_by_a_newer_major(target_dir)
+        if written is None:
+            log.info("%s already holds a converted model", target_dir)
+            return target_dir
+        log.warning("%s was converted by transformers %s, which this one cannot read: converting it again",
+                    target_dir, written)
     gguf = smollm2_gguf()
     try:
         import gguf as _  # noqa: F401  (transformers reads GGUF through it)

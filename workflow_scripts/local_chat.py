@@ -120,7 +120,9 @@ class LocalChat:
         dtype: torch.dtype = torch.float32,
         reuse_prefix: bool = True,
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from .model_tokenizer import load_tokenizer
 
         self.model_dir = Path(model_dir)
         self.model = model or self.model_dir.name
@@ -129,7 +131,7 @@ class LocalChat:
         self.reuse_prefix = reuse_prefix
         self.fingerprint = model_fingerprint(self.model_dir)
         started = time.perf_counter()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tokenizer = load_tokenizer(self.model_dir)  # names a folder a newer transformers saved
         if not self.tokenizer.chat_template:
             raise ValueError(f"{self.model_dir}: the tokenizer has no chat template")
         self.network = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device).eval()

@@ -7,9 +7,33 @@ vocabulary word gets a zero vector (no head keeps a pair, each FFN component get
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 PROBE = " the"
+
+
+def saved_by(model_dir: str | Path) -> str | None:
+    """The transformers version config.json says saved `model_dir`, where it says one."""
+    try:
+        written = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf8")).get("transformers_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return written if isinstance(written, str) else None
+
+
+def saved_by_a_newer_major(model_dir: str | Path) -> str | None:
+    """That version, when its major is above the running transformers' (5 names a tokenizer class,
+    `TokenizersBackend`, that 4 does not have)."""
+    import transformers
+    from packaging.version import InvalidVersion, Version
+
+    written = saved_by(model_dir)
+    try:
+        newer = written is not None and Version(written).major > Version(transformers.__version__).major
+    except InvalidVersion:
+        return None
+    return written if newer else None
 
 
 def load_tokenizer(source: str | Path):
@@ -24,6 +48,15 @@ def load_tokenizer(source: str | Path):
     except TypeError as error:  # transformers 4: the SentencePiece loader handed no file ("not a string")
         raise ValueError(f"the tokenizer of {source} cannot be built without its vocabulary ({error}). {missing}") \
             from error
+    except ValueError as error:  # transformers 4: "Tokenizer class TokenizersBackend does not exist ..."
+        written = saved_by_a_newer_major(source) if Path(source).is_dir() else None
+        if written is None:
+            raise
+        import transformers
+
+        raise ValueError(f"{source} was saved by transformers {written}, whose tokenizer this one cannot build "
+                         f"({error}); this is transformers {transformers.__version__}: install transformers "
+                         f">={written.split('.')[0]}, or save the model again with this one") from error
     if not tokenizer(PROBE, add_special_tokens=False)["input_ids"]:
         raise ValueError(
             f"the tokenizer of {source} splits {PROBE!r} into no tokens: it was built without its vocabulary "
