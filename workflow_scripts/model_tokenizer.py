@@ -10,28 +10,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .model_paths import cached_config
+
 PROBE = " the"
 
 
-def saved_by(model_dir: str | Path) -> str | None:
-    """The transformers version config.json says saved `model_dir`, where it says one."""
-    try:
-        written = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf8")).get("transformers_version")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return written if isinstance(written, str) else None
-
-
-def saved_by_a_newer_major(model_dir: str | Path) -> str | None:
-    """That version, when its major is above the running transformers' (5 names a tokenizer class,
-    `TokenizersBackend`, that 4 does not have)."""
+def saved_by_a_newer_major(source: str | Path) -> str | None:
+    """The transformers version the model's config.json says saved it, when its major is above the running
+    one's (5 names a tokenizer class, `TokenizersBackend`, that 4 does not have)."""
     import transformers
-    from packaging.version import InvalidVersion, Version
+    from packaging.version import Version
 
-    written = saved_by(model_dir)
+    config = cached_config(str(source))
     try:
-        newer = written is not None and Version(written).major > Version(transformers.__version__).major
-    except InvalidVersion:
+        written = json.loads(config.read_text(encoding="utf8")).get("transformers_version") if config else None
+        newer = isinstance(written, str) and Version(written).major > Version(transformers.__version__).major
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object, not a version
         return None
     return written if newer else None
 
@@ -49,7 +43,7 @@ def load_tokenizer(source: str | Path):
         raise ValueError(f"the tokenizer of {source} cannot be built without its vocabulary ({error}). {missing}") \
             from error
     except ValueError as error:  # transformers 4: "Tokenizer class TokenizersBackend does not exist ..."
-        written = saved_by_a_newer_major(source) if Path(source).is_dir() else None
+        written = saved_by_a_newer_major(source)
         if written is None:
             raise
         import transformers
