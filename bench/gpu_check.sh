@@ -13,6 +13,8 @@
 # Arguments go to gpu_bench.py (a --deadline-s among them replaces the computed one), e.g.
 #   bash bench/gpu_check.sh --output gpu_bench.json
 # Smoke test on a CPU (the same code paths, a tiny shape): GPU_CHECK_ALLOW_CPU=1 bash bench/gpu_check.sh --allow-cpu --small
+# On the GPU machine it runs under that machine's python3 and packages: tests/test_bench.py runs the smoke test
+# without the workflow's dependencies that image lacks (NOT_ON_THE_GPU_MACHINE there).
 # PYTHON picks the interpreter (default python3, else python).
 set -uo pipefail  # no -e: a failing step is recorded, and the next one still runs
 cd "$(dirname "$0")/.."

