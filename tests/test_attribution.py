@@ -547,12 +547,35 @@ def test_tf32_switches_cuda_matmuls_to_tf32_and_the_other_modes_back_off():
         for precision, expected in (("tf32", True), ("float32", False), ("tf32", True), ("bfloat16", False),
                                     ("float16", False)):
             matmul.allow_fp16_reduced_precision_reduction = matmul.allow_bf16_reduced_precision_reduction = True
+            torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
             set_matmul_precision(precision)
             assert matmul.allow_tf32 is expected
             assert not matmul.allow_fp16_reduced_precision_reduction
             assert not matmul.allow_bf16_reduced_precision_reduction
+            assert not torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
     finally:
         set_matmul_precision("float32")
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_forward_mode_attention_computes_in_float32_in_a_half_mode_whatever_the_process_allowed(precision_model,
+                                                                                                  precision):
+    """Forward mode's attention runs on SDPA's math kernel, which from torch 2.5 computes half-precision inputs in
+    float32 (its batch sizing counts float32 score matrices too) unless `allow_fp16_bf16_reduction_math_sdp(True)`
+    was called in the process (a library or a container may, as NVIDIA's set TF32): the job turns it off."""
+    model_dir, dataset = precision_model
+    shards = {}
+    try:
+        for allowed in (False, True):
+            torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
+            out = model_dir.parent / f"sdp-{precision}-{allowed}.npz"
+            attribute_shard(str(model_dir), str(dataset), 0, 3, str(out), "tiny", precision=precision,
+                            autodiff="forward")
+            shards[allowed] = load_shard(out)
+    finally:
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(False)
+    for a, b in zip(shards[False].samples, shards[True].samples, strict=True):
+        assert np.array_equal(a.matrix, b.matrix), a.id
 
 
 @pytest.mark.parametrize("mode", ["reverse", "forward"])

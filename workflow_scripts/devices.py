@@ -41,6 +41,9 @@ def set_matmul_precision(precision: str) -> None:
     # sums round to float16/bfloat16, and overflow float16's 65504 on an 11008-long down projection)
     matmul.allow_fp16_reduced_precision_reduction = False
     matmul.allow_bf16_reduced_precision_reduction = False
+    # SDPA's math kernel (forward mode's attention) computes half inputs in float32, torch's default since 2.5,
+    # unless something in the process allowed otherwise (a process-wide flag, on the CPU too)
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(False)
 
 
 @contextmanager
