@@ -562,7 +562,7 @@ def test_forward_mode_attention_computes_in_float32_in_a_half_mode_whatever_the_
                                                                                                   precision):
     """Forward mode's attention runs on SDPA's math kernel, which from torch 2.5 computes half-precision inputs in
     float32 (its batch sizing counts float32 score matrices too) unless `allow_fp16_bf16_reduction_math_sdp(True)`
-    was called in the process (a library or a container may, as NVIDIA's set TF32): the job turns it off."""
+    was called in the process (an imported library or the user's code may, for speed): the job turns it off."""
     model_dir, dataset = precision_model
     shards = {}
     try:
