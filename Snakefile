@@ -38,6 +38,16 @@ include: "rules/report.smk"  # what `snakemake --report report.html` shows: tabl
 include: "rules/browse.smk"  # static HTML explanation browsers (head word pairs, FFN concepts, annotations)
 
 
+# A file the config names for jobs to read exists or is a rule's output: Snakemake plans nothing for a
+# missing input whose job's outputs exist, so a mistyped path would look accepted (once every rule is known).
+config_checks.named(
+    CONFIG_SOURCE,
+    dag.check_configured_inputs,
+    config,
+    lambda path: any(rule.is_producer(path) for rule in workflow.rules),
+)
+
+
 report: "report/workflow.rst"
 
 

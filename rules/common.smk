@@ -8,13 +8,15 @@ import re
 
 from snakemake.logging import logger
 
-from workflow_scripts import code_version, dag, plan_annotation, plan_dataset, plan_models
+from workflow_scripts import code_version, config_checks, dag, plan_annotation, plan_dataset, plan_models
 from workflow_scripts.code_version import code_digest, method_version  # every rule's `code` param
 from workflow_scripts.annotation_files import FILES
 
 code_version.use_cache(".snakemake/shiftlens/parsed-code.json")  # parses only modules that changed
-dag.check_config(config)
-plan_dataset.check_dataset(config)  # here, not only in input functions, whose errors Snakemake can drop
+CONFIG_SOURCE = (workflow.configfiles, bool(workflow.config_settings.config))  # named by every config error
+config_checks.named(CONFIG_SOURCE, dag.check_config, config)
+# here, not only in input functions, whose errors Snakemake can drop
+config_checks.named(CONFIG_SOURCE, plan_dataset.check_dataset, config)
 if stale := plan_dataset.stale_dataset_warning(config):
     logger.warning(f"WARNING: {stale}; run `snakemake --cores 1 -f paper_datasets` first")
 

@@ -40,6 +40,22 @@ def test_numbers_that_would_give_wrong_tables_or_a_type_error_stop_the_plan(work
     assert len((out.stdout + out.stderr).splitlines()) < 15
 
 
+@pytest.mark.parametrize("section, edit, expected", [
+    ("pairs", {"demo": {"pretrained": "demo-base", "tuned": "demo-tunned"}},
+     "pairs.demo.tuned: 'demo-tunned' is not a key of models"),
+    ("ratings", {"path": "datasets/demo_ratings.tsv", "column_value": "demo-tuned", "model": "nope"},
+     "ratings.model: 'nope' is not a key of models"),
+])
+def test_a_check_across_keys_names_the_config_file_too(work, section, edit, expected):
+    """Only the schema's errors named the file: with several config files, the user had to guess which one."""
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config[section] = edit
+    (work / "across.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(work, "--dry-run", "--configfile", "across.yaml", "--config", "notice=x", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and f"across.yaml and --config:\n{expected}" in text, text[-2000:]
+
+
 @pytest.mark.parametrize("value", ["sk-proj-Secret123+/=", "my key", "KEY_$(touch pwned4);'x"])
 def test_a_key_pasted_where_its_variable_name_goes_is_refused_without_printing_it(work, value):
     """The value once went into every annotation job's shell line (printed by -p) and into the error of

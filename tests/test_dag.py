@@ -424,3 +424,27 @@ def test_a_local_model_is_read_as_its_directory_and_the_files_that_make_it(tmp_p
         "model.safetensors.index.json", "pytorch_model-00001-of-00002.bin", "tokenizer.model"))]  # .bin weights too
     assert plan_models.model_dir_input(config, "built") == ["resources/models/demo-base"]
     assert plan_models.model_dir_input(config, "hub") == []
+
+
+def test_a_configured_input_must_exist_unless_a_rule_writes_it(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config["vocabulary"] = "resources/paper/datasets/vocab.tsv"  # a rule's output (the fetch)
+    config["annotation"] = {"seeds": [0, 3], "provider": {"kind": "replay", "path": "answers"}}
+    (tmp_path / "r.tsv").write_text("ratings")
+    (tmp_path / "answers").mkdir()
+    for name in ("linear_seed0.tsv", "linear_task_seed0.tsv", "linear_concept_seed0.tsv", "linear_seed3.tsv"):
+        (tmp_path / "answers" / name).write_text("")
+    assert dag.configured_inputs(config) == [
+        ("vocabulary", "resources/paper/datasets/vocab.tsv"), ("ratings.path", "r.tsv"),
+        ("annotation.provider.path", "answers"),
+        *[("annotation.provider.path", f"answers/{name}") for name in (
+            "linear_seed0.tsv", "linear_task_seed0.tsv", "linear_concept_seed0.tsv",
+            "linear_seed3.tsv", "linear_task_seed3.tsv", "linear_concept_seed3.tsv")]]
+    written = {"resources/paper/datasets/vocab.tsv"}
+    with pytest.raises(dag.ConfigError, match=r"^annotation.provider.path: answers/linear_task_seed3.tsv not found"):
+        dag.check_configured_inputs(config, written.__contains__)
+    for name in ("linear_task_seed3.tsv", "linear_concept_seed3.tsv"):
+        (tmp_path / "answers" / name).write_text("")
+    dag.check_configured_inputs(config, written.__contains__)
+    with pytest.raises(dag.ConfigError, match=r"^vocabulary: resources/paper/datasets/vocab.tsv not found"):
+        dag.check_configured_inputs(config, lambda path: False)

@@ -281,6 +281,34 @@ def test_a_finished_run_plans_nothing(demo):
     assert planned_jobs(demo) == {}
 
 
+LLAMA_VICUNA = {"demo-base": "llama", "demo-tuned": "vicuna"}
+
+
+@pytest.mark.parametrize("key, path, edit", [
+    ("vocabulary", "resources/demo/vocabulary_typo.tsv", lambda c, p: c.update(vocabulary=p)),
+    ("ratings.path", "datasets/demo_ratings_typo.tsv", lambda c, p: c["ratings"].update(path=p)),
+    ("attention.word_vectors.path", "glove.840B.300d.txt",
+     lambda c, p: c["attention"].update(word_vectors={"kind": "glove-text", "path": p})),
+    ("attention.released.path", "bilinear_words_typo.tsv",
+     lambda c, p: c["attention"].update(released={"path": p, "models": LLAMA_VICUNA})),
+    ("annotation.provider.path", "answers_typo",
+     lambda c, p: c["annotation"].update(provider={"kind": "replay", "path": p})),
+    ("annotation.provider.path", "resources/models/my-annotator",
+     lambda c, p: c["annotation"]["provider"].update(path=p, build=None)),
+])
+def test_a_configured_input_file_that_is_missing_stops_the_plan_of_a_finished_run(demo, key, path, edit):
+    """Snakemake plans nothing for a missing input whose job's outputs exist: a mistyped path looked accepted,
+    the tables kept what the old file gave, and the provenance page named the new one."""
+    config = yaml.safe_load((demo / "config.yaml").read_text())
+    edit(config, path)
+    (demo / "missing-input.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(demo, "--dry-run", "--configfile", "missing-input.yaml", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-3000:]
+    assert f"missing-input.yaml:\n{key}: {path} not found" in text, text[-3000:]
+    assert len(text.splitlines()) < 15, text
+
+
 def edited_config(workdir: Path, section: str, **changes) -> str:
     """A copy of the demo config with some keys of one section changed, for --configfile."""
     config = yaml.safe_load((workdir / "config.yaml").read_text())

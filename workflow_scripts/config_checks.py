@@ -133,15 +133,29 @@ def describe(error: jsonschema.ValidationError, schema: dict) -> str:
     return f"{text} ({description})" if description and len(description) < 200 else text
 
 
+def origin(files: list[str], overrides: bool) -> str:
+    """Where the config came from, as the user typed it: the config files, and --config."""
+    return " and ".join(filter(None, [", ".join(map(str, files)), "--config" if overrides else ""])) or "the config"
+
+
+def named(source: tuple[list[str], bool], check, *args):
+    """`check(*args)`, whose ConfigError then names the config's files too (Snakemake's own heading names
+    the rule file that ran the check, not the file that holds the key). `source`: (files, --config given)."""
+    try:
+        return check(*args)
+    except ConfigError as error:
+        raise ConfigError(f"config error in {origin(*source)}:\n{error}") from None
+
+
 def check(config: dict, schema: dict, files: list[str], overrides: bool) -> dict:
     """The conformed config, validated; else a ConfigError of a few lines naming the file."""
-    origin = " and ".join(filter(None, [", ".join(map(str, files)), "--config" if overrides else ""])) or "the config"
-    try:
-        config = conform(config, schema)
-    except ConfigError as error:
-        raise ConfigError(f"config error in {origin}:\n{error}") from None
+    return named((files, overrides), _checked, config, schema)
+
+
+def _checked(config: dict, schema: dict) -> dict:
+    config = conform(config, schema)
     validator = jsonschema.validators.validator_for(schema)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
-        raise ConfigError(f"config error in {origin}:\n{describe(error, schema)}")
+        raise ConfigError(describe(error, schema))
     return config

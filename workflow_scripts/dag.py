@@ -123,6 +123,39 @@ def check_config(config: dict) -> None:
             released_dir(config, model)  # sample ids as file names, when the dataset is readable
 
 
+def configured_inputs(config: dict) -> list[tuple[str, str]]:
+    """(key, path) of every file or folder the config names for jobs to read, but for the dataset and the
+    models' folders, which `check_dataset` and `check_config` check themselves: in the order of the config."""
+    inputs = [("vocabulary", config["vocabulary"])] if config.get("vocabulary") else []
+    if config.get("ratings"):
+        inputs.append(("ratings.path", config["ratings"]["path"]))
+    attention = config.get("attention") or {}
+    if (attention.get("word_vectors") or {}).get("path"):
+        inputs.append(("attention.word_vectors.path", attention["word_vectors"]["path"]))
+    if attention.get("released"):
+        inputs.append(("attention.released.path", attention["released"]["path"]))
+    annotation = config.get("annotation") or {}
+    provider = annotation.get("provider") or {}
+    if provider.get("kind") == "replay" and provider.get("path"):
+        inputs.append(("annotation.provider.path", provider["path"]))  # the folder first: named if it is missing
+        inputs += [("annotation.provider.path", str(Path(provider["path"]) / file.format(seed=seed)))
+                   for seed in annotation.get("seeds", []) for file in FILES.values()]
+    if provider.get("kind") == "local" and not provider.get("build") and looks_local(provider.get("path") or ""):
+        inputs.append(("annotation.provider.path", provider["path"]))
+    return inputs
+
+
+def check_configured_inputs(config: dict, written_by_a_rule) -> None:
+    """Every file the config names for jobs to read exists, or a rule writes it (the paper's fetched data,
+    the demo's vocabulary). Snakemake itself plans nothing for a missing input whose job's outputs exist:
+    a mistyped path would look accepted, the tables kept from the old file while the provenance page names
+    the new one. `written_by_a_rule(path)`: whether a rule of the workflow has it as an output."""
+    for key, path in configured_inputs(config):
+        if not Path(path).expanduser().exists() and not written_by_a_rule(path):
+            raise ConfigError(f"{key}: {path} not found (a relative path is read from the working directory "
+                              f"{os.getcwd()}), and no rule of this workflow writes it")
+
+
 def built_paths(config: dict) -> list[tuple[str, str]]:
     """Configured paths this workflow writes (a rule's output): key -> path."""
     paths = [(f"models.{m}.path", s["path"]) for m, s in config["models"].items() if s.get("build")]
