@@ -90,6 +90,22 @@ def test_a_number_typed_on_the_command_line_reruns_only_the_tables(attributed):
     assert jobs == {"table1_pair": 1, "table2_pair": 1, "table1": 1, "table2": 1}
 
 
+def test_a_damaged_shard_is_deleted_and_the_command_its_error_gives_recomputes_it(attributed):
+    """The error said "the next run recomputes it", but a rerun planned nothing: the failed merge's output was
+    removed, and Snakemake rebuilds a missing file only for a job that has to run (the tables had)."""
+    shard = attributed / "results/attribution/demo-base/shards/shard-1.npz"
+    good = shard.read_bytes()
+    shard.write_bytes(b"a disk's bad sector" * 64)
+    failed = snakemake(attributed, "table1", "table2", check=False)
+    text = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "shard-1.npz: cannot read attribution shard" in text, text[-3000:]
+    assert not shard.exists()
+    command = re.search(r"`(--forcerun [^`]+)`", text.split("cannot read attribution shard", 1)[1]).group(1)
+    snakemake(attributed, "table1", "table2", *command.split())
+    assert shard.read_bytes() == good  # recomputed, the same bytes (a CPU run is deterministic)
+    assert planned_jobs(attributed, "table1", "table2") == {}
+
+
 def kill_when_running(process: subprocess.Popen, workdir: Path, *argv_parts: str) -> bool:
     """SIGKILL the first process running in `workdir` whose argv holds every one of `argv_parts`
     (as an OOM kill would), while `process` runs. Only this test's own jobs can match."""

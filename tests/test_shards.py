@@ -185,7 +185,7 @@ def test_a_truncated_shard_fails_the_merge_naming_it_and_is_deleted_for_the_next
     damaged.write_bytes(damaged.read_bytes()[: int(damaged.stat().st_size * keep)])
     with pytest.raises(CorruptShardError, match=re.escape(f"{damaged}: cannot read attribution shard")) as error:
         merge_shards([tmp_path / "shard-0.npz", damaged], tmp_path / "merged.npz")
-    assert "deleted it, so the next run recomputes it" in str(error.value)
+    assert "deleted it: run the same snakemake command with `--forcerun merge_attributions` added" in str(error.value)
     assert not damaged.exists() and (tmp_path / "shard-0.npz").exists() and not (tmp_path / "merged.npz").exists()
 
 

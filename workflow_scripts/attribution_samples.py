@@ -37,7 +37,7 @@ def joined_samples(attributions: str | Path, dataset: str | Path, levels: int,
 
     With `ids` None, the file and the dataset must hold the same samples: a mismatch means a stale or
     foreign attribution file, and is an error rather than a table over fewer samples. A file that
-    cannot be read is deleted (`load_shard`'s discard_corrupt), so the next run recomputes it.
+    cannot be read is deleted (`load_shard`'s discard_corrupt), and the error says how to recompute it.
     """
     shard = load_shard(attributions, discard_corrupt=True)
     samples = {s.id: s for s in read_dataset(dataset)}

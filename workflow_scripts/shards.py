@@ -96,7 +96,7 @@ def _check_arrays(a: dict) -> None:
 
 def load_shard(path: str | Path, discard_corrupt: bool = False) -> Shard:
     """Read a shard. With `discard_corrupt`, an unreadable file is deleted before the error is
-    raised, so that the next run of the workflow recomputes it instead of failing on it again."""
+    raised, so that it is recomputed instead of failed on again; the error says how."""
     try:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
@@ -110,7 +110,9 @@ def load_shard(path: str | Path, discard_corrupt: bool = False) -> Shard:
         message = f"{path}: cannot read attribution shard ({type(error).__name__}: {error})"
         if discard_corrupt:
             Path(path).unlink(missing_ok=True)
-            message += "; deleted it, so the next run recomputes it"
+            message += ("; deleted it: run the same snakemake command with `--forcerun merge_attributions` added to "
+                        "compute it again (a plain rerun may plan nothing: Snakemake rebuilds a missing file only for "
+                        "a job that has to run; the merges take seconds, and only what was deleted is recomputed)")
         raise CorruptShardError(message) from error
     samples, p0, r0, m0 = [], 0, 0, 0
     for i, sample_id in enumerate(a["ids"]):
