@@ -248,9 +248,9 @@ def rules_code(*names):
     return json.dumps({name: getattr(rules, name).params.code for name in names}, sort_keys=True)
 
 
-def config_slices():
-    """The config keys each table is computed from (shown on the provenance page): speed and placement
-    keys left out, so that changing one neither reruns the page nor makes it state a setting the
+def config_slices(pair):
+    """The config keys each of the pair's tables is computed from (shown on the provenance page): speed and
+    placement keys left out, so that changing one neither reruns the page nor makes it state a setting the
     results were not made with."""
     dataset = {k: config["dataset"][k] for k in ("samples", "groups")}
     annotation = {
@@ -262,7 +262,7 @@ def config_slices():
         {
             "tables 1 and 2": {
                 "analysis": config["analysis"],
-                "attribution": dag.without_speed(config["attribution"], "attribution"),
+                "attribution": dag.attribution_slice(config, pair),
                 "dataset": dataset,
                 "ratings": config.get("ratings"),
             },

@@ -158,7 +158,7 @@ rule provenance:
         pretrained=lambda w: config["pairs"][w.pair]["pretrained"],
         tuned=lambda w: config["pairs"][w.pair]["tuned"],
         models=lambda w: pair_model_configs(w.pair),
-        slices=config_slices(),
+        slices=lambda w: config_slices(w.pair),
         rules_code=rules_code(*PROVENANCE_RULES),
     shell:
         "python -m workflow_scripts.report_pages provenance --pair {wildcards.pair:q}"

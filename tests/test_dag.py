@@ -448,3 +448,12 @@ def test_a_configured_input_must_exist_unless_a_rule_writes_it(config, tmp_path,
     dag.check_configured_inputs(config, written.__contains__)
     with pytest.raises(dag.ConfigError, match=r"^vocabulary: resources/paper/datasets/vocab.tsv not found"):
         dag.check_configured_inputs(config, lambda path: False)
+
+
+def test_a_pair_of_released_attributions_shows_no_attribution_setting(config):
+    assert dag.attribution_slice(config, "p") == {"shard_size": 2}
+    for model in ("base", "tuned"):
+        config["models"][model].update(attribution="released", released=f"{model}_released")
+    assert dag.attribution_slice(config, "p") == "not used: every model of the pair has released attributions"
+    config["models"]["base"]["attribution"] = "computed"  # one computed model: its settings apply
+    assert dag.attribution_slice(config, "p") == {"shard_size": 2}

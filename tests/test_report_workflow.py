@@ -206,3 +206,8 @@ def test_released_data_report_shows_the_paper_table2_beside_the_computed_one(tmp
     snakemake(work, "report_attribution", "--report", "report.html", *config)
     assert "Table 2 vs the paper" in (work / "report.html").read_text()
     assert planned_jobs(work, "report_attribution", *config) == {}
+    # the paper's attributions: no setting of this workflow's attribution made them (it listed the defaults:
+    # greedy responses in float32), and a change of one is no change of these tables
+    slices = json.loads((work / "results/report/llama-vicuna/provenance.json").read_text())["config"]
+    assert slices["tables 1 and 2"]["attribution"].startswith("not used: every model of the pair has released")
+    assert planned_jobs(work, "report_attribution", *config, "attribution={precision: bfloat16}") == {}

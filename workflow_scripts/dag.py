@@ -85,6 +85,14 @@ def without_speed(settings: dict | None, kind: str) -> dict | None:
     return None if settings is None else {k: v for k, v in settings.items() if k not in SPEED_KEYS[kind]}
 
 
+def attribution_slice(config: dict, pair: str) -> dict | str:
+    """The attribution settings a pair's tables were computed with, as the provenance page shows them: none
+    when both models have the paper's released attributions, which no setting here made."""
+    if all(attribution_source(config, m) == "released" for m in pair_members(config, pair)):
+        return "not used: every model of the pair has released attributions"
+    return without_speed(config.get("attribution") or {}, "attribution")
+
+
 def check_config(config: dict) -> None:
     """Cross-key checks the schema cannot express."""
     for pair, members in config["pairs"].items():
