@@ -146,8 +146,8 @@ def configured_inputs(config: dict) -> list[tuple[str, str]]:
     provider = annotation.get("provider") or {}
     if provider.get("kind") == "replay" and provider.get("path"):
         inputs.append(("annotation.provider.path", provider["path"]))  # the folder first: named if it is missing
-        inputs += [("annotation.provider.path", str(Path(provider["path"]) / file.format(seed=seed)))
-                   for seed in annotation.get("seeds", []) for file in FILES.values()]
+        inputs += [("annotation.provider.path", replay_file(provider["path"], step, seed))
+                   for seed in annotation.get("seeds", []) for step in FILES]
     if provider.get("kind") == "local" and not provider.get("build") and looks_local(provider.get("path") or ""):
         inputs.append(("annotation.provider.path", provider["path"]))
     return inputs
@@ -225,8 +225,13 @@ def annotator_input(provider: dict, step: str | None = None, seed: int | str | N
     if provider["kind"] == "local":
         return model_input(provider["path"], bool(provider.get("build")))
     if provider["kind"] == "replay" and step is not None:
-        return [str(Path(provider["path"]) / FILES[step].format(seed=seed))]
+        return [replay_file(provider["path"], step, seed)]
     return []
+
+
+def replay_file(folder: str, step: str, seed: int | str) -> str:
+    """The replay provider's answers file of one step and seed, in the paper's layout."""
+    return str(Path(folder) / FILES[step].format(seed=seed))
 
 
 def word_vectors_input(config: dict) -> list[str]:

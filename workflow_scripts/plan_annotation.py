@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import urllib.parse
-from pathlib import Path
 
 from .code_version import code_digest, method_version
 from .config_checks import ConfigError
@@ -77,8 +76,6 @@ def check_annotation_provider(provider: dict) -> None:
         raise ConfigError("annotation.provider.model: required for the openai provider (e.g. gpt-3.5-turbo-0613)")
     if kind in ("local", "replay") and not provider.get("path"):
         raise ConfigError(f"annotation.provider.path: required for the {kind} provider")
-    if kind == "replay" and not Path(provider["path"]).is_dir():
-        raise ConfigError(f"annotation.provider.path: replay folder {provider['path']} not found")
 
 
 def used_prices(prices: dict, provider: dict) -> dict:
