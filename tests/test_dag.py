@@ -67,6 +67,10 @@ def test_inconsistent_configs_are_named_by_key(config):
     bad["models"]["base"] = {"path": "./not/here"}
     with pytest.raises(dag.ConfigError, match=r"models.base.path: model directory ./not/here not found"):
         dag.check_config(bad)
+    # the paper's released attributions need no weights, but its head and FFN layer jobs read the folder
+    bad["models"]["base"].update(attribution="released", released="ifa_base")
+    with pytest.raises(dag.ConfigError, match=r"models.base.path: model directory ./not/here not found"):
+        dag.check_config(bad)
     dag.check_config(config)  # hub ids are not checked for existence here
 
 

@@ -454,14 +454,21 @@ def test_bad_config_type_is_reported_with_its_key(tmp_path):
     assert "shard_size" in out.stdout + out.stderr and "'eight' is not of type 'integer'" in out.stdout + out.stderr
 
 
-def test_missing_model_directory_is_reported_before_any_job(tmp_path):
+@pytest.mark.parametrize(("configfile", "model", "target"), [
+    ("config.yaml", "demo-base", "all"),
+    # released attributions need no weights, but the head and FFN layer jobs read the folder: a missing one was
+    # taken for no input at all, and each layer job failed on its own after deleting that layer's old results
+    ("config/paper-released.yaml", "llama-7b", "table3"),
+])
+def test_missing_model_directory_is_reported_before_any_job(tmp_path, configfile, model, target):
     work = copy_workflow(tmp_path)
-    config = yaml.safe_load((work / "config.yaml").read_text())
-    config["models"]["demo-base"] = {"path": "./no/such/model"}
+    config = yaml.safe_load((work / configfile).read_text())
+    config["models"][model]["path"] = "./no/such/model"
+    config["models"][model].pop("build", None)
     (work / "moved.yaml").write_text(yaml.safe_dump(config))
-    out = snakemake(work, "--dry-run", "--configfile", "moved.yaml", check=False)
+    out = snakemake(work, target, "--dry-run", "--configfile", "moved.yaml", check=False)
     assert out.returncode != 0
-    assert "models.demo-base.path: model directory ./no/such/model not found" in out.stdout + out.stderr
+    assert f"models.{model}.path: model directory ./no/such/model not found" in out.stdout + out.stderr
 
 
 def test_malformed_dataset_row_is_reported_with_file_and_line(tmp_path):

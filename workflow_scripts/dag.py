@@ -106,8 +106,8 @@ def check_config(config: dict) -> None:
         if settings.get("attribution") == "released" and not settings.get("released"):
             raise ConfigError(f"models.{model}.released: required when attribution is 'released'")
         path = settings["path"]
-        needs_weights = settings.get("attribution", "computed") == "computed"
-        if needs_weights and looks_local(path) and not settings.get("build") and not Path(path).expanduser().exists():
+        # a model with released attributions too: its head and FFN layer jobs read the folder
+        if looks_local(path) and not settings.get("build") and not Path(path).expanduser().exists():
             raise ConfigError(f"models.{model}.path: model directory {path} not found")
     ratings = config.get("ratings")
     if ratings and ratings["model"] not in config["models"]:
