@@ -2,7 +2,7 @@
 # The declared dependency floors work: a second environment, .venv-floors, with every runtime
 # dependency at the lowest version pyproject.toml admits (.ci/floors.txt; the rest of what they
 # need at its newest), then the unit tests and a real Snakemake run of the paper's released
-# attributions (Table 2 as printed) in it. Run by .ci/run after the main tests: about 7 minutes on
+# attributions (Table 2 as printed) in it. Run by .ci/run after the unit tests: about 7 minutes on
 # 2 cores, 5.5 once .venv-floors is installed. Extra arguments go to pytest.
 #   TORCH_SPEC, PYTHON  as for scripts/setup.sh (torch is not held at its floor: .ci/floors.txt says why)
 set -euo pipefail
