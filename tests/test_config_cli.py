@@ -3,6 +3,7 @@ import re
 
 import pytest
 import yaml
+from hub_server import HubServer
 from test_workflow import copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -99,6 +100,25 @@ def test_target_rules_describe_themselves(work):
     listing = snakemake(work, "--list-rules").stdout.splitlines()
     for target in ("all", "table1", "table2", "table3", "ffn"):
         assert any(line.startswith(f"{target} (Target") for line in listing), target
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("huggyllama/llama-7bb", "models.llama-7b.path: huggyllama/llama-7bb is not on the hub"),
+    ("meta-llama/Llama-2-7b-hf", "models.llama-7b.path: meta-llama/Llama-2-7b-hf is gated on the hub"),
+])
+def test_online_a_mistyped_or_gated_hub_model_fails_once_before_any_job(tmp_path, paper_dir, path, expected):
+    """Online, a mistyped id failed only in its first job: after Snakemake had deleted the results of every job
+    whose `path` param changed (hours of GPU time for a paper model's shards and layers)."""
+    work = copy_workflow(tmp_path)
+    args = ["table2", "--configfile", "config/paper.yaml", "--config", f"paper_data={paper_dir}",
+            f"models={{llama-7b: {{path: {path}}}}}"]
+    with HubServer({"lmsys/vicuna-7b-v1.1": {"config.json": b"{}"}}, gated={"meta-llama/Llama-2-7b-hf"}) as hub:
+        online = {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}  # an empty cache
+        out = snakemake(work, *args, check=False, env=online)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and expected in text, text[-3000:]
+    assert f"/{path}/resolve/main/config.json" in " ".join(hub.requests)  # asked once the plan was made
+    assert not (work / "logs").exists() and not (work / "results").exists()  # no job ran
 
 
 def test_offline_a_mistyped_or_uncached_hub_model_fails_once_before_any_job(tmp_path, paper_dir):

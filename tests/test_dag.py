@@ -1,9 +1,11 @@
 """Planning-time logic of the rules, without Snakemake."""
 import copy
 import hashlib
+import socket
 from pathlib import Path
 
 import pytest
+from hub_server import HubServer
 
 from workflow_scripts import dag, plan_annotation, plan_dataset, plan_models
 
@@ -227,17 +229,48 @@ def test_offline_a_scheduled_hub_model_missing_from_the_cache_fails_naming_it(co
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     config["models"]["base"]["path"] = "no-such-org/no-such-model"
     scheduled = [("attribute_shard", {"model": "base", "shard": "0"}), ("table2_pair", {"pair": "p"})]
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    plan_models.require_cached_models(config, scheduled)  # online: the job downloads it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(dag.ConfigError, match=r"models.base.path: no-such-org/no-such-model is not in the local cache"):
-        plan_models.require_cached_models(config, scheduled)
-    plan_models.require_cached_models(config, [("table2_pair", {"pair": "p"})])  # no job needs the weights
+        plan_models.require_hub_models(config, scheduled)
+    plan_models.require_hub_models(config, [("table2_pair", {"pair": "p"})])  # no job needs the weights
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", " 1 ")  # huggingface_hub reads this one too
     with pytest.raises(dag.ConfigError, match=r"not in the local cache, and TRANSFORMERS_OFFLINE is set"):
-        plan_models.require_cached_models(config, scheduled)
+        plan_models.require_hub_models(config, scheduled)
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """huggingface_hub online in this process, where scripts/test.sh sets HF_HUB_OFFLINE=1: the flag is read once,
+    at import, and huggingface_hub 0.x also keeps each thread's session as it was made (offline)."""
+    from huggingface_hub import constants, utils
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    reset_sessions = getattr(utils, "reset_sessions", lambda: None)  # 0.x only
+    reset_sessions()
+    yield
+    reset_sessions()
+
+
+def test_online_the_hub_is_asked_for_an_uncached_model_and_a_hub_out_of_reach_lets_the_jobs_try(capsys, hub_online):
+    """(tests/test_config_cli.py runs it through Snakemake, with HF_ENDPOINT.)"""
+    with HubServer({"org/model": {"config.json": b"{}"}, "org/weights-only": {"model.safetensors": b""}},
+                   gated={"org/gated"}) as hub:
+        assert plan_models.hub_problem("org/model", hub.url) is None
+        assert plan_models.hub_problem("org/modell", hub.url).startswith("is not on the hub: a mistyped id")
+        assert plan_models.hub_problem("org/weights-only", hub.url).startswith("is not on the hub")
+        assert plan_models.hub_problem("org/gated", hub.url).startswith("is gated on the hub")
+        closed = f"http://127.0.0.1:{free_port()}"
+    assert capsys.readouterr().err == ""
+    assert plan_models.hub_problem("org/model", closed) is None  # not the config's fault: its jobs will say
+    assert "could not ask the hub about org/model" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.workflow
 def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """`env`: variables set on top of this process's (e.g. PYTHONPATH to run another copy of the code)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    env = dict(os.environ, PATH=path, HF_HUB_OFFLINE="1", **(env or {}))
+    env = {**os.environ, "PATH": path, "HF_HUB_OFFLINE": "1", **(env or {})}  # `env` may set the hub online
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=1800,

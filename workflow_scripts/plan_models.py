@@ -3,6 +3,7 @@ the hub models a run needs from the local cache. No weight is loaded here."""
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 from .config_checks import ConfigError
@@ -65,19 +66,44 @@ def model_shape(config: dict, model: str) -> ModelShape:
 WEIGHT_RULES = ("attribute_shard", "explain_attention_layer", "explain_ffn_layer")
 
 
-def require_cached_models(config: dict, scheduled: list[tuple[str, dict]]) -> None:
-    """Called once the DAG is built and a real run is about to start: offline, a hub model id that
-    a scheduled job needs and the local cache lacks fails here, once, before any job (else every
-    shard job would fail on its own after minutes of retries, saying only "couldn't connect")."""
+def require_hub_models(config: dict, scheduled: list[tuple[str, dict]]) -> None:
+    """Called once the DAG is built and a real run is about to start, for each hub model id that a scheduled
+    job loads and the local cache lacks. Offline, it fails here, once, before any job (else every shard job
+    would fail on its own after minutes of retries, saying only "couldn't connect"). Online, the hub is asked
+    for the model: a mistyped or gated id failed only in its first job, after Snakemake had deleted the results
+    of every job whose `path` param changed (hours of GPU time for a paper model's shards and layers)."""
     offline = hub_offline()
-    if not offline:
-        return
     needed = sorted({w["model"] for rule, w in scheduled if rule in WEIGHT_RULES and "model" in w})
     for model in needed:
         path = model_config(config, model)["path"]
-        if not looks_local(path) and cached_config(path) is None:
+        if looks_local(path) or cached_config(path) is not None:
+            continue
+        if offline:
             raise ConfigError(
                 f"models.{model}.path: {path} is not in the local cache, and {offline} is set; download it "
                 f"once where there is network (`hf download {path}`) and copy the cache, or set models.{model}.path "
                 "to a local directory (a mistyped id shows here too)"
             )
+        problem = hub_problem(path)
+        if problem:
+            raise ConfigError(f"models.{model}.path: {path} {problem}")
+
+
+def hub_problem(path: str, endpoint: str | None = None) -> str | None:
+    """Why the hub (HF_ENDPOINT, with this machine's token) cannot give the model's config.json; None when it
+    can, or when the hub cannot be asked (no network, a proxy: said on stderr, and the jobs try themselves)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError
+
+    try:
+        if HfApi(endpoint=endpoint).file_exists(path, "config.json"):
+            return None
+    except GatedRepoError:
+        return ("is gated on the hub, and this machine's token has no access to it: ask for access on the "
+                "model's page, then `hf auth login` or set HF_TOKEN")
+    except Exception as error:  # any failure to ask: httpx's or requests' errors, by the hub library's version
+        print(f"shiftlens: could not ask the hub about {path} ({type(error).__name__}: {error}); its jobs will try "
+              "to download it (on a machine without network, set HF_HUB_OFFLINE=1)", file=sys.stderr)
+        return None
+    return ("is not on the hub: a mistyped id, a private model without a token for it (`hf auth login` or "
+            "HF_TOKEN), or a repository without config.json")
