@@ -123,6 +123,17 @@ def test_search_and_layer_filter_combine(page):
     assert "no head dimensions hold the word" in status(driver)
 
 
+def test_counts_of_one_are_said_in_the_singular(page):
+    """A word in one dimension of one head read "1 head dimensions" and "in 1 heads"."""
+    driver, _ = page
+    search(driver, LONG)  # in every model's first head row only
+    counts = [e.text for e in driver.find_elements("css selector", ".pane .count")]
+    assert counts == [f"1 head dimension with \u201c{LONG}\u201d"] * 2
+    summaries = driver.execute_script("return Array.from(document.querySelectorAll('.heads'), h => h.textContent)")
+    assert summaries == ["in 1 head: L0 H0 \u00d71"] * 2
+    assert status(driver).startswith("2 head dimensions,")
+
+
 def test_a_single_model_view_shows_one_pane(page):
     driver, _ = page
     choose(driver, "view", "1")

@@ -7,6 +7,8 @@
   const manifest = (window.SHIFTLENS_DATA || {}).manifest;
   const $ = (id) => document.getElementById(id);
   const KINDS = { attention: "head dimensions", ffn: "FFN components" };
+  // "1 head dimension", "2 FFN components": a count and its noun, in the singular for one
+  const counted = (n, plural) => n + " " + (n === 1 ? plural.replace(/s$/, "") : plural);
   const state = { kind: "attention", view: "both", layer: "", head: "", word: "", page: 0 };
   const pending = new Map();
   const tables = new Map();
@@ -241,12 +243,12 @@
     const section = element("section", "pane");
     section.dataset.model = String(m);
     section.appendChild(element("h2", "", model.id + " (" + model.role + ")"));
-    const what = set.count + " " + KINDS[kind] + (key ? " with \u201c" + key + "\u201d" : "");
+    const what = counted(set.count, KINDS[kind]) + (key ? " with \u201c" + key + "\u201d" : "");
     section.appendChild(element("p", "count", what));
     if (set.groups && set.groups.length) {
       const shown = set.groups.slice(0, 12).map(([layer, head, n]) => "L" + layer + " H" + head + " \u00d7" + n);
       const more = set.groups.length > 12 ? ", \u2026" : "";
-      section.appendChild(element("p", "heads", "in " + set.groups.length + " heads: " + shown.join(", ") + more));
+      section.appendChild(element("p", "heads", "in " + counted(set.groups.length, "heads") + ": " + shown.join(", ") + more));
     }
     const tableNode = element("table");
     const head = element("tr");
@@ -298,7 +300,7 @@
       $("next").disabled = state.page >= pages - 1;
       const total = sets.reduce((n, s) => n + s.count, 0);
       const none = "no " + KINDS[kind] + " hold the word \u201c" + key + "\u201d (the search matches whole words)";
-      status(key && !total ? none : total + " " + KINDS[kind] + ", " + size + " per page", "ready");
+      status(key && !total ? none : counted(total, KINDS[kind]) + ", " + size + " per page", "ready");
     } catch (error) {
       if (mine !== token) return;
       status(String(error.message || error), "error");
