@@ -19,6 +19,17 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "paper: uses the paper's released data under ../shared/paper (a few seconds)"
     )
+    config.addinivalue_line(
+        "markers", "demo: needs the finished demo run (`finished_demo`, built once per session: about 10 minutes)"
+    )
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `demo` every test that needs the finished demo, however it gets it (directly, through a module's copy
+    or the SLURM run of it): CI runs them in one stream and every other test beside them (.ci/run)."""
+    for item in items:
+        if "finished_demo" in getattr(item, "fixturenames", ()):
+            item.add_marker("demo")
 
 
 @pytest.fixture(autouse=True)
