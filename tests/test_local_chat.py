@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import time
 from collections import Counter
 
@@ -19,9 +18,6 @@ from workflow_scripts.local_chat import (
     sample_token,
     template_messages,
 )
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 CPU = torch.device("cpu")
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2, as in SmolLM2
@@ -78,6 +74,16 @@ def teach(model, tokenizer, max_steps: int = 1000, target_loss: float = 1e-3) ->
     else:
         raise AssertionError(f"the tiny model did not learn the TAUGHT answers (loss {loss.item():.4f})")
     model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    """This module's tests offline, and only them: set on import, the variables held for the whole session (an
+    online test of the hub check ran offline after this module was collected)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("TRANSFORMERS_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
