@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workflow_scripts.progress import Progress, progress
+import pytest
+
+from workflow_scripts.progress import Progress, bars_collapsed, progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,3 +67,14 @@ def test_a_file_the_job_opens_as_descriptor_3_is_never_written(tmp_path):
                             timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     assert data.read_bytes() == b"SQLite format 3\x00" + bytes(100)
+
+
+def test_a_librarys_redrawn_bar_reaches_the_log_as_its_last_state_and_nothing_else_is_lost(capsys):
+    with bars_collapsed():
+        print("\rconvert: 10%|#  |\rconvert: 100%|###|", file=sys.stderr)
+        print("a warning", file=sys.stderr)
+    assert capsys.readouterr().err == "convert: 100%|###|\na warning\n"
+    with pytest.raises(ValueError), bars_collapsed():
+        print("\rstep 1\rstep 2", file=sys.stderr)
+        raise ValueError
+    assert capsys.readouterr().err == "step 2\n"  # said on a failure too

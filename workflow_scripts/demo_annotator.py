@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 from pathlib import Path
 
 import torch
 
 from .atomic import atomic_dir
 from .model_tokenizer import saved_by_a_newer_major
+from .progress import Progress, bars_collapsed
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,23 @@ def ensure_smollm2(target_dir: str | Path = DEFAULT_SMOLLM2_DIR) -> Path:
         import gguf as _  # noqa: F401  (transformers reads GGUF through it)
     except ImportError as error:
         raise RuntimeError(f"the gguf package is missing; run: {SMOLLM2_INSTALL}") from error
+    log.info("converting %s -> %s", gguf, target_dir)
+    with Progress(2, "convert SmolLM2-135M-Instruct", "step") as steps:  # about 20 s, then 5: said on the console
+        with bars_collapsed():  # transformers' per-tensor bar
+            model, tokenizer = dequantised(gguf)
+        steps.update()
+        with atomic_dir(target_dir) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        steps.update()
+    return target_dir
+
+
+def dequantised(gguf: Path):
+    """The GGUF's model as a plain LlamaForCausalLM in float32, and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
     from transformers import LlamaForCausalLM as Llama
 
-    started = time.perf_counter()
-    log.info("converting %s -> %s", gguf, target_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config.to_dict()
@@ -79,8 +91,4 @@ def ensure_smollm2(target_dir: str | Path = DEFAULT_SMOLLM2_DIR) -> Path:
             setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(target_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    log.info("converted SmolLM2 in %.1f s", time.perf_counter() - started)
-    return target_dir
+    return model, tokenizer

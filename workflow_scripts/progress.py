@@ -11,8 +11,11 @@ the end, so a short job says two lines there and a long one keeps saying where i
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -101,3 +104,15 @@ def progress(items: Iterable[T], label: str, unit: str = "item", total: int | No
         for item in items:
             yield item
             bar.update()
+
+
+@contextlib.contextmanager
+def bars_collapsed() -> Iterator[None]:
+    """Within, what is written to stderr (a library's tqdm bar, which redraws its line with carriage returns)
+    reaches the job's log once the block ends, each line as it last stood: a log holds lines, not redraws."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        sys.stderr.write("\n".join(line.rsplit("\r", 1)[-1] for line in captured.getvalue().split("\n")))
