@@ -248,7 +248,8 @@
     if (set.groups && set.groups.length) {
       const shown = set.groups.slice(0, 12).map(([layer, head, n]) => "L" + layer + " H" + head + " \u00d7" + n);
       const more = set.groups.length > 12 ? ", \u2026" : "";
-      section.appendChild(element("p", "heads", "in " + counted(set.groups.length, "heads") + ": " + shown.join(", ") + more));
+      const where = "in " + counted(set.groups.length, "heads") + ": " + shown.join(", ") + more;
+      section.appendChild(element("p", "heads", where));
     }
     const tableNode = element("table");
     const head = element("tr");
