@@ -1,10 +1,11 @@
 """A real local HTTP server answering file requests as the Hugging Face hub does, for tests.
 
-huggingface_hub talks to it over TCP on 127.0.0.1 (`HF_ENDPOINT=server.url`, or
-`huggingface_hub.constants.ENDPOINT` in-process): `HEAD`/`GET /{owner}/{name}/resolve/{revision}/{file}`.
+huggingface_hub talks to it over TCP on 127.0.0.1 (`HF_ENDPOINT=server.url` in a process started after it, or
+`HfApi(endpoint=server.url)` in-process: patching `constants.ENDPOINT` after import does not reach the file URLs):
+`HEAD`/`GET /{owner}/{name}/resolve/{revision}/{file}`.
 
     with HubServer({"org/model": {"config.json": b"{}"}}, gated={"org/gated"}) as hub:
-        hf_hub_download("org/model", "config.json")   # with ENDPOINT = hub.url
+        HfApi(endpoint=hub.url).file_exists("org/model", "config.json")   # True
 
 A known repository's file: 200 with the headers the client reads (`X-Repo-Commit`, `ETag`, the size); a
 file it lacks: 404 `X-Error-Code: EntryNotFound`; an unknown repository: 401 `X-Error-Code:

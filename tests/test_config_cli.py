@@ -115,7 +115,7 @@ def test_online_a_mistyped_or_gated_hub_model_fails_once_before_any_job(tmp_path
     args = ["table2", "--configfile", "config/paper.yaml", "--config", f"paper_data={paper_dir}",
             f"models={{llama-7b: {{path: {path}}}}}"]
     with HubServer({"lmsys/vicuna-7b-v1.1": {"config.json": b"{}"}}, gated={"meta-llama/Llama-2-7b-hf"}) as hub:
-        # online (test_local_chat.py sets TRANSFORMERS_OFFLINE for the session), with an empty cache
+        # online (scripts/test.sh sets HF_HUB_OFFLINE; either variable would hold the run offline), an empty cache
         online = {**dict.fromkeys(OFFLINE_VARIABLES, ""), "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
         out = snakemake(work, *args, check=False, env=online)
     text = out.stdout + out.stderr
