@@ -280,3 +280,18 @@ def test_a_local_annotator_of_ones_own_is_never_rebuilt_over(tmp_path, args, whe
     assert "output: resources/models/smollm2" not in planned.stdout and f"output: {own}" not in planned.stdout
     deleted = snakemake(work, "--delete-all-output", "--dry-run", "table5", "--configfile", "own.yaml")
     assert own.name not in deleted.stdout + deleted.stderr
+
+
+@pytest.mark.parametrize("path", ["HuggingFaceTB/SmolLM2-135M-Instruct", "empty-folder"])
+def test_a_local_annotator_that_is_no_model_folder_is_reported_before_any_job(tmp_path, path):
+    """The local provider reads a folder (its answers are keyed by the files' fingerprint): a hub id or a
+    folder without config.json failed only in the first annotation job, after the FFN layer jobs had run (a
+    missing folder is a configured input, checked with the others)."""
+    work = copy_workflow(tmp_path)
+    (work / "empty-folder").mkdir()
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["annotation"]["provider"] = {"kind": "local", "path": path}
+    out = snakemake(work, "--dry-run", "table5", "--configfile", write_config(work, "own.yaml", config), check=False)
+    assert out.returncode != 0
+    assert f"annotation.provider.path: {path} is not a model folder (no config.json)" in out.stdout + out.stderr
+    assert "hf download" in out.stdout + out.stderr

@@ -162,6 +162,20 @@ def check_configured_inputs(config: dict, written_by_a_rule) -> None:
         if not Path(path).expanduser().exists() and not written_by_a_rule(path):
             raise ConfigError(f"{key}: {path} not found (a relative path is read from the working directory "
                               f"{os.getcwd()}), and no rule of this workflow writes it")
+    check_local_annotator((config.get("annotation") or {}).get("provider") or {})
+
+
+def check_local_annotator(provider: dict) -> None:
+    """The local provider loads a folder and keys its answers by the fingerprint of the folder's files: a hub
+    id or a folder without the model failed only in the first annotation job, after the FFN layer jobs."""
+    path = provider.get("path")
+    if provider.get("kind") != "local" or provider.get("build") or not path:
+        return
+    if not (Path(path).expanduser() / "config.json").is_file():
+        fetch = f"`hf download {path} --local-dir DIR`" if not looks_local(path) else "`hf download ID --local-dir DIR`"
+        raise ConfigError(f"annotation.provider.path: {path} is not a model folder (no config.json); the local "
+                          f"provider runs a model from a folder of its files: download it once ({fetch}) and give "
+                          "DIR, or serve it (vLLM, Ollama) and use `kind: openai`")
 
 
 def built_paths(config: dict) -> list[tuple[str, str]]:
