@@ -505,3 +505,19 @@ def test_a_cache_on_a_network_filesystem_is_named_by_its_longest_mount_point(tmp
     assert network_filesystem(Path("/home/shared/local disk/cache"), MOUNTS) is None  # xfs below the nfs mount
     assert network_filesystem(Path("/home/sharedness"), MOUNTS) is None  # a prefix is not a parent
     assert network_filesystem(tmp_path) is None  # this machine's own mount table: a local disk
+
+
+def test_replay_refuses_a_row_that_does_not_fill_its_header_and_keeps_a_carriage_return_in_its_answer(tmp_path, shards):
+    """The replay read its files with the csv module: a short row gave the answer None, a lone carriage
+    return ended a row (the answer cut there, the rest read as another row), extra fields were dropped."""
+    write_replay(tmp_path / "released", 0, {"Words: other.": ("Dates.", "None", "Semantic")})
+    described = tmp_path / "released" / "linear_seed0.tsv"
+    head, first = described.read_text().splitlines()
+    described.write_text(f"{head}\n{first}\n1\tWords: short.\tSummary only\n")
+    with pytest.raises(ValueError, match=r"linear_seed0\.tsv: line 3: expected 11 tab-separated fields"):
+        run("describe", 0, shards, tmp_path, {"kind": "replay", "path": str(tmp_path / "released")})
+    from workflow_scripts.replay import answers
+
+    described.write_text(head + "\n" + first.replace("Dates.", "Dates,\rTimes.") + "\n")
+    assert answers(tmp_path / "released", "describe", 0) == {
+        "Words: other.": [(("llama", "0", "1"), "Dates,\rTimes.")]}

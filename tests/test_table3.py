@@ -287,6 +287,10 @@ def test_a_malformed_row_names_the_file_and_line(tmp_path):
     path.write_text(HEADER + "\n" + row("m", "zero", 0, 0, "a=b") + "\n")
     with pytest.raises(ValueError, match=r"bad\.tsv: line 2: Layer must be a number, found 'zero'"):
         read_bilinear_words(path)
+    # the message named the last integer column and its value for a bad Score ("Rank ... found 1")
+    path.write_text(HEADER + "\n" + row("m", 0, 0, 0, "a=b").replace("0.5", "abc") + "\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv: line 2: Score must be a number, found 'abc'"):
+        read_bilinear_words(path)
     path.write_text(HEADER + "\n" + row("m", 0, 0, 0, "a=b") + "\n" + row("m", 0, 0, 0, "c=d") + "\n")
     with pytest.raises(ValueError, match=r"bad\.tsv: line 3: model m layer 0 head 0 dimension 0 repeats line 2"):
         read_bilinear_words(path)
@@ -319,6 +323,16 @@ def test_a_missing_model_is_named_with_the_models_present(bilinear_words):
 def test_a_layer_beyond_the_layer_count_is_an_error(bilinear_words):
     with pytest.raises(ValueError, match=r"layer 2 .* outside 0\.\.1"):
         table3(read_bilinear_words(bilinear_words), "pre", "tuned", 2, INSTRUCT, GENERAL)
+
+
+def test_a_verb_list_saved_with_a_byte_order_mark_and_crlf_reads_every_verb(tmp_path):
+    """A spreadsheet's export: the mark was glued to the first verb, which then matched no pair."""
+    path = tmp_path / "instruct.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(INSTRUCT).encode() + b"\r\n")
+    assert read_word_list(path) == INSTRUCT
+    path.write_bytes(b"write\nexpl\xe4in\n")
+    with pytest.raises(ValueError, match=r"instruct\.txt:2: not UTF-8"):
+        read_word_list(path)
 
 
 # --- command line ----------------------------------------------------------------------------------------

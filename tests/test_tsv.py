@@ -151,3 +151,47 @@ def test_a_file_of_one_of_several_layouts_says_which_and_may_repeat_its_header(t
     with pytest.raises(ValueError, match=r"line 1: expected the header '.*TopK' \(the paper's layout\) or "
                                          r"'.*Words' \(lossless\), tab-separated; found an empty file"):
         read_tsv_layout(path, layouts)
+
+
+def test_lines_end_at_newlines_only_crlf_and_a_byte_order_mark_read_as_plain_and_bad_bytes_are_named(tmp_path):
+    """A lone carriage return is no line end in a TSV (pandas and the paper's scripts split at \\n): the
+    reader split there, so a field holding one became two lines, counted wrong in every later message."""
+    from workflow_scripts.tsv import read_tsv_layout
+
+    path = tmp_path / "words.tsv"
+    row = ["m", "NA", "0", "FFN", "0", "1", "0.5", '["a\rb"]']
+    path.write_bytes(b"\xef\xbb\xbf" + "\t".join(WORDS_COLUMNS).encode() + b"\r\n" + "\t".join(row).encode() + b"\r\n")
+    assert read_tsv(path, WORDS_COLUMNS) == [(2, row)]
+    path.write_bytes("\t".join(WORDS_COLUMNS).encode() + b"\n" + "\t".join(row).encode() + b"\nx\ry\n")
+    with pytest.raises(ValueError, match=r"words\.tsv: line 3: expected 8 tab-separated fields .* found 1: 'x\\ry'"):
+        read_tsv(path, WORDS_COLUMNS)
+    path.write_bytes("\t".join(WORDS_COLUMNS).encode() + b"\n" + "\t".join(row).encode().replace(b"a", b"\xe9"))
+    with pytest.raises(ValueError, match=r"words\.tsv:2: not UTF-8 \(byte 0xe9"):
+        read_tsv_layout(path, {"lossless": WORDS_COLUMNS})
+
+
+def test_a_line_of_tabs_is_a_row_not_a_blank_line(tmp_path):
+    """Blank lines are skipped; a line of empty fields was skipped with them, silently losing a row."""
+    path = tmp_path / "words.tsv"
+    path.write_text("\t".join(WORDS_COLUMNS) + "\n \n" + "\t" * 7 + "\n")
+    assert read_tsv(path, WORDS_COLUMNS) == [(3, [""] * 8)]
+
+
+def test_a_file_of_any_header_names_each_column_once_and_every_row_fills_it(tmp_path):
+    """Files of other tools (the paper's annotations, replayed): a short row read as a missing answer,
+    a repeated column as its last copy."""
+    from workflow_scripts.tsv import read_tsv_table
+
+    path = tmp_path / "answers.tsv"
+    path.write_text("Words\tSummary\tModel\nw\ts\tm\n\nv\tr\tn\n")
+    assert read_tsv_table(path) == (("Words", "Summary", "Model"), [(2, ["w", "s", "m"]), (4, ["v", "r", "n"])])
+    path.write_text("Words\tSummary\tModel\nw\ts\n")
+    with pytest.raises(ValueError, match=r"answers\.tsv: line 2: expected 3 tab-separated fields \(Words Summary "
+                                         r"Model\), found 2: 'w\\ts'"):
+        read_tsv_table(path)
+    path.write_text("Words\tSummary\tSummary\nw\ts\tt\n")
+    with pytest.raises(ValueError, match=r"answers\.tsv: line 1: the column 'Summary' is named twice"):
+        read_tsv_table(path)
+    path.write_text("")
+    with pytest.raises(ValueError, match=r"answers\.tsv: line 1: no header \(an empty file\)"):
+        read_tsv_table(path)

@@ -13,13 +13,13 @@ and never silently drops a row.
 """
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
 from .annotation_files import FILES, LABEL_COLUMN, ORIGIN_COLUMNS, QUESTION_COLUMNS, one_line, question_field
 from .annotation_prompts import concept_message
 from .chat import ChatError, ChatRequest, ChatResponse
+from .tsv import read_tsv_table
 
 
 def answers(directory: str | Path, step: str, seed: int) -> dict[str, list[tuple[tuple[str, str, str], str]]]:
@@ -29,23 +29,21 @@ def answers(directory: str | Path, step: str, seed: int) -> dict[str, list[tuple
     path = Path(directory) / FILES[step].format(seed=seed)
     if not path.is_file():
         raise ChatError(f"replay: {path} does not exist (annotation.provider.path holds no {step} file of seed {seed})")
-    csv.field_size_limit(1 << 24)
-    with open(path, encoding="utf8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = reader.fieldnames or []
-        if step == "describe":
-            asked = next((column for column in QUESTION_COLUMNS if column in header), " or ".join(QUESTION_COLUMNS))
-        else:
-            asked = "Summary"
-        for column in (asked, LABEL_COLUMN[step], *ORIGIN_COLUMNS):
-            if column not in header:
-                raise ChatError(f"replay: {path} has no column {column!r}")
-        table: dict[str, list[tuple[tuple[str, str, str], str]]] = {}
-        for row in reader:
-            # describe wrote the summary as one line (one_line), and task and level asked with that
-            question = row[asked] if step == "describe" else question_field(concept_message(one_line(row[asked]), step))
-            origin = tuple(row[column] for column in ORIGIN_COLUMNS)
-            table.setdefault(question, []).append((origin, row[LABEL_COLUMN[step]]))
+    header, lines = read_tsv_table(path)
+    if step == "describe":
+        asked = next((column for column in QUESTION_COLUMNS if column in header), " or ".join(QUESTION_COLUMNS))
+    else:
+        asked = "Summary"
+    for column in (asked, LABEL_COLUMN[step], *ORIGIN_COLUMNS):
+        if column not in header:
+            raise ChatError(f"replay: {path} has no column {column!r}")
+    table: dict[str, list[tuple[tuple[str, str, str], str]]] = {}
+    for _, fields in lines:
+        row = dict(zip(header, fields))
+        # describe wrote the summary as one line (one_line), and task and level asked with that
+        question = row[asked] if step == "describe" else question_field(concept_message(one_line(row[asked]), step))
+        origin = tuple(row[column] for column in ORIGIN_COLUMNS)
+        table.setdefault(question, []).append((origin, row[LABEL_COLUMN[step]]))
     return table
 
 

@@ -41,6 +41,7 @@ import pandas as pd
 
 from .table_files import write_table
 from .table_stats import mean_std, t_test
+from .text_files import utf8_lines
 from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs, read_tsv_layout
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,11 @@ def read_bilinear_words(path: str | Path) -> pd.DataFrame:
     rows, seen = [], {}
     for number, fields in lines:
         row = dict(zip(columns, fields))
-        try:
-            for column in _INT_COLUMNS:
-                row[column] = int(row[column])
-            row["Score"] = float(row["Score"])
-        except ValueError:
-            raise ValueError(f"{path}: line {number}: {column} must be a number, found {row[column]!r}") from None
+        for column, number_type in (*((column, int) for column in _INT_COLUMNS), ("Score", float)):
+            try:
+                row[column] = number_type(row[column])
+            except ValueError:
+                raise ValueError(f"{path}: line {number}: {column} must be a number, found {row[column]!r}") from None
         key = (row["Model"], row["Layer"], row["Head"], row["Dim"])
         if key in seen:
             raise ValueError(f"{path}: line {number}: model {key[0]} layer {key[1]} head {key[2]} dimension {key[3]} "
@@ -225,9 +225,9 @@ def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
 
 
 def read_word_list(path: str | Path) -> list[str]:
-    """One word per line (blank lines ignored), in file order."""
-    with open(path, encoding="utf8") as fh:
-        return [line.strip() for line in fh if line.strip()]
+    """One word per line (blank lines ignored), in file order; a byte-order mark is dropped (it was glued to the
+    first verb, which then matched no pair), a byte that is not UTF-8 is an error naming the line."""
+    return [line.strip() for _, line in utf8_lines(path) if line.strip()]
 
 
 def main(argv=None):

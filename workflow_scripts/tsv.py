@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from .atomic import atomic_file
+from .text_files import utf8_lines
 
 # The paper's layouts (docs/design.md#paper-layout-tsvs), so its released files can stand in for computed ones.
 BILINEAR_COLUMNS = ("Model", "Size", "Layer", "Type", "Head", "Dim", "Rank", "Score", "TopK")
@@ -172,25 +173,50 @@ def read_tsv_layout(path: str | Path, layouts: dict[str, tuple[str, ...]],
                     repeated_header: bool = False) -> tuple[tuple[str, ...], list[tuple[int, list[str]]]]:
     """read_tsv for a file that may come in one of several layouts ({description: columns}, e.g.
     lossless or the paper's): (the columns of the header found, the rows)."""
-    with open(path, encoding="utf8", newline="") as handle:
-        first = handle.readline()
-        header = tuple(first.rstrip("\r\n").split("\t"))
-        if header not in layouts.values():
-            expected = " or ".join(f"{' '.join(columns)!r}" + (f" ({name})" if name else "")
-                                   for name, columns in layouts.items())
-            found = repr(" ".join(header)) if first else "an empty file"
-            raise ValueError(f"{path}: line 1: expected the header {expected}, tab-separated; found {found}")
-        rows = []
-        for number, line in enumerate(handle, start=2):
-            line = line.rstrip("\r\n")
-            if not line.strip() or (repeated_header and line == first.rstrip("\r\n")):
-                continue
-            fields = line.split("\t")
-            if len(fields) != len(header):
-                raise ValueError(f"{path}: line {number}: expected {len(header)} tab-separated fields "
-                                 f"({' '.join(header)}), found {len(fields)}: {line[:80]!r}")
-            rows.append((number, fields))
+    return _read_rows(path, layouts, repeated_header)
+
+
+def read_tsv_table(path: str | Path) -> tuple[tuple[str, ...], list[tuple[int, list[str]]]]:
+    """read_tsv for files of other tools, whose columns the reader picks (the paper's annotation files,
+    replayed): (the header, which names each column once, the rows)."""
+    return _read_rows(path, None, False)
+
+
+def _read_rows(path, layouts, repeated_header):
+    lines = _tsv_lines(path)
+    _, first = next(lines, (1, None))
+    header = tuple(first.split("\t")) if first is not None else ()
+    if layouts is None:
+        if first is None:
+            raise ValueError(f"{path}: line 1: no header (an empty file)")
+        repeated = next((column for column in header if header.count(column) > 1), None)
+        if repeated is not None:
+            raise ValueError(f"{path}: line 1: the column {repeated!r} is named twice")
+    elif header not in layouts.values():
+        expected = " or ".join(f"{' '.join(columns)!r}" + (f" ({name})" if name else "")
+                               for name, columns in layouts.items())
+        found = repr(" ".join(header)) if first is not None else "an empty file"
+        raise ValueError(f"{path}: line 1: expected the header {expected}, tab-separated; found {found}")
+    rows = []
+    for number, line in lines:
+        # a blank line is no row; a line of tabs is one, of empty fields (the field count decides)
+        if (not line.strip() and "\t" not in line) or (repeated_header and line == first):
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise ValueError(f"{path}: line {number}: expected {len(header)} tab-separated fields "
+                             f"({' '.join(header)}), found {len(fields)}: {line[:80]!r}")
+        rows.append((number, fields))
     return header, rows
+
+
+def _tsv_lines(path):
+    """(line number, line without its ending): lines end at \\n only, so a lone \\r in a file from elsewhere
+    stays in its field (a row cut there lost the rest of its answer, and every later line number was
+    off); a CRLF ending reads as \\n, a byte-order mark is dropped, a byte that is not UTF-8 is an error
+    naming the line."""
+    for number, text in utf8_lines(path):
+        yield number, text.removesuffix("\n").removesuffix("\r")
 
 
 def merge_and_export(inputs: list[str], output: str | Path, export: str | Path, kind: str) -> None:
