@@ -119,12 +119,30 @@ def test_merge_rejects_shards_made_in_different_precisions(tmp_path):
     assert not (tmp_path / "merged.npz").exists()
 
 
-def test_shards_of_one_arithmetic_on_different_devices_merge_and_the_merge_names_both_devices(tmp_path):
+@pytest.mark.parametrize(("precision", "cuda_matmul"), [("float32", "float32"),
+                                                        ("bfloat16", "bfloat16 (float32 reductions)")])
+def test_shards_of_one_mode_on_different_devices_merge_and_the_merge_names_both_devices(tmp_path, precision,
+                                                                                        cuda_matmul):
+    """`models.<id>.gpus` places jobs and reruns none, so a shard added after a change (or a GPU job that ran
+    on the CPU) sits beside shards of the other device: each records how its device ran the mode's matmuls,
+    and the merge refused them ("rerun the older shards"), which no param change would ever plan."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workflow_scripts.attribution_model import PRECISIONS, precision_record
+
+    config = LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    cpu = {"model": "m", "device": "cpu",
+           **precision_record(LlamaForCausalLM(config).to(PRECISIONS[precision]).eval(), precision)}
+    cuda = {**cpu, "device": "cuda:0", "matmul": cuda_matmul}  # as precision_record writes it on a GPU
+    assert cpu["matmul"] != cuda_matmul and cpu["weights_dtype"] == str(PRECISIONS[precision]).removeprefix("torch.")
     first, second = tmp_path / "shard-0.npz", tmp_path / "shard-1.npz"
-    save_shard(Shard([one("a")], {"model": "m", "precision": "float32", "device": "cuda:0"}), first)
-    save_shard(Shard([one("b")], {"model": "m", "precision": "float32", "device": "cpu"}), second)
+    save_shard(Shard([one("a")], cuda), first)
+    save_shard(Shard([one("b")], cpu), second)
     merged = merge_shards([first, second], tmp_path / "merged.npz")
-    assert merged.meta == {"model": "m", "precision": "float32", "device": "cpu, cuda:0"}
+    assert merged.meta == {**cpu, "device": "cpu, cuda:0", "matmul": " and ".join(sorted([cpu["matmul"], cuda_matmul]))}
+    assert torch.get_default_dtype() == torch.float32
 
 
 def test_shards_attributed_by_other_autodiff_routes_merge_and_the_merge_counts_their_samples(tmp_path):

@@ -144,8 +144,10 @@ def load_header(path: str | Path) -> dict:
 
 
 # Where and by which route a shard ran, not what it computed (to float precision): shards that differ
-# here merge, and the merged header says all of them.
-PLACEMENT = ("device", "autodiff", "autodiff_samples", "forward_failed", "forward_out_of_memory")
+# here merge, and the merged header says all of them. `matmul` is how the shard's device ran the mode's
+# matmuls (TF32 and half-precision reductions are CUDA switches): `models.<id>.gpus` places jobs and reruns
+# none, so shards of one mode from two devices sit side by side, and the mode (precision, dtypes) must agree.
+PLACEMENT = ("device", "matmul", "autodiff", "autodiff_samples", "forward_failed", "forward_out_of_memory")
 
 
 def arithmetic(meta: dict) -> dict:
@@ -153,13 +155,13 @@ def arithmetic(meta: dict) -> dict:
 
 
 def merged_placement(metas: list[dict]) -> dict:
-    """Devices, autodiff modes asked for and failures joined; samples per autodiff mode, and those forward
-    mode could not fit, summed."""
+    """Devices, their matmuls, autodiff modes asked for and failures joined; samples per autodiff mode, and
+    those forward mode could not fit, summed."""
     out: dict = {}
-    for key in ("device", "autodiff", "forward_failed"):
+    for key, joint in (("device", ", "), ("matmul", " and "), ("autodiff", ", "), ("forward_failed", ", ")):
         values = sorted({m[key] for m in metas if key in m})
         if values:
-            out[key] = ", ".join(values)
+            out[key] = joint.join(values)
     counts: dict[str, int] = {}
     for m in metas:
         for mode, count in m.get("autodiff_samples", {}).items():
