@@ -193,6 +193,38 @@ def test_a_cut_or_headerless_word2vec_file_names_the_file(tmp_path):
         load_word_vectors({"kind": "word2vec-binary", "path": str(tmp_path / "text.bin")})
 
 
+def test_a_word2vec_file_must_hold_what_its_header_announces_no_more_and_not_nothing(tmp_path):
+    """A header of 0 vectors or dimensions loaded: no word had a vector, every threshold was infinite and no
+    head kept a pair; vectors past the announced count (a header not updated) were dropped unseen."""
+    path = word2vec_binary(tmp_path / "v.bin", [("a", [1, 2]), ("b", [3, 4])])
+    data = path.read_bytes()
+    path.write_bytes(b"1 2\n" + data.split(b"\n", 1)[1])
+    with pytest.raises(ValueError, match=r"v\.bin: the header announces 1 vectors of dim 2, and 10 more bytes "
+                                         r"follow the last"):
+        load_word_vectors({"kind": "word2vec-binary", "path": str(path)})
+    for header in (b"0 2\n", b"2 0\n"):
+        path.write_bytes(header + data.split(b"\n", 1)[1])
+        with pytest.raises(ValueError, match=rf"v\.bin:1: the header announces {header.decode().strip()}"):
+            load_word_vectors({"kind": "word2vec-binary", "path": str(path)})
+    path.write_bytes(data + b"\n")  # the original C tool's line break after the last vector
+    assert load_word_vectors({"kind": "word2vec-binary", "path": str(path)}).words == ["a", "b"]
+    path.write_bytes(data.replace(b"b ", b"\r\nb ", 1))  # records on Windows lines: the word read as CR LF b
+    assert load_word_vectors({"kind": "word2vec-binary", "path": str(path)}).words == ["a", "b"]
+
+
+def test_a_glove_text_header_must_match_the_vectors_that_follow(tmp_path):
+    """A file with a word2vec header cut at a line end loaded whatever it held."""
+    path = tmp_path / "v.txt"
+    path.write_text("3 2\nfrog 1 1\ntoad 1 0.9\n")
+    with pytest.raises(ValueError, match=r"v\.txt:1: the header announces 3 vectors of dim 2; the file holds 2 "
+                                         r"of dim 2"):
+        load_word_vectors({"kind": "glove-text", "path": str(path)})
+    path.write_text("2 3\nfrog 1 1\ntoad 1 0.9\n")
+    with pytest.raises(ValueError, match=r"v\.txt:1: the header announces 2 vectors of dim 3; the file holds 2 "
+                                         r"of dim 2"):
+        load_word_vectors({"kind": "glove-text", "path": str(path)})
+
+
 def averaged_word_model(folder: Path, words: list[str], weights: np.ndarray) -> Path:
     """A real sentence-transformers model (word embeddings, mean pooling), as the paper's averaged GloVe,
     built and saved offline."""

@@ -182,7 +182,7 @@ def _wanted(vocabulary: Iterable[str] | None) -> set[str] | None:
 def load_glove_text(path: str | Path, vocabulary: Iterable[str] | None = None) -> StaticWordVectors:
     """A GloVe text file (`.gz` allowed), streamed line by line. The dimension d comes from the
     first line; every line's last d fields are the vector and the rest, joined by single spaces,
-    the word (glove.840B has words with spaces). A word2vec-style header `count dim` is skipped;
+    the word (glove.840B has words with spaces). A word2vec-style header `count dim` must match them;
     of a duplicated word the first row is kept. With `vocabulary`, only rows that lookup() of
     those words can reach are kept (each word and its lower-cased form, which lookup() needs
     when the exact form is absent), which keeps 840B (2.2M x 300) small."""
@@ -193,7 +193,8 @@ def load_glove_text(path: str | Path, vocabulary: Iterable[str] | None = None) -
     words: list[str] = []
     rows: list[np.ndarray] = []
     seen: set[str] = set()
-    dim = None
+    dim = header = None
+    rows_read = 0
     for number, line in utf8_lines(path):
         line = line.rstrip()
         if not line:
@@ -201,13 +202,15 @@ def load_glove_text(path: str | Path, vocabulary: Iterable[str] | None = None) -
         fields = line.split(" ")
         if dim is None:
             if number == 1 and len(fields) == 2 and all(x.isdigit() for x in fields):
-                continue  # word2vec header: count dim
+                header = (int(fields[0]), int(fields[1]))  # word2vec header: count dim
+                continue
             dim = len(fields) - 1
             if dim < 1:
                 raise ValueError(f"{path}:{number}: expected `word v1 ... vd`, got {line[:60]!r}")
         if len(fields) < dim + 1:
             raise ValueError(f"{path}:{number}: {len(fields)} fields, expected a word and {dim} numbers")
         word = " ".join(fields[:-dim])
+        rows_read += 1
         if (wanted is not None and word not in wanted) or word in seen:
             continue  # unwanted, or a duplicate (the first row wins, as in lookup)
         try:
@@ -219,6 +222,9 @@ def load_glove_text(path: str | Path, vocabulary: Iterable[str] | None = None) -
         seen.add(word)
     if dim is None:
         raise ValueError(f"{path}: no vectors (empty file)")
+    if header is not None and header != (rows_read, dim):
+        raise ValueError(f"{path}:1: the header announces {header[0]} vectors of dim {header[1]}; the file holds "
+                         f"{rows_read} of dim {dim} (cut short?)")
     matrix = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
     log.info("%s: %d word vectors of dim %d", path, len(words), dim)
     return StaticWordVectors(words, matrix, name=str(path))
@@ -226,7 +232,8 @@ def load_glove_text(path: str | Path, vocabulary: Iterable[str] | None = None) -
 
 def load_word2vec_binary(path: str | Path, vocabulary: Iterable[str] | None = None) -> StaticWordVectors:
     """A word2vec binary file: a `count dim` line, then per word its UTF-8 bytes, a space and dim
-    little-endian float32s (a line break before a word, as the original C tool wrote, is skipped).
+    little-endian float32s (a line break before a word, as the original C tool wrote, is skipped), and nothing
+    after the announced count.
     Memory-mapped and trimmed to `vocabulary` as `load_glove_text`; of a duplicated word the first
     row is kept."""
     path = Path(path)
@@ -242,6 +249,8 @@ def load_word2vec_binary(path: str | Path, vocabulary: Iterable[str] | None = No
         if len(header) != 2 or not all(x.isdigit() for x in header):
             raise ValueError(f"{path}:1: expected a word2vec binary header `count dim`, got {data[:40]!r}")
         count, dim = int(header[0]), int(header[1])
+        if not count or not dim:
+            raise ValueError(f"{path}:1: the header announces {count} {dim}: no vectors (count dim)")
         position = newline + 1
         for index in range(count):
             space = data.find(b" ", position)
@@ -250,7 +259,7 @@ def load_word2vec_binary(path: str | Path, vocabulary: Iterable[str] | None = No
                 raise ValueError(f"{path}: the header announces {count} vectors of dim {dim}, the file ends "
                                  f"within vector {index + 1}")
             try:
-                word = data[position:space].lstrip(b"\n").decode("utf8")
+                word = data[position:space].lstrip(b"\r\n").decode("utf8")
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}: word {index + 1} (byte {position}) is not UTF-8 ({e})") from None
             if (wanted is None or word in wanted) and word not in seen:
@@ -259,6 +268,9 @@ def load_word2vec_binary(path: str | Path, vocabulary: Iterable[str] | None = No
                 words.append(word)
                 seen.add(word)
             position = stop
+        if data[position:].strip():
+            raise ValueError(f"{path}: the header announces {count} vectors of dim {dim}, and "
+                             f"{len(data) - position} more bytes follow the last (a header not updated?)")
     matrix = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
     log.info("%s: %d word vectors of dim %d", path, len(words), dim)
     return StaticWordVectors(words, matrix, name=str(path))
