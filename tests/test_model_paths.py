@@ -47,3 +47,20 @@ def test_a_local_model_directory_without_config_json_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="model directory not found"):
         check_model_path(str(tmp_path / "missing"))
     check_model_path("huggyllama/llama-7b")  # hub ids are left to transformers
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('\ufeff{"num_hidden_layers": 2, "num_attention_heads": 2}', r"not JSON \(Unexpected UTF-8 BOM"),
+    ('{"text_config": {"num_hidden_layers": 2}}', r"has no num_hidden_layers"),
+    ('{"num_hidden_layers": 0, "num_attention_heads": 2}', r"num_hidden_layers is 0, not a positive integer"),
+    ('{"num_hidden_layers": "2", "num_attention_heads": 2}', r"num_hidden_layers is '2', not a positive integer"),
+    ('{"num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 0}',
+     r"num_key_value_heads is 0, not a positive integer"),
+    ("[1, 2]", r"not a JSON object"),
+])
+def test_a_config_json_that_gives_no_shape_is_an_error_naming_it_and_the_model(tmp_path, text, problem):
+    """A KeyError or JSONDecodeError without the file, or 0 layers planning no layer job at all (Table 3 and 5
+    then came from no head and no component)."""
+    (tmp_path / "config.json").write_text(text, encoding="utf8")
+    with pytest.raises(ValueError, match=rf"models\.m\.path: {tmp_path / 'config.json'}: {problem}"):
+        model_shape("m", {"path": str(tmp_path)})

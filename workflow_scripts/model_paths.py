@@ -55,13 +55,34 @@ def cached_config(path: str) -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
+def shape_in(config_json: Path, key: str) -> ModelShape:
+    """The counts of a config.json, each a positive integer: a KeyError or a JSON error said neither file nor
+    model, and 0 layers planned no layer job (Tables 3 and 5 from no head and no component)."""
+    where = f"{key}: {config_json}"
+    try:
+        hf = json.loads(config_json.read_text(encoding="utf8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{where}: not JSON ({error})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{where}: not a JSON object")
+    missing = next((name for name in ("num_hidden_layers", "num_attention_heads") if name not in hf), None)
+    if missing:
+        nested = " (a multimodal model's text_config? shiftlens reads causal LMs)" if "text_config" in hf else ""
+        raise ValueError(f"{where}: has no {missing}{nested}")
+    kv_heads = hf.get("num_key_value_heads")  # absent or null: one per head
+    counts = (hf["num_hidden_layers"], hf["num_attention_heads"], hf["num_attention_heads"] if kv_heads is None
+              else kv_heads)
+    for name, value in zip(("num_hidden_layers", "num_attention_heads", "num_key_value_heads"), counts):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{where}: {name} is {value!r}, not a positive integer")
+    return ModelShape(*counts)
+
+
 def model_shape(model_id: str, settings: dict) -> ModelShape:
     """Layer, head and KV-head counts from config.json, else from the model's config entry."""
     config_json = cached_config(settings["path"])
     if config_json is not None:
-        hf = json.loads(config_json.read_text())
-        heads = hf["num_attention_heads"]
-        shape = ModelShape(hf["num_hidden_layers"], heads, hf.get("num_key_value_heads") or heads)
+        shape = shape_in(config_json, f"models.{model_id}.path")
         for key, value in (("layers", shape.layers), ("heads", shape.heads), ("kv_heads", shape.kv_heads)):
             if key in settings and settings[key] != value:  # a plan made before the weights existed was wrong
                 raise ValueError(f"models.{model_id}.{key}: {settings[key]} in the config, but {config_json} says "
