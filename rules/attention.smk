@@ -1,7 +1,7 @@
 # Self-attention head explanations: one GPU job per (model, layer) (lossless shards), merged into
 # bilinear_words.lossless.tsv and exported as the paper's bilinear_words.tsv; or the paper's
 # released file in their place; then Table 3. `fidelity` reaches the layer jobs as the threshold
-# rule and Table 3 as the counting rule, each only its own slice.
+# and word-piece rules and Table 3 as the counting rule, each only its own slice.
 
 
 rule explain_attention_layer:
@@ -29,12 +29,14 @@ rule explain_attention_layer:
         vectors_kind=ATTENTION["word_vectors"]["kind"],
         vectors_path=ATTENTION["word_vectors"].get("path") or "",
         thresholds=dag.fidelity_rule(config, "thresholds"),
+        pieces=dag.fidelity_rule(config, "pieces"),
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.attention layer --model-dir={params.path:q} --model-id {wildcards.model:q}"
         " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --top-k={params.top_k:q}"
         " --baseline-words={params.baseline_words:q} --word-vectors-kind={params.vectors_kind:q}"
         " --word-vectors-path={params.vectors_path:q} --thresholds={params.thresholds:q}"
+        " --word-pieces={params.pieces:q}"
         " --size={params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 

@@ -270,7 +270,11 @@ def config_slices(pair):
                 "attention": dag.without_speed(config["attention"], "attention"),
                 "fidelity": config["fidelity"],
             },
-            "table 5, figure 3": {"ffn": dag.without_speed(config["ffn"], "ffn"), "annotation": annotation},
+            "table 5, figure 3": {
+                "ffn": dag.without_speed(config["ffn"], "ffn"),
+                "annotation": annotation,
+                "fidelity": config["fidelity"],  # how the FFN explainer cuts words into sub-tokens
+            },
             "pictures": {"report": config["report"], "analysis": config["analysis"]},
         },
         sort_keys=True,

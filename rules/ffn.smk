@@ -23,11 +23,14 @@ rule explain_ffn_layer:
         size=lambda w: model_setting(w.model, "size", "NA"),
         rank=FFN["rank"],
         top_k=FFN["top_k"],
+        # how words are cut into sub-tokens, the one slice of `fidelity` the FFN explanations use
+        pieces=dag.fidelity_rule(config, "pieces"),
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.ffn layer --model-dir={params.path:q} --model-id {wildcards.model:q}"
         " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --rank={params.rank:q}"
-        " --top-k={params.top_k:q} --size={params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
+        " --top-k={params.top_k:q} --size={params.size:q} --word-pieces={params.pieces:q}"
+        " --output {output:q} 3>&2 > {log:q} 2>&1"
 
 
 rule merge_linear_words:

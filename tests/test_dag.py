@@ -245,6 +245,7 @@ def test_fidelity_gives_each_rule_only_its_own_slice():
     config = {"fidelity": "canonical"}
     assert dag.fidelity_rule(config, "thresholds") == "canonical"
     assert dag.fidelity_rule(config, "counting") == "canonical"
+    assert dag.fidelity_rule({}, "pieces") == "paper" and dag.fidelity_rule(config, "pieces") == "tokenizer"
     with pytest.raises(dag.ConfigError, match="fidelity: unknown value 'exact'"):
         dag.fidelity_rule({"fidelity": "exact"}, "counting")
 

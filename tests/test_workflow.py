@@ -250,11 +250,15 @@ def test_a_speed_placement_or_plumbing_setting_plans_nothing(demo, override):
     assert planned_jobs(demo, "--config", override) == {}
 
 
-def test_changing_fidelity_plans_only_the_attention_jobs_and_table3(demo):
-    """The threshold rule reaches the head jobs, the counting rule Table 3; nothing else reruns."""
+def test_changing_fidelity_plans_the_explanation_jobs_and_what_reads_them_never_attribution(demo):
+    """The word-piece rule reaches the head and FFN jobs (and through the FFN words the annotation, answered
+    from the cache where the words did not change), the threshold rule the head jobs, the counting rule
+    Table 3; attribution and Tables 1-2 never rerun."""
     assert "fidelity: paper" in (demo / "results/tables/demo/table3.md").read_text().splitlines()[0]
     jobs = planned_jobs(demo, "--config", "fidelity=canonical")
-    assert jobs == {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
+    assert jobs == {"explain_attention_layer": 8, "explain_ffn_layer": 8, "merge_bilinear_words": 1,
+                    "merge_linear_words": 1, "table3_pair": 1, "annotate_describe": 5, "annotate_task": 5,
+                    "annotate_level": 5, "annotation_cost": 1, "table5_pair": 1, "figure3_pair": 1, "report_table": 4,
                     "provenance": 1, "browse_pair": 1, "all": 1}
 
 

@@ -25,7 +25,7 @@ from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device, set_matmul_precision
 from .progress import progress
 from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
-from .word_embeddings import mean_embeddings, word_token_ids
+from .word_embeddings import mean_embeddings, paper_sentencepiece, word_token_ids
 
 if TYPE_CHECKING:  # annotations only: the functions that compute import torch, so that
     import torch  # `attention merge` and `--help` start without it (~2 s a process)
@@ -109,10 +109,11 @@ def vocabulary_thresholds(static: np.ndarray, has_vector: np.ndarray, baseline_w
 
 
 def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device,
-                           threshold_rule: str = "paper") -> Vocabulary:
+                           threshold_rule: str = "paper", piece_rule: str = "paper") -> Vocabulary:
     import torch
     started = time.perf_counter()
-    embeddings = mean_embeddings(weights.input_embeddings().to(device), word_token_ids(tokenizer, words))
+    pieces = word_token_ids(tokenizer, words, paper_sentencepiece(weights.directory, piece_rule))
+    embeddings = mean_embeddings(weights.input_embeddings().to(device), pieces)
     static, has_vector = word_vectors.lookup(words)
     thresholds = vocabulary_thresholds(static, has_vector, baseline_words, threshold_rule)
     seconds = time.perf_counter() - started
@@ -128,6 +129,7 @@ def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, b
 def explain_layer(
     model_dir: str, model_id: str, layer: int, vocabulary: str, word_vectors: dict, output: str,
     top_k: int = 100, baseline_words: int = 3000, size: str = "NA", threshold_rule: str = "paper",
+    piece_rule: str = "paper",
 ) -> None:
     from .model_tokenizer import load_tokenizer
     from .vocabulary import read_vocabulary
@@ -142,7 +144,8 @@ def explain_layer(
     tokenizer = load_tokenizer(weights.source)
     words = read_vocabulary(vocabulary)
     vectors = load_word_vectors(word_vectors, vocabulary=words)  # a large GloVe file keeps only these rows
-    vocab = explanation_vocabulary(weights, tokenizer, words, vectors, baseline_words, device, threshold_rule)
+    vocab = explanation_vocabulary(weights, tokenizer, words, vectors, baseline_words, device, threshold_rule,
+                                   piece_rule)
     log.info("read %s", ", ".join(weights.read))
     rows = []
     for head in progress(range(weights.heads), f"explain {model_id} layer {layer}", "head"):
@@ -171,7 +174,7 @@ def main(argv=None):
         return
     vectors = {"kind": args.word_vectors_kind, "path": args.word_vectors_path or None}
     explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, vectors, args.output,
-                  args.top_k, args.baseline_words, args.size, args.thresholds)
+                  args.top_k, args.baseline_words, args.size, args.thresholds, args.word_pieces)
 
 
 if __name__ == "__main__":

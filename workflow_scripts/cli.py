@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .word_embeddings import PIECE_RULES
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -31,6 +33,9 @@ def layer_job_parser(description: str, layer_help: str, merge_help: str):
     layer.add_argument("--layer", type=int, required=True)
     layer.add_argument("--vocabulary", required=True)
     layer.add_argument("--size", default="NA")
+    layer.add_argument("--word-pieces", choices=PIECE_RULES, default="paper",
+                       help="how words are cut into sub-tokens: as the paper's slow tokenizer (SentencePiece's own "
+                            "encoding, where the model has a tokenizer.model), or by the tokenizer as loaded")
     layer.add_argument("--output", required=True)
     merge = sub.add_parser("merge", help=merge_help)
     merge.add_argument("output", help="the lossless merged file")

@@ -325,13 +325,14 @@ def vocabulary(config: dict) -> str:
 # What `fidelity` selects, per rule it reaches: each rule's params carry only its own slice, so a
 # value that changes only one of them reruns only that rule's jobs.
 FIDELITY_RULES = {
-    "paper": {"thresholds": "paper", "counting": "paper"},
-    "canonical": {"thresholds": "canonical", "counting": "canonical"},
+    "paper": {"thresholds": "paper", "counting": "paper", "pieces": "paper"},
+    "canonical": {"thresholds": "canonical", "counting": "canonical", "pieces": "tokenizer"},
 }
 
 
 def fidelity_rule(config: dict, part: str) -> str:
-    """The rule `fidelity` selects for `part`: `thresholds` (head explanations) or `counting` (Table 3)."""
+    """The rule `fidelity` selects for `part`: `thresholds` (head explanations), `counting` (Table 3) or
+    `pieces` (how both explainers cut words into sub-tokens)."""
     value = config.get("fidelity", "paper")
     if value not in FIDELITY_RULES:
         raise ConfigError(f"fidelity: unknown value {value!r}; expected one of {', '.join(FIDELITY_RULES)}")

@@ -74,11 +74,11 @@ def component_words(
 
 
 def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, output: str,
-                  rank: int = 300, top_k: int = 50, size: str = "NA") -> None:
+                  rank: int = 300, top_k: int = 50, size: str = "NA", piece_rule: str = "paper") -> None:
     from .model_tokenizer import load_tokenizer
     from .vocabulary import read_vocabulary
     from .weights import ModelWeights
-    from .word_embeddings import mean_embeddings, word_token_ids
+    from .word_embeddings import mean_embeddings, paper_sentencepiece, word_token_ids
 
     device = pick_device()
     set_matmul_precision("float32")
@@ -90,7 +90,8 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
         steps.update()
         words = read_vocabulary(vocabulary)
         tokenizer = load_tokenizer(weights.source)
-        word_vectors = mean_embeddings(weights.output_embeddings().to(device), word_token_ids(tokenizer, words))
+        pieces = word_token_ids(tokenizer, words, paper_sentencepiece(weights.directory, piece_rule))
+        word_vectors = mean_embeddings(weights.output_embeddings().to(device), pieces)
         log.info("read %s", ", ".join(weights.read))
         steps.update()
         described = component_words(components, word_vectors, np.asarray(words, dtype=object), top_k)
@@ -115,7 +116,7 @@ def main(argv=None):
         merge_and_export(args.inputs, args.output, args.export, "words")
     else:
         explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, args.output,
-                      args.rank, args.top_k, args.size)
+                      args.rank, args.top_k, args.size, args.word_pieces)
 
 
 if __name__ == "__main__":

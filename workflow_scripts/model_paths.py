@@ -101,6 +101,7 @@ def model_shape(model_id: str, settings: dict) -> ModelShape:
 # input of the jobs reading the model (plan_models.model_files), and the local annotator's answers are keyed
 # by their content (model_fingerprint), so that nothing else of the folder (a README, training_args.bin)
 # reruns a job and nothing of these is changed unseen.
+SENTENCEPIECE_FILE = "tokenizer.model"  # a SentencePiece model: what slow LLaMA-family tokenizers read
 MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "pytorch_model*.bin", "*.model", "merges.txt", "vocab.txt",
                        "*.jinja")
 

