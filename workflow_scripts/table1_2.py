@@ -79,7 +79,7 @@ def _table1_samples(scores: pd.DataFrame, ratings: dict[str, int], min_response_
     return scores[(scores["rating"] > 0) & (scores["response_tokens"] >= min_response_tokens)]
 
 
-# transformers' `clean_up_tokenization` (the paper's `decode` had it on): it removes the space a
+# transformers' `clean_up_tokenization` (the paper's `utils.tokens2text` had it on): it removes the space a
 # tokenizer's pieces put before some punctuation, e.g. "x ." -> "x.", "a != b" -> "a!= b".
 _CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
              (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
