@@ -6,6 +6,7 @@ that decide which words are related.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ from .model_paths import SENTENCEPIECE_FILE
 
 if TYPE_CHECKING:  # annotations only: the explainers' merge jobs and --help start without torch
     import torch
+
+log = logging.getLogger(__name__)
 
 
 # How a word is cut into the model's sub-tokens (config `fidelity`, docs/design.md#head-word-pairs): `paper`
@@ -70,7 +73,13 @@ def paper_sentencepiece(model_dir: str | Path, rule: str) -> Path | None:
     if rule not in PIECE_RULES:
         raise ValueError(f"fidelity: unknown word-piece rule {rule!r}; expected one of {', '.join(PIECE_RULES)}")
     path = Path(model_dir) / SENTENCEPIECE_FILE
-    return path if rule == "paper" and path.is_file() else None
+    if rule == "paper" and path.is_file():
+        log.info("words cut by %s, as the paper's slow tokenizer cut them", path)
+        return path
+    log.info("words cut by the tokenizer as loaded (%s)", "fidelity canonical" if rule != "paper" else
+             f"no {SENTENCEPIECE_FILE} in {model_dir}: the paper's route for a model without one; a SentencePiece "
+             "model (LLaMA, Mistral) cut as the paper needs the file there")
+    return None
 
 
 def mean_embeddings(embedding_matrix: torch.Tensor, token_ids: list[list[int]]) -> torch.Tensor:
