@@ -53,14 +53,18 @@ report: "report/workflow.rst"
 
 onstart:
     # Checks that need the planned jobs, made once the DAG is built and before any job runs (dry
-    # runs, --summary and --list-changes never come here): the openai provider's key when
-    # annotation jobs are to run; the hub models that jobs needing weights will load (offline, in the
-    # cache; online, on the hub); a fetched dataset the manifest no longer matches lets only the fetch run.
+    # runs, --summary and --list-changes never come here): the annotation provider's settings and
+    # the openai provider's key when annotation jobs are to run (never in an input function, whose
+    # error Snakemake swallows where the outputs exist); the hub models that jobs needing weights
+    # will load (offline, in the cache; online, on the hub); a fetched dataset the manifest no
+    # longer matches lets only the fetch run.
     if not workflow.touch:
         scheduled = [(job.rule.name, dict(job.wildcards)) for job in workflow.dag.needrun_jobs()]
-        plan_annotation.require_api_key(PROVIDER, [rule for rule, _ in scheduled], ANNOTATION_RULES)
+        rules_to_run = [rule for rule, _ in scheduled]
+        plan_annotation.require_valid_annotation(config, PROVIDER, rules_to_run, ANNOTATION_RULES)
+        plan_annotation.require_api_key(PROVIDER, rules_to_run, ANNOTATION_RULES)
         plan_models.require_hub_models(config, scheduled)
-        plan_dataset.require_fresh_dataset(config, [rule for rule, _ in scheduled])
+        plan_dataset.require_fresh_dataset(config, rules_to_run)
 
 
 rule all:

@@ -168,6 +168,33 @@ def test_a_run_that_would_ask_the_provider_without_its_key_fails_before_any_job_
     assert planned_jobs(work, "table5", "--configfile", other)["annotate_describe"] == 1  # no lock left behind
 
 
+@pytest.mark.parametrize("change", ["an openai provider without a model", "more words than a component keeps"])
+def test_a_config_error_in_planned_annotation_is_never_a_silent_up_to_date(annotated, server, change):
+    """These checks ran inside the steps' input functions, whose errors Snakemake takes as "this rule cannot
+    make the file" and then keeps the file where it exists: the dry run said nothing was to be done, a real
+    run did nothing, and Table 5 stayed from the old settings. Now the stale steps are planned, and a real
+    run stops before any job, naming the key."""
+    work, _, _ = annotated
+    config = annotation_config(work, server, **({"model": None} if change.startswith("an openai") else {}))
+    if change.startswith("more words"):
+        config["annotation"]["words"] = config["ffn"]["top_k"] + 1
+    name = write_config(work, "bad-annotation.yaml", config)
+    assert planned_jobs(work, "table5", "--configfile", name).get("annotate_describe") == 1
+    files = {path: path.stat().st_mtime_ns for path in (work / "results").rglob("*") if path.is_file()}
+    logs = sorted((work / "logs").rglob("*"))
+    os.environ[KEY_ENV] = KEY
+    try:
+        out = snakemake(work, "table5", "--configfile", name, check=False)
+    finally:
+        del os.environ[KEY_ENV]
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert ("annotation.provider.model: required for the openai provider" if change.startswith("an openai") else
+            "annotation.words: 21 words shown to the describer, but ffn.top_k gives each component 20") in text
+    assert sorted((work / "logs").rglob("*")) == logs  # no job started
+    assert {path: path.stat().st_mtime_ns for path in (work / "results").rglob("*") if path.is_file()} == files
+
+
 NO_KEY_NEEDED = [("--dry-run", "table5"), ("--summary",), ("--dry-run", "--summary"), ("--list-changes", "params"),
                  ("--list-changes", "code")]
 

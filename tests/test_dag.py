@@ -97,6 +97,15 @@ def test_word_vectors_need_a_path_exactly_when_their_kind_reads_one(config, vect
         dag.check_config(config)
 
 
+def test_the_describer_cannot_be_shown_more_words_than_a_component_has():
+    """The message took the first `annotation.words` of the component's `ffn.top_k`: more than there are
+    were silently fewer, while the provenance page stated the larger number."""
+    plan_annotation.check_annotation_words({"annotation": {"words": 15}, "ffn": {"top_k": 50}})
+    with pytest.raises(dag.ConfigError, match=r"annotation.words: 15 words shown to the describer, but ffn.top_k "
+                                              r"gives each component 10"):
+        plan_annotation.check_annotation_words({"annotation": {"words": 15}, "ffn": {"top_k": 10}})
+
+
 def test_ratings_of_a_model_tuned_in_no_pair_are_a_config_error(config):
     """Table 1 relates a tuned model's ratings to its pair's attributions: the ratings of a pre-trained
     model went into no table, and `snakemake table1` then said only that it had nothing to do."""
@@ -407,9 +416,15 @@ def test_the_provenance_slice_of_the_provider_leaves_out_speed_and_plumbing_keys
     assert dag.without_speed(provider, "provider") == {"kind": "openai", "model": "m", "base_url": None}
 
 
-def test_the_annotator_input_checks_the_provider_first():
+def test_the_provider_is_checked_when_annotation_is_to_run_never_in_an_input_function():
+    """An input function's error is swallowed by Snakemake where the step's outputs exist (stale steps
+    then looked up to date): the input function gives no input for a provider it cannot use."""
+    assert dag.annotator_input({"kind": "local"}, "describe", 0) == []
+    config = {"annotation": {"words": 15}, "ffn": {"top_k": 50}}
+    plan_annotation.require_valid_annotation(config, {"kind": "local"}, ["table5_pair"], ("annotate_describe",))
     with pytest.raises(dag.ConfigError, match="annotation.provider.path: required for the local provider"):
-        dag.annotator_input({"kind": "local"})
+        plan_annotation.require_valid_annotation(config, {"kind": "local"}, ["annotate_describe"],
+                                                 ("annotate_describe",))
 
 
 def test_every_provider_key_of_the_schema_decides_the_answers_or_speed_or_nothing_and_only_one():

@@ -18,7 +18,7 @@ from .annotation_files import FILES
 from .code_version import method_version
 from .config_checks import ConfigError
 from .model_paths import looks_local
-from .plan_annotation import PROVIDER_PLUMBING_KEYS, PROVIDER_SPEED_KEYS, check_annotation_provider, check_endpoint
+from .plan_annotation import PROVIDER_PLUMBING_KEYS, PROVIDER_SPEED_KEYS, check_endpoint
 from .plan_dataset import check_dataset, dataset_digest
 from .plan_models import model_config, model_input, model_shape, pair_members, pair_models
 
@@ -255,11 +255,14 @@ def annotator_input(provider: dict, step: str | None = None, seed: int | str | N
     """What an annotation step reads besides its rows: the local model's directory when there is one
     (to be built by demo_annotator, or on disk with its model_files), so that the steps wait for it and
     rerun when it changes; for `replay`, the step's answers file of the seed, so that a file replaced
-    reruns the step that read it."""
-    check_annotation_provider(provider)
-    if provider["kind"] == "local":
+    reruns the step that read it.
+
+    Never raises: Snakemake takes an input function's error for "this rule cannot make the file" and keeps
+    the file where it exists, so a bad provider left stale steps up to date, unsaid. The provider is checked
+    once the plan holds an annotation step (plan_annotation.require_valid_annotation, onstart)."""
+    if provider.get("kind") == "local" and provider.get("path"):
         return model_input(provider["path"], bool(provider.get("build")))
-    if provider["kind"] == "replay" and step is not None:
+    if provider.get("kind") == "replay" and provider.get("path") and step is not None:
         return [replay_file(provider["path"], step, seed)]
     return []
 

@@ -69,8 +69,27 @@ def provider_runtime(provider: dict) -> str:
     return json.dumps({k: provider[k] for k in PROVIDER_SPEED_KEYS if k != "gpus"}, sort_keys=True)
 
 
+def require_valid_annotation(config: dict, provider: dict, scheduled_rules: list[str],
+                              annotation_rules: tuple[str, ...]) -> None:
+    """Called once the DAG is built and a real run is about to start, when an annotation step is to run: a
+    config that runs no annotation needs no provider (the default openai one names no model). Not in the
+    steps' input functions, whose errors Snakemake swallows where the outputs exist (dag.annotator_input)."""
+    if set(scheduled_rules) & set(annotation_rules):
+        check_annotation_provider(provider)
+        check_annotation_words(config)
+
+
+def check_annotation_words(config: dict) -> None:
+    """The describe question shows the first `annotation.words` of a component's `ffn.top_k` words: more
+    were silently fewer, while the provenance page stated the larger number."""
+    shown, kept = config["annotation"]["words"], config["ffn"]["top_k"]
+    if shown > kept:
+        raise ConfigError(f"annotation.words: {shown} words shown to the describer, but ffn.top_k gives each "
+                          f"component {kept}; lower annotation.words or raise ffn.top_k")
+
+
 def check_annotation_provider(provider: dict) -> None:
-    """Checked when an annotation job is planned (a config without annotation needs no provider)."""
+    """The provider's required keys, for a run with annotation steps to do."""
     kind = provider.get("kind", "openai")
     if kind == "openai" and not provider.get("model"):
         raise ConfigError("annotation.provider.model: required for the openai provider (e.g. gpt-3.5-turbo-0613)")
