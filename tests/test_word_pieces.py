@@ -97,6 +97,16 @@ def test_the_paper_rule_cuts_words_as_the_papers_slow_tokenizer_keeping_a_number
         paper_sentencepiece(model_dir, "sentencepiece")
 
 
+def test_a_tokenizer_model_file_that_is_no_sentencepiece_model_is_not_read_as_one(tmp_path, caplog):
+    """transformers 4 saves a tokenizer it read from a GGUF file with that file copied as tokenizer.model (the
+    demo annotator's SmolLM2, a byte-level BPE): the paper's slow tokenizer could not have been built from it,
+    and SentencePiece failed the layer jobs ("could not parse ModelProto")."""
+    (tmp_path / "tokenizer.model").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
+    with caplog.at_level("INFO"):
+        assert paper_sentencepiece(tmp_path, "paper") is None
+    assert "is no SentencePiece model" in caplog.text
+
+
 @pytest.mark.parametrize("rule", ["paper", "tokenizer"])
 def test_the_ffn_job_describes_components_with_the_word_vectors_of_its_rule(model_dir, tmp_path, rule):
     """The job's words for every component, in order, against the paper's ffn_explain fed with the paper's

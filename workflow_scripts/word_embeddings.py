@@ -67,6 +67,16 @@ def sentencepiece_pieces(model_file: str | Path, tokenizer, texts: list[str]) ->
     return pieces
 
 
+def is_sentencepiece_model(path: Path) -> bool:
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
 def paper_sentencepiece(model_dir: str | Path, rule: str) -> Path | None:
     """The model's SentencePiece file when the rule is the paper's and the model has one (the paper's slow
     tokenizer read it); else None, and words are cut by the tokenizer as loaded."""
@@ -74,6 +84,10 @@ def paper_sentencepiece(model_dir: str | Path, rule: str) -> Path | None:
         raise ValueError(f"fidelity: unknown word-piece rule {rule!r}; expected one of {', '.join(PIECE_RULES)}")
     path = Path(model_dir) / SENTENCEPIECE_FILE
     if rule == "paper" and path.is_file():
+        if not is_sentencepiece_model(path):  # no slow tokenizer could have been built from it either
+            log.info("%s is no SentencePiece model (transformers 4 saves a GGUF tokenizer's file under that name): "
+                     "words cut by the tokenizer as loaded", path)
+            return None
         log.info("words cut by %s, as the paper's slow tokenizer cut them", path)
         return path
     log.info("words cut by the tokenizer as loaded (%s)", "fidelity canonical" if rule != "paper" else
