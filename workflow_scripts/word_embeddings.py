@@ -46,7 +46,7 @@ def word_token_ids(tokenizer, words: list[str], sentencepiece_model: str | Path 
         if len(tokens) > 1 and tokens[0] in BOUNDARY_MARKERS:
             tokens = tokens[1:]
         ids.append(tokenizer.convert_tokens_to_ids(tokens))
-    empty = [word for word, pieces in zip(words, ids) if not pieces]
+    empty = [word for word, word_ids in zip(words, ids) if not word_ids]
     if empty:
         raise ValueError(f"{len(empty)} of {len(words)} vocabulary words split into no tokens "
                          f"({', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''})")
