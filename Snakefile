@@ -56,14 +56,15 @@ onstart:
     # runs, --summary and --list-changes never come here): the annotation provider's settings and
     # the openai provider's key when annotation jobs are to run (never in an input function, whose
     # error Snakemake swallows where the outputs exist); the hub models that jobs needing weights
-    # will load (offline, in the cache; online, on the hub); a fetched dataset the manifest no
-    # longer matches lets only the fetch run.
+    # will load (offline, in the cache; online, on the hub); twins whose words would be cut two
+    # ways (fidelity); a fetched dataset the manifest no longer matches lets only the fetch run.
     if not workflow.touch:
         scheduled = [(job.rule.name, dict(job.wildcards)) for job in workflow.dag.needrun_jobs()]
         rules_to_run = [rule for rule, _ in scheduled]
         plan_annotation.require_valid_annotation(config, PROVIDER, rules_to_run, ANNOTATION_RULES)
         plan_annotation.require_api_key(PROVIDER, rules_to_run, ANNOTATION_RULES)
         plan_models.require_hub_models(config, scheduled)
+        plan_models.require_one_word_cut_per_pair(config, scheduled, dag.fidelity_rule(config, "pieces"))
         plan_dataset.require_fresh_dataset(config, rules_to_run)
 
 

@@ -66,6 +66,24 @@ def smollm2_dir(request, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def hub_online(monkeypatch):
+    """huggingface_hub and shiftlens's planner online in this process, where scripts/test.sh sets HF_HUB_OFFLINE=1:
+    huggingface_hub reads the flag once, at import, and its 0.x also keeps each thread's session as it was made
+    (offline); the planner reads the variables (model_paths.hub_offline)."""
+    from huggingface_hub import constants, utils
+
+    from workflow_scripts.model_paths import OFFLINE_VARIABLES
+
+    for variable in OFFLINE_VARIABLES:
+        monkeypatch.setenv(variable, "")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    reset_sessions = getattr(utils, "reset_sessions", lambda: None)  # 0.x only
+    reset_sessions()
+    yield
+    reset_sessions()
+
+
+@pytest.fixture
 def write_tsv(tmp_path):
     """Write a small TSV under tmp_path and return its path.
 

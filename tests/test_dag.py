@@ -274,19 +274,6 @@ def test_offline_a_scheduled_hub_model_missing_from_the_cache_fails_naming_it(co
         plan_models.require_hub_models(config, scheduled)
 
 
-@pytest.fixture
-def hub_online(monkeypatch):
-    """huggingface_hub online in this process, where scripts/test.sh sets HF_HUB_OFFLINE=1: the flag is read once,
-    at import, and huggingface_hub 0.x also keeps each thread's session as it was made (offline)."""
-    from huggingface_hub import constants, utils
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    reset_sessions = getattr(utils, "reset_sessions", lambda: None)  # 0.x only
-    reset_sessions()
-    yield
-    reset_sessions()
-
-
 def test_online_the_hub_is_asked_for_an_uncached_model_and_a_hub_out_of_reach_lets_the_jobs_try(capsys, hub_online):
     """(tests/test_config_cli.py runs it through Snakemake, with HF_ENDPOINT.)"""
     with HubServer({"org/model": {"config.json": b"{}"}, "org/weights-only": {"model.safetensors": b""}},

@@ -104,7 +104,7 @@ def test_a_tokenizer_model_file_that_is_no_sentencepiece_model_is_not_read_as_on
     (tmp_path / "tokenizer.model").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
     with caplog.at_level("INFO"):
         assert paper_sentencepiece(tmp_path, "paper") is None
-    assert "is no SentencePiece model" in caplog.text
+    assert "no SentencePiece tokenizer.model in" in caplog.text
 
 
 @pytest.mark.parametrize("rule", ["paper", "tokenizer"])
@@ -144,3 +144,88 @@ def test_the_head_job_embeds_words_by_its_rule(model_dir, rule):
     reference = SlowTokenizer(model_dir / "tokenizer.model") if rule == "paper" else tokenizer
     expected, _ = paper.word_embeddings(LlamaForCausalLM.from_pretrained(model_dir), reference, WORDS)
     np.testing.assert_allclose(vocab.embeddings.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def tuned_without_file(model_dir, tmp_path_factory):
+    """The same model as its tuned twin saved under transformers 5: `save_pretrained` writes tokenizer.json and
+    tokenizer_config.json, no tokenizer.model (4.x's fast tokenizer also wrote the file; removed here)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tuned-without-tokenizer-model")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, folder / name)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    (folder / "tokenizer.model").unlink(missing_ok=True)
+    assert (folder / "tokenizer.json").is_file()
+    return folder
+
+
+def twin_config(base: str, tuned: str, fidelity: str = "paper") -> dict:
+    return {"fidelity": fidelity, "models": {"base": {"path": base}, "tuned": {"path": tuned}},
+            "pairs": {"pair": {"pretrained": "base", "tuned": "tuned"}}}
+
+
+HEADS_TO_RUN = [("explain_attention_layer", {"model": "tuned", "layer": "0"})]
+
+
+@pytest.mark.workflow
+def test_a_pair_whose_twins_would_cut_words_two_ways_stops_before_any_job(model_dir, tuned_without_file, tmp_path):
+    """Under `fidelity: paper` the twin with a SentencePiece tokenizer.model had its words cut by it, the twin
+    without (a LLaMA tuned and saved under transformers 5) by its tokenizer: ~5% of the words got vectors cut one
+    way in one model and the other way in its twin, and Tables 3 and 5 counted the difference as the tuning's."""
+    import yaml
+    from test_workflow import copy_workflow, snakemake
+
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["models"] = twin_config(str(model_dir), str(tuned_without_file))["models"]
+    config["pairs"] = {"demo": {"pretrained": "base", "tuned": "tuned"}}
+    config["ratings"].update(model="tuned", column_value="tuned")
+    (work / "twins.yaml").write_text(yaml.safe_dump(config))
+    assert "explain_attention_layer" in snakemake(work, "table3", "--dry-run", "--configfile", "twins.yaml").stdout
+    out = snakemake(work, "table3", "--configfile", "twins.yaml", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert f"models.tuned.path ({tuned_without_file}) has no SentencePiece tokenizer.model" in text, text[-3000:]
+    assert "fidelity: canonical" in text
+    assert not (work / "logs").exists() and not (work / "results").exists()  # no job ran
+
+
+def test_twins_cut_one_way_pass_and_a_pair_without_layer_jobs_is_not_checked(model_dir, tuned_without_file, tmp_path):
+    from workflow_scripts.config_checks import ConfigError
+    from workflow_scripts.plan_models import require_one_word_cut_per_pair
+
+    both = tmp_path / "both"
+    both.mkdir()
+    for file in tuned_without_file.iterdir():
+        (both / file.name).write_bytes(file.read_bytes())
+    (both / "tokenizer.model").write_bytes((model_dir / "tokenizer.model").read_bytes())
+    for base, tuned, fidelity in [(model_dir, both, "paper"), (tuned_without_file, tuned_without_file, "paper"),
+                                  (model_dir, tuned_without_file, "canonical")]:
+        config = twin_config(str(base), str(tuned), fidelity)
+        require_one_word_cut_per_pair(config, HEADS_TO_RUN, {"paper": "paper", "canonical": "tokenizer"}[fidelity])
+    mixed = twin_config(str(model_dir), str(tuned_without_file))
+    shards_only = [("attribute_shard", {"model": "tuned", "shard": "0"})]  # no job cuts words
+    require_one_word_cut_per_pair(mixed, shards_only, "paper")
+    with pytest.raises(ConfigError, match="models.tuned.path .* has no SentencePiece tokenizer.model"):
+        require_one_word_cut_per_pair(mixed, HEADS_TO_RUN, "paper")
+
+
+def test_online_a_hub_twin_not_in_the_cache_is_asked_for_its_sentencepiece_file(tuned_without_file, hub_online):
+    """Its jobs' snapshot fetches tokenizer.model where the repository has it."""
+    from hub_server import HubServer
+
+    from workflow_scripts.config_checks import ConfigError
+    from workflow_scripts.plan_models import require_one_word_cut_per_pair
+
+    repos = {"org/llama": {"config.json": b"{}", "tokenizer.model": b"x"}, "org/bytes": {"config.json": b"{}"}}
+    with HubServer(repos) as hub:
+        with pytest.raises(ConfigError, match="models.tuned.path"):
+            require_one_word_cut_per_pair(twin_config("org/llama", str(tuned_without_file)), HEADS_TO_RUN, "paper",
+                                          endpoint=hub.url)
+        require_one_word_cut_per_pair(twin_config("org/bytes", str(tuned_without_file)), HEADS_TO_RUN, "paper",
+                                      endpoint=hub.url)
+        assert any(request.endswith("/org/llama/resolve/main/tokenizer.model") for request in hub.requests)

@@ -25,7 +25,7 @@ from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device, set_matmul_precision
 from .progress import progress
 from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
-from .word_embeddings import mean_embeddings, paper_sentencepiece, word_token_ids
+from .word_embeddings import PIECE_RULES, mean_embeddings, paper_sentencepiece, word_token_ids
 
 if TYPE_CHECKING:  # annotations only: the functions that compute import torch, so that
     import torch  # `attention merge` and `--help` start without it (~2 s a process)
@@ -159,7 +159,7 @@ def explain_layer(
 def main(argv=None):
     parser, layer = layer_job_parser(
         __doc__.splitlines()[0], "explain every head of one layer",
-        "concatenate shards into the lossless file and export bilinear_words.tsv"
+        "concatenate shards into the lossless file and export bilinear_words.tsv", PIECE_RULES
     )
     layer.add_argument("--word-vectors-kind", required=True)
     layer.add_argument("--word-vectors-path", default="")

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .word_embeddings import PIECE_RULES
-
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -21,10 +19,12 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def layer_job_parser(description: str, layer_help: str, merge_help: str):
+def layer_job_parser(description: str, layer_help: str, merge_help: str, piece_rules: tuple[str, ...]):
     """`layer` (one model layer -> one lossless TSV shard) and `merge` (shards -> one lossless TSV and
     its export in the paper's layout) subcommands,
-    with the arguments every per-layer explainer takes; returns (parser, layer subparser)."""
+    with the arguments every per-layer explainer takes; returns (parser, layer subparser).
+    `piece_rules` (word_embeddings.PIECE_RULES) come from the caller: this module is in the code digest of
+    every job, and must not make each one depend on how words are cut."""
     parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="command", required=True)
     layer = sub.add_parser("layer", help=layer_help)
@@ -33,7 +33,7 @@ def layer_job_parser(description: str, layer_help: str, merge_help: str):
     layer.add_argument("--layer", type=int, required=True)
     layer.add_argument("--vocabulary", required=True)
     layer.add_argument("--size", default="NA")
-    layer.add_argument("--word-pieces", choices=PIECE_RULES, default="paper",
+    layer.add_argument("--word-pieces", choices=piece_rules, default="paper",
                        help="how words are cut into sub-tokens: as the paper's slow tokenizer (SentencePiece's own "
                             "encoding, where the model has a tokenizer.model), or by the tokenizer as loaded")
     layer.add_argument("--output", required=True)

@@ -19,6 +19,7 @@ from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device, set_matmul_precision
 from .progress import Progress
 from .tsv import WORDS_COLUMNS, encode_words, merge_and_export, write_tsv
+from .word_embeddings import PIECE_RULES
 
 if TYPE_CHECKING:  # annotations only: the functions that compute import torch and scipy, so
     import torch  # that `ffn merge` and `--help` start without them (~2 s a process)
@@ -106,7 +107,7 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
 def main(argv=None):
     parser, layer = layer_job_parser(
         __doc__.splitlines()[0], "explain the down-projection of one layer",
-        "concatenate shards into the lossless file and export linear_words.tsv"
+        "concatenate shards into the lossless file and export linear_words.tsv", PIECE_RULES
     )
     layer.add_argument("--rank", type=positive_int, default=300)
     layer.add_argument("--top-k", type=positive_int, default=50)

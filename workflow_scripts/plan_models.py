@@ -1,5 +1,6 @@
 """The models as the plan sees them: their settings, the files a job reads of them, their shape, and
-the hub models a run needs from the local cache. No weight is loaded here."""
+the hub models a run needs from the local cache, and whether a pair's twins cut words one way. No weight is
+loaded here."""
 from __future__ import annotations
 
 import functools
@@ -7,8 +8,9 @@ import sys
 from pathlib import Path
 
 from .config_checks import ConfigError
-from .model_paths import ModelShape, cached_config, hub_offline, looks_local, model_file_paths
+from .model_paths import SENTENCEPIECE_FILE, ModelShape, cached_config, hub_offline, looks_local, model_file_paths
 from .model_paths import model_shape as shape_of
+from .word_embeddings import sentencepiece_file
 
 
 def model_config(config: dict, model: str) -> dict:
@@ -63,7 +65,8 @@ def model_shape(config: dict, model: str) -> ModelShape:
         raise ConfigError(str(error)) from None
 
 
-WEIGHT_RULES = ("attribute_shard", "explain_attention_layer", "explain_ffn_layer")
+LAYER_RULES = ("explain_attention_layer", "explain_ffn_layer")  # the jobs that cut words into the model's pieces
+WEIGHT_RULES = ("attribute_shard", *LAYER_RULES)
 
 
 def require_hub_models(config: dict, scheduled: list[tuple[str, dict]]) -> None:
@@ -107,3 +110,55 @@ def hub_problem(path: str, endpoint: str | None = None) -> str | None:
         return None
     return ("is not on the hub: a mistyped id, a private model without a token for it (`hf auth login` or "
             "HF_TOKEN), or a repository without config.json")
+
+
+def require_one_word_cut_per_pair(config: dict, scheduled: list[tuple[str, dict]], piece_rule: str,
+                                  endpoint: str | None = None) -> None:
+    """Under the paper's word-piece rule a model with a SentencePiece tokenizer.model has its words cut by it (as
+    the paper's slow tokenizer), a model without by its tokenizer. Twins that would take different routes (a
+    LLaMA tuned and saved under transformers 5, which writes no tokenizer.model) give ~5% of the words (1,382 of
+    the paper's 26,473 under LLaMA's vocabulary) vectors cut one way in one model and the other way in its twin,
+    and Tables 3 and 5 would count the difference as the tuning's. Checked once the DAG is built, for the pairs
+    with a head or FFN layer job to run."""
+    if piece_rule != "paper":
+        return
+    to_run = {w["model"] for rule, w in scheduled if rule in LAYER_RULES and "model" in w}
+    for pair, members in config["pairs"].items():
+        twins = (members["pretrained"], members["tuned"])
+        if not to_run.intersection(twins):
+            continue
+        cut = {model: cuts_with_sentencepiece(model_config(config, model)["path"], endpoint) for model in twins}
+        if None in cut.values() or cut[twins[0]] == cut[twins[1]]:
+            continue
+        with_file, without = twins if cut[twins[0]] else twins[::-1]
+        path = model_config(config, without)["path"]
+        fix = (f"fetch it where there is network (`hf download {path} {SENTENCEPIECE_FILE}`) if its repository has "
+               "it, else copy the twin's into a local folder of the model" if not looks_local(path) else
+               f"copy models.{with_file}'s {SENTENCEPIECE_FILE} into that folder (twins share the vocabulary)")
+        raise ConfigError(
+            f"pairs.{pair}: under fidelity: paper, models.{with_file} has its words cut by its SentencePiece "
+            f"{SENTENCEPIECE_FILE}, as the paper's slow tokenizer cut them, but models.{without}.path ({path}) has no "
+            f"SentencePiece {SENTENCEPIECE_FILE}, so its words would be cut by its tokenizer (transformers 5 saves "
+            "a LLaMA tokenizer without the file): about 5% of the words would get other vectors in one twin than "
+            f"in the other, and Tables 3 and 5 would count that as the tuning's. {fix[0].upper()}{fix[1:]}; or set "
+            "fidelity: canonical (both cut by their tokenizers)"
+        )
+
+
+def cuts_with_sentencepiece(path: str, endpoint: str | None = None) -> bool | None:
+    """Whether the layer jobs of the model at `path` will cut words with a SentencePiece tokenizer.model: from
+    its folder, or its cached snapshot where the jobs read the cache as it is (offline, or the file there);
+    else asked of the hub, as the jobs' snapshot fetches the file where the repository has it. None when it
+    cannot be known yet (a folder a rule builds, an uncached model offline, a hub out of reach)."""
+    config_json = cached_config(path)
+    if config_json is not None and (looks_local(path) or hub_offline()
+                                    or (config_json.parent / SENTENCEPIECE_FILE).is_file()):
+        return sentencepiece_file(config_json.parent) is not None
+    if looks_local(path) or hub_offline():
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi(endpoint=endpoint).file_exists(path, SENTENCEPIECE_FILE)
+    except Exception:  # a hub out of reach: require_hub_models has said so, and the jobs try themselves
+        return None

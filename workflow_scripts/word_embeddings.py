@@ -67,14 +67,20 @@ def sentencepiece_pieces(model_file: str | Path, tokenizer, texts: list[str]) ->
     return pieces
 
 
-def is_sentencepiece_model(path: Path) -> bool:
+def sentencepiece_file(model_dir: str | Path) -> Path | None:
+    """The folder's SentencePiece model, the file the paper's slow tokenizer read; None without one, or for a
+    file of that name SentencePiece cannot read (transformers 4 saves a tokenizer it read from a GGUF file with
+    that file copied under the name): no slow tokenizer could have been built from it either."""
+    path = Path(model_dir) / SENTENCEPIECE_FILE
+    if not path.is_file():
+        return None
     import sentencepiece
 
     try:
         sentencepiece.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError):
-        return False
-    return True
+        return None
+    return path
 
 
 def paper_sentencepiece(model_dir: str | Path, rule: str) -> Path | None:
@@ -82,17 +88,16 @@ def paper_sentencepiece(model_dir: str | Path, rule: str) -> Path | None:
     tokenizer read it); else None, and words are cut by the tokenizer as loaded."""
     if rule not in PIECE_RULES:
         raise ValueError(f"fidelity: unknown word-piece rule {rule!r}; expected one of {', '.join(PIECE_RULES)}")
-    path = Path(model_dir) / SENTENCEPIECE_FILE
-    if rule == "paper" and path.is_file():
-        if not is_sentencepiece_model(path):  # no slow tokenizer could have been built from it either
-            log.info("%s is no SentencePiece model (transformers 4 saves a GGUF tokenizer's file under that name): "
-                     "words cut by the tokenizer as loaded", path)
-            return None
+    if rule != "paper":
+        log.info("words cut by the tokenizer as loaded (fidelity canonical)")
+        return None
+    path = sentencepiece_file(model_dir)
+    if path is not None:
         log.info("words cut by %s, as the paper's slow tokenizer cut them", path)
         return path
-    log.info("words cut by the tokenizer as loaded (%s)", "fidelity canonical" if rule != "paper" else
-             f"no {SENTENCEPIECE_FILE} in {model_dir}: the paper's route for a model without one; a SentencePiece "
-             "model (LLaMA, Mistral) cut as the paper needs the file there")
+    log.info("words cut by the tokenizer as loaded: no SentencePiece %s in %s (a file of that name SentencePiece "
+             "cannot read, as transformers 4 saves for a GGUF tokenizer, counts as none), the paper's route for such "
+             "a model", SENTENCEPIECE_FILE, model_dir)
     return None
 
 
