@@ -33,6 +33,21 @@ def test_strings_from_the_command_line_are_typed_as_the_schema_declares(demo):
     assert checked["models"]["demo-base"]["path"] == "resources/models/demo-base"  # strings stay strings
 
 
+def test_null_from_the_command_line_is_null_where_a_key_takes_a_string_or_null(demo):
+    """`--config paper_data=null` gave the fetch `--source=null` (a folder named null), `api_key_env: null` (a
+    server without keys, as the README's Ollama example) a variable named null."""
+    demo["paper_data"] = "null"
+    demo["annotation"]["provider"].update(api_key_env="NULL", base_url="~", model="Null")
+    checked = check(demo)
+    assert checked["paper_data"] is None
+    provider = checked["annotation"]["provider"]
+    assert provider["api_key_env"] is None and provider["base_url"] is None and provider["model"] is None
+    demo["models"]["demo-base"]["path"] = "null"  # a key that takes no null keeps its string
+    demo["paper_data"] = "nullish"
+    checked = check(demo)
+    assert checked["models"]["demo-base"]["path"] == "null" and checked["paper_data"] == "nullish"
+
+
 @pytest.mark.parametrize("value", [8.0, "8.0", 8.5])
 def test_a_float_where_an_integer_is_due_names_the_key(demo, value):
     demo["attribution"]["shard_size"] = value

@@ -31,6 +31,14 @@ def test_typed_overrides_plan_like_the_same_values_in_a_file(work):
     assert re.search(r"^attribute_shard\s+22$", out.stdout, re.M)  # 44 samples in shards of 4, two models
 
 
+def test_null_on_the_command_line_is_null_for_a_key_that_also_takes_a_string(work):
+    """`--config paper_data=null` gave the fetch `--source=null`: a copy from a folder named null, not the download
+    that null means in a config file."""
+    out = snakemake(work, "--dry-run", "--printshellcmds", "paper_datasets", "--configfile", "config/paper.yaml",
+                    "--config", "paper_data=null")
+    assert "--source= " in out.stdout and "--source=null" not in out.stdout
+
+
 @pytest.mark.parametrize("override, expected", [
     ("attribution={shard_size: 8.0}", "attribution.shard_size: 8.0 is not an integer (write 8 if that is meant)"),
     ("analysis={threshold: 10}", "analysis.threshold (10) must be below analysis.levels (10)"),

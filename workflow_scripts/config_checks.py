@@ -19,6 +19,7 @@ import yaml
 SCHEMA = "schemas/config.schema.yaml"
 BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 NULLS = {"null", "~", ""}
+STRING_NULLS = {"null", "~"}  # YAML's nulls, for a key that also takes a string (where "" is a string)
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,8 @@ def conform(value, schema: dict, node: dict | None = None, path: tuple = ()):
     types = _types(node)
     if isinstance(value, str) and types and "string" not in types:
         value = _typed(value, types)
+    elif isinstance(value, str) and "null" in types and value.lower() in STRING_NULLS:
+        value = None  # --config paper_data=null: null, as a config file's YAML reads it, never a folder named null
     elif isinstance(value, int) and not isinstance(value, bool) and types == {"string"}:
         value = str(value)  # paper_commit=12345678 on the command line
     if isinstance(value, float) and "integer" in types and "number" not in types:
