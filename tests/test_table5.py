@@ -163,5 +163,5 @@ def test_level_shares_by_layer_group_and_the_figure_files(tmp_path):
 
 
 def test_figure3_numbers_layers_from_zero_as_table3_does():
-    assert layer_group_labels(4, 4) == ["0", "1", "2", "3"]
+    assert layer_group_labels(4, 4) == ["0-0", "1-1", "2-2", "3-3"]  # as Table 3 labels them
     assert layer_group_labels(32, 8) == ["0-3", "4-7", "8-11", "12-15", "16-19", "20-23", "24-27", "28-31"]

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .table_files import write_table
+from .table_files import layer_range, write_table
 from .table_stats import mean_std, t_test
 from .text_files import utf8_lines
 from .tsv import BILINEAR_COLUMNS, PAIRS_COLUMNS, decode_pairs, paper_pairs, read_tsv_layout
@@ -220,7 +220,8 @@ def table3(frame: pd.DataFrame, pretrained: str, tuned: str, n_layers: int,
         instruct = word_scores(instruct_words, group_heads, tuned_counts, pretrained_counts)
         general = word_scores(general_words, group_heads, tuned_counts, pretrained_counts)
         t, p = t_test(instruct, general, equal_var=False)
-        rows.append((f"{first}-{last}", *mean_std(instruct), len(instruct), *mean_std(general), len(general), t, p))
+        rows.append((layer_range(first, last), *mean_std(instruct), len(instruct), *mean_std(general), len(general),
+                     t, p))
     return pd.DataFrame(rows, columns=TABLE3_COLUMNS)
 
 

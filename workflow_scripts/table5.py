@@ -22,7 +22,7 @@ import pandas as pd
 
 from .annotation_files import DESCRIBED_COLUMNS, LABEL_COLUMN, REFUSED
 from .atomic import atomic_file
-from .table_files import write_table
+from .table_files import layer_range, write_table
 from .table_stats import t_test
 from .tsv import read_tsv
 
@@ -153,9 +153,9 @@ def level_shares_by_group(seed_files, pretrained: str, tuned: str, layers: int, 
 
 
 def layer_group_labels(layers: int, groups: int) -> list[str]:
-    """Layer numbers from 0, as Table 3 numbers them: `3` for one layer, `0-3` for several."""
+    """Layer numbers from 0, as Table 3 labels its groups (table_files.layer_range)."""
     members = [[layer for layer in range(layers) if layer * groups // layers == g] for g in range(groups)]
-    return [f"{m[0]}" if len(m) == 1 else f"{m[0]}-{m[-1]}" for m in members]
+    return [layer_range(m[0], m[-1]) for m in members]
 
 
 def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem: str | Path) -> None:

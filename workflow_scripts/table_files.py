@@ -12,6 +12,12 @@ import pandas as pd
 from .atomic import atomic_file, atomic_write_text
 
 
+def layer_range(first: int, last: int) -> str:
+    """A group of layers as Table 3 and Figure 3 label it, numbered from 0: `0-7`, and `3-3` for one layer (the
+    column stays text for pandas whatever the model's depth)."""
+    return f"{first}-{last}"
+
+
 def write_table(table: pd.DataFrame, tsv: str | Path, title: str, notes: list[str] = (), notice: str = "") -> None:
     """The TSV (6 significant digits) and its Markdown twin (4 decimals) side by side; the
     config's `notice` goes under the title, `notes` under the table.
