@@ -2,7 +2,7 @@
 # Set up (idempotently) the project's virtual environment in .venv: torch, then shiftlens with
 # its test extras. A second run with nothing changed takes about a second.
 #   TORCH_SPEC  what to install for torch when it is missing (default torch==2.13.0; on a CUDA
-#               machine e.g. TORCH_SPEC="torch>=2.5" to let pip pick the CUDA build)
+#               machine e.g. TORCH_SPEC="torch>=2.6" to let pip pick the CUDA build)
 #   PYTHON      the interpreter to create .venv with (default python3, 3.11 or newer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
