@@ -58,6 +58,13 @@ def test_fragments_are_the_sentences_before_the_context_marker():
     ]
 
 
+def test_white_space_around_a_fragment_is_not_part_of_it():
+    """An annotator's space before `|||` or a line break: the sentence ends before it in the prompt, so a
+    fragment kept with it would be found in no sentence."""
+    assert instruction_fragments("Do it. |||  Be kind \nNow ") == ["Do it.", "Be kind", "Now"]
+    assert instruction_spans("Be kind\nNow", "Be kind |||Now ") == [(0, 7), (8, 11)]
+
+
 def test_a_repeated_sentence_is_marked_only_at_its_first_occurrence():
     prompt = "Do it. Then check. Do it."
     assert instruction_spans(prompt, "Do it.") == [(0, 6)]

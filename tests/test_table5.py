@@ -1,5 +1,6 @@
 """Table 5 statistics on hand-made seed files, against values computed by hand; Figure 3 files."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ from scipy import stats
 from workflow_scripts.table5 import (
     LEVELS,
     figure3,
+    figure3_groups,
+    figure3_series,
     layer_group_labels,
     level_shares_by_group,
     read_seed_file,
@@ -85,6 +88,27 @@ def test_other_and_described_rows_account_for_every_described_concept(task_seeds
     assert table.loc[["writing", "math", "other"], "mean_pretrained"].sum() == pytest.approx(1.0)
 
 
+def test_one_model_constant_over_seeds_and_the_other_varying_is_still_tested(tmp_path):
+    """Only when neither model's share moves is there no test: a rare category whose pre-trained share is 0 in
+    every seed, while the tuned one's varies, is Student's t as the paper's `ttest_ind` gives it."""
+    tuned_maths = (1, 0, 2)  # of 10 described tuned concepts per seed; none of the pre-trained's is maths
+    files = [seed_file(tmp_path / f"linear_task_seed{s}.tsv", "Task",
+                       [("Coding", 1, "llama", layer) for layer in range(10)]
+                       + [("Math" if k < n else "Coding", 1, "vicuna", k) for k in range(10)])
+             for s, n in enumerate(tuned_maths)]
+    with warnings.catch_warnings():
+        # scipy warned of "precision loss ... unreliable" for `other` (1.0 in every pre-trained seed): t is exact
+        warnings.simplefilter("error")
+        table = table5(files, "Task", "llama", "vicuna", ["math"]).set_index("category")
+    row = table.loc["math"]
+    expected = stats.ttest_ind([0.0, 0.0, 0.0], [0.1, 0.0, 0.2])
+    assert row.std_pretrained == 0 and row.t == pytest.approx(-1.7320508, rel=1e-6)
+    assert (row.t, row.p_value) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-12)
+    assert row.p_value == pytest.approx(0.1583, abs=1e-4)
+    other = table.loc["other"]  # pre-trained 1.0 in every seed; tuned 0.9, 1.0, 0.8
+    assert (other.t, other.p_value) == pytest.approx((1.7320508, 0.1583024), rel=1e-6)
+
+
 def test_a_single_seed_gives_no_test(task_seeds):
     row = table5(task_seeds[:1], "Task", "llama", "vicuna", ["coding"]).iloc[0]
     assert math.isnan(row.t) and math.isnan(row.p_value) and row.std_pretrained == 0
@@ -160,6 +184,28 @@ def test_level_shares_by_layer_group_and_the_figure_files(tmp_path):
     figure3(shares, "llama", "vicuna", 8, tmp_path / "fig" / "figure3")
     for suffix in (".pdf", ".png"):
         assert (tmp_path / "fig" / f"figure3{suffix}").stat().st_size > 1000
+
+
+def test_figure3_points_are_means_and_bars_population_stds_over_seeds_with_gaps_kept():
+    nan = float("nan")
+    # 3 seeds, 2 layer groups, the 4 levels; group 1 has no described concept in seed 2 (NaN)
+    per_seed = np.array([[[0.0, 0.5, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]],
+                         [[0.0, 0.25, 0.75, 0.0], [0.5, 0.5, 0.0, 0.0]],
+                         [[0.0, 0.0, 1.0, 0.0], [nan, nan, nan, nan]]])
+    empty = np.full((3, 2, 4), nan)
+    series = figure3_series({"llama": per_seed, "vicuna": empty})
+    mean, std = series["llama"]
+    assert mean.shape == std.shape == (2, 4)
+    assert mean[0].tolist() == [0.0, 0.25, 0.75, 0.0] and mean[1].tolist() == [0.75, 0.25, 0.0, 0.0]
+    assert std[0, 1] == pytest.approx(math.sqrt(0.125 / 3))  # 0.5, 0.25, 0: ddof 0, as numpy's default
+    assert std[1, 0] == pytest.approx(0.25)  # 1.0 and 0.5: the seed without concepts there does not count
+    assert np.isnan(series["vicuna"][0]).all() and np.isnan(series["vicuna"][1]).all()  # a gap, not 0
+
+
+def test_figure3_groups_the_papers_32_layers_by_four_and_a_small_model_by_layer():
+    assert figure3_groups(32) == 8
+    assert [layer * figure3_groups(32) // 32 for layer in range(32)] == [layer // 4 for layer in range(32)]
+    assert figure3_groups(4) == 4  # the demo's 4 layers: one group each
 
 
 def test_figure3_numbers_layers_from_zero_as_table3_does():

@@ -97,9 +97,10 @@ def opened(monkeypatch):
     return seen
 
 
-def expected_heads(weight: torch.Tensor, norm: torch.Tensor, count: int) -> list[torch.Tensor]:
+def expected_heads(weight: torch.Tensor, norm: torch.Tensor, count: int, head_dim: int = HEAD_DIM
+                   ) -> list[torch.Tensor]:
     """Head h of a projection, by hand: its rows h*hd:(h+1)*hd, transposed, norm weight folded in."""
-    return [weight[h * HEAD_DIM:(h + 1) * HEAD_DIM].T * norm[:, None] for h in range(count)]
+    return [weight[h * head_dim:(h + 1) * head_dim].T * norm[:, None] for h in range(count)]
 
 
 @pytest.mark.parametrize("kind", CONFIGS)
@@ -185,6 +186,23 @@ def test_only_the_shards_holding_the_named_tensors_are_opened(sharded, opened):
     assert weights.read[-1] == opened.tensors[-1] == "model.layers.0.mlp.down_proj.weight"
     assert opened.files == [shard_of["model.layers.0.mlp.down_proj.weight"]]
     torch.testing.assert_close(down, model.model.layers[0].mlp.down_proj.weight.detach().T, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_a_head_size_the_config_sets_apart_from_hidden_over_heads_cuts_the_heads(kind, tmp_path):
+    """Mistral-style configs may set `head_dim` (Mistral NeMo: 128 with hidden 5120 and 32 heads): the
+    projections then have heads x head_dim rows, not hidden."""
+    model = tiny_model(kind, head_dim=16)
+    weights = ModelWeights(str(save(model, tmp_path)))
+    assert weights.head_dim == 16 and HIDDEN // HEADS != 16
+    layer = model.model.layers[1]
+    norm = layer.input_layernorm.weight.detach()
+    wq, wk = weights.attention_qk(1)
+    assert wq.shape == wk.shape == (HEADS, HIDDEN, 16)
+    kv = expected_heads(layer.self_attn.k_proj.weight.detach(), norm, KV_HEADS, 16)
+    for h, expected in enumerate(expected_heads(layer.self_attn.q_proj.weight.detach(), norm, HEADS, 16)):
+        torch.testing.assert_close(wq[h], expected, rtol=0, atol=0)
+        torch.testing.assert_close(wk[h], kv[h // 2], rtol=0, atol=0)
 
 
 def test_tied_output_embeddings_are_the_input_embeddings(tmp_path):

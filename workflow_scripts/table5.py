@@ -152,6 +152,25 @@ def level_shares_by_group(seed_files, pretrained: str, tuned: str, layers: int, 
     return out
 
 
+FIGURE3_GROUPS = 8  # the paper's Figure 3: 32 layers in groups of 4 (its `Layer // 4`)
+
+
+def figure3_groups(layers: int) -> int:
+    """Layer groups of Figure 3: the paper's eight, or one per layer in a model of fewer."""
+    return min(FIGURE3_GROUPS, layers)
+
+
+def figure3_series(shares: dict) -> dict:
+    """{model: (mean, std)}, each (groups, levels): Figure 3's points and bars over seeds (std with
+    ddof 0, as the paper's Table 5 stds); NaN where no seed has a described concept in the group."""
+    series = {}
+    with warnings.catch_warnings():  # a layer group without any described concept stays a gap
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for model, per_seed in shares.items():  # (seeds, groups, levels)
+            series[model] = (np.nanmean(per_seed, axis=0), np.nanstd(per_seed, axis=0))
+    return series
+
+
 def layer_group_labels(layers: int, groups: int) -> list[str]:
     """Layer numbers from 0, as Table 3 labels its groups (table_files.layer_range)."""
     members = [[layer for layer in range(layers) if layer * groups // layers == g] for g in range(groups)]
@@ -171,6 +190,7 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
     import matplotlib.pyplot as plt
 
     groups = shares[pretrained].shape[1]
+    series = figure3_series(shares)
     x = np.arange(groups, dtype=float)
     fig, ax = plt.subplots(figsize=(6.5, 5))
     colors = ("tab:blue", "tab:green", "tab:red", "tab:purple")
@@ -179,10 +199,7 @@ def figure3(shares: dict, pretrained: str, tuned: str, layers: int, output_stem:
         # phonology and morphology) never hide one marker under another
         for model, marker, style, apart in ((pretrained, "s", "--", -0.015), (tuned, "*", "-", 0.015)):
             shift = (k - 1.5) * 0.07 + apart
-            per_seed = shares[model][:, :, k]  # (seeds, groups)
-            with warnings.catch_warnings():  # a layer group without any described concept stays a gap
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean, spread = np.nanmean(per_seed, axis=0), np.nanstd(per_seed, axis=0)
+            mean, spread = (values[:, k] for values in series[model])
             ax.errorbar(x + shift, mean, yerr=spread, color=color, marker=marker, linestyle=style, capsize=2,
                         linewidth=1.2, elinewidth=0.8, label=f"{model}: {level}")
     labels = layer_group_labels(layers, groups)
@@ -229,8 +246,8 @@ def main(argv=None):
                     [seeds_note(args.concepts), refusals_note(args.concepts, LABEL_COLUMN["level"]),
                      shared_words_note(args.concepts, LABEL_COLUMN["level"], args.pretrained, args.tuned)], args.notice)
     else:
-        groups = min(8, args.layers)
-        shares = level_shares_by_group(args.concepts, args.pretrained, args.tuned, args.layers, groups)
+        shares = level_shares_by_group(args.concepts, args.pretrained, args.tuned, args.layers,
+                                       figure3_groups(args.layers))
         figure3(shares, args.pretrained, args.tuned, args.layers, Path(args.output).with_suffix(""))
 
 
