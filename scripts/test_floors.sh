@@ -33,7 +33,8 @@ fi
 from importlib.metadata import version
 from pathlib import Path
 
-pins = [line.split("==") for line in Path(".ci/floors.txt").read_text().splitlines() if "==" in line]
+lines = (line.split("#", 1)[0].strip() for line in Path(".ci/floors.txt").read_text().splitlines())
+pins = [line.split("==") for line in lines if line]  # a comment may name a pin too
 wrong = [f"{name} {version(name)} (floor {pin})" for name, pin in pins if version(name) != pin]
 if wrong:
     raise SystemExit(f"floors: not at the floor: {', '.join(wrong)}")
