@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from workflow_scripts import annotation_files, replay
-from workflow_scripts.annotation_files import DESCRIBED_COLUMNS, FILES, LABEL_COLUMN, step_columns
+from workflow_scripts.annotation_files import DESCRIBED_COLUMNS, FILES, LABEL_COLUMN, question_field, step_columns
 from workflow_scripts.tsv import LINEAR_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,3 +34,9 @@ def test_no_rule_file_spells_an_annotation_file_name():
 
 def test_the_replay_provider_reads_the_same_names():
     assert replay.FILES is annotation_files.FILES
+
+
+def test_a_question_holding_a_line_break_tab_or_carriage_return_is_written_on_one_line():
+    """The lossless layer files keep any word, a carriage return too: the question column writes each
+    layout character escaped (`/n`, `/t`, `/r`), else the describe file could not be written as TSV."""
+    assert question_field("Words: a\nb, c\td, e\rf.") == "Words: a/nb, c/td, e/rf."

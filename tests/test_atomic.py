@@ -56,3 +56,38 @@ def test_a_crash_inside_the_block_leaves_nothing(tmp_path):
     except RuntimeError:
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_leaves_neither_the_output_nor_its_temporary(tmp_path):
+    """A job that catches the failure (or a process writing many outputs) lived on with a hidden
+    temporary beside the output: its own pid's, which no later write of this process removes."""
+    from workflow_scripts.atomic import atomic_file
+
+    output = tmp_path / "table.tsv"
+    try:
+        with atomic_file(output) as tmp:
+            tmp.write_text("half a table")
+            raise RuntimeError("crash")
+    except RuntimeError:
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_writers_leftover_is_removed_even_when_the_name_holds_glob_characters(tmp_path):
+    """Output names hold what the config names (a model id, a pair): `[`, `]`, `*` or `?` in one made the
+    leftover pattern match nothing, so a killed writer's temporary stayed for good."""
+    table = tmp_path / "pair[7b]*.tsv"
+    left = killed_mid_write("file", table)
+    atomic_write_text(table, "a\tb\n")
+    assert not left.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["pair[7b]*.tsv"]
+
+
+def test_a_folder_written_again_replaces_the_old_one_whole(tmp_path):
+    """A rerun of a rule whose output is a folder (a built model, the browser pages) replaces it: nothing of
+    the old folder is left in the new one, and the rerun does not fail on the folder being there."""
+    folder = tmp_path / "model"
+    with atomic_dir(folder) as tmp:
+        (tmp / "old.bin").write_text("old")
+    with atomic_dir(folder) as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert [p.name for p in folder.iterdir()] == ["config.json"] and list(tmp_path.iterdir()) == [folder]

@@ -342,6 +342,26 @@ def test_the_automatic_backward_batch_follows_free_memory_and_sequence_length():
         auto_backward_batch(config, 500, 2, free_bytes=30 * 2**30, limit=200)  # float32 holds half as many
 
 
+def test_automatic_batches_are_sized_for_the_gpu_with_the_least_free_memory(monkeypatch):
+    """A model spread over GPUs holds a batch's gradients on each: sized for the freest one (8 GiB here, 230
+    cotangents), the pass ran out of memory on the fullest (1 GiB: 28)."""
+    model = tiny_model("llama")  # float32: 4 bytes
+    free = {0: 8 * 2**30, 1: 2**30}
+    monkeypatch.setattr(attribution_batches, "input_device", lambda model: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(attribution_batches, "cuda_free_bytes", lambda device: free[device])
+    assert auto_backward_batch(model.config, 512, 4, free_bytes=2**30, limit=10**6) == 28
+    assert attribution_batches.batch_size(model, 512, 10**6, 0, 1, attribution_batches.MemoryShare()) == 28
+
+
+def test_a_runtime_error_saying_out_of_memory_is_a_memory_error_as_torchs_own_class_is():
+    """cuBLAS and cuDNN report an exhausted GPU as a plain RuntimeError: it too halves the batch."""
+    is_out_of_memory = attribution_batches.is_out_of_memory
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape '[2, 3]' is invalid for input of size 5"))
+
+
 def test_forward_mode_sizes_its_batches_for_float32_attention_scores_in_the_half_modes(monkeypatch):
     """Forward mode runs attention as the math kernel, which computes a float16/bfloat16 model's T x T scores in
     float32 (torch's default): sized at 2 bytes, a long sample's first batch ran out of memory every job."""

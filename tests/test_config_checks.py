@@ -33,6 +33,35 @@ def test_strings_from_the_command_line_are_typed_as_the_schema_declares(demo):
     assert checked["models"]["demo-base"]["path"] == "resources/models/demo-base"  # strings stay strings
 
 
+def test_a_whole_number_from_the_command_line_stays_the_integer_a_config_file_gives(demo):
+    """`--config analysis='{p: 4}'` must give the 4 that `p: 4` in a file gives, not 4.0: the rules' params
+    would differ, and every table job rerun, with nothing changed."""
+    demo["analysis"].update(p="4")
+    demo["annotation"]["provider"].update(timeout_s="30")
+    checked = check(demo)
+    assert type(checked["analysis"]["p"]) is int and checked["analysis"]["p"] == 4
+    assert type(checked["annotation"]["provider"]["timeout_s"]) is int
+
+
+def test_an_empty_or_pasted_key_in_api_key_env_is_refused_and_the_key_never_printed(demo):
+    """Only YAML's nulls (`null`, `~`) are null for a key that takes a string: an empty variable name is no
+    name (not a server without keys). A key pasted where its variable's name goes must not reach the error,
+    which Snakemake prints and logs."""
+    for value in ("", "sk-proj-Secret123"):
+        demo["annotation"]["provider"].update(api_key_env=value)
+        with pytest.raises(dag.ConfigError, match=r"annotation.provider.api_key_env: not the name of an "
+                                                  r"environment variable") as error:
+            check(demo)
+        assert "Secret123" not in str(error.value)
+
+
+def test_a_number_below_its_minimum_names_the_key(demo):
+    """A concurrency of 0 would start no request; a shard size of 0 plan no shard: refused before any job."""
+    demo["annotation"]["provider"].update(concurrency=0)
+    with pytest.raises(dag.ConfigError, match=r"annotation.provider.concurrency: 0 is less than the minimum of 1"):
+        check(demo)
+
+
 def test_null_from_the_command_line_is_null_where_a_key_takes_a_string_or_null(demo):
     """`--config paper_data=null` gave the fetch `--source=null` (a folder named null), `api_key_env: null` (a
     server without keys, as the README's Ollama example) a variable named null."""
@@ -53,6 +82,13 @@ def test_a_float_where_an_integer_is_due_names_the_key(demo, value):
     demo["attribution"]["shard_size"] = value
     with pytest.raises(dag.ConfigError, match=r"config error in config.yaml and --config:\n"
                                               r"attribution.shard_size: 8.[05] is not an integer"):
+        check(demo)
+
+
+def test_a_wrong_item_of_a_list_is_named_by_its_index(demo):
+    """The error names the item as the config writes it (`annotation.seeds[1]`), not as a key of its own."""
+    demo["annotation"]["seeds"] = [0, "one"]
+    with pytest.raises(dag.ConfigError, match=r"\nannotation\.seeds\[1\]: 'one' is not of type 'integer'"):
         check(demo)
 
 
@@ -122,6 +158,16 @@ def test_levels_must_be_the_released_bins_when_a_paired_model_has_released_attri
     demo["models"]["demo-base"].update(attribution="computed")
     demo["analysis"]["levels"] = 12
     dag.check_config(demo)
+
+
+def test_fewer_levels_than_the_released_bins_are_refused_too(demo):
+    """Released attributions are binned to L = 10 once and never again: scoring them at 5 levels is as wrong
+    as at 12 (bins above 5 would read as scores the method cannot give)."""
+    demo["models"]["demo-base"].update(attribution="released", released="ifa_llama_7b")
+    demo["analysis"].update(levels=5, threshold=3)
+    with pytest.raises(dag.ConfigError, match=r"analysis.levels \(5\): demo-base has the paper's released "
+                                              r"attributions, binned to L = 10"):
+        dag.check_config(demo)
 
 
 @pytest.mark.parametrize("path", ["../outside", "/tmp/x", "resources/../../x", "."])

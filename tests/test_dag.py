@@ -1,6 +1,7 @@
 """Planning-time logic of the rules, without Snakemake."""
 import copy
 import hashlib
+import os
 import socket
 from pathlib import Path
 
@@ -95,6 +96,22 @@ def test_word_vectors_need_a_path_exactly_when_their_kind_reads_one(config, vect
     config["attention"]["word_vectors"] = vectors
     with pytest.raises(dag.ConfigError, match=message):
         dag.check_config(config)
+
+
+def test_an_empty_word_vectors_path_is_no_path(config):
+    """`--config attention='{word_vectors: {kind: glove-text, path: ""}}'` keeps the empty string (only YAML's
+    nulls are null): it names no file, so planning must stop, not every head layer job."""
+    config["attention"]["word_vectors"] = {"kind": "glove-text", "path": ""}
+    with pytest.raises(dag.ConfigError, match=r"attention.word_vectors.path: required for kind glove-text"):
+        dag.check_config(config)
+
+
+def test_the_provenance_slice_of_attribution_keeps_every_setting_that_changes_the_attributions(config):
+    """The provenance page says what the tables were computed from: response, max_new_tokens, shard_size and
+    precision decide the attributions; chunk_size, backward_batch and autodiff trade speed only."""
+    deciding = {"response": "reference", "max_new_tokens": 64, "shard_size": 2, "precision": "bfloat16"}
+    config["attribution"] = {**deciding, "chunk_size": 8, "backward_batch": 4, "autodiff": "forward"}
+    assert dag.attribution_slice(config, "p") == deciding
 
 
 def test_the_describer_cannot_be_shown_more_words_than_a_component_has():
@@ -521,3 +538,56 @@ def test_a_pair_of_released_attributions_shows_no_attribution_setting(config):
     assert dag.attribution_slice(config, "p") == "not used: every model of the pair has released attributions"
     config["models"]["base"]["attribution"] = "computed"  # one computed model: its settings apply
     assert dag.attribution_slice(config, "p") == {"shard_size": 2}
+
+
+def test_paper_checksums_of_a_folder_digest_its_files_checksums_and_no_sibling_folders(tmp_path, monkeypatch):
+    """The fetch rules' param: the manifest lines of exactly the folder's files (not `results/xy/` beside
+    `results/x/`), so that it changes when one of their checksums does and only then."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "datasets").mkdir()
+    manifest = tmp_path / plan_dataset.PAPER_MANIFEST
+    lines = {"results/x/b.pkl": "b" * 64, "results/x/a.pkl": "a" * 64, "results/xy/c.pkl": "c" * 64,
+             "datasets/F.tsv": "f" * 64}
+    manifest.write_text("".join(f"{digest}  {name}\n" for name, digest in lines.items()))
+    expected = hashlib.sha256(f"{'a' * 64}  results/x/a.pkl\n{'b' * 64}  results/x/b.pkl\n".encode()).hexdigest()[:16]
+    assert plan_dataset.paper_checksums(folder="results/x") == expected
+    assert plan_dataset.paper_checksums(["results/x/b.pkl", "results/x/a.pkl"]) == expected
+    lines["results/x/a.pkl"] = "d" * 64  # new upstream content for one file of the folder
+    manifest.write_text("".join(f"{digest}  {name}\n" for name, digest in lines.items()))
+    os.utime(manifest, ns=(10**18, 10**18))  # a new version of the file for the mtime-keyed cache
+    assert plan_dataset.paper_checksums(folder="results/x") != expected
+
+
+def test_a_stale_fetched_dataset_lets_a_run_of_both_fetch_rules_go(config, tmp_path, monkeypatch):
+    """Only the fetch may run with a stale dataset: the two fetch rules together are still only the fetch."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / plan_dataset.PAPER_MANIFEST).write_text(f"{'0' * 64}  datasets/F.tsv\n")
+    (tmp_path / "resources/paper/datasets").mkdir(parents=True)
+    (tmp_path / "resources/paper/datasets/F.tsv").write_text(HEADER + row(1))
+    config["dataset"]["samples"] = "resources/paper/datasets/F.tsv"
+    assert plan_dataset.stale_dataset_warning(config) is not None
+    plan_dataset.require_fresh_dataset(config, ["paper_datasets", "paper_released_attributions"])
+
+
+def test_a_paper_dataset_not_fetched_yet_is_not_stale(config, tmp_path, monkeypatch):
+    """Before the fetch there is no copy to compare with the manifest: no warning and no refusal."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / plan_dataset.PAPER_MANIFEST).write_text(f"{'0' * 64}  datasets/F.tsv\n")
+    config["dataset"]["samples"] = "resources/paper/datasets/F.tsv"
+    assert plan_dataset.stale_dataset_warning(config) is None
+    plan_dataset.require_fresh_dataset(config, ["paper_datasets", "table2_pair"])
+
+
+def test_the_fetched_dataset_is_read_rather_than_paper_data_once_it_is_there(config, tmp_path, monkeypatch):
+    """paper_data stands in for the fetched copy only before the fetch: after it, the copy is what the jobs read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "copy" / "datasets").mkdir(parents=True)
+    (tmp_path / "copy" / "datasets" / "F.tsv").write_text(HEADER + "".join(row(i) for i in range(3)))
+    (tmp_path / "resources/paper/datasets").mkdir(parents=True)
+    (tmp_path / "resources/paper/datasets/F.tsv").write_text(HEADER + row(7))
+    config["dataset"]["samples"] = "resources/paper/datasets/F.tsv"
+    config["paper_data"] = str(tmp_path / "copy")
+    assert [s.id for s in plan_dataset.dataset_samples(config)] == ["s7"]
+    assert plan_dataset.shard_ids(config) == [0]

@@ -300,3 +300,41 @@ def test_an_instruction_fragment_missing_from_its_prompt_names_the_file_and_line
     path = write_tsv([("a_1", "Say hi.", "Hi.", "Say hi."), ("a_2", "Do it.", "Ok.", "Do something else.")])
     with pytest.raises(DatasetError, match=r"dataset.tsv:3: sample a_2: instruction fragment 'Do something else.'"):
         read_dataset(path)
+
+
+# --- fields and limits the tests above left open -------------------------------------------------
+
+
+def test_read_dataset_decodes_the_response_field_like_the_prompt(write_tsv):
+    """The response is what a reference run attributes: `/n` and `""` must reach it decoded."""
+    path = write_tsv([("a_1", "Say hi.", '"He said ""hi""./nBye."', "Say hi.")])
+    assert read_dataset(path)[0].response == 'He said "hi".\nBye.'
+
+
+def test_read_dataset_drops_white_space_around_an_id(write_tsv):
+    """Ids name heatmap files and released pickles: `a_1 ` must be the sample `a_1`."""
+    path = write_tsv([(" a_1 ", "Say hi.", "Hi.", "Say hi.")])
+    assert [s.id for s in read_dataset(path)] == ["a_1"]
+
+
+def test_read_dataset_accepts_an_id_of_exactly_200_bytes(write_tsv):
+    """The limit is MAX_ID_LENGTH bytes inclusive (100 two-byte characters fit, one more byte does not)."""
+    path = write_tsv([("x" * 200, "Say hi.", "Hi.", "Say hi."), ("é" * 100, "Go.", "Ok.", "Go.")])
+    assert [len(s.id.encode()) for s in read_dataset(path)] == [200, 200]
+
+
+def test_read_ratings_rejects_a_second_rating_of_one_sample_by_the_same_model(write_tsv):
+    """Two ratings of one response would silently keep the last; the file and both lines are named."""
+    path = write_tsv([rating_row("a.pkl", "vicuna_7B", "3"), rating_row("a", "llama_7B", "1"),
+                      rating_row("a", "vicuna_7B", "1")], name="ratings.tsv", header=RATINGS_HEADER)
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:4: a second rating of a by vicuna_7B "
+                                           r"\(first on line 2\)$"):
+        read_ratings(path, "vicuna_7B")
+
+
+def test_read_rated_returns_the_rated_responses_decoded(write_tsv):
+    from workflow_scripts.dataset import read_rated
+
+    row = "\t".join(("a.pkl", "vicuna_7B", "prompt", "reference", "instruct", '"Line ""one""./nLine two."', "4"))
+    path = write_tsv([row], name="ratings.tsv", header=RATINGS_HEADER)
+    assert read_rated(path, "vicuna_7B") == ({"a": 4}, {"a": 'Line "one".\nLine two.'})

@@ -148,6 +148,19 @@ def test_a_two_gpu_job_gets_two_distinct_free_devices(start):
     assert one.finish() == 0
 
 
+def test_a_job_waiting_for_two_gpus_holds_none_so_a_one_gpu_job_takes_the_free_one(start):
+    """All or nothing: a two-GPU job that locked the one free device while it waited for a second kept a
+    one-GPU job waiting beside an idle GPU (and two such jobs would wait on each other for good)."""
+    one = start("one")
+    assert one.devices() == "0"
+    two = start("two", gpus=2)
+    wait_until(lambda: "waiting for 2 free GPU(s)" in two.stderr(), "job two to wait")
+    other = start("other")
+    assert other.devices() == "1"
+    assert one.finish() == 0 and other.finish() == 0
+    assert two.devices() == "0,1" and two.finish() == 0
+
+
 def test_asking_for_more_gpus_than_the_pool_gets_the_whole_pool_with_a_warning(tmp_path):
     result = subprocess.run([sys.executable, "-m", "workflow_scripts.leases", "3", "--", sys.executable, "-c",
                              "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],

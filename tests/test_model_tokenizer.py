@@ -73,6 +73,15 @@ def test_words_split_into_nothing_are_named_not_given_a_zero_vector():
         word_token_ids(NoPieces(), ["cat", "dog", "sun"])
 
 
+def test_more_than_five_words_split_into_nothing_are_named_five_then_an_ellipsis():
+    words = ["cat"] + [f"w{i}" for i in range(6)]
+    with pytest.raises(ValueError, match=r"6 of 7 vocabulary words split into no tokens "
+                                         r"\('w0', 'w1', 'w2', 'w3', 'w4', \.\.\.\)$"):
+        word_token_ids(NoPieces(), words)
+    with pytest.raises(ValueError, match=r"\('w0', 'w1', 'w2', 'w3', 'w4'\)$"):
+        word_token_ids(NoPieces(), words[:6])
+
+
 @pytest.fixture(scope="module")
 def sentencepiece_model(tmp_path_factory):
     """A LLaMA-style directory whose tokenizer is SentencePiece's tokenizer.model alone (no tokenizer.json),

@@ -152,6 +152,7 @@ def test_faults_are_retried_without_lost_or_duplicated_rows(tmp_path, shards, se
 
 
 @pytest.mark.parametrize("header", [{"retry_after": "0"}, {"retry_after": None, "retry_after_ms": "0"},
+                                    {"retry_after": None, "retry_after_ms": "5"},
                                     {"retry_after": "-1"}, {"retry_after": "nan"}])
 def test_a_retry_waits_at_least_its_backoff_whatever_retry_after_asks(server, caplog, header):
     """`Retry-After: 0` (or OpenAI's few-ms `retry-after-ms`) replaced the backoff, so seven 429s spent
@@ -165,6 +166,25 @@ def test_a_retry_waits_at_least_its_backoff_whatever_retry_after_asks(server, ca
     assert response.text == "coding; translation" and server.counts() == {429: 3, 200: 1}
     waits = [float(w) for w in re.findall(r"retrying in ([\d.]+) s", caplog.text)]
     assert len(waits) == 3 and all(w >= 0.05 * 2 ** n * 0.5 - 0.005 for n, w in enumerate(waits)), waits
+
+
+def test_a_server_asking_for_milliseconds_is_waited_milliseconds_and_one_saying_no_retry_is_not_retried(server):
+    """`retry-after-ms` counts milliseconds (read as seconds, a 250 ms ask slept 250 s, capped at five
+    minutes), and `x-should-retry: false` overrides the status: a 500 so marked fails at once."""
+    from workflow_scripts.openai_chat import OpenAIChat, retry_after_s
+
+    request = STEPS["task"].request("Concept: Words are dates.", 0, 16)
+    server.add_fault("429", times=1, retry_after="7", retry_after_ms="250")
+    chat = OpenAIChat("gpt-test", server.url, KEY_ENV, concurrency=1, max_retries=0, backoff_s=0.01)
+    with pytest.raises(ChatError, match="still failing after 0 retries") as failure:
+        chat.complete_one(request)
+    assert retry_after_s(failure.value.__cause__) == pytest.approx(0.25)
+
+    server.add_fault("500", times=3, headers={"x-should-retry": "false"})
+    chat = OpenAIChat("gpt-test", server.url, KEY_ENV, concurrency=1, max_retries=3, backoff_s=0.01)
+    with pytest.raises(ChatError, match="refused the request"):
+        chat.complete_one(request)
+    assert server.counts() == {429: 1, 500: 1} and chat.retries == 0
 
 
 @pytest.mark.parametrize("status", ["408", "409"])
@@ -215,6 +235,18 @@ def test_refusals_and_truncated_answers_are_recorded(tmp_path, shards, server):
     assert (stats["refused"], stats["truncated"]) == (1, 1)
     log = ResponseCache(tmp_path / "cache.sqlite", f"openai:{server.url}", "gpt-test")
     assert log.get(STEPS["describe"].request(refuse, 0, 32)).finish_reason == "refusal"
+
+
+def test_an_answer_withheld_by_the_content_filter_is_recorded_as_a_refusal(tmp_path, shards, server):
+    """A null answer whose finish_reason is `content_filter` is the endpoint refusing: written `Refused: ...`,
+    counted refused and not described, never an empty summary."""
+    withheld = "Words: {}.".format(", ".join(f"br1x{i}" for i in range(15)))
+    server.add_fault("answer", match=lambda b: b["messages"][-1]["content"] == withheld, content=None,
+                     finish_reason="content_filter")
+    out, stats = run("describe", 0, shards, tmp_path, server)
+    got = {r["Words"]: r for r in rows(out)}
+    assert (got[withheld]["Explainable"], got[withheld]["Summary"]) == ("0", "Refused: content_filter")
+    assert (stats["refused"], stats["empty"], stats["truncated"]) == (1, 0, 0)
 
 
 def test_empty_answers_are_counted_and_warned_and_a_null_one_cut_short_is_not_paid_again(tmp_path, shards, server,
@@ -279,6 +311,23 @@ def test_the_job_sends_to_the_endpoint_it_was_given_never_to_one_its_environment
     chat = OpenAIChat("gpt-test", None, KEY_ENV)
     assert str(chat.client.base_url).rstrip("/") == "https://api.openai.com/v1"
     assert chat.cache_scope == "openai:https://api.openai.com/v1"
+
+
+def test_a_job_given_no_runtime_retries_and_times_out_as_the_configs_defaults_say(tmp_path, monkeypatch):
+    """`python -m workflow_scripts.annotate` run by hand without --runtime takes the provider's code
+    defaults: they must be the schema's, or such a job would give up (or wait) otherwise than the workflow's."""
+    import yaml
+
+    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    settings = schema["properties"]["annotation"]["properties"]["provider"]["properties"]
+    monkeypatch.setenv(KEY_ENV, KEY)
+    chat = annotate.make_provider({"kind": "openai", "model": "gpt-test", "api_key_env": KEY_ENV}, "describe", 0, {})
+    assert (chat.concurrency, chat.max_retries, chat.timeout_s) == (
+        settings["concurrency"]["default"], settings["max_retries"]["default"], settings["timeout_s"]["default"])
+    assert chat.client.max_retries == 0 and chat.client.timeout == settings["timeout_s"]["default"]
+    (tmp_path / "config.json").write_text("{}")  # a model folder: the local provider fingerprints it, loads nothing
+    local = annotate.make_provider({"kind": "local", "path": str(tmp_path), "model": "m"}, "describe", 0, {})
+    assert local.batch_size == settings["batch_size"]["default"]
 
 
 def test_a_killed_job_resumes_without_repeating_a_completed_request(tmp_path, shards, server):

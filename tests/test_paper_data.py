@@ -110,3 +110,87 @@ def test_project_manifest_lists_the_paper_files():
     datasets = {"datasets/FinalDataset.tsv", "datasets/AnnotatedDataset.tsv", "datasets/SingleShareGPT_Vocab.tsv"}
     assert datasets <= set(manifest)
     assert sum(n.startswith("results/attribution_interpret/ifa_vicuna_7b/") for n in manifest) == 632
+
+
+def test_manifest_lines_of_only_white_space_are_skipped(tmp_path):
+    path = tmp_path / "MANIFEST.sha256"
+    path.write_text(f"{'a' * 64}  datasets/x.tsv\n   \n\t\n")
+    assert read_manifest(path) == {"datasets/x.tsv": "a" * 64}
+
+
+def test_a_file_not_in_the_manifest_is_refused_by_name_before_it_is_fetched(tmp_path, upstream):
+    root, files, manifest = upstream
+    del manifest["datasets/a.tsv"]
+    with pytest.raises(KeyError, match="datasets/a.tsv: not in the paper data manifest"):
+        fetch(["datasets/a.tsv"], tmp_path / "out", manifest, str(root), "52508a0a")
+    assert not (tmp_path / "out").exists()
+
+
+class FlakyServer:
+    """Answers the first requests with the given HTTP errors, then serves `body`; counts the requests."""
+
+    def __init__(self, errors: list[int], body: bytes):
+        outer = self
+        self.errors, self.requests = list(errors), 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                if outer.errors:
+                    self.send_error(outer.errors.pop(0))
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_a_server_error_or_too_many_requests_is_retried(tmp_path, status):
+    """5xx and 429 heal (one retry after 1 s here); the file arrives on the second request."""
+    from workflow_scripts.paper_data import _download
+
+    with FlakyServer([status], b"content\n") as server:
+        _download(server.base, "52508a0a", "datasets/a.tsv", tmp_path / "a.tsv")
+    assert server.requests == 2
+    assert (tmp_path / "a.tsv").read_bytes() == b"content\n"
+
+
+def test_a_download_failing_on_every_attempt_raises_after_the_last_retry(tmp_path):
+    """retries=1 means two attempts, the last of which raises: the loop never ends silently with an empty file."""
+    from workflow_scripts.paper_data import _download
+
+    with FlakyServer([503, 503, 503], b"never\n") as server:
+        with pytest.raises(RuntimeError, match="cannot download .*/52508a0a/datasets/a.tsv: HTTP Error 503"):
+            _download(server.base, "52508a0a", "datasets/a.tsv", tmp_path / "a.tsv", retries=1)
+    assert server.requests == 2
+
+
+def test_main_with_a_folder_fetches_only_the_files_inside_that_folder(tmp_path):
+    """`--folder results/a` must not take `results/ab/...`, whose name merely starts the same."""
+    from workflow_scripts.paper_data import main
+
+    source = tmp_path / "source"
+    contents = {"results/a/x.pkl": b"x", "results/ab/y.pkl": b"y", "results/a.txt": b"z"}
+    for name, data in contents.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    manifest = tmp_path / "manifest.sha256"
+    manifest.write_text("".join(f"{sha(data)}  {name}\n" for name, data in contents.items()))
+    main(["--manifest", str(manifest), "--destination", str(tmp_path / "out"), "--source", str(source),
+          "--folder", "results/a/"])
+    fetched = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert fetched == ["results/a/x.pkl"]

@@ -73,6 +73,15 @@ def test_views_of_a_sample_missing_from_the_file_name_it(tiny):
         load_views(shard, dataset, ANALYSIS, ["lima_author_1", "lima_author_9"])
 
 
+def test_views_of_a_sample_missing_from_the_dataset_name_it_and_the_file(tiny, write_tsv):
+    """A requested id the attribution file holds but the dataset lacks: an error naming both, not a KeyError."""
+    shard, _ = tiny
+    dataset = write_tsv([row for row in DATASET_ROWS if row[0] != "lima_author_1"])
+    with pytest.raises(ValueError, match=r"demo\.npz: no attribution \(or no .*dataset\.tsv sample\) "
+                                         r"for lima_author_1"):
+        load_views(shard, dataset, ANALYSIS, ["lima_author_1"])
+
+
 def test_views_refuse_attributions_binned_to_other_levels_as_the_tables_do(tmp_path, write_tsv):
     shard = tiny_shard()
     shard.meta["binned_levels"] = 10
@@ -345,3 +354,32 @@ def test_the_paper_configs_declare_the_printed_table2(name):
     assert {group: (row["n"], row["mean_pretrained"], row["mean_tuned"], row["p_value"])
             for group, row in printed.items()} == PRINTED_TABLE2
     assert config["report"]["samples"] >= 2
+
+
+def test_the_position_picture_draws_the_pretrained_model_blue_and_the_tuned_model_red(tmp_path):
+    """The caption tells the models apart by colour (pre-trained blue dashed, tuned red solid)."""
+    profile = position.position_profile([np.arange(10.0), np.arange(10.0)[::-1]])
+
+    def colours(role):
+        position.draw_profiles({"m": (role, profile)}, "t", tmp_path / f"{role}.png")
+        pixels = {tuple(p[:3]) for p in np.asarray(Image.open(tmp_path / f"{role}.png").convert("RGB")).reshape(-1, 3)}
+        return (31, 119, 180) in pixels, (214, 39, 40) in pixels  # matplotlib's tab:blue, tab:red
+
+    assert colours("pretrained") == (True, False)
+    assert colours("tuned") == (False, True)
+
+
+def test_token_texts_keep_the_space_a_byte_level_token_marks_before_a_character_it_spells_in_bytes():
+    """Byte-level BPE's `ĠâĢĻ` is a space and ’; its offsets cover only the ’: the label is " ’", as for `▁x`."""
+    from workflow_scripts.attribution_views import token_texts
+
+    assert token_texts(["It", "\u0120\u00e2\u0122\u013b", "s"], "It ’s", [[0, 2], [3, 4], [4, 5]]) == ["It", " ’", "s"]
+
+
+def test_token_texts_show_every_zero_width_special_token_even_two_in_a_row():
+    """Only a further byte piece of one character (same non-empty span) shows nothing; `<s>` then a chat
+    template's zero-width marker at the same place are two tokens to label."""
+    from workflow_scripts.attribution_views import token_texts
+
+    shown = token_texts(["<s>", "<|im_start|>", "\u2581x"], "x", [[0, 0], [0, 0], [0, 1]])
+    assert shown == ["<s>", "<|im_start|>", " x"]

@@ -222,8 +222,11 @@ def test_a_damaged_shard_member_is_reported_not_crashed_on(tmp_path):
 @pytest.mark.parametrize("damage, reason", [
     (lambda a: a.pop("prompt_lengths"), "no array 'prompt_lengths'"),
     (lambda a: a.update(matrices=a["matrices"][:-1]), "the matrices hold 47 values, the lengths say 48"),
+    (lambda a: a.update(matrices=np.append(a["matrices"], 0.5)), "the matrices hold 49 values, the lengths say 48"),
     (lambda a: a.update(prompt_tokens=a["prompt_tokens"][:-1]), "11 prompt tokens, the lengths say 12"),
     (lambda a: a.update(ids=a["ids"][:0]), "0 ids for 1 samples"),
+    # a pickled array runs code when read: a shard from anywhere must never be unpickled
+    (lambda a: a.update(ids=a["ids"].astype(object)), "Object arrays cannot be loaded when allow_pickle=False"),
 ])
 def test_a_shard_whose_arrays_do_not_fit_together_is_corrupt_named_and_deleted(tmp_path, damage, reason):
     """A missing array raised a bare KeyError and the file stayed; a short array was sliced quietly."""

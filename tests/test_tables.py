@@ -292,6 +292,17 @@ def test_instruction_scores_rejects_attributions_binned_to_other_levels(tmp_path
         instruction_scores(tmp_path / "demo.npz", write_tsv(DATASET_ROWS), GROUPS, {**ANALYSIS, "levels": 5})
 
 
+def test_instruction_scores_reject_attributions_binned_to_fewer_levels_than_the_analysis(tmp_path, write_tsv):
+    """Bins of L=5 read as bins of L=10 would halve every density unseen: fewer levels are refused as more are."""
+    shard = tiny_shard()
+    shard.meta["binned_levels"] = 5
+    for a in shard.samples:  # valid bins of L = 5
+        a.matrix = np.clip(np.round(a.matrix * 5), 0, 5).astype(np.float32)
+    save_shard(shard, tmp_path / "demo.npz")
+    with pytest.raises(ValueError, match="binned to L=5, analysis.levels is 10"):
+        instruction_scores(tmp_path / "demo.npz", write_tsv(DATASET_ROWS), GROUPS, ANALYSIS)
+
+
 @pytest.mark.parametrize("bad_bin", [11.0, 0.5, -1.0])
 def test_a_file_recorded_as_binned_whose_bins_are_not_0_to_l_is_refused_naming_the_sample(tmp_path, write_tsv,
                                                                                          bad_bin):

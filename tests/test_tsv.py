@@ -56,6 +56,18 @@ def test_the_writer_refuses_an_empty_word_and_the_reader_an_unescaped_pipe():
         split_words("a\\")
 
 
+def test_the_writer_refuses_a_field_holding_a_tab_a_line_break_or_a_carriage_return(tmp_path):
+    """A layout character in a field shifts every later column or splits the row for other readers (pandas and
+    the paper's scripts split at a carriage return; ours drops one that ends a line): no file is written."""
+    out = tmp_path / "answers.tsv"
+    for bad in ("a\tb", "a\nb", "a\rb", "answer\r"):
+        with pytest.raises(ValueError, match=r"answers\.tsv: a row must be 2 fields without tabs or newlines"):
+            write_tsv([["m", bad]], ("Model", "Summary"), out)
+        assert not out.exists()
+    write_tsv([["m", "a/rb"]], ("Model", "Summary"), out)
+    assert out.read_text() == "Model\tSummary\nm\ta/rb\n"
+
+
 def test_a_vocabulary_of_awkward_words_round_trips_through_shards_merge_and_export(tmp_path):
     """Lossless shards -> merged lossless file + paper-layout export: both give back every word."""
     vocabulary = AWKWARD

@@ -97,6 +97,24 @@ def test_the_paper_rule_cuts_words_as_the_papers_slow_tokenizer_keeping_a_number
         paper_sentencepiece(model_dir, "sentencepiece")
 
 
+def test_another_models_sentencepiece_file_is_refused_naming_pieces_the_tokenizer_lacks(model_dir, tmp_path):
+    """Ids taken through the tokenizer for pieces it does not have would all be its unknown token: every such
+    word would get the `<unk>` embedding instead of its own."""
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    other = io.BytesIO()
+    lines = [" ".join(random.Random(k).sample(["zebra", "quixotic", "jumps", "fjord", "wyvern", "kayak"], 6))
+             for k in range(200)]
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=other, model_type="bpe",
+                                             vocab_size=60, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(other.getvalue())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with pytest.raises(ValueError, match=r"tokenizer.model: \d+ of its pieces are not in the model's tokenizer "
+                                         r".*not this model's SentencePiece model"):
+        word_token_ids(tokenizer, ["zebra", "fjord"], tmp_path / "tokenizer.model")
+
+
 def test_a_tokenizer_model_file_that_is_no_sentencepiece_model_is_not_read_as_one(tmp_path, caplog):
     """transformers 4 saves a tokenizer it read from a GGUF file with that file copied as tokenizer.model (the
     demo annotator's SmolLM2, a byte-level BPE): the paper's slow tokenizer could not have been built from it,
