@@ -202,6 +202,33 @@ def test_align_pieces_raises_when_the_tokens_run_past_the_text():
         align_pieces(["▁The", "▁cat", "▁sat"], "The cat", "sample.pkl (Output)")
 
 
+def test_align_pieces_stops_skipping_white_space_at_the_character_the_token_spells():
+    """A newline byte piece after a space the tokenizer dropped: the skip stops at the newline and the
+    piece takes it, instead of skipping it too and running past the text."""
+    assert align_pieces(["▁a", "<0x0A>", "b"], "a \nb").tolist() == [[0, 1], [1, 3], [3, 4]]
+
+
+def test_align_pieces_gives_unk_and_pad_zero_width_like_the_other_special_tokens():
+    assert align_pieces(["<unk>", "▁Hi", "<pad>"], "Hi").tolist() == [[0, 0], [0, 2], [2, 2]]
+    assert detokenize(["<unk>", "▁Hi", "<pad>"]) == "Hi"
+
+
+def test_bytes_that_are_not_utf8_spell_nothing_and_the_next_character_starts_afresh():
+    """A byte that cannot start a character (0xFF), or a started character cut by another one's first
+    byte, is dropped; the bytes after it still spell their character (`é` was swallowed with them)."""
+    assert detokenize(["<0xFF>"] * 4 + ["<0xC3>", "<0xA9>"]) == "é"
+    assert detokenize(["<0xE2>", "<0x80>", "<0xC3>", "<0xA9>"]) == "é"
+    assert detokenize(["▁a", "<0xE2>", "<0x41>"]) == "aA"
+
+
+def test_an_unfinished_character_ends_at_the_next_text_piece():
+    """A character's bytes are consecutive pieces: the unfinished `—` before `▁ok` is dropped, not finished
+    by a byte after `▁ok` and written before it, with that later byte's span reaching back over `▁ok`."""
+    pieces = ["▁a", "<0xE2>", "<0x80>", "▁ok", "<0x94>"]
+    assert detokenize(pieces) == "a ok"
+    assert align_pieces(pieces, "a ok").tolist() == [[0, 1], [1, 1], [1, 1], [1, 4], [4, 4]]
+
+
 def test_detokenize_joins_pieces_decodes_bytes_and_drops_the_leading_space():
     assert detokenize(["▁The", "▁sentence", ".", "<0x0A>", "Input", ":", "▁café"]) == "The sentence.\nInput: café"
     assert detokenize(["<s>", "▁a", "<0xE2>", "<0x80>", "<0x94>", "b", "</s>"]) == "a—b"
@@ -267,6 +294,13 @@ def test_a_released_record_of_the_wrong_shape_names_its_file(tmp_path, edit, rea
         released_sample(path, "Hi.", "s1")
 
 
+def test_a_released_record_missing_a_key_names_its_file_and_the_keys(tmp_path):
+    """A dict without Explain is refused up front with the file's name, not with a bare KeyError."""
+    record = {"ID": "s1", "Input": ["▁Hi", "."], "Output": ["▁ok"]}
+    with pytest.raises(ValueError, match=r"s1.pkl: expected a dict with the keys ID, Input, Output, Explain"):
+        released_sample(write_pickle(tmp_path / "s1.pkl", record), "Hi.", "s1")
+
+
 def test_a_released_record_without_a_response_holds_an_empty_matrix(tmp_path):
     record = {"ID": "s1", "Input": ["▁Hi", "."], "Reference": "", "Output": [], "Explain": []}
     assert released_sample(write_pickle(tmp_path / "s1.pkl", record), "Hi.", "s1").matrix.shape == (2, 0)
@@ -310,6 +344,28 @@ def test_a_small_pickle_asking_for_much_is_refused_before_allocating(tmp_path, n
     result = load_in_child(path, RUN_LIMITED)
     assert result.returncode == 0, result.stderr[-800:]
     assert result.stdout.startswith(f"refused: {path}: ") and reason in result.stdout, result.stdout
+
+
+def nested_list(levels: int):
+    value = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_data_nested_exactly_64_levels_loads_and_65_is_refused(tmp_path):
+    """MAX_DEPTH is the deepest nesting admitted, not the first one refused."""
+    assert safe_load_pickle(write_pickle(tmp_path / "d64.pkl", nested_list(64))) == nested_list(64)
+    assert_refused(write_pickle(tmp_path / "d65.pkl", nested_list(65)), "refused data nested deeper than 64 levels")
+
+
+def test_a_protocol_2_array_filling_most_of_its_pickle_loads(tmp_path):
+    """Protocol 2 charges an array twice (its allocation, then the latin1 bytes that fill it): a genuine
+    40 KB array in a 40 KB pickle must fit the budget of twice the file's size."""
+    explain = np.arange(10_000, dtype=np.float32).reshape(100, 100)
+    path = write_pickle(tmp_path / "big.pkl", {"Explain": explain}, protocol=2)
+    assert path.stat().st_size < 2 * explain.nbytes
+    assert np.array_equal(safe_load_pickle(path)["Explain"], explain)
 
 
 def test_lists_sharing_their_children_are_checked_once_each_not_once_per_path(tmp_path):

@@ -201,26 +201,29 @@ def _pieces_to_chars(pieces: list[str]) -> tuple[list[str], dict[int, int]]:
     """Each piece's characters, and which byte pieces belong to the multi-byte character of another.
 
     A character spelled by several byte-fallback pieces is given to the first of them; the map
-    sends every later byte piece of it to that first piece.
+    sends every later byte piece of it to that first piece. Bytes that spell no character (not
+    UTF-8, or a character left unfinished by the next text piece) are dropped, as zero-width pieces.
     """
     out, pending, owners, partners = [], b"", [], {}
     for i, piece in enumerate(pieces):
         text = _piece_text(piece)
         out.append("")
-        if isinstance(text, bytes):
-            pending += text
-            owners.append(i)
+        if not isinstance(text, bytes):
+            out[i], pending, owners = text, b"", []
+            continue
+        pending += text
+        owners.append(i)
+        while pending:
             try:
-                char = pending.decode("utf8")
-            except UnicodeDecodeError:
-                if len(pending) >= 4:  # not UTF-8: give up on these bytes
-                    pending, owners = b"", []
+                char, used = codecs.utf_8_decode(pending, "strict", False)
+            except UnicodeDecodeError as error:  # these bytes start no character: the rest may
+                pending, owners = pending[error.end :], owners[error.end :]
                 continue
+            if not used:
+                break  # the character's later bytes are still to come
             out[owners[0]] = char
-            partners.update((j, owners[0]) for j in owners[1:])
-            pending, owners = b"", []
-        else:
-            out[i] = text
+            partners.update((j, owners[0]) for j in owners[1:used])
+            pending, owners = pending[used:], owners[used:]
     return out, partners
 
 
