@@ -13,7 +13,7 @@ import pytest
 
 from workflow_scripts import annotate
 from workflow_scripts.annotation_cost import cost_table
-from workflow_scripts.annotation_prompts import STEPS, words_message
+from workflow_scripts.annotation_prompts import STEPS, concept_message, words_message
 from workflow_scripts.chat import ChatError, ChatRequest, ChatResponse, request_key
 from workflow_scripts.chat_cache import ResponseCache
 from workflow_scripts.table5 import read_seed_file
@@ -53,6 +53,27 @@ def test_prompts_follow_the_paper():
     assert (request.temperature, request.top_p, request.seed, request.max_tokens) == (1.0, 0.9, 3, 40)
     assert (STEPS["task"].temperature, STEPS["level"].temperature) == (0.0, 0.0)
     assert len(STEPS["task"].examples) == 8 and len(STEPS["level"].examples) == 10
+
+
+def test_the_task_step_lower_cases_the_summary_and_the_level_step_sends_it_as_written():
+    """The paper lower-cased the summary in the task prompt only: the message is what the endpoint reads,
+    what the cache is keyed by and what replay looks the answer up by."""
+    assert concept_message("Programming Languages.", "task") == "Concept: Words are programming languages."
+    assert concept_message("Programming Languages.", "level") == "Concept: Words are Programming Languages."
+    request = STEPS["level"].request(concept_message("Dates", "level"), seed=0, max_tokens=8)
+    assert request.messages[-1] == {"role": "user", "content": "Concept: Words are Dates"}
+
+
+def test_the_few_shot_examples_keep_the_papers_spelling():
+    """The examples' misspellings are the paper's prompt (its numbers came from it); a corrected word
+    would change every request, and with it every cache key and every answer."""
+    describe = dict(STEPS["describe"].examples)
+    assert "abbrevations and acronyms." in describe.values() and "programing languages." in describe.values()
+    level = dict(STEPS["level"].examples)
+    assert level["Concept: words are medical abbrivations."] == "Semantic"
+    assert level["Concept: Words are programming languges."] == "Semantic"
+    assert level["Concept: Words are abbrevations and acronyms."] == "Morphology"
+    assert "can the given concept is used for?" in STEPS["task"].system and "seperate with ';'" in STEPS["task"].system
 
 
 def test_request_key_covers_everything_that_changes_an_answer():
@@ -265,6 +286,31 @@ def test_a_job_answers_only_what_it_claimed_and_waits_for_the_rest(tmp_path):
     assert (counts["requests"], counts["from_other_jobs"], counts["cache_hits"]) == (2, 2, 2)
 
 
+def test_a_rerun_of_more_requests_than_one_cache_query_holds_asks_nothing_again(tmp_path):
+    """The cache is read 500 keys to a query: a job of more requests (a 7B pair has thousands) must find
+    every answer it holds at once, the first and last of each query too, never as another job's answer."""
+    requests = [STEPS["level"].request(f"Concept: Words are {i}.", 0, 8) for i in range(1001)]
+    asked = []
+
+    class Provider:
+        provider, model = "openai", "m"
+
+        def stream(self, batch):
+            asked.extend(r.messages[-1]["content"] for r in batch)
+            for index, request in enumerate(batch):
+                yield index, ChatResponse(request.messages[-1]["content"].split()[-1], "stop", 3, 1, 0.0, "")
+
+    with ResponseCache(tmp_path / "cache.sqlite", "openai", "m") as cache:
+        annotate.answer_all(requests, Provider(), cache, "t", chunk=1001)
+    assert len(asked) == 1001
+    asked.clear()
+    with ResponseCache(tmp_path / "cache.sqlite", "openai", "m") as cache:
+        responses, counts = annotate.answer_all(requests, Provider(), cache, "t")
+    # every answer found as this job's own cache hit: none waited for as if a concurrent job held it
+    assert asked == [] and (counts["requests"], counts["cache_hits"], counts["from_other_jobs"]) == (0, 1001, 0)
+    assert [r.text for r in responses[498:502]] == ["498.", "499.", "500.", "501."]
+
+
 def write_replay(folder, seed, described, paper_header=False):
     """The per-seed files: described = {words message: (summary, task, level)}. `paper_header`: exactly
     as the paper's `run_chatgpt_annotate.py` wrote them, the question column headed `Tokens` and its
@@ -364,6 +410,34 @@ def test_replay_says_how_many_rows_of_its_file_the_run_never_asked(tmp_path, sha
     assert "1 of 7 rows of" in caplog.text and "linear_task_seed0.tsv were not asked" in caplog.text
 
 
+def test_replay_counts_the_rows_it_never_asked_not_the_questions(tmp_path, shards):
+    """A question the run never asked can stand on several rows of the file (one per model): the log line
+    says how many rows the tables lack, so each of them counts."""
+    answers = {"Words: {}.".format(", ".join(row[:15])): ("Dates.", "None", "Semantic")
+               for row in [[f"w{r}x{i}" for i in range(20)] for r in range(3)] for row in (row, row[::-1])}
+    answers["Words: asked by nobody."] = ("Months.", "None", "Semantic")
+    write_replay(tmp_path / "released", 0, answers)
+    described = tmp_path / "released" / "linear_seed0.tsv"
+    unasked = described.read_text().splitlines()[-1]
+    described.write_text(described.read_text() + unasked.replace("\tllama\t", "\tvicuna\t") + "\n")
+    replay = annotate.make_provider({"kind": "replay", "path": str(tmp_path / "released")}, "describe", 0, {})
+    list(replay.stream(annotate.describe_requests(
+        [row for shard in shards for row in annotate.component_rows(shard)], 0, 15, 64)))
+    assert replay.not_asked().startswith(f"replay: 2 of 8 rows of {described} were not asked by this run")
+
+
+def test_replayed_answers_are_neither_truncated_nor_refused(tmp_path, shards, caplog):
+    """An answer read back from a file is whole: the stats (the cost report's truncated and refused
+    columns) count none, and the log warns of none."""
+    answers = {"Words: {}.".format(", ".join(row[:15])): ("Dates.", "None", "Semantic")
+               for row in [[f"w{r}x{i}" for i in range(20)] for r in range(3)] for row in (row, row[::-1])}
+    write_replay(tmp_path / "released", 0, answers)
+    with caplog.at_level(logging.WARNING, logger="workflow_scripts.annotate"):
+        _, stats = run("describe", 0, shards, tmp_path, {"kind": "replay", "path": str(tmp_path / "released")})
+    assert (stats["rows"], stats["described"], stats["truncated"], stats["refused"], stats["empty"]) == (6, 6, 0, 0, 0)
+    assert "length answer" not in caplog.text
+
+
 def test_replay_refuses_a_question_its_files_never_asked(tmp_path, shards):
     write_replay(tmp_path / "released", 0, {"Words: other.": ("Dates.", "None", "Semantic")})
     with pytest.raises(ChatError, match=r"linear_seed0\.tsv never asked 'Words: w0x0"):
@@ -426,6 +500,18 @@ def test_max_rank_keeps_the_top_components_only(tmp_path, shards):
     out, _stats = run("describe", 0, shards, tmp_path, replay, max_rank=2)
     ranks = [(r["Model"], r["Rank"]) for r in read(out)]
     assert ranks == [("base", "1"), ("base", "2"), ("tuned", "1"), ("tuned", "2")]
+
+
+def test_a_local_model_is_named_as_the_config_says_else_after_its_folder(tmp_path):
+    """The name goes into the stats (the cost report's model column) and the cache key: `model:` names it,
+    `model: null` takes the folder's name."""
+    folder = tmp_path / "SmolLM2-135M-Instruct"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")  # a model folder: fingerprinted, never loaded here
+    named = annotate.make_provider({"kind": "local", "path": str(folder), "model": "smol"}, "describe", 0, {})
+    assert named.model == "smol" and named.cache_model.startswith(f"smol {named.fingerprint} ")
+    unnamed = annotate.make_provider({"kind": "local", "path": str(folder), "model": None}, "describe", 0, {})
+    assert unnamed.model == "SmolLM2-135M-Instruct" and unnamed.fingerprint == named.fingerprint
 
 
 def test_bad_input_names_the_file_and_line(tmp_path):
@@ -505,6 +591,16 @@ def test_a_cache_on_a_network_filesystem_is_named_by_its_longest_mount_point(tmp
     assert network_filesystem(Path("/home/shared/local disk/cache"), MOUNTS) is None  # xfs below the nfs mount
     assert network_filesystem(Path("/home/sharedness"), MOUNTS) is None  # a prefix is not a parent
     assert network_filesystem(tmp_path) is None  # this machine's own mount table: a local disk
+
+
+def test_of_two_mounts_on_one_point_the_later_one_the_path_is_on_is_named(tmp_path):
+    """/proc/self/mounts lists a mount over another on the same point after it, and the later one is what
+    the path is on: an autofs direct map (common on clusters) mounts NFS over its own autofs entry."""
+    from workflow_scripts.chat_cache import network_filesystem
+
+    mounts = "auto.direct /data autofs rw 0 0\nserver:/export /data nfs4 rw 0 0\n"
+    assert network_filesystem(Path("/data/run/resources/annotation"), mounts) == "nfs4"
+    assert network_filesystem(Path("/data/run"), "server:/export /data nfs4 rw 0 0\ntmpfs /data tmpfs rw 0 0\n") is None
 
 
 def test_replay_refuses_a_row_that_does_not_fill_its_header_and_keeps_a_carriage_return_in_its_answer(tmp_path, shards):

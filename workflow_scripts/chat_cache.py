@@ -91,7 +91,8 @@ NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs",
 
 def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
     """The type of the network filesystem holding `path` (the longest mount point above it in
-    /proc/self/mounts), or None: a local one, or no mount table to read."""
+    /proc/self/mounts; of two on one point the later, mounted over the other), or None: a local
+    one, or no mount table to read."""
     if mounts is None:
         try:
             mounts = Path("/proc/self/mounts").read_text()
@@ -103,7 +104,7 @@ def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
         if len(fields) < 3:
             continue
         point = fields[1].replace("\\040", " ")
-        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > best:
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= best:
             best, kind = len(point), fields[2]
     return kind if kind in NETWORK_FILESYSTEMS else None
 
