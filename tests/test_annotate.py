@@ -13,8 +13,9 @@ import pytest
 
 from workflow_scripts import annotate
 from workflow_scripts.annotation_cost import cost_table
+from workflow_scripts.annotation_cost import main as cost_main
 from workflow_scripts.annotation_prompts import STEPS, concept_message, words_message
-from workflow_scripts.chat import ChatError, ChatRequest, ChatResponse, request_key
+from workflow_scripts.chat import ChatError, ChatRequest, ChatResponse, messages, request_key
 from workflow_scripts.chat_cache import ResponseCache
 from workflow_scripts.table5 import read_seed_file
 from workflow_scripts.tsv import LINEAR_COLUMNS, WORDS_COLUMNS, encode_words
@@ -89,6 +90,30 @@ def test_request_key_covers_everything_that_changes_an_answer():
         request_key("openai", "m", STEPS["level"].request("Concept: Words are x", seed=0, max_tokens=8)),
     ]
     assert len({key, *variants}) == 7
+
+
+def test_request_key_changes_with_temperature_and_top_p():
+    """Sampling parameters change an answer: a cached greedy answer must not answer a sampled request."""
+    def key(temperature, top_p):
+        return request_key("openai", "m", ChatRequest(messages({"role": "user", "content": "x"}), temperature, top_p,
+                                                      8, 0))
+
+    assert len({key(0.0, 1.0), key(0.7, 1.0), key(0.0, 0.9)}) == 3
+
+
+def test_request_key_does_not_depend_on_the_order_of_a_messages_fields():
+    a = ChatRequest(messages({"role": "user", "content": "x", "name": "n"}), 0.0, 1.0, 8, 0)
+    b = ChatRequest(messages({"name": "n", "content": "x", "role": "user"}), 0.0, 1.0, 8, 0)
+    assert request_key("openai", "m", a) == request_key("openai", "m", b)
+
+
+def test_request_key_of_a_request_is_the_one_earlier_versions_filed_its_answer_under():
+    """Cached answers were paid for: the key of a request (non-ASCII text included, as UTF-8 and not as
+    `\\u` escapes) must stay what it was, or every cached answer would be asked and billed again."""
+    request = ChatRequest(messages({"role": "system", "content": "R\u00e9ponds en une phrase."},
+                                   {"role": "user", "content": "Mots : caf\u00e9, na\u00efve"}), 0.0, 1.0, 64, 0)
+    assert request_key("openai", "gpt-4o-mini", request) == \
+        "d245aa557c744c67e8949d54e06adf48320cdeb535667e1df1ca0f1226e8e548"
 
 
 def test_cache_round_trip_is_shared_between_connections_and_first_answer_wins(tmp_path):
@@ -551,6 +576,45 @@ def test_cost_report_prices_tokens_per_model(tmp_path):
     assert (total.requests, total.cache_hits, total.truncated, total.retries) == (7, 5, 3, 2 + 2 + 3)
     assert total.cost_usd == pytest.approx(0.009)
     assert math.isnan(cost_table(files, {})["cost_usd"].iloc[-1])  # no price: n/a, never 0
+
+
+def write_stats(path, **fields):
+    stats = {"pair": "p", "step": "describe", "seed": 0, "provider": "openai", "model": "gpt", "rows": 4,
+             "requests": 4, "cache_hits": 0, "prompt_tokens": 1000, "completion_tokens": 100,
+             "new_prompt_tokens": 1000, "new_completion_tokens": 100, "refused": 0, "truncated": 0,
+             "retries": 0, "shared": 0, "empty": 0, **fields}
+    path.write_text(json.dumps({k: v for k, v in stats.items() if v is not None}))
+    return str(path)
+
+
+def test_cost_report_orders_the_steps_describe_task_level_within_a_seed(tmp_path):
+    files = [write_stats(tmp_path / f"{step}.json", step=step) for step in ("level", "describe", "task")]
+    assert list(cost_table(files, {})["step"]) == ["describe", "task", "level", "total"]
+
+
+def test_cost_report_prices_a_local_annotator_at_zero_not_n_a(tmp_path):
+    files = [write_stats(tmp_path / "describe.json", provider="local", model="smollm2-135m-instruct")]
+    table = cost_table(files, {"gpt": {"prompt": 2.0, "completion": 10.0}})
+    assert table["cost_usd"].tolist() == [0.0, 0.0] and table["cost_usd_last_run"].tolist() == [0.0, 0.0]
+
+
+def test_cost_report_counts_empty_answers_and_leaves_counts_old_stats_lack_n_a(tmp_path):
+    """`empty` is the stats file's count; stats written before `retries`, `shared` and `empty` were counted
+    give n/a in those columns and their total, never a made-up 0."""
+    files = [write_stats(tmp_path / "new.json", empty=2, retries=1, shared=1),
+             write_stats(tmp_path / "old.json", step="task", retries=None, shared=None, empty=None)]
+    table = cost_table(files, {})
+    assert table["empty"].iloc[0] == 2 and table["retries"].iloc[0] == 1 and table["shared"].iloc[0] == 1
+    for column in ("empty", "retries", "shared"):
+        assert math.isnan(table[column].iloc[1]) and math.isnan(table[column].iloc[-1]), column
+
+
+def test_cost_report_command_titles_the_table_with_its_pair(tmp_path):
+    stats = write_stats(tmp_path / "describe.json")
+    cost_main(["--stats", stats, "--pair", "demo", "--output", str(tmp_path / "cost.tsv")])
+    assert (tmp_path / "cost.md").read_text().startswith("# Annotation cost (demo)\n")
+    cost_main(["--stats", stats, "--title", "Spend", "--output", str(tmp_path / "spend.tsv")])
+    assert (tmp_path / "spend.md").read_text().startswith("# Spend\n")
 
 
 def test_request_json_round_trip():

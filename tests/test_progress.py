@@ -78,3 +78,40 @@ def test_a_librarys_redrawn_bar_reaches_the_log_as_its_last_state_and_nothing_el
         print("\rstep 1\rstep 2", file=sys.stderr)
         raise ValueError
     assert capsys.readouterr().err == "step 2\n"  # said on a failure too
+
+
+def test_an_eta_of_more_than_an_hour_reads_hours_minutes_seconds():
+    bar = Progress(2, "layer 3", "head")
+    bar.started, bar.done = 0.0, 1
+    assert bar.line(3725.0) == "layer 3: 1/2 heads (50%), 3725.0 s/head, ETA 1:02:05"
+
+
+def test_a_loop_that_fails_is_never_said_to_be_done(caplog):
+    caplog.set_level("INFO")
+    with pytest.raises(ValueError), Progress(5, "job", "step", console=False) as bar:
+        bar.update()
+        raise ValueError("the job failed")
+    lines = [r.getMessage() for r in caplog.records if r.name == "progress"]
+    assert lines[0] == "job: 0/5 steps" and not any("done" in line for line in lines), lines
+
+
+def test_a_generator_with_its_total_given_is_counted_against_that_total(caplog):
+    caplog.set_level("INFO")
+    assert list(progress((i for i in range(3)), "stream", "row", total=3, every=1e9)) == [0, 1, 2]
+    lines = [r.getMessage() for r in caplog.records if r.name == "progress"]
+    assert lines[0] == "stream: 0/3 rows" and lines[-1].startswith("stream: 3/3 rows done in ")
+
+
+def test_a_bar_made_without_the_console_stays_off_descriptor_3_even_when_it_is_open(tmp_path):
+    """The local annotator's per-batch lines go to the job's log only (console=False), `3>&2` or not."""
+    script = ("from workflow_scripts.progress import Progress\n"
+              "with Progress(3, 'quiet', 'step', every=0.0, console=False) as bar:\n"
+              "    for _ in range(3): bar.update()\n"
+              "with Progress(1, 'loud', 'step') as bar: bar.update()\n")
+    result = subprocess.run(
+        ["bash", "-c", f'"$0" -c "$1" 3>&2 > {tmp_path / "log"} 2>&1', sys.executable, script],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    console = [line.split("] ", 1)[1] for line in result.stderr.splitlines()]
+    assert console[0] == "loud: 0/1 steps" and "quiet" not in result.stderr, console

@@ -14,7 +14,7 @@ from workflow_scripts.dataset import DatasetError
 from workflow_scripts.released import convert_released
 from workflow_scripts.shards import SampleAttribution, Shard, save_shard
 from workflow_scripts.table1_2 import arithmetic_note, empty_response_note, instruction_scores, main, table1, table2
-from workflow_scripts.table_files import write_table
+from workflow_scripts.table_files import cell_text, markdown_cells, write_table
 
 GROUPS = {"user_oriented_task_": "self_instruct", "lima_author_": "lima", "mtbench_": "mtbench"}
 ANALYSIS = {"levels": 10, "threshold": 7, "p": 4}
@@ -206,6 +206,23 @@ def test_write_table_writes_the_tsv_and_a_markdown_twin(tmp_path):
     assert lines[3] == "|" + "---|" * 8
     assert lines[4] == "| self_instruct | 4 | 0.3500 | 0.1118 | 0.9500 | 0.2958 | -3.2863 | 0.0161 |"
     assert lines[5] == "| lima | 1 | 0.7000 | 0.0000 | 0.9000 | 0.0000 | n/a | 1.8e-05 |"
+
+
+@pytest.mark.parametrize("text", ["C:\\tmp", "a\\|b", "ends in \\", "\\\\", "a|b", "x & <y>"])
+def test_markdown_cells_read_back_any_text_with_backslashes_and_pipes_exactly(tmp_path, text):
+    """The report page's cells come from the Markdown twin: a backslash must survive the round trip, also
+    one before a `|` (escaped alone, `a\\|b` would read back as `a\\` and split the row)."""
+    write_table(pd.DataFrame([(text, 1.0)], columns=["word", "score"]), tmp_path / "t.tsv", "T")
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert markdown_cells(lines[2]) == ["word", "score"]
+    assert markdown_cells(lines[4]) == [text, "1.0000"]
+
+
+def test_numpy_floats_are_printed_like_python_floats_and_nan_as_n_a():
+    """An object column (a total row's "" beside numbers) keeps numpy scalars as they are: float32 ones too."""
+    assert cell_text(np.float32(0.25)) == cell_text(0.25) == "0.2500"
+    assert cell_text(np.float32("nan")) == "n/a"
+    assert cell_text(np.float32(2e-5)) == "2e-05"
 
 
 # --- instruction_scores ------------------------------------------------------------------------

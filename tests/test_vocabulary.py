@@ -177,3 +177,14 @@ def test_a_gz_vocabulary_that_is_not_gzip_or_is_cut_names_the_file(tmp_path):
     path.write_bytes(gzip.compress(b"".join(b"w%d\t%d\n" % (i, 5000 - i) for i in range(5000)))[:-20])
     with pytest.raises(ValueError, match=r"vocab.tsv.gz: not a readable gzip file after line \d+ \(EOFError"):
         read_vocabulary(path)
+
+
+def test_a_gz_vocabulary_with_damaged_compressed_data_names_the_file_instead_of_a_zlib_traceback(tmp_path):
+    """A flipped byte inside the deflate stream (a bad copy, a disk error) is zlib's own error, not
+    BadGzipFile or EOFError: it names the file like a cut or non-gzip file does."""
+    data = bytearray(gzip.compress(b"".join(b"w%d\t%d\n" % (i, 5000 - i) for i in range(5000))))
+    data[11] ^= 0xFF  # the first bytes of the deflate stream, after the 10-byte gzip header
+    path = tmp_path / "vocab.tsv.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"vocab.tsv.gz: not a readable gzip file after line 0 \(error: Error -3"):
+        read_vocabulary(path)
