@@ -9,9 +9,9 @@ import pytest
 from synthetic_browser import MODELS, XSS, write_inputs
 
 from workflow_scripts import browser_index
-from workflow_scripts.browser_data import head_rows
+from workflow_scripts.browser_data import Component, HeadRow, components, head_rows
 from workflow_scripts.browser_index import build, deltas, fnv1a, js_file, row_groups
-from workflow_scripts.tsv import BILINEAR_COLUMNS, write_tsv
+from workflow_scripts.tsv import BILINEAR_COLUMNS, WORDS_COLUMNS, write_tsv
 
 PREFIX = re.compile(re.escape("(window.SHIFTLENS_DATA = window.SHIFTLENS_DATA || {})[")
                     + r'("[^"]*")\] = JSON\.parse\((.*)\);\n$', re.S)
@@ -197,3 +197,60 @@ def test_the_command_line_checks_one_file_per_seed(tmp_path):
         browser_index.main(args)
     browser_index.main([a if a != "0,1,2" else "0,1" for a in args])
     assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_the_manifest_names_the_first_model_pre_trained_and_the_second_tuned(built):
+    _, files, _ = built
+    assert files["manifest"]["models"] == [{"id": "base", "role": "pre-trained"}, {"id": "tuned", "role": "tuned"}]
+
+
+def test_a_score_that_is_not_finite_is_written_as_null():
+    heads = [[HeadRow(0, 0, 3, 1, float("nan"), [["a", "b"]])], [HeadRow(0, 0, 1, 1, 2.0, [["c", "d"]])]]
+    ffn = [[Component(0, 1, float("inf"), ["e"])], [Component(0, 1, 0.5, ["f"])]]
+    files = browser_index.browser_files("demo", list(MODELS), heads, ffn, [])
+    assert files["attention-0-0"] == [[0, 3, 1, None, [["a", "b"]]]] and files["ffn-0-0"] == [[1, None, ["e"], []]]
+    assert read_js_text(js_file("attention-0-0", files["attention-0-0"]))[0][3] is None
+
+
+def test_a_model_missing_from_the_ffn_files_is_named(tmp_path):
+    inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0,))
+    with pytest.raises(ValueError, match="no FFN components of the model 'other'"):
+        components(inputs["ffn"], ["base", "other"])
+
+
+def test_ffn_rows_of_a_model_not_browsed_are_skipped_wherever_they_stand_in_a_file(tmp_path):
+    inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0,))
+    path = inputs["ffn"][0]  # base, layer 0: a row of another model before its rows
+    header, *lines = path.read_text(encoding="utf8").splitlines(keepends=True)
+    path.write_text(header + lines[0].replace("base", "other", 1) + "".join(lines), encoding="utf8")
+    (rows,) = components([path], ["base"])
+    assert [(c.layer, c.rank) for c in rows] == [(0, 1), (0, 2), (0, 3)]
+
+
+def test_a_blank_score_in_an_ffn_file_is_an_error_naming_its_line(tmp_path):
+    inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0,))
+    path = inputs["ffn"][0]
+    header, *lines = path.read_text(encoding="utf8").splitlines(keepends=True)
+    fields = lines[1].split("\t")
+    fields[WORDS_COLUMNS.index("Score")] = ""
+    path.write_text(header + lines[0] + "\t".join(fields) + "".join(lines[2:]), encoding="utf8")
+    with pytest.raises(ValueError, match=r"ffn-base-0\.tsv: line 3: Layer, Rank and Score must be numbers"):
+        components([path], ["base"])
+
+
+def test_a_label_of_a_component_the_seeds_describe_file_does_not_hold_is_an_error_naming_its_line(tmp_path):
+    inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0,), annotated=3)
+    path = inputs["describe"][0]  # base, layer 0, rank 1 left out: its task and level labels stay
+    lines = path.read_text(encoding="utf8").splitlines(keepends=True)
+    path.write_text(lines[0] + "".join(lines[2:]), encoding="utf8")
+    with pytest.raises(ValueError, match=r"linear_task_seed0\.tsv: line 2: seed 0 labels a component its describe "):
+        build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
+              inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_refuses_more_annotation_files_than_seeds(tmp_path):
+    inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0, 1))
+    with pytest.raises(ValueError, match=r"--describe: 2 files for 1 seeds"):
+        build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
+              inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))

@@ -244,6 +244,86 @@ def test_a_sample_id_with_dollar_signs_is_drawn_as_written_not_as_math(tiny, tmp
     assert Image.open(tmp_path / "s.png").size[0] > 300
 
 
+def test_tick_label_keeps_a_token_of_exactly_the_limit_whole():
+    assert heatmaps.tick_label("abcdefghijkl") == "abcdefghijkl"  # 12 characters: the limit, not cut
+    assert heatmaps.tick_label("abcdefghijklm") == "abcdefghijk\u2026"
+
+
+def drawn_figure(monkeypatch, views, levels, tmp_path):
+    """draw_sample's figure, kept open (pyplot.close only records it) so that the test reads its axes."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    heatmaps.draw_sample(views, levels, "t", tmp_path / "s.png")
+    monkeypatch.undo()
+    (figure,) = figures
+    return figure
+
+
+def test_heatmap_shows_every_prompt_token_across_every_response_token_down_on_a_0_to_levels_scale(
+        tmp_path, monkeypatch):
+    """The cells are the binned attribution, prompt token i in column i and response token j in row j, each
+    row of panels holding its 40 prompt tokens (the 40th too), coloured on the scale 0..levels; the bars
+    and tick labels of instruction tokens red, the response rows labelled with their own index."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    n, m, levels = 45, 3, 7
+    binned = np.arange(n * m).reshape(n, m) % (levels + 1)
+    mask = np.zeros(n, bool)
+    mask[[2, 41]] = True
+    view = SampleView("s", [f"p{i}" for i in range(n)], ["r0", "r1", "r2"], binned, np.linspace(0, 1, n), mask)
+    figure = drawn_figure(monkeypatch, {"base": ("pretrained", view)}, levels, tmp_path)
+    try:
+        heats = [ax for ax in figure.axes if ax.images]
+        bars = [ax for ax in figure.axes if ax.patches and not ax.images]
+        assert len(heats) == len(bars) == 2
+        assert [ax.get_xlabel() for ax in heats] == ["prompt tokens 0..39", "prompt tokens 40..44"]
+        for heat, bar, start, stop in zip(heats, bars, (0, 40), (40, 45)):
+            image = heat.images[0]
+            assert np.asarray(image.get_array()).tolist() == binned[start:stop].T.tolist()  # rows: response
+            assert image.get_clim() == (0, levels)
+            labels = heat.get_xticklabels()
+            assert [t.get_text() for t in labels] == [f"p{i}" for i in range(start, stop)]
+            assert [to_hex(t.get_color()) == heatmaps.INSTRUCTION_COLOUR for t in labels] == mask[start:stop].tolist()
+            colours = [to_hex(p.get_facecolor()) for p in bar.patches]
+            assert colours == [heatmaps.INSTRUCTION_COLOUR if marked else heatmaps.OTHER_COLOUR
+                               for marked in mask[start:stop]]
+            assert [t.get_text() for t in heat.get_yticklabels()] == ["0 r0", "1 r1", "2 r2"]
+        assert figure.axes[-1].get_ylabel() == f"binned attribution (0..{levels}, b = 0)"  # the colour bar
+    finally:
+        plt.close(figure)
+
+
+def test_sample_page_escapes_the_models_prompt_tokens_and_response():
+    """Model text is text: a token or a response holding markup must not become HTML on the page."""
+    view = SampleView("s", ["<script>alert(1)</script>", " &amp;"], ["<img src=x ", "onerror=alert(2)>"],
+                      np.zeros((2, 2)), np.array([1.0, 0.5]), np.array([True, False]))
+    page = heatmaps.sample_page({"base": ("pretrained", view)}, "Sample s", "note")
+    assert "<script>" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;</span>" in page and "&amp;amp;</span>" in page
+    assert '<pre class="response">&lt;img src=x onerror=alert(2)&gt;</pre>' in page
+
+
+def test_sample_page_colours_a_denser_token_more_deeply():
+    view = SampleView("s", ["a", "b", "c"], ["r"], np.zeros((3, 1)), np.array([0.0, 0.5, 1.0]),
+                      np.zeros(3, bool))
+    page = heatmaps.sample_page({"base": ("pretrained", view)}, "Sample s", "note")
+    alphas = [float(a) for a in re.findall(r'<span class="tok" style="background:rgba\(214, 39, 40, ([0-9.]+)\)"',
+                                           page)]
+    assert alphas == pytest.approx([0.08, 0.505, 0.93])
+
+
+def test_heatmaps_command_shows_each_model_with_its_own_role_pretrained_first(tiny, tmp_path):
+    shard, dataset = tiny
+    heatmaps.main(["--dataset", str(dataset), "--groups", "lima_author_=lima", "--samples", "1",
+                   "--pretrained", "base", str(shard), "--tuned", "chat", str(shard), "--levels", "10",
+                   "--threshold", "7", "--p", "4", "--png-dir", str(tmp_path / "png"), "--html-dir",
+                   str(tmp_path / "html")])
+    page = (tmp_path / "html" / "lima_author_1.html").read_text(encoding="utf8")
+    assert re.findall(r"<h2>(.*?)</h2>", page) == ["base <small>(pretrained)</small>", "chat <small>(tuned)</small>"]
+
 # --- report pages -------------------------------------------------------------------------------
 
 
@@ -300,6 +380,38 @@ def test_paper_comparison_gives_the_difference_and_keeps_missing_rows():
                           "lima", "n", "300", "300", "0",
                           "lima", "mean_pretrained", "1.2680", "1.2683", "0.0003"]  # as printed: 4 decimals
     assert cells[-3:] == ["80", "n/a", "n/a"]
+
+
+def test_comparison_page_prints_the_papers_digits_a_two_digit_difference_and_right_aligns_number_headers():
+    """A printed 0.12345 is shown as printed (not rounded to 4 decimals), the difference in 2 significant
+    digits; the headers of numbers right-aligned; the title is text."""
+    computed = pd.DataFrame({"dataset": ["lima"], "mean": [0.12357345]})
+    table = report_pages.paper_comparison(computed, {"lima": {"mean": 0.12345}})
+    page = report_pages.comparison_page(table, "<b>pair</b>", "Table 2")
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", page) == ["lima", "mean", "0.12345", "0.123573", "0.00012"]
+    assert "<th>paper</th><th>computed</th><th>difference</th>" in page  # numbers: right-aligned
+    assert "<h1>Table 2 (&lt;b&gt;pair&lt;/b&gt;): the paper" in page and "<b>" not in page
+
+
+def test_table_page_shows_a_column_of_groups_named_nan_or_inf_as_text(tmp_path):
+    table = pd.DataFrame({"dataset": ["nan", "inf"], "n": [3, 4]})
+    write_table(table, tmp_path / "t.tsv", "T")
+    page = report_pages.table_page(tmp_path / "t.tsv", tmp_path / "t.md", "fallback")
+    assert "<th class=text>dataset</th><th>n</th>" in page
+    assert "<td class=text>nan</td><td>3</td>" in page and "<td class=text>inf</td><td>4</td>" in page
+
+
+def test_table_page_notes_are_text_not_markup(tmp_path):
+    write_table(pd.DataFrame({"n": [1]}), tmp_path / "t.tsv", "T", ["p < 0.05 for <b>all</b> & more"])
+    page = report_pages.table_page(tmp_path / "t.tsv", tmp_path / "t.md", "fallback")
+    assert "<p>p &lt; 0.05 for &lt;b&gt;all&lt;/b&gt; &amp; more.</p>" in page and "<b>" not in page
+
+
+def test_provenance_page_shows_a_model_name_as_text():
+    entry = {"config": {}, "attributions": {}, "weights": {}}
+    page = report_pages.provenance_page({"pair": "p", "models": {"<i>m</i>": entry}, "libraries": {},
+                                         "config": {}})
+    assert "<h2>&lt;i&gt;m&lt;/i&gt;</h2>" in page and "<i>" not in page
 
 
 def test_compare_command_keeps_a_group_named_na(tmp_path):
