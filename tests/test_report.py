@@ -393,6 +393,14 @@ def test_comparison_page_prints_the_papers_digits_a_two_digit_difference_and_rig
     assert "<h1>Table 2 (&lt;b&gt;pair&lt;/b&gt;): the paper" in page and "<b>" not in page
 
 
+def test_html_table_left_aligns_the_headers_of_text_columns_as_their_cells():
+    """Under pandas 3 a column of strings is of dtype `str`, not `object`: its header was right-aligned above
+    left-aligned cells (the comparison and provenance pages)."""
+    page = report_pages.html_table(pd.DataFrame({"dataset": ["lima"], "n": [3], "mean": [0.5]}))
+    assert "<th class=text>dataset</th><th>n</th><th>mean</th>" in page
+    assert "<td class=text>lima</td><td>3</td><td>0.5000</td>" in page
+
+
 def test_table_page_shows_a_column_of_groups_named_nan_or_inf_as_text(tmp_path):
     table = pd.DataFrame({"dataset": ["nan", "inf"], "n": [3, 4]})
     write_table(table, tmp_path / "t.tsv", "T")

@@ -62,7 +62,7 @@ def html_table(frame: pd.DataFrame, formats: dict | None = None) -> str:
         frame: the table as written to its TSV (rows and columns shown as they are)
     """
     formats = formats or {}
-    head = [(str(c), frame[c].dtype == object) for c in frame.columns]
+    head = [(str(c), not pd.api.types.is_numeric_dtype(frame[c])) for c in frame.columns]  # pandas 3: str, not object
     rows = []
     for row in frame.itertuples(index=False):
         cells = []
