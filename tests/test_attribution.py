@@ -495,6 +495,40 @@ def test_a_model_that_reworks_its_logits_after_the_head_is_refused(tmp_path, tok
     assert load_model(str(tmp_path / "gemma2"))[0].config.final_logit_softcapping is None
 
 
+def test_a_model_that_scales_its_logits_by_one_percent_after_the_head_is_refused(tmp_path, tokenizer_dir):
+    """Cohere multiplies the head's logits by its logit_scale: 1% off is already other probabilities."""
+    from transformers import CohereConfig, CohereForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = CohereForCausalLM(CohereConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, logit_scale=0.99))
+    model.save_pretrained(tmp_path / "cohere")
+    tokenizer.save_pretrained(tmp_path / "cohere")
+    with pytest.raises(ValueError, match=r"cohere: its logits are not its output head's \(CohereForCausalLM"):
+        load_model(str(tmp_path / "cohere"))
+    model.config.logit_scale = 1.0  # the head's own logits: attributed
+    model.save_pretrained(tmp_path / "cohere")
+    assert load_model(str(tmp_path / "cohere"))[0].config.logit_scale == 1.0
+
+
+def test_a_cpu_shard_records_the_float32_its_onednn_setting_gives():
+    """oneDNN's "ieee" (its explicit default) is plain float32; another setting is named in the record."""
+    onednn = getattr(torch.backends.mkldnn, "matmul", None)
+    if not hasattr(onednn, "fp32_precision"):
+        pytest.skip("this torch has no oneDNN float32 precision setting")
+    model, before = tiny_model("llama"), onednn.fp32_precision
+    try:
+        onednn.fp32_precision = "ieee"
+        assert attribution_model.precision_record(model, "tf32")["matmul"] == \
+            "float32 (CPU: TF32 is a CUDA mode; tf32 runs as float32)"
+        onednn.fp32_precision = "bf16"
+        assert attribution_model.precision_record(model, "float32")["matmul"] == "float32 as oneDNN bf16"
+    finally:
+        onednn.fp32_precision = before
+
+
 def test_an_unknown_precision_is_refused_naming_the_known_ones(tiny_model_dir):
     with pytest.raises(ValueError, match=r"unknown precision 'float64' \(known: float32, tf32, bfloat16, float16\)"):
         load_model(str(tiny_model_dir), "float64")

@@ -131,6 +131,54 @@ def test_the_parse_cache_gives_the_same_digests_and_follows_edits(package):
     assert planned().split()[0] != uncached.split()[0]
 
 
+def test_a_class_docstring_changes_no_digest():
+    def canonical(source: str) -> str:
+        return code_version._canonical(code_version._strip_docstrings(ast.parse(source)))
+
+    assert canonical('class Shard:\n    """Old words."""\n    size = 2\n') == \
+        canonical('class Shard:\n    """Reworded at length."""\n    size = 2\n')
+
+
+def test_a_string_and_a_number_of_the_same_text_are_different_code():
+    """`LEVELS = "10"` and `LEVELS = 10` compute differently: their digests must differ."""
+    assert code_version._canonical(ast.parse('LEVELS = "10"\n')) != code_version._canonical(ast.parse("LEVELS = 10\n"))
+
+
+def test_a_module_imported_by_name_from_its_package_counts():
+    """`from . import importance` imports the module importance, not only the package."""
+    names = code_version._imported_names(ast.parse("from . import importance\n"), "workflow_scripts.table9")
+    assert "workflow_scripts.importance" in names
+
+
+def test_a_renamed_asset_changes_the_digest(package):
+    """The page loads its files by name: the same bytes under another name are another page."""
+    (before,) = digests(package, "browser_index browser_assets")
+    assets = package / "browser_assets"
+    (assets / "browser.css").rename(assets / "browser.css.old")  # the same place in the sorted listing
+    assert digests(package, "browser_index browser_assets") != [before]
+
+
+def test_an_empty_asset_folder_is_named_as_missing(package):
+    (package / "no_files_yet").mkdir()
+    missing = run(package, "digest", "browser_index", "no_files_yet", check=False)
+    assert missing.returncode != 0 and "no asset" in missing.stderr and "no_files_yet" in missing.stderr
+
+
+def test_a_newly_versioned_job_without_a_recorded_digest_is_changed():
+    """A version added to code_versions.json without `record` must fail the check, not pass it unseen."""
+    now = code_version.code_digest("table3")
+    assert code_version.changed({"versions": {"table3": 1}, "recorded_code": {}}) == {"table3": ("", now)}
+    assert code_version.changed({"versions": {"table3": 1}, "recorded_code": {"table3": now}}) == {}
+
+
+def test_a_change_in_the_package_init_reaches_every_digest(package):
+    """`python -m workflow_scripts.X` runs the package's __init__ first (it sets the jobs' environment)."""
+    before = digests(package, "table3", "table1_2")
+    edit(package / "__init__.py", None, '\nos.environ.setdefault("TOKENIZERS_PARALLELISM", "false")\n')
+    after = digests(package, "table3", "table1_2")
+    assert after[0] != before[0] and after[1] != before[1]
+
+
 def test_the_recorded_code_of_every_versioned_job_is_current():
     """The guard: a change to what a GPU, demo-model or annotation job runs lands only with a decision
     (raise its version if its results change), then `python -m workflow_scripts.code_version record`."""

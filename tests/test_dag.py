@@ -2,6 +2,7 @@
 import copy
 import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def test_the_describer_cannot_be_shown_more_words_than_a_component_has():
     """The message took the first `annotation.words` of the component's `ffn.top_k`: more than there are
     were silently fewer, while the provenance page stated the larger number."""
     plan_annotation.check_annotation_words({"annotation": {"words": 15}, "ffn": {"top_k": 50}})
+    plan_annotation.check_annotation_words({"annotation": {"words": 15}, "ffn": {"top_k": 15}})  # all of them
     with pytest.raises(dag.ConfigError, match=r"annotation.words: 15 words shown to the describer, but ffn.top_k "
                                               r"gives each component 10"):
         plan_annotation.check_annotation_words({"annotation": {"words": 15}, "ffn": {"top_k": 10}})
@@ -291,6 +293,23 @@ def test_offline_a_scheduled_hub_model_missing_from_the_cache_fails_naming_it(co
         plan_models.require_hub_models(config, scheduled)
 
 
+def test_offline_a_scheduled_hub_model_in_the_local_cache_is_let_through(config, monkeypatch, tmp_path):
+    """Its jobs read the cached snapshot: only a model missing from the cache stops the run."""
+    import huggingface_hub.constants
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--some-org--cached-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config["models"]["base"]["path"] = "some-org/cached-model"
+    plan_models.require_hub_models(config, [("attribute_shard", {"model": "base", "shard": "0"})])
+
+
 def test_online_the_hub_is_asked_for_an_uncached_model_and_a_hub_out_of_reach_lets_the_jobs_try(capsys, hub_online):
     """(tests/test_config_cli.py runs it through Snakemake, with HF_ENDPOINT.)"""
     with HubServer({"org/model": {"config.json": b"{}"}, "org/weights-only": {"model.safetensors": b""}},
@@ -312,7 +331,8 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
-@pytest.mark.parametrize("value, offline", [("1", True), (" yes ", True), ("ON", True), ("0", False), ("", False)])
+@pytest.mark.parametrize("value, offline", [("1", True), (" yes ", True), ("ON", True), ("true", True), ("0", False),
+                                            ("", False)])
 def test_the_plan_and_the_jobs_read_the_offline_switch_alike(monkeypatch, variable, value, offline):
     """The planner read `TRANSFORMERS_OFFLINE`, the jobs did not, and only the jobs stripped white space."""
     from workflow_scripts import model_paths, weights
@@ -429,6 +449,57 @@ def test_the_provider_is_checked_when_annotation_is_to_run_never_in_an_input_fun
     with pytest.raises(dag.ConfigError, match="annotation.provider.path: required for the local provider"):
         plan_annotation.require_valid_annotation(config, {"kind": "local"}, ["annotate_describe"],
                                                  ("annotate_describe",))
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("ftp://llm.example.org/sk-Secret123", "not an http(s) URL"),
+    ("https://sk-Secret123@llm.example.org/v1", "holds credentials"),
+    ("http://localhost:8000/v1#sk-Secret123", "has a query or fragment"),
+])
+def test_an_endpoint_that_is_not_plain_http_or_carries_a_secret_is_refused_without_quoting_it(url, problem):
+    """(tests/test_config_cli.py checks the same through Snakemake.)"""
+    with pytest.raises(dag.ConfigError, match=rf"annotation.provider.base_url: {re.escape(problem)}") as error:
+        plan_annotation.check_endpoint(url)
+    assert "sk-Secret123" not in str(error.value)
+    plan_annotation.check_endpoint("https://llm.example.org/v1")
+
+
+def test_openai_base_url_of_the_environment_is_planned_only_where_the_config_names_no_endpoint(monkeypatch):
+    """The openai client sends to OPENAI_BASE_URL only when base_url is null; it is checked like base_url."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    unnamed = {"kind": "openai", "model": "m", "base_url": None}
+    assert plan_annotation.resolved_provider(unnamed) == {**unnamed, "base_url": "http://127.0.0.1:9/v1"}
+    named = {**unnamed, "base_url": "http://localhost:8000/v1"}
+    assert plan_annotation.resolved_provider(named) == named
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://me:sk-Secret123@llm.example.org/v1")
+    with pytest.raises(dag.ConfigError, match=r"OPENAI_BASE_URL \(the environment variable.*: holds credentials") \
+            as error:
+        plan_annotation.resolved_provider(unnamed)
+    assert "sk-Secret123" not in str(error.value)
+
+
+def test_a_local_or_replay_provider_without_its_path_is_refused_when_annotation_is_to_run():
+    config = {"annotation": {"words": 15}, "ffn": {"top_k": 50}}
+    rules = ("annotate_describe",)
+    for kind in ("local", "replay"):
+        with pytest.raises(dag.ConfigError, match=rf"annotation.provider.path: required for the {kind} provider"):
+            plan_annotation.require_valid_annotation(config, {"kind": kind}, ["annotate_describe"], rules)
+        plan_annotation.require_valid_annotation(config, {"kind": kind, "path": "answers"}, ["annotate_describe"],
+                                                 rules)
+
+
+def test_a_missing_api_key_stops_only_a_run_with_annotation_jobs_to_do(monkeypatch):
+    """A dry run or a run of the tables alone never needs the key."""
+    monkeypatch.delenv("SHIFTLENS_TEST_KEY", raising=False)
+    provider = {"kind": "openai", "model": "m", "api_key_env": "SHIFTLENS_TEST_KEY"}
+    rules = ("annotate_describe", "annotate_task", "annotate_level")
+    plan_annotation.require_api_key(provider, ["table5_pair", "table3"], rules)
+    with pytest.raises(dag.ConfigError, match=r"SHIFTLENS_TEST_KEY is not set, and this run has annotation jobs "
+                                              r"to do \(annotate_describe, annotate_level\)"):
+        plan_annotation.require_api_key(provider, ["annotate_level", "table5_pair", "annotate_describe"], rules)
+    plan_annotation.require_api_key({**provider, "kind": "local", "path": "m"}, ["annotate_describe"], rules)
+    monkeypatch.setenv("SHIFTLENS_TEST_KEY", "sk-test")
+    plan_annotation.require_api_key(provider, ["annotate_describe"], rules)
 
 
 def test_every_provider_key_of_the_schema_decides_the_answers_or_speed_or_nothing_and_only_one():

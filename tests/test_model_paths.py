@@ -3,7 +3,14 @@ import json
 
 import pytest
 
-from workflow_scripts.model_paths import ModelShape, check_model_path, looks_local, model_shape
+from workflow_scripts.model_paths import (
+    WHOLE_FILE_BYTES,
+    ModelShape,
+    check_model_path,
+    looks_local,
+    model_fingerprint,
+    model_shape,
+)
 
 
 def test_hub_ids_and_local_paths_are_told_apart(tmp_path):
@@ -54,6 +61,7 @@ def test_a_local_model_directory_without_config_json_is_named(tmp_path):
     ('{"text_config": {"num_hidden_layers": 2}}', r"has no num_hidden_layers"),
     ('{"num_hidden_layers": 0, "num_attention_heads": 2}', r"num_hidden_layers is 0, not a positive integer"),
     ('{"num_hidden_layers": "2", "num_attention_heads": 2}', r"num_hidden_layers is '2', not a positive integer"),
+    ('{"num_hidden_layers": true, "num_attention_heads": 2}', r"num_hidden_layers is True, not a positive integer"),
     ('{"num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 0}',
      r"num_key_value_heads is 0, not a positive integer"),
     ("[1, 2]", r"not a JSON object"),
@@ -64,3 +72,41 @@ def test_a_config_json_that_gives_no_shape_is_an_error_naming_it_and_the_model(t
     (tmp_path / "config.json").write_text(text, encoding="utf8")
     with pytest.raises(ValueError, match=rf"models\.m\.path: {tmp_path / 'config.json'}: {problem}"):
         model_shape("m", {"path": str(tmp_path)})
+
+
+def test_a_bare_name_and_an_existing_relative_folder_are_local_not_hub_ids(tmp_path, monkeypatch):
+    """A folder of the working directory shaped like `owner/name` is read as the folder, not fetched."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "llama").mkdir(parents=True)
+    assert looks_local("models/llama") and not looks_local("models/other")
+    assert looks_local("my-llama")
+
+
+def test_the_shape_of_a_local_model_not_built_yet_comes_from_the_config(tmp_path):
+    """A folder a rule builds has no config.json when the DAG is planned: the config's counts plan its jobs."""
+    settings = {"path": str(tmp_path / "built-by-a-rule"), "layers": 2, "heads": 4}
+    assert model_shape("m", settings) == ModelShape(2, 4, 4)
+    assert model_shape("m", {**settings, "kv_heads": 2}) == ModelShape(2, 4, 2)
+
+
+def test_a_renamed_model_file_changes_the_fingerprint(tmp_path):
+    """A generation config renamed out of use changes the answers; the same bytes under another name are
+    another model."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "generation_config.json").write_text('{"do_sample": false}')
+    before = model_fingerprint(tmp_path)
+    (tmp_path / "generation_config.json").rename(tmp_path / "generation_configs.json")
+    assert model_fingerprint(tmp_path) != before
+
+
+def test_an_edit_at_the_end_of_a_large_weights_file_changes_the_fingerprint(tmp_path):
+    """A file over WHOLE_FILE_BYTES is sampled in blocks from its start to its very end (a sparse file here)."""
+    (tmp_path / "config.json").write_text("{}")
+    weights = tmp_path / "model.safetensors"
+    with open(weights, "wb") as handle:
+        handle.truncate(WHOLE_FILE_BYTES + (1 << 20))
+    before = model_fingerprint(tmp_path)
+    with open(weights, "r+b") as handle:
+        handle.seek(-1, 2)
+        handle.write(b"\1")
+    assert model_fingerprint(tmp_path) != before

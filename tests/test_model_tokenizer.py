@@ -134,3 +134,45 @@ def test_a_tokenizer_class_from_a_newer_transformers_names_both_versions(tmp_pat
         named = rf"{model_dir} was saved by transformers 99\.1\.0.*TokenizerFromTheFuture.*this is transformers "
         with pytest.raises(ValueError, match=named + transformers.__version__):
             attribution_model.load_model(str(model_dir))
+
+
+@pytest.mark.parametrize("saved_by, config_text, newer", [
+    ("99.1.0", None, "99.1.0"),
+    ("same major, later minor", None, None),
+    ("not a version", None, None),
+    (None, "[1, 2]", None),  # JSON, but not an object
+    (None, "{not json", None),
+])
+def test_only_a_config_json_saved_by_a_later_major_of_transformers_is_reported_newer(tmp_path, saved_by,
+                                                                                     config_text, newer):
+    """Only a later major names a tokenizer class this transformers may lack; a later minor, a folder without a
+    readable version, or a config.json that is no object says nothing (the load's own error stands)."""
+    from workflow_scripts.model_tokenizer import saved_by_a_newer_major
+
+    running = transformers.__version__.split(".")[0]
+    if saved_by == "same major, later minor":
+        saved_by = f"{running}.999.0"
+    text = config_text if config_text is not None else json.dumps({"transformers_version": saved_by})
+    (tmp_path / "config.json").write_text(text)
+    assert saved_by_a_newer_major(tmp_path) == newer
+    assert saved_by_a_newer_major(tmp_path / "no-model-here") is None
+
+
+def test_a_tokenizer_that_adds_its_bos_but_splits_text_into_nothing_is_refused(tmp_path):
+    """The probe is the text alone: a BOS the tokenizer adds around it is no piece of a word."""
+    from tokenizers import Tokenizer, models, processors
+
+    backend = Tokenizer(models.BPE(vocab={"<s>": 0, "</s>": 1}, merges=[]))  # no unk: unknown text is dropped
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    with pytest.raises(ValueError, match=r"splits ' the' into no tokens: it was built without its vocabulary"):
+        load_tokenizer(tmp_path)
+
+
+def test_a_tokenizer_that_fails_to_load_from_a_folder_of_this_transformers_keeps_its_own_error(tmp_path):
+    model_dir = tiny_llama(tmp_path / "model", vocab_size=300)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "NoSuchTokenizer"}))
+    with pytest.raises(ValueError) as error:
+        load_tokenizer(model_dir)
+    assert "was saved by transformers" not in str(error.value)

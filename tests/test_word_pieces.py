@@ -247,3 +247,24 @@ def test_online_a_hub_twin_not_in_the_cache_is_asked_for_its_sentencepiece_file(
         require_one_word_cut_per_pair(twin_config("org/bytes", str(tuned_without_file)), HEADS_TO_RUN, "paper",
                                       endpoint=hub.url)
         assert any(request.endswith("/org/llama/resolve/main/tokenizer.model") for request in hub.requests)
+
+
+def test_a_twin_whose_folder_a_rule_has_not_built_yet_is_not_checked(model_dir, tmp_path):
+    """Which way its words are cut cannot be known before its folder exists: not a reason to stop the run."""
+    from workflow_scripts.plan_models import require_one_word_cut_per_pair
+
+    require_one_word_cut_per_pair(twin_config(str(model_dir), str(tmp_path / "built-by-a-rule")), HEADS_TO_RUN,
+                                  "paper")
+    require_one_word_cut_per_pair(twin_config(str(tmp_path / "built-by-a-rule"), str(model_dir)), HEADS_TO_RUN,
+                                  "paper")
+
+
+def test_the_refusal_names_the_twin_without_the_sentencepiece_file_when_it_is_the_pretrained_one(
+        model_dir, tuned_without_file):
+    from workflow_scripts.config_checks import ConfigError
+    from workflow_scripts.plan_models import require_one_word_cut_per_pair
+
+    swapped = twin_config(str(tuned_without_file), str(model_dir))
+    with pytest.raises(ConfigError, match=r"models.tuned has its words cut by its SentencePiece tokenizer.model.* "
+                                          rf"models.base.path \({tuned_without_file}\) has no SentencePiece"):
+        require_one_word_cut_per_pair(swapped, HEADS_TO_RUN, "paper")
