@@ -165,7 +165,9 @@ def test_a_tokenizer_that_adds_its_bos_but_splits_text_into_nothing_is_refused(t
     backend = Tokenizer(models.BPE(vocab={"<s>": 0, "</s>": 1}, merges=[]))  # no unk: unknown text is dropped
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     backend.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    # the class named: transformers 4 finds none in a folder without config.json
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                "bos_token": "<s>", "eos_token": "</s>"}))
     with pytest.raises(ValueError, match=r"splits ' the' into no tokens: it was built without its vocabulary"):
         load_tokenizer(tmp_path)
 
