@@ -250,6 +250,38 @@ def test_a_speed_placement_or_plumbing_setting_plans_nothing(demo, override):
     assert planned_jobs(demo, "--config", override) == {}
 
 
+TABLES_1_2_PAGES = {"table1_pair": 1, "table2_pair": 1, "report_table": 2, "provenance": 1, "all": 1}
+HEADS_ON = {"explain_attention_layer": 8, "merge_bilinear_words": 1, "table3_pair": 1, "report_table": 1,
+            "provenance": 1, "browse_pair": 1, "all": 1}
+ANNOTATION_ON = {"annotate_describe": 5, "annotate_task": 5, "annotate_level": 5, "annotation_cost": 1,
+                 "table5_pair": 1, "figure3_pair": 1, "report_table": 3, "provenance": 1, "browse_pair": 1, "all": 1}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("notice=Another notice", {"table1_pair": 1, "table2_pair": 1, "table3_pair": 1, "table5_pair": 1,
+                               "report_table": 5, "all": 1}),  # not the cost table, which has no notice
+    ("report={samples: 1}", {"attribution_heatmaps": 1, "provenance": 1, "all": 1}),
+    ("dataset={groups: {user_oriented_task_: self_instruct, lima_author_: lima_2023, mtbench_: mtbench}}",
+     {**TABLES_1_2_PAGES, "attribution_heatmaps": 1}),
+    ("ratings={column_value: another-model}", {"table1_pair": 1, "report_table": 1, "provenance": 1, "all": 1}),
+    ("attribution={shard_size: 4}", {**TABLES_1_2_PAGES, "attribute_shard": 22, "merge_attributions": 2,
+                                     "attribution_heatmaps": 1, "position_importance": 1}),  # 2 x 11 shards
+    ("attention={baseline_words: 2000}", HEADS_ON),
+    ("ffn={rank: 32}", {**ANNOTATION_ON, "explain_ffn_layer": 8, "merge_linear_words": 1}),
+    ("annotation={words: 10}", ANNOTATION_ON),
+    ("annotation={max_rank: 3}", ANNOTATION_ON),
+    ("annotation={max_tokens: 20}", ANNOTATION_ON),
+    ("annotation={cache: resources/annotation/another.sqlite}", ANNOTATION_ON),
+    ("models={demo-tuned: {size: 13B}}", {**HEADS_ON, **ANNOTATION_ON, "explain_attention_layer": 4,
+                                          "explain_ffn_layer": 4, "merge_linear_words": 1, "report_table": 4}),
+    ("paper_commit=" + "0" * 40, {}),
+])
+def test_each_config_change_plans_what_the_designs_table_says(demo, override, expected):
+    """docs/design.md#configuration-and-incrementality, the rows the tests above leave out: a param holding more
+    than its job reads reruns the job for nothing, one missing a key keeps a stale output."""
+    assert planned_jobs(demo, "--config", override) == expected
+
+
 def test_changing_fidelity_plans_the_explanation_jobs_and_what_reads_them_never_attribution(demo):
     """The word-piece rule reaches the head and FFN jobs (and through the FFN words the annotation, answered
     from the cache where the words did not change), the threshold rule the head jobs, the counting rule
