@@ -178,6 +178,19 @@ def test_jobs_opening_a_new_cache_at_the_same_moment_all_open_it(tmp_path):
         assert open_together(tmp_path / f"try{trial}" / "cache.sqlite") == [], f"try {trial}"
 
 
+class RecordingProvider:
+    """A provider that answers each request with `answer(request)` and records the last message of each asked."""
+    provider, model = "openai", "m"
+
+    def __init__(self, answer):
+        self.answer, self.asked = answer, []
+
+    def stream(self, batch):
+        self.asked.extend(r.messages[-1]["content"] for r in batch)
+        for index, request in enumerate(batch):
+            yield index, self.answer(request)
+
+
 def test_a_job_writes_the_answer_the_cache_holds_when_another_job_answered_first(tmp_path):
     path = tmp_path / "cache.sqlite"
     requests = [STEPS["level"].request(f"Concept: Words are {w}.", 0, 8) for w in ("dates", "verbs", "dates")]
@@ -285,15 +298,7 @@ def test_a_job_answers_only_what_it_claimed_and_waits_for_the_rest(tmp_path):
     other = ResponseCache(path, "openai", "m")
     held = [other.key(r) for r in requests[2:]]
     assert other.claim(held, limit=10) == held  # a live job is asking the last two
-    asked = []
-
-    class Provider:
-        provider, model = "openai", "m"
-
-        def stream(self, batch):
-            asked.extend(r.messages[-1]["content"] for r in batch)
-            for index, _ in enumerate(batch):
-                yield index, ChatResponse("Writing", "stop", 1, 1, 0.0, "")
+    provider = RecordingProvider(lambda request: ChatResponse("Writing", "stop", 1, 1, 0.0, ""))
 
     def answer_later():
         time.sleep(0.5)
@@ -303,10 +308,10 @@ def test_a_job_answers_only_what_it_claimed_and_waits_for_the_rest(tmp_path):
     thread = threading.Thread(target=answer_later)
     thread.start()
     with ResponseCache(path, "openai", "m") as cache:
-        responses, counts = annotate.answer_all(requests, Provider(), cache, "t", poll_s=0.05)
+        responses, counts = annotate.answer_all(requests, provider, cache, "t", poll_s=0.05)
     thread.join()
     other.close()
-    assert asked == ["Concept: Words are 0.", "Concept: Words are 1."]
+    assert provider.asked == ["Concept: Words are 0.", "Concept: Words are 1."]
     assert [r.text for r in responses] == ["Writing", "Writing", "Coding", "Coding"]
     assert (counts["requests"], counts["from_other_jobs"], counts["cache_hits"]) == (2, 2, 2)
 
@@ -315,24 +320,17 @@ def test_a_rerun_of_more_requests_than_one_cache_query_holds_asks_nothing_again(
     """The cache is read 500 keys to a query: a job of more requests (a 7B pair has thousands) must find
     every answer it holds at once, the first and last of each query too, never as another job's answer."""
     requests = [STEPS["level"].request(f"Concept: Words are {i}.", 0, 8) for i in range(1001)]
-    asked = []
-
-    class Provider:
-        provider, model = "openai", "m"
-
-        def stream(self, batch):
-            asked.extend(r.messages[-1]["content"] for r in batch)
-            for index, request in enumerate(batch):
-                yield index, ChatResponse(request.messages[-1]["content"].split()[-1], "stop", 3, 1, 0.0, "")
-
+    provider = RecordingProvider(
+        lambda request: ChatResponse(request.messages[-1]["content"].split()[-1], "stop", 3, 1, 0.0, ""))
     with ResponseCache(tmp_path / "cache.sqlite", "openai", "m") as cache:
-        annotate.answer_all(requests, Provider(), cache, "t", chunk=1001)
-    assert len(asked) == 1001
-    asked.clear()
+        annotate.answer_all(requests, provider, cache, "t", chunk=1001)
+    assert len(provider.asked) == 1001
+    provider.asked.clear()
     with ResponseCache(tmp_path / "cache.sqlite", "openai", "m") as cache:
-        responses, counts = annotate.answer_all(requests, Provider(), cache, "t")
+        responses, counts = annotate.answer_all(requests, provider, cache, "t")
     # every answer found as this job's own cache hit: none waited for as if a concurrent job held it
-    assert asked == [] and (counts["requests"], counts["cache_hits"], counts["from_other_jobs"]) == (0, 1001, 0)
+    assert provider.asked == []
+    assert (counts["requests"], counts["cache_hits"], counts["from_other_jobs"]) == (0, 1001, 0)
     assert [r.text for r in responses[498:502]] == ["498.", "499.", "500.", "501."]
 
 

@@ -147,14 +147,19 @@ def read_js_text(text):
     return json.loads(ast.literal_eval(PREFIX.match(text)[2]))
 
 
+def build_seed0(inputs, out):
+    """The browser of write_inputs' files, seed 0 only."""
+    return build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0], inputs["describe"],
+                 inputs["task"], inputs["level"], str(out))
+
+
 def test_an_annotation_of_a_component_not_browsed_is_an_error_naming_its_line(tmp_path):
     inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0,), annotated=3)
     shard = inputs["ffn"][0]  # base, layer 0: its rank 1 left out
     lines = shard.read_text(encoding="utf8").splitlines(keepends=True)
     shard.write_text(lines[0] + "".join(lines[2:]), encoding="utf8")
     with pytest.raises(ValueError, match=r"linear_seed0\.tsv: line 2: model base layer 0 rank 1 is not an FFN "):
-        build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
-              inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
+        build_seed0(inputs, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -166,8 +171,7 @@ def test_a_bad_number_in_an_annotation_file_is_named_with_its_line(tmp_path):
     fields[6] = "one"  # Layer (after Task Explainable Words Summary Model Size)
     path.write_text("".join([*lines[:2], "\t".join(fields), *lines[3:]]), encoding="utf8")
     with pytest.raises(ValueError, match=r"linear_task_seed0\.tsv: line 3: Layer and Rank must be integers, found"):
-        build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
-              inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
+        build_seed0(inputs, tmp_path / "out")
 
 
 def test_a_model_missing_from_the_head_files_is_named(tmp_path):
@@ -244,13 +248,11 @@ def test_a_label_of_a_component_the_seeds_describe_file_does_not_hold_is_an_erro
     lines = path.read_text(encoding="utf8").splitlines(keepends=True)
     path.write_text(lines[0] + "".join(lines[2:]), encoding="utf8")
     with pytest.raises(ValueError, match=r"linear_task_seed0\.tsv: line 2: seed 0 labels a component its describe "):
-        build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
-              inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
+        build_seed0(inputs, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_the_command_line_refuses_more_annotation_files_than_seeds(tmp_path):
     inputs = write_inputs(tmp_path, layers=1, heads=1, dims=2, ranks=3, seeds=(0, 1))
     with pytest.raises(ValueError, match=r"--describe: 2 files for 1 seeds"):
-        build("demo", list(MODELS), list(MODELS), inputs["attention"], inputs["ffn"], [0],
-              inputs["describe"], inputs["task"], inputs["level"], str(tmp_path / "out"))
+        build_seed0(inputs, tmp_path / "out")

@@ -224,12 +224,16 @@ def test_a_sample_page_wraps_long_tokens_inside_each_models_column(tmp_path):
     assert len(widths) == 3 and all(scroll <= client for scroll, client in widths), widths
 
 
-def test_heatmaps_command_writes_a_png_and_a_page_per_chosen_sample(tiny, tmp_path):
+def run_heatmaps(tiny, tmp_path, groups):
+    """The heatmaps command on the tiny shard, as `base` (pre-trained) and `chat` (tuned), one sample a group."""
     shard, dataset = tiny
-    heatmaps.main(["--dataset", str(dataset), "--groups", "lima_author_=lima,mtbench_=mtbench", "--samples", "1",
-                   "--pretrained", "base", str(shard), "--tuned", "chat", str(shard), "--levels", "10",
-                   "--threshold", "7", "--p", "4", "--png-dir", str(tmp_path / "png"), "--html-dir",
-                   str(tmp_path / "html")])
+    heatmaps.main(["--dataset", str(dataset), "--groups", groups, "--samples", "1", "--pretrained", "base",
+                   str(shard), "--tuned", "chat", str(shard), "--levels", "10", "--threshold", "7", "--p", "4",
+                   "--png-dir", str(tmp_path / "png"), "--html-dir", str(tmp_path / "html")])
+
+
+def test_heatmaps_command_writes_a_png_and_a_page_per_chosen_sample(tiny, tmp_path):
+    run_heatmaps(tiny, tmp_path, "lima_author_=lima,mtbench_=mtbench")
     names = ["lima_author_1", "mtbench_1", "user_oriented_task_0"]  # one per group; the others are "other"
     assert sorted(p.stem for p in (tmp_path / "png").iterdir()) == names
     assert sorted(p.stem for p in (tmp_path / "html").iterdir()) == names
@@ -316,11 +320,7 @@ def test_sample_page_colours_a_denser_token_more_deeply():
 
 
 def test_heatmaps_command_shows_each_model_with_its_own_role_pretrained_first(tiny, tmp_path):
-    shard, dataset = tiny
-    heatmaps.main(["--dataset", str(dataset), "--groups", "lima_author_=lima", "--samples", "1",
-                   "--pretrained", "base", str(shard), "--tuned", "chat", str(shard), "--levels", "10",
-                   "--threshold", "7", "--p", "4", "--png-dir", str(tmp_path / "png"), "--html-dir",
-                   str(tmp_path / "html")])
+    run_heatmaps(tiny, tmp_path, "lima_author_=lima")
     page = (tmp_path / "html" / "lima_author_1.html").read_text(encoding="utf8")
     assert re.findall(r"<h2>(.*?)</h2>", page) == ["base <small>(pretrained)</small>", "chat <small>(tuned)</small>"]
 
