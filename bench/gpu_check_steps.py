@@ -28,6 +28,17 @@ EXACT = 1e-4  # float32 arithmetic in another order: the per-token definition to
 # emulation of it on these models reached 8.8e-3 (a 1.1x margin); the CPU never exercises TF32, so the
 # GPU run is the only check of this bound.
 MODE_BOUNDS = {"tf32": 3e-2, "float16": 2e-2, "bfloat16": 1e-1}
+# What precision_record must say of each mode's matmuls: on a GPU, half-precision modes turn off
+# cuBLAS's reduced-precision reductions (devices.set_matmul_precision), and the record says so; a CPU
+# has neither TF32 nor such reductions.
+EXPECTED_MATMUL = {
+    ("cuda", "tf32"): "tf32",
+    ("cuda", "float16"): "float16 (float32 reductions)",
+    ("cuda", "bfloat16"): "bfloat16 (float32 reductions)",
+    ("cpu", "tf32"): "float32 (CPU: TF32 is a CUDA mode; tf32 runs as float32)",
+    ("cpu", "float16"): "float16",
+    ("cpu", "bfloat16"): "bfloat16",
+}
 
 
 def update(path: Path, step: str, entry: dict) -> None:
@@ -109,8 +120,7 @@ def equality(step: Step) -> None:
             step.check(f"{name} forward mode batch={batch}",
                        relative(attribute_ids_forward(m, ids, 25, None, batch), ref), EXACT)
         weights = {key: tensor.clone() for key, tensor in m.state_dict().items()}
-        for mode, dtype, matmul in (("tf32", torch.float32, "tf32"), ("float16", torch.float16, "float16"),
-                                    ("bfloat16", torch.bfloat16, "bfloat16")):
+        for mode, dtype in (("tf32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
             set_matmul_precision(mode)
             m.to(torch.float32).load_state_dict(weights)  # each mode rounds the float32 weights
             cast_weights(m, dtype)  # the rotary frequencies stay float32
@@ -121,7 +131,7 @@ def equality(step: Step) -> None:
                 "precision_record": record, "buffers_dtype": buffers, "tf32_probe": probe,
                 "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                 "float32_matmul_precision": torch.get_float32_matmul_precision()},
-                ok=record["weights_dtype"] == str(dtype)[6:] and (where == "cpu" or record["matmul"] == matmul)
+                ok=record["weights_dtype"] == str(dtype)[6:] and record["matmul"] == EXPECTED_MATMUL[where, mode]
                 and set(buffers.values()) <= {"float32"},
                 shown=f"weights {record['weights_dtype']}, {record['matmul']} matmuls, rotary buffers "
                       f"{'/'.join(sorted(set(buffers.values())))}, float32 matmul probe {probe['ran']} "
