@@ -1,5 +1,5 @@
 """What a forward-mode position costs against a reverse-mode one, on a real checkpoint: the weight
-`auto` gives forward mode's positions (`attribution.FORWARD_POSITION_COST`).
+`auto` gives forward mode's positions on a CPU (`attribution.FORWARD_POSITION_COST`).
 
     PYTHONPATH=. python bench/autodiff_weight.py [--model-dir DIR] [--shapes 25x32,60x64] [--threads 1]
 
@@ -75,7 +75,7 @@ def main(argv=None):
         print(f"| {n} x {m} | {reverse:.2f} s | {forward:.2f} s | {reverse / forward:.2f} | {positions:.2f} | "
               f"{weight:.2f} | {choose_autodiff('auto', n, n, m, args.chunk_size)} |",
               flush=True)
-    print(f"\n`auto` weighs a forward-mode position as {FORWARD_POSITION_COST} reverse-mode ones.")
+    print(f"\n`auto` weighs a forward-mode position as {FORWARD_POSITION_COST['cpu']} reverse-mode ones on a CPU.")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ measurements first, so that a run short of time loses the least):
    mean shape (51 prompt + 300 response tokens: the released attributions' prompts average 50.9
    tokens with BOS, their responses 294 for LLaMA-7B and 197 for Vicuna-7B): times, peak GPU
    memory, the max relative difference to the float32 matrix and the share of binned cells equal
-   to its. When the whole per-token loop would not fit --reference-budget (or a tenth of the time
-   left), it is timed on the last N response tokens and scaled up (every iteration is one forward
-   and backward over the whole sample, so its time is linear in N);
+   to its; and the greedy generation of a 300-token response after the mean prompt, as the job runs
+   it before attributing under `response: generate` (the paper's). When the whole per-token loop
+   would not fit --reference-budget (or a tenth of the time left), it is timed on the last N response
+   tokens and scaled up (every iteration is one forward and backward over the whole sample, so its
+   time is linear in N);
 2. in child processes: an attribution job's model load (`load_model`, straight onto the GPU) of
    checkpoints of the model's first 1 and 4 layers, fitted to the whole model (a fixed cost and a cost
    per parameter); then one attention and one FFN layer job (layer 0), through the modules' `main` as
@@ -31,7 +33,7 @@ measurements first, so that a run short of time loses the least):
    arithmetic ran (torch's TF32 and reduced-precision switches, the TF32 override variables, and a
    512 x 512 float32 matmul against float64, which shows whether TF32 really ran);
 4. the projected wall time of the paper's workflow on one such GPU, component by component (632
-   samples x 2 models attributed, 2 x 32 attention and FFN layer jobs, annotation of 5 seeds),
+   samples x 2 models generated and attributed, 2 x 32 attention and FFN layer jobs, annotation of 5 seeds),
    from the times above and one stated assumption (seconds per annotation request; the model load too
    with --skip-layer-jobs or --load-seconds), which the table labels as such.
 Every section runs under --deadline-s (seconds from the process's start): a section whose estimate
@@ -40,7 +42,7 @@ killed), and the JSON says which and why (`skipped`); a section that fails recor
 (`errors`) and the run goes on. Prints Markdown tables and optionally writes the results as JSON for
 docs/benchmarks.md (--output: rewritten after every section, `"complete": false` until the end, and
 at the end false too when a section failed or was left out by the deadline; the exit status is 1
-when a section failed). An estimated 430-520 s on an H200 (never measured; --deadline-s bounds it).
+when a section failed). On an H200, 244 s without the generation sections (2026-12-04; --deadline-s bounds it).
 """
 from __future__ import annotations
 
@@ -86,9 +88,11 @@ def process_started() -> float:
 
 PROCESS_STARTED = process_started()
 PAPER = {"samples": 632, "models": 2, "layers": 32, "shard_size": 16, "seeds": 5, "components": 300, "steps": 3}
+CPU_CARD = "CPU (smoke test)"  # the card named in the results of a run with --allow-cpu
 SEED = 0  # every build of the model: the same float32 weights
 CALIBRATION_TOKENS = 3  # per-token loop iterations timed to decide whether the whole loop fits
 REFERENCE_SHARE = 0.1  # the per-token loop takes at most this share of the time left (and --reference-budget)
+GENERATE_SECONDS_PER_TOKEN = 0.05  # estimate before the first mode measures it: a 7B greedy step at batch 1
 BODY_PER_LOOP = 0.5  # estimate: one backward per token / the per-token loop (0.39 on an H200, 4 layers)
 FINAL_RESERVE_S = 5.0  # kept after the last section: the projection, the tables, the JSON, the exit
 LOG_TAIL = 2000  # characters of a child's log kept in the JSON (its work folder is deleted)
@@ -228,7 +232,8 @@ def print_plan(args, shape: Shape) -> None:
           f"{'all tokens if they fit' if args.reference_tokens is None else f'{args.reference_tokens} tokens'}, "
           f"budget {args.reference_budget:.0f} s, at most a tenth of the time left); "
           f"forward mode (batch {args.forward_batch or 'auto'}) per mode; "
-          f"auto on {shape.paper_prompt} + {shape.response} tokens (the paper's mean shape)")
+          f"auto on {shape.paper_prompt} + {shape.response} tokens (the paper's mean shape); greedy generation of "
+          f"{shape.response} tokens after {shape.paper_prompt} per mode")
     print(f"  layer jobs: checkpoint of {checkpoint:.2f} GiB (float16): "
           + ", ".join(f"{name} {tuple(tensors[name].shape)}" for name in LAYER_TENSORS))
     layers = " and ".join(str(min(n, shape.layers)) for n in LOAD_LAYERS)
@@ -610,10 +615,12 @@ class AttributionBench:
         if kind == "backward":
             return backward
         if kind == "forward":
-            from workflow_scripts.attribution import FORWARD_POSITION_COST
+            from workflow_scripts.attribution import forward_position_weight
 
-            shape = self.shape
-            return self.measured("forward") or backward * FORWARD_POSITION_COST * shape.prompt / shape.response
+            shape, weight = self.shape, forward_position_weight(self.device.type)
+            return self.measured("forward") or backward * weight * shape.prompt / shape.response
+        if kind == "generate":
+            return self.measured("generate") or self.shape.response * GENERATE_SECONDS_PER_TOKEN
         forward = (entry.get("forward") or {}).get("seconds")
         return self.measured("paper_shape_auto") or min(x for x in (backward, forward) if x is not None)
 
@@ -696,11 +703,30 @@ class AttributionBench:
         print(f"auto on the paper's mean shape ({shape.paper_prompt} + {shape.response}), {mode}: {seconds:.2f} s "
               f"({entry['paper_shape_auto']['autodiff_samples']})")
 
+    def mode_generate(self, mode: str) -> None:
+        """The greedy response the attribution job generates first under `response: generate` (the
+        paper's), as the job calls it (`greedy_continuation`), after the paper's mean prompt, forced to
+        the full `response` tokens (random weights would stop anywhere)."""
+        from workflow_scripts.attribution_model import PRECISIONS
+        from workflow_scripts.attribution_tokens import greedy_continuation
+        from workflow_scripts.devices import set_matmul_precision
+
+        set_matmul_precision(mode)
+        entry, shape = self.results["modes"][mode], self.shape
+        prompt = self.ids[None, :shape.paper_prompt]
+        new, seconds, peaks = timed(self.device, greedy_continuation, self.model(PRECISIONS[mode]), prompt,
+                                    shape.response, 0, shape.response)
+        entry["generate"] = {"seconds": seconds, **peaks, "tokens": len(new), "seconds_per_token": seconds / len(new)}
+        print(f"generate {mode}: {len(new)} tokens after {shape.paper_prompt} in {seconds:.2f} s "
+              f"({1000 * seconds / len(new):.1f} ms a token)")
+
     def run_mode(self, sections: Sections, mode: str) -> None:
-        """A mode's four sections: its model, then batched backward passes, forward mode and `auto`."""
+        """A mode's five sections: its model, then batched backward passes, forward mode, `auto` and the
+        greedy response's generation."""
         model = f"{mode} model"
         sections.run(model, lambda: self.mode_model(mode), lambda: self.estimate(mode, "model"))
-        for kind, fn in (("backward", self.mode_backward), ("forward", self.mode_forward), ("auto", self.mode_auto)):
+        for kind, fn in (("backward", self.mode_backward), ("forward", self.mode_forward), ("auto", self.mode_auto),
+                         ("generate", self.mode_generate)):
             sections.run(f"{mode} {kind}", lambda fn=fn: fn(mode), lambda kind=kind: self.estimate(mode, kind),
                          needs=[model])
 
@@ -743,7 +769,9 @@ def projection(r: dict, args) -> dict:
 
     Attribution: 632 samples x 2 models at this sample's time (200 + 300 tokens: the paper's
     responses are at most 300 tokens, so this errs long), and at the time of the paper's mean shape
-    (51 + 300: the mean prompt, and responses as long as LLaMA-7B's, longer than Vicuna-7B's); model
+    (51 + 300: the mean prompt, and responses as long as LLaMA-7B's, longer than Vicuna-7B's), each
+    total with the greedy responses' generation in the same mode (`response: generate`, the paper's: 632
+    x 2 at the time of `response` tokens, so it errs long; a total without it says so); model
     loads: one per shard of 16, at the measured `load_model` time fitted to the whole model (from the
     page cache: a cold disk or a network file system is slower), or --load-seconds; layer jobs: 2 x 32
     of each kind at the measured wall time; annotation: at most 5 seeds x 2 models x 32 layers x 300
@@ -761,23 +789,38 @@ def projection(r: dict, args) -> dict:
     }
     attributed = PAPER["samples"] * PAPER["models"]
     a = r.get("attribution") or {}
-    attribution = {}
+    attribution, mode_of = {}, {}  # {label: seconds}, {label: the mode whose generation goes with it}
+
+    def add(label: str, mode: str, seconds: float) -> None:
+        attribution[label], mode_of[label] = attributed * seconds, mode
+
     if a.get("reference_seconds") is not None:
-        attribution["per-token loop (paper), float32"] = attributed * a["reference_seconds"]
+        add("per-token loop (paper), float32", "float32", a["reference_seconds"])
     if a.get("float32_per_token_backward"):
-        attribution["this project, float32, one backward per token"] = attributed * a["float32_per_token_backward"][
-            "seconds"]
+        add("this project, float32, one backward per token", "float32", a["float32_per_token_backward"]["seconds"])
     modes = a.get("modes") or {}
-    attribution.update({f"this project, {mode}": attributed * m["seconds"] for mode, m in modes.items()
-                        if m.get("seconds") is not None})
-    attribution.update({f"this project, {mode}, forward mode": attributed * m["forward"]["seconds"]
-                        for mode, m in modes.items() if m.get("forward")})
-    attribution.update({
-        f"this project, {mode}, auto, paper's mean shape ({m['paper_shape_auto']['autodiff_samples']})":
-        attributed * m["paper_shape_auto"]["seconds"] for mode, m in modes.items() if m.get("paper_shape_auto")})
+    for mode, m in modes.items():
+        if m.get("seconds") is not None:
+            add(f"this project, {mode}", mode, m["seconds"])
+    for mode, m in modes.items():
+        if m.get("forward"):
+            add(f"this project, {mode}, forward mode", mode, m["forward"]["seconds"])
+    for mode, m in modes.items():
+        if m.get("paper_shape_auto"):
+            add(f"this project, {mode}, auto, paper's mean shape ({m['paper_shape_auto']['autodiff_samples']})",
+                mode, m["paper_shape_auto"]["seconds"])
+    # the greedy responses (`response: generate`, the paper's), at most `response` tokens each, in the mode's dtype
+    generation = {mode: attributed * m["generate"]["seconds"] for mode, m in modes.items() if m.get("generate")}
     known = sum(v for v in fixed.values() if v is not None)
+    totals = {}
+    for label, seconds in attribution.items():
+        generated = generation.get(mode_of[label])
+        if generated is None:
+            totals[f"{label}, response generation not measured"] = (seconds + known) / 3600
+        else:
+            totals[label] = (seconds + generated + known) / 3600
     return {"shards": shards, "annotation_requests": requests, "fixed_seconds": fixed,
-            "attribution_seconds": attribution, "total_hours": {k: (v + known) / 3600 for k, v in attribution.items()}}
+            "generation_seconds": generation, "attribution_seconds": attribution, "total_hours": totals}
 
 
 def load_projection(load: dict | None, shards: int, load_seconds: float | None) -> dict:
@@ -988,8 +1031,9 @@ def speed(value) -> str:
 def markdown(r: dict) -> str:
     """The results as a two-column Markdown table (what was measured, then what was skipped or failed),
     then the projection of the paper's workflow."""
-    from workflow_scripts.attribution import FORWARD_POSITION_COST
+    from workflow_scripts.attribution import forward_position_weight
 
+    assumed = forward_position_weight("cpu" if r["card"] == CPU_CARD else "cuda")
     a, jobs = r.get("attribution") or {}, r.get("layer_jobs") or {}
     versions = r.get("arithmetic_environment") or {}
     rows = [
@@ -1036,13 +1080,19 @@ def markdown(r: dict) -> str:
                          f"{f['seconds']:.2f} s{speed(f['speed_up'])}, peak GPU {gpu_peak(f)}, "
                          f"vs {compared}: max relative difference {f['max_relative_difference']:.1e}, "
                          f"{f['cells_equal']:.2%} of binned cells equal; a position costs "
-                         f"{cost} a reverse-mode one (`auto` assumes {FORWARD_POSITION_COST})"))
+                         f"{cost} a reverse-mode one (`auto` assumes {assumed})"))
         p = m.get("paper_shape_auto")
         if p:
             rows.append((f"attribution, this project, {mode}, auto, the paper's mean shape "
                          f"({r['sample']['paper_prompt']} + {r['sample']['response']} tokens)",
                          f"{p['seconds']:.2f} s ({p['autodiff_samples']}), peak GPU {gpu_peak(p)}, "
                          f"{p['cells_equal_to_first_mode']:.2%} of binned cells equal to the first mode's"))
+        g = m.get("generate")
+        if g:
+            rows.append((f"greedy response, {mode} (`generate`, {g['tokens']} tokens after "
+                         f"{r['sample']['paper_prompt']})",
+                         f"{g['seconds']:.2f} s ({1000 * g['seconds_per_token']:.1f} ms a token), peak GPU "
+                         f"{gpu_peak(g)}"))
     for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
                               ("ffn", "FFN", "top 300 components")):
         if name in jobs:
@@ -1074,6 +1124,8 @@ def markdown(r: dict) -> str:
              f"models, {p['shards']} shards, {PAPER['models']} x {PAPER['layers']} layer jobs of each kind, "
              f"<= {p['annotation_requests']:,} annotation requests):", "", "| component | hours |", "|---|---|"]
     lines += [f"| {k} | {'n/a' if v is None else f'{v / 3600:.2f}'} |" for k, v in p["fixed_seconds"].items()]
+    lines += [f"| response generation (at most {r['sample']['response']} tokens a sample), {k} | {v / 3600:.2f} |"
+              for k, v in p.get("generation_seconds", {}).items()]
     lines += [f"| attribution: {k} | {v / 3600:.2f} |" for k, v in p["attribution_seconds"].items()]
     lines += [f"| **total with attribution by {k}** | **{v:.2f}** |" for k, v in p["total_hours"].items()]
     return table + "\n" + "\n".join(lines)
@@ -1138,7 +1190,7 @@ def main(argv=None):
     started = time.perf_counter()
     environment = arithmetic_environment()
     results = {
-        "card": torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test)",
+        "card": torch.cuda.get_device_name() if device.type == "cuda" else CPU_CARD,
         "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": environment["transformers"],
         "arithmetic_environment": environment, "shape": shape.name, "config": dataclasses.asdict(shape),
         "sample": {"prompt": shape.prompt, "response": shape.response, "paper_prompt": shape.paper_prompt},

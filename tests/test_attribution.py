@@ -701,6 +701,11 @@ def test_auto_picks_the_mode_with_less_work():
     # SmolLM2 on a CPU (docs/benchmarks.md): forward mode took 0.50x reverse's time at 23 x 80, 1.41x at 60 x 64
     assert choose_autodiff("auto", 23, 23, 80) == "forward" and choose_autodiff("auto", 60, 60, 64) == "reverse"
     assert choose_autodiff("reverse", 31, 31, 299) == "reverse" and choose_autodiff("forward", 15, 15, 9) == "forward"
+    # a GPU weighs a forward position as one reverse position (an H200 measured 0.94-1.03, docs/benchmarks.md):
+    # 26 x 56 = 1,456 forward positions against 33 x 56 = 1,848 reverse ones, 1,893 once weighed 1.3 on a CPU
+    assert choose_autodiff("auto", 25, 25, 32, device_type="cpu") == "reverse"
+    assert choose_autodiff("auto", 25, 25, 32, device_type="cuda") == "forward"
+    assert choose_autodiff("auto", 25, 25, 32) == "reverse"  # a device without a measurement: the CPU's weight
     with pytest.raises(ValueError, match=r"unknown autodiff 'jvp' \(known: auto, reverse, forward\)"):
         Attributor(tiny_model("llama"), autodiff="jvp")
 

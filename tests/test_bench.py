@@ -1,6 +1,7 @@
 """The benchmark scripts are not run by the tests (they take minutes to hours), but they must still
 start: a renamed module once left `bench/attribution_precision.py` failing at its first import. The
 GPU check, which a session lent a GPU for a few minutes runs once, also runs whole in its CPU smoke mode."""
+import argparse
 import ast
 import importlib
 import json
@@ -106,6 +107,10 @@ def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
         assert set(mode["model"].get("buffers_dtype", {"kept": "float32"}).values()) == {"float32"}
         assert mode["arithmetic"]["tf32_probe"]["relative_error"] < 1e-4  # a CPU never runs TF32
     assert load["peak_host_source"] and load["log_tail"]  # the child's log is kept: its folder is deleted
+    # each mode generates the full response as the job calls `generate`, and each total includes it
+    assert all(mode["generate"]["tokens"] == results["sample"]["response"] for mode in modes.values())
+    assert set(results["projection"]["generation_seconds"]) == set(modes)
+    assert not any("not measured" in label for label in results["projection"]["total_hours"])
     steps = json.loads((tmp_path / "gpu_check_steps.json").read_text())  # steps 1/1b, next to --output
     assert steps["failed"] == [] and set(steps["steps"]) == {"1 equality", "1b split model", "2 gpu_bench"}
     assert all(check["passed"] for check in steps["steps"]["1 equality"]["checks"])
@@ -132,6 +137,21 @@ def import_bench(name: str):
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "bench"))
+
+
+def test_the_projection_adds_each_modes_response_generation_and_says_where_it_is_missing():
+    """Under `response: generate` (the paper's) every sample's greedy response is generated before it is
+    attributed: a projected total without it would undercount the run (the first H200 run's did)."""
+    gpu_bench = import_bench("gpu_bench")
+    r = {"attribution": {"reference_seconds": 10.0, "modes": {
+        "float32": {"seconds": 4.0, "generate": {"seconds": 2.0}}, "bfloat16": {"seconds": 1.0}}}}
+    p = gpu_bench.projection(r, argparse.Namespace(load_seconds=0.0, annotation_seconds_per_request=0.0))
+    samples = 632 * 2
+    assert p["generation_seconds"] == {"float32": samples * 2.0}
+    assert p["total_hours"] == pytest.approx({
+        "per-token loop (paper), float32": samples * 12.0 / 3600,  # the paper's loop generates in float32 too
+        "this project, float32": samples * 6.0 / 3600,
+        "this project, bfloat16, response generation not measured": samples * 1.0 / 3600})
 
 
 def test_each_mode_of_the_gpu_bench_rounds_the_same_weights_as_a_real_job_loads_them(tmp_path):

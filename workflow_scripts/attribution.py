@@ -46,9 +46,11 @@ log = logging.getLogger(__name__)
 
 AUTODIFF = ("auto", "reverse", "forward")
 # What a position costs a forward-mode tangent against a reverse-mode pass (JVPs of the norms, activations and
-# attention on top of the same matrix products): 1.29-1.35 on SmolLM2-135M on a CPU at four prompt x response
-# shapes (docs/benchmarks.md, forward vs reverse mode); bench/gpu_bench.py prints it for the GPU it runs on.
-FORWARD_POSITION_COST = 1.3
+# attention on top of the same matrix products), per device type: 1.29-1.35 on SmolLM2-135M on a CPU at four
+# prompt x response shapes; 0.94-1.03 on an H200 at the LLaMA-7B shape in all four precision modes, where the
+# matrix products dominate (docs/benchmarks.md, forward vs reverse mode; bench/gpu_bench.py prints it for the GPU
+# it runs on). A device type not listed gets the CPU's weight.
+FORWARD_POSITION_COST = {"cpu": 1.3, "cuda": 1.0}
 FORWARD_BATCH_CPU = 16  # tangents per forward pass on a CPU (SmolLM2: 16-23 were 1.2x faster than 8)
 
 
@@ -192,14 +194,20 @@ def check_autodiff(autodiff: str) -> None:
         raise ValueError(f"unknown autodiff {autodiff!r} (known: {', '.join(AUTODIFF)})")
 
 
-def choose_autodiff(autodiff: str, rows: int, n_prompt: int, m: int, chunk_size: int = 32) -> str:
+def forward_position_weight(device_type: str) -> float:
+    return FORWARD_POSITION_COST.get(device_type, FORWARD_POSITION_COST["cpu"])
+
+
+def choose_autodiff(autodiff: str, rows: int, n_prompt: int, m: int, chunk_size: int = 32,
+                    device_type: str = "cpu") -> str:
     """`auto`: the mode with less work, counted as positions run through the body, a forward-mode
-    position weighing `FORWARD_POSITION_COST` reverse-mode ones (docs/benchmarks.md, forward vs reverse mode)."""
+    position weighing `FORWARD_POSITION_COST` reverse-mode ones on the device type the body runs on
+    (docs/benchmarks.md, forward vs reverse mode). Speed only: both modes give the same matrix."""
     check_autodiff(autodiff)
     if autodiff != "auto":
         return autodiff
-    forward = FORWARD_POSITION_COST * forward_positions(rows, n_prompt, m) < reverse_positions(n_prompt, m, chunk_size)
-    return "forward" if forward else "reverse"
+    weighed = forward_position_weight(device_type) * forward_positions(rows, n_prompt, m)
+    return "forward" if weighed < reverse_positions(n_prompt, m, chunk_size) else "reverse"
 
 
 def attribute_ids_forward(model, input_ids: torch.Tensor, n_prompt: int, rows=None, batch: int = 0,
@@ -285,7 +293,8 @@ class Attributor:
         sequence as long as one forward mode could not fit (a tangent's memory grows with the sequence)."""
         if self.forward_failed:
             return "reverse"
-        mode = choose_autodiff(self.autodiff, rows, n_prompt, length - n_prompt, self.chunk_size)
+        mode = choose_autodiff(self.autodiff, rows, n_prompt, length - n_prompt, self.chunk_size,
+                               input_device(self.model).type)
         if mode == "forward" and self.autodiff == "auto" and 0 < self.forward_too_long <= length:
             self.forward_out_of_memory += 1
             return "reverse"

@@ -54,13 +54,8 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
     space is attributed from its first word."""
     enc = tokenizer(prompt, return_offsets_mapping=True, return_tensors="pt")
     prompt_ids = enc["input_ids"].to(input_device(model))
-    with torch.no_grad():
-        out = model.generate(
-            prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
-            min_new_tokens=min(1, max_new_tokens), do_sample=False,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-        )[0]
-    new = out[prompt_ids.shape[1] :].tolist()
+    new = greedy_continuation(model, prompt_ids, max_new_tokens, tokenizer.pad_token_id or tokenizer.eos_token_id,
+                              min(1, max_new_tokens)).tolist()
     special = set(tokenizer.all_special_ids)
     keep = next((k for k, token in enumerate(new) if token in special), len(new))
     text = tokenizer.decode(new[:keep], skip_special_tokens=True).strip()
@@ -70,6 +65,18 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
     prompt_rows = np.flatnonzero(~np.isin(enc["input_ids"][0].numpy(), list(special)))
     nothing = np.zeros((0, 2), np.int64)  # no response token: the sample scores 0, as in the paper
     return Tokenized(enc["input_ids"][0], prompt_rows, prompt_ids.shape[1], prompt_offsets[prompt_rows], "", nothing)
+
+
+def greedy_continuation(model, prompt_ids: torch.Tensor, max_new_tokens: int, pad_token_id: int,
+                        min_new_tokens: int) -> torch.Tensor:
+    """The new token ids of the model's greedy continuation of (1, n) `prompt_ids`: the job asks for at
+    least one (the paper's `min_length`); bench/gpu_bench.py times this call at its full length."""
+    with torch.no_grad():
+        out = model.generate(
+            prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad_token_id,
+        )[0]
+    return out[prompt_ids.shape[1] :]
 
 
 def check_fits(model, tokenizer, samples, response: str, max_new_tokens: int, dataset: str) -> None:
