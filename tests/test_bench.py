@@ -255,3 +255,23 @@ def test_the_precision_benchmarks_float16_emulation_rounds_float32_products_and_
         assert torch.equal(linear, torch.addmm(bias.to(dtype).float(), a.to(dtype).float(),
                                                b.to(dtype).float()).to(dtype))
         assert torch.equal(summed, a.to(dtype) + 1)
+
+
+def test_the_paper_projection_sums_each_sample_in_the_mode_auto_picks():
+    """bench/paper_projection.py: per-position costs from one timed sample per mode, applied to each
+    released sample's shape in the mode `auto` picks on a GPU, plus its generation per response token."""
+    projection = import_bench("paper_projection")
+    from workflow_scripts.attribution import forward_positions, reverse_positions
+    bench = {"sample": {"prompt": 200, "response": 300, "paper_prompt": 51},
+             "projection": {"fixed_seconds": {"layer jobs": 36.0, "unmeasured": None}},
+             "attribution": {"chunk_size": 32, "modes": {
+                 "float32": {"seconds": reverse_positions(200, 300) * 1e-3,
+                             "forward": {"seconds": forward_positions(200, 200, 300) * 2e-3},
+                             "generate": {"seconds_per_token": 0.5}}}}}
+    shapes = [(31, 299), (400, 20), (10, 0)]  # forward, reverse, an empty response (scores 0: not attributed)
+    [row] = projection.project(bench, shapes)
+    attribution = forward_positions(30, 31, 299) * 2e-3 + reverse_positions(400, 20) * 1e-3
+    assert row["attribution_hours"] == pytest.approx(attribution / 3600)
+    assert row["generation_hours"] == pytest.approx(0.5 * 319 / 3600)
+    assert row["total_hours"] == pytest.approx((attribution + 0.5 * 319 + 36.0) / 3600)
+    assert row["mean_shape_predicted"] == pytest.approx(forward_positions(50, 51, 300) * 2e-3)
