@@ -17,7 +17,8 @@ measurements first, so that a run short of time loses the least):
    tokens with BOS, their responses 294 for LLaMA-7B and 197 for Vicuna-7B): times, peak GPU
    memory, the max relative difference to the float32 matrix and the share of binned cells equal
    to its; and the greedy generation of a 300-token response after the mean prompt, as the job runs
-   it before attributing under `response: generate` (the paper's). When the whole per-token loop
+   it before attributing under `response: generate` (the paper's), and of 16 such responses in one
+   `generate` call (what batching a shard's prompts would give; the job does not). When the whole per-token loop
    would not fit --reference-budget (or a tenth of the time left), it is timed on the last N response
    tokens and scaled up (every iteration is one forward and backward over the whole sample, so its
    time is linear in N);
@@ -92,6 +93,7 @@ CPU_CARD = "CPU (smoke test)"  # the card named in the results of a run with --a
 SEED = 0  # every build of the model: the same float32 weights
 CALIBRATION_TOKENS = 3  # per-token loop iterations timed to decide whether the whole loop fits
 REFERENCE_SHARE = 0.1  # the per-token loop takes at most this share of the time left (and --reference-budget)
+GENERATE_BATCH = 16  # prompts per generate call in the measurement of batched generation (a shard's size)
 GENERATE_SECONDS_PER_TOKEN = 0.05  # estimate before the first mode measures it: a 7B greedy step at batch 1
 BODY_PER_LOOP = 0.5  # estimate: one backward per token / the per-token loop (0.39 on an H200, 4 layers)
 FINAL_RESERVE_S = 5.0  # kept after the last section: the projection, the tables, the JSON, the exit
@@ -233,7 +235,7 @@ def print_plan(args, shape: Shape) -> None:
           f"budget {args.reference_budget:.0f} s, at most a tenth of the time left); "
           f"forward mode (batch {args.forward_batch or 'auto'}) per mode; "
           f"auto on {shape.paper_prompt} + {shape.response} tokens (the paper's mean shape); greedy generation of "
-          f"{shape.response} tokens after {shape.paper_prompt} per mode")
+          f"{shape.response} tokens after {shape.paper_prompt} per mode, alone and {GENERATE_BATCH} prompts a call")
     print(f"  layer jobs: checkpoint of {checkpoint:.2f} GiB (float16): "
           + ", ".join(f"{name} {tuple(tensors[name].shape)}" for name in LAYER_TENSORS))
     layers = " and ".join(str(min(n, shape.layers)) for n in LOAD_LAYERS)
@@ -620,7 +622,7 @@ class AttributionBench:
             shape, weight = self.shape, forward_position_weight(self.device.type)
             return self.measured("forward") or backward * weight * shape.prompt / shape.response
         if kind == "generate":
-            return self.measured("generate") or self.shape.response * GENERATE_SECONDS_PER_TOKEN
+            return 2 * (self.measured("generate") or self.shape.response * GENERATE_SECONDS_PER_TOKEN)
         forward = (entry.get("forward") or {}).get("seconds")
         return self.measured("paper_shape_auto") or min(x for x in (backward, forward) if x is not None)
 
@@ -712,13 +714,24 @@ class AttributionBench:
         from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision(mode)
-        entry, shape = self.results["modes"][mode], self.shape
+        entry, shape, model = self.results["modes"][mode], self.shape, self.model(PRECISIONS[mode])
         prompt = self.ids[None, :shape.paper_prompt]
-        new, seconds, peaks = timed(self.device, greedy_continuation, self.model(PRECISIONS[mode]), prompt,
-                                    shape.response, 0, shape.response)
+        new, seconds, peaks = timed(self.device, greedy_continuation, model, prompt, shape.response, 0,
+                                    shape.response)
         entry["generate"] = {"seconds": seconds, **peaks, "tokens": len(new), "seconds_per_token": seconds / len(new)}
+        # what generating several prompts per call would give (the job generates one at a time): the same
+        # call on GENERATE_BATCH prompts of the mean length
+        prompts = torch.randint(3, shape.vocab, (GENERATE_BATCH, shape.paper_prompt), device=self.device,
+                                generator=torch.Generator(self.device).manual_seed(SEED))
+        with torch.no_grad():
+            _, batched, batch_peaks = timed(self.device, lambda: model.generate(
+                prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=shape.response,
+                min_new_tokens=shape.response, do_sample=False, pad_token_id=0))
+        entry["generate_batched"] = {"prompts": GENERATE_BATCH, "seconds": batched, **batch_peaks,
+                                     "seconds_per_sample": batched / GENERATE_BATCH}
         print(f"generate {mode}: {len(new)} tokens after {shape.paper_prompt} in {seconds:.2f} s "
-              f"({1000 * seconds / len(new):.1f} ms a token)")
+              f"({1000 * seconds / len(new):.1f} ms a token); {GENERATE_BATCH} prompts in one call: {batched:.2f} s "
+              f"({batched / GENERATE_BATCH:.2f} s a sample, not what the job does)")
 
     def run_mode(self, sections: Sections, mode: str) -> None:
         """A mode's five sections: its model, then batched backward passes, forward mode, `auto` and the
@@ -1093,6 +1106,11 @@ def markdown(r: dict) -> str:
                          f"{r['sample']['paper_prompt']})",
                          f"{g['seconds']:.2f} s ({1000 * g['seconds_per_token']:.1f} ms a token), peak GPU "
                          f"{gpu_peak(g)}"))
+        b = m.get("generate_batched")
+        if b:
+            rows.append((f"greedy responses, {mode}, {b['prompts']} prompts in one `generate` call (not what the "
+                         "job does)", f"{b['seconds']:.2f} s ({b['seconds_per_sample']:.2f} s a sample), peak GPU "
+                                      f"{gpu_peak(b)}"))
     for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
                               ("ffn", "FFN", "top 300 components")):
         if name in jobs:

@@ -109,6 +109,8 @@ def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
     assert load["peak_host_source"] and load["log_tail"]  # the child's log is kept: its folder is deleted
     # each mode generates the full response as the job calls `generate`, and each total includes it
     assert all(mode["generate"]["tokens"] == results["sample"]["response"] for mode in modes.values())
+    assert all(mode["generate_batched"]["prompts"] == 16 and mode["generate_batched"]["seconds"] > 0
+               for mode in modes.values())
     assert set(results["projection"]["generation_seconds"]) == set(modes)
     assert not any("not measured" in label for label in results["projection"]["total_hours"])
     steps = json.loads((tmp_path / "gpu_check_steps.json").read_text())  # steps 1/1b, next to --output
