@@ -202,7 +202,8 @@ def choose_autodiff(autodiff: str, rows: int, n_prompt: int, m: int, chunk_size:
                     device_type: str = "cpu") -> str:
     """`auto`: the mode with less work, counted as positions run through the body, a forward-mode
     position weighing `FORWARD_POSITION_COST` reverse-mode ones on the device type the body runs on
-    (docs/benchmarks.md, forward vs reverse mode). Speed only: both modes give the same matrix."""
+    (docs/benchmarks.md, forward vs reverse mode). Speed only: both modes give the same matrix, to the
+    precision mode's rounding."""
     check_autodiff(autodiff)
     if autodiff != "auto":
         return autodiff
