@@ -69,8 +69,14 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
 
 def greedy_continuation(model, prompt_ids: torch.Tensor, max_new_tokens: int, pad_token_id: int,
                         min_new_tokens: int) -> torch.Tensor:
-    """The new token ids of the model's greedy continuation of (1, n) `prompt_ids`: the job asks for at
-    least one (the paper's `min_length`); bench/gpu_bench.py times this call at its full length."""
+    """The model's greedy continuation: the job asks for at least one new token (the paper's
+    `min_length`); bench/gpu_bench.py times this call at its full length.
+
+    Args:
+        prompt_ids: (1, n) token ids of the prompt, on the model's input device
+
+    Returns the (new,) new token ids, at most `max_new_tokens`.
+    """
     with torch.no_grad():
         out = model.generate(
             prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
