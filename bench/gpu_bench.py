@@ -18,10 +18,10 @@ measurements first, so that a run short of time loses the least):
    memory, the max relative difference to the float32 matrix and the share of binned cells equal
    to its; and the greedy generation of a 300-token response after the mean prompt, as the job runs
    it before attributing under `response: generate` (the paper's), and of 16 such responses in one
-   `generate` call (what batching a shard's prompts would give; the job does not). When the whole per-token loop
-   would not fit --reference-budget (or a tenth of the time left), it is timed on the last N response
-   tokens and scaled up (every iteration is one forward and backward over the whole sample, so its
-   time is linear in N);
+   `generate` call (what batching a shard's prompts would give; the job does not). When the whole
+   per-token loop would not fit --reference-budget (or a tenth of the time left), it is timed on the
+   last N response tokens and scaled up (every iteration is one forward and backward over the whole
+   sample, so its time is linear in N);
 2. in child processes: an attribution job's model load (`load_model`, straight onto the GPU) of
    checkpoints of the model's first 1 and 4 layers, fitted to the whole model (a fixed cost and a cost
    per parameter); then one attention and one FFN layer job (layer 0), through the modules' `main` as
@@ -718,19 +718,18 @@ class AttributionBench:
         prompt = self.ids[None, :shape.paper_prompt]
         new, seconds, peaks = timed(self.device, greedy_continuation, model, prompt, shape.response, 0,
                                     shape.response)
-        entry["generate"] = {"seconds": seconds, **peaks, "tokens": len(new), "seconds_per_token": seconds / len(new)}
+        tokens = new.shape[1]
+        entry["generate"] = {"seconds": seconds, **peaks, "tokens": tokens, "seconds_per_token": seconds / tokens}
         # what generating several prompts per call would give (the job generates one at a time): the same
         # call on GENERATE_BATCH prompts of the mean length
         prompts = torch.randint(3, shape.vocab, (GENERATE_BATCH, shape.paper_prompt), device=self.device,
                                 generator=torch.Generator(self.device).manual_seed(SEED))
-        with torch.no_grad():
-            _, batched, batch_peaks = timed(self.device, lambda: model.generate(
-                prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=shape.response,
-                min_new_tokens=shape.response, do_sample=False, pad_token_id=0))
+        _, batched, batch_peaks = timed(self.device, greedy_continuation, model, prompts, shape.response, 0,
+                                        shape.response)
         entry["generate_batched"] = {"prompts": GENERATE_BATCH, "seconds": batched, **batch_peaks,
                                      "seconds_per_sample": batched / GENERATE_BATCH}
-        print(f"generate {mode}: {len(new)} tokens after {shape.paper_prompt} in {seconds:.2f} s "
-              f"({1000 * seconds / len(new):.1f} ms a token); {GENERATE_BATCH} prompts in one call: {batched:.2f} s "
+        print(f"generate {mode}: {tokens} tokens after {shape.paper_prompt} in {seconds:.2f} s "
+              f"({1000 * seconds / tokens:.1f} ms a token); {GENERATE_BATCH} prompts in one call: {batched:.2f} s "
               f"({batched / GENERATE_BATCH:.2f} s a sample, not what the job does)")
 
     def run_mode(self, sections: Sections, mode: str) -> None:

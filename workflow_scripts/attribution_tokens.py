@@ -55,7 +55,7 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
     enc = tokenizer(prompt, return_offsets_mapping=True, return_tensors="pt")
     prompt_ids = enc["input_ids"].to(input_device(model))
     new = greedy_continuation(model, prompt_ids, max_new_tokens, tokenizer.pad_token_id or tokenizer.eos_token_id,
-                              min(1, max_new_tokens)).tolist()
+                              min(1, max_new_tokens))[0].tolist()
     special = set(tokenizer.all_special_ids)
     keep = next((k for k, token in enumerate(new) if token in special), len(new))
     text = tokenizer.decode(new[:keep], skip_special_tokens=True).strip()
@@ -69,20 +69,21 @@ def generate_response(model, tokenizer, prompt: str, max_new_tokens: int) -> Tok
 
 def greedy_continuation(model, prompt_ids: torch.Tensor, max_new_tokens: int, pad_token_id: int,
                         min_new_tokens: int) -> torch.Tensor:
-    """The model's greedy continuation: the job asks for at least one new token (the paper's
-    `min_length`); bench/gpu_bench.py times this call at its full length.
+    """The model's greedy continuation of each prompt: the job asks for at least one new token (the
+    paper's `min_length`) of one prompt; bench/gpu_bench.py times this call at its full length, on one
+    prompt and on several.
 
     Args:
-        prompt_ids: (1, n) token ids of the prompt, on the model's input device
+        prompt_ids: (b, n) token ids of b prompts of n tokens (the job: b = 1), on the model's input device
 
-    Returns the (new,) new token ids, at most `max_new_tokens`.
+    Returns the (b, new) new token ids, at most `max_new_tokens` each.
     """
     with torch.no_grad():
         out = model.generate(
             prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens, do_sample=False, pad_token_id=pad_token_id,
-        )[0]
-    return out[prompt_ids.shape[1] :]
+        )
+    return out[:, prompt_ids.shape[1] :]
 
 
 def check_fits(model, tokenizer, samples, response: str, max_new_tokens: int, dataset: str) -> None:
