@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from workflow_scripts.attribution import AUTODIFF, Attributor, attribute_sample, autodiff_summary  # noqa: E402
 from workflow_scripts.attribution_model import PRECISIONS, load_model  # noqa: E402
-from workflow_scripts.attribution_tokens import generate_response  # noqa: E402
+from workflow_scripts.attribution_tokens import generate_responses  # noqa: E402
 from workflow_scripts.dataset import dataset_group, read_dataset  # noqa: E402
 from workflow_scripts.demo_annotator import DEFAULT_SMOLLM2_DIR, ensure_smollm2  # noqa: E402
 from workflow_scripts.importance import bin_attributions  # noqa: E402
@@ -71,7 +71,7 @@ def responses(model, tokenizer, candidates, count: int, max_new_tokens: int):
     """The first `count` candidates whose greedy response is not empty, with their tokens."""
     chosen = []
     for sample in candidates:
-        tokens = generate_response(model, tokenizer, sample.prompt, max_new_tokens)
+        (tokens,) = generate_responses(model, tokenizer, [sample.prompt], max_new_tokens)
         if tokens.input_ids.numel() > tokens.n_prompt:
             chosen.append((sample, tokens))
             print(f"  {len(chosen):>2} {sample.id}: {tokens.n_prompt} prompt + "
@@ -261,7 +261,7 @@ def main(argv=None):
             results["modes"][mode] = {"seconds_per_sample": seconds, "autodiff_samples": used,
                                       **compare(matrices[first], matrices[mode], scores[first], scores[mode])}
             if precision == "bfloat16" and not any("own_responses_equal" in r for r in results["modes"].values()):
-                own = [generate_response(model, tokenizer, s.prompt, args.max_new_tokens) for s, _ in chosen]
+                own = generate_responses(model, tokenizer, [s.prompt for s, _ in chosen], args.max_new_tokens)
                 same = sum(torch.equal(a.input_ids, t.input_ids) for a, (_, t) in zip(own, chosen))
                 results["modes"][mode]["own_responses_equal"] = same
             print(f"{mode}: {seconds:.1f} s per sample, {results['modes'][mode]['cells_equal']:.2%} of cells equal",

@@ -26,7 +26,8 @@ rule attribute_shard:
         # this model's mode only: changing another model's reruns none of this model's shards
         precision=per_model(lambda model: dag.attribution_precision(config, model)),
         # scalars, not the config dict: reordering config keys must not rerun a shard; the chunk
-        # size, backward batch and autodiff mode only trade memory for speed: read in the command, not params
+        # size, backward batch, autodiff mode and generate batch only trade memory for speed: read in the
+        # command, not params
         response=config["attribution"]["response"],
         max_new_tokens=config["attribution"]["max_new_tokens"],
         shard_size=config["attribution"]["shard_size"],
@@ -36,7 +37,7 @@ rule attribute_shard:
         " --dataset {input.dataset:q} --shard {wildcards.shard:q} --shard-size={params.shard_size:q}"
         " --response={params.response:q} --max-new-tokens={params.max_new_tokens:q}"
         " --chunk-size {config[attribution][chunk_size]:q} --backward-batch {config[attribution][backward_batch]:q}"
-        " --autodiff {config[attribution][autodiff]:q}"
+        " --autodiff {config[attribution][autodiff]:q} --generate-batch {config[attribution][generate_batch]:q}"
         " --precision={params.precision:q}"
         " --output {output:q} 3>&2 > {log:q} 2>&1"
 

@@ -22,6 +22,7 @@ rule paper_released_attributions: Shell command directly uses variable PAPER_COM
 rule attribute_shard: Shell command directly uses variable config from outside of the rule  # chunk_size only trades memory for speed: read in the command so that changing it reruns no shard
 rule attribute_shard: Shell command directly uses variable config from outside of the rule  # backward_batch likewise (its second use of config)
 rule attribute_shard: Shell command directly uses variable config from outside of the rule  # autodiff likewise (its third: forward or reverse mode, the same matrices)
+rule attribute_shard: Shell command directly uses variable config from outside of the rule  # generate_batch likewise (its fourth: prompts per generate call, the same responses up to rounding)
 rule annotate_describe: Shell command directly uses variable ANNOTATION_RUNTIME from outside of the rule  # concurrency, retries, timeouts, batch size: speed only, so no rerun when they change
 rule annotate_describe: Shell command directly uses variable ANNOTATION_KEY_ENV from outside of the rule  # only the name of the API key's variable; the key never enters params, shell or logs
 rule annotate_task: Shell command directly uses variable ANNOTATION_RUNTIME from outside of the rule  # as annotate_describe

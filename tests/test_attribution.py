@@ -22,7 +22,7 @@ from workflow_scripts.attribution import (
 )
 from workflow_scripts.attribution_batches import auto_backward_batch
 from workflow_scripts.attribution_model import PRECISIONS, load_kwargs, load_model
-from workflow_scripts.attribution_tokens import generate_response, tokenize_pair
+from workflow_scripts.attribution_tokens import generate_responses, tokenize_pair
 from workflow_scripts.demo_models import train_tokenizer
 from workflow_scripts.devices import input_device, set_matmul_precision
 from workflow_scripts.importance import bin_attributions
@@ -111,7 +111,7 @@ def test_generated_response_is_greedy_and_its_offsets_slice_its_text(tokenizer_d
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = tiny_model("llama", vocab_size=len(tokenizer))
     prompt = "Write a short poem about the sea."
-    tokens = generate_response(model, tokenizer, prompt, max_new_tokens=6)
+    tokens = generate_responses(model, tokenizer, [prompt], 6)[0]
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
     with torch.no_grad():  # greedy: each new token is the argmax after the previous ones
         for _ in range(6):
@@ -154,7 +154,7 @@ def test_a_generated_response_is_attributed_as_the_papers_code_retokenized_it(to
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     prompt = "Write a short poem about the sea."
     model = chain_model(tokenizer, prompt, ["<0x0A>", "M", "on", "d", "a", "y", "▁"])
-    tokens = generate_response(model, tokenizer, prompt, max_new_tokens=20)
+    tokens = generate_responses(model, tokenizer, [prompt], 20)[0]
     expected = tokenize_pair(tokenizer, prompt, "Monday")
     assert tokens.response_text == "Monday"
     assert torch.equal(tokens.input_ids, expected.input_ids)
@@ -173,8 +173,54 @@ def test_a_response_is_at_least_one_token_as_in_the_papers_generation(tokenizer_
         the = tokenizer.convert_tokens_to_ids("The")
         model.lm_head.weight[the, tokenizer(prompt)["input_ids"][-1]] = 5.0
         model.lm_head.weight[tokenizer.eos_token_id, the] = 10.0
-    tokens = generate_response(model, tokenizer, prompt, max_new_tokens=5)
+    tokens = generate_responses(model, tokenizer, [prompt], 5)[0]
     assert tokens.response_text == "The"
+
+
+PROMPTS = ["Write a short poem about the sea.", "Name three colours.", "Say hi.",
+           "Explain in two sentences why the sky is blue at noon but red in the evening.", "List four fruits."]
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_batched_generation_gives_each_prompt_its_solo_response_in_the_prompts_order(tokenizer_dir, kind):
+    """Prompts of different lengths share a `generate` call, padded on the left: each gets the response it
+    gets alone (float32: the padding only reorders the arithmetic), returned in the prompts' order."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_model(kind, vocab_size=len(tokenizer))
+    calls = []
+    generate = model.generate
+
+    def counting(input_ids, **kwargs):  # the real generate, its batch shapes recorded
+        calls.append(tuple(input_ids.shape))
+        return generate(input_ids, **kwargs)
+
+    model.generate = counting
+    batched = generate_responses(model, tokenizer, PROMPTS, 8, batch=3)
+    lengths = sorted(len(tokenizer(p)["input_ids"]) for p in PROMPTS)
+    assert calls == [(3, lengths[2]), (2, lengths[4])]  # shortest first, padded to each batch's longest
+    calls.clear()
+    solo = [generate_responses(model, tokenizer, [prompt], 8)[0] for prompt in PROMPTS]
+    assert len(calls) == len(PROMPTS)
+    assert len({s.response_text for s in solo}) > 1  # the prompts are told apart
+    for one, many in zip(solo, batched):
+        assert many.response_text == one.response_text != ""
+        assert torch.equal(many.input_ids, one.input_ids) and many.n_prompt == one.n_prompt
+
+
+def test_a_response_that_ends_early_in_a_batch_is_cut_at_its_end_of_sequence(tokenizer_dir):
+    """A batch runs until its longest response ends: a shorter one is padded after its end of sequence, and
+    that padding is not part of its response."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    long_prompt, short_prompt = PROMPTS[0], "Say hi!"
+    model = chain_model(tokenizer, long_prompt, ["<0x0A>", "M", "on", "d", "a", "y", "▁"])
+    bang, the = tokenizer(short_prompt)["input_ids"][-1], tokenizer.convert_tokens_to_ids("The")
+    with torch.no_grad():  # after "!": "The", then the end of sequence
+        model.lm_head.weight[:, bang] = 0.0
+        model.lm_head.weight[the, bang] = 10.0
+        model.lm_head.weight[tokenizer.eos_token_id, the] = 10.0
+    short, long = generate_responses(model, tokenizer, [short_prompt, long_prompt], 20, batch=2)
+    assert (short.response_text, long.response_text) == ("The", "Monday")
+    assert torch.equal(short.input_ids, tokenize_pair(tokenizer, short_prompt, "The").input_ids)
 
 
 @pytest.mark.parametrize("response", ["reference", "generate"])
@@ -189,9 +235,11 @@ def test_attribute_shard_writes_the_shard_samples_in_the_safe_format(tmp_path, t
             f"Rewrite the sentence {i}.&&&The meeting was moved." for i in range(5)]
     dataset.write_text("ID\tPrompt\tResponse\tInstruct&Context\n" + "\n".join(rows) + "\n")
     out = tmp_path / "shard-1.npz"
-    attribute_shard(str(model_dir), str(dataset), 1, 2, str(out), "tiny", response=response, max_new_tokens=4)
+    attribute_shard(str(model_dir), str(dataset), 1, 2, str(out), "tiny", response=response, max_new_tokens=4,
+                    generate_batch=2)
     shard = load_shard(out)
     assert [s.id for s in shard.samples] == ["s2", "s3"]
+    assert shard.meta.get("generate_batch") == (2 if response == "generate" else None)  # how the responses were made
     assert shard.meta["model"] == "tiny" and shard.meta["binned_levels"] == 0
     assert (shard.meta["device"], shard.meta["weights_dtype"]) == ("cpu", "float32")  # for the report's provenance
     for sample in shard.samples:
@@ -881,8 +929,8 @@ def test_a_model_whose_input_embeddings_are_offloaded_generates_and_is_attribute
                                                  offload_folder=tmp_path / "offload").eval().requires_grad_(False)
     assert offloaded.get_input_embeddings().weight.device.type == "meta"
     prompt = "Write a short poem about the sea."
-    tokens = generate_response(offloaded, tokenizer, prompt, max_new_tokens=6)
-    assert tokens.response_text == generate_response(model, tokenizer, prompt, max_new_tokens=6).response_text
+    tokens = generate_responses(offloaded, tokenizer, [prompt], 6)[0]
+    assert tokens.response_text == generate_responses(model, tokenizer, [prompt], 6)[0].response_text
     sample = attribution.attribute_sample(Attributor(offloaded), tokenizer, "s0", prompt, tokens)
     expected = attribute_ids_reference(model, tokens.input_ids, n_prompt=tokens.n_prompt)[tokens.prompt_rows]
     np.testing.assert_allclose(sample.matrix, expected, rtol=1e-5, atol=FLOAT32_SPREAD * np.abs(expected).max())

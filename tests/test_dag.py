@@ -109,9 +109,10 @@ def test_an_empty_word_vectors_path_is_no_path(config):
 
 def test_the_provenance_slice_of_attribution_keeps_every_setting_that_changes_the_attributions(config):
     """The provenance page says what the tables were computed from: response, max_new_tokens, shard_size and
-    precision decide the attributions; chunk_size, backward_batch and autodiff trade speed only."""
+    precision decide the attributions; chunk_size, backward_batch, autodiff and generate_batch trade speed only."""
     deciding = {"response": "reference", "max_new_tokens": 64, "shard_size": 2, "precision": "bfloat16"}
-    config["attribution"] = {**deciding, "chunk_size": 8, "backward_batch": 4, "autodiff": "forward"}
+    config["attribution"] = {**deciding, "chunk_size": 8, "backward_batch": 4, "autodiff": "forward",
+                             "generate_batch": 3}
     assert dag.attribution_slice(config, "p") == deciding
 
 

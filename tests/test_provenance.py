@@ -5,6 +5,7 @@ paper's released-data tables next to a dry run of the computed paper config.
 """
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,10 @@ import yaml
 from test_workflow import copy_workflow, planned_jobs, snakemake
 
 from workflow_scripts import demo_models
+from workflow_scripts.attribution_model import load_model
+from workflow_scripts.attribution_tokens import generate_responses
+from workflow_scripts.dataset import read_dataset
+from workflow_scripts.shards import load_shard
 
 pytestmark = pytest.mark.workflow
 
@@ -138,6 +143,24 @@ def test_a_precision_change_replans_only_that_models_shards_and_what_reads_them(
     both = planned_jobs(attributed, "table1", "table2", "--config", "attribution={precision: bfloat16}")
     assert both["attribute_shard"] == 4 and both["merge_attributions"] == 2
     assert planned_jobs(attributed, "table1", "table2", "--config", "attribution={backward_batch: 3}") == {}
+    assert planned_jobs(attributed, "table1", "table2", "--config", "attribution={generate_batch: 4}") == {}
+
+
+def test_a_shards_generated_responses_come_in_batches_and_are_each_prompts_own(attributed, tmp_path):
+    """Issue 14: under `response: generate` the job generates a shard's prompts `generate_batch` at a time
+    (the rule passes the key); each response is the one the model gives its prompt alone, and the shard
+    says how they were made."""
+    work = tmp_path / "generate"
+    shutil.copytree(attributed, work, ignore=shutil.ignore_patterns(".snakemake", "results", "logs", "benchmarks"))
+    shard = "results/attribution/demo-base/shards/shard-0.npz"
+    snakemake(work, shard, "--config", "attribution={response: generate, max_new_tokens: 6, generate_batch: 5}")
+    computed = load_shard(work / shard)
+    meta, samples = computed.meta, computed.samples
+    assert (meta["source"], meta["generate_batch"], len(samples)) == ("computed:generate", 5, 22)
+    model, tokenizer = load_model(str(work / "models/demo-base"), "float32")
+    prompts = {s.id: s.prompt for s in read_dataset(str(work / DATASET))}
+    solo = [generate_responses(model, tokenizer, [prompts[s.id]], 6)[0].response_text for s in samples]
+    assert [s.response for s in samples] == solo and len(set(solo)) > 1
 
 
 def test_a_merge_killed_after_a_precision_change_leaves_no_stale_table(attributed):

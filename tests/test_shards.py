@@ -164,6 +164,20 @@ def test_shards_attributed_by_other_autodiff_routes_merge_and_the_merge_counts_t
         merge_shards(paths, tmp_path / "merged.npz")
 
 
+def test_shards_generated_in_batches_of_other_sizes_merge_and_the_merge_names_the_sizes(tmp_path):
+    """`attribution.generate_batch` changes speed only and reruns no shard, so a shard generated after a change
+    sits beside older ones: the merge must take both (refusing them asked for a rerun no plan would make),
+    and say every batch size; a shard of the reference responses has none."""
+    paths = [tmp_path / f"shard-{i}.npz" for i in range(3)]
+    for path, sample, batch in zip(paths, "abc", (16, 4, 16)):
+        save_shard(Shard([one(sample)], {"model": "m", "source": "computed:generate", "generate_batch": batch}), path)
+    merged = merge_shards(paths, tmp_path / "merged.npz")
+    assert load_shard(tmp_path / "merged.npz").meta == merged.meta == {
+        "model": "m", "source": "computed:generate", "generate_batch": "4, 16"}
+    save_shard(Shard([one("d")], {"model": "m", "source": "computed:generate", "generate_batch": 8}), paths[0])
+    assert merge_shards(paths[:1], tmp_path / "merged.npz").meta["generate_batch"] == "8"
+
+
 def test_merge_rejects_a_sample_in_two_shards_naming_both_files(tmp_path):
     first, second = tmp_path / "shard-0.npz", tmp_path / "shard-1.npz"
     save_shard(Shard([one("a"), one("b")]), first)

@@ -35,8 +35,8 @@ import torch
 
 from .attribution_batches import MemoryShare, batch_size, in_batches, is_out_of_memory
 from .attribution_model import PRECISIONS, load_model, precision_record
-from .attribution_tokens import Tokenized, check_fits, generate_response, tokenize_pair
-from .cli import non_negative_int
+from .attribution_tokens import Tokenized, check_fits, generate_responses, tokenize_pair
+from .cli import non_negative_int, positive_int
 from .dataset import read_dataset, shard_samples
 from .devices import ieee_float32, input_device
 from .progress import progress
@@ -375,7 +375,7 @@ def attribute_sample(attributor: Attributor, tokenizer, sample_id: str, prompt: 
 def attribute_shard(
     model_dir: str, dataset: str, shard: int, shard_size: int, output: str, model_id: str,
     response: str = "reference", max_new_tokens: int = 300, precision: str = "float32",
-    chunk_size: int = 32, backward_batch: int = 0, autodiff: str = "auto",
+    chunk_size: int = 32, backward_batch: int = 0, autodiff: str = "auto", generate_batch: int = 16,
 ) -> Shard:
     samples = shard_samples(read_dataset(dataset), shard_size)
     if not 0 <= shard < len(samples):
@@ -387,15 +387,18 @@ def attribute_shard(
              input_device(model), arithmetic)
     check_fits(model, tokenizer, samples[shard], response, max_new_tokens, dataset)
     attributor = Attributor(model, chunk_size, backward_batch, autodiff)
-    results = []
-    for sample in progress(samples[shard], f"attribute {model_id} shard {shard}", "sample"):
-        if response == "generate":
-            tokens = generate_response(model, tokenizer, sample.prompt, max_new_tokens)
-        else:
-            tokens = tokenize_pair(tokenizer, sample.prompt, sample.response)
-        results.append(attribute_sample(attributor, tokenizer, sample.id, sample.prompt, tokens))
+    generation = {}
+    if response == "generate":
+        pairs = generate_responses(model, tokenizer, [s.prompt for s in samples[shard]], max_new_tokens,
+                                   generate_batch, f"generate {model_id} shard {shard}")
+        generation = {"generate_batch": generate_batch}
+    else:
+        pairs = [tokenize_pair(tokenizer, s.prompt, s.response) for s in samples[shard]]
+    results = [attribute_sample(attributor, tokenizer, sample.id, sample.prompt, tokens)
+               for sample, tokens in progress(list(zip(samples[shard], pairs)), f"attribute {model_id} shard {shard}",
+                                              "sample")]
     out = Shard(results, {"model": model_id, "source": f"computed:{response}", "binned_levels": 0,
-                          "device": str(input_device(model)), **arithmetic, **attributor.record()})
+                          "device": str(input_device(model)), **arithmetic, **generation, **attributor.record()})
     save_shard(out, output)
     log.info("attributed %d samples in %.1f s -> %s", len(results), time.perf_counter() - started, output)
     return out
@@ -418,12 +421,15 @@ def main(argv=None):
     parser.add_argument("--autodiff", choices=AUTODIFF, default="auto",
                         help="reverse: a backward pass per response token; forward: a tangent per prompt token; "
                              "auto: per sample, the one with less work")
+    parser.add_argument("--generate-batch", type=positive_int, default=16,
+                        help="prompts per generate call under --response generate (an out-of-memory error halves it)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     attribute_shard(
         args.model_dir, args.dataset, args.shard, args.shard_size, args.output, args.model_id,
         args.response, args.max_new_tokens, args.precision, args.chunk_size, args.backward_batch, args.autodiff,
+        args.generate_batch,
     )
 
 

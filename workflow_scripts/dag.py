@@ -72,7 +72,7 @@ def attribution_provenance(config: dict, models: list[str]) -> str:
 # no result depends on them, so neither a job's params nor the provenance page, which says what the tables were
 # computed from.
 SPEED_KEYS = {
-    "attribution": ("chunk_size", "backward_batch", "autodiff"),
+    "attribution": ("chunk_size", "backward_batch", "autodiff", "generate_batch"),
     "model": ("gpus",),
     "attention": ("gpus",),
     "ffn": ("gpus",),

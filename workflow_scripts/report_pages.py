@@ -223,7 +223,7 @@ def library_versions() -> dict[str, str]:
 
 # What a shard header says about how its attributions were made (attribution_model.precision_record, shards).
 RECORDED = ("source", "device", "precision", "weights_dtype", "activations_dtype", "matmul", "binned_levels",
-            "autodiff", "autodiff_samples", "forward_failed", "forward_out_of_memory")
+            "autodiff", "autodiff_samples", "forward_failed", "forward_out_of_memory", "generate_batch")
 
 
 def provenance(pair: str, attributions: dict[str, str], models: dict[str, dict], slices: dict,

@@ -147,7 +147,9 @@ def load_header(path: str | Path) -> dict:
 # here merge, and the merged header says all of them. `matmul` is how the shard's device ran the mode's
 # matmuls (TF32 and half-precision reductions are CUDA switches): `models.<id>.gpus` places jobs and reruns
 # none, so shards of one mode from two devices sit side by side, and the mode (precision, dtypes) must agree.
-PLACEMENT = ("device", "matmul", "autodiff", "autodiff_samples", "forward_failed", "forward_out_of_memory")
+# `generate_batch` (prompts per `generate` call) is a speed key too: a shard made after a change merges.
+PLACEMENT = ("device", "matmul", "autodiff", "autodiff_samples", "forward_failed", "forward_out_of_memory",
+             "generate_batch")
 
 
 def arithmetic(meta: dict) -> dict:
@@ -155,13 +157,15 @@ def arithmetic(meta: dict) -> dict:
 
 
 def merged_placement(metas: list[dict]) -> dict:
-    """Devices, their matmuls, autodiff modes asked for and failures joined; samples per autodiff mode, and
-    those forward mode could not fit, summed."""
+    """Devices, their matmuls, autodiff modes asked for, failures and generation batch sizes joined; samples
+    per autodiff mode, and those forward mode could not fit, summed."""
     out: dict = {}
     for key, joint in (("device", ", "), ("matmul", " and "), ("autodiff", ", "), ("forward_failed", ", ")):
         values = sorted({m[key] for m in metas if key in m})
         if values:
             out[key] = joint.join(values)
+    if batches := sorted({m["generate_batch"] for m in metas if "generate_batch" in m}):
+        out["generate_batch"] = ", ".join(map(str, batches))
     counts: dict[str, int] = {}
     for m in metas:
         for mode, count in m.get("autodiff_samples", {}).items():
