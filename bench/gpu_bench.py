@@ -3,6 +3,7 @@
     PYTHONPATH=. python bench/gpu_bench.py [--precisions float32,tf32,bfloat16,float16] [--output gpu_bench.json]
     PYTHONPATH=. python bench/gpu_bench.py --dry-run             # the plan only; no GPU needed
     PYTHONPATH=. python bench/gpu_bench.py --allow-cpu --small   # smoke test on a tiny shape
+    PYTHONPATH=. python bench/gpu_bench.py --generation-only      # per mode, the greedy responses only
 
 Needs only torch, transformers (with tokenizers), numpy, scipy and safetensors: no internet,
 no model weights, no GloVe package. In one run, on one card, in this order (the most distinctive
@@ -17,8 +18,8 @@ measurements first, so that a run short of time loses the least):
    tokens with BOS, their responses 294 for LLaMA-7B and 197 for Vicuna-7B): times, peak GPU
    memory, the max relative difference to the float32 matrix and the share of binned cells equal
    to its; and the greedy generation of a 300-token response after the mean prompt, as the job runs
-   it before attributing under `response: generate` (the paper's), and of 16 such responses in one
-   `generate` call (what batching a shard's prompts would give; the job does not). When the whole
+   it before attributing under `response: generate` (the paper's), alone and in a batch of 16 prompts
+   of spread lengths padded on the left, as the job generates a shard's (`generate_batch`). When the whole
    per-token loop would not fit --reference-budget (or a tenth of the time left), it is timed on the
    last N response tokens and scaled up (every iteration is one forward and backward over the whole
    sample, so its time is linear in N);
@@ -244,6 +245,10 @@ def print_plan(args, shape: Shape) -> None:
     print("  jobs: python -m workflow_scripts.attention layer ... --word-vectors-kind glove-text; "
           "python -m workflow_scripts.ffn layer ...")
     modes = args.precisions.split(",")
+    if args.generation_only:
+        print(f"  --generation-only: per mode ({', '.join(modes)}) its model and the greedy responses, within "
+              f"{args.deadline_s:.0f} s of the process's start (--deadline-s)")
+        return
     print(f"  order: the per-token loop, {modes[0]}, "
           + ("" if args.skip_layer_jobs else "the model load and the layer jobs, ")
           + (f"then {', '.join(modes[1:])}, " if modes[1:] else "")
@@ -706,11 +711,13 @@ class AttributionBench:
               f"({entry['paper_shape_auto']['autodiff_samples']})")
 
     def mode_generate(self, mode: str) -> None:
-        """The greedy response the attribution job generates first under `response: generate` (the
-        paper's), as the job calls it (`greedy_continuation`), after the paper's mean prompt, forced to
-        the full `response` tokens (random weights would stop anywhere)."""
+        """The greedy responses the attribution job generates first under `response: generate` (the
+        paper's), through its own calls (`greedy_continuation`, `left_padded`), forced to the full
+        `response` tokens (random weights would stop anywhere): one response after the paper's mean
+        prompt, then a batch as the job runs one (GENERATE_BATCH prompts of spread lengths, padded on the
+        left to the longest: a shard of the paper's prompts spans such lengths)."""
         from workflow_scripts.attribution_model import PRECISIONS
-        from workflow_scripts.attribution_tokens import greedy_continuation
+        from workflow_scripts.attribution_tokens import greedy_continuation, left_padded
         from workflow_scripts.devices import set_matmul_precision
 
         set_matmul_precision(mode)
@@ -720,25 +727,27 @@ class AttributionBench:
                                     shape.response)
         tokens = new.shape[1]
         entry["generate"] = {"seconds": seconds, **peaks, "tokens": tokens, "seconds_per_token": seconds / tokens}
-        # what generating several prompts per call would give (the job generates one at a time): the same
-        # call on GENERATE_BATCH prompts of the mean length
-        prompts = torch.randint(3, shape.vocab, (GENERATE_BATCH, shape.paper_prompt), device=self.device,
-                                generator=torch.Generator(self.device).manual_seed(SEED))
-        _, batched, batch_peaks = timed(self.device, greedy_continuation, model, prompts, shape.response, 0,
-                                        shape.response)
-        entry["generate_batched"] = {"prompts": GENERATE_BATCH, "seconds": batched, **batch_peaks,
-                                     "seconds_per_sample": batched / GENERATE_BATCH}
+        lengths = np.linspace(shape.paper_prompt // 2, 2 * shape.paper_prompt, GENERATE_BATCH).astype(int).tolist()
+        generator = torch.Generator().manual_seed(SEED)
+        ids, mask = left_padded([torch.randint(3, shape.vocab, (n,), generator=generator) for n in lengths], 0)
+        _, batched, batch_peaks = timed(self.device, greedy_continuation, model, ids.to(self.device), shape.response,
+                                        0, shape.response, mask.to(self.device))
+        entry["generate_batched"] = {"prompts": GENERATE_BATCH, "prompt_lengths": lengths, "seconds": batched,
+                                     **batch_peaks, "seconds_per_sample": batched / GENERATE_BATCH}
         print(f"generate {mode}: {tokens} tokens after {shape.paper_prompt} in {seconds:.2f} s "
-              f"({1000 * seconds / tokens:.1f} ms a token); {GENERATE_BATCH} prompts in one call: {batched:.2f} s "
-              f"({batched / GENERATE_BATCH:.2f} s a sample, not what the job does)")
+              f"({1000 * seconds / tokens:.1f} ms a token); a batch of {GENERATE_BATCH} prompts "
+              f"({lengths[0]}-{lengths[-1]} tokens, padded on the left): {batched:.2f} s "
+              f"({batched / GENERATE_BATCH:.2f} s "
+              "a sample)")
 
     def run_mode(self, sections: Sections, mode: str) -> None:
         """A mode's five sections: its model, then batched backward passes, forward mode, `auto` and the
-        greedy response's generation."""
+        greedy responses' generation (--generation-only: its model and the generation)."""
         model = f"{mode} model"
         sections.run(model, lambda: self.mode_model(mode), lambda: self.estimate(mode, "model"))
-        for kind, fn in (("backward", self.mode_backward), ("forward", self.mode_forward), ("auto", self.mode_auto),
-                         ("generate", self.mode_generate)):
+        kinds = (("backward", self.mode_backward), ("forward", self.mode_forward), ("auto", self.mode_auto),
+                 ("generate", self.mode_generate))
+        for kind, fn in kinds[-1:] if self.args.generation_only else kinds:
             sections.run(f"{mode} {kind}", lambda fn=fn: fn(mode), lambda kind=kind: self.estimate(mode, kind),
                          needs=[model])
 
@@ -783,7 +792,8 @@ def projection(r: dict, args) -> dict:
     responses are at most 300 tokens, so this errs long), and at the time of the paper's mean shape
     (51 + 300: the mean prompt, and responses as long as LLaMA-7B's, longer than Vicuna-7B's), each
     total with the greedy responses' generation in the same mode (`response: generate`, the paper's: 632
-    x 2 at the time of `response` tokens, so it errs long; a total without it says so); model
+    x 2 at a sample's share of a batch of 16 generating `response` tokens, so it errs long; a total
+    without it says so); model
     loads: one per shard of 16, at the measured `load_model` time fitted to the whole model (from the
     page cache: a cold disk or a network file system is slower), or --load-seconds; layer jobs: 2 x 32
     of each kind at the measured wall time; annotation: at most 5 seeds x 2 models x 32 layers x 300
@@ -821,8 +831,10 @@ def projection(r: dict, args) -> dict:
         if m.get("paper_shape_auto"):
             add(f"this project, {mode}, auto, paper's mean shape ({m['paper_shape_auto']['autodiff_samples']})",
                 mode, m["paper_shape_auto"]["seconds"])
-    # the greedy responses (`response: generate`, the paper's), at most `response` tokens each, in the mode's dtype
-    generation = {mode: attributed * m["generate"]["seconds"] for mode, m in modes.items() if m.get("generate")}
+    # the greedy responses (`response: generate`, the paper's), `response` tokens each, in the mode's dtype, in
+    # batches as the job generates them (a run from before the job batched them: one at a time)
+    generation = {mode: attributed * generation_seconds_per_sample(m) for mode, m in modes.items()
+                  if generation_seconds_per_sample(m) is not None}
     known = sum(v for v in fixed.values() if v is not None)
     totals = {}
     for label, seconds in attribution.items():
@@ -831,8 +843,20 @@ def projection(r: dict, args) -> dict:
             totals[f"{label}, response generation not measured"] = (seconds + known) / 3600
         else:
             totals[label] = (seconds + generated + known) / 3600
+    basis = {mode: f"{m['generate_batched']['prompts']} prompts a call" if "prompt_lengths" in
+             m.get("generate_batched", {}) else "one at a time" for mode, m in modes.items() if mode in generation}
     return {"shards": shards, "annotation_requests": requests, "fixed_seconds": fixed,
-            "generation_seconds": generation, "attribution_seconds": attribution, "total_hours": totals}
+            "generation_seconds": generation, "generation_basis": basis, "attribution_seconds": attribution,
+            "total_hours": totals}
+
+
+def generation_seconds_per_sample(mode: dict) -> float | None:
+    """A sample's share of its batch's generation, as the job batches a shard's prompts; from a run older
+    than the left-padded batch (no `prompt_lengths`), the one-prompt time; None when neither was timed."""
+    batched, solo = mode.get("generate_batched"), mode.get("generate")
+    if batched and "prompt_lengths" in batched:
+        return batched["seconds_per_sample"]
+    return solo["seconds"] if solo else None
 
 
 def load_projection(load: dict | None, shards: int, load_seconds: float | None) -> dict:
@@ -1107,9 +1131,10 @@ def markdown(r: dict) -> str:
                          f"{gpu_peak(g)}"))
         b = m.get("generate_batched")
         if b:
-            rows.append((f"greedy responses, {mode}, {b['prompts']} prompts in one `generate` call (not what the "
-                         "job does)", f"{b['seconds']:.2f} s ({b['seconds_per_sample']:.2f} s a sample), peak GPU "
-                                      f"{gpu_peak(b)}"))
+            spread = f", {b['prompt_lengths'][0]}-{b['prompt_lengths'][-1]} tokens" if "prompt_lengths" in b else ""
+            rows.append((f"greedy responses, {mode}, a batch of {b['prompts']} prompts{spread} (the job's "
+                         "`generate_batch`)", f"{b['seconds']:.2f} s ({b['seconds_per_sample']:.2f} s a sample), "
+                                              f"peak GPU {gpu_peak(b)}"))
     for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
                               ("ffn", "FFN", "top 300 components")):
         if name in jobs:
@@ -1141,8 +1166,9 @@ def markdown(r: dict) -> str:
              f"models, {p['shards']} shards, {PAPER['models']} x {PAPER['layers']} layer jobs of each kind, "
              f"<= {p['annotation_requests']:,} annotation requests):", "", "| component | hours |", "|---|---|"]
     lines += [f"| {k} | {'n/a' if v is None else f'{v / 3600:.2f}'} |" for k, v in p["fixed_seconds"].items()]
-    lines += [f"| response generation (at most {r['sample']['response']} tokens a sample), {k} | {v / 3600:.2f} |"
-              for k, v in p.get("generation_seconds", {}).items()]
+    basis = p.get("generation_basis", {})
+    lines += [f"| response generation ({r['sample']['response']} tokens a sample, {basis.get(k, 'one at a time')}), "
+              f"{k} | {v / 3600:.2f} |" for k, v in p.get("generation_seconds", {}).items()]
     lines += [f"| attribution: {k} | {v / 3600:.2f} |" for k, v in p["attribution_seconds"].items()]
     lines += [f"| **total with attribution by {k}** | **{v:.2f}** |" for k, v in p["total_hours"].items()]
     return table + "\n" + "\n".join(lines)
@@ -1174,6 +1200,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", help="also write the results as JSON here (after every measurement)")
     parser.add_argument("--workdir", help="keep the checkpoint, word files and job logs here (default: a temp dir)")
     parser.add_argument("--skip-layer-jobs", action="store_true", help="no model load and no layer jobs")
+    parser.add_argument("--generation-only", action="store_true",
+                        help="per mode only the greedy responses' generation (no attribution, load or layer jobs)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and check the config; no GPU needed")
     parser.add_argument("--small", action="store_true", help="a tiny shape, to smoke-test the script")
     parser.add_argument("--allow-cpu", action="store_true", help="with --small: run on the CPU")
@@ -1239,13 +1267,18 @@ def main(argv=None):
 
     sections.run("build", build)
     precisions = args.precisions.split(",")
+    if args.generation_only:
+        for name in ("per-token loop", "float32 one backward per token"):
+            results["skipped"][name] = {"reason": "--generation-only", "kind": "option"}
     if "build" in sections.done:
-        sections.run("per-token loop", attribution.reference_loop)
-        sections.run("float32 one backward per token", attribution.per_token_backward, attribution.body_estimate)
+        if not args.generation_only:
+            sections.run("per-token loop", attribution.reference_loop)
+            sections.run("float32 one backward per token", attribution.per_token_backward, attribution.body_estimate)
         attribution.run_mode(sections, precisions[0])
-    if args.skip_layer_jobs:
+    if args.skip_layer_jobs or args.generation_only:
         for name in ("layer-job files", "model load", "attention layer job", "FFN layer job"):
-            results["skipped"][name] = {"reason": "--skip-layer-jobs", "kind": "option"}
+            results["skipped"][name] = {"reason": "--generation-only" if args.generation_only else "--skip-layer-jobs",
+                                        "kind": "option"}
     else:
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-bench-"))
         workdir.mkdir(parents=True, exist_ok=True)

@@ -92,8 +92,9 @@ def relative(matrix, ref) -> float:
 
 def equality(step: Step) -> None:
     """Step 1: tiny LLaMA/Mistral GQA models, every chunk size, both autodiff modes, on the GPU, against
-    the per-token definition; then each precision mode's weights (rounded from the same float32 ones,
-    the rotary frequencies kept in float32 as `from_pretrained` keeps them) and arithmetic."""
+    the per-token definition; batched greedy responses against solo ones; then each precision mode's
+    weights (rounded from the same float32 ones, the rotary frequencies kept in float32 as
+    `from_pretrained` keeps them) and arithmetic."""
     import torch
     from gpu_bench import cast_weights, tf32_probe
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
@@ -119,6 +120,7 @@ def equality(step: Step) -> None:
         for batch in (1, 3, 0):  # forward mode: one tangent per prompt token, forced batches, automatic
             step.check(f"{name} forward mode batch={batch}",
                        relative(attribute_ids_forward(m, ids, 25, None, batch), ref), EXACT)
+        generation(step, name, m, where)
         weights = {key: tensor.clone() for key, tensor in m.state_dict().items()}
         for mode, dtype in (("tf32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16)):
             set_matmul_precision(mode)
@@ -141,6 +143,24 @@ def equality(step: Step) -> None:
             step.check(f"{name} {mode}, forward mode",
                        relative(attribute_ids_forward(m, ids, 25), ref), MODE_BOUNDS[mode])
         set_matmul_precision("float32")
+
+
+def generation(step: Step, name: str, model, where: str) -> None:
+    """The job's batched greedy responses (prompts of different lengths padded on the left, one `generate`
+    call) against one prompt at a time, in float32: padding only reorders the arithmetic, so all but a
+    rounding-level flip of a near-tie must agree."""
+    import torch
+
+    from workflow_scripts.attribution_tokens import greedy_continuation, left_padded
+
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 300, (n,), generator=generator) for n in (5, 9, 14, 20, 31)]
+    solo = torch.cat([greedy_continuation(model, p[None].to(where), 12, 0, 12) for p in prompts])
+    ids, mask = left_padded(prompts, 0)
+    batched = greedy_continuation(model, ids.to(where), 12, 0, 12, mask.to(where))
+    equal = float((solo == batched).float().mean())
+    step.check(f"{name} greedy responses, 5 prompts padded on the left in one call", equal, ok=equal >= 0.95,
+               shown=f"{equal:.1%} of the new tokens equal to one prompt at a time (at least 95%)")
 
 
 def split(step: Step) -> None:

@@ -1,6 +1,7 @@
 """The paper's attribution time on a GPU, projected over its real samples rather than one mean shape.
 
     PYTHONPATH=. python bench/paper_projection.py [--gpu-json docs/gpu-runs/2026-12-04-h200/run1-gpu_bench.json]
+        [--generation-json docs/gpu-runs/2026-12-04-h200/run3-generation-gpu_bench.json]
         [--released ../shared/paper/results/attribution_interpret]
 
 `bench/gpu_bench.py` times one sample of 200 + 300 tokens in reverse and forward mode per precision
@@ -11,9 +12,11 @@ either way. This script reads the released attributions' token counts (632 sampl
 prompt with its BOS, and the response), turns each mode's two timings into seconds per position
 (`reverse_positions`, `forward_positions`: what `auto` counts), checks that model against the timed
 mean-shape sample, and sums, over the 1,264 samples, the mode `auto` picks on a CUDA device
-(`choose_autodiff`). The response generation (`generate` in the JSON, when measured) is added at its
-seconds per token times each sample's response length; the layer jobs, model loads and annotation are
-the JSON's projection. Prints Markdown; reads pickles only through the project's restricted unpickler.
+(`choose_autodiff`). The response generation is added as the job runs it: a shard's prompts in one
+batch of 16 (`generate_batched` in the JSON, from --generation-json when given), each batch at the timed
+batch's full length; a run that timed one prompt at a time only is counted at its seconds per token times
+each sample's response length. The layer jobs, model loads and annotation are the JSON's projection.
+Prints Markdown; reads pickles only through the project's restricted unpickler.
 """
 from __future__ import annotations
 
@@ -53,6 +56,33 @@ def sample_seconds(n: int, m: int, reverse_cost: float, forward_cost: float | No
     return forward_cost * forward_positions(rows, n, m)
 
 
+def generation_seconds(entry: dict, shapes: list[tuple[int, int]]) -> float | None:
+    """The greedy responses of every sample in one mode: as the job generates them, a shard's prompts in
+    batches (`generate_batch`, the timed batch's size), each batch running the full timed length (a batch
+    lasts as long as its longest response; errs long); from a run that timed one prompt at a time only,
+    its seconds per token times each response's length; None when neither was timed."""
+    batched, solo = entry.get("generate_batched"), entry.get("generate")
+    if batched and "prompt_lengths" in batched:
+        per_model = len(shapes) // len(MODELS)
+        return len(MODELS) * -(-per_model // batched["prompts"]) * batched["seconds"]
+    return None if solo is None else solo["seconds_per_token"] * sum(m for _, m in shapes)
+
+
+def with_generation(bench: dict, generation_run: dict) -> dict:
+    """`bench` with each mode's generation timings taken from another run of the same card and shape
+    (`gpu_bench.py --generation-only`)."""
+    if (generation_run["card"], generation_run["shape"]) != (bench["card"], bench["shape"]):
+        raise SystemExit(f"the generation run is of {generation_run['card']}, {generation_run['shape']}; the "
+                         f"attribution run of {bench['card']}, {bench['shape']}")
+    merged = json.loads(json.dumps(bench))
+    for mode, entry in generation_run["attribution"]["modes"].items():
+        target = merged["attribution"]["modes"].setdefault(mode, {})
+        for key in ("generate", "generate_batched"):
+            if key in entry:
+                target[key] = entry[key]
+    return merged
+
+
 def project(bench: dict, shapes: list[tuple[int, int]]) -> list[dict]:
     a, sample = bench["attribution"], bench["sample"]
     chunk = a["chunk_size"]
@@ -68,8 +98,7 @@ def project(bench: dict, shapes: list[tuple[int, int]]) -> list[dict]:
         check = entry.get("paper_shape_auto")
         predicted = sample_seconds(sample["paper_prompt"], m0, reverse_cost, forward_cost, chunk)
         attribution = sum(sample_seconds(n, m, reverse_cost, forward_cost, chunk) for n, m in shapes if m > 0)
-        generate = entry.get("generate")
-        generation = None if generate is None else generate["seconds_per_token"] * sum(m for _, m in shapes)
+        generation = generation_seconds(entry, shapes)
         rows.append({"mode": mode, "forward_measured": forward is not None,
                      "mean_shape_measured": None if check is None else check["seconds"],
                      "mean_shape_predicted": predicted, "attribution_hours": attribution / 3600,
@@ -102,8 +131,13 @@ def main(argv=None):
                         help="bench/gpu_bench.py's --output")
     parser.add_argument("--released", type=Path, default=REPO.parent / "shared/paper/results/attribution_interpret",
                         help="the paper's released attributions (ifa_llama_7b/, ifa_vicuna_7b/)")
+    parser.add_argument("--generation-json", type=Path,
+                        help="another run's --output whose generation timings replace --gpu-json's (a "
+                             "`gpu_bench.py --generation-only` run of the same card)")
     args = parser.parse_args(argv)
     bench = json.loads(args.gpu_json.read_text())
+    if args.generation_json:
+        bench = with_generation(bench, json.loads(args.generation_json.read_text()))
     shapes = released_shapes(args.released)
     print(markdown(bench, shapes, project(bench, shapes)))
 

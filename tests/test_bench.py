@@ -111,11 +111,16 @@ def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
     assert all(mode["generate"]["tokens"] == results["sample"]["response"] for mode in modes.values())
     assert all(mode["generate_batched"]["prompts"] == 16 and mode["generate_batched"]["seconds"] > 0
                for mode in modes.values())
+    lengths = modes["float32"]["generate_batched"]["prompt_lengths"]  # a shard's spread, padded on the left
+    assert len(lengths) == 16 and lengths[0] < lengths[-1]
     assert set(results["projection"]["generation_seconds"]) == set(modes)
+    assert set(results["projection"]["generation_basis"].values()) == {"16 prompts a call"}
     assert not any("not measured" in label for label in results["projection"]["total_hours"])
     steps = json.loads((tmp_path / "gpu_check_steps.json").read_text())  # steps 1/1b, next to --output
     assert steps["failed"] == [] and set(steps["steps"]) == {"1 equality", "1b split model", "2 gpu_bench"}
     assert all(check["passed"] for check in steps["steps"]["1 equality"]["checks"])
+    greedy = [c for c in steps["steps"]["1 equality"]["checks"] if "greedy responses" in c["what"]]
+    assert [c["value"] for c in greedy] == [1.0, 1.0]  # batched = solo, LLaMA and Mistral
     assert (tmp_path / "gpu_check.log").read_text().count("== step") == 3
 
 
@@ -154,6 +159,46 @@ def test_the_projection_adds_each_modes_response_generation_and_says_where_it_is
         "per-token loop (paper), float32": samples * 12.0 / 3600,  # the paper's loop generates in float32 too
         "this project, float32": samples * 6.0 / 3600,
         "this project, bfloat16, response generation not measured": samples * 1.0 / 3600})
+
+
+def test_the_projection_counts_the_generation_in_batches_as_the_job_runs_it():
+    """The job generates a shard's prompts `generate_batch` at a time: a sample costs its share of a timed
+    batch; a run from before the batch (no prompt lengths) is counted one prompt at a time."""
+    gpu_bench = import_bench("gpu_bench")
+    batched = {"prompts": 16, "prompt_lengths": list(range(16)), "seconds": 8.0, "seconds_per_sample": 0.5}
+    r = {"attribution": {"modes": {"float32": {"seconds": 4.0, "generate": {"seconds": 2.0},
+                                               "generate_batched": batched},
+                                   "bfloat16": {"seconds": 1.0, "generate": {"seconds": 3.0},
+                                                "generate_batched": {**batched, "prompt_lengths": None}}}}}
+    r["attribution"]["modes"]["bfloat16"]["generate_batched"].pop("prompt_lengths")
+    p = gpu_bench.projection(r, argparse.Namespace(load_seconds=0.0, annotation_seconds_per_request=0.0))
+    assert p["generation_seconds"] == {"float32": 632 * 2 * 0.5, "bfloat16": 632 * 2 * 3.0}
+    assert p["generation_basis"] == {"float32": "16 prompts a call", "bfloat16": "one at a time"}
+
+
+def test_a_generation_only_run_times_each_modes_responses_and_nothing_else(tmp_path):
+    result = run_gpu_bench(tmp_path, "--generation-only")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    assert results["complete"] is True and results["errors"] == {}
+    assert {name for name, s in results["skipped"].items() if s["reason"] == "--generation-only"} == {
+        "per-token loop", "float32 one backward per token", "layer-job files", "model load", "attention layer job",
+        "FFN layer job"}
+    for mode in results["attribution"]["modes"].values():
+        assert {"generate", "generate_batched"} <= set(mode) and "seconds" not in mode and "forward" not in mode
+
+
+def test_the_generation_probe_runs_on_the_cpu(tmp_path):
+    """bench/generation_probe.py is for the next GPU session: it must run there, with only its packages."""
+    blocked = without_packages(tmp_path / "site", NOT_ON_THE_GPU_MACHINE)
+    result = subprocess.run([sys.executable, "bench/generation_probe.py", "--output", str(tmp_path / "probe.json")],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": blocked})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "probe.json").read_text())["rows"]
+    assert [(r["dtype"], r["reduced_precision_reductions"]) for r in rows] == [
+        (d, on) for d in ("bfloat16", "float16", "float32") for on in (False, True)]
+    assert all(r["step_one_prompt_ms"] > 0 and r["step_16_prompts_ms"] > 0 for r in rows)
 
 
 def test_each_mode_of_the_gpu_bench_rounds_the_same_weights_as_a_real_job_loads_them(tmp_path):
@@ -277,3 +322,20 @@ def test_the_paper_projection_sums_each_sample_in_the_mode_auto_picks():
     assert row["generation_hours"] == pytest.approx(0.5 * 319 / 3600)
     assert row["total_hours"] == pytest.approx((attribution + 0.5 * 319 + 36.0) / 3600)
     assert row["mean_shape_predicted"] == pytest.approx(forward_positions(50, 51, 300) * 2e-3)
+
+
+def test_the_paper_projection_counts_batches_of_a_shards_prompts_from_a_generation_run():
+    """The job generates a model's samples 16 a call: ceil(samples / 16) batches a model, each at the
+    timed batch's seconds; a --generation-json run of the same card replaces the modes' generation timings."""
+    projection = import_bench("paper_projection")
+    batched = {"prompts": 16, "prompt_lengths": list(range(16)), "seconds": 9.0}
+    shapes = [(31, 299)] * 40  # 20 samples a model: 2 batches each
+    assert projection.generation_seconds({"generate_batched": batched}, shapes) == 2 * 2 * 9.0
+    assert projection.generation_seconds({"generate": {"seconds_per_token": 0.5}}, shapes) == 0.5 * 299 * 40
+    bench = {"card": "H200", "shape": "7B", "attribution": {"modes": {"float32": {"seconds": 1.0}}}}
+    run = {"card": "H200", "shape": "7B", "attribution": {"modes": {"float32": {"generate_batched": batched}}}}
+    merged = projection.with_generation(bench, run)
+    assert merged["attribution"]["modes"]["float32"] == {"seconds": 1.0, "generate_batched": batched}
+    assert "generate_batched" not in bench["attribution"]["modes"]["float32"]  # the input is left as it was
+    with pytest.raises(SystemExit, match="the generation run is of A100"):
+        projection.with_generation(bench, {**run, "card": "A100"})
