@@ -5,7 +5,10 @@
 # (bench/gpu_check_steps.py, steps 1 and 1b), then bench/gpu_bench.py (LLaMA-7B shape: the per-token
 # loop and float32 in reverse and forward mode, an attribution job's model load, one attention and one
 # FFN layer job, then the other precision modes, and the projected paper workflow) with the time left
-# as its --deadline-s. Give --output a path under the device's $OUT: it is rewritten after every
+# as its --deadline-s (less GPU_CHECK_PROBE_S, 120), then, when a minute or more is left,
+# bench/generation_probe.py (step 3: greedy steps
+# per dtype with cuBLAS's reduced-precision reductions off and on, into generation_probe.json next to
+# --output). Give --output a path under the device's $OUT: it is rewritten after every
 # measurement, so a run cut off still returns what it measured; next to it go gpu_check_steps.json
 # (steps 1/1b: every measured difference, its bound, pass or fail, the error text of a step that
 # failed) and gpu_check.log (everything this script printed). A failed step is recorded and the
@@ -27,6 +30,7 @@ deadline=${GPU_CHECK_DEADLINE_S:-${cpu:+1800}}
 deadline=${deadline:-540}
 step1_limit=${GPU_CHECK_STEP1_S:-${cpu:+900}}
 step1b_limit=${GPU_CHECK_STEP1B_S:-${cpu:+600}}
+probe_reserve=${GPU_CHECK_PROBE_S:-120}  # seconds kept from gpu_bench for step 3 (it gets more if gpu_bench ends early)
 
 output=""  # gpu_bench.py's --output: its folder gets the steps' JSON and the log
 previous=""
@@ -72,10 +76,18 @@ main() {
     run_step "1b split model" "${step1b_limit:-90}" "$PYTHON" bench/gpu_check_steps.py split --json "$steps" ||
         failed+=("1b split model")
     # 2. the LLaMA-7B-shaped benchmark (random weights built on the GPU), in the time the steps left
-    local left=$((deadline - SECONDS))
+    local left=$((deadline - SECONDS - probe_reserve))
     if [ "$left" -lt 60 ]; then left=60; fi
     run_step "2 gpu_bench" "$((left + 30))" "$PYTHON" bench/gpu_bench.py --deadline-s "$left" "$@" ||
         failed+=("2 gpu_bench")
+    # 3. why half-precision greedy steps ran slower than float32's (bench/generation_probe.py), in what is left
+    left=$((deadline - SECONDS))
+    if [ "$left" -ge 60 ]; then
+        run_step "3 generation probe" "$left" "$PYTHON" bench/generation_probe.py --output "$folder/generation_probe.json" ||
+            failed+=("3 generation probe")
+    else
+        echo "== step 3 generation probe: skipped (${left} s left of the deadline)"
+    fi
     if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv; fi
     echo "== gpu_check: ${SECONDS} s; steps -> $steps; log -> $log${output:+; results -> $output}"
     if [ "${#failed[@]}" -gt 0 ]; then

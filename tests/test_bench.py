@@ -117,11 +117,14 @@ def test_the_gpu_check_runs_to_the_end_on_the_cpu(tmp_path):
     assert set(results["projection"]["generation_basis"].values()) == {"16 prompts a call"}
     assert not any("not measured" in label for label in results["projection"]["total_hours"])
     steps = json.loads((tmp_path / "gpu_check_steps.json").read_text())  # steps 1/1b, next to --output
-    assert steps["failed"] == [] and set(steps["steps"]) == {"1 equality", "1b split model", "2 gpu_bench"}
+    assert steps["failed"] == [] and set(steps["steps"]) == {"1 equality", "1b split model", "2 gpu_bench",
+                                                              "3 generation probe"}
     assert all(check["passed"] for check in steps["steps"]["1 equality"]["checks"])
     greedy = [c for c in steps["steps"]["1 equality"]["checks"] if "greedy responses" in c["what"]]
     assert [c["value"] for c in greedy] == [1.0, 1.0]  # batched = solo, LLaMA and Mistral
-    assert (tmp_path / "gpu_check.log").read_text().count("== step") == 3
+    assert (tmp_path / "gpu_check.log").read_text().count("== step") == 4
+    probe = json.loads((tmp_path / "generation_probe.json").read_text())  # step 3, in the time left
+    assert len(probe["rows"]) == 6 and steps["steps"]["3 generation probe"]["passed"] is True
 
 
 def test_a_gpu_bench_stopped_midway_keeps_what_it_measured(tmp_path):
