@@ -1,7 +1,7 @@
 """The paper's attribution time on a GPU, projected over its real samples rather than one mean shape.
 
     PYTHONPATH=. python bench/paper_projection.py [--gpu-json docs/gpu-runs/2026-12-04-h200/run1-gpu_bench.json]
-        [--generation-json docs/gpu-runs/2026-12-04-h200/run3-generation-gpu_bench.json]
+        [--generation-json docs/gpu-runs/2026-12-04-h200/run3-generation-gpu_bench.json | none]
         [--released ../shared/paper/results/attribution_interpret]
 
 `bench/gpu_bench.py` times one sample of 200 + 300 tokens in reverse and forward mode per precision
@@ -132,11 +132,12 @@ def main(argv=None):
     parser.add_argument("--released", type=Path, default=REPO.parent / "shared/paper/results/attribution_interpret",
                         help="the paper's released attributions (ifa_llama_7b/, ifa_vicuna_7b/)")
     parser.add_argument("--generation-json", type=Path,
+                        default=REPO / "docs/gpu-runs/2026-12-04-h200/run3-generation-gpu_bench.json",
                         help="another run's --output whose generation timings replace --gpu-json's (a "
-                             "`gpu_bench.py --generation-only` run of the same card)")
+                             "`gpu_bench.py --generation-only` run of the same card); 'none': --gpu-json's own")
     args = parser.parse_args(argv)
     bench = json.loads(args.gpu_json.read_text())
-    if args.generation_json:
+    if str(args.generation_json) != "none":
         bench = with_generation(bench, json.loads(args.generation_json.read_text()))
     shapes = released_shapes(args.released)
     print(markdown(bench, shapes, project(bench, shapes)))
