@@ -207,6 +207,26 @@ def test_batched_generation_gives_each_prompt_its_solo_response_in_the_prompts_o
         assert torch.equal(many.input_ids, one.input_ids) and many.n_prompt == one.n_prompt
 
 
+def test_a_generation_batch_that_runs_out_of_memory_is_halved_and_every_response_kept(tokenizer_dir):
+    """A card too small for the batch halves it (down to one prompt) instead of failing the shard."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    sizes, generate = [], model.generate
+
+    def small_card(input_ids, **kwargs):  # the real generate, on a card that holds two prompts
+        sizes.append(input_ids.shape[0])
+        if input_ids.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return generate(input_ids, **kwargs)
+
+    model.generate = small_card
+    batched = generate_responses(model, tokenizer, PROMPTS, 6, batch=4)
+    assert sizes == [4, 2, 2, 1]  # 4 fails; 2 + 2, then the last prompt
+    model.generate = generate
+    assert [b.response_text for b in batched] == [generate_responses(model, tokenizer, [p], 6)[0].response_text
+                                                  for p in PROMPTS]
+
+
 def test_a_response_that_ends_early_in_a_batch_is_cut_at_its_end_of_sequence(tokenizer_dir):
     """A batch runs until its longest response ends: a shorter one is padded after its end of sequence, and
     that padding is not part of its response."""
