@@ -44,7 +44,8 @@ killed), and the JSON says which and why (`skipped`); a section that fails recor
 (`errors`) and the run goes on. Prints Markdown tables and optionally writes the results as JSON for
 docs/benchmarks.md (--output: rewritten after every section, `"complete": false` until the end, and
 at the end false too when a section failed or was left out by the deadline; the exit status is 1
-when a section failed). On an H200, 244 s without the generation sections (2026-12-04; --deadline-s bounds it).
+when a section failed). On an H200, 244 s without the generation sections, and 126 s for them alone
+(--generation-only; 2026-12-04; --deadline-s bounds it).
 """
 from __future__ import annotations
 
