@@ -834,8 +834,8 @@ def projection(r: dict, args) -> dict:
                 mode, m["paper_shape_auto"]["seconds"])
     # the greedy responses (`response: generate`, the paper's), `response` tokens each, in the mode's dtype, in
     # batches as the job generates them (a run from before the job batched them: one at a time)
-    generation = {mode: attributed * generation_seconds_per_sample(m) for mode, m in modes.items()
-                  if generation_seconds_per_sample(m) is not None}
+    per_sample = {mode: timing for mode, m in modes.items() if (timing := generation_per_sample(m)) is not None}
+    generation = {mode: attributed * seconds for mode, (seconds, _) in per_sample.items()}
     known = sum(v for v in fixed.values() if v is not None)
     totals = {}
     for label, seconds in attribution.items():
@@ -844,20 +844,21 @@ def projection(r: dict, args) -> dict:
             totals[f"{label}, response generation not measured"] = (seconds + known) / 3600
         else:
             totals[label] = (seconds + generated + known) / 3600
-    basis = {mode: f"{m['generate_batched']['prompts']} prompts a call" if "prompt_lengths" in
-             m.get("generate_batched", {}) else "one at a time" for mode, m in modes.items() if mode in generation}
     return {"shards": shards, "annotation_requests": requests, "fixed_seconds": fixed,
-            "generation_seconds": generation, "generation_basis": basis, "attribution_seconds": attribution,
+            "generation_seconds": generation,
+            "generation_basis": {mode: basis for mode, (_, basis) in per_sample.items()},
+            "attribution_seconds": attribution,
             "total_hours": totals}
 
 
-def generation_seconds_per_sample(mode: dict) -> float | None:
-    """A sample's share of its batch's generation, as the job batches a shard's prompts; from a run older
-    than the left-padded batch (no `prompt_lengths`), the one-prompt time; None when neither was timed."""
+def generation_per_sample(mode: dict) -> tuple[float, str] | None:
+    """(seconds, how) of a sample's greedy response: its share of its batch's generation, as the job batches
+    a shard's prompts; from a run older than the left-padded batch (no `prompt_lengths`), the one-prompt
+    time; None when neither was timed."""
     batched, solo = mode.get("generate_batched"), mode.get("generate")
     if batched and "prompt_lengths" in batched:
-        return batched["seconds_per_sample"]
-    return solo["seconds"] if solo else None
+        return batched["seconds_per_sample"], f"{batched['prompts']} prompts a call"
+    return (solo["seconds"], "one at a time") if solo else None
 
 
 def load_projection(load: dict | None, shards: int, load_seconds: float | None) -> dict:

@@ -71,12 +71,12 @@ def generate_responses(model, tokenizer, prompts: list[str], max_new_tokens: int
         return greedy_continuation(model, ids.to(device), max_new_tokens, pad, min(1, max_new_tokens),
                                    mask.to(device)).tolist()
 
-    new: dict[int, list[int]] = {}
+    generated = []  # in `order`
     with Progress(len(prompts), label, "response") as bar:
         for rows in in_batches(len(prompts), max(1, batch), run, "batch of {} responses", MemoryShare()):
-            for row in rows:
-                new[order[len(new)]] = row
+            generated += rows
             bar.update(len(rows))
+    new = dict(zip(order, generated))
     return [response_tokens(tokenizer, prompt, enc, new[i]) for i, (prompt, enc) in enumerate(zip(prompts, encoded))]
 
 
