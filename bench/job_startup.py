@@ -23,10 +23,9 @@ HEAVY = ("torch", "transformers", "tokenizers", "safetensors", "scipy", "pandas"
 # job (rule) -> (module and command as the rule runs it, the imports its work makes after parsing)
 JOBS = {
     "attribute_shard": ("attribution", "from transformers import AutoModelForCausalLM, AutoTokenizer"),
-    "explain_attention_layer": ("attention layer", "import torch, safetensors; from transformers import AutoTokenizer"),
-    "explain_ffn_layer": ("ffn layer", (
-        "import torch, scipy.linalg, safetensors; from transformers import AutoTokenizer"
-    )),
+    "word_pieces": ("word_pieces", "from transformers import AutoTokenizer; import sentencepiece"),
+    "explain_attention_layer": ("attention layer", "import torch, safetensors"),  # no tokenizer: word_pieces cut
+    "explain_ffn_layer": ("ffn layer", "import torch, scipy.linalg, safetensors"),
     "merge_attributions": ("shards merge", ""),
     "merge_bilinear_words": ("attention merge", ""),
     "merge_linear_words": ("ffn merge", ""),

@@ -8,7 +8,7 @@ rule explain_attention_layer:
     """Word pairs of every dimension of every head of one layer (reads that layer's weights only)."""
     input:
         model=lambda w: plan_models.model_dir_input(config, w.model),
-        vocabulary=lambda w: dag.vocabulary(config),
+        pieces="results/word_pieces/{model}.tsv",
         vectors=dag.word_vectors_input(config),
     output:
         "results/attention/{model}/layer-{layer}.tsv",
@@ -29,14 +29,12 @@ rule explain_attention_layer:
         vectors_kind=ATTENTION["word_vectors"]["kind"],
         vectors_path=ATTENTION["word_vectors"].get("path") or "",
         thresholds=dag.fidelity_rule(config, "thresholds"),
-        pieces=dag.fidelity_rule(config, "pieces"),
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.attention layer --model-dir={params.path:q} --model-id {wildcards.model:q}"
-        " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --top-k={params.top_k:q}"
+        " --layer {wildcards.layer:q} --word-pieces {input.pieces:q} --top-k={params.top_k:q}"
         " --baseline-words={params.baseline_words:q} --word-vectors-kind={params.vectors_kind:q}"
         " --word-vectors-path={params.vectors_path:q} --thresholds={params.thresholds:q}"
-        " --word-pieces={params.pieces:q}"
         " --size={params.size:q} --output {output:q} 3>&2 > {log:q} 2>&1"
 
 

@@ -231,6 +231,7 @@ PROVENANCE_RULES = (
     "merge_attributions",
     "table1_pair",
     "table2_pair",
+    "word_pieces",
     "explain_attention_layer",
     "merge_bilinear_words",
     "table3_pair",

@@ -6,7 +6,7 @@ rule explain_ffn_layer:
     """Principal components of one layer's down-projection, each described by its top words."""
     input:
         model=lambda w: plan_models.model_dir_input(config, w.model),
-        vocabulary=lambda w: dag.vocabulary(config),
+        pieces="results/word_pieces/{model}.tsv",
     output:
         "results/ffn/{model}/layer-{layer}.tsv",
     log:
@@ -23,13 +23,11 @@ rule explain_ffn_layer:
         size=lambda w: model_setting(w.model, "size", "NA"),
         rank=FFN["rank"],
         top_k=FFN["top_k"],
-        # how words are cut into sub-tokens, the one slice of `fidelity` the FFN explanations use
-        pieces=dag.fidelity_rule(config, "pieces"),
     shell:
         "python -m workflow_scripts.leases {resources.gpu:q} --"
         " python -m workflow_scripts.ffn layer --model-dir={params.path:q} --model-id {wildcards.model:q}"
-        " --layer {wildcards.layer:q} --vocabulary {input.vocabulary:q} --rank={params.rank:q}"
-        " --top-k={params.top_k:q} --size={params.size:q} --word-pieces={params.pieces:q}"
+        " --layer {wildcards.layer:q} --word-pieces {input.pieces:q} --rank={params.rank:q}"
+        " --top-k={params.top_k:q} --size={params.size:q}"
         " --output {output:q} 3>&2 > {log:q} 2>&1"
 
 

@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from workflow_scripts import word_pieces
 from workflow_scripts.attention import Vocabulary, explain_head, vocabulary_thresholds
 from workflow_scripts.tsv import PAIRS_COLUMNS, decode_pairs
-from workflow_scripts.word_embeddings import mean_embeddings, word_token_ids
+from workflow_scripts.word_embeddings import mean_embeddings
+from workflow_scripts.word_pieces import word_token_ids
 
 
 def reference_explain_head(words, embeddings, static, thresholds, wq, wk, top_k):
@@ -117,7 +119,9 @@ def test_layer_job_equals_the_reference_on_the_full_models_weights(tmp_path, kin
         layer.input_layernorm.weight.data = torch.rand(32, generator=g) + 0.5
     model.save_pretrained(tmp_path / "model")
 
-    explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "vocab.tsv"),
+    word_pieces.main(["--model-dir", str(tmp_path / "model"), "--vocabulary", str(tmp_path / "vocab.tsv"),
+                      "--output", str(tmp_path / "pieces.tsv")])
+    explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "pieces.tsv"),
                   {"kind": "glove-text", "path": str(tmp_path / "glove.txt")}, str(tmp_path / "out.tsv"),
                   top_k=8, baseline_words=12, threshold_rule="canonical")
     assert torch.backends.cuda.matmul.allow_tf32 is False

@@ -185,8 +185,8 @@ def test_a_generation_only_run_times_each_modes_responses_and_nothing_else(tmp_p
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert results["complete"] is True and results["errors"] == {}
     assert {name for name, s in results["skipped"].items() if s["reason"] == "--generation-only"} == {
-        "per-token loop", "float32 one backward per token", "layer-job files", "model load", "attention layer job",
-        "FFN layer job"}
+        "per-token loop", "float32 one backward per token", "layer-job files", "model load", "word-pieces job",
+        "attention layer job", "FFN layer job"}
     for mode in results["attribution"]["modes"].values():
         assert {"generate", "generate_batched"} <= set(mode) and "seconds" not in mode and "forward" not in mode
 

@@ -52,9 +52,11 @@ def test_layer_job_describes_each_component_with_its_words(tmp_path, caplog, tf3
     set TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from workflow_scripts import word_pieces
     from workflow_scripts.demo_models import train_tokenizer
     from workflow_scripts.ffn import explain_layer
-    from workflow_scripts.word_embeddings import mean_embeddings, word_token_ids
+    from workflow_scripts.word_embeddings import mean_embeddings
+    from workflow_scripts.word_pieces import word_token_ids
 
     words = [f"{a}{b}" for a in ("cat", "dog", "sun", "sea", "tree") for b in ("", "s", "ty", "ly")]
     (tmp_path / "corpus.txt").write_text(" ".join(words * 30) + "\n")
@@ -66,7 +68,9 @@ def test_layer_job_describes_each_component_with_its_words(tmp_path, caplog, tf3
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
     model.save_pretrained(tmp_path / "model")
     with caplog.at_level(logging.INFO, logger="progress"):
-        explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "vocab.tsv"), str(tmp_path / "out.tsv"),
+        word_pieces.main(["--model-dir", str(tmp_path / "model"), "--vocabulary", str(tmp_path / "vocab.tsv"),
+                          "--output", str(tmp_path / "pieces.tsv")])
+        explain_layer(str(tmp_path / "model"), "m", 1, str(tmp_path / "pieces.tsv"), str(tmp_path / "out.tsv"),
                       rank=5, top_k=4, size="tiny")
     assert torch.backends.cuda.matmul.allow_tf32 is False
     # the job's log says where it is (README, "Progress"): start, each stage, the end

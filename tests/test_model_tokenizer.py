@@ -16,9 +16,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from workflow_scripts import attention, attribution_model, ffn  # noqa: E402
+from workflow_scripts import (  # noqa: E402
+    attention,
+    attribution_model,
+    ffn,
+    word_pieces,  # noqa: E402
+)
 from workflow_scripts.model_tokenizer import load_tokenizer  # noqa: E402
-from workflow_scripts.word_embeddings import word_token_ids  # noqa: E402
+from workflow_scripts.word_pieces import word_token_ids  # noqa: E402
 
 WORDS = [f"{a}{b}" for a in ("cat", "dog", "sun", "sea", "tree") for b in ("", "s", "ty", "ly")]
 LLAMA_TOKENIZER_CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
@@ -49,14 +54,12 @@ def test_a_tokenizer_without_its_vocabulary_is_refused_by_every_job_that_loads_o
     vocabulary, vectors = explainer_inputs(tmp_path)
     # transformers 5 builds one that splits text into nothing; transformers 4's SentencePiece loader fails
     refused = rf"tokenizer of {model_dir}.*without its vocabulary.*tokenizer\.json.*tokenizer\.model"
-    with pytest.raises(ValueError, match=refused):
-        attention.explain_layer(str(model_dir), "m", 1, vocabulary, vectors, str(tmp_path / "heads.tsv"),
-                                top_k=4, baseline_words=8)
-    with pytest.raises(ValueError, match=refused):
-        ffn.explain_layer(str(model_dir), "m", 1, vocabulary, str(tmp_path / "ffn.tsv"), rank=4, top_k=4)
+    pieces = tmp_path / "pieces.tsv"
+    with pytest.raises(ValueError, match=refused):  # the job that cuts the words for both explainers
+        word_pieces.main(["--model-dir", str(model_dir), "--vocabulary", vocabulary, "--output", str(pieces)])
     with pytest.raises(ValueError, match=refused):
         attribution_model.load_model(str(model_dir))
-    assert not (tmp_path / "heads.tsv").exists() and not (tmp_path / "ffn.tsv").exists()
+    assert not pieces.exists()
 
 
 class NoPieces:
@@ -106,8 +109,10 @@ def test_a_sentencepiece_model_with_only_tokenizer_model_is_explained(sentencepi
     _, tokenizer = attribution_model.load_model(str(model_dir))
     assert len(tokenizer) == processor.get_piece_size()
     assert word_token_ids(tokenizer, WORDS) == [processor.encode(word) for word in WORDS]  # SentencePiece's own ids
-    ffn.explain_layer(str(model_dir), "m", 1, vocabulary, str(tmp_path / "ffn.tsv"), rank=4, top_k=4)
-    attention.explain_layer(str(model_dir), "m", 1, vocabulary, vectors, str(tmp_path / "heads.tsv"),
+    pieces = tmp_path / "pieces.tsv"
+    word_pieces.main(["--model-dir", str(model_dir), "--vocabulary", vocabulary, "--output", str(pieces)])
+    ffn.explain_layer(str(model_dir), "m", 1, str(pieces), str(tmp_path / "ffn.tsv"), rank=4, top_k=4)
+    attention.explain_layer(str(model_dir), "m", 1, str(pieces), vectors, str(tmp_path / "heads.tsv"),
                             top_k=4, baseline_words=8)
     ffn_rows = (tmp_path / "ffn.tsv").read_text().splitlines()[1:]
     assert len(ffn_rows) == 4 and all(row.split("\t")[-1] for row in ffn_rows)

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.workflow, pytest.mark.paper]
 RELEASES = ["resources/paper/results/attribution_interpret/ifa_llama_7b",
             "resources/paper/results/attribution_interpret/ifa_vicuna_7b"]
 DATA_RULES = {"paper_datasets", "paper_released_attributions"}
-# what reads the fetched data: the head and FFN layer jobs (the vocabulary), the conversion of the releases
+# what reads the fetched data: the word-pieces jobs (the vocabulary), the conversion of the releases
 DOWNSTREAM = {"config/paper.yaml": ["ffn", "table3"], "config/paper-released.yaml": ["table1", "table2"]}
 
 

@@ -16,7 +16,8 @@ from test_workflow import REPO, copy_workflow
 LIGHT_MODULES = [
     "table1_2", "table3", "table5", "table_files", "tsv", "dag", "config_checks", "annotate", "annotation_cost",
     "code_version", "annotation_files", "annotation_prompts", "shards", "released", "leases", "paper_data",
-    "vocabulary", "replay", "chat_cache", "openai_chat", "importance", "attention", "ffn", "word_embeddings", "devices",
+    "vocabulary", "replay", "chat_cache", "openai_chat", "importance", "attention", "ffn", "word_embeddings",
+    "word_pieces", "devices",
     "report_pages", "position", "heatmaps", "attribution_views", "browser_data", "browser_index",
 ]
 HEAVY = ("torch", "transformers", "tokenizers", "safetensors", "scipy", "matplotlib")

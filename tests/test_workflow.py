@@ -237,7 +237,8 @@ def test_a_model_folder_whose_files_are_replaced_in_place_plans_that_models_jobs
         shutil.copyfile(work / "resources/models/demo-base" / replaced, target)
     os.utime(target, (time.time() + 5, time.time() + 5))  # Snakemake reads the content only of a newer file
     jobs = planned_jobs(work, "--configfile", "own.yaml")
-    assert (jobs["attribute_shard"], jobs["explain_attention_layer"], jobs["explain_ffn_layer"]) == (6, 4, 4)
+    assert (jobs["attribute_shard"], jobs["word_pieces"], jobs["explain_attention_layer"], jobs["explain_ffn_layer"]) \
+        == (6, 1, 4, 4)
 
 
 @pytest.mark.parametrize("override", ["attribution={chunk_size: 16}", "attribution={autodiff: reverse}",
@@ -288,7 +289,7 @@ def test_changing_fidelity_plans_the_explanation_jobs_and_what_reads_them_never_
     Table 3; attribution and Tables 1-2 never rerun."""
     assert "fidelity: paper" in (demo / "results/tables/demo/table3.md").read_text().splitlines()[0]
     jobs = planned_jobs(demo, "--config", "fidelity=canonical")
-    assert jobs == {"explain_attention_layer": 8, "explain_ffn_layer": 8, "merge_bilinear_words": 1,
+    assert jobs == {"word_pieces": 2, "explain_attention_layer": 8, "explain_ffn_layer": 8, "merge_bilinear_words": 1,
                     "merge_linear_words": 1, "table3_pair": 1, "annotate_describe": 5, "annotate_task": 5,
                     "annotate_level": 5, "annotation_cost": 1, "table5_pair": 1, "figure3_pair": 1, "report_table": 4,
                     "provenance": 1, "browse_pair": 1, "all": 1}

@@ -25,7 +25,7 @@ from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device, set_matmul_precision
 from .progress import progress
 from .tsv import PAIRS_COLUMNS, encode_pairs, merge_and_export, write_tsv
-from .word_embeddings import PIECE_RULES, mean_embeddings, paper_sentencepiece, word_token_ids
+from .word_embeddings import mean_embeddings
 
 if TYPE_CHECKING:  # annotations only: the functions that compute import torch, so that
     import torch  # `attention merge` and `--help` start without it (~2 s a process)
@@ -108,11 +108,11 @@ def vocabulary_thresholds(static: np.ndarray, has_vector: np.ndarray, baseline_w
     return word_thresholds(static, has_vector, baseline, baseline_missing=absent if rule == "paper" else 0)
 
 
-def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, baseline_words: int, device,
-                           threshold_rule: str = "paper", piece_rule: str = "paper") -> Vocabulary:
+def explanation_vocabulary(weights, words: list[str], pieces: list[list[int]], word_vectors, baseline_words: int,
+                           device, threshold_rule: str = "paper") -> Vocabulary:
+    """`pieces`: each word's sub-token ids in this model (word_pieces.read_word_pieces)."""
     import torch
     started = time.perf_counter()
-    pieces = word_token_ids(tokenizer, words, paper_sentencepiece(weights.directory, piece_rule))
     embeddings = mean_embeddings(weights.input_embeddings().to(device), pieces)
     static, has_vector = word_vectors.lookup(words)
     thresholds = vocabulary_thresholds(static, has_vector, baseline_words, threshold_rule)
@@ -127,13 +127,12 @@ def explanation_vocabulary(weights, tokenizer, words: list[str], word_vectors, b
 
 
 def explain_layer(
-    model_dir: str, model_id: str, layer: int, vocabulary: str, word_vectors: dict, output: str,
+    model_dir: str, model_id: str, layer: int, word_pieces: str, word_vectors: dict, output: str,
     top_k: int = 100, baseline_words: int = 3000, size: str = "NA", threshold_rule: str = "paper",
-    piece_rule: str = "paper",
 ) -> None:
-    from .model_tokenizer import load_tokenizer
-    from .vocabulary import read_vocabulary
+    """`word_pieces`: the vocabulary cut into this model's sub-tokens (word_pieces.py)."""
     from .weights import ModelWeights
+    from .word_pieces import read_word_pieces
     from .word_vectors import load_word_vectors
 
     device = pick_device()
@@ -141,11 +140,9 @@ def explain_layer(
     started = time.perf_counter()
     weights = ModelWeights(model_dir)
     wq, wk = (w.to(device) for w in weights.attention_qk(layer))  # first: a bad layer fails at once
-    tokenizer = load_tokenizer(weights.source)
-    words = read_vocabulary(vocabulary)
+    words, pieces = read_word_pieces(word_pieces)
     vectors = load_word_vectors(word_vectors, vocabulary=words)  # a large GloVe file keeps only these rows
-    vocab = explanation_vocabulary(weights, tokenizer, words, vectors, baseline_words, device, threshold_rule,
-                                   piece_rule)
+    vocab = explanation_vocabulary(weights, words, pieces, vectors, baseline_words, device, threshold_rule)
     log.info("read %s", ", ".join(weights.read))
     rows = []
     for head in progress(range(weights.heads), f"explain {model_id} layer {layer}", "head"):
@@ -159,7 +156,7 @@ def explain_layer(
 def main(argv=None):
     parser, layer = layer_job_parser(
         __doc__.splitlines()[0], "explain every head of one layer",
-        "concatenate shards into the lossless file and export bilinear_words.tsv", PIECE_RULES
+        "concatenate shards into the lossless file and export bilinear_words.tsv"
     )
     layer.add_argument("--word-vectors-kind", required=True)
     layer.add_argument("--word-vectors-path", default="")
@@ -173,8 +170,8 @@ def main(argv=None):
         merge_and_export(args.inputs, args.output, args.export, "pairs")
         return
     vectors = {"kind": args.word_vectors_kind, "path": args.word_vectors_path or None}
-    explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, vectors, args.output,
-                  args.top_k, args.baseline_words, args.size, args.thresholds, args.word_pieces)
+    explain_layer(args.model_dir, args.model_id, args.layer, args.word_pieces, vectors, args.output,
+                  args.top_k, args.baseline_words, args.size, args.thresholds)
 
 
 if __name__ == "__main__":

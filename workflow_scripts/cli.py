@@ -19,23 +19,19 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def layer_job_parser(description: str, layer_help: str, merge_help: str, piece_rules: tuple[str, ...]):
+def layer_job_parser(description: str, layer_help: str, merge_help: str):
     """`layer` (one model layer -> one lossless TSV shard) and `merge` (shards -> one lossless TSV and
     its export in the paper's layout) subcommands,
-    with the arguments every per-layer explainer takes; returns (parser, layer subparser).
-    `piece_rules` (word_embeddings.PIECE_RULES) come from the caller: this module is in the code digest of
-    every job, and must not make each one depend on how words are cut."""
+    with the arguments every per-layer explainer takes; returns (parser, layer subparser)."""
     parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="command", required=True)
     layer = sub.add_parser("layer", help=layer_help)
     layer.add_argument("--model-dir", required=True)
     layer.add_argument("--model-id", required=True)
     layer.add_argument("--layer", type=int, required=True)
-    layer.add_argument("--vocabulary", required=True)
+    layer.add_argument("--word-pieces", required=True,
+                       help="the vocabulary cut into this model's sub-tokens (python -m workflow_scripts.word_pieces)")
     layer.add_argument("--size", default="NA")
-    layer.add_argument("--word-pieces", choices=piece_rules, default="paper",
-                       help="how words are cut into sub-tokens: as the paper's slow tokenizer (SentencePiece's own "
-                            "encoding, where the model has a tokenizer.model), or by the tokenizer as loaded")
     layer.add_argument("--output", required=True)
     merge = sub.add_parser("merge", help=merge_help)
     merge.add_argument("output", help="the lossless merged file")

@@ -19,7 +19,6 @@ from .cli import layer_job_parser, positive_int, setup_logging
 from .devices import pick_device, set_matmul_precision
 from .progress import Progress
 from .tsv import WORDS_COLUMNS, encode_words, merge_and_export, write_tsv
-from .word_embeddings import PIECE_RULES
 
 if TYPE_CHECKING:  # annotations only: the functions that compute import torch and scipy, so
     import torch  # that `ffn merge` and `--help` start without them (~2 s a process)
@@ -74,12 +73,12 @@ def component_words(
     return [list(words[row]) for row in best]
 
 
-def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, output: str,
-                  rank: int = 300, top_k: int = 50, size: str = "NA", piece_rule: str = "paper") -> None:
-    from .model_tokenizer import load_tokenizer
-    from .vocabulary import read_vocabulary
+def explain_layer(model_dir: str, model_id: str, layer: int, word_pieces: str, output: str,
+                  rank: int = 300, top_k: int = 50, size: str = "NA") -> None:
+    """`word_pieces`: the vocabulary cut into this model's sub-tokens (word_pieces.py)."""
     from .weights import ModelWeights
-    from .word_embeddings import mean_embeddings, paper_sentencepiece, word_token_ids
+    from .word_embeddings import mean_embeddings
+    from .word_pieces import read_word_pieces
 
     device = pick_device()
     set_matmul_precision("float32")
@@ -89,9 +88,7 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
         weights = ModelWeights(model_dir)
         components, ratios = principal_components(weights.down_projection(layer).to(device), rank)
         steps.update()
-        words = read_vocabulary(vocabulary)
-        tokenizer = load_tokenizer(weights.source)
-        pieces = word_token_ids(tokenizer, words, paper_sentencepiece(weights.directory, piece_rule))
+        words, pieces = read_word_pieces(word_pieces)
         word_vectors = mean_embeddings(weights.output_embeddings().to(device), pieces)
         log.info("read %s", ", ".join(weights.read))
         steps.update()
@@ -107,7 +104,7 @@ def explain_layer(model_dir: str, model_id: str, layer: int, vocabulary: str, ou
 def main(argv=None):
     parser, layer = layer_job_parser(
         __doc__.splitlines()[0], "explain the down-projection of one layer",
-        "concatenate shards into the lossless file and export linear_words.tsv", PIECE_RULES
+        "concatenate shards into the lossless file and export linear_words.tsv"
     )
     layer.add_argument("--rank", type=positive_int, default=300)
     layer.add_argument("--top-k", type=positive_int, default=50)
@@ -116,8 +113,8 @@ def main(argv=None):
     if args.command == "merge":
         merge_and_export(args.inputs, args.output, args.export, "words")
     else:
-        explain_layer(args.model_dir, args.model_id, args.layer, args.vocabulary, args.output,
-                      args.rank, args.top_k, args.size, args.word_pieces)
+        explain_layer(args.model_dir, args.model_id, args.layer, args.word_pieces, args.output,
+                      args.rank, args.top_k, args.size)
 
 
 if __name__ == "__main__":

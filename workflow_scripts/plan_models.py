@@ -10,7 +10,7 @@ from pathlib import Path
 from .config_checks import ConfigError
 from .model_paths import SENTENCEPIECE_FILE, ModelShape, cached_config, hub_offline, looks_local, model_file_paths
 from .model_paths import model_shape as shape_of
-from .word_embeddings import sentencepiece_file
+from .word_pieces import sentencepiece_file
 
 
 def model_config(config: dict, model: str) -> dict:
@@ -65,8 +65,8 @@ def model_shape(config: dict, model: str) -> ModelShape:
         raise ConfigError(str(error)) from None
 
 
-LAYER_RULES = ("explain_attention_layer", "explain_ffn_layer")  # the jobs that cut words into the model's pieces
-WEIGHT_RULES = ("attribute_shard", *LAYER_RULES)
+WORD_CUT_RULES = ("word_pieces",)  # the jobs that cut words into the model's pieces
+WEIGHT_RULES = ("attribute_shard", "explain_attention_layer", "explain_ffn_layer", *WORD_CUT_RULES)
 
 
 def require_hub_models(config: dict, scheduled: list[tuple[str, dict]]) -> None:
@@ -119,10 +119,10 @@ def require_one_word_cut_per_pair(config: dict, scheduled: list[tuple[str, dict]
     LLaMA tuned and saved under transformers 5, which writes no tokenizer.model) give ~5% of the words (1,382 of
     the paper's 26,473 under LLaMA's vocabulary) vectors cut one way in one model and the other way in its twin,
     and Tables 3 and 5 would count the difference as the tuning's. Checked once the DAG is built, for the pairs
-    with a head or FFN layer job to run."""
+    with a word-cutting job (`word_pieces`) to run."""
     if piece_rule != "paper":
         return
-    to_run = {w["model"] for rule, w in scheduled if rule in LAYER_RULES and "model" in w}
+    to_run = {w["model"] for rule, w in scheduled if rule in WORD_CUT_RULES and "model" in w}
     for pair, members in config["pairs"].items():
         twins = (members["pretrained"], members["tuned"])
         if not to_run.intersection(twins):
