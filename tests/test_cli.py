@@ -12,11 +12,10 @@ import pytest
 from workflow_scripts.cli import layer_job_parser, non_negative_int, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
-PIECE_RULES = ("paper", "tokenizer")
 
 
 def parser():
-    return layer_job_parser("explain", "one layer", "merge shards", PIECE_RULES)[0]
+    return layer_job_parser("explain", "one layer", "merge shards")[0]
 
 
 def test_positive_int_refuses_zero_and_negative_numbers():
@@ -32,18 +31,19 @@ def test_non_negative_int_takes_zero_and_refuses_negative_numbers():
         non_negative_int("-1")
 
 
-def test_a_layer_job_takes_an_integer_layer_and_defaults_to_the_papers_word_pieces_and_no_size():
-    args = parser().parse_args(["layer", "--model-dir", "m", "--model-id", "id", "--layer", "3", "--vocabulary", "v",
+def test_a_layer_job_takes_an_integer_layer_and_its_models_word_pieces_and_defaults_to_no_size():
+    args = parser().parse_args(["layer", "--model-dir", "m", "--model-id", "id", "--layer", "3", "--word-pieces", "w",
                                 "--output", "o.tsv"])
-    assert (args.command, args.layer, args.word_pieces, args.size) == ("layer", 3, "paper", "NA")
+    assert (args.command, args.layer, args.word_pieces, args.size) == ("layer", 3, "w", "NA")
 
 
 @pytest.mark.parametrize("argv", [
     [],  # no subcommand
     ["merge", "out.tsv", "--export", "x.tsv"],  # no shard to merge
     ["merge", "out.tsv", "a.tsv"],  # no export
-    ["layer", "--model-dir", "m", "--model-id", "id", "--layer", "x", "--vocabulary", "v", "--output", "o"],
-], ids=["no-command", "no-shards", "no-export", "layer-not-a-number"])
+    ["layer", "--model-dir", "m", "--model-id", "id", "--layer", "x", "--word-pieces", "w", "--output", "o"],
+    ["layer", "--model-dir", "m", "--model-id", "id", "--layer", "1", "--output", "o"],
+], ids=["no-command", "no-shards", "no-export", "layer-not-a-number", "no-word-pieces"])
 def test_an_incomplete_command_line_is_a_usage_error_with_exit_code_2(argv, capsys):
     with pytest.raises(SystemExit) as exited:
         parser().parse_args(argv)

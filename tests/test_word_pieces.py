@@ -338,3 +338,15 @@ def test_the_layer_jobs_read_the_cut_words_and_never_load_a_tokenizer(model_dir,
         assert done.returncode == 0, done.stderr[-3000:]
         assert "imported []" in done.stdout, (module, done.stdout)
         assert len(output.read_text().splitlines()) > 1
+
+
+def test_pieces_cut_by_a_larger_vocabulary_are_refused_by_the_layer_jobs(model_dir, tmp_path):
+    """A word-pieces file given by hand for another model: its ids beyond this model's embeddings were torch's
+    bare index error."""
+    from workflow_scripts.ffn import explain_layer
+
+    pieces = tmp_path / "pieces.tsv"
+    word_pieces.write_word_pieces(["the", "cat"], [[3], [5, 100_000]], [["the"], ["c", "at"]], pieces)
+    with pytest.raises(ValueError, match="token id 100000, but the model has 3.. embedding rows: .*another model"):
+        explain_layer(str(model_dir), "m", 0, str(pieces), str(tmp_path / "ffn.tsv"), rank=2, top_k=1)
+    assert not (tmp_path / "ffn.tsv").exists()

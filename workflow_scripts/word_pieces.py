@@ -2,7 +2,7 @@
 FFN layer job of that model (docs/design.md#word-pieces).
 
 Cutting needs the model's tokenizer: importing transformers and loading it cost a layer job about 2 s on a
-workstation and 9 s of its 13 s on a sandboxed H200 (docs/benchmarks.md#job-start-up), 128 times in a paper
+workstation and 9 s of its 13 s on a sandboxed H200 (docs/benchmarks.md, "Job start-up"), 128 times in a paper
 run, for the same 26,000 words each time. The layer jobs read this file instead and never load a tokenizer.
 
 The file (`results/word_pieces/<model>.tsv`) keeps the vocabulary's order (most frequent first: the head
