@@ -51,7 +51,7 @@ def resolve_model_dir(path: str) -> Path:
 
     Only `*.json`, `model*.safetensors` and a SentencePiece `tokenizer.model` are fetched: the weights a lazy
     reader can use, without the duplicate `consolidated.safetensors` some repositories carry or the `.bin`
-    copies, and the file the paper's slow tokenizer read (word_embeddings.paper_sentencepiece).
+    copies, and the file the paper's slow tokenizer read (word_pieces.paper_sentencepiece).
     """
     if looks_local(path):
         directory = Path(path).expanduser()
