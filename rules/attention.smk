@@ -8,7 +8,7 @@ rule explain_attention_layer:
     """Word pairs of every dimension of every head of one layer (reads that layer's weights only)."""
     input:
         model=lambda w: plan_models.model_dir_input(config, w.model),
-        pieces="results/word_pieces/{model}.tsv",
+        pieces=rules.word_pieces.output[0],
         vectors=dag.word_vectors_input(config),
     output:
         "results/attention/{model}/layer-{layer}.tsv",

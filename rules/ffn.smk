@@ -6,7 +6,7 @@ rule explain_ffn_layer:
     """Principal components of one layer's down-projection, each described by its top words."""
     input:
         model=lambda w: plan_models.model_dir_input(config, w.model),
-        pieces="results/word_pieces/{model}.tsv",
+        pieces=rules.word_pieces.output[0],
     output:
         "results/ffn/{model}/layer-{layer}.tsv",
     log:

@@ -16,12 +16,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from workflow_scripts import (  # noqa: E402
-    attention,
-    attribution_model,
-    ffn,
-    word_pieces,  # noqa: E402
-)
+from workflow_scripts import attention, attribution_model, ffn, word_pieces  # noqa: E402
 from workflow_scripts.model_tokenizer import load_tokenizer  # noqa: E402
 from workflow_scripts.word_pieces import word_token_ids  # noqa: E402
 
@@ -51,7 +46,7 @@ def explainer_inputs(tmp_path):
 
 def test_a_tokenizer_without_its_vocabulary_is_refused_by_every_job_that_loads_one(tmp_path):
     model_dir = tiny_llama(tmp_path / "model", vocab_size=300)  # tokenizer_config.json, no vocabulary file
-    vocabulary, vectors = explainer_inputs(tmp_path)
+    vocabulary, _ = explainer_inputs(tmp_path)
     # transformers 5 builds one that splits text into nothing; transformers 4's SentencePiece loader fails
     refused = rf"tokenizer of {model_dir}.*without its vocabulary.*tokenizer\.json.*tokenizer\.model"
     pieces = tmp_path / "pieces.tsv"
